@@ -1,0 +1,266 @@
+"""The ``rewardstream`` command. It parses arguments and calls the project; no business logic."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from app import localkafka
+from app.clock import SystemClock
+from app.settings import Settings, SettingsError
+
+TAIL_ROLES = {
+    "decisions": "topic_decisions",
+    "alerts": "topic_fraud_alerts",
+    "dead-letters": "topic_dead_letter",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env(bootstrap_servers=args.bootstrap)
+        result: int = args.run(settings, args)
+        return result
+    except (SettingsError, localkafka.BrokerError, RuntimeError) as error:
+        print(f"rewardstream: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rewardstream",
+        description="Real-time reward decisions and reward-fraud detection on Kafka.",
+    )
+    parser.add_argument(
+        "--bootstrap", metavar="HOST:PORT",
+        help="Kafka bootstrap servers (default: REWARDSTREAM_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+    )  # fmt: skip
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_kafka(commands)
+    _add_topics(commands)
+    _add_worker(commands)
+    _add_produce(commands)
+    _add_tail(commands)
+    _add_simulate(commands)
+    _add_demo(commands)
+    return parser
+
+
+# ---------------------------------------------------------------- kafka
+
+
+def _add_kafka(commands: Any) -> None:
+    kafka = commands.add_parser("kafka", help="start, stop or check the local Apache Kafka broker")
+    actions = kafka.add_subparsers(title="actions", metavar="ACTION", required=True)
+    up = actions.add_parser("up", help="fetch Kafka if needed, start it, wait until it answers")
+    up.add_argument("--port", type=int, default=9092, help="listener port; 0 picks a free one")
+    for action in (up, actions.add_parser("down", help="stop the broker"),
+                   actions.add_parser("status", help="is it running, and where")):  # fmt: skip
+        action.add_argument("--home", type=Path, help="broker directory (default: <data_dir>/kafka)")
+    up.set_defaults(run=_kafka_up)
+    actions.choices["down"].set_defaults(run=_kafka_down)
+    actions.choices["status"].set_defaults(run=_kafka_status)
+
+
+def _broker_home(settings: Settings, args: argparse.Namespace) -> Path:
+    return Path(args.home) if args.home else settings.data_dir / "kafka"
+
+
+def _kafka_up(settings: Settings, args: argparse.Namespace) -> int:
+    info = localkafka.start(
+        _broker_home(settings, args), cache_dir=settings.cache_dir,
+        version=settings.kafka_version, port=args.port, heap=settings.kafka_heap,
+    )  # fmt: skip
+    print(f"Kafka {info.version} is up: bootstrap {info.bootstrap_servers} (pid {info.pid})")
+    if info.bootstrap_servers != settings.bootstrap_servers:
+        print(f"export REWARDSTREAM_BOOTSTRAP_SERVERS={info.bootstrap_servers}")
+    return 0
+
+
+def _kafka_down(settings: Settings, args: argparse.Namespace) -> int:
+    stopped = localkafka.stop(_broker_home(settings, args))
+    print("Kafka stopped." if stopped else "No broker was running from that home.")
+    return 0
+
+
+def _kafka_status(settings: Settings, args: argparse.Namespace) -> int:
+    info = localkafka.status(_broker_home(settings, args))
+    if info is None:
+        print("Kafka is not running.")
+        return 3
+    answering = localkafka.answers(info.bootstrap_servers)
+    state = "answering" if answering else "NOT answering"
+    print(f"Kafka {info.version} runs as pid {info.pid} on {info.bootstrap_servers}, {state}.")
+    return 0 if answering else 1
+
+
+# ---------------------------------------------------------------- topics and worker
+
+
+def _add_topics(commands: Any) -> None:
+    topics = commands.add_parser("topics", help="manage the engine's topics")
+    actions = topics.add_subparsers(title="actions", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="create missing topics; check existing ones")
+    create.set_defaults(run=_topics_create)
+
+
+def _topics_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.kafkaio import ensure_topics, topic_requests
+
+    wanted = topic_requests(settings)
+    result = asyncio.run(ensure_topics(settings.bootstrap_servers, wanted))
+    for topic in wanted:
+        print(f"{topic.name:<24} {topic.partitions} partitions  {result[topic.name]}")
+    return 0
+
+
+def _add_worker(commands: Any) -> None:
+    worker = commands.add_parser("worker", help="run a stream worker until stopped")
+    worker.set_defaults(run=_worker)
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.worker import run_worker  # Faust loads only for the worker
+
+    run_worker(settings)
+    return 0
+
+
+# ---------------------------------------------------------------- produce and tail
+
+
+def _add_produce(commands: Any) -> None:
+    produce = commands.add_parser(
+        "produce", help="send JSON lines (one event per line) to the events topic, as-is"
+    )
+    produce.add_argument("file", nargs="?", default="-", help="JSONL file, or - for stdin")
+    produce.set_defaults(run=_produce)
+
+
+def _lines(stream: BinaryIO) -> Iterator[bytes]:
+    for line in stream:
+        line = line.strip()
+        if line:
+            yield line
+
+
+def _produce(settings: Settings, args: argparse.Namespace) -> int:
+    from app.kafkaio import produce
+
+    def send(stream: BinaryIO) -> int:
+        return asyncio.run(produce(settings.bootstrap_servers, settings.topic_events, _lines(stream)))
+
+    if args.file == "-":
+        count = send(sys.stdin.buffer)
+    else:
+        with open(args.file, "rb") as handle:
+            count = send(handle)
+    print(f"Produced {count} events to {settings.topic_events}.", file=sys.stderr)
+    return 0
+
+
+def _add_tail(commands: Any) -> None:
+    tail = commands.add_parser("tail", help="print decisions, alerts or dead letters")
+    tail.add_argument("what", choices=[*TAIL_ROLES, "all"], help="which output to read")
+    tail.add_argument("--jsonl", action="store_true", help="raw JSON lines instead of text")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
+    tail.add_argument("--new", action="store_true", help="only records published from now on")
+    tail.add_argument("--max", type=int, help="stop after this many records")
+    tail.set_defaults(run=_tail)
+
+
+def _tail(settings: Settings, args: argparse.Namespace) -> int:
+    from app.kafkaio import read
+    from app.render import render
+
+    roles = list(TAIL_ROLES.values()) if args.what == "all" else [TAIL_ROLES[args.what]]
+    topics = [getattr(settings, role) for role in roles]
+
+    async def run() -> None:
+        async for received in read(
+            settings.bootstrap_servers, topics, from_beginning=not args.new,
+            idle_timeout_s=None if args.follow else 3.0, max_records=args.max,
+        ):  # fmt: skip
+            if args.jsonl:
+                sys.stdout.buffer.write(received.value + b"\n")
+            else:
+                print(render(orjson.loads(received.value)))
+            sys.stdout.flush()
+
+    asyncio.run(run())
+    return 0
+
+
+# ---------------------------------------------------------------- simulate and demo
+
+
+def _add_simulate(commands: Any) -> None:
+    simulate = commands.add_parser("simulate", help="realistic synthetic users and events")
+    simulate.add_argument("--rate", type=float, default=200.0, help="events per second")
+    size = simulate.add_mutually_exclusive_group()
+    size.add_argument("--events", type=int, help="how many events (default: rate x duration)")
+    size.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
+    simulate.add_argument("--users", type=int, default=1_000)
+    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--invalid-ratio", type=float, default=0.0,
+                          help="share of deliberately malformed messages, 0..1")  # fmt: skip
+    simulate.add_argument("--out", help="write JSONL to this file (- for stdout) instead of Kafka")
+    simulate.set_defaults(run=_simulate)
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.simulation import EventSimulator, SimulatorConfig
+    from app.simulation.live import stream_to_kafka, write_jsonl
+
+    if not 0.0 <= args.invalid_ratio <= 1.0 or args.rate <= 0:
+        raise SettingsError("--invalid-ratio must be within 0..1 and --rate above 0")
+    total = args.events if args.events is not None else int(args.rate * args.duration)
+    simulator = EventSimulator(SimulatorConfig(
+        users=args.users, seed=args.seed, start_ms=SystemClock().now_ms(),
+        events_per_second=args.rate, invalid_ratio=args.invalid_ratio, program=settings.program,
+    ))  # fmt: skip
+    if args.out == "-":
+        write_jsonl(sys.stdout.buffer, simulator, total=total)
+    elif args.out:
+        with open(args.out, "wb") as handle:
+            write_jsonl(handle, simulator, total=total)
+    else:
+        sent = asyncio.run(stream_to_kafka(
+            settings.bootstrap_servers, settings.topic_events, simulator, rate=args.rate, total=total
+        ))  # fmt: skip
+        print(f"Produced {sent} events to {settings.topic_events}.", file=sys.stderr)
+    return 0
+
+
+def _add_demo(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo", help="start Kafka and a worker, stream simulated traffic, summarize, stop"
+    )
+    demo.add_argument("--duration", type=float, default=20.0, help="seconds of traffic")
+    demo.add_argument("--rate", type=float, default=200.0, help="events per second")
+    demo.set_defaults(run=_demo)
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from app.demo import DemoPlan, run_demo
+
+    return run_demo(settings, DemoPlan(duration_s=args.duration, rate=args.rate))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

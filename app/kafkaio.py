@@ -1,0 +1,158 @@
+"""Plain aiokafka clients for the CLI, the demo and the tests: create topics, produce, read.
+
+The worker itself runs on Faust (``streams/``); these helpers are the outside
+world's view of the engine: a producer writing events and a consumer reading
+decisions, alerts and dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from app.settings import Settings
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicError(RuntimeError):
+    """A topic could not be created, or exists with the wrong shape."""
+
+
+@dataclass(frozen=True)
+class TopicRequest:
+    name: str
+    partitions: int
+    replication_factor: int
+
+
+async def ensure_topics(bootstrap_servers: str, wanted: Sequence[TopicRequest]) -> dict[str, str]:
+    """Create missing topics; check existing ones have the wanted partition count.
+
+    Returns topic name -> "created" or "exists".
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        requests = [NewTopic(t.name, t.partitions, t.replication_factor) for t in wanted]
+        response = await admin.create_topics(requests)
+        result: dict[str, str] = {}
+        for name, code, message in response.topic_errors:
+            if code not in (0, TOPIC_ALREADY_EXISTS):
+                raise TopicError(f"could not create topic {name!r}: {message} (error {code})")
+            result[name] = "created" if code == 0 else "exists"
+        await _check_partitions(admin, wanted)
+        return result
+    finally:
+        await admin.close()
+
+
+async def _check_partitions(admin: AIOKafkaAdminClient, wanted: Sequence[TopicRequest]) -> None:
+    described = await admin.describe_topics([t.name for t in wanted])
+    actual = {d["topic"]: len(d["partitions"]) for d in described}
+    for topic in wanted:
+        if actual.get(topic.name) != topic.partitions:
+            raise TopicError(
+                f"topic {topic.name!r} has {actual.get(topic.name)} partitions but the settings "
+                f"say {topic.partitions} (REWARDSTREAM_PARTITIONS); state is partitioned like "
+                f"the events topic, so they must agree"
+            )
+
+
+def user_key(line: bytes, key_field: str = "user_id") -> bytes | None:
+    """The Kafka key for one JSON line: its ``user_id``, or None if it has none."""
+    try:
+        document = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    value = document.get(key_field) if isinstance(document, dict) else None
+    return value.encode() if isinstance(value, str) else None
+
+
+async def produce(
+    bootstrap_servers: str, topic: str, values: Iterable[bytes], *, key_field: str = "user_id"
+) -> int:
+    """Send each value (as-is, valid or not) keyed by its user id; return how many."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    await producer.start()
+    count = 0
+    try:
+        for value in values:
+            await producer.send(topic, value, key=user_key(value, key_field))
+            count += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return count
+
+
+@dataclass(frozen=True)
+class Received:
+    """One record read back from an output topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+    def document(self) -> dict[str, object]:
+        parsed: dict[str, object] = orjson.loads(self.value)
+        return parsed
+
+
+async def read(
+    bootstrap_servers: str,
+    topics: Sequence[str],
+    *,
+    from_beginning: bool = True,
+    idle_timeout_s: float | None = 5.0,
+    max_records: int | None = None,
+) -> AsyncIterator[Received]:
+    """Read ``topics`` without a consumer group until idle for ``idle_timeout_s`` (None: forever)."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    seen = 0
+    loop = asyncio.get_running_loop()
+    last_record_at = loop.time()
+    try:
+        while max_records is None or seen < max_records:
+            batch = await consumer.getmany(timeout_ms=200)
+            if not batch:
+                if idle_timeout_s is not None and loop.time() - last_record_at > idle_timeout_s:
+                    return
+                continue
+            last_record_at = loop.time()
+            for messages in batch.values():
+                for message in messages:
+                    yield Received(
+                        message.topic, message.partition, message.offset,
+                        message.key, message.value, message.timestamp,
+                    )  # fmt: skip
+                    seen += 1
+                    if max_records is not None and seen >= max_records:
+                        return
+    finally:
+        await consumer.stop()
+
+
+def topic_requests(settings: Settings) -> list[TopicRequest]:
+    """The topics of the engine as creation requests."""
+    from topologies import topic_specs  # the topology is the one place topics are declared
+
+    return [
+        TopicRequest(spec.name, spec.partitions, spec.replication_factor)
+        for spec in topic_specs(settings)
+    ]

@@ -1,0 +1,324 @@
+"""Fetch, start, check and stop one local Apache Kafka broker (KRaft, broker+controller).
+
+The jars come from Maven Central through the machine's ``mvn`` and are cached
+per version under the cache directory, outside any work tree. Each broker lives
+in a *home* directory holding its properties, data, log and ``broker.json``
+(pid and ports), so several brokers (a demo, a test session) can run side by side.
+The broker only ever listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+STATE_FILE = "broker.json"
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """What ``broker.json`` records about a running broker."""
+
+    pid: int
+    port: int
+    controller_port: int
+    version: str
+    home: str
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+
+# ---------------------------------------------------------------- jars
+
+
+def jar_dir(cache_dir: Path, version: str) -> Path:
+    return cache_dir / f"kafka-{version}" / "libs"
+
+
+def ensure_jars(cache_dir: Path, version: str, *, quiet: bool = True) -> Path:
+    """Resolve the broker's jars with Maven once per version; return their folder."""
+    libs = jar_dir(cache_dir, version)
+    if (libs / ".complete").exists():
+        return libs
+    mvn = _require_tool("mvn", "Maven is needed once to fetch Apache Kafka from Maven Central")
+    work = libs.parent
+    work.mkdir(parents=True, exist_ok=True)
+    with _file_lock(work / ".lock"):
+        if (libs / ".complete").exists():  # another process fetched them meanwhile
+            return libs
+        partial = work / "libs.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        pom = work / "pom.xml"
+        pom.write_bytes(resources.files(__package__).joinpath("pom.xml").read_bytes())
+        command = [
+            mvn, "-B", *(["-q"] if quiet else []), "-f", str(pom),
+            f"-Dkafka.version={version}", "-DincludeScope=runtime",
+            f"-DoutputDirectory={partial}", "dependency:copy-dependencies",
+        ]  # fmt: skip
+        result = subprocess.run(command, cwd=work, capture_output=quiet, text=True, check=False)
+        if result.returncode != 0:
+            detail = (result.stdout or "")[-2000:] if quiet else ""
+            raise BrokerError(f"Maven could not resolve Apache Kafka {version}:\n{detail}")
+        shutil.rmtree(libs, ignore_errors=True)
+        partial.rename(libs)
+        (libs / ".complete").write_text(version)
+    return libs
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def start(
+    home: Path,
+    *,
+    cache_dir: Path,
+    version: str,
+    port: int = 9092,
+    heap: str = "512m",
+    timeout_s: float = 90.0,
+    extra_properties: Mapping[str, str] | None = None,
+) -> BrokerInfo:
+    """Start a broker in ``home`` (port 0 picks a free one) and wait until it answers."""
+    running = status(home)
+    if running is not None:
+        raise BrokerError(
+            f"a broker already runs from this home (pid {running.pid}, port {running.port})"
+        )
+    java = _require_tool("java", "Java 17 or newer runs the Kafka broker")
+    libs = ensure_jars(cache_dir, version)
+    port = port or free_port()
+    controller_port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    properties = _write_properties(home, port, controller_port, extra_properties or {})
+    _format_storage_once(java, libs, home, properties)
+    process = _spawn(java, libs, home, properties, heap)
+    info = BrokerInfo(process.pid, port, controller_port, version, str(home))
+    (home / STATE_FILE).write_text(json.dumps(asdict(info)))
+    try:
+        _wait_until_answers(info, process, timeout_s)
+    except BrokerError:
+        stop(home)
+        raise
+    return info
+
+
+def status(home: Path) -> BrokerInfo | None:
+    """The broker running from ``home``, or None when there is none."""
+    try:
+        info = BrokerInfo(**json.loads((home / STATE_FILE).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+    return info if _is_our_broker(info.pid, home) else None
+
+
+def stop(home: Path, *, timeout_s: float = 30.0) -> bool:
+    """Stop the broker of ``home`` by its own pid; True if one was running."""
+    info = status(home)
+    (home / STATE_FILE).unlink(missing_ok=True)
+    if info is None:
+        return False
+    _signal(info.pid, signal.SIGTERM)
+    if not _wait_for_exit(info.pid, timeout_s):
+        _signal(info.pid, signal.SIGKILL)
+        _wait_for_exit(info.pid, 10.0)
+    return True
+
+
+def answers(bootstrap_servers: str, timeout_s: float = 5.0) -> bool:
+    """True when a Kafka broker at ``bootstrap_servers`` replies to a metadata request."""
+    return asyncio.run(_metadata_ok(bootstrap_servers, timeout_s))
+
+
+# ---------------------------------------------------------------- internals
+
+
+def _write_properties(
+    home: Path, port: int, controller_port: int, extra: Mapping[str, str]
+) -> Path:
+    properties = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@{LOOPBACK}:{controller_port}",
+        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},CONTROLLER://{LOOPBACK}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "log.dirs": str(home / "data"),
+        # Topics are created by `rewardstream topics create` or by Faust, never by a typo.
+        "auto.create.topics.enable": "false",
+        "num.partitions": "4",
+        # One broker: internal topics cannot have more than one replica.
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+    }
+    properties.update(extra)
+    path = home / "server.properties"
+    path.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
+    return path
+
+
+def _cluster_id() -> str:
+    # Kafka's own format: 16 random bytes, URL-safe base64, no padding, never starting with "-".
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not candidate.startswith("-"):
+            return candidate
+
+
+def _classpath(libs: Path) -> str:
+    return str(libs / "*")
+
+
+def _format_storage_once(java: str, libs: Path, home: Path, properties: Path) -> None:
+    if (home / "data" / "meta.properties").exists():
+        return
+    command = [
+        java, "-cp", _classpath(libs), "kafka.tools.StorageTool", "format",
+        "-t", _cluster_id(), "-c", str(properties),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BrokerError(f"could not format KRaft storage in {home}: {result.stdout}{result.stderr}")
+
+
+def _spawn(java: str, libs: Path, home: Path, properties: Path, heap: str) -> subprocess.Popen[bytes]:
+    logs = home / "logs"
+    logs.mkdir(exist_ok=True)
+    log4j = home / "log4j2.yaml"
+    log4j.write_bytes(resources.files(__package__).joinpath("log4j2.yaml").read_bytes())
+    command = [
+        java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={logs}", f"-Dlog4j2.configurationFile={log4j}",
+        "-cp", _classpath(libs), "kafka.Kafka", str(properties),
+    ]  # fmt: skip
+    with open(logs / "stdout.log", "ab") as output:
+        # A new session: the broker outlives the command that started it (`kafka up`).
+        return subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd=home,
+        )  # fmt: skip
+
+
+def _wait_until_answers(info: BrokerInfo, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerError(f"the broker exited with {process.returncode}:\n{_log_tail(info)}")
+        if _port_open(info.port) and answers(info.bootstrap_servers, timeout_s=5.0):
+            return
+        time.sleep(0.3)
+    raise BrokerError(f"the broker did not answer within {timeout_s:.0f} s:\n{_log_tail(info)}")
+
+
+def _port_open(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+        return True
+    return False
+
+
+async def _metadata_ok(bootstrap_servers: str, timeout_s: float) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient  # imported late: `kafka status` stays quick
+
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+    except Exception:  # any failure means "does not answer yet"
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+    return True
+
+
+def _log_tail(info: BrokerInfo, lines: int = 30) -> str:
+    logs = Path(info.home) / "logs"
+    text = ""
+    for name in ("stdout.log", "server.log"):
+        with contextlib.suppress(FileNotFoundError):
+            text += "\n".join((logs / name).read_text(errors="replace").splitlines()[-lines:])
+    return text
+
+
+def _is_our_broker(pid: int, home: Path) -> bool:
+    # The pid file may be stale and the pid reused: check it is a Kafka of this home.
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"kafka.Kafka" in cmdline and str(home / "server.properties").encode() in cmdline
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _wait_for_exit(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        if not Path(f"/proc/{pid}").exists() or _is_zombie(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except (OSError, IndexError):
+        return True
+
+
+def _require_tool(name: str, why: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise BrokerError(f"`{name}` is not on PATH. {why}.")
+    return path
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,51 @@
+"""Every Prometheus metric of the worker, defined once on an injected registry.
+
+Names use base units and ``_total`` for counters; labels come from small fixed
+sets (event type, rejection reason, decision status), never a user, device or IP.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+PREFIX = "rewardstream"
+
+
+class Metrics:
+    """The worker's metrics. One instance per process, built at start-up."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events_in = Counter(
+            f"{PREFIX}_events_total", "Valid events read, by event type.",
+            ["type"], registry=registry,
+        )  # fmt: skip
+        self.dead_letters = Counter(
+            f"{PREFIX}_dead_letters_total", "Inputs sent to the dead-letter topic, by reason.",
+            ["reason"], registry=registry,
+        )  # fmt: skip
+        self.duplicates = Counter(
+            f"{PREFIX}_duplicate_events_total",
+            "Events whose event_id the user's state had already seen; ignored by design.",
+            registry=registry,
+        )
+        self.rekeyed = Counter(
+            f"{PREFIX}_rekeyed_events_total",
+            "Events whose Kafka key was not their user_id, re-published under the right key.",
+            registry=registry,
+        )
+        self.decisions = Counter(
+            f"{PREFIX}_decisions_total", "Decisions published, by program and status.",
+            ["program", "status"], registry=registry,
+        )  # fmt: skip
+        self.reward_cost = Counter(
+            f"{PREFIX}_reward_cost_granted_total",
+            "Cost to the business of granted rewards, in the program's currency unit.",
+            ["program"], registry=registry,
+        )  # fmt: skip
+        self.processing_seconds = Histogram(
+            f"{PREFIX}_event_processing_seconds",
+            "Time from reading an event to handing its outputs to the producer.",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+            registry=registry,
+        )

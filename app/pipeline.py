@@ -1,0 +1,96 @@
+"""One Kafka message in, the records to publish out: validation, routing and the engine.
+
+:class:`Pipeline` is what a Faust agent calls per message. It is synchronous and
+knows Kafka only as roles (``decisions``, ``dead-letter``, ...) and bytes, so the
+same code runs under the worker, in tests with a dict as the state table, and
+offline. It never raises on input: anything that cannot be decided becomes a
+dead letter with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+
+from app.contract.records import DeadLetter, Decision, FraudAlert, SourcePosition
+from app.contract.validate import Rejection, parse_event
+from app.decisioning.engine import Engine
+from app.features.state import UserState
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# A dead letter keeps at most this much of the original payload (base64 adds a third);
+# larger inputs keep their size and SHA-256, and the original stays at its offset.
+MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """A record to publish: the topic role, the Kafka key and the value bytes."""
+
+    role: str
+    key: bytes | None
+    value: bytes
+
+
+class Pipeline:
+    """Validate, decide and route one message at a time."""
+
+    def __init__(self, engine: Engine, metrics: Metrics, *, max_event_bytes: int) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_event_bytes = max_event_bytes
+
+    def handle(
+        self, states: MutableMapping[bytes, bytes | None], source: SourcePosition, value: bytes
+    ) -> list[Output]:
+        """The outputs for one message; ``states`` is the user-state table."""
+        try:
+            return self._handle(states, source, value)
+        except Exception as exc:  # a bug must cost one dead letter, never the worker
+            log.exception("pipeline.failed topic=%s partition=%s offset=%s",
+                          source.topic, source.partition, source.offset)  # fmt: skip
+            rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
+            return [self._dead_letter(source, value, rejection)]
+
+    def _handle(
+        self, states: MutableMapping[bytes, bytes | None], source: SourcePosition, value: bytes
+    ) -> list[Output]:
+        event = parse_event(value, max_bytes=self.max_event_bytes)
+        if isinstance(event, Rejection):
+            return [self._dead_letter(source, value, event)]
+        user_key = event.user_id.encode()
+        if source.key != user_key:
+            # State is partitioned by user_id: an event under another key would be decided
+            # against the wrong state, so it goes back to the events topic under the right key.
+            self.metrics.rekeyed.inc()
+            return [Output("events", user_key, value)]
+        outcome = self.engine.process(UserState.from_bytes(states.get(user_key)), event)
+        if outcome.duplicate:
+            self.metrics.duplicates.inc()
+            return []
+        states[user_key] = outcome.state.to_bytes()
+        self.metrics.events_in.labels(event.type).inc()
+        return [self._publish(record, user_key) for record in outcome.records]
+
+    def _publish(self, record: Decision | FraudAlert, user_key: bytes) -> Output:
+        if isinstance(record, Decision):
+            self.metrics.decisions.labels(record.program, record.status).inc()
+            if record.status == "granted":
+                self.metrics.reward_cost.labels(record.program).inc(record.cost)
+            return Output("decisions", user_key, record.to_json())
+        return Output("fraud-alerts", user_key, record.to_json())
+
+    def _dead_letter(self, source: SourcePosition, value: bytes, rejection: Rejection) -> Output:
+        self.metrics.dead_letters.labels(rejection.reason).inc()
+        record = DeadLetter.of(
+            reason=rejection.reason,
+            error=rejection.error,
+            event_id=rejection.event_id,
+            source=source,
+            payload=value,
+            max_payload_bytes=MAX_DEAD_LETTER_PAYLOAD,
+        )
+        return Output("dead-letter", source.key, record.to_json())

@@ -1,0 +1,141 @@
+"""The one settings object, built once at start-up.
+
+This module is the only place that reads environment variables. Every setting
+is a field of :class:`Settings`; its environment variable is the field name in
+upper case behind the ``REWARDSTREAM_`` prefix (``partitions`` is
+``REWARDSTREAM_PARTITIONS``). An unknown ``REWARDSTREAM_*`` variable or a value
+of the wrong type fails at start-up with the variable's name, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "REWARDSTREAM_"
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or its value cannot be used."""
+
+
+def _home_dir(xdg_variable: str, fallback: str, environ: Mapping[str, str]) -> Path:
+    """The XDG base directory named by ``xdg_variable``, with our own folder in it."""
+    home = Path(environ.get("HOME") or Path.home())
+    return Path(environ.get(xdg_variable) or home / fallback) / "rewardstream"
+
+
+def _default_dirs(environ: Mapping[str, str]) -> dict[str, Path]:
+    return {
+        "data_dir": _home_dir("XDG_STATE_HOME", ".local/state", environ),
+        "cache_dir": _home_dir("XDG_CACHE_HOME", ".cache", environ),
+    }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the worker, the CLI and the local broker need to know."""
+
+    # Kafka connection and the names of the topics this engine owns.
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "rewardstream"
+    topic_events: str = "events"
+    topic_decisions: str = "decisions"
+    topic_fraud_alerts: str = "fraud-alerts"
+    topic_dead_letter: str = "dead-letter"
+    partitions: int = 4
+    replication_factor: int = 1
+
+    # The reward program the worker decides for.
+    program: str = "retail-loyalty"
+
+    # Input limits: an event larger than this is dead-lettered, not parsed.
+    max_event_bytes: int = 65_536
+
+    # Worker process: web port for /metrics and health, and where local state lives.
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = dataclasses.field(
+        default_factory=lambda: _default_dirs(os.environ)["data_dir"]
+    )
+    log_level: str = "info"
+
+    # The local Apache Kafka broker started by `rewardstream kafka up`.
+    kafka_version: str = "4.3.1"
+    cache_dir: Path = dataclasses.field(
+        default_factory=lambda: _default_dirs(os.environ)["cache_dir"]
+    )
+    kafka_heap: str = "512m"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``environ`` (default: the process environment).
+
+        ``overrides`` (for example from CLI flags) win over the environment.
+        """
+        environ = os.environ if environ is None else environ
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = dict(_default_dirs(environ))
+        for variable, raw in environ.items():
+            if not variable.startswith(ENV_PREFIX):
+                continue
+            name = variable[len(ENV_PREFIX) :].lower()
+            if name not in fields:
+                raise SettingsError(f"unknown setting {variable}; known: {_known(fields)}")
+            values[name] = _parse(variable, raw, fields[name].type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Reject values that would only fail later and further from their cause."""
+        if self.partitions < 1:
+            raise SettingsError("REWARDSTREAM_PARTITIONS must be at least 1")
+        if self.replication_factor < 1:
+            raise SettingsError("REWARDSTREAM_REPLICATION_FACTOR must be at least 1")
+        if self.max_event_bytes < 256:
+            raise SettingsError("REWARDSTREAM_MAX_EVENT_BYTES must be at least 256")
+        if not 0 <= self.web_port < 65_536:
+            raise SettingsError("REWARDSTREAM_WEB_PORT must be a TCP port")
+        topics = self.topic_names()
+        if len(set(topics.values())) != len(topics):
+            raise SettingsError(f"topic names must differ: {topics}")
+
+    def topic_names(self) -> dict[str, str]:
+        """Stable role -> configured Kafka topic name."""
+        return {
+            "events": self.topic_events,
+            "decisions": self.topic_decisions,
+            "fraud-alerts": self.topic_fraud_alerts,
+            "dead-letter": self.topic_dead_letter,
+        }
+
+    def env(self) -> dict[str, str]:
+        """These settings as environment variables, for a child process."""
+        return {
+            ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+        }
+
+
+def _known(fields: Mapping[str, Any]) -> str:
+    return ", ".join(ENV_PREFIX + name.upper() for name in sorted(fields))
+
+
+def _parse(variable: str, raw: str, annotation: Any) -> Any:
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "Path":
+            return Path(raw).expanduser()
+    except ValueError:
+        raise SettingsError(f"{variable}={raw!r} is not a valid {kind}") from None
+    return raw

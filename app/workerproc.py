@@ -1,0 +1,87 @@
+"""Run the worker as a child process: for the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from app.settings import Settings
+
+
+class WorkerError(RuntimeError):
+    """The worker exited or did not become ready."""
+
+
+class WorkerProcess:
+    """One ``rewardstream worker`` child with its own settings and log file."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.env()}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.web_host}:{self.settings.web_port}"
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        """Block until ``/ready`` answers 200; raise with the log's tail if it never does."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise WorkerError(f"the worker exited early:\n{self.log_tail()}")
+            if self.get("/ready")[0] == 200:
+                return
+            time.sleep(0.25)
+        raise WorkerError(f"the worker was not ready within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """GET a path on the worker's web port: (status, body), or (0, b"") if unreachable."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                return int(response.status), bytes(response.read())
+        except urllib.error.HTTPError as error:
+            return int(error.code), b""
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """Stop gracefully (SIGTERM), forcefully after ``timeout_s``; return the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the crash the reliability tests inject."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""

@@ -1,0 +1,32 @@
+"""The agents of the reward topology."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from app.contract.records import SourcePosition
+from app.pipeline import Pipeline
+from topologies import Topology
+
+
+def register_agents(topology: Topology, pipeline: Pipeline) -> None:
+    """Attach the ``decide`` agent: events in, decisions, alerts and dead letters out."""
+    outputs = {
+        "events": topology.events,
+        "decisions": topology.decisions,
+        "fraud-alerts": topology.fraud_alerts,
+        "dead-letter": topology.dead_letter,
+    }
+    states = topology.user_state
+
+    async def decide(stream: AsyncIterator[Any]) -> None:
+        async for event in stream.events():  # type: ignore[attr-defined]
+            message = event.message
+            source = SourcePosition(message.topic, message.partition, message.offset, message.key)
+            for output in pipeline.handle(states, source, message.value):
+                # send() only queues the record; delivery is awaited by Faust before it
+                # commits the offset, never per event on the hot path.
+                await outputs[output.role].send(key=output.key, value=output.value)
+
+    topology.app.agent(topology.events, name="decide")(decide)

@@ -1,0 +1,62 @@
+"""Build the worker's Faust app and run it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from app.decisioning.engine import Engine
+from app.kafkaio import ensure_topics, topic_requests
+from app.metrics import Metrics
+from app.pipeline import Pipeline
+from app.settings import Settings
+from streams.agents import register_agents
+from topologies import build
+
+log = logging.getLogger(__name__)
+
+
+def build_worker_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
+    """The Faust app of one worker: topology, agents and the /metrics page."""
+    registry = registry or CollectorRegistry()
+    topology = build(settings)
+    pipeline = Pipeline(
+        Engine(program=settings.program), Metrics(registry), max_event_bytes=settings.max_event_bytes
+    )
+    register_agents(topology, pipeline)
+    _add_pages(topology.app, registry)
+    return topology.app
+
+
+def is_ready(app: faust.App) -> bool:
+    """Ready once partitions are assigned and table state is recovered, not mid-rebalance."""
+    return bool(app.tables.recovery.completed.is_set()) and not app.rebalancing
+
+
+def _add_pages(app: faust.App, registry: CollectorRegistry) -> None:
+    @app.page("/metrics")
+    async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        body = generate_latest(registry)
+        return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/health")
+    async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return web.json({"status": "ok"})
+
+    @app.page("/ready")
+    async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        if is_ready(app):
+            return web.json({"status": "ready"})
+        return web.json({"status": "starting"}, status=503)
+
+
+def run_worker(settings: Settings) -> None:
+    """Create the engine's topics if missing, then run the worker until stopped."""
+    created = asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
+    log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
+    app = build_worker_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
