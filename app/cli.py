@@ -72,6 +72,8 @@ def _add_kafka(commands: Any) -> None:
     for action in (up, actions.add_parser("down", help="stop the broker"),
                    actions.add_parser("status", help="is it running, and where")):  # fmt: skip
         action.add_argument("--home", type=Path, help="broker directory (default: <data_dir>/kafka)")
+    fetch = actions.add_parser("fetch", help="only fetch the broker's jars into the cache")
+    fetch.set_defaults(run=_kafka_fetch)
     up.set_defaults(run=_kafka_up)
     actions.choices["down"].set_defaults(run=_kafka_down)
     actions.choices["status"].set_defaults(run=_kafka_status)
@@ -89,6 +91,12 @@ def _kafka_up(settings: Settings, args: argparse.Namespace) -> int:
     print(f"Kafka {info.version} is up: bootstrap {info.bootstrap_servers} (pid {info.pid})")
     if info.bootstrap_servers != settings.bootstrap_servers:
         print(f"export REWARDSTREAM_BOOTSTRAP_SERVERS={info.bootstrap_servers}")
+    return 0
+
+
+def _kafka_fetch(settings: Settings, args: argparse.Namespace) -> int:
+    libs = localkafka.ensure_jars(settings.cache_dir, settings.kafka_version)
+    print(f"Apache Kafka {settings.kafka_version}: {len(list(libs.glob('*.jar')))} jars cached.")
     return 0
 
 

@@ -44,7 +44,10 @@ class Pipeline:
         self.max_event_bytes = max_event_bytes
 
     def handle(
-        self, states: MutableMapping[bytes, bytes | None], source: SourcePosition, value: bytes
+        self,
+        states: MutableMapping[bytes, bytes | None],
+        source: SourcePosition,
+        value: bytes | None,
     ) -> list[Output]:
         """The outputs for one message; ``states`` is the user-state table."""
         try:
@@ -53,20 +56,23 @@ class Pipeline:
             log.exception("pipeline.failed topic=%s partition=%s offset=%s",
                           source.topic, source.partition, source.offset)  # fmt: skip
             rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
-            return [self._dead_letter(source, value, rejection)]
+            return [self._dead_letter(source, value or b"", rejection)]
 
     def _handle(
-        self, states: MutableMapping[bytes, bytes | None], source: SourcePosition, value: bytes
+        self,
+        states: MutableMapping[bytes, bytes | None],
+        source: SourcePosition,
+        value: bytes | None,
     ) -> list[Output]:
         event = parse_event(value, max_bytes=self.max_event_bytes)
         if isinstance(event, Rejection):
-            return [self._dead_letter(source, value, event)]
+            return [self._dead_letter(source, value or b"", event)]
         user_key = event.user_id.encode()
         if source.key != user_key:
             # State is partitioned by user_id: an event under another key would be decided
             # against the wrong state, so it goes back to the events topic under the right key.
             self.metrics.rekeyed.inc()
-            return [Output("events", user_key, value)]
+            return [Output("events", user_key, value or b"")]
         outcome = self.engine.process(UserState.from_bytes(states.get(user_key)), event)
         if outcome.duplicate:
             self.metrics.duplicates.inc()

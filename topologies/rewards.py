@@ -61,6 +61,7 @@ class Topology:
 
 def build(settings: Settings, **faust_options: Any) -> Topology:
     """A Faust app for ``settings`` with every topic and table declared on it."""
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap_servers}",

@@ -24,6 +24,7 @@ MIN_TS_MS: Final = 946_684_800_000
 MAX_TS_MS: Final = 4_102_444_800_000
 
 REJECTION_REASONS: Final = (
+    "empty",
     "oversized",
     "bad_encoding",
     "bad_json",
@@ -44,8 +45,10 @@ class Rejection:
     event_id: str | None = None
 
 
-def parse_event(raw: bytes, *, max_bytes: int) -> Event | Rejection:
-    """Decode and validate one message value."""
+def parse_event(raw: bytes | None, *, max_bytes: int) -> Event | Rejection:
+    """Decode and validate one message value (None for a record without a value)."""
+    if not raw:
+        return Rejection("empty", "the message has no value")
     if len(raw) > max_bytes:
         return Rejection("oversized", f"event is {len(raw)} bytes; the limit is {max_bytes}")
     try:
@@ -105,8 +108,12 @@ def _describe_schema_error(exc: fastjsonschema.JsonSchemaValueException) -> str:
     message = str(exc.message)
     if message.startswith(str(exc.name)):
         message = message[len(str(exc.name)) :].strip()
-    if message.startswith("must contain ["):
-        message = "is missing required field(s) " + message[len("must contain ") :]
+    if message.startswith("must contain [") and message.endswith(" properties"):
+        missing = message[len("must contain ") : -len(" properties")]
+        message = f"is missing required field(s) {missing}"
+    elif message.startswith("must not contain {") and message.endswith(" properties"):
+        unknown = message[len("must not contain ") : -len(" properties")]
+        message = f"has unknown field(s) {unknown}; extra data belongs in attributes"
     return f"{field} {message}"
 
 

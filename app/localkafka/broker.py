@@ -29,6 +29,10 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 STATE_FILE = "broker.json"
 
+# Brokers this process started, by pid: holding the Popen keeps it from warning when
+# collected while the broker (deliberately) runs on, and lets stop() reap it.
+_STARTED_HERE: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class BrokerError(RuntimeError):
     """The local broker could not be fetched, started, reached or stopped."""
@@ -120,12 +124,16 @@ def start(
     properties = _write_properties(home, port, controller_port, extra_properties or {})
     _format_storage_once(java, libs, home, properties)
     process = _spawn(java, libs, home, properties, heap)
+    _STARTED_HERE[process.pid] = process
     info = BrokerInfo(process.pid, port, controller_port, version, str(home))
     (home / STATE_FILE).write_text(json.dumps(asdict(info)))
     try:
         _wait_until_answers(info, process, timeout_s)
     except BrokerError:
         stop(home)
+        _STARTED_HERE.pop(process.pid, None)
+        process.kill()
+        process.wait()
         raise
     return info
 
@@ -149,6 +157,9 @@ def stop(home: Path, *, timeout_s: float = 30.0) -> bool:
     if not _wait_for_exit(info.pid, timeout_s):
         _signal(info.pid, signal.SIGKILL)
         _wait_for_exit(info.pid, 10.0)
+    child = _STARTED_HERE.pop(info.pid, None)
+    if child is not None:
+        child.wait(timeout=10)
     return True
 
 

@@ -1,0 +1,52 @@
+# rewardstream: `make demo` to see it work, `make test` to prove it. `make help` lists all.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install kafka-jars demo test test-unit test-integration lint format kafka-up kafka-down clean
+
+help: ## List the targets
+	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create the virtualenv and install the project with pinned dependencies
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $@
+
+kafka-jars: install ## Fetch the Apache Kafka broker jars from Maven Central (cached)
+	$(BIN)/rewardstream kafka fetch
+
+demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, print a summary, stop
+	$(BIN)/rewardstream demo
+
+test: install kafka-jars ## The whole suite: unit tests and integration tests on a real broker
+	$(BIN)/pytest
+
+test-unit: install ## Unit tests only (no broker)
+	$(BIN)/pytest -m "not kafka"
+
+test-integration: install kafka-jars ## Integration tests on the real broker only
+	$(BIN)/pytest -m kafka
+
+lint: install ## ruff (lint and format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install ## Apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+kafka-up: install ## Start the local broker on 127.0.0.1:9092 for manual use
+	$(BIN)/rewardstream kafka up
+
+kafka-down: install ## Stop the local broker started by kafka-up
+	$(BIN)/rewardstream kafka down
+
+clean: ## Remove the virtualenv and caches (the Kafka jar cache is kept)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,0 +1,67 @@
+"""Shared fixtures: a real Apache Kafka broker for the session, settings per test.
+
+The broker is started only when a test marked ``kafka`` asks for it. If it cannot
+start, such tests skip on a developer machine and FAIL under ``CI=true``: a
+skipped integration test must never count as a pass in CI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app import localkafka
+from app.settings import Settings
+
+# Settings a developer may set for the whole run; any other REWARDSTREAM_* is ignored here.
+_KEPT = {"REWARDSTREAM_CACHE_DIR", "REWARDSTREAM_KAFKA_VERSION", "REWARDSTREAM_KAFKA_HEAP"}
+
+
+def base_settings() -> Settings:
+    """Defaults plus the machine's cache location, ignoring a developer's other overrides."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REWARDSTREAM_") or k in _KEPT}
+    return Settings.from_env(environ=environ)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.BrokerInfo]:
+    settings = base_settings()
+    home = tmp_path_factory.mktemp("kafka")
+    try:
+        info = localkafka.start(
+            home, cache_dir=settings.cache_dir, version=settings.kafka_version,
+            port=0, heap=settings.kafka_heap,
+        )  # fmt: skip
+    except localkafka.BrokerError as error:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the Kafka broker could not start: {error}")
+        pytest.skip(f"Kafka broker could not start: {error}")
+    yield info
+    localkafka.stop(home)
+
+
+@pytest.fixture
+def test_settings(tmp_path: Path) -> Settings:
+    """Settings whose topics, consumer group, state and port belong to this test alone."""
+    suffix = uuid.uuid4().hex[:8]
+    return dataclasses.replace(
+        base_settings(),
+        app_id=f"rewardstream-test-{suffix}",
+        topic_events=f"events-{suffix}",
+        topic_decisions=f"decisions-{suffix}",
+        topic_fraud_alerts=f"fraud-alerts-{suffix}",
+        topic_dead_letter=f"dead-letter-{suffix}",
+        data_dir=tmp_path / "state",
+        web_port=localkafka.free_port(),
+    )
+
+
+@pytest.fixture
+def kafka_settings(kafka_broker: localkafka.BrokerInfo, test_settings: Settings) -> Settings:
+    """Per-test settings pointed at the session's broker."""
+    return dataclasses.replace(test_settings, bootstrap_servers=kafka_broker.bootstrap_servers)

@@ -1,0 +1,22 @@
+"""Fixtures for tests on the real broker: a worker process per test, and its outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings
+from app.workerproc import WorkerProcess
+
+
+@pytest.fixture
+def worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A real ``rewardstream worker`` on this test's topics, ready before the test starts."""
+    process = WorkerProcess(kafka_settings, tmp_path / "worker.log").start()
+    try:
+        process.wait_ready(timeout_s=120)
+        yield process
+    finally:
+        process.stop()
