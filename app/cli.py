@@ -189,6 +189,8 @@ def _add_tail(commands: Any) -> None:
     tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
     tail.add_argument("--new", action="store_true", help="only records published from now on")
     tail.add_argument("--max", type=int, help="stop after this many records")
+    tail.add_argument("--idle", type=float, default=3.0,
+                      help="without --follow, stop after this many seconds without a record")  # fmt: skip
     tail.set_defaults(run=_tail)
 
 
@@ -202,7 +204,7 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
     async def run() -> None:
         async for received in read(
             settings.bootstrap_servers, topics, from_beginning=not args.new,
-            idle_timeout_s=None if args.follow else 3.0, max_records=args.max,
+            idle_timeout_s=None if args.follow else args.idle, max_records=args.max,
         ):  # fmt: skip
             if args.jsonl:
                 sys.stdout.buffer.write(received.value + b"\n")
