@@ -9,6 +9,7 @@ the field and the problem in words.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -34,6 +35,10 @@ REJECTION_REASONS: Final = (
 )
 
 _check_event_schema = fastjsonschema.compile(load_schema("event"))
+# RFC 3339 date-time (section 5.6): full date, "T" (or a space, as section 5.6 notes), time, zone.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +85,15 @@ def validate_event(document: dict[str, Any]) -> Event | Rejection:
 def parse_timestamp(value: str | int | float) -> int | str:
     """Epoch milliseconds for an RFC 3339 string or epoch-ms number, or the error."""
     if isinstance(value, str):
+        if not _RFC3339.fullmatch(value):
+            return (
+                f"ts {value!r} is not an RFC 3339 timestamp with a date, a time and a zone "
+                "(for example 2026-01-31T12:00:00Z)"
+            )
         try:
-            moment = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value.upper())
         except ValueError:
-            return f"ts {value!r} is not an RFC 3339 timestamp"
-        if moment.tzinfo is None or "T" not in value.upper():
-            return f"ts {value!r} needs a date, a time and a zone (for example 2026-01-31T12:00:00Z)"
+            return f"ts {value!r} is not a real date and time"
         ts_ms = int(moment.timestamp() * 1000)
     else:
         ts_ms = int(value)

@@ -1,4 +1,4 @@
-"""docs/contract.md stays true to the code: its examples validate, and it names every field and reason."""
+"""docs/contract.md stays true to the code: examples validate, every field and reason is named."""
 
 from __future__ import annotations
 
@@ -73,7 +73,9 @@ def _property_names(schema: Any) -> Iterator[str]:
 
 
 def _schema_properties() -> list[tuple[str, str]]:
-    return sorted({(name, prop) for name in SCHEMA_NAMES for prop in _property_names(load_schema(name))})
+    return sorted(
+        {(name, prop) for name in SCHEMA_NAMES for prop in _property_names(load_schema(name))}
+    )
 
 
 def _reason_codes() -> list[str]:
@@ -113,13 +115,12 @@ def test_json_block_validates_against_its_schema(line: int, text: str) -> None:
 
 
 @pytest.mark.parametrize("kind", SCHEMA_NAMES)
-def test_doc_has_a_complete_example_of_each_kind(kind: str) -> None:
+def test_doc_has_examples_of_each_kind_showing_every_field(kind: str) -> None:
     examples = [doc for k, doc in _examples() if k == kind]
     assert examples, f"docs/contract.md has no ```json example of a {kind}"
-    every_field = set(load_schema(kind)["properties"])
-    assert any(every_field <= doc.keys() for doc in examples), (
-        f"no {kind} example carries every field: {sorted(every_field)}"
-    )
+    shown = set().union(*(doc.keys() for doc in examples))
+    missing = set(load_schema(kind)["properties"]) - shown
+    assert not missing, f"no {kind} example shows {sorted(missing)}"
 
 
 def test_example_ids_are_the_ids_the_engine_computes() -> None:
@@ -160,7 +161,7 @@ def test_doc_points_to_each_schema_file(name: str) -> None:
 
 @pytest.mark.parametrize(("schema", "prop"), _schema_properties())
 def test_every_schema_property_is_named_in_backticks(schema: str, prop: str) -> None:
-    assert f"`{prop}`" in DOC, f"property {prop!r} of the {schema} schema is not in docs/contract.md"
+    assert f"`{prop}`" in DOC, f"{schema} schema property {prop!r} is not in docs/contract.md"
 
 
 # ---------------------------------------------------------------- (c) every reason is documented

@@ -139,3 +139,21 @@ def test_odd_unicode_in_ids_is_kept_exactly() -> None:
     result = parse(event(user_id=user))
     assert isinstance(result, Event)
     assert result.user_id == user
+
+
+def test_missing_type_is_reported_as_missing_type() -> None:
+    result = rejected(event(type=...))
+    assert "type" in result.error
+    assert "amount" not in result.error
+
+
+@pytest.mark.parametrize("ts", ["2026-03-01t12:00:00z", "2026-03-01 12:00:00+00:00"])
+def test_rfc3339_variants_are_accepted(ts: str) -> None:
+    result = parse(event(ts=ts))
+    assert isinstance(result, Event)
+    assert result.ts == 1_772_366_400_000
+
+
+@pytest.mark.parametrize("ts", ["20260301T120000Z", "2026-02-30T12:00:00Z", "2026-03-01T12:00Z"])
+def test_non_rfc3339_strings_are_rejected(ts: str) -> None:
+    assert rejected(event(ts=ts)).reason == "bad_timestamp"
