@@ -47,9 +47,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Real-time reward decisions and reward-fraud detection on Kafka.",
     )
     parser.add_argument(
-        "--bootstrap", metavar="HOST:PORT",
+        "--bootstrap",
+        metavar="HOST:PORT",
         help="Kafka bootstrap servers (default: REWARDSTREAM_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
-    )  # fmt: skip
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_kafka(commands)
     _add_topics(commands)
@@ -69,9 +70,14 @@ def _add_kafka(commands: Any) -> None:
     actions = kafka.add_subparsers(title="actions", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="fetch Kafka if needed, start it, wait until it answers")
     up.add_argument("--port", type=int, default=9092, help="listener port; 0 picks a free one")
-    for action in (up, actions.add_parser("down", help="stop the broker"),
-                   actions.add_parser("status", help="is it running, and where")):  # fmt: skip
-        action.add_argument("--home", type=Path, help="broker directory (default: <data_dir>/kafka)")
+    for action in (
+        up,
+        actions.add_parser("down", help="stop the broker"),
+        actions.add_parser("status", help="is it running, and where"),
+    ):
+        action.add_argument(
+            "--home", type=Path, help="broker directory (default: <data_dir>/kafka)"
+        )
     fetch = actions.add_parser("fetch", help="only fetch the broker's jars into the cache")
     fetch.set_defaults(run=_kafka_fetch)
     up.set_defaults(run=_kafka_up)
@@ -85,9 +91,12 @@ def _broker_home(settings: Settings, args: argparse.Namespace) -> Path:
 
 def _kafka_up(settings: Settings, args: argparse.Namespace) -> int:
     info = localkafka.start(
-        _broker_home(settings, args), cache_dir=settings.cache_dir,
-        version=settings.kafka_version, port=args.port, heap=settings.kafka_heap,
-    )  # fmt: skip
+        _broker_home(settings, args),
+        cache_dir=settings.cache_dir,
+        version=settings.kafka_version,
+        port=args.port,
+        heap=settings.kafka_heap,
+    )
     print(f"Kafka {info.version} is up: bootstrap {info.bootstrap_servers} (pid {info.pid})")
     if info.bootstrap_servers != settings.bootstrap_servers:
         print(f"export REWARDSTREAM_BOOTSTRAP_SERVERS={info.bootstrap_servers}")
@@ -171,7 +180,9 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
     from app.kafkaio import produce
 
     def send(stream: BinaryIO) -> int:
-        return asyncio.run(produce(settings.bootstrap_servers, settings.topic_events, _lines(stream)))
+        return asyncio.run(
+            produce(settings.bootstrap_servers, settings.topic_events, _lines(stream))
+        )
 
     if args.file == "-":
         count = send(sys.stdin.buffer)
@@ -189,8 +200,12 @@ def _add_tail(commands: Any) -> None:
     tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for new records")
     tail.add_argument("--new", action="store_true", help="only records published from now on")
     tail.add_argument("--max", type=int, help="stop after this many records")
-    tail.add_argument("--idle", type=float, default=3.0,
-                      help="without --follow, stop after this many seconds without a record")  # fmt: skip
+    tail.add_argument(
+        "--idle",
+        type=float,
+        default=3.0,
+        help="without --follow, stop after this many seconds without a record",
+    )
     tail.set_defaults(run=_tail)
 
 
@@ -203,9 +218,12 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async for received in read(
-            settings.bootstrap_servers, topics, from_beginning=not args.new,
-            idle_timeout_s=None if args.follow else args.idle, max_records=args.max,
-        ):  # fmt: skip
+            settings.bootstrap_servers,
+            topics,
+            from_beginning=not args.new,
+            idle_timeout_s=None if args.follow else args.idle,
+            max_records=args.max,
+        ):
             if args.jsonl:
                 sys.stdout.buffer.write(received.value + b"\n")
             else:
@@ -227,8 +245,12 @@ def _add_simulate(commands: Any) -> None:
     size.add_argument("--duration", type=float, default=30.0, help="seconds of traffic")
     simulate.add_argument("--users", type=int, default=1_000)
     simulate.add_argument("--seed", type=int, default=7)
-    simulate.add_argument("--invalid-ratio", type=float, default=0.0,
-                          help="share of deliberately malformed messages, 0..1")  # fmt: skip
+    simulate.add_argument(
+        "--invalid-ratio",
+        type=float,
+        default=0.0,
+        help="share of deliberately malformed messages, 0..1",
+    )
     simulate.add_argument("--out", help="write JSONL to this file (- for stdout) instead of Kafka")
     simulate.set_defaults(run=_simulate)
 
@@ -240,19 +262,31 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     if not 0.0 <= args.invalid_ratio <= 1.0 or args.rate <= 0:
         raise SettingsError("--invalid-ratio must be within 0..1 and --rate above 0")
     total = args.events if args.events is not None else int(args.rate * args.duration)
-    simulator = EventSimulator(SimulatorConfig(
-        users=args.users, seed=args.seed, start_ms=SystemClock().now_ms(),
-        events_per_second=args.rate, invalid_ratio=args.invalid_ratio, program=settings.program,
-    ))  # fmt: skip
+    simulator = EventSimulator(
+        SimulatorConfig(
+            users=args.users,
+            seed=args.seed,
+            start_ms=SystemClock().now_ms(),
+            events_per_second=args.rate,
+            invalid_ratio=args.invalid_ratio,
+            program=settings.program,
+        )
+    )
     if args.out == "-":
         write_jsonl(sys.stdout.buffer, simulator, total=total)
     elif args.out:
         with open(args.out, "wb") as handle:
             write_jsonl(handle, simulator, total=total)
     else:
-        sent = asyncio.run(stream_to_kafka(
-            settings.bootstrap_servers, settings.topic_events, simulator, rate=args.rate, total=total
-        ))  # fmt: skip
+        sent = asyncio.run(
+            stream_to_kafka(
+                settings.bootstrap_servers,
+                settings.topic_events,
+                simulator,
+                rate=args.rate,
+                total=total,
+            )
+        )
         print(f"Produced {sent} events to {settings.topic_events}.", file=sys.stderr)
     return 0
 

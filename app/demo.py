@@ -36,11 +36,17 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
     """Run the demo end to end; return the process exit code."""
     home = settings.data_dir / "demo"
     shutil.rmtree(home, ignore_errors=True)  # each demo starts from an empty broker
-    say(f"Starting Apache Kafka {settings.kafka_version} (first run fetches it from Maven Central)...")
+    say(
+        f"Starting Apache Kafka {settings.kafka_version} "
+        "(the first run fetches it from Maven Central)..."
+    )
     broker = localkafka.start(
-        home / "kafka", cache_dir=settings.cache_dir, version=settings.kafka_version,
-        port=0, heap=settings.kafka_heap,
-    )  # fmt: skip
+        home / "kafka",
+        cache_dir=settings.cache_dir,
+        version=settings.kafka_version,
+        port=0,
+        heap=settings.kafka_heap,
+    )
     settings = dataclasses.replace(
         settings,
         bootstrap_servers=broker.bootstrap_servers,
@@ -49,7 +55,9 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
     )
     worker = WorkerProcess(settings, home / "worker.log")
     try:
-        say(f"Kafka is up on {broker.bootstrap_servers}. Creating topics and starting the worker...")
+        say(
+            f"Kafka is up on {broker.bootstrap_servers}. Creating topics and starting the worker..."
+        )
         asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
         worker.start().wait_ready()
         return asyncio.run(_traffic_and_summary(settings, plan))
@@ -61,12 +69,20 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
 
 async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
     total = int(plan.duration_s * plan.rate)
-    simulator = EventSimulator(SimulatorConfig(
-        users=plan.users, seed=plan.seed, start_ms=SystemClock().now_ms(),
-        events_per_second=plan.rate, invalid_ratio=plan.invalid_ratio, program=settings.program,
-    ))  # fmt: skip
-    say(f"Streaming {total} simulated events ({plan.rate:.0f}/s for {plan.duration_s:.0f} s, "
-        f"{plan.invalid_ratio:.0%} malformed on purpose)...")  # fmt: skip
+    simulator = EventSimulator(
+        SimulatorConfig(
+            users=plan.users,
+            seed=plan.seed,
+            start_ms=SystemClock().now_ms(),
+            events_per_second=plan.rate,
+            invalid_ratio=plan.invalid_ratio,
+            program=settings.program,
+        )
+    )
+    say(
+        f"Streaming {total} simulated events ({plan.rate:.0f}/s for {plan.duration_s:.0f} s, "
+        f"{plan.invalid_ratio:.0%} malformed on purpose)..."
+    )
     await stream_to_kafka(
         settings.bootstrap_servers, settings.topic_events, simulator, rate=plan.rate, total=total
     )
@@ -85,22 +101,30 @@ def print_summary(records: list[tuple[dict[str, Any], int]], *, produced: int) -
     dead = [r for r, _ in records if r.get("kind") == "dead_letter"]
     latencies = [at - r["ts"] for r, at in records if r.get("kind") == "decision"]
     say("")
-    say(f"Events produced: {produced}   decisions: {len(decisions)}   "
-        f"fraud alerts: {len(alerts)}   dead letters: {len(dead)}")  # fmt: skip
+    say(
+        f"Events produced: {produced}   decisions: {len(decisions)}   "
+        f"fraud alerts: {len(alerts)}   dead letters: {len(dead)}"
+    )
     statuses = Counter(d["status"] for d in decisions)
     say("Decisions by status: " + ", ".join(f"{k} {v}" for k, v in statuses.most_common()))
     granted = [d for d in decisions if d["status"] == "granted"]
     actions = Counter(d["action"] for d in granted)
     cost = sum(d["cost"] for d in granted)
-    say("Rewards granted: " + (", ".join(f"{k} {v}" for k, v in actions.most_common()) or "none")
-        + f"   total cost {cost:,.2f}")  # fmt: skip
+    say(
+        "Rewards granted: "
+        + (", ".join(f"{k} {v}" for k, v in actions.most_common()) or "none")
+        + f"   total cost {cost:,.2f}"
+    )
     if latencies:
         p50, p99 = _percentile(latencies, 50), _percentile(latencies, 99)
         say(f"Event time to decision published: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     reasons = Counter(d["reason"] for d in dead)
-    say("Dead letters by reason: " + (", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none"))
+    say(
+        "Dead letters by reason: "
+        + (", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none")
+    )
     say("\nA few decisions:")
-    for record in (granted[:3] + [d for d in decisions if d["status"] == "none"][:2]):
+    for record in granted[:3] + [d for d in decisions if d["status"] == "none"][:2]:
         say("  " + render(record))
     if dead:
         say("A few dead letters:")

@@ -115,7 +115,10 @@ async def read(
     idle_timeout_s: float | None = 5.0,
     max_records: int | None = None,
 ) -> AsyncIterator[Received]:
-    """Read ``topics`` without a consumer group until idle for ``idle_timeout_s`` (None: forever)."""
+    """Read ``topics`` without a consumer group until idle for ``idle_timeout_s``.
+
+    ``idle_timeout_s=None`` reads forever (``tail --follow``).
+    """
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=bootstrap_servers,
@@ -138,9 +141,13 @@ async def read(
             for messages in batch.values():
                 for message in messages:
                     yield Received(
-                        message.topic, message.partition, message.offset,
-                        message.key, message.value, message.timestamp,
-                    )  # fmt: skip
+                        message.topic,
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                        message.timestamp,
+                    )
                     seen += 1
                     if max_records is not None and seen >= max_records:
                         return

@@ -17,13 +17,17 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self.events_in = Counter(
-            f"{PREFIX}_events_total", "Valid events read, by event type.",
-            ["type"], registry=registry,
-        )  # fmt: skip
+            f"{PREFIX}_events_total",
+            "Valid events read, by event type.",
+            ["type"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
-            f"{PREFIX}_dead_letters_total", "Inputs sent to the dead-letter topic, by reason.",
-            ["reason"], registry=registry,
-        )  # fmt: skip
+            f"{PREFIX}_dead_letters_total",
+            "Inputs sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
         self.duplicates = Counter(
             f"{PREFIX}_duplicate_events_total",
             "Events whose event_id the user's state had already seen; ignored by design.",
@@ -35,14 +39,17 @@ class Metrics:
             registry=registry,
         )
         self.decisions = Counter(
-            f"{PREFIX}_decisions_total", "Decisions published, by program and status.",
-            ["program", "status"], registry=registry,
-        )  # fmt: skip
+            f"{PREFIX}_decisions_total",
+            "Decisions published, by program and status.",
+            ["program", "status"],
+            registry=registry,
+        )
         self.reward_cost = Counter(
             f"{PREFIX}_reward_cost_granted_total",
             "Cost to the business of granted rewards, in the program's currency unit.",
-            ["program"], registry=registry,
-        )  # fmt: skip
+            ["program"],
+            registry=registry,
+        )
         self.processing_seconds = Histogram(
             f"{PREFIX}_event_processing_seconds",
             "Time from reading an event to handing its outputs to the producer.",

@@ -53,8 +53,12 @@ class Pipeline:
         try:
             return self._handle(states, source, value)
         except Exception as exc:  # a bug must cost one dead letter, never the worker
-            log.exception("pipeline.failed topic=%s partition=%s offset=%s",
-                          source.topic, source.partition, source.offset)  # fmt: skip
+            log.exception(
+                "pipeline.failed topic=%s partition=%s offset=%s",
+                source.topic,
+                source.partition,
+                source.offset,
+            )
             rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
             return [self._dead_letter(source, value or b"", rejection)]
 

@@ -72,9 +72,7 @@ class Settings:
     kafka_heap: str = "512m"
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``environ`` (default: the process environment).
 
         ``overrides`` (for example from CLI flags) win over the environment.

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from faust import StreamT
 
 from app.contract.records import SourcePosition
 from app.pipeline import Pipeline
@@ -20,8 +19,8 @@ def register_agents(topology: Topology, pipeline: Pipeline) -> None:
     }
     states = topology.user_state
 
-    async def decide(stream: AsyncIterator[Any]) -> None:
-        async for event in stream.events():  # type: ignore[attr-defined]
+    async def decide(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
             message = event.message
             source = SourcePosition(message.topic, message.partition, message.offset, message.key)
             for output in pipeline.handle(states, source, message.value):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -24,7 +25,9 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
     registry = registry or CollectorRegistry()
     topology = build(settings)
     pipeline = Pipeline(
-        Engine(program=settings.program), Metrics(registry), max_event_bytes=settings.max_event_bytes
+        Engine(program=settings.program),
+        Metrics(registry),
+        max_event_bytes=settings.max_event_bytes,
     )
     register_agents(topology, pipeline)
     _add_pages(topology.app, registry)
@@ -33,7 +36,8 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
 
 def is_ready(app: faust.App) -> bool:
     """Ready once partitions are assigned and table state is recovered, not mid-rebalance."""
-    return bool(app.tables.recovery.completed.is_set()) and not app.rebalancing
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]  # not on the interface
+    return bool(recovery.completed.is_set()) and not app.rebalancing
 
 
 def _add_pages(app: faust.App, registry: CollectorRegistry) -> None:

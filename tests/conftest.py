@@ -24,7 +24,9 @@ _KEPT = {"REWARDSTREAM_CACHE_DIR", "REWARDSTREAM_KAFKA_VERSION", "REWARDSTREAM_K
 
 def base_settings() -> Settings:
     """Defaults plus the machine's cache location, ignoring a developer's other overrides."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REWARDSTREAM_") or k in _KEPT}
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith("REWARDSTREAM_") or k in _KEPT
+    }
     return Settings.from_env(environ=environ)
 
 
@@ -34,9 +36,12 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafk
     home = tmp_path_factory.mktemp("kafka")
     try:
         info = localkafka.start(
-            home, cache_dir=settings.cache_dir, version=settings.kafka_version,
-            port=0, heap=settings.kafka_heap,
-        )  # fmt: skip
+            home,
+            cache_dir=settings.cache_dir,
+            version=settings.kafka_version,
+            port=0,
+            heap=settings.kafka_heap,
+        )
     except localkafka.BrokerError as error:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI=true and the Kafka broker could not start: {error}")

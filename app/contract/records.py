@@ -190,4 +190,3 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_document())
-

@@ -36,9 +36,7 @@ REJECTION_REASONS: Final = (
 
 _check_event_schema = fastjsonschema.compile(load_schema("event"))
 # RFC 3339 date-time (section 5.6): full date, "T" (or a space, as section 5.6 notes), time, zone.
-_RFC3339 = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
-)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 
 
 @dataclass(frozen=True, slots=True)

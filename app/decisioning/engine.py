@@ -69,16 +69,20 @@ class Engine:
             return _cashback(event.amount or 0.0, event.currency or "")
         if event.type in OUTCOME_TYPES:
             return _no_reward("outcome.recorded", f"Recorded the user's {event.type} outcome.")
-        return _no_reward("trigger.not_a_trigger", f"A {event.type} event does not lead to a reward.")
+        return _no_reward(
+            "trigger.not_a_trigger", f"A {event.type} event does not lead to a reward."
+        )
 
     def _welcome(self, state: UserState) -> _Choice:
         if state.rewards_granted > 0:
             return _no_reward("rule.welcome_already_given", "The welcome reward was given before.")
         return _Choice(
-            "welcome-points", WELCOME_POINTS_VALUE, WELCOME_POINTS_COST,
+            "welcome-points",
+            WELCOME_POINTS_VALUE,
+            WELCOME_POINTS_COST,
             ("rule.welcome_on_signup:passed",),
             "Granted welcome points because this is the user's sign-up.",
-        )  # fmt: skip
+        )
 
     def _decision(self, event: Event, choice: _Choice) -> Decision:
         return Decision(
@@ -104,14 +108,18 @@ def _cashback(amount: float, currency: str) -> _Choice:
     if amount < CASHBACK_THRESHOLD:
         return _no_reward(
             "rule.cashback_min_amount:failed",
-            f"No reward: the purchase of {amount:.2f} {currency} is under {CASHBACK_THRESHOLD:.0f}.",
+            f"No reward: the purchase of {amount:.2f} {currency} "
+            f"is under {CASHBACK_THRESHOLD:.0f}.",
         )
     value = round(min(amount * CASHBACK_RATE, CASHBACK_CAP), 2)
     return _Choice(
-        "cashback", value, value, ("rule.cashback_min_amount:passed",),
+        "cashback",
+        value,
+        value,
+        ("rule.cashback_min_amount:passed",),
         f"Granted {value:.2f} {currency} cashback because the purchase of "
         f"{amount:.2f} {currency} is at least {CASHBACK_THRESHOLD:.0f}.",
-    )  # fmt: skip
+    )
 
 
 def _no_reward(reason: str, explanation: str) -> _Choice:

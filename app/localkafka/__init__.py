@@ -17,4 +17,13 @@ from app.localkafka.broker import (
     stop,
 )
 
-__all__ = ["BrokerError", "BrokerInfo", "answers", "ensure_jars", "free_port", "start", "status", "stop"]
+__all__ = [
+    "BrokerError",
+    "BrokerInfo",
+    "answers",
+    "ensure_jars",
+    "free_port",
+    "start",
+    "status",
+    "stop",
+]

@@ -76,10 +76,16 @@ def ensure_jars(cache_dir: Path, version: str, *, quiet: bool = True) -> Path:
         pom = work / "pom.xml"
         pom.write_bytes(resources.files(__package__).joinpath("pom.xml").read_bytes())
         command = [
-            mvn, "-B", *(["-q"] if quiet else []), "-f", str(pom),
-            f"-Dkafka.version={version}", "-DincludeScope=runtime",
-            f"-DoutputDirectory={partial}", "dependency:copy-dependencies",
-        ]  # fmt: skip
+            mvn,
+            "-B",
+            *(["-q"] if quiet else []),
+            "-f",
+            str(pom),
+            f"-Dkafka.version={version}",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={partial}",
+            "dependency:copy-dependencies",
+        ]
         result = subprocess.run(command, cwd=work, capture_output=quiet, text=True, check=False)
         if result.returncode != 0:
             detail = (result.stdout or "")[-2000:] if quiet else ""
@@ -217,33 +223,58 @@ def _format_storage_once(java: str, libs: Path, home: Path, properties: Path) ->
     if (home / "data" / "meta.properties").exists():
         return
     command = [
-        java, "-cp", _classpath(libs), "kafka.tools.StorageTool", "format",
-        "-t", _cluster_id(), "-c", str(properties),
-    ]  # fmt: skip
+        java,
+        "-cp",
+        _classpath(libs),
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        _cluster_id(),
+        "-c",
+        str(properties),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise BrokerError(f"could not format KRaft storage in {home}: {result.stdout}{result.stderr}")
+        raise BrokerError(
+            f"could not format KRaft storage in {home}: {result.stdout}{result.stderr}"
+        )
 
 
-def _spawn(java: str, libs: Path, home: Path, properties: Path, heap: str) -> subprocess.Popen[bytes]:
+def _spawn(
+    java: str, libs: Path, home: Path, properties: Path, heap: str
+) -> subprocess.Popen[bytes]:
     logs = home / "logs"
     logs.mkdir(exist_ok=True)
     log4j = home / "log4j2.yaml"
     log4j.write_bytes(resources.files(__package__).joinpath("log4j2.yaml").read_bytes())
     command = [
-        java, f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-        f"-Dkafka.logs.dir={logs}", f"-Dlog4j2.configurationFile={log4j}",
-        "-cp", _classpath(libs), "kafka.Kafka", str(properties),
-    ]  # fmt: skip
+        java,
+        f"-Xmx{heap}",
+        f"-Xms{heap}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dkafka.logs.dir={logs}",
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        _classpath(libs),
+        "kafka.Kafka",
+        str(properties),
+    ]
     with open(logs / "stdout.log", "ab") as output:
         # A new session: the broker outlives the command that started it (`kafka up`).
         return subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=home,
-        )  # fmt: skip
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=home,
+        )
 
 
-def _wait_until_answers(info: BrokerInfo, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+def _wait_until_answers(
+    info: BrokerInfo, process: subprocess.Popen[bytes], timeout_s: float
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

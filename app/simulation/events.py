@@ -24,14 +24,25 @@ COUNTRIES = ("DE", "FR", "GB", "NL", "ES", "IT", "PL", "SE", "US", "BR")
 CURRENCY = {"GB": "GBP", "PL": "PLN", "SE": "SEK", "US": "USD", "BR": "BRL"}
 # Relative frequency of event types for a user who already signed up.
 EVENT_MIX = (
-    ("page_view", 46), ("session_start", 20), ("purchase", 16), ("reward_opened", 6),
-    ("reward_redeemed", 4), ("reward_dismissed", 3), ("survey", 2), ("referral", 2),
+    ("page_view", 46),
+    ("session_start", 20),
+    ("purchase", 16),
+    ("reward_opened", 6),
+    ("reward_redeemed", 4),
+    ("reward_dismissed", 3),
+    ("survey", 2),
+    ("referral", 2),
     ("consent_updated", 1),
-)  # fmt: skip
+)
 INVALID_KINDS = (
-    "bad_json", "not_an_object", "missing_field", "unknown_type", "wrong_type",
-    "bad_timestamp", "oversized",
-)  # fmt: skip
+    "bad_json",
+    "not_an_object",
+    "missing_field",
+    "unknown_type",
+    "wrong_type",
+    "bad_timestamp",
+    "oversized",
+)
 
 
 @dataclass
@@ -88,10 +99,13 @@ class EventSimulator:
         user.signed_up = True
         event: dict[str, Any] = {
             "event_id": f"ev-{self.config.seed}-{self.sequence}",
-            "user_id": user.user_id, "type": event_type, "ts": ts,
+            "user_id": user.user_id,
+            "type": event_type,
+            "ts": ts,
             "channel": user.channel if self.random.random() < 0.8 else self.random.choice(CHANNELS),
-            "device_id": user.device_id, "ip": user.ip,
-        }  # fmt: skip
+            "device_id": user.device_id,
+            "ip": user.ip,
+        }
         self._fill(event, user)
         if event_type in ("signup", "purchase"):
             user.rewardable_event_ids = [*user.rewardable_event_ids[-4:], event["event_id"]]

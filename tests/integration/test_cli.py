@@ -16,15 +16,23 @@ from app.workerproc import WorkerProcess
 pytestmark = pytest.mark.kafka
 
 
-def cli(settings: Settings, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+def cli(
+    settings: Settings, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, **settings.env()}
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], input=stdin, env=env,
-        capture_output=True, timeout=180, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "app.cli", *args],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
 
 
-def test_kafka_up_status_down_manage_their_own_broker(test_settings: Settings, tmp_path: Path) -> None:
+def test_kafka_up_status_down_manage_their_own_broker(
+    test_settings: Settings, tmp_path: Path
+) -> None:
     home = str(tmp_path / "broker")
     up = cli(test_settings, "kafka", "up", "--port", "0", "--home", home)
     assert up.returncode == 0, up.stderr.decode()
@@ -41,7 +49,9 @@ def test_kafka_up_status_down_manage_their_own_broker(test_settings: Settings, t
     assert cli(test_settings, "kafka", "status", "--home", home).returncode == 3
 
 
-def test_topics_produce_and_tail_round_trip(kafka_settings: Settings, worker: WorkerProcess) -> None:
+def test_topics_produce_and_tail_round_trip(
+    kafka_settings: Settings, worker: WorkerProcess
+) -> None:
     created = cli(kafka_settings, "topics", "create")
     assert created.returncode == 0, created.stderr.decode()
     assert created.stdout.count(b"exists") == 4  # the worker created them at start
@@ -62,7 +72,12 @@ def test_topics_produce_and_tail_round_trip(kafka_settings: Settings, worker: Wo
 
 def test_bad_setting_fails_with_the_variable_named(test_settings: Settings) -> None:
     env = {**os.environ, "REWARDSTREAM_PARTITONS": "3"}
-    result = subprocess.run([sys.executable, "-m", "app.cli", "topics", "create"], env=env,
-                            capture_output=True, check=False, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "topics", "create"],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
     assert result.returncode == 1
     assert b"unknown setting REWARDSTREAM_PARTITONS" in result.stderr

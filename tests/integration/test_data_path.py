@@ -35,8 +35,15 @@ MALFORMED = [
     b'{"event_id": "bad-6", "user_id": "u-x", "type": "signup", "ts": "tomorrow"}',
     b"\xff\xfe\x00garbage",
     b"",
-    orjson.dumps({"event_id": "bad-9", "user_id": "u-x", "type": "signup", "ts": 1772366400000,
-                  "attributes": {f"k{i}": "x" * 1024 for i in range(64)}}),  # fmt: skip
+    orjson.dumps(
+        {
+            "event_id": "bad-9",
+            "user_id": "u-x",
+            "type": "signup",
+            "ts": 1772366400000,
+            "attributes": {f"k{i}": "x" * 1024 for i in range(64)},
+        }
+    ),
 ]
 
 
@@ -88,19 +95,30 @@ async def test_each_dead_letter_points_at_its_original_message(
 
     originals = {
         (r.partition, r.offset): r.value
-        async for r in read(kafka_settings.bootstrap_servers, [kafka_settings.topic_events],
-                            idle_timeout_s=3.0)  # fmt: skip
+        async for r in read(
+            kafka_settings.bootstrap_servers, [kafka_settings.topic_events], idle_timeout_s=3.0
+        )
     }
     for record in dead:
         check["dead_letter"](record)
         source = record["source"]
         assert source["topic"] == kafka_settings.topic_events
-        assert base64.b64decode(record["payload_base64"]) == originals[
-            (source["partition"], source["offset"])
-        ]
+        assert (
+            base64.b64decode(record["payload_base64"])
+            == originals[(source["partition"], source["offset"])]
+        )
     reasons = Counter(d["reason"] for d in dead)
-    assert reasons == Counter({"schema": 3, "bad_json": 1, "not_an_object": 1, "bad_timestamp": 1,
-                               "bad_encoding": 1, "empty": 1, "oversized": 1})  # fmt: skip
+    assert reasons == Counter(
+        {
+            "schema": 3,
+            "bad_json": 1,
+            "not_an_object": 1,
+            "bad_timestamp": 1,
+            "bad_encoding": 1,
+            "empty": 1,
+            "oversized": 1,
+        }
+    )
 
 
 async def test_unkeyed_and_repeated_events_still_yield_exactly_one_decision_each(
@@ -129,8 +147,9 @@ async def test_worker_keeps_deciding_after_hostile_input(
     kafka_settings: Settings, worker: WorkerProcess
 ) -> None:
     hostile = [b"{" * 100_000, b"\x00" * 70_000, b'{"a":' * 3000, b"null", b"1e999"] * 4
-    after = orjson.dumps({"event_id": "after", "user_id": "u-z", "type": "page_view",
-                          "ts": "2026-03-01T12:00:00Z"})  # fmt: skip
+    after = orjson.dumps(
+        {"event_id": "after", "user_id": "u-z", "type": "page_view", "ts": "2026-03-01T12:00:00Z"}
+    )
     await produce(kafka_settings.bootstrap_servers, kafka_settings.topic_events, [*hostile, after])
     received = await outputs(kafka_settings, expected=len(hostile) + 1)
     decisions = [r.document() for r in received if r.topic == kafka_settings.topic_decisions]

@@ -147,8 +147,10 @@ def test_dead_letter_examples_carry_their_real_payload_reason_and_error() -> Non
         result = parse_event(payload, max_bytes=max_bytes)
         assert isinstance(result, Rejection), "the example payload is a valid event"
         assert (result.reason, result.error, result.event_id) == (
-            doc["reason"], doc["error"], doc["event_id"]
-        )  # fmt: skip
+            doc["reason"],
+            doc["error"],
+            doc["event_id"],
+        )
 
 
 # ---------------------------------------------------------------- (b) every field is documented

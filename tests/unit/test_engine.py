@@ -1,4 +1,4 @@
-"""The decision core: one decision per new event, repeats ignored, ids deterministic, records valid."""
+"""The decision core: one decision per new event, repeats ignored, ids deterministic."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def test_signup_grants_the_welcome_reward_once() -> None:
     engine = Engine(program="p")
     state, first = decide(engine, UserState(), ev("e1", "signup", channel="web"))
     assert (first.status, first.action, first.channel) == ("granted", "welcome-points", "web")
-    assert first.reasons and first.explanation
+    assert first.reasons
+    assert first.explanation
     _, second = decide(engine, state, ev("e2", "signup"))
     assert (second.status, second.action) == ("none", None)
     assert "before" in second.explanation
@@ -40,11 +41,17 @@ def test_signup_grants_the_welcome_reward_once() -> None:
 
 @pytest.mark.parametrize(
     ("amount", "status", "value"),
-    [(10.0, "none", 0.0), (50.0, "granted", 2.5), (120.0, "granted", 6.0), (1000.0, "granted", 20.0)],
+    [
+        (10.0, "none", 0.0),
+        (50.0, "granted", 2.5),
+        (120.0, "granted", 6.0),
+        (1000.0, "granted", 20.0),
+    ],
 )
 def test_cashback_threshold_and_cap(amount: float, status: str, value: float) -> None:
-    _, decision = decide(Engine(program="p"), UserState(),
-                         ev("e1", "purchase", amount=amount, currency="EUR"))  # fmt: skip
+    _, decision = decide(
+        Engine(program="p"), UserState(), ev("e1", "purchase", amount=amount, currency="EUR")
+    )
     assert (decision.status, decision.value, decision.cost) == (status, value, value)
     assert f"{amount:.2f} EUR" in decision.explanation
 
@@ -79,6 +86,11 @@ def test_state_tracks_spend_and_rewards_and_survives_serialization() -> None:
     engine = Engine(program="p")
     state, _ = decide(engine, UserState(), ev("e1", "purchase", amount=60.0, currency="EUR"))
     state, _ = decide(engine, state, ev("e2", "purchase", amount=5.0, currency="EUR"))
-    assert (state.purchases, state.spend, state.rewards_granted, state.reward_cost) == (2, 65.0, 1, 3.0)
+    assert (state.purchases, state.spend, state.rewards_granted, state.reward_cost) == (
+        2,
+        65.0,
+        1,
+        3.0,
+    )
     assert UserState.from_bytes(state.to_bytes()) == state
     assert UserState.from_bytes(None) == UserState()

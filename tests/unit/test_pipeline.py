@@ -1,4 +1,4 @@
-"""Routing of one message: decisions, dead letters with the original bytes, re-keying, duplicates."""
+"""Routing of one message: decisions, dead letters with original bytes, re-keying, repeats."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from app.pipeline import MAX_DEAD_LETTER_PAYLOAD, Pipeline
 
 check_dead_letter = fastjsonschema.compile(load_schema("dead_letter"))
 check_decision = fastjsonschema.compile(load_schema("decision"))
-VALID = orjson.dumps({"event_id": "e-1", "user_id": "u-1", "type": "signup",
-                      "ts": "2026-03-01T12:00:00Z"})  # fmt: skip
+VALID = orjson.dumps(
+    {"event_id": "e-1", "user_id": "u-1", "type": "signup", "ts": "2026-03-01T12:00:00Z"}
+)
 
 
 def at(offset: int, key: bytes | None = b"u-1") -> SourcePosition:
@@ -54,14 +55,20 @@ def test_invalid_event_becomes_a_dead_letter_with_original_bytes_and_position(
     check_dead_letter(record)
     assert output.role == "dead-letter"
     assert (record["reason"], record["event_id"]) == ("schema", "e-9")
-    assert record["source"] == {"topic": "events", "partition": 2, "offset": 41,
-                                "key_base64": base64.b64encode(b"k").decode()}  # fmt: skip
+    assert record["source"] == {
+        "topic": "events",
+        "partition": 2,
+        "offset": 41,
+        "key_base64": base64.b64encode(b"k").decode(),
+    }
     assert base64.b64decode(record["payload_base64"]) == raw
     assert record["payload_sha256"] == hashlib.sha256(raw).hexdigest()
     assert registry.get_sample_value("rewardstream_dead_letters_total", {"reason": "schema"}) == 1
 
 
-def test_huge_payload_is_truncated_in_the_dead_letter_but_hashed_whole(registry: CollectorRegistry) -> None:
+def test_huge_payload_is_truncated_in_the_dead_letter_but_hashed_whole(
+    registry: CollectorRegistry,
+) -> None:
     pipeline = Pipeline(Engine(program="p"), Metrics(registry), max_event_bytes=1024)
     raw = b"x" * (MAX_DEAD_LETTER_PAYLOAD + 10)
     record = orjson.loads(pipeline.handle({}, at(1), raw)[0].value)
@@ -81,7 +88,9 @@ def test_event_under_the_wrong_key_is_republished_under_its_user_id(
     assert registry.get_sample_value("rewardstream_rekeyed_events_total") == 1
 
 
-def test_repeat_of_an_event_is_counted_not_decided(pipeline: Pipeline, registry: CollectorRegistry) -> None:
+def test_repeat_of_an_event_is_counted_not_decided(
+    pipeline: Pipeline, registry: CollectorRegistry
+) -> None:
     states: dict[bytes, bytes | None] = {}
     assert len(pipeline.handle(states, at(0), VALID)) == 1
     assert pipeline.handle(states, at(1), VALID) == []
@@ -93,7 +102,9 @@ class ExplodingEngine(Engine):
         raise ZeroDivisionError("a bug")
 
 
-def test_a_bug_in_the_engine_costs_one_dead_letter_not_the_worker(registry: CollectorRegistry) -> None:
+def test_a_bug_in_the_engine_costs_one_dead_letter_not_the_worker(
+    registry: CollectorRegistry,
+) -> None:
     pipeline = Pipeline(ExplodingEngine(program="p"), Metrics(registry), max_event_bytes=4096)
     [output] = pipeline.handle({}, at(5), VALID)
     record = orjson.loads(output.value)

@@ -14,18 +14,24 @@ def test_defaults_need_no_environment() -> None:
     settings = Settings.from_env(environ={"HOME": "/home/someone"})
     assert settings.bootstrap_servers == "127.0.0.1:9092"
     assert settings.topic_names() == {
-        "events": "events", "decisions": "decisions",
-        "fraud-alerts": "fraud-alerts", "dead-letter": "dead-letter",
-    }  # fmt: skip
+        "events": "events",
+        "decisions": "decisions",
+        "fraud-alerts": "fraud-alerts",
+        "dead-letter": "dead-letter",
+    }
     assert settings.data_dir == Path("/home/someone/.local/state/rewardstream")
     assert settings.cache_dir == Path("/home/someone/.cache/rewardstream")
 
 
 def test_environment_sets_fields_with_their_types() -> None:
-    settings = Settings.from_env(environ={
-        "REWARDSTREAM_PARTITIONS": "12", "REWARDSTREAM_TOPIC_EVENTS": "shop-events",
-        "REWARDSTREAM_DATA_DIR": "/var/lib/rs", "XDG_CACHE_HOME": "/cache",
-    })  # fmt: skip
+    settings = Settings.from_env(
+        environ={
+            "REWARDSTREAM_PARTITIONS": "12",
+            "REWARDSTREAM_TOPIC_EVENTS": "shop-events",
+            "REWARDSTREAM_DATA_DIR": "/var/lib/rs",
+            "XDG_CACHE_HOME": "/cache",
+        }
+    )
     assert settings.partitions == 12
     assert settings.topic_events == "shop-events"
     assert settings.data_dir == Path("/var/lib/rs")
