@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -91,7 +92,9 @@ def _dockerfile() -> Dockerfile:
         elif instruction == "ENV":
             words = shlex.split(rest)
             if "=" in words[0]:
-                env.update(word.partition("=")[::2] for word in words)
+                for word in words:
+                    key, _, value = word.partition("=")
+                    env[key] = value
             else:  # legacy `ENV KEY value`
                 env[words[0]] = " ".join(words[1:])
         elif instruction == "EXPOSE":
@@ -269,9 +272,10 @@ def test_compose_publishes_the_worker_web_port_and_checks_health(
     web_port = _container_settings(compose, dockerfile, "worker").web_port
     worker = compose["services"]["worker"]
     assert [(host, inside) for _, host, inside in _ports(worker)] == [(web_port, web_port)]
-    check = " ".join(worker["healthcheck"]["test"])
-    assert f"http://127.0.0.1:{web_port}/health" in check
-    assert "/health" in worker_pages
+    (url,) = re.findall(r"https?://[^\s'\"]+", " ".join(worker["healthcheck"]["test"]))
+    checked = urlsplit(url)
+    assert (checked.hostname, checked.port, checked.path) == ("127.0.0.1", web_port, "/health")
+    assert checked.path in worker_pages
 
 
 def test_prometheus_scrapes_the_worker_web_port(
@@ -398,6 +402,7 @@ def test_statefulset_runs_the_image_with_the_configmap(
     assert pod["securityContext"]["runAsNonRoot"] is True
     uid = dockerfile.user.split(":")[0]
     assert uid.isdigit(), "runAsNonRoot can only be verified for a numeric USER"
+    assert int(uid) != 0, "the image runs as a non-root user"
     assert pod["securityContext"]["runAsUser"] == int(uid)
 
 
