@@ -10,12 +10,13 @@ dead letter with its reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 from app.contract.records import DeadLetter, Decision, FraudAlert, SourcePosition
 from app.contract.validate import Rejection, parse_event
 from app.decisioning.engine import Engine
+from app.decisioning.ledger import Ledger, ledger_key
 from app.features.state import UserState
 from app.metrics import Metrics
 
@@ -24,6 +25,17 @@ log = logging.getLogger(__name__)
 # A dead letter keeps at most this much of the original payload (base64 adds a third);
 # larger inputs keep their size and SHA-256, and the original stays at its offset.
 MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
+
+
+Table = MutableMapping[bytes, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """Where state lives: per-user state by user id, per-partition ledgers by ledger key."""
+
+    users: Table
+    ledgers: Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,20 +50,29 @@ class Output:
 class Pipeline:
     """Validate, decide and route one message at a time."""
 
-    def __init__(self, engine: Engine, metrics: Metrics, *, max_event_bytes: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        *,
+        max_event_bytes: int,
+        partitioner: Callable[[bytes], int] | None = None,
+    ) -> None:
+        """``partitioner`` maps a user key to its partition when there is no Kafka (replay)."""
         self.engine = engine
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
+        self.partitioner = partitioner
 
     def handle(
         self,
-        states: MutableMapping[bytes, bytes | None],
+        tables: Tables,
         source: SourcePosition,
         value: bytes | None,
     ) -> list[Output]:
-        """The outputs for one message; ``states`` is the user-state table."""
+        """The outputs for one message read at ``source``."""
         try:
-            return self._handle(states, source, value)
+            return self._handle(tables, source, value)
         except Exception as exc:  # a bug must cost one dead letter, never the worker
             log.exception(
                 "pipeline.failed topic=%s partition=%s offset=%s",
@@ -62,26 +83,30 @@ class Pipeline:
             rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
             return [self._dead_letter(source, value or b"", rejection)]
 
-    def _handle(
-        self,
-        states: MutableMapping[bytes, bytes | None],
-        source: SourcePosition,
-        value: bytes | None,
-    ) -> list[Output]:
+    def _handle(self, tables: Tables, source: SourcePosition, value: bytes | None) -> list[Output]:
         event = parse_event(value, max_bytes=self.max_event_bytes)
         if isinstance(event, Rejection):
             return [self._dead_letter(source, value or b"", event)]
         user_key = event.user_id.encode()
-        if source.key != user_key:
+        if self.partitioner is not None:
+            partition = self.partitioner(user_key)
+        elif source.key != user_key:
             # State is partitioned by user_id: an event under another key would be decided
             # against the wrong state, so it goes back to the events topic under the right key.
             self.metrics.rekeyed.inc()
             return [Output("events", user_key, value or b"")]
-        outcome = self.engine.process(UserState.from_bytes(states.get(user_key)), event)
+        else:
+            partition = source.partition
+        key_of_ledger = ledger_key(self.engine.program.id, partition)
+        user = UserState.from_bytes(tables.users.get(user_key))
+        ledger = Ledger.from_bytes(tables.ledgers.get(key_of_ledger))
+        outcome = self.engine.process(user, ledger, event, partition=partition)
         if outcome.duplicate:
             self.metrics.duplicates.inc()
             return []
-        states[user_key] = outcome.state.to_bytes()
+        tables.users[user_key] = outcome.user.to_bytes()
+        if outcome.ledger is not ledger:
+            tables.ledgers[key_of_ledger] = outcome.ledger.to_bytes()
         self.metrics.events_in.labels(event.type).inc()
         return [self._publish(record, user_key) for record in outcome.records]
 

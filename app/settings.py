@@ -50,8 +50,10 @@ class Settings:
     partitions: int = 4
     replication_factor: int = 1
 
-    # The reward program the worker decides for.
+    # The reward program the worker decides for: a shipped program's id or a YAML file.
     program: str = "retail-loyalty"
+    # Seed of every random choice (exploration), so runs and replays are reproducible.
+    seed: int = 7
 
     # Input limits: an event larger than this is dead-lettered, not parsed.
     max_event_bytes: int = 65_536

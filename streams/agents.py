@@ -5,7 +5,7 @@ from __future__ import annotations
 from faust import StreamT
 
 from app.contract.records import SourcePosition
-from app.pipeline import Pipeline
+from app.pipeline import Pipeline, Tables
 from topologies import Topology
 
 
@@ -17,13 +17,13 @@ def register_agents(topology: Topology, pipeline: Pipeline) -> None:
         "fraud-alerts": topology.fraud_alerts,
         "dead-letter": topology.dead_letter,
     }
-    states = topology.user_state
+    tables = Tables(users=topology.user_state, ledgers=topology.ledger)
 
     async def decide(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
             source = SourcePosition(message.topic, message.partition, message.offset, message.key)
-            for output in pipeline.handle(states, source, message.value):
+            for output in pipeline.handle(tables, source, message.value):
                 # send() only queues the record; delivery is awaited by Faust before it
                 # commits the offset, never per event on the hot path.
                 await outputs[output.role].send(key=output.key, value=output.value)

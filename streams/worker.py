@@ -9,7 +9,7 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from app.decisioning.engine import Engine
+from app.assembly import build_engine
 from app.kafkaio import ensure_topics, topic_requests
 from app.metrics import Metrics
 from app.pipeline import Pipeline
@@ -25,7 +25,7 @@ def build_worker_app(settings: Settings, registry: CollectorRegistry | None = No
     registry = registry or CollectorRegistry()
     topology = build(settings)
     pipeline = Pipeline(
-        Engine(program=settings.program),
+        build_engine(settings),
         Metrics(registry),
         max_event_bytes=settings.max_event_bytes,
     )

@@ -7,6 +7,13 @@ The roles (``events``, ``decisions``, ``fraud-alerts``, ``dead-letter``) and the
 table names never change; the Kafka topic names come from settings.
 """
 
-from topologies.rewards import TABLE_USER_STATE, TopicSpec, Topology, build, topic_specs
+from topologies.rewards import (
+    TABLE_LEDGER,
+    TABLE_USER_STATE,
+    TopicSpec,
+    Topology,
+    build,
+    topic_specs,
+)
 
-__all__ = ["TABLE_USER_STATE", "TopicSpec", "Topology", "build", "topic_specs"]
+__all__ = ["TABLE_LEDGER", "TABLE_USER_STATE", "TopicSpec", "Topology", "build", "topic_specs"]

@@ -3,7 +3,8 @@
     events ──▶ [decide] ──▶ decisions
                   │  ╰────▶ fraud-alerts
                   │  ╰────▶ dead-letter     (invalid input, with its reason)
-                  ╰─ user-state table       (changelog: <app_id>-user-state-changelog)
+                  ├─ user-state table       (changelog: <app_id>-user-state-changelog)
+                  ╰─ program-ledger table   (budget and stock spent, one row per partition)
 
 ``events`` is keyed by ``user_id`` and the user-state table is partitioned the
 same way, so each worker owns the whole state of the users on its partitions.
@@ -20,6 +21,7 @@ from app.settings import Settings
 
 # Table names are part of the changelog topic names: renaming one loses its state.
 TABLE_USER_STATE = "user-state"
+TABLE_LEDGER = "program-ledger"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class Topology:
     fraud_alerts: Any
     dead_letter: Any
     user_state: Any
+    ledger: Any
 
 
 def build(settings: Settings, **faust_options: Any) -> Topology:
@@ -83,18 +86,17 @@ def build(settings: Settings, **faust_options: Any) -> Topology:
             names[role], key_type=bytes, value_type=bytes, partitions=settings.partitions
         )
 
-    user_state = app.Table(
-        TABLE_USER_STATE,
-        default=None,
-        partitions=settings.partitions,
-        key_type=bytes,
-        value_type=bytes,
-    )
+    def table(name: str) -> Any:
+        return app.Table(
+            name, default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes
+        )
+
     return Topology(
         app=app,
         events=topic("events"),
         decisions=topic("decisions"),
         fraud_alerts=topic("fraud-alerts"),
         dead_letter=topic("dead-letter"),
-        user_state=user_state,
+        user_state=table(TABLE_USER_STATE),
+        ledger=table(TABLE_LEDGER),
     )

@@ -1,126 +1,301 @@
-"""The decision core: ``Engine.process(state, event) -> Outcome``.
+"""The decision core: ``Engine.process(user, ledger, event) -> Outcome``.
 
-Until reward programs exist, a fixed starter rule picks the reward: a welcome
-reward on sign-up and cashback on purchases over a threshold. The shape (state
-in, state and records out, one decision per new event, repeats recognised) is
-the one the full engine keeps.
+For each new event the engine:
+
+1. updates the user's features and closes offers whose response window passed
+   (no response is a "no"), learning from each;
+2. if the event is an outcome (``reward_redeemed``/``dismissed``/``opened``),
+   learns from it and records it;
+3. if the event may lead to a reward, puts every candidate reward through the
+   gates (eligibility rules, consent, contact policy, budgets, stock), scores
+   the survivors with priority = propensity x value x lever, and chooses:
+   the best, or with probability epsilon a uniformly random survivor
+   (exploration), or no reward when even the best is under the program's
+   minimum priority;
+4. returns the new state and exactly one decision that says why.
+
+Everything but the learned models is passed in and returned, never kept, so
+the same engine serves the Faust worker, offline replay and the tests.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from app.contract.records import OUTCOME_TYPES, Decision, Event, FraudAlert, decision_id_for
-from app.features.state import UserState, record_reward, update
-
-STARTER_MODEL_VERSION = "starter-rules-1"
-CASHBACK_THRESHOLD = 50.0
-CASHBACK_RATE = 0.05
-CASHBACK_CAP = 20.0
-WELCOME_POINTS_VALUE = 5.0
-WELCOME_POINTS_COST = 0.5
+from app.decisioning import checks
+from app.decisioning.explain import explain
+from app.decisioning.ledger import Ledger, Share
+from app.features.derive import as_vector, from_vector, model_features, rule_env
+from app.features.state import (
+    WEEK_MS,
+    Grant,
+    PendingOffer,
+    UserState,
+    close_offer,
+    observe,
+    prune,
+    record_grant,
+)
+from app.models import PropensityModels, explore_draw
+from app.programs import Program, Reward, resolve_amount
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What processing one event produced. ``duplicate`` events change nothing."""
+    """What processing one event produced. A ``duplicate`` changes nothing."""
 
-    state: UserState
+    user: UserState
+    ledger: Ledger
     records: tuple[Decision | FraudAlert, ...]
     duplicate: bool = False
+    learned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class _Choice:
-    action: str | None
+class Candidate:
+    """A reward that passed every gate, with its score."""
+
+    reward: Reward
+    channel: str | None
     value: float
     cost: float
-    reasons: tuple[str, ...]
-    explanation: str
+    propensity: float
+    lever: float
+    priority: float
+    features: dict[str, float]
+    rule_codes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A reward that could not be offered, and why."""
+
+    reward: Reward
+    verdict: checks.Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The arbitration's answer: a candidate (or None), how it was chosen, and the field."""
+
+    chosen: Candidate | None
+    probability: float
+    mode: str  # exploit, explore, default, below_minimum, nothing_eligible, not_a_trigger, outcome
+    candidates: tuple[Candidate, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
 
 
 class Engine:
-    """Decides the reward for each event of one program.
+    """Decides, explains and learns for one reward program.
 
-    >>> from app.contract.records import Event
-    >>> engine = Engine(program="retail-loyalty")
-    >>> event = Event(event_id="e1", user_id="u1", type="signup", ts=1767225600000)
-    >>> outcome = engine.process(UserState(), event)
-    >>> outcome.records[0].action, outcome.records[0].status
-    ('welcome-points', 'granted')
+    >>> from app.contract import Event
+    >>> from app.programs import load_builtin
+    >>> engine = Engine(load_builtin("retail-loyalty"), seed=7)
+    >>> signup = Event(event_id="e1", user_id="u1", type="signup", ts=1767225600000,
+    ...                channel="web", attributes={"age": 30, "country": "DE"})
+    >>> outcome = engine.process(UserState(), Ledger(), signup)
+    >>> outcome.records[0].status in ("granted", "none")
+    True
     """
 
-    def __init__(self, *, program: str) -> None:
+    def __init__(self, program: Program, *, seed: int = 7, partitions: int = 1) -> None:
         self.program = program
+        self.seed = seed
+        self.partitions = partitions
+        learning = program.learning
+        self.models = PropensityModels(prior=learning.prior, learning_rate=learning.learning_rate)
+        self.bucket_ms = _bucket_ms(program)
+        self.keep_ledger_ms = max((p.window.seconds * 1000 for p in program.budgets.periods), default=0)
+        per_user_window = program.budgets.per_user_window
+        self.keep_grants_ms = max(WEEK_MS, per_user_window.seconds * 1000 if per_user_window else 0)
+        suppression = program.contact.suppression
+        self.keep_dismissals_ms = suppression.within.seconds * 1000 if suppression else 0
 
-    def process(self, state: UserState, event: Event) -> Outcome:
-        if state.has_seen(event.event_id):
-            return Outcome(state, (), duplicate=True)
-        state = update(state, event)
-        choice = self._choose(state, event)
-        if choice.action is not None:
-            state = record_reward(state, cost=choice.cost, ts=event.ts)
-        return Outcome(state, (self._decision(event, choice),))
+    @property
+    def model_version(self) -> str:
+        return f"{self.program.id}@{self.program.source_sha256[:8]}/lr+{self.models.updates}"
 
-    def _choose(self, state: UserState, event: Event) -> _Choice:
-        if event.type == "signup":
-            return self._welcome(state)
-        if event.type == "purchase":
-            return _cashback(event.amount or 0.0, event.currency or "")
+    # ------------------------------------------------------------ one event
+
+    def process(
+        self, user: UserState, ledger: Ledger, event: Event, *, partition: int = 0
+    ) -> Outcome:
+        if user.has_seen(event.event_id):
+            return Outcome(user, ledger, (), duplicate=True)
+        user = observe(user, event, profile_fields=self.program.profile_fields)
+        user = prune(user, event.ts, keep_grants_ms=self.keep_grants_ms,
+                     keep_dismissals_ms=self.keep_dismissals_ms)  # fmt: skip
+        user, learned = self._expire_offers(user, event.ts)
         if event.type in OUTCOME_TYPES:
-            return _no_reward("outcome.recorded", f"Recorded the user's {event.type} outcome.")
-        return _no_reward(
-            "trigger.not_a_trigger", f"A {event.type} event does not lead to a reward."
+            user, learned_now, choice = self._outcome(user, event)
+            learned += learned_now
+        elif event.type in self.program.triggers:
+            choice = self._arbitrate(user, ledger, event, Share(partition, self.partitions))
+        else:
+            choice = Choice(None, 1.0, "not_a_trigger")
+        decision = self._decision(event, choice)
+        if choice.chosen is not None:
+            user, ledger = self._grant(user, ledger, event, decision, choice.chosen)
+        return Outcome(user, ledger, (decision,), learned=learned)
+
+    # ------------------------------------------------------------ arbitration
+
+    def _arbitrate(self, user: UserState, ledger: Ledger, event: Event, share: Share) -> Choice:
+        personalized = self._consents(user)[0]
+        rewards = [r for r in self.program.rewards if event.type in r.triggers]
+        if not personalized:
+            default = self.program.non_personalized_default
+            rewards = [r for r in rewards if r.id == default]
+        env = rule_env(user, event)
+        survivors: list[Candidate] = []
+        skipped: list[Skipped] = []
+        for reward in rewards:
+            result = self._gate(reward, user, ledger, event, env, share)
+            (survivors if isinstance(result, Candidate) else skipped).append(result)  # type: ignore[arg-type]
+        if not survivors:
+            return Choice(None, 1.0, "nothing_eligible", (), tuple(skipped))
+        if not personalized:
+            return Choice(survivors[0], 1.0, "default", tuple(survivors), tuple(skipped))
+        return self._choose(event, user, survivors, skipped)
+
+    def _gate(
+        self, reward: Reward, user: UserState, ledger: Ledger, event: Event,
+        env: dict[str, Any], share: Share,
+    ) -> Candidate | Skipped:  # fmt: skip
+        verdict, rule_codes = checks.eligibility(reward, env)
+        if not verdict.passed:
+            return Skipped(reward, verdict)
+        verdict = checks.contact(self.program, user, event.ts)
+        if not verdict.passed:
+            return Skipped(reward, verdict)
+        channel, verdict = checks.pick_channel(
+            self.program, reward, user, event.channel, marketing=self._consents(user)[1], ts=event.ts
+        )
+        if not verdict.passed:
+            return Skipped(reward, verdict)
+        value, cost = resolve_amount(reward.value, env), resolve_amount(reward.cost, env)
+        if value is None or cost is None:
+            return Skipped(reward, checks.Verdict(False, "value:unknown", "its value is unknown"))
+        for verdict in (
+            checks.budget(self.program, user, ledger, share, cost=cost, ts=event.ts,
+                          bucket_ms=self.bucket_ms),  # fmt: skip
+            checks.stock(reward, ledger, share),
+        ):
+            if not verdict.passed:
+                return Skipped(reward, verdict)
+        features = model_features(user, event, kind=reward.kind, channel=channel)
+        propensity = self.models.predict_one(reward.id, features)
+        lever = self.program.lever_for(reward)
+        priority = propensity * value * lever
+        return Candidate(
+            reward, channel, value, cost, propensity, lever, priority, features, rule_codes
         )
 
-    def _welcome(self, state: UserState) -> _Choice:
-        if state.rewards_granted > 0:
-            return _no_reward("rule.welcome_already_given", "The welcome reward was given before.")
-        return _Choice(
-            "welcome-points",
-            WELCOME_POINTS_VALUE,
-            WELCOME_POINTS_COST,
-            ("rule.welcome_on_signup:passed",),
-            "Granted welcome points because this is the user's sign-up.",
-        )
+    def _choose(
+        self, event: Event, user: UserState, survivors: list[Candidate], skipped: list[Skipped]
+    ) -> Choice:
+        # Highest priority first; ties go to the reward listed first in the program.
+        order = {r.id: i for i, r in enumerate(self.program.rewards)}
+        ranked = sorted(survivors, key=lambda c: (-c.priority, order[c.reward.id]))
+        best, n = ranked[0], len(ranked)
+        epsilon = self.program.learning.epsilon if n > 1 else 0.0
+        decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
+        field = (tuple(ranked), tuple(skipped))
+        below = best.priority < self.program.learning.min_priority
+        if explore_draw(self.seed, decision_id, "explore") < epsilon:
+            pick = ranked[int(explore_draw(self.seed, decision_id, "pick") * n)]
+            if below or pick is not best:
+                return Choice(pick, epsilon / n, "explore", *field)
+        if below:
+            return Choice(None, 1.0 - epsilon, "below_minimum", *field)
+        return Choice(best, 1.0 - epsilon + epsilon / n, "exploit", *field)
 
-    def _decision(self, event: Event, choice: _Choice) -> Decision:
+    # ------------------------------------------------------------ outcomes and learning
+
+    def _outcome(self, user: UserState, event: Event) -> tuple[UserState, int, Choice]:
+        offer = next((p for p in user.pending if p.decision_id == event.decision_id), None)
+        if offer is None:
+            return user, 0, Choice(None, 1.0, "outcome_unknown_decision")
+        if event.type == "reward_opened" and self.program.learning.opened == "ignore":
+            return user, 0, Choice(None, 1.0, "outcome_opened")
+        redeemed = event.type in ("reward_redeemed", "reward_opened")
+        learned = self._learn(user, offer, redeemed)
+        user = close_offer(user, offer.decision_id, redeemed=redeemed,
+                           dismissed=event.type == "reward_dismissed")  # fmt: skip
+        if event.type == "reward_dismissed":
+            user = self._dismissed(user, event.ts)
+        return user, learned, Choice(None, 1.0, f"outcome_{event.type.removeprefix('reward_')}")
+
+    def _expire_offers(self, user: UserState, ts: int) -> tuple[UserState, int]:
+        wait_ms = self.program.learning.response_window.seconds * 1000
+        learned = 0
+        for offer in [p for p in user.pending if p.ts + wait_ms <= ts]:
+            learned += self._learn(user, offer, redeemed=False)
+            user = close_offer(user, offer.decision_id, redeemed=False, dismissed=False)
+        return user, learned
+
+    def _learn(self, user: UserState, offer: PendingOffer, redeemed: bool) -> int:
+        # Users who opted out of personalization (then or now) train no model.
+        if not offer.learn or not self._consents(user)[0]:
+            return 0
+        self.models.learn_one(offer.reward_id, from_vector(offer.features), redeemed)
+        return 1
+
+    def _dismissed(self, user: UserState, ts: int) -> UserState:
+        suppression = self.program.contact.suppression
+        user = replace(user, dismissals=(*user.dismissals, ts))
+        if suppression is None:
+            return user
+        recent = [d for d in user.dismissals if d > ts - suppression.within.seconds * 1000]
+        if len(recent) >= suppression.dismissals:
+            return replace(user, suppressed_until=ts + suppression.lasts.seconds * 1000)
+        return user
+
+    # ------------------------------------------------------------ records
+
+    def _consents(self, user: UserState) -> tuple[bool, bool]:
+        defaults = self.program.consent_defaults
+        personalization = defaults.personalization if user.personalization is None else user.personalization
+        marketing = defaults.marketing if user.marketing is None else user.marketing
+        return personalization, marketing
+
+    def _grant(
+        self, user: UserState, ledger: Ledger, event: Event, decision: Decision, chosen: Candidate
+    ) -> tuple[UserState, Ledger]:
+        offer = PendingOffer(
+            decision_id=decision.decision_id, reward_id=chosen.reward.id, kind=chosen.reward.kind,
+            ts=event.ts, features=as_vector(chosen.features), learn=self._consents(user)[0],
+        )  # fmt: skip
+        user = record_grant(user, Grant(event.ts, chosen.channel, chosen.cost), offer)
+        ledger = ledger.charge(ts=event.ts, cost=chosen.cost, reward_id=chosen.reward.id,
+                               bucket_ms=self.bucket_ms, keep_ms=self.keep_ledger_ms)  # fmt: skip
+        return user, ledger
+
+    def _decision(self, event: Event, choice: Choice) -> Decision:
+        chosen = choice.chosen
+        reasons, sentence = explain(self, event, choice)
         return Decision(
-            decision_id=decision_id_for(self.program, event.user_id, event.event_id),
+            decision_id=decision_id_for(self.program.id, event.user_id, event.event_id),
             event_id=event.event_id,
             user_id=event.user_id,
             ts=event.ts,
-            action=choice.action,
-            channel=event.channel if choice.action is not None else None,
-            value=choice.value,
-            cost=choice.cost,
-            propensity=1.0,  # a fixed rule chooses with certainty
+            action=chosen.reward.id if chosen else None,
+            channel=chosen.channel if chosen else None,
+            value=round(chosen.value, 4) if chosen else 0.0,
+            cost=round(chosen.cost, 4) if chosen else 0.0,
+            propensity=round(choice.probability, 6),
             risk=0.0,
-            status="granted" if choice.action is not None else "none",
-            reasons=choice.reasons,
-            explanation=choice.explanation,
-            model_version=STARTER_MODEL_VERSION,
-            program=self.program,
+            status="granted" if chosen else "none",
+            reasons=reasons,
+            explanation=sentence,
+            model_version=self.model_version,
+            program=self.program.id,
         )
 
 
-def _cashback(amount: float, currency: str) -> _Choice:
-    if amount < CASHBACK_THRESHOLD:
-        return _no_reward(
-            "rule.cashback_min_amount:failed",
-            f"No reward: the purchase of {amount:.2f} {currency} "
-            f"is under {CASHBACK_THRESHOLD:.0f}.",
-        )
-    value = round(min(amount * CASHBACK_RATE, CASHBACK_CAP), 2)
-    return _Choice(
-        "cashback",
-        value,
-        value,
-        ("rule.cashback_min_amount:passed",),
-        f"Granted {value:.2f} {currency} cashback because the purchase of "
-        f"{amount:.2f} {currency} is at least {CASHBACK_THRESHOLD:.0f}.",
-    )
-
-
-def _no_reward(reason: str, explanation: str) -> _Choice:
-    return _Choice(None, 0.0, 0.0, (reason,), explanation)
+def _bucket_ms(program: Program) -> int:
+    """Bucket width for period budgets: a 24th of the shortest window, at least a minute."""
+    shortest = min((p.window.seconds for p in program.budgets.periods), default=3600)
+    return max(60, shortest // 24) * 1000

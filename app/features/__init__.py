@@ -1,10 +1,13 @@
-"""Per-user state and its update from one event.
+"""Per-user state and the features derived from it.
 
-``UserState`` is what the worker keeps per user in a changelog-backed table;
-``update(state, event)`` is pure and returns the new state. Serialization is
-compact JSON so a changelog record stays small and readable.
+- :mod:`app.features.state`: ``UserState`` (kept per user in a changelog-backed
+  table) and the pure updates ``observe``, ``record_grant``, ``close_offer``,
+  ``prune``; all in event time.
+- :mod:`app.features.derive`: ``rule_env`` (the names program rules use) and
+  ``model_features`` (the behavioural context the propensity models learn from).
 """
 
-from app.features.state import UserState, update
+from app.features.derive import MODEL_FEATURES, model_features, rule_env
+from app.features.state import UserState, observe
 
-__all__ = ["UserState", "update"]
+__all__ = ["MODEL_FEATURES", "UserState", "model_features", "observe", "rule_env"]

@@ -1,7 +1,14 @@
-"""The state the engine keeps for one user, and how one event changes it."""
+"""The state the engine keeps for one user, and how one event changes it.
+
+Everything is in event time (the events' own ``ts``), never the wall clock, so
+replaying a stream rebuilds exactly the same state. Lists that could grow
+(recent grants, dismissals, pending offers, recent event ids) are pruned to
+what the policies can still need, which keeps a user's state small and bounded.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -9,26 +16,92 @@ import orjson
 
 from app.contract.records import Event
 
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
 # How many recent event ids a user's state remembers to recognise a repeat.
 RECENT_EVENT_IDS = 32
+# Engagement is a count of events that halves every week without activity.
+ENGAGEMENT_HALF_LIFE_MS = WEEK_MS
+# At most this many offers per user wait for an outcome; older ones are closed first.
+MAX_PENDING_OFFERS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class KindResponse:
+    """How a user has answered rewards of one kind."""
+
+    offered: int = 0
+    redeemed: int = 0
+    dismissed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A reward granted to the user: what the contact policy and per-user budget count."""
+
+    ts: int
+    channel: str | None
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOffer:
+    """A granted reward still waiting for its outcome, with what the model saw then."""
+
+    decision_id: str
+    reward_id: str
+    kind: str
+    ts: int
+    features: tuple[float, ...]
+    learn: bool  # False when the user had opted out of personalization at the time
 
 
 @dataclass(frozen=True, slots=True)
 class UserState:
-    """Counters and recency for one user. Absent fields mean "never"."""
+    """Everything the engine knows about one user. Absent timestamps mean "never"."""
 
     events: int = 0
     purchases: int = 0
     spend: float = 0.0
     first_ts: int | None = None
     last_ts: int | None = None
+    last_purchase_ts: int | None = None
+    engagement: float = 0.0
+    channel_counts: dict[str, int] = field(default_factory=dict)
+    profile: dict[str, Any] = field(default_factory=dict)
+    personalization: bool | None = None  # None: the program's default
+    marketing: bool | None = None
+    responses: dict[str, KindResponse] = field(default_factory=dict)
     rewards_granted: int = 0
+    rewards_redeemed: int = 0
+    rewards_dismissed: int = 0
     reward_cost: float = 0.0
     last_reward_ts: int | None = None
-    recent_event_ids: tuple[str, ...] = field(default_factory=tuple)
+    grants: tuple[Grant, ...] = ()
+    dismissals: tuple[int, ...] = ()
+    suppressed_until: int | None = None
+    pending: tuple[PendingOffer, ...] = ()
+    recent_event_ids: tuple[str, ...] = ()
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.recent_event_ids
+
+    @property
+    def preferred_channel(self) -> str | None:
+        if not self.channel_counts:
+            return None
+        # Most used; ties go to the alphabetically first so the answer is deterministic.
+        return min(self.channel_counts, key=lambda c: (-self.channel_counts[c], c))
+
+    def engagement_at(self, ts: int) -> float:
+        """Engagement decayed to ``ts``."""
+        if self.last_ts is None:
+            return 0.0
+        elapsed = max(0, ts - self.last_ts)
+        return self.engagement * math.pow(0.5, elapsed / ENGAGEMENT_HALF_LIFE_MS)
+
+    def response(self, kind: str) -> KindResponse:
+        return self.responses.get(kind, _NO_RESPONSE)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)
@@ -38,13 +111,27 @@ class UserState:
         if not raw:
             return cls()
         document: dict[str, Any] = orjson.loads(raw)
-        document["recent_event_ids"] = tuple(document.get("recent_event_ids", ()))
+        document["responses"] = {
+            kind: KindResponse(**counts) for kind, counts in document["responses"].items()
+        }
+        document["grants"] = tuple(Grant(**g) for g in document["grants"])
+        document["dismissals"] = tuple(document["dismissals"])
+        document["pending"] = tuple(
+            PendingOffer(**{**p, "features": tuple(p["features"])}) for p in document["pending"]
+        )
+        document["recent_event_ids"] = tuple(document["recent_event_ids"])
         return cls(**document)
 
 
-def update(state: UserState, event: Event) -> UserState:
-    """The state after ``event``, before any reward is decided for it."""
+_NO_RESPONSE = KindResponse()
+
+
+def observe(state: UserState, event: Event, *, profile_fields: tuple[str, ...]) -> UserState:
+    """The state after ``event`` is seen, before any reward is decided for it."""
     is_purchase = event.type == "purchase"
+    channel_counts = state.channel_counts
+    if event.channel is not None:
+        channel_counts = {**channel_counts, event.channel: channel_counts.get(event.channel, 0) + 1}
     return replace(
         state,
         events=state.events + 1,
@@ -52,15 +139,71 @@ def update(state: UserState, event: Event) -> UserState:
         spend=round(state.spend + ((event.amount or 0.0) if is_purchase else 0.0), 2),
         first_ts=event.ts if state.first_ts is None else min(state.first_ts, event.ts),
         last_ts=event.ts if state.last_ts is None else max(state.last_ts, event.ts),
+        last_purchase_ts=event.ts if is_purchase else state.last_purchase_ts,
+        engagement=state.engagement_at(event.ts) + 1.0,
+        channel_counts=channel_counts,
+        profile=_profile(state.profile, event, profile_fields),
         recent_event_ids=(*state.recent_event_ids, event.event_id)[-RECENT_EVENT_IDS:],
+        **_consent(event),
     )
 
 
-def record_reward(state: UserState, *, cost: float, ts: int) -> UserState:
-    """The state after a reward costing ``cost`` was granted at ``ts``."""
+def _profile(profile: dict[str, Any], event: Event, fields: tuple[str, ...]) -> dict[str, Any]:
+    updates = {name: event.attributes[name] for name in fields if name in event.attributes}
+    return {**profile, **updates} if updates else profile
+
+
+def _consent(event: Event) -> dict[str, bool]:
+    if event.type != "consent_updated":
+        return {}
+    return {
+        name: bool(event.attributes[name])
+        for name in ("personalization", "marketing")
+        if name in event.attributes
+    }
+
+
+def record_grant(state: UserState, grant: Grant, offer: PendingOffer) -> UserState:
+    """The state after a reward was granted (and now waits for its outcome)."""
+    kind = state.response(offer.kind)
     return replace(
         state,
         rewards_granted=state.rewards_granted + 1,
-        reward_cost=round(state.reward_cost + cost, 4),
-        last_reward_ts=ts,
+        reward_cost=round(state.reward_cost + grant.cost, 4),
+        last_reward_ts=grant.ts,
+        grants=(*state.grants, grant),
+        responses={**state.responses, offer.kind: replace(kind, offered=kind.offered + 1)},
+        pending=(*state.pending, offer)[-MAX_PENDING_OFFERS:],
     )
+
+
+def close_offer(state: UserState, decision_id: str, *, redeemed: bool, dismissed: bool) -> UserState:
+    """The state after the outcome of one pending offer is known."""
+    offer = next((p for p in state.pending if p.decision_id == decision_id), None)
+    if offer is None:
+        return state
+    kind = state.response(offer.kind)
+    return replace(
+        state,
+        pending=tuple(p for p in state.pending if p.decision_id != decision_id),
+        rewards_redeemed=state.rewards_redeemed + int(redeemed),
+        rewards_dismissed=state.rewards_dismissed + int(dismissed),
+        responses={
+            **state.responses,
+            offer.kind: replace(
+                kind,
+                redeemed=kind.redeemed + int(redeemed),
+                dismissed=kind.dismissed + int(dismissed),
+            ),
+        },
+    )
+
+
+def prune(state: UserState, ts: int, *, keep_grants_ms: int, keep_dismissals_ms: int) -> UserState:
+    """Drop grants and dismissals no policy can count any more at ``ts``."""
+    grants = tuple(g for g in state.grants if g.ts > ts - keep_grants_ms)
+    dismissals = tuple(d for d in state.dismissals if d > ts - keep_dismissals_ms)
+    suppressed = state.suppressed_until if (state.suppressed_until or 0) > ts else None
+    if (grants, dismissals, suppressed) == (state.grants, state.dismissals, state.suppressed_until):
+        return state
+    return replace(state, grants=grants, dismissals=dismissals, suppressed_until=suppressed)

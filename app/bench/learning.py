@@ -1,0 +1,191 @@
+"""Learning-quality benchmark: does the engine learn what users want, within budget?
+
+Three policies face the same simulated population (same seed, same events):
+
+- ``engine``: the real engine, learning online from outcomes, exploring with
+  the program's epsilon;
+- ``random``: the same gates (rules, consent, contact, budgets, stock), then a
+  uniformly random eligible reward;
+- ``oracle``: the same gates and priority formula, with the users' true
+  redemption probabilities instead of learned ones.
+
+Reported per policy: rewards granted, redemption rate, budget spent, and an
+independent audit of every budget, stock and contact limit against the grants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from typing import Any
+
+from app.contract.records import Decision
+from app.decisioning.engine import Engine
+from app.decisioning.ledger import Ledger
+from app.features.derive import CHANNELS
+from app.features.state import DAY_MS, UserState
+from app.programs import Program
+from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
+
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+class OracleModels:
+    """Stands in for the learned models with the simulator's true probabilities."""
+
+    def __init__(self, simulator: ClosedLoopSimulator, program: Program) -> None:
+        self.simulator = simulator
+        self.kinds = {r.id: r.kind for r in program.rewards}
+        self.current_user = ""
+        self.updates = 0
+
+    def predict_one(self, reward_id: str, features: dict[str, float]) -> float:
+        channel = next((c for c in CHANNELS if features.get(f"channel_{c}") == 1.0), None)
+        return self.simulator.true_probability(self.current_user, self.kinds[reward_id], channel)
+
+    def learn_one(self, reward_id: str, features: dict[str, float], redeemed: bool) -> None:
+        self.updates += 1
+
+    def contributions(self, *args: Any, **kwargs: Any) -> list[tuple[str, float]]:
+        return []
+
+
+def _with_epsilon(program: Program, epsilon: float) -> Program:
+    return dataclasses.replace(program, learning=dataclasses.replace(program.learning, epsilon=epsilon))
+
+
+def run_policy(
+    policy: str, program: Program, *, events: int, users: int, seed: int, days: float
+) -> tuple[LoopStats, list[str]]:
+    """Run one policy over the closed loop; return its stats and any limit violations."""
+    simulator = ClosedLoopSimulator(users=users, seed=seed, start_ms=START_MS, days=days)
+    if policy == "random":
+        program = _with_epsilon(program, 1.0)
+    elif policy == "oracle":
+        program = _with_epsilon(program, 0.0)
+    engine = Engine(program, seed=seed)
+    oracle = OracleModels(simulator, program) if policy == "oracle" else None
+    if oracle is not None:
+        engine.models = oracle  # type: ignore[assignment]
+    kinds = {r.id: r.kind for r in program.rewards}
+    states: dict[str, UserState] = {}
+    ledger, stats = Ledger(), LoopStats()
+    for event in simulator.events(events):
+        if oracle is not None:
+            oracle.current_user = event.user_id
+        outcome = engine.process(states.get(event.user_id, UserState()), ledger, event)
+        states[event.user_id], ledger = outcome.user, outcome.ledger
+        stats.events += 1
+        for record in outcome.records:
+            if isinstance(record, Decision):
+                _count(stats, simulator, record, kinds)
+    return stats, audit(program, stats)
+
+
+def _count(stats: LoopStats, simulator: ClosedLoopSimulator, decision: Decision,
+           kinds: dict[str, str]) -> None:  # fmt: skip
+    stats.decisions += 1
+    if decision.status != "granted" or decision.action is None:
+        return
+    stats.granted += 1
+    stats.cost += decision.cost
+    stats.explored += "policy.explore" in decision.reasons
+    stats.grants.append((decision.ts, decision.user_id, decision.action, decision.cost))
+    if simulator.answer(decision, kinds[decision.action]):
+        stats.redeemed += 1
+
+
+def audit(program: Program, stats: LoopStats) -> list[str]:
+    """Every budget, stock and contact limit, re-checked from the grants alone."""
+    problems: list[str] = []
+    budgets, grants = program.budgets, sorted(stats.grants)
+    if budgets.total is not None and sum(g[3] for g in grants) > budgets.total + 1e-6:
+        problems.append("total budget exceeded")
+    for period in budgets.periods:
+        if _max_window_sum(grants, period.window.seconds * 1000) > period.limit + 1e-6:
+            problems.append(f"{period.window.text} budget exceeded")
+    per_user: dict[str, list[tuple[int, str, str, float]]] = defaultdict(list)
+    for grant in grants:
+        per_user[grant[1]].append(grant)
+    for user_grants in per_user.values():
+        if budgets.per_user is not None:
+            window = budgets.per_user_window
+            spent = (_max_window_sum(user_grants, window.seconds * 1000) if window
+                     else sum(g[3] for g in user_grants))  # fmt: skip
+            if spent > budgets.per_user + 1e-6:
+                problems.append("per-user budget exceeded")
+        if program.contact.max_per_day is not None and (
+            _max_window_count(user_grants, DAY_MS) > program.contact.max_per_day
+        ):
+            problems.append("daily contact limit exceeded")
+    for reward in program.rewards:
+        used = sum(1 for g in grants if g[2] == reward.id)
+        if reward.stock is not None and used > reward.stock:
+            problems.append(f"stock of {reward.id} exceeded")
+    return sorted(set(problems))
+
+
+def _max_window_sum(grants: list[tuple[int, str, str, float]], window_ms: int) -> float:
+    best, total, left = 0.0, 0.0, 0
+    for right in range(len(grants)):
+        total += grants[right][3]
+        while grants[left][0] <= grants[right][0] - window_ms:
+            total -= grants[left][3]
+            left += 1
+        best = max(best, total)
+    return best
+
+
+def _max_window_count(grants: list[tuple[int, str, str, float]], window_ms: int) -> int:
+    best, left = 0, 0
+    for right in range(len(grants)):
+        while grants[left][0] <= grants[right][0] - window_ms:
+            left += 1
+        best = max(best, right - left + 1)
+    return best
+
+
+def run_benchmark(
+    program: Program, *, events: int, users: int, seed: int, days: float
+) -> dict[str, Any]:
+    """All three policies on the same loop; the report as a dict."""
+    report: dict[str, Any] = {"program": program.id, "events": events, "users": users,
+                              "seed": seed, "days": days, "policies": {}}  # fmt: skip
+    for policy in ("engine", "random", "oracle"):
+        started = time.perf_counter()
+        stats, problems = run_policy(policy, program, events=events, users=users, seed=seed,
+                                     days=days)  # fmt: skip
+        report["policies"][policy] = {
+            "granted": stats.granted, "redeemed": stats.redeemed,
+            "redemption_rate": round(stats.redemption_rate, 4), "cost": round(stats.cost, 2),
+            "explored": stats.explored, "limit_violations": problems,
+            "seconds": round(time.perf_counter() - started, 2),
+        }  # fmt: skip
+    policies = report["policies"]
+    engine_rate = policies["engine"]["redemption_rate"]
+    report["engine_vs_random"] = round(engine_rate / max(policies["random"]["redemption_rate"], 1e-9), 3)
+    report["engine_vs_oracle"] = round(engine_rate / max(policies["oracle"]["redemption_rate"], 1e-9), 3)
+    return report
+
+
+def targets_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: a table per policy and the targets beside the figures."""
+    rows = ["| policy | granted | redeemed | redemption rate | cost | explored | limits |",
+            "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for name, p in report["policies"].items():
+        limits = "all kept" if not p["limit_violations"] else "; ".join(p["limit_violations"])
+        rows.append(f"| {name} | {p['granted']} | {p['redeemed']} | {p['redemption_rate']:.3f} "
+                    f"| {p['cost']:,.2f} | {p['explored']} | {limits} |")  # fmt: skip
+    vs_random, vs_oracle = report["engine_vs_random"], report["engine_vs_oracle"]
+    return "\n".join([
+        f"Program `{report['program']}`, {report['events']:,} events, {report['users']:,} users "
+        f"over {report['days']:g} simulated days, seed {report['seed']}.",
+        "",
+        *rows,
+        "",
+        "| target | figure | met |",
+        "|---|---:|---|",
+        f"| engine / random redemption rate >= 2.0 | {vs_random:.2f} | {'yes' if vs_random >= 2 else 'no'} |",
+        f"| engine / oracle redemption rate >= 0.80 | {vs_oracle:.2f} | {'yes' if vs_oracle >= 0.8 else 'no'} |",
+    ])  # fmt: skip

@@ -1,0 +1,127 @@
+"""The gates a reward must pass before it may compete: rules, consent, contact, budget, stock.
+
+Each check is a small pure function returning a :class:`Verdict`. A failed
+verdict carries a reason code (for machines) and a few words (for the sentence
+in the decision), so every reward that was not chosen says why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.decisioning.ledger import Ledger, Share
+from app.features.state import DAY_MS, WEEK_MS, UserState
+from app.programs import Program, Reward, evaluate_rule
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    passed: bool
+    code: str
+    words: str = ""
+
+
+PASS = Verdict(True, "")
+
+
+def eligibility(reward: Reward, env: dict[str, Any]) -> tuple[Verdict, tuple[str, ...]]:
+    """All of the reward's rules; the codes of every rule evaluated, in order."""
+    codes: list[str] = []
+    for rule in reward.eligibility:
+        result = evaluate_rule(rule.expression, env)
+        if result is None:
+            codes.append(f"rule.{rule.name}:unknown")
+            return Verdict(False, codes[-1], f"rule {rule.name} could not be checked"), tuple(codes)
+        if not result:
+            codes.append(f"rule.{rule.name}:failed")
+            return Verdict(False, codes[-1], f"rule {rule.name} failed"), tuple(codes)
+        codes.append(f"rule.{rule.name}:passed")
+    return PASS, tuple(codes)
+
+
+def pick_channel(
+    program: Program,
+    reward: Reward,
+    state: UserState,
+    event_channel: str | None,
+    *,
+    marketing: bool,
+    ts: int,
+) -> tuple[str | None, Verdict]:
+    """The channel to deliver on: the event's, else the user's preferred, else the reward's first.
+
+    Channels the user may not be contacted on (marketing opt-out) or whose own
+    contact limit is reached are skipped.
+    """
+    allowed = [
+        c for c in reward.channels if marketing or c not in program.marketing_channels
+    ]
+    if not allowed:
+        return None, Verdict(False, "consent.marketing", "only marketing channels, and no consent")
+    open_channels = [c for c in allowed if _channel_has_room(program, state, c, ts)]
+    if not open_channels:
+        return None, Verdict(False, "contact.channel_limit", "every channel is at its contact limit")
+    for preferred in (event_channel, state.preferred_channel):
+        if preferred in open_channels:
+            return preferred, PASS
+    return open_channels[0], PASS
+
+
+def _grants_since(state: UserState, since: int, channel: str | None = None) -> int:
+    return sum(1 for g in state.grants if g.ts > since and (channel is None or g.channel == channel))
+
+
+def _channel_has_room(program: Program, state: UserState, channel: str, ts: int) -> bool:
+    limit = dict(program.contact.per_channel).get(channel)
+    if limit is None:
+        return True
+    if limit.max_per_day is not None and _grants_since(state, ts - DAY_MS, channel) >= limit.max_per_day:
+        return False
+    week = limit.max_per_week
+    return week is None or _grants_since(state, ts - WEEK_MS, channel) < week
+
+
+def contact(program: Program, state: UserState, ts: int) -> Verdict:
+    """The user-level contact policy: suppression, then the daily and weekly caps."""
+    if state.suppressed_until is not None and state.suppressed_until > ts:
+        return Verdict(False, "contact.suppressed", "suppressed after repeated dismissals")
+    policy = program.contact
+    if policy.max_per_day is not None and _grants_since(state, ts - DAY_MS) >= policy.max_per_day:
+        return Verdict(False, "contact.daily_limit", f"{policy.max_per_day} rewards today already")
+    if policy.max_per_week is not None and _grants_since(state, ts - WEEK_MS) >= policy.max_per_week:
+        return Verdict(False, "contact.weekly_limit", f"{policy.max_per_week} rewards this week")
+    return PASS
+
+
+def budget(
+    program: Program, state: UserState, ledger: Ledger, share: Share, *, cost: float, ts: int,
+    bucket_ms: int,
+) -> Verdict:
+    """Per-user, total and per-period budgets for a reward costing ``cost``."""
+    budgets = program.budgets
+    if budgets.per_user is not None:
+        window = budgets.per_user_window
+        spent = (
+            sum(g.cost for g in state.grants if g.ts > ts - window.seconds * 1000)
+            if window is not None
+            else state.reward_cost
+        )
+        if spent + cost > budgets.per_user + 1e-9:
+            return Verdict(False, "budget.per_user:exhausted", "the user's budget is spent")
+    if budgets.total is not None and ledger.spent_total + cost > share.of_amount(budgets.total) + 1e-9:
+        return Verdict(False, "budget.total:exhausted", "the program's budget is spent")
+    for period in budgets.periods:
+        spent = ledger.spent_within(ts, period.window.seconds * 1000, bucket_ms)
+        if spent + cost > share.of_amount(period.limit) + 1e-9:
+            return Verdict(
+                False, f"budget.{period.window.text}:exhausted",
+                f"the {period.window.text} budget is spent",
+            )
+    return PASS
+
+
+def stock(reward: Reward, ledger: Ledger, share: Share) -> Verdict:
+    if reward.stock is None or ledger.stock_taken(reward.id) < share.of_stock(reward.stock):
+        return PASS
+    return Verdict(False, "stock:exhausted", "out of stock")

@@ -1,0 +1,106 @@
+"""Features derived from a user's state and the current event.
+
+Two views of the same user:
+
+- :func:`rule_env`: named values reward-program rules are written against
+  (``purchases``, ``days_since_signup``, ``age`` ...), with ``None`` where a
+  value is unknown;
+- :func:`model_features`: the numeric context the propensity models learn
+  from. It is purely behavioural: no profile attribute (age, country, segment)
+  ever enters a model, so no protected attribute can shape a learned score.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from app.contract.records import Event
+from app.features.state import DAY_MS, UserState
+
+CHANNELS = ("web", "mobile", "email", "sms", "store")
+TRIGGER_TYPES = ("signup", "session_start", "page_view", "purchase", "referral", "survey")
+
+MODEL_FEATURES: tuple[str, ...] = (
+    "events_log",
+    "purchases_log",
+    "spend_log",
+    "avg_order_value_log",
+    "days_since_purchase",
+    "engagement_log",
+    "days_since_reward",
+    "kind_redeem_rate",
+    "kind_dismiss_rate",
+    "kind_offers_log",
+    "redeem_rate",
+    *(f"channel_{c}" for c in CHANNELS),
+    *(f"event_{t}" for t in TRIGGER_TYPES),
+    "amount_log",
+)
+
+
+def _days_since(ts: int, then: int | None) -> float | None:
+    return None if then is None else max(0.0, (ts - then) / DAY_MS)
+
+
+def rule_env(state: UserState, event: Event) -> dict[str, Any]:
+    """The names program rules and amount expressions may use."""
+    aov = state.spend / state.purchases if state.purchases else None
+    return {
+        **state.profile,
+        "events": state.events,
+        "purchases": state.purchases,
+        "spend": state.spend,
+        "avg_order_value": aov,
+        "days_since_signup": _days_since(event.ts, state.first_ts),
+        "days_since_last_purchase": _days_since(event.ts, state.last_purchase_ts),
+        "days_since_last_reward": _days_since(event.ts, state.last_reward_ts),
+        "rewards_granted": state.rewards_granted,
+        "rewards_redeemed": state.rewards_redeemed,
+        "rewards_dismissed": state.rewards_dismissed,
+        "engagement_7d": round(state.engagement_at(event.ts), 4),
+        "preferred_channel": state.preferred_channel,
+        "event_type": event.type,
+        "amount": event.amount,
+        "currency": event.currency,
+        "channel": event.channel,
+    }
+
+
+def _capped_days(days: float | None, cap: float) -> float:
+    return 1.0 if days is None else min(days, cap) / cap
+
+
+def model_features(state: UserState, event: Event, *, kind: str, channel: str | None) -> dict[str, float]:
+    """The propensity model's view of offering a reward of ``kind`` on ``channel`` now."""
+    response = state.response(kind)
+    answered_all = state.rewards_redeemed + state.rewards_dismissed
+    features = {
+        "events_log": math.log1p(state.events),
+        "purchases_log": math.log1p(state.purchases),
+        "spend_log": math.log1p(state.spend),
+        "avg_order_value_log": math.log1p(state.spend / state.purchases) if state.purchases else 0.0,
+        "days_since_purchase": _capped_days(_days_since(event.ts, state.last_purchase_ts), 90.0),
+        "engagement_log": math.log1p(state.engagement_at(event.ts)),
+        "days_since_reward": _capped_days(_days_since(event.ts, state.last_reward_ts), 30.0),
+        # Smoothed towards "unknown" (0.5 share) with one pseudo-answer on each side.
+        "kind_redeem_rate": (response.redeemed + 0.5) / (response.offered + 1.0),
+        "kind_dismiss_rate": (response.dismissed + 0.5) / (response.offered + 1.0),
+        "kind_offers_log": math.log1p(response.offered),
+        "redeem_rate": (state.rewards_redeemed + 0.5) / (answered_all + 1.0),
+        "amount_log": math.log1p(event.amount or 0.0),
+    }
+    for name in CHANNELS:
+        features[f"channel_{name}"] = 1.0 if channel == name else 0.0
+    for name in TRIGGER_TYPES:
+        features[f"event_{name}"] = 1.0 if event.type == name else 0.0
+    return features
+
+
+def as_vector(features: dict[str, float]) -> tuple[float, ...]:
+    """Compact, ordered form for storing with a pending offer (4 decimals are plenty)."""
+    return tuple(round(features[name], 4) for name in MODEL_FEATURES)
+
+
+def from_vector(vector: tuple[float, ...]) -> dict[str, float]:
+    return dict(zip(MODEL_FEATURES, vector, strict=True))

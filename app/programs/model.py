@@ -1,0 +1,262 @@
+"""A reward program as frozen values: what the loader builds and the engine reads.
+
+Nothing here validates a file; :mod:`app.programs.loader` does that once, at
+start-up, and only ever builds these objects from checked input. Every class is
+immutable and hashable, so a program can be shared by every worker thread and
+used as a cache key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from app.programs.expressions import Expression, Undetermined
+
+REWARD_KINDS = (
+    "points",
+    "cashback",
+    "discount",
+    "free_shipping",
+    "badge",
+    "voucher",
+    "gift",
+    "credit_card",
+    "savings_bonus",
+    "other",
+)
+CHANNELS = ("web", "mobile", "email", "sms", "store")
+# Event types that may trigger a decision: things a user does.
+TRIGGER_TYPES = ("signup", "session_start", "page_view", "purchase", "referral", "survey")
+# Event types that report on rewards, consent or fraud; they feed learning and
+# state but can never trigger a reward themselves.
+NEVER_TRIGGERS = (
+    "reward_opened",
+    "reward_redeemed",
+    "reward_dismissed",
+    "consent_updated",
+    "fraud_label",
+)
+OPENED_POLICIES = ("ignore", "positive")
+Opened = Literal["ignore", "positive"]
+
+_DURATION = re.compile(r"([1-9][0-9]{0,5})([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class FrozenMap(Mapping[K, V]):
+    """A read-only, hashable mapping: lets frozen dataclasses hold lookups by key."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[K, V] | None = None) -> None:
+        self._items: dict[K, V] = dict(items or {})
+
+    def __getitem__(self, key: K) -> V:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._items) == dict(other)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A span of time, kept with the text it was written as ("7d") for reason codes."""
+
+    seconds: int
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """``"30m"``, ``"12h"``, ``"1d"``, ``"4w"``: a positive whole number and a unit.
+
+        Raises ValueError saying what a duration looks like.
+        """
+        match = _DURATION.fullmatch(text)
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not a duration: write a positive whole number and a unit, "
+                "s, m, h, d or w, as in '30m', '12h', '7d' or '4w'"
+            )
+        count, unit = match.groups()
+        return cls(int(count) * _UNIT_SECONDS[unit], text)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A named eligibility condition; the name appears in decision reason codes."""
+
+    name: str
+    expression: Expression
+
+
+# A reward's value or cost: a fixed number, or an expression over the event and
+# the user's features such as ``min(0.05 * amount, 20)``.
+Amount = float | Expression
+
+
+def resolve_amount(amount: Amount, env: Mapping[str, object]) -> float | None:
+    """The amount for this event, or ``None`` if it cannot be determined.
+
+    ``None`` also covers an expression whose result is not a finite,
+    non-negative number (``amount - 100`` on a purchase of 50): a reward is
+    never worth or charged a negative or infinite amount.
+    """
+    if not isinstance(amount, Expression):
+        return amount
+    try:
+        result = amount.evaluate(env)
+    except Undetermined:
+        return None
+    if isinstance(result, bool) or not isinstance(result, int | float):
+        return None
+    if not math.isfinite(result) or result < 0:
+        return None
+    return float(result)
+
+
+@dataclass(frozen=True, slots=True)
+class Reward:
+    """One reward the program can grant.
+
+    ``triggers`` is already resolved: the reward's own list, or the program's.
+    ``stock`` of ``None`` means unlimited. ``lever`` scales the reward's
+    priority against the others (1.0 is neutral).
+    """
+
+    id: str
+    kind: str
+    value: Amount
+    cost: Amount
+    channels: tuple[str, ...]
+    triggers: tuple[str, ...]
+    eligibility: tuple[Rule, ...] = ()
+    stock: int | None = None
+    lever: float = 1.0
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodBudget:
+    """At most ``limit`` spent on rewards within any ``window``."""
+
+    window: Window
+    limit: float
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """Spending limits, in the program's currency. ``None`` means no limit.
+
+    ``per_user`` applies within ``per_user_window``, or over the user's whole
+    history when that is ``None``.
+    """
+
+    total: float | None = None
+    per_user: float | None = None
+    per_user_window: Window | None = None
+    periods: tuple[PeriodBudget, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelLimit:
+    """How often one channel may carry a reward to the same user."""
+
+    max_per_day: int | None = None
+    max_per_week: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """After ``dismissals`` dismissed rewards within ``within``, offer nothing for ``lasts``."""
+
+    dismissals: int
+    within: Window
+    lasts: Window
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPolicy:
+    """How often a user may be contacted with a reward, overall and per channel."""
+
+    max_per_day: int | None = None
+    max_per_week: int | None = None
+    per_channel: Mapping[str, ChannelLimit] = field(default_factory=FrozenMap)
+    suppression: Suppression | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Learning:
+    """How the engine explores and learns from the users' answers to rewards.
+
+    ``epsilon``: share of decisions that explore a random eligible reward.
+    ``prior``: the response rate assumed for a reward nobody has answered yet.
+    ``response_window``: how long to wait for an answer before counting none.
+    ``opened``: whether an opened (not yet redeemed) reward counts as positive.
+    ``learning_rate``: step size of the online models.
+    ``min_priority``: grant nothing when the best reward scores below this.
+    """
+
+    epsilon: float = 0.1
+    prior: float = 0.1
+    response_window: Window = Window(3 * 86_400, "3d")
+    opened: Opened = "ignore"
+    learning_rate: float = 0.05
+    min_priority: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """What a user who never sent a consent event is taken to have agreed to."""
+
+    personalization: bool = True
+    marketing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A whole reward program, validated. ``source_sha256`` versions decisions."""
+
+    id: str
+    name: str
+    currency: str
+    triggers: tuple[str, ...]
+    rewards: tuple[Reward, ...]
+    budgets: Budgets = Budgets()
+    contact: ContactPolicy = ContactPolicy()
+    levers: Mapping[str, float] = field(default_factory=FrozenMap)
+    consent_defaults: Consent = Consent()
+    marketing_channels: tuple[str, ...] = ("email", "sms")
+    non_personalized_default: str | None = None
+    profile_fields: tuple[str, ...] = ()
+    learning: Learning = Learning()
+    source_sha256: str = ""
+
+    def reward(self, reward_id: str) -> Reward:
+        """The reward with this id; KeyError if the program has none."""
+        for reward in self.rewards:
+            if reward.id == reward_id:
+                return reward
+        raise KeyError(f"program {self.id!r} has no reward {reward_id!r}")
+
+    def lever_for(self, reward: Reward) -> float:
+        """The reward's own lever times the lever of its kind."""
+        return reward.lever * self.levers.get(reward.kind, 1.0)

@@ -1,0 +1,164 @@
+"""A closed loop: simulated users who answer the rewards they get, per hidden taste.
+
+Each user has a hidden *persona* that shapes both what they do (how often they
+come, how much they buy; this the engine can see) and how likely they are to
+redeem each kind of reward on each channel (this it cannot see, and must
+learn). A granted reward is redeemed with the user's true probability, else
+dismissed or ignored; the answer comes back later, as an outcome event, and
+the engine learns from it. The simulator also knows the true probabilities,
+which gives the oracle of the learning benchmark.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.contract.records import Decision, Event
+
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class Persona:
+    """A kind of user: behaviour the engine can observe, tastes it cannot."""
+
+    name: str
+    share: float  # of the population
+    visits_weight: float  # how active
+    purchase_share: float  # of their events that are purchases
+    basket: float  # typical order value
+    channels: tuple[str, ...]  # where they are, most used first
+    taste: dict[str, float]  # reward kind -> probability of redeeming
+    answer_delay_h: float = 12.0
+
+
+PERSONAS: tuple[Persona, ...] = (
+    Persona("bargain_hunter", 0.30, 1.5, 0.35, 25.0, ("mobile", "web"),
+            {"cashback": 0.65, "discount": 0.20, "points": 0.03, "free_shipping": 0.04,
+             "badge": 0.02}),
+    Persona("points_collector", 0.25, 2.0, 0.12, 40.0, ("web", "mobile"),
+            {"points": 0.70, "badge": 0.25, "cashback": 0.04, "discount": 0.03,
+             "free_shipping": 0.03}),
+    Persona("big_basket", 0.25, 0.7, 0.30, 180.0, ("web", "store"),
+            {"free_shipping": 0.70, "discount": 0.15, "cashback": 0.05, "points": 0.03,
+             "badge": 0.02}),
+    Persona("casual", 0.20, 0.5, 0.08, 30.0, ("mobile",),
+            {"points": 0.08, "cashback": 0.05, "discount": 0.04, "free_shipping": 0.04,
+             "badge": 0.01}),
+)  # fmt: skip
+UNKNOWN_KIND_TASTE = 0.05
+CHANNEL_PENALTY = 0.5  # a reward on a channel the user does not use is half as appealing
+EVENT_TYPES = ("session_start", "page_view", "survey", "referral")
+
+
+@dataclass
+class LoopUser:
+    user_id: str
+    persona: Persona
+    device_id: str
+    country: str
+    age: int
+    signed_up: bool = False
+
+
+@dataclass
+class LoopStats:
+    """What happened in one closed-loop run."""
+
+    events: int = 0
+    decisions: int = 0
+    granted: int = 0
+    redeemed: int = 0
+    dismissed: int = 0
+    cost: float = 0.0
+    explored: int = 0
+    grants: list[tuple[int, str, str, float]] = field(default_factory=list)  # ts, user, reward, cost
+
+    @property
+    def redemption_rate(self) -> float:
+        return self.redeemed / self.granted if self.granted else 0.0
+
+
+class ClosedLoopSimulator:
+    """Seeded users, their events in time order, and their answers to decisions."""
+
+    def __init__(self, *, users: int, seed: int, start_ms: int, days: float) -> None:
+        self.random = random.Random(seed)
+        self.seed = seed
+        self.start_ms = start_ms
+        self.span_ms = int(days * 24 * HOUR_MS)
+        self.users = [self._user(i) for i in range(users)]
+        self.weights = [u.persona.visits_weight for u in self.users]
+        self.answers: list[tuple[int, int, dict[str, Any]]] = []  # heap of (ts, seq, event)
+        self.sequence = 0
+        self.by_id = {u.user_id: u for u in self.users}
+
+    def _user(self, index: int) -> LoopUser:
+        persona = self.random.choices(PERSONAS, [p.share for p in PERSONAS])[0]
+        return LoopUser(
+            user_id=f"cl-{self.seed}-{index:06d}", persona=persona,
+            device_id=f"dev-{self.random.getrandbits(40):010x}",
+            country=self.random.choice(("DE", "FR", "NL", "ES", "IT")),
+            age=self.random.randint(18, 75),
+        )  # fmt: skip
+
+    def true_probability(self, user_id: str, kind: str, channel: str | None) -> float:
+        """The hidden chance that this user redeems a reward of ``kind`` on ``channel``."""
+        persona = self.by_id[user_id].persona
+        p = persona.taste.get(kind, UNKNOWN_KIND_TASTE)
+        return p if channel is None or channel in persona.channels else p * CHANNEL_PENALTY
+
+    def events(self, total: int) -> Iterator[Event]:
+        """``total`` user events in time order, with outcome events interleaved when due."""
+        step = self.span_ms / total
+        for n in range(total):
+            ts = self.start_ms + int(n * step)
+            while self.answers and self.answers[0][0] <= ts:
+                yield _event(heapq.heappop(self.answers)[2])
+            yield _event(self._user_event(ts))
+
+    def _user_event(self, ts: int) -> dict[str, Any]:
+        user = self.random.choices(self.users, self.weights)[0]
+        self.sequence += 1
+        persona = user.persona
+        base: dict[str, Any] = {
+            "event_id": f"cl-{self.seed}-{self.sequence}", "user_id": user.user_id, "ts": ts,
+            "channel": self.random.choice(persona.channels), "device_id": user.device_id,
+        }  # fmt: skip
+        if not user.signed_up:
+            user.signed_up = True
+            return {**base, "type": "signup",
+                    "attributes": {"age": user.age, "country": user.country}}  # fmt: skip
+        if self.random.random() < persona.purchase_share:
+            amount = round(self.random.lognormvariate(0, 0.4) * persona.basket, 2)
+            return {**base, "type": "purchase", "amount": amount, "currency": "EUR"}
+        return {**base, "type": self.random.choices(EVENT_TYPES, (6, 10, 1, 1))[0]}
+
+    def answer(self, decision: Decision, kind: str) -> bool:
+        """Schedule the user's answer to a granted reward; True if they will redeem it."""
+        p = self.true_probability(decision.user_id, kind, decision.channel)
+        roll = self.random.random()
+        persona = self.by_id[decision.user_id].persona
+        delay = int(self.random.expovariate(1 / persona.answer_delay_h) * HOUR_MS) + 60_000
+        if roll < p:
+            outcome = "reward_redeemed"
+        elif roll < p + (1 - p) * 0.4:
+            outcome = "reward_dismissed"
+        else:
+            return False  # ignored: the engine counts it as a "no" when the window passes
+        self.sequence += 1
+        event = {
+            "event_id": f"cl-{self.seed}-{self.sequence}", "user_id": decision.user_id,
+            "type": outcome, "ts": decision.ts + delay, "decision_id": decision.decision_id,
+            "channel": decision.channel,
+        }  # fmt: skip
+        heapq.heappush(self.answers, (event["ts"], self.sequence, event))
+        return outcome == "reward_redeemed"
+
+
+def _event(document: dict[str, Any]) -> Event:
+    return Event.from_document(document, document["ts"])

@@ -1,0 +1,471 @@
+"""Loading program files: a bad file fails at load, saying which file, where and what."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from app.programs import Expression, ProgramError, Window, load_builtin, load_program
+from app.programs import loader as loader_module
+
+Document = dict[str, Any]
+
+
+def minimal() -> Document:
+    """The smallest program that exercises every section the error cases poke at."""
+    return {
+        "id": "test-program",
+        "name": "Test program",
+        "currency": "EUR",
+        "triggers": ["signup", "purchase"],
+        "profile_fields": ["age", "country"],
+        "rewards": [
+            {"id": "points", "kind": "points", "value": 5, "cost": 0.5, "channels": ["web"]},
+            {
+                "id": "cashback",
+                "kind": "cashback",
+                "value": "min(0.05 * amount, 20)",
+                "cost": "min(0.05 * amount, 20)",
+                "channels": ["web", "email"],
+                "triggers": ["purchase"],
+            },
+            {
+                "id": "credit-card",
+                "kind": "credit_card",
+                "value": 50,
+                "cost": 50,
+                "channels": ["web"],
+                "eligibility": {"adult": "age >= 18"},
+            },
+        ],
+        "budgets": {"total": 1000, "periods": [{"window": "1d", "limit": 100}]},
+        "contact": {
+            "max_per_day": 3,
+            "per_channel": {"email": {"max_per_week": 2}},
+            "suppression": {"dismissals": 3, "within": "14d", "lasts": "30d"},
+        },
+        "learning": {"epsilon": 0.1},
+    }
+
+
+def write(tmp_path: Path, document: object, name: str = "bad-program.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def write_text(tmp_path: Path, text: str, name: str = "bad-program.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ProgramError) as caught:
+        load_program(path)
+    return str(caught.value)
+
+
+def test_the_minimal_program_loads_with_defaults(tmp_path: Path) -> None:
+    program = load_program(write(tmp_path, minimal(), "ok.yaml"))
+    assert program.id == "test-program"
+    points, cashback, card = program.rewards
+    assert points.triggers == ("signup", "purchase")  # inherited from the program
+    assert cashback.triggers == ("purchase",)
+    assert points.value == 5.0
+    assert isinstance(cashback.value, Expression)
+    assert card.eligibility[0].name == "adult"
+    assert program.marketing_channels == ("email", "sms")
+    assert program.consent_defaults.marketing is False
+    assert program.learning.response_window == Window(259_200, "3d")
+    assert program.non_personalized_default is None
+
+
+def test_an_optional_key_left_empty_reads_as_left_out(tmp_path: Path) -> None:
+    document = minimal()
+    document["budgets"] = None
+    document["learning"]["epsilon"] = None
+    document["rewards"][0]["stock"] = None
+    document["rewards"][2]["eligibility"] = None
+    program = load_program(write(tmp_path, document, "ok.yaml"))
+    assert program.budgets.total is None
+    assert program.learning.epsilon == 0.1
+    assert program.rewards[0].stock is None
+    assert program.rewards[2].eligibility == ()
+
+
+Mutation = Callable[[Document], None]
+
+
+def _set(*path: str | int, to: object) -> Mutation:
+    def mutate(document: Document) -> None:
+        target: Any = document
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = to
+
+    return mutate
+
+
+def _delete(*path: str | int) -> Mutation:
+    def mutate(document: Document) -> None:
+        target: Any = document
+        for step in path[:-1]:
+            target = target[step]
+        del target[path[-1]]
+
+    return mutate
+
+
+def _append_reward(reward: Document) -> Mutation:
+    return lambda document: document["rewards"].append(reward)
+
+
+CARD_RULE = ("rewards", 2, "eligibility", "adult")
+CARD_RULE_AT = "rewards[2] 'credit-card' → eligibility 'adult'"
+
+# (mutation, where the message must say it is, what it must say is wrong)
+ERROR_CASES: dict[str, tuple[Mutation, str, str]] = {
+    "unknown name": (
+        _set(*CARD_RULE, to="agee >= 18"),
+        CARD_RULE_AT,
+        "unknown name 'agee' (did you mean 'age'?)",
+    ),
+    "syntax error with column": (
+        _set(*CARD_RULE, to="age >= >= 18"),
+        CARD_RULE_AT,
+        "column 8: syntax error",
+    ),
+    "forbidden construct": (
+        _set(*CARD_RULE, to="__import__('os').system('x')"),
+        CARD_RULE_AT,
+        "is not allowed",
+    ),
+    "protected attribute in a rule": (
+        _set(*CARD_RULE, to="gender == 'f'"),
+        CARD_RULE_AT,
+        "'gender' is a protected attribute",
+    ),
+    "protected attribute as a profile field": (
+        _set("profile_fields", 1, to="ethnicity"),
+        "profile_fields[1]",
+        "'ethnicity' is a protected attribute",
+    ),
+    "renamed protected attribute as a profile field": (
+        _set("profile_fields", 1, to="religion_code"),
+        "profile_fields[1]",
+        "'religion_code' contains the protected attribute 'religion'",
+    ),
+    "profile field shadowing an engine name": (
+        _set("profile_fields", 1, to="spend"),
+        "profile_fields[1]",
+        "already a name the engine provides",
+    ),
+    "age in a value": (
+        _set("rewards", 1, "value", to="min(age * 0.5, 20)"),
+        "rewards[1] 'cashback' → value",
+        "'age' may be used only in eligibility rules",
+    ),
+    "age in a cost": (
+        _set("rewards", 1, "cost", to="age"),
+        "rewards[1] 'cashback' → cost",
+        "only in eligibility rules",
+    ),
+    "wrong type for a cost": (
+        _set("rewards", 1, "cost", to=[1, 2]),
+        "rewards[1] 'cashback' → cost",
+        "must be a number or an expression string, got list",
+    ),
+    "required key left empty": (
+        _set("rewards", 0, "cost", to=None),
+        "rewards[0] 'points' → cost",
+        "must be a number or an expression string, got nothing (null)",
+    ),
+    "negative constant value": (
+        _set("rewards", 0, "value", to=-5),
+        "rewards[0] 'points' → value",
+        "must not be negative",
+    ),
+    "constant expression that cannot be computed": (
+        _set("rewards", 0, "value", to="1 / 0"),
+        "rewards[0] 'points' → value",
+        "cannot be computed",
+    ),
+    "unknown top-level key": (
+        _set("budget", to={"total": 5}),
+        "budget",
+        "unknown key 'budget' (did you mean 'budgets'?)",
+    ),
+    "unknown reward key": (
+        _set("rewards", 0, "cots", to=1),
+        "rewards[0] 'points' → cots",
+        "unknown key 'cots' (did you mean 'cost'?)",
+    ),
+    "unknown nested key": (
+        _set("contact", "suppression", "last", to="30d"),
+        "contact → suppression → last",
+        "did you mean 'lasts'?",
+    ),
+    "unknown learning key": (
+        _set("learning", "epsilom", to=0.2),
+        "learning → epsilom",
+        "did you mean 'epsilon'?",
+    ),
+    "missing reward key": (
+        _delete("rewards", 0, "cost"),
+        "rewards[0] 'points'",
+        "missing key 'cost'",
+    ),
+    "missing program key": (
+        _delete("currency"),
+        "bad-program.yaml",
+        "missing key 'currency'",
+    ),
+    "negative total budget": (
+        _set("budgets", "total", to=-1),
+        "budgets → total",
+        "must not be negative, got -1",
+    ),
+    "negative period budget": (
+        _set("budgets", "periods", 0, "limit", to=-100),
+        "budgets → periods[0] → limit",
+        "must not be negative",
+    ),
+    "budget as a string": (
+        _set("budgets", "total", to="1000"),
+        "budgets → total",
+        "must be a number, got string '1000'",
+    ),
+    "per-user window without a per-user limit": (
+        _set("budgets", "per_user_window", to="30d"),
+        "budgets → per_user_window",
+        "needs per_user",
+    ),
+    "same period twice": (
+        _set(
+            "budgets", "periods", to=[{"window": "1d", "limit": 1}, {"window": "24h", "limit": 2}]
+        ),
+        "budgets → periods[1] → window",
+        "periods[0] already limits the same window",
+    ),
+    "bad duration": (
+        _set("budgets", "periods", 0, "window", to="7 days"),
+        "budgets → periods[0] → window",
+        "'7 days' is not a duration",
+    ),
+    "unknown non-personalized default": (
+        _set("non_personalized_default", to="pointz"),
+        "non_personalized_default",
+        "unknown reward id 'pointz' (did you mean 'points'?)",
+    ),
+    "duplicate reward id": (
+        _append_reward(
+            {"id": "points", "kind": "points", "value": 1, "cost": 1, "channels": ["web"]}
+        ),
+        "rewards[3] 'points' → id",
+        "duplicate reward id 'points' (also rewards[0])",
+    ),
+    "no rewards": (
+        _set("rewards", to=[]),
+        "rewards",
+        "at least one reward",
+    ),
+    "unknown reward kind": (
+        _set("rewards", 0, "kind", to="pointz"),
+        "rewards[0] 'points' → kind",
+        "unknown reward kind 'pointz' (did you mean 'points'?)",
+    ),
+    "unknown channel": (
+        _set("rewards", 0, "channels", to=["emial"]),
+        "rewards[0] 'points' → channels[0]",
+        "unknown channel 'emial' (did you mean 'email'?)",
+    ),
+    "per-channel limit for an unknown channel": (
+        _set("contact", "per_channel", "fax", to={"max_per_week": 1}),
+        "contact → per_channel 'fax'",
+        "unknown channel 'fax'",
+    ),
+    "marketing channel that is not a channel": (
+        _set("marketing_channels", to=["email", "pigeon"]),
+        "marketing_channels[1]",
+        "unknown channel 'pigeon'",
+    ),
+    "suppression shorter than a minute": (
+        _set("contact", "suppression", "lasts", to="30s"),
+        "contact → suppression → lasts",
+        "at least 1 minute",
+    ),
+    "outcome event as a trigger": (
+        _set("triggers", to=["signup", "reward_redeemed"]),
+        "triggers[1]",
+        "can never trigger a reward",
+    ),
+    "reward trigger the program does not have": (
+        _set("rewards", 0, "triggers", to=["session_start"]),
+        "rewards[0] 'points' → triggers[0]",
+        "not one of the program's triggers",
+    ),
+    "epsilon of one": (
+        _set("learning", "epsilon", to=1.0),
+        "learning → epsilon",
+        "must be less than 1, got 1.0",
+    ),
+    "opened policy": (
+        _set("learning", "opened", to="sometimes"),
+        "learning → opened",
+        "must be one of 'ignore', 'positive'",
+    ),
+    "zero lever": (
+        _set("rewards", 0, "lever", to=0),
+        "rewards[0] 'points' → lever",
+        "must be greater than 0, got 0",
+    ),
+    "lever for an unknown kind": (
+        _set("levers", to={"pointz": 1.2}),
+        "levers 'pointz'",
+        "unknown reward kind 'pointz' (did you mean 'points'?)",
+    ),
+    "consent as a string": (
+        _set("consent_defaults", to={"personalization": "yes", "marketing": False}),
+        "consent_defaults → personalization",
+        "must be true or false, got string 'yes'",
+    ),
+    "fractional stock": (
+        _set("rewards", 0, "stock", to=1.5),
+        "rewards[0] 'points' → stock",
+        "must be a whole number",
+    ),
+    "negative stock": (
+        _set("rewards", 0, "stock", to=-1),
+        "rewards[0] 'points' → stock",
+        "must not be negative",
+    ),
+    "eligibility as a list": (
+        _set("rewards", 2, "eligibility", to=["age >= 18"]),
+        "rewards[2] 'credit-card' → eligibility",
+        "must be a mapping of rule names to expressions, got list",
+    ),
+    "rule that is not a string": (
+        _set(*CARD_RULE, to=18),
+        CARD_RULE_AT,
+        "must be an expression string, got integer 18",
+    ),
+    "bad currency": (
+        _set("currency", to="euro"),
+        "currency",
+        "must be a three-letter currency code such as 'EUR', got 'euro'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_CASES))
+def test_a_bad_program_fails_at_load_naming_file_place_and_problem(
+    tmp_path: Path, case: str
+) -> None:
+    mutate, where, problem = ERROR_CASES[case]
+    document = copy.deepcopy(minimal())
+    mutate(document)
+    message = load_error(write(tmp_path, document))
+    assert "bad-program.yaml" in message
+    assert where in message
+    assert problem in message
+
+
+def test_the_error_carries_the_line_of_the_problem(tmp_path: Path) -> None:
+    text = yaml.safe_dump(minimal(), sort_keys=False).replace("adult: age >=", "adult: agee >=")
+    path = write_text(tmp_path, text)
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if "agee" in row)
+    with pytest.raises(ProgramError) as caught:
+        load_program(path)
+    assert caught.value.line == line
+    assert caught.value.file == str(path)
+    assert f"bad-program.yaml, line {line}: {CARD_RULE_AT}: " in str(caught.value)
+
+
+def test_yaml_syntax_errors_name_line_and_column(tmp_path: Path) -> None:
+    path = write_text(tmp_path, "id: x\nname: [unclosed\ncurrency: EUR\n")
+    message = load_error(path)
+    assert "bad-program.yaml, line " in message
+    assert ", column " in message
+    assert "invalid YAML" in message
+
+
+def test_a_key_written_twice_is_an_error(tmp_path: Path) -> None:
+    text = yaml.safe_dump(minimal(), sort_keys=False).replace(
+        "  cost: 0.5\n", "  cost: 0.5\n  cost: 5\n"
+    )
+    message = load_error(write_text(tmp_path, text))
+    assert "the key 'cost' appears twice" in message
+    line = next(n for n, row in enumerate(text.splitlines(), 1) if row.strip() == "cost: 5")
+    assert f"line {line}" in message
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    text = yaml.safe_dump(minimal(), sort_keys=False).replace(
+        "rewards:\n- id: points\n", "rewards:\n- &base\n  id: points\n"
+    )
+    text = text.replace("budgets:", "- <<: *base\n  id: more-points\n  value: 7\nbudgets:", 1)
+    program = load_program(write_text(tmp_path, text))
+    assert program.reward("more-points").value == 7.0
+    assert program.reward("more-points").cost == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "the file is empty"),
+        ("# only a comment\n", "the file is empty"),
+        ("- a\n- b\n", "must be a mapping of keys to values, got list"),
+        ("just text\n", "must be a mapping of keys to values, got string"),
+    ],
+)
+def test_a_file_that_is_not_a_program(tmp_path: Path, text: str, problem: str) -> None:
+    message = load_error(write_text(tmp_path, text))
+    assert message.startswith(str(tmp_path / "bad-program.yaml"))
+    assert problem in message
+
+
+def test_unreadable_files_are_program_errors(tmp_path: Path) -> None:
+    assert "cannot read the file" in load_error(tmp_path / "absent.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"id: \xff\xfe\n")
+    assert "not UTF-8" in load_error(binary)
+
+
+def test_sha256_is_of_the_file_bytes(tmp_path: Path) -> None:
+    first = load_program(write(tmp_path, minimal(), "a.yaml"))
+    path = write(tmp_path, minimal(), "b.yaml")
+    path.write_text(path.read_text() + "# a comment changes the version\n")
+    second = load_program(path)
+    assert len(first.source_sha256) == 64
+    assert first.source_sha256 != second.source_sha256
+    assert first.rewards == second.rewards
+
+
+def test_load_builtin_accepts_a_path(tmp_path: Path) -> None:
+    path = write(tmp_path, minimal(), "custom.yaml")
+    assert load_builtin(str(path)).id == "test-program"
+
+
+def test_unknown_builtin_suggests_the_shipped_ones() -> None:
+    with pytest.raises(ProgramError) as caught:
+        load_builtin("retail")
+    assert "no shipped program 'retail'" in str(caught.value)
+    assert "'retail-loyalty'" in str(caught.value)
+
+
+def test_a_shipped_file_must_be_named_after_its_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, minimal(), "other-name.yaml")
+    monkeypatch.setattr(loader_module, "BUILTIN_DIR", tmp_path)
+    assert loader_module.list_builtin() == ["other-name"]
+    with pytest.raises(ProgramError) as caught:
+        load_builtin("other-name")
+    assert "other-name.yaml" in str(caught.value)
+    assert "declares id 'test-program'" in str(caught.value)
