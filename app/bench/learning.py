@@ -25,30 +25,23 @@ from app.decisioning.engine import Engine
 from app.decisioning.ledger import Ledger
 from app.features.derive import CHANNELS
 from app.features.state import DAY_MS, UserState
-from app.programs import Program
+from app.programs import Program, Reward
 from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
-class OracleModels:
-    """Stands in for the learned models with the simulator's true probabilities."""
+class OracleEngine(Engine):
+    """The engine with the users' true redemption probabilities in place of learned ones."""
 
-    def __init__(self, simulator: ClosedLoopSimulator, program: Program) -> None:
+    def __init__(self, program: Program, simulator: ClosedLoopSimulator, *, seed: int) -> None:
+        super().__init__(program, seed=seed)
         self.simulator = simulator
-        self.kinds = {r.id: r.kind for r in program.rewards}
         self.current_user = ""
-        self.updates = 0
 
-    def predict_one(self, reward_id: str, features: dict[str, float]) -> float:
+    def _propensity(self, reward: Reward, features: dict[str, float], user: UserState) -> float:
         channel = next((c for c in CHANNELS if features.get(f"channel_{c}") == 1.0), None)
-        return self.simulator.true_probability(self.current_user, self.kinds[reward_id], channel)
-
-    def learn_one(self, reward_id: str, features: dict[str, float], redeemed: bool) -> None:
-        self.updates += 1
-
-    def contributions(self, *args: Any, **kwargs: Any) -> list[tuple[str, float]]:
-        return []
+        return self.simulator.true_probability(self.current_user, reward.kind, channel)
 
 
 def _with_epsilon(program: Program, epsilon: float) -> Program:
@@ -64,10 +57,8 @@ def run_policy(
         program = _with_epsilon(program, 1.0)
     elif policy == "oracle":
         program = _with_epsilon(program, 0.0)
-    engine = Engine(program, seed=seed)
-    oracle = OracleModels(simulator, program) if policy == "oracle" else None
-    if oracle is not None:
-        engine.models = oracle  # type: ignore[assignment]
+    oracle = OracleEngine(program, simulator, seed=seed) if policy == "oracle" else None
+    engine = oracle or Engine(program, seed=seed)
     kinds = {r.id: r.kind for r in program.rewards}
     states: dict[str, UserState] = {}
     ledger, stats = Ledger(), LoopStats()
@@ -92,8 +83,9 @@ def _count(stats: LoopStats, simulator: ClosedLoopSimulator, decision: Decision,
     stats.cost += decision.cost
     stats.explored += "policy.explore" in decision.reasons
     stats.grants.append((decision.ts, decision.user_id, decision.action, decision.cost))
-    if simulator.answer(decision, kinds[decision.action]):
-        stats.redeemed += 1
+    redeemed = simulator.answer(decision, kinds[decision.action])
+    stats.redeemed += redeemed
+    stats.answers.append(redeemed)
 
 
 def audit(program: Program, stats: LoopStats) -> list[str]:
@@ -160,6 +152,7 @@ def run_benchmark(
             "granted": stats.granted, "redeemed": stats.redeemed,
             "redemption_rate": round(stats.redemption_rate, 4), "cost": round(stats.cost, 2),
             "explored": stats.explored, "limit_violations": problems,
+            "redemption_rate_by_fifth": stats.rate_by_fifth(),
             "seconds": round(time.perf_counter() - started, 2),
         }  # fmt: skip
     policies = report["policies"]
@@ -171,12 +164,13 @@ def run_benchmark(
 
 def targets_markdown(report: dict[str, Any]) -> str:
     """The report as markdown: a table per policy and the targets beside the figures."""
-    rows = ["| policy | granted | redeemed | redemption rate | cost | explored | limits |",
-            "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    rows = ["| policy | granted | redeemed | redemption rate | by fifth of the run | cost "
+            "| explored | limits |", "|---|---:|---:|---:|---|---:|---:|---|"]  # fmt: skip
     for name, p in report["policies"].items():
         limits = "all kept" if not p["limit_violations"] else "; ".join(p["limit_violations"])
+        fifths = " ".join(f"{r:.2f}" for r in p["redemption_rate_by_fifth"])
         rows.append(f"| {name} | {p['granted']} | {p['redeemed']} | {p['redemption_rate']:.3f} "
-                    f"| {p['cost']:,.2f} | {p['explored']} | {limits} |")  # fmt: skip
+                    f"| {fifths} | {p['cost']:,.2f} | {p['explored']} | {limits} |")  # fmt: skip
     vs_random, vs_oracle = report["engine_vs_random"], report["engine_vs_oracle"]
     return "\n".join([
         f"Program `{report['program']}`, {report['events']:,} events, {report['users']:,} users "

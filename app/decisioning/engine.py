@@ -186,12 +186,17 @@ class Engine:
             if not verdict.passed:
                 return Skipped(reward, verdict)
         features = model_features(user, event, kind=reward.kind, channel=channel)
-        propensity = self.models.predict_one(reward.id, features)
+        propensity = self._propensity(reward, features, user)
         lever = self.program.lever_for(reward)
         priority = propensity * value * lever
         return Candidate(
             reward, channel, value, cost, propensity, lever, priority, features, rule_codes
         )
+
+    def _propensity(self, reward: Reward, features: dict[str, float], user: UserState) -> float:
+        """P(this user redeems ``reward`` if offered now): the model, then the user's own answers."""
+        model_p = self.models.predict_one(reward.kind, {**features, f"reward={reward.id}": 1.0})
+        return personalize(model_p, user, reward.kind)
 
     def _choose(
         self, event: Event, user: UserState, survivors: list[Candidate], skipped: list[Skipped]
@@ -240,7 +245,8 @@ class Engine:
         # Users who opted out of personalization (then or now) train no model.
         if not offer.learn or not self._consents(user)[0]:
             return 0
-        self.models.learn_one(offer.reward_id, from_vector(offer.features), redeemed)
+        features = {**from_vector(offer.features), f"reward={offer.reward_id}": 1.0}
+        self.models.learn_one(offer.kind, features, redeemed)
         return 1
 
     def _dismissed(self, user: UserState, ts: int) -> UserState:
@@ -293,6 +299,27 @@ class Engine:
             model_version=self.model_version,
             program=self.program.id,
         )
+
+
+# How many answers the model's estimate is worth when blended with the user's own answers.
+MODEL_PSEUDO_ANSWERS = 1.5
+
+
+def personalize(model_p: float, user: UserState, kind: str) -> float:
+    """Blend the model's estimate with this user's own answers to rewards of ``kind``.
+
+    The model's probability acts as a prior worth a few answers; each of the
+    user's answered offers of this kind (redeemed, or not: dismissed or no answer
+    in time) moves it towards what this user actually does. A user who redeemed
+    two cashbacks out of two is not an average user, whatever the model has
+    learned so far.
+    """
+    response = user.response(kind)
+    waiting = sum(1 for offer in user.pending if offer.kind == kind)
+    answered = max(0, response.offered - waiting)
+    if answered == 0:
+        return model_p
+    return (response.redeemed + MODEL_PSEUDO_ANSWERS * model_p) / (answered + MODEL_PSEUDO_ANSWERS)
 
 
 def _bucket_ms(program: Program) -> int:

@@ -47,7 +47,7 @@ def explain(engine: Engine, event: Event, choice: Choice) -> tuple[tuple[str, ..
 
 
 def _feature_codes(engine: Engine, chosen: Candidate) -> tuple[str, ...]:
-    top = engine.models.contributions(chosen.reward.id, chosen.features)
+    top = engine.models.contributions(chosen.reward.kind, chosen.features)
     return tuple(f"feature.{name}:{weight:+.2f}" for name, weight in top)
 
 

@@ -24,6 +24,7 @@ TRIGGER_TYPES = ("signup", "session_start", "page_view", "purchase", "referral",
 MODEL_FEATURES: tuple[str, ...] = (
     "events_log",
     "purchases_log",
+    "purchase_ratio",
     "spend_log",
     "avg_order_value_log",
     "days_since_purchase",
@@ -78,6 +79,7 @@ def model_features(state: UserState, event: Event, *, kind: str, channel: str | 
     features = {
         "events_log": math.log1p(state.events),
         "purchases_log": math.log1p(state.purchases),
+        "purchase_ratio": state.purchases / state.events if state.events else 0.0,
         "spend_log": math.log1p(state.spend),
         "avg_order_value_log": math.log1p(state.spend / state.purchases) if state.purchases else 0.0,
         "days_since_purchase": _capped_days(_days_since(event.ts, state.last_purchase_ts), 90.0),

@@ -77,10 +77,18 @@ class LoopStats:
     cost: float = 0.0
     explored: int = 0
     grants: list[tuple[int, str, str, float]] = field(default_factory=list)  # ts, user, reward, cost
+    answers: list[bool] = field(default_factory=list)  # redeemed or not, per grant, in order
 
     @property
     def redemption_rate(self) -> float:
         return self.redeemed / self.granted if self.granted else 0.0
+
+    def rate_by_fifth(self) -> list[float]:
+        """Redemption rate over each fifth of the grants: the learning curve."""
+        size = len(self.answers) // 5
+        if size == 0:
+            return []
+        return [round(sum(self.answers[i * size : (i + 1) * size]) / size, 3) for i in range(5)]
 
 
 class ClosedLoopSimulator:
