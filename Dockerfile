@@ -19,12 +19,16 @@ RUN groupadd --system --gid "${GID}" rewardstream \
 # constraints.txt pins the dependencies to the versions the tests ran with. The
 # source tree is removed afterwards, only the installed package stays.
 WORKDIR /tmp/src
-COPY pyproject.toml constraints.txt ./
+COPY pyproject.toml constraints.txt README.md ./
 COPY app ./app
 COPY streams ./streams
 COPY topologies ./topologies
 RUN pip install --constraint constraints.txt . \
  && rm -rf /tmp/src
+
+# The shipped reward programs, read by path (REWARDSTREAM_PROGRAM below); mount
+# your own over /etc/rewardstream/programs, or point the setting at another file.
+COPY programs /etc/rewardstream/programs
 
 # Worker state. Created and chowned before VOLUME so that a fresh named volume
 # (compose) starts out owned by the worker's user.
@@ -34,7 +38,8 @@ VOLUME ["/var/lib/rewardstream"]
 
 # Settings default to 127.0.0.1, which nothing outside the container can reach.
 ENV REWARDSTREAM_WEB_HOST=0.0.0.0 \
-    REWARDSTREAM_DATA_DIR=/var/lib/rewardstream
+    REWARDSTREAM_DATA_DIR=/var/lib/rewardstream \
+    REWARDSTREAM_PROGRAM=/etc/rewardstream/programs/retail-loyalty.yaml
 
 WORKDIR /home/rewardstream
 USER ${UID}:${GID}

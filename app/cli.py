@@ -271,8 +271,9 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     try:
         lines = (line.rstrip(b"\r\n") for line in source)
         name = "stdin" if args.input == "-" else Path(args.input).name
-        for record in replay(engine, lines, source_name=name,
-                             max_event_bytes=settings.max_event_bytes, counts=counts):  # fmt: skip
+        for record in replay(
+            engine, lines, source_name=name, max_event_bytes=settings.max_event_bytes, counts=counts
+        ):
             sink.write(record + b"\n")
     finally:
         for handle in (source, sink):
@@ -311,8 +312,9 @@ def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
     from app.bench.report import append_section
 
     program = load_program_setting(args.program or settings.program)
-    report = run_benchmark(program, events=args.events, users=args.users, seed=args.seed,
-                           days=args.days)  # fmt: skip
+    report = run_benchmark(
+        program, events=args.events, users=args.users, seed=args.seed, days=args.days
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

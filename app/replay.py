@@ -45,9 +45,11 @@ def replay(
     """Yield each output record (JSON bytes) for each input line."""
     counts = counts if counts is not None else ReplayCounts()
     pipeline = Pipeline(
-        engine, Metrics(CollectorRegistry()), max_event_bytes=max_event_bytes,
+        engine,
+        Metrics(CollectorRegistry()),
+        max_event_bytes=max_event_bytes,
         partitioner=kafka_partitioner(engine.partitions),
-    )  # fmt: skip
+    )
     tables = Tables(users={}, ledgers={})
     for number, line in enumerate(lines):
         counts.lines += 1

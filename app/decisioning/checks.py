@@ -54,14 +54,14 @@ def pick_channel(
     Channels the user may not be contacted on (marketing opt-out) or whose own
     contact limit is reached are skipped.
     """
-    allowed = [
-        c for c in reward.channels if marketing or c not in program.marketing_channels
-    ]
+    allowed = [c for c in reward.channels if marketing or c not in program.marketing_channels]
     if not allowed:
         return None, Verdict(False, "consent.marketing", "only marketing channels, and no consent")
     open_channels = [c for c in allowed if _channel_has_room(program, state, c, ts)]
     if not open_channels:
-        return None, Verdict(False, "contact.channel_limit", "every channel is at its contact limit")
+        return None, Verdict(
+            False, "contact.channel_limit", "every channel is at its contact limit"
+        )
     for preferred in (event_channel, state.preferred_channel):
         if preferred in open_channels:
             return preferred, PASS
@@ -69,14 +69,19 @@ def pick_channel(
 
 
 def _grants_since(state: UserState, since: int, channel: str | None = None) -> int:
-    return sum(1 for g in state.grants if g.ts > since and (channel is None or g.channel == channel))
+    return sum(
+        1 for g in state.grants if g.ts > since and (channel is None or g.channel == channel)
+    )
 
 
 def _channel_has_room(program: Program, state: UserState, channel: str, ts: int) -> bool:
     limit = dict(program.contact.per_channel).get(channel)
     if limit is None:
         return True
-    if limit.max_per_day is not None and _grants_since(state, ts - DAY_MS, channel) >= limit.max_per_day:
+    if (
+        limit.max_per_day is not None
+        and _grants_since(state, ts - DAY_MS, channel) >= limit.max_per_day
+    ):
         return False
     week = limit.max_per_week
     return week is None or _grants_since(state, ts - WEEK_MS, channel) < week
@@ -89,13 +94,22 @@ def contact(program: Program, state: UserState, ts: int) -> Verdict:
     policy = program.contact
     if policy.max_per_day is not None and _grants_since(state, ts - DAY_MS) >= policy.max_per_day:
         return Verdict(False, "contact.daily_limit", f"{policy.max_per_day} rewards today already")
-    if policy.max_per_week is not None and _grants_since(state, ts - WEEK_MS) >= policy.max_per_week:
+    if (
+        policy.max_per_week is not None
+        and _grants_since(state, ts - WEEK_MS) >= policy.max_per_week
+    ):
         return Verdict(False, "contact.weekly_limit", f"{policy.max_per_week} rewards this week")
     return PASS
 
 
 def budget(
-    program: Program, state: UserState, ledger: Ledger, share: Share, *, cost: float, ts: int,
+    program: Program,
+    state: UserState,
+    ledger: Ledger,
+    share: Share,
+    *,
+    cost: float,
+    ts: int,
     bucket_ms: int,
 ) -> Verdict:
     """Per-user, total and per-period budgets for a reward costing ``cost``."""
@@ -109,13 +123,17 @@ def budget(
         )
         if spent + cost > budgets.per_user + 1e-9:
             return Verdict(False, "budget.per_user:exhausted", "the user's budget is spent")
-    if budgets.total is not None and ledger.spent_total + cost > share.of_amount(budgets.total) + 1e-9:
+    if (
+        budgets.total is not None
+        and ledger.spent_total + cost > share.of_amount(budgets.total) + 1e-9
+    ):
         return Verdict(False, "budget.total:exhausted", "the program's budget is spent")
     for period in budgets.periods:
         spent = ledger.spent_within(ts, period.window.seconds * 1000, bucket_ms)
         if spent + cost > share.of_amount(period.limit) + 1e-9:
             return Verdict(
-                False, f"budget.{period.window.text}:exhausted",
+                False,
+                f"budget.{period.window.text}:exhausted",
                 f"the {period.window.text} budget is spent",
             )
     return PASS

@@ -107,7 +107,9 @@ class Engine:
         learning = program.learning
         self.models = PropensityModels(prior=learning.prior, learning_rate=learning.learning_rate)
         self.bucket_ms = _bucket_ms(program)
-        self.keep_ledger_ms = max((p.window.seconds * 1000 for p in program.budgets.periods), default=0)
+        self.keep_ledger_ms = max(
+            (p.window.seconds * 1000 for p in program.budgets.periods), default=0
+        )
         per_user_window = program.budgets.per_user_window
         self.keep_grants_ms = max(WEEK_MS, per_user_window.seconds * 1000 if per_user_window else 0)
         suppression = program.contact.suppression
@@ -125,8 +127,12 @@ class Engine:
         if user.has_seen(event.event_id):
             return Outcome(user, ledger, (), duplicate=True)
         user = observe(user, event, profile_fields=self.program.profile_fields)
-        user = prune(user, event.ts, keep_grants_ms=self.keep_grants_ms,
-                     keep_dismissals_ms=self.keep_dismissals_ms)  # fmt: skip
+        user = prune(
+            user,
+            event.ts,
+            keep_grants_ms=self.keep_grants_ms,
+            keep_dismissals_ms=self.keep_dismissals_ms,
+        )
         user, learned = self._expire_offers(user, event.ts)
         if event.type in OUTCOME_TYPES:
             user, learned_now, choice = self._outcome(user, event)
@@ -161,9 +167,14 @@ class Engine:
         return self._choose(event, user, survivors, skipped)
 
     def _gate(
-        self, reward: Reward, user: UserState, ledger: Ledger, event: Event,
-        env: dict[str, Any], share: Share,
-    ) -> Candidate | Skipped:  # fmt: skip
+        self,
+        reward: Reward,
+        user: UserState,
+        ledger: Ledger,
+        event: Event,
+        env: dict[str, Any],
+        share: Share,
+    ) -> Candidate | Skipped:
         verdict, rule_codes = checks.eligibility(reward, env)
         if not verdict.passed:
             return Skipped(reward, verdict)
@@ -171,7 +182,12 @@ class Engine:
         if not verdict.passed:
             return Skipped(reward, verdict)
         channel, verdict = checks.pick_channel(
-            self.program, reward, user, event.channel, marketing=self._consents(user)[1], ts=event.ts
+            self.program,
+            reward,
+            user,
+            event.channel,
+            marketing=self._consents(user)[1],
+            ts=event.ts,
         )
         if not verdict.passed:
             return Skipped(reward, verdict)
@@ -179,8 +195,9 @@ class Engine:
         if value is None or cost is None:
             return Skipped(reward, checks.Verdict(False, "value:unknown", "its value is unknown"))
         for verdict in (
-            checks.budget(self.program, user, ledger, share, cost=cost, ts=event.ts,
-                          bucket_ms=self.bucket_ms),  # fmt: skip
+            checks.budget(
+                self.program, user, ledger, share, cost=cost, ts=event.ts, bucket_ms=self.bucket_ms
+            ),
             checks.stock(reward, ledger, share),
         ):
             if not verdict.passed:
@@ -194,7 +211,7 @@ class Engine:
         )
 
     def _propensity(self, reward: Reward, features: dict[str, float], user: UserState) -> float:
-        """P(this user redeems ``reward`` if offered now): the model, then the user's own answers."""
+        """P(user redeems ``reward`` if offered now): the model, then the user's own answers."""
         model_p = self.models.predict_one(reward.kind, {**features, f"reward={reward.id}": 1.0})
         return personalize(model_p, user, reward.kind)
 
@@ -227,8 +244,9 @@ class Engine:
             return user, 0, Choice(None, 1.0, "outcome_opened")
         redeemed = event.type in ("reward_redeemed", "reward_opened")
         learned = self._learn(user, offer, redeemed)
-        user = close_offer(user, offer.decision_id, redeemed=redeemed,
-                           dismissed=event.type == "reward_dismissed")  # fmt: skip
+        user = close_offer(
+            user, offer.decision_id, redeemed=redeemed, dismissed=event.type == "reward_dismissed"
+        )
         if event.type == "reward_dismissed":
             user = self._dismissed(user, event.ts)
         return user, learned, Choice(None, 1.0, f"outcome_{event.type.removeprefix('reward_')}")
@@ -263,7 +281,9 @@ class Engine:
 
     def _consents(self, user: UserState) -> tuple[bool, bool]:
         defaults = self.program.consent_defaults
-        personalization = defaults.personalization if user.personalization is None else user.personalization
+        personalization = (
+            defaults.personalization if user.personalization is None else user.personalization
+        )
         marketing = defaults.marketing if user.marketing is None else user.marketing
         return personalization, marketing
 
@@ -271,12 +291,21 @@ class Engine:
         self, user: UserState, ledger: Ledger, event: Event, decision: Decision, chosen: Candidate
     ) -> tuple[UserState, Ledger]:
         offer = PendingOffer(
-            decision_id=decision.decision_id, reward_id=chosen.reward.id, kind=chosen.reward.kind,
-            ts=event.ts, features=as_vector(chosen.features), learn=self._consents(user)[0],
-        )  # fmt: skip
+            decision_id=decision.decision_id,
+            reward_id=chosen.reward.id,
+            kind=chosen.reward.kind,
+            ts=event.ts,
+            features=as_vector(chosen.features),
+            learn=self._consents(user)[0],
+        )
         user = record_grant(user, Grant(event.ts, chosen.channel, chosen.cost), offer)
-        ledger = ledger.charge(ts=event.ts, cost=chosen.cost, reward_id=chosen.reward.id,
-                               bucket_ms=self.bucket_ms, keep_ms=self.keep_ledger_ms)  # fmt: skip
+        ledger = ledger.charge(
+            ts=event.ts,
+            cost=chosen.cost,
+            reward_id=chosen.reward.id,
+            bucket_ms=self.bucket_ms,
+            keep_ms=self.keep_ledger_ms,
+        )
         return user, ledger
 
     def _decision(self, event: Event, choice: Choice) -> Decision:

@@ -20,7 +20,9 @@ OUTCOME_SENTENCES = {
     "outcome_redeemed": "Recorded the redemption; the model learned from it.",
     "outcome_dismissed": "Recorded the dismissal; the model learned from it.",
     "outcome_opened": "Recorded that the reward was opened.",
-    "outcome_unknown_decision": "Recorded an outcome for a decision this user has no open offer for.",
+    "outcome_unknown_decision": (
+        "Recorded an outcome for a decision this user has no open offer for."
+    ),
 }
 
 
@@ -64,8 +66,10 @@ def _granted_sentence(choice: Choice, chosen: Candidate, currency: str) -> str:
     via = f" via {chosen.channel}" if chosen.channel else ""
     n = len(choice.candidates)
     if choice.mode == "explore":
-        why = (f"picked at random to learn, with probability {choice.probability:.3f}, "
-               f"among {n} eligible rewards")  # fmt: skip
+        why = (
+            f"picked at random to learn, with probability {choice.probability:.3f}, "
+            f"among {n} eligible rewards"
+        )
     elif choice.mode == "default":
         why = "the program's standard reward, since the user opted out of personalization"
     else:
@@ -80,8 +84,10 @@ def _granted_sentence(choice: Choice, chosen: Candidate, currency: str) -> str:
 def _no_reward_sentence(engine: Engine, choice: Choice) -> str:
     if choice.mode == "below_minimum" and choice.candidates:
         best = choice.candidates[0]
-        return (f"No reward: the best option, {best.reward.id}, scores {best.priority:.3f}, under "
-                f"the program's minimum of {engine.program.learning.min_priority:.3f}.")  # fmt: skip
+        return (
+            f"No reward: the best option, {best.reward.id}, scores {best.priority:.3f}, under "
+            f"the program's minimum of {engine.program.learning.min_priority:.3f}."
+        )
     if not choice.skipped:
         return "No reward: no reward of the program applies to this event."
     return f"No reward: nothing is eligible: {_skipped_words(choice)}."

@@ -72,7 +72,9 @@ def _capped_days(days: float | None, cap: float) -> float:
     return 1.0 if days is None else min(days, cap) / cap
 
 
-def model_features(state: UserState, event: Event, *, kind: str, channel: str | None) -> dict[str, float]:
+def model_features(
+    state: UserState, event: Event, *, kind: str, channel: str | None
+) -> dict[str, float]:
     """The propensity model's view of offering a reward of ``kind`` on ``channel`` now."""
     response = state.response(kind)
     answered_all = state.rewards_redeemed + state.rewards_dismissed
@@ -81,7 +83,9 @@ def model_features(state: UserState, event: Event, *, kind: str, channel: str | 
         "purchases_log": math.log1p(state.purchases),
         "purchase_ratio": state.purchases / state.events if state.events else 0.0,
         "spend_log": math.log1p(state.spend),
-        "avg_order_value_log": math.log1p(state.spend / state.purchases) if state.purchases else 0.0,
+        "avg_order_value_log": math.log1p(state.spend / state.purchases)
+        if state.purchases
+        else 0.0,
         "days_since_purchase": _capped_days(_days_since(event.ts, state.last_purchase_ts), 90.0),
         "engagement_log": math.log1p(state.engagement_at(event.ts)),
         "days_since_reward": _capped_days(_days_since(event.ts, state.last_reward_ts), 30.0),

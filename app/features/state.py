@@ -144,7 +144,8 @@ def observe(state: UserState, event: Event, *, profile_fields: tuple[str, ...]) 
         channel_counts=channel_counts,
         profile=_profile(state.profile, event, profile_fields),
         recent_event_ids=(*state.recent_event_ids, event.event_id)[-RECENT_EVENT_IDS:],
-        **_consent(event),
+        personalization=_consent(event, "personalization", state.personalization),
+        marketing=_consent(event, "marketing", state.marketing),
     )
 
 
@@ -153,14 +154,11 @@ def _profile(profile: dict[str, Any], event: Event, fields: tuple[str, ...]) -> 
     return {**profile, **updates} if updates else profile
 
 
-def _consent(event: Event) -> dict[str, bool]:
-    if event.type != "consent_updated":
-        return {}
-    return {
-        name: bool(event.attributes[name])
-        for name in ("personalization", "marketing")
-        if name in event.attributes
-    }
+def _consent(event: Event, name: str, current: bool | None) -> bool | None:
+    """A consent given or withdrawn by this event, else the one held so far."""
+    if event.type != "consent_updated" or name not in event.attributes:
+        return current
+    return bool(event.attributes[name])
 
 
 def record_grant(state: UserState, grant: Grant, offer: PendingOffer) -> UserState:
@@ -177,7 +175,9 @@ def record_grant(state: UserState, grant: Grant, offer: PendingOffer) -> UserSta
     )
 
 
-def close_offer(state: UserState, decision_id: str, *, redeemed: bool, dismissed: bool) -> UserState:
+def close_offer(
+    state: UserState, decision_id: str, *, redeemed: bool, dismissed: bool
+) -> UserState:
     """The state after the outcome of one pending offer is known."""
     offer = next((p for p in state.pending if p.decision_id == decision_id), None)
     if offer is None:

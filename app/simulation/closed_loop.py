@@ -37,19 +37,43 @@ class Persona:
 
 
 PERSONAS: tuple[Persona, ...] = (
-    Persona("bargain_hunter", 0.30, 1.5, 0.35, 25.0, ("mobile", "web"),
-            {"cashback": 0.65, "discount": 0.20, "points": 0.03, "free_shipping": 0.04,
-             "badge": 0.02}),
-    Persona("points_collector", 0.25, 2.0, 0.12, 40.0, ("web", "mobile"),
-            {"points": 0.70, "badge": 0.25, "cashback": 0.04, "discount": 0.03,
-             "free_shipping": 0.03}),
-    Persona("big_basket", 0.25, 0.7, 0.30, 180.0, ("web", "store"),
-            {"free_shipping": 0.70, "discount": 0.15, "cashback": 0.05, "points": 0.03,
-             "badge": 0.02}),
-    Persona("casual", 0.20, 0.5, 0.08, 30.0, ("mobile",),
-            {"points": 0.08, "cashback": 0.05, "discount": 0.04, "free_shipping": 0.04,
-             "badge": 0.01}),
-)  # fmt: skip
+    Persona(
+        "bargain_hunter",
+        0.30,
+        1.5,
+        0.35,
+        25.0,
+        ("mobile", "web"),
+        {"cashback": 0.65, "discount": 0.20, "points": 0.03, "free_shipping": 0.04, "badge": 0.02},
+    ),
+    Persona(
+        "points_collector",
+        0.25,
+        2.0,
+        0.12,
+        40.0,
+        ("web", "mobile"),
+        {"points": 0.70, "badge": 0.25, "cashback": 0.04, "discount": 0.03, "free_shipping": 0.03},
+    ),
+    Persona(
+        "big_basket",
+        0.25,
+        0.7,
+        0.30,
+        180.0,
+        ("web", "store"),
+        {"free_shipping": 0.70, "discount": 0.15, "cashback": 0.05, "points": 0.03, "badge": 0.02},
+    ),
+    Persona(
+        "casual",
+        0.20,
+        0.5,
+        0.08,
+        30.0,
+        ("mobile",),
+        {"points": 0.08, "cashback": 0.05, "discount": 0.04, "free_shipping": 0.04, "badge": 0.01},
+    ),
+)
 UNKNOWN_KIND_TASTE = 0.05
 CHANNEL_PENALTY = 0.5  # a reward on a channel the user does not use is half as appealing
 EVENT_TYPES = ("session_start", "page_view", "survey", "referral")
@@ -76,7 +100,9 @@ class LoopStats:
     dismissed: int = 0
     cost: float = 0.0
     explored: int = 0
-    grants: list[tuple[int, str, str, float]] = field(default_factory=list)  # ts, user, reward, cost
+    grants: list[tuple[int, str, str, float]] = field(
+        default_factory=list
+    )  # ts, user, reward, cost
     answers: list[bool] = field(default_factory=list)  # redeemed or not, per grant, in order
 
     @property
@@ -108,11 +134,12 @@ class ClosedLoopSimulator:
     def _user(self, index: int) -> LoopUser:
         persona = self.random.choices(PERSONAS, [p.share for p in PERSONAS])[0]
         return LoopUser(
-            user_id=f"cl-{self.seed}-{index:06d}", persona=persona,
+            user_id=f"cl-{self.seed}-{index:06d}",
+            persona=persona,
             device_id=f"dev-{self.random.getrandbits(40):010x}",
             country=self.random.choice(("DE", "FR", "NL", "ES", "IT")),
             age=self.random.randint(18, 75),
-        )  # fmt: skip
+        )
 
     def true_probability(self, user_id: str, kind: str, channel: str | None) -> float:
         """The hidden chance that this user redeems a reward of ``kind`` on ``channel``."""
@@ -134,13 +161,19 @@ class ClosedLoopSimulator:
         self.sequence += 1
         persona = user.persona
         base: dict[str, Any] = {
-            "event_id": f"cl-{self.seed}-{self.sequence}", "user_id": user.user_id, "ts": ts,
-            "channel": self.random.choice(persona.channels), "device_id": user.device_id,
-        }  # fmt: skip
+            "event_id": f"cl-{self.seed}-{self.sequence}",
+            "user_id": user.user_id,
+            "ts": ts,
+            "channel": self.random.choice(persona.channels),
+            "device_id": user.device_id,
+        }
         if not user.signed_up:
             user.signed_up = True
-            return {**base, "type": "signup",
-                    "attributes": {"age": user.age, "country": user.country}}  # fmt: skip
+            return {
+                **base,
+                "type": "signup",
+                "attributes": {"age": user.age, "country": user.country},
+            }
         if self.random.random() < persona.purchase_share:
             amount = round(self.random.lognormvariate(0, 0.4) * persona.basket, 2)
             return {**base, "type": "purchase", "amount": amount, "currency": "EUR"}
@@ -159,11 +192,14 @@ class ClosedLoopSimulator:
         else:
             return False  # ignored: the engine counts it as a "no" when the window passes
         self.sequence += 1
-        event = {
-            "event_id": f"cl-{self.seed}-{self.sequence}", "user_id": decision.user_id,
-            "type": outcome, "ts": decision.ts + delay, "decision_id": decision.decision_id,
+        event: dict[str, Any] = {
+            "event_id": f"cl-{self.seed}-{self.sequence}",
+            "user_id": decision.user_id,
+            "type": outcome,
+            "ts": decision.ts + delay,
+            "decision_id": decision.decision_id,
             "channel": decision.channel,
-        }  # fmt: skip
+        }
         heapq.heappush(self.answers, (event["ts"], self.sequence, event))
         return outcome == "reward_redeemed"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 from collections import Counter
+from contextlib import aclosing
 
 import fastjsonschema
 import orjson
@@ -51,10 +52,12 @@ async def outputs(settings: Settings, *, expected: int) -> list[Received]:
     """Everything on the output topics: read until ``expected`` arrived and then quiet for 5 s."""
     topics = [settings.topic_decisions, settings.topic_fraud_alerts, settings.topic_dead_letter]
     got: list[Received] = []
-    async for record in read(settings.bootstrap_servers, topics, idle_timeout_s=30.0):
-        got.append(record)
-        if len(got) >= expected:
-            break
+    records = read(settings.bootstrap_servers, topics, idle_timeout_s=30.0)
+    async with aclosing(records):
+        async for record in records:
+            got.append(record)
+            if len(got) >= expected:
+                break
     async for record in read(settings.bootstrap_servers, topics, idle_timeout_s=5.0):
         if record not in got:
             got.append(record)

@@ -1,6 +1,13 @@
-"""The decision core: one decision per new event, repeats ignored, ids deterministic."""
+"""The decision core, concern by concern: rules, budgets, stock, contact, arbitration,
+exploration, consent, explanations and learning. Pure: no Kafka, no clock."""
 
 from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import fastjsonschema
 import orjson
@@ -9,88 +16,343 @@ import pytest
 from app.contract import Decision, Event, decision_id_for
 from app.contract.schemas import load_schema
 from app.decisioning import Engine
+from app.decisioning.ledger import Ledger
 from app.features import UserState
+from app.programs import Program, load_builtin, load_program
 
 check_decision = fastjsonschema.compile(load_schema("decision"))
 T0 = 1_772_366_400_000
+HOUR = 3_600_000
+DAY = 24 * HOUR
+PROGRAM = load_program(Path(__file__).parents[1] / "fixtures" / "test-program.yaml")
 
 
-def ev(event_id: str, type_: str = "page_view", **fields: object) -> Event:
-    return Event(event_id=event_id, user_id="u-1", type=type_, ts=T0, **fields)  # type: ignore[arg-type]
+def tuned(program: Program = PROGRAM, **learning: Any) -> Program:
+    return dataclasses.replace(program, learning=dataclasses.replace(program.learning, **learning))
 
 
-def decide(engine: Engine, state: UserState, event: Event) -> tuple[UserState, Decision]:
-    outcome = engine.process(state, event)
-    assert len(outcome.records) == 1
-    record = outcome.records[0]
-    assert isinstance(record, Decision)
-    check_decision(orjson.loads(record.to_json()))
-    return outcome.state, record
+class Run:
+    """One user's stream through one engine, keeping state and ledger between events."""
+
+    def __init__(self, engine: Engine, user: str = "u-1") -> None:
+        self.engine, self.user = engine, user
+        self.state, self.ledger = UserState(), Ledger()
+        self.counter = itertools.count()
+
+    def send(self, type_: str, ts: int = T0, **fields: Any) -> Decision:
+        event = Event(
+            event_id=f"e{next(self.counter)}", user_id=self.user, type=type_, ts=ts, **fields
+        )
+        outcome = self.engine.process(self.state, self.ledger, event)
+        self.state, self.ledger = outcome.user, outcome.ledger
+        [decision] = outcome.records
+        assert isinstance(decision, Decision)
+        check_decision(orjson.loads(decision.to_json()))
+        return decision
+
+    def signup(self, **attributes: Any) -> Decision:
+        return self.send("signup", channel="web", attributes=attributes)
 
 
-def test_signup_grants_the_welcome_reward_once() -> None:
-    engine = Engine(program="p")
-    state, first = decide(engine, UserState(), ev("e1", "signup", channel="web"))
-    assert (first.status, first.action, first.channel) == ("granted", "welcome-points", "web")
-    assert first.reasons
-    assert first.explanation
-    _, second = decide(engine, state, ev("e2", "signup"))
-    assert (second.status, second.action) == ("none", None)
-    assert "before" in second.explanation
+def actions(decisions: Iterable[Decision]) -> list[str | None]:
+    return [d.action for d in decisions]
 
 
-@pytest.mark.parametrize(
-    ("amount", "status", "value"),
-    [
-        (10.0, "none", 0.0),
-        (50.0, "granted", 2.5),
-        (120.0, "granted", 6.0),
-        (1000.0, "granted", 20.0),
-    ],
-)
-def test_cashback_threshold_and_cap(amount: float, status: str, value: float) -> None:
-    _, decision = decide(
-        Engine(program="p"), UserState(), ev("e1", "purchase", amount=amount, currency="EUR")
+# ------------------------------------------------------------------ rules
+
+
+def test_credit_card_goes_only_to_adults_in_the_bank_program() -> None:
+    bank = load_builtin("bank-rewards")
+    card = bank.reward("credit-card")
+    env = {"age": 17, "country": "DE", "days_since_signup": 30.0}
+    from app.decisioning.checks import eligibility
+
+    assert eligibility(card, env)[0].code == "rule.adult:failed"
+    assert eligibility(card, {**env, "age": 18})[0].passed
+    assert eligibility(card, {**env, "age": None})[0].code == "rule.adult:unknown"
+
+
+def test_a_failed_rule_is_named_in_reasons_and_sentence() -> None:
+    run = Run(Engine(PROGRAM))
+    run.signup(age=16)
+    decision = run.send("session_start", ts=T0 + HOUR, channel="email")
+    assert decision.action != "card"
+    assert "skip.card:rule.adult:failed" in decision.reasons
+    assert "card (rule adult failed)" in decision.explanation
+
+
+def test_unknown_age_means_no_card() -> None:
+    run = Run(Engine(PROGRAM))
+    run.signup()
+    decision = run.send("session_start", ts=T0 + HOUR)
+    assert "skip.card:rule.adult:unknown" in decision.reasons
+
+
+def test_cashback_value_follows_the_purchase() -> None:
+    run = Run(Engine(tuned(min_priority=0.0)))
+    run.signup()
+    small = run.send("purchase", ts=T0 + DAY, amount=5.0, currency="EUR", channel="web")
+    assert "skip.cashback:rule.min-basket:failed" in small.reasons
+    big = run.send("purchase", ts=T0 + 2 * DAY, amount=80.0, currency="EUR", channel="web")
+    assert (big.action, big.value, big.cost) == ("cashback", 5.0, 5.0)
+
+
+# ------------------------------------------------------------------ budgets and stock
+
+
+def test_per_user_budget_is_never_exceeded() -> None:
+    run = Run(Engine(PROGRAM))
+    decisions = [run.send("session_start", ts=T0 + i * DAY, channel="web") for i in range(20)]
+    granted = [d for d in decisions if d.status == "granted"]
+    assert sum(d.cost for d in granted) <= 8
+    assert any("budget.per_user:exhausted" in r for d in decisions for r in d.reasons)
+
+
+def test_total_and_daily_budgets_hold_across_users() -> None:
+    engine = Engine(PROGRAM)
+    ledger = Ledger()
+    spent_by_day: dict[int, float] = {}
+    for n in range(60):
+        event = Event(
+            event_id=f"e{n}",
+            user_id=f"u{n}",
+            type="session_start",
+            ts=T0 + (n // 10) * HOUR,
+            channel="web",
+        )
+        outcome = engine.process(UserState(), ledger, event)
+        ledger = outcome.ledger
+        decision = outcome.records[0]
+        spent_by_day[0] = spent_by_day.get(0, 0) + decision.cost
+    assert ledger.spent_total <= 12  # the 1-day limit binds before the total of 20
+    assert spent_by_day[0] == ledger.spent_total
+
+
+def test_budget_share_per_partition_splits_the_total() -> None:
+    engine = Engine(PROGRAM, partitions=4)  # each partition may spend 20 / 4 = 5
+    ledger = Ledger()
+    for n in range(30):
+        event = Event(
+            event_id=f"e{n}", user_id=f"u{n}", type="session_start", ts=T0 + n * DAY, channel="web"
+        )
+        ledger = engine.process(UserState(), ledger, event, partition=1).ledger
+    assert ledger.spent_total == 5
+
+
+def test_stock_runs_out() -> None:
+    engine = Engine(PROGRAM)
+    ledger = Ledger()
+    cards = 0
+    for n in range(6):
+        state = UserState()
+        for type_, ts, channel in (("signup", T0, "web"), ("session_start", T0 + HOUR, "email")):
+            event = Event(
+                event_id=f"e{n}{type_}",
+                user_id=f"u{n}",
+                type=type_,
+                ts=ts + n * DAY,
+                channel=channel,
+                attributes={"age": 30},
+            )
+            outcome = engine.process(state, ledger, event)
+            state, ledger = outcome.user, outcome.ledger
+            cards += outcome.records[0].action == "card"
+    assert cards == 2
+    assert ledger.stock_taken("card") == 2
+
+
+# ------------------------------------------------------------------ contact policy
+
+
+def test_daily_contact_limit() -> None:
+    run = Run(Engine(tuned(min_priority=0.0)))
+    decisions = [run.send("session_start", ts=T0 + i * 60_000, channel="web") for i in range(6)]
+    assert sum(d.status == "granted" for d in decisions) == 3
+    assert "skip.points:contact.daily_limit" in decisions[-1].reasons
+
+
+def test_email_channel_limit_moves_delivery_to_another_channel() -> None:
+    run = Run(Engine(PROGRAM))
+    first = run.send("session_start", ts=T0, channel="email")
+    second = run.send("session_start", ts=T0 + DAY, channel="email")
+    assert (first.action, first.channel) == ("points", "email")
+    assert (second.action, second.channel) == ("points", "web")
+
+
+def test_suppression_after_repeated_dismissals() -> None:
+    run = Run(Engine(PROGRAM))
+    for day in (0, 1):
+        granted = run.send("session_start", ts=T0 + day * DAY, channel="web")
+        run.send("reward_dismissed", ts=T0 + day * DAY + HOUR, decision_id=granted.decision_id)
+    suppressed = run.send("session_start", ts=T0 + 2 * DAY, channel="web")
+    assert suppressed.status == "none"
+    assert "skip.points:contact.suppressed" in suppressed.reasons
+    later = run.send("session_start", ts=T0 + 6 * DAY, channel="web")
+    assert later.status == "granted"
+
+
+# ------------------------------------------------------------------ arbitration and exploration
+
+
+def test_highest_priority_wins_and_ties_go_to_the_first_listed() -> None:
+    run = Run(Engine(PROGRAM))
+    # cashback value 3 x prior 0.5 = 1.5 beats points 2 x 0.5 = 1.0
+    assert run.send("purchase", amount=30.0, currency="EUR", channel="web").action == "cashback"
+    run2 = Run(Engine(PROGRAM), user="u-2")
+    # cashback worth exactly 2: a tie with points, which is listed first
+    tie = run2.send("purchase", amount=20.0, currency="EUR", channel="web")
+    assert tie.action == "points"
+    assert "policy.exploit" in tie.reasons
+
+
+def test_no_reward_when_nothing_is_worth_it() -> None:
+    run = Run(Engine(tuned(min_priority=5.0)))
+    decision = run.send("session_start", channel="web")
+    assert (decision.status, decision.action) == ("none", None)
+    assert decision.reasons[0] == "policy.below_minimum"
+    assert "under the program's minimum" in decision.explanation
+
+
+def test_logged_propensities_are_the_true_choice_probabilities() -> None:
+    epsilon = 0.3
+    engine = Engine(tuned(epsilon=epsilon), seed=11)
+    picks: dict[str | None, list[float]] = {}
+    for n in range(3000):
+        event = Event(
+            event_id=f"e{n}",
+            user_id=f"u{n}",
+            type="purchase",
+            ts=T0,
+            amount=30.0,
+            currency="EUR",
+            channel="web",
+        )
+        decision = engine.process(UserState(), Ledger(), event).records[0]
+        picks.setdefault(decision.action, []).append(decision.propensity)
+    # Two candidates: the best with 1 - eps + eps/2, the other with eps/2.
+    assert all(p == pytest.approx(1 - epsilon + epsilon / 2) for p in picks["cashback"])
+    assert all(p == pytest.approx(epsilon / 2) for p in picks["points"])
+    assert len(picks["points"]) / 3000 == pytest.approx(epsilon / 2, abs=0.03)
+
+
+def test_exploration_is_reproducible_from_the_seed() -> None:
+    def run(seed: int) -> list[str | None]:
+        engine = Engine(tuned(epsilon=0.5), seed=seed)
+        events = [
+            Event(
+                event_id=f"e{n}",
+                user_id=f"u{n}",
+                type="purchase",
+                ts=T0,
+                amount=30.0,
+                currency="EUR",
+                channel="web",
+            )
+            for n in range(200)
+        ]
+        return [engine.process(UserState(), Ledger(), e).records[0].action for e in events]
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+# ------------------------------------------------------------------ consent
+
+
+def test_personalization_opt_out_gets_only_the_default_and_trains_nothing() -> None:
+    engine = Engine(PROGRAM)
+    run = Run(engine)
+    run.send("consent_updated", attributes={"personalization": False})
+    decision = run.send("purchase", ts=T0 + HOUR, amount=30.0, currency="EUR", channel="web")
+    assert (decision.action, decision.propensity) == ("points", 1.0)
+    assert decision.reasons[0] == "policy.default"
+    run.send("reward_redeemed", ts=T0 + 2 * HOUR, decision_id=decision.decision_id)
+    assert engine.models.updates == 0
+
+
+def test_marketing_opt_out_removes_marketing_channels_from_the_next_event_on() -> None:
+    run = Run(Engine(PROGRAM))
+    run.signup(age=30)
+    consent = run.send("consent_updated", ts=T0 + HOUR, attributes={"marketing": False})
+    assert consent.status == "none"
+    decision = run.send("session_start", ts=T0 + 2 * HOUR, channel="email")
+    assert "skip.card:consent.marketing" in decision.reasons
+    assert decision.channel != "email"
+
+
+# ------------------------------------------------------------------ explanations and learning
+
+
+def test_granted_decision_explains_rules_budget_and_priority() -> None:
+    run = Run(Engine(PROGRAM))
+    decision = run.send("purchase", amount=30.0, currency="EUR", channel="web")
+    assert decision.reasons[:3] == ("policy.exploit", "rule.min-basket:passed", "budget:ok")
+    assert decision.explanation.startswith("Granted cashback (worth 3.00 EUR) via web")
+    assert "propensity 0.500 x value 3.00 x lever 1.00" in decision.explanation
+
+
+def test_outcomes_change_the_decisions_that_follow() -> None:
+    engine = Engine(tuned(min_priority=0.0))
+    before = Run(engine, user="probe").send("purchase", amount=30.0, currency="EUR", channel="web")
+    assert before.action == "cashback"
+    # Many users dismiss cashback and redeem points: the model must learn it.
+    for n in range(40):
+        run = Run(engine, user=f"u{n}")
+        cashback = run.send("purchase", ts=T0 + n * DAY, amount=30.0, currency="EUR", channel="web")
+        assert cashback.action in ("cashback", "points")
+        outcome = "reward_redeemed" if cashback.action == "points" else "reward_dismissed"
+        run.send(outcome, ts=T0 + n * DAY + HOUR, decision_id=cashback.decision_id)
+        points = run.send("session_start", ts=T0 + n * DAY + 2 * HOUR, channel="web")
+        if points.action == "points":
+            run.send("reward_redeemed", ts=T0 + n * DAY + 3 * HOUR, decision_id=points.decision_id)
+    after = Run(engine, user="probe-2").send(
+        "purchase", ts=T0 + 50 * DAY, amount=30.0, currency="EUR", channel="web"
     )
-    assert (decision.status, decision.value, decision.cost) == (status, value, value)
-    assert f"{amount:.2f} EUR" in decision.explanation
+    assert after.action == "points"
+    assert engine.models.updates > 40
+    assert any(r.startswith("feature.") for r in after.reasons)
 
 
-def test_every_valid_event_gets_exactly_one_decision() -> None:
-    engine = Engine(program="p")
-    state = UserState()
-    for i, type_ in enumerate(["session_start", "page_view", "survey", "referral"]):
-        state, decision = decide(engine, state, ev(f"e{i}", type_))
-        assert decision.status == "none"
-    assert state.events == 4
+def test_no_answer_within_the_window_counts_as_not_redeemed() -> None:
+    engine = Engine(PROGRAM)
+    run = Run(engine)
+    run.send("session_start", channel="web")
+    assert engine.models.updates == 0
+    run.send("page_view", ts=T0 + 2 * DAY)
+    assert engine.models.updates == 1
+    assert run.state.pending == ()
 
 
-def test_repeated_event_id_changes_nothing_and_yields_nothing() -> None:
-    engine = Engine(program="p")
-    state, _ = decide(engine, UserState(), ev("e1", "purchase", amount=80.0, currency="EUR"))
-    repeat = engine.process(state, ev("e1", "purchase", amount=80.0, currency="EUR"))
-    assert repeat.duplicate
-    assert repeat.records == ()
-    assert repeat.state == state
+def test_every_event_gets_one_decision_and_repeats_none() -> None:
+    engine = Engine(PROGRAM)
+    state, ledger = UserState(), Ledger()
+    event = Event(event_id="same", user_id="u", type="page_view", ts=T0)
+    first = engine.process(state, ledger, event)
+    again = engine.process(first.user, first.ledger, event)
+    assert len(first.records) == 1
+    assert (again.duplicate, again.records, again.user) == (True, (), first.user)
+    assert first.records[0].decision_id == decision_id_for("test-program", "u", "same")
 
 
-def test_decision_id_depends_only_on_program_user_and_event() -> None:
-    _, a = decide(Engine(program="p"), UserState(), ev("e1"))
-    _, b = decide(Engine(program="p"), UserState(events=9), ev("e1"))
-    _, c = decide(Engine(program="q"), UserState(), ev("e1"))
-    assert a.decision_id == b.decision_id == decision_id_for("p", "u-1", "e1")
-    assert a.decision_id != c.decision_id
+def test_same_stream_same_decisions() -> None:
+    def stream() -> list[Decision]:
+        run = Run(Engine(tuned(epsilon=0.2), seed=3))
+        out = [run.signup(age=40)]
+        for i in range(30):
+            out.append(
+                run.send(
+                    "purchase", ts=T0 + i * HOUR * 5, amount=15.0 + i, currency="EUR", channel="web"
+                )
+            )
+        return out
+
+    assert [d.to_json() for d in stream()] == [d.to_json() for d in stream()]
 
 
-def test_state_tracks_spend_and_rewards_and_survives_serialization() -> None:
-    engine = Engine(program="p")
-    state, _ = decide(engine, UserState(), ev("e1", "purchase", amount=60.0, currency="EUR"))
-    state, _ = decide(engine, state, ev("e2", "purchase", amount=5.0, currency="EUR"))
-    assert (state.purchases, state.spend, state.rewards_granted, state.reward_cost) == (
-        2,
-        65.0,
-        1,
-        3.0,
-    )
-    assert UserState.from_bytes(state.to_bytes()) == state
-    assert UserState.from_bytes(None) == UserState()
+def test_state_survives_serialization() -> None:
+    run = Run(Engine(PROGRAM))
+    run.signup(age=30, country="DE")
+    run.send("purchase", ts=T0 + HOUR, amount=30.0, currency="EUR", channel="web")
+    assert UserState.from_bytes(run.state.to_bytes()) == run.state
+    assert Ledger.from_bytes(run.ledger.to_bytes()) == run.ledger
+    assert run.state.profile == {"age": 30, "country": "DE"}

@@ -24,7 +24,9 @@ def test_amount_shares_sum_to_the_amount() -> None:
 def test_charge_counts_total_stock_and_window() -> None:
     ledger = Ledger()
     for i in range(5):
-        ledger = ledger.charge(ts=i * HOUR, cost=2.0, reward_id="r", bucket_ms=HOUR, keep_ms=24 * HOUR)
+        ledger = ledger.charge(
+            ts=i * HOUR, cost=2.0, reward_id="r", bucket_ms=HOUR, keep_ms=24 * HOUR
+        )
     assert ledger.spent_total == 10.0
     assert ledger.stock_taken("r") == 5
     assert ledger.stock_taken("other") == 0
@@ -33,8 +35,9 @@ def test_charge_counts_total_stock_and_window() -> None:
 
 
 def test_window_never_undercounts_spend_inside_it() -> None:
-    ledger = Ledger().charge(ts=HOUR + 59 * 60_000, cost=5.0, reward_id="r", bucket_ms=HOUR,
-                             keep_ms=24 * HOUR)  # fmt: skip
+    ledger = Ledger().charge(
+        ts=HOUR + 59 * 60_000, cost=5.0, reward_id="r", bucket_ms=HOUR, keep_ms=24 * HOUR
+    )
     # The grant at 1:59 is inside a window of 1 h ending at 2:30 and must be counted.
     assert ledger.spent_within(2 * HOUR + 30 * 60_000, HOUR, HOUR) == 5.0
 
@@ -42,8 +45,9 @@ def test_window_never_undercounts_spend_inside_it() -> None:
 def test_old_buckets_are_dropped_but_total_is_kept() -> None:
     ledger = Ledger()
     for day in range(10):
-        ledger = ledger.charge(ts=day * 24 * HOUR, cost=1.0, reward_id="r", bucket_ms=HOUR,
-                               keep_ms=48 * HOUR)  # fmt: skip
+        ledger = ledger.charge(
+            ts=day * 24 * HOUR, cost=1.0, reward_id="r", bucket_ms=HOUR, keep_ms=48 * HOUR
+        )
     assert len(ledger.buckets) <= 3
     assert ledger.spent_total == 10.0
 

@@ -10,12 +10,16 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from app.contract import Event, SourcePosition
+from app.contract import SourcePosition
 from app.contract.schemas import load_schema
 from app.decisioning import Engine
+from app.decisioning.ledger import Ledger, ledger_key
 from app.features import UserState
 from app.metrics import Metrics
-from app.pipeline import MAX_DEAD_LETTER_PAYLOAD, Pipeline
+from app.pipeline import MAX_DEAD_LETTER_PAYLOAD, Pipeline, Tables
+from app.programs import load_builtin
+
+PROGRAM = load_builtin("retail-loyalty")
 
 check_dead_letter = fastjsonschema.compile(load_schema("dead_letter"))
 check_decision = fastjsonschema.compile(load_schema("decision"))
@@ -35,22 +39,31 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def pipeline(registry: CollectorRegistry) -> Pipeline:
-    return Pipeline(Engine(program="p"), Metrics(registry), max_event_bytes=4096)
+    return Pipeline(Engine(PROGRAM), Metrics(registry), max_event_bytes=4096)
+
+
+def tables() -> Tables:
+    return Tables(users={}, ledgers={})
 
 
 def test_valid_event_yields_one_decision_and_stores_state(pipeline: Pipeline) -> None:
-    states: dict[bytes, bytes | None] = {}
-    [output] = pipeline.handle(states, at(0), VALID)
+    state = tables()
+    [output] = pipeline.handle(state, at(0), VALID)
     assert (output.role, output.key) == ("decisions", b"u-1")
-    check_decision(orjson.loads(output.value))
-    assert UserState.from_bytes(states[b"u-1"]).events == 1
+    decision = orjson.loads(output.value)
+    check_decision(decision)
+    assert UserState.from_bytes(state.users[b"u-1"]).events == 1
+    # The signup was granted welcome points: partition 2's ledger paid for them.
+    assert decision["action"] == "welcome-points"
+    ledger = Ledger.from_bytes(state.ledgers[ledger_key("retail-loyalty", 2)])
+    assert ledger.spent_total == decision["cost"]
 
 
 def test_invalid_event_becomes_a_dead_letter_with_original_bytes_and_position(
     pipeline: Pipeline, registry: CollectorRegistry
 ) -> None:
     raw = b'{"event_id": "e-9", "user_id": "u-1", "type": "teleport", "ts": 1772366400000}'
-    [output] = pipeline.handle({}, at(41, b"k"), raw)
+    [output] = pipeline.handle(tables(), at(41, b"k"), raw)
     record = orjson.loads(output.value)
     check_dead_letter(record)
     assert output.role == "dead-letter"
@@ -69,9 +82,9 @@ def test_invalid_event_becomes_a_dead_letter_with_original_bytes_and_position(
 def test_huge_payload_is_truncated_in_the_dead_letter_but_hashed_whole(
     registry: CollectorRegistry,
 ) -> None:
-    pipeline = Pipeline(Engine(program="p"), Metrics(registry), max_event_bytes=1024)
+    pipeline = Pipeline(Engine(PROGRAM), Metrics(registry), max_event_bytes=1024)
     raw = b"x" * (MAX_DEAD_LETTER_PAYLOAD + 10)
-    record = orjson.loads(pipeline.handle({}, at(1), raw)[0].value)
+    record = orjson.loads(pipeline.handle(tables(), at(1), raw)[0].value)
     assert record["reason"] == "oversized"
     assert record["payload_truncated"] is True
     assert record["payload_bytes"] == len(raw)
@@ -81,32 +94,32 @@ def test_huge_payload_is_truncated_in_the_dead_letter_but_hashed_whole(
 def test_event_under_the_wrong_key_is_republished_under_its_user_id(
     pipeline: Pipeline, registry: CollectorRegistry
 ) -> None:
-    states: dict[bytes, bytes | None] = {}
-    [output] = pipeline.handle(states, at(3, key=None), VALID)
+    state = tables()
+    [output] = pipeline.handle(state, at(3, key=None), VALID)
     assert (output.role, output.key, output.value) == ("events", b"u-1", VALID)
-    assert states == {}
+    assert state.users == {}
     assert registry.get_sample_value("rewardstream_rekeyed_events_total") == 1
 
 
 def test_repeat_of_an_event_is_counted_not_decided(
     pipeline: Pipeline, registry: CollectorRegistry
 ) -> None:
-    states: dict[bytes, bytes | None] = {}
-    assert len(pipeline.handle(states, at(0), VALID)) == 1
-    assert pipeline.handle(states, at(1), VALID) == []
+    state = tables()
+    assert len(pipeline.handle(state, at(0), VALID)) == 1
+    assert pipeline.handle(state, at(1), VALID) == []
     assert registry.get_sample_value("rewardstream_duplicate_events_total") == 1
 
 
 class ExplodingEngine(Engine):
-    def process(self, state: UserState, event: Event) -> object:  # type: ignore[override]
+    def process(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
         raise ZeroDivisionError("a bug")
 
 
 def test_a_bug_in_the_engine_costs_one_dead_letter_not_the_worker(
     registry: CollectorRegistry,
 ) -> None:
-    pipeline = Pipeline(ExplodingEngine(program="p"), Metrics(registry), max_event_bytes=4096)
-    [output] = pipeline.handle({}, at(5), VALID)
+    pipeline = Pipeline(ExplodingEngine(PROGRAM), Metrics(registry), max_event_bytes=4096)
+    [output] = pipeline.handle(tables(), at(5), VALID)
     record = orjson.loads(output.value)
     assert (output.role, record["reason"]) == ("dead-letter", "internal_error")
     assert "ZeroDivisionError" in record["error"]

@@ -92,7 +92,8 @@ def test_retail_loyalty() -> None:
     )
     assert program.non_personalized_default == "bonus-points"
     learning = program.learning
-    assert (learning.epsilon, learning.prior, learning.response_window.text) == (0.1, 0.1, "3d")
+    assert (learning.epsilon, learning.prior, learning.response_window.text) == (0.05, 0.15, "3d")
+    assert (learning.learning_rate, learning.min_priority) == (0.2, 0.5)
 
 
 def test_bonus_points_once_a_day_holds_for_a_user_never_rewarded() -> None:
