@@ -207,8 +207,10 @@ def targets_markdown(report: dict[str, Any]) -> str:
             "",
             "| target | figure | met |",
             "|---|---:|---|",
-            f"| engine / random redemption rate >= 2.0 | {vs_random:.2f} | {_met(vs_random >= 2)} |",
-            f"| engine / oracle redemption rate >= 0.80 | {vs_oracle:.2f} | {_met(vs_oracle >= 0.8)} |",
+            f"| engine / random redemption rate >= 2.0 | {vs_random:.2f} "
+            f"| {_met(vs_random >= 2)} |",
+            f"| engine / oracle redemption rate >= 0.80 | {vs_oracle:.2f} "
+            f"| {_met(vs_oracle >= 0.8)} |",
         ]
     )
 
