@@ -345,6 +345,12 @@ def _add_simulate(commands: Any) -> None:
         help="share of deliberately malformed messages, 0..1",
     )
     simulate.add_argument("--out", help="write JSONL to this file (- for stdout) instead of Kafka")
+    simulate.add_argument(
+        "--closed-loop", action="store_true",
+        help="users answer the decisions they get (redeem, dismiss, ignore) through Kafka",
+    )  # fmt: skip
+    simulate.add_argument("--days", type=float, default=7.0,
+                          help="with --closed-loop: simulated days the run spans")  # fmt: skip
     simulate.set_defaults(run=_simulate)
 
 
@@ -355,6 +361,8 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     if not 0.0 <= args.invalid_ratio <= 1.0 or args.rate <= 0:
         raise SettingsError("--invalid-ratio must be within 0..1 and --rate above 0")
     total = args.events if args.events is not None else int(args.rate * args.duration)
+    if args.closed_loop:
+        return _simulate_closed_loop(settings, args, total)
     simulator = EventSimulator(
         SimulatorConfig(
             users=args.users,
@@ -381,6 +389,29 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
             )
         )
         print(f"Produced {sent} events to {settings.topic_events}.", file=sys.stderr)
+    return 0
+
+
+def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: int) -> int:
+    from app.assembly import load_program_setting
+    from app.simulation.closed_loop import ClosedLoopSimulator
+    from app.simulation.live import closed_loop_on_kafka
+
+    program = load_program_setting(settings.program)
+    simulator = ClosedLoopSimulator(
+        users=args.users, seed=args.seed, start_ms=SystemClock().now_ms(), days=args.days
+    )
+    stats = asyncio.run(closed_loop_on_kafka(
+        settings.bootstrap_servers, (settings.topic_events, settings.topic_decisions), simulator,
+        {r.id: r.kind for r in program.rewards}, rate=args.rate, total=total,
+    ))  # fmt: skip
+    curve = " ".join(f"{r:.2f}" for r in stats.rate_by_fifth())
+    print(
+        f"Produced {stats.events} events; {stats.decisions} decisions seen, {stats.granted} "
+        f"rewards granted, {stats.redeemed} redeemed (rate {stats.redemption_rate:.3f}; "
+        f"by fifth of the run: {curve or 'n/a'}).",
+        file=sys.stderr,
+    )
     return 0
 
 

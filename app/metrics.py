@@ -50,6 +50,19 @@ class Metrics:
             ["program"],
             registry=registry,
         )
+        self.policy_choices = Counter(
+            f"{PREFIX}_policy_choices_total",
+            "Decisions on trigger events by how the policy chose: exploit, explore, default, "
+            "below_minimum, nothing_eligible.",
+            ["program", "mode"],
+            registry=registry,
+        )
+        self.model_updates = Counter(
+            f"{PREFIX}_model_updates_total",
+            "Learning steps of the propensity models (one per answered or expired offer).",
+            ["program"],
+            registry=registry,
+        )
         self.processing_seconds = Histogram(
             f"{PREFIX}_event_processing_seconds",
             "Time from reading an event to handing its outputs to the producer.",

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # A dead letter keeps at most this much of the original payload (base64 adds a third);
 # larger inputs keep their size and SHA-256, and the original stays at its offset.
 MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
+# How a decision on a trigger event was chosen (its first reason code, "policy.<mode>").
+POLICY_MODES = frozenset({"exploit", "explore", "default", "below_minimum", "nothing_eligible"})
 
 
 Table = MutableMapping[bytes, bytes | None]
@@ -108,11 +110,16 @@ class Pipeline:
         if outcome.ledger is not ledger:
             tables.ledgers[key_of_ledger] = outcome.ledger.to_bytes()
         self.metrics.events_in.labels(event.type).inc()
+        if outcome.learned:
+            self.metrics.model_updates.labels(self.engine.program.id).inc(outcome.learned)
         return [self._publish(record, user_key) for record in outcome.records]
 
     def _publish(self, record: Decision | FraudAlert, user_key: bytes) -> Output:
         if isinstance(record, Decision):
             self.metrics.decisions.labels(record.program, record.status).inc()
+            mode = record.reasons[0].removeprefix("policy.") if record.reasons else ""
+            if mode in POLICY_MODES:
+                self.metrics.policy_choices.labels(record.program, mode).inc()
             if record.status == "granted":
                 self.metrics.reward_cost.labels(record.program).inc(record.cost)
             return Output("decisions", user_key, record.to_json())

@@ -1,14 +1,19 @@
-"""Send simulated events to Kafka at a steady rate, or write them as JSON lines."""
+"""Simulated traffic on Kafka: open loop at a steady rate, or a closed loop of users who
+answer the decisions they get; or simulated events written as JSON lines."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import BinaryIO
 
-from aiokafka import AIOKafkaProducer
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from app.contract.records import Decision
 from app.kafkaio import user_key
 from app.progress import Progress
+from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 from app.simulation.events import EventSimulator
 
 TICK_S = 0.05  # send in small bursts this often; smooth enough at any rate
@@ -53,3 +58,82 @@ def write_jsonl(output: BinaryIO, simulator: EventSimulator, *, total: int) -> i
     for _ in range(total):
         output.write(simulator.next_message() + b"\n")
     return total
+
+
+async def closed_loop_on_kafka(
+    bootstrap_servers: str,
+    topics: tuple[str, str],
+    simulator: ClosedLoopSimulator,
+    kinds: dict[str, str],
+    *,
+    rate: float,
+    total: int,
+    show_progress: bool = True,
+) -> LoopStats:
+    """Users who answer the engine's decisions, through Kafka: events out, decisions in.
+
+    ``topics`` is (events, decisions). Event times are simulated (the loop's span
+    compressed into the run), so answers that a user gives hours later in event
+    time arrive within seconds; the engine only ever reasons in event time.
+    """
+    events_topic, decisions_topic = topics
+    stats = LoopStats()
+    consumer = AIOKafkaConsumer(
+        decisions_topic, bootstrap_servers=bootstrap_servers, group_id=None,
+        auto_offset_reset="latest",
+    )  # fmt: skip
+    await consumer.start()
+    await consumer.seek_to_end()
+    listening = asyncio.create_task(_answer_decisions(consumer, simulator, kinds, stats))
+    try:
+        sent = await _send_loop_events(bootstrap_servers, events_topic, simulator, rate=rate,
+                                       total=total, show_progress=show_progress)  # fmt: skip
+        stats.events = sent
+        await asyncio.sleep(3.0)  # the last decisions still count
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await consumer.stop()
+    return stats
+
+
+async def _send_loop_events(
+    bootstrap_servers: str, topic: str, simulator: ClosedLoopSimulator, *, rate: float,
+    total: int, show_progress: bool,
+) -> int:  # fmt: skip
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    await producer.start()
+    progress = Progress(total, "events") if show_progress else None
+    loop = asyncio.get_running_loop()
+    started, sent = loop.time(), 0
+    try:
+        for event in simulator.events(total):
+            value = orjson.dumps(event.to_document())
+            await producer.send(topic, value, key=event.user_id.encode())
+            sent += 1
+            if sent % 50 == 0:
+                if progress:
+                    progress.update(sent)
+                await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
+        await producer.flush()
+    finally:
+        await producer.stop()
+        if progress:
+            progress.close()
+    return sent
+
+
+async def _answer_decisions(
+    consumer: AIOKafkaConsumer, simulator: ClosedLoopSimulator, kinds: dict[str, str],
+    stats: LoopStats,
+) -> None:  # fmt: skip
+    async for message in consumer:
+        decision = Decision(**{k: v for k, v in orjson.loads(message.value).items() if k != "kind"})
+        stats.decisions += 1
+        if decision.status != "granted" or decision.action not in kinds:
+            continue
+        stats.granted += 1
+        redeemed = simulator.answer(decision, kinds[decision.action])
+        stats.redeemed += redeemed
+        stats.answers.append(redeemed)

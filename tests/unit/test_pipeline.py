@@ -123,3 +123,26 @@ def test_a_bug_in_the_engine_costs_one_dead_letter_not_the_worker(
     record = orjson.loads(output.value)
     assert (output.role, record["reason"]) == ("dead-letter", "internal_error")
     assert "ZeroDivisionError" in record["error"]
+
+
+def test_policy_modes_and_learning_are_counted(registry: CollectorRegistry) -> None:
+    pipeline = Pipeline(Engine(PROGRAM), Metrics(registry), max_event_bytes=4096)
+    state = tables()
+    [output] = pipeline.handle(state, at(0), VALID)
+    decision = orjson.loads(output.value)
+    labels = {"program": "retail-loyalty", "mode": "exploit"}
+    assert registry.get_sample_value("rewardstream_policy_choices_total", labels) == 1
+    redeemed = orjson.dumps(
+        {
+            "event_id": "e-2",
+            "user_id": "u-1",
+            "type": "reward_redeemed",
+            "ts": "2026-03-01T13:00:00Z",
+            "decision_id": decision["decision_id"],
+        }
+    )
+    pipeline.handle(state, at(1), redeemed)
+    updates = registry.get_sample_value(
+        "rewardstream_model_updates_total", {"program": "retail-loyalty"}
+    )
+    assert updates == 1
