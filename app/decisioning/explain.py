@@ -73,8 +73,9 @@ def _granted_sentence(choice: Choice, chosen: Candidate, currency: str) -> str:
     elif choice.mode == "default":
         why = "the program's standard reward, since the user opted out of personalization"
     else:
+        field = "the only eligible reward" if n == 1 else f"highest priority among {n} eligible"
         why = (
-            f"highest priority among {n} eligible: propensity {chosen.propensity:.3f}"
+            f"{field}: propensity {chosen.propensity:.3f}"
             f" x value {chosen.value:.2f} x lever {chosen.lever:.2f} = {chosen.priority:.3f}"
         )
     skipped = f"; not offered: {_skipped_words(choice)}" if choice.skipped else ""
