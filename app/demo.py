@@ -123,8 +123,8 @@ def print_summary(records: list[tuple[dict[str, Any], int]], *, produced: int) -
         "Dead letters by reason: "
         + (", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none")
     )
-    say("\nA few decisions:")
-    for record in granted[:3] + [d for d in decisions if d["status"] == "none"][:2]:
+    say("\nA few decisions (one per reward, then a refusal):")
+    for record in _one_per_action(granted)[:4] + _refusals(decisions)[:1]:
         say("  " + render(record))
     if dead:
         say("A few dead letters:")
@@ -133,6 +133,19 @@ def print_summary(records: list[tuple[dict[str, Any], int]], *, produced: int) -
             if record["reason"] not in seen:
                 seen.add(record["reason"])
                 say("  " + render(record))
+
+
+def _one_per_action(granted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    first: dict[str, dict[str, Any]] = {}
+    for record in granted:
+        first.setdefault(record["action"], record)
+    return list(first.values())
+
+
+def _refusals(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """No-reward decisions on trigger events: the ones with something to explain."""
+    explained = ("policy.nothing_eligible", "policy.below_minimum")
+    return [d for d in decisions if d["status"] == "none" and d["reasons"][0] in explained]
 
 
 def _percentile(values: list[int], q: int) -> float:
