@@ -160,10 +160,11 @@ class Engine:
         for reward in rewards:
             result = self._gate(reward, user, ledger, event, env, share)
             (survivors if isinstance(result, Candidate) else skipped).append(result)  # type: ignore[arg-type]
+        if not personalized:
+            chosen = survivors[0] if survivors else None
+            return Choice(chosen, 1.0, "default", tuple(survivors), tuple(skipped))
         if not survivors:
             return Choice(None, 1.0, "nothing_eligible", (), tuple(skipped))
-        if not personalized:
-            return Choice(survivors[0], 1.0, "default", tuple(survivors), tuple(skipped))
         return self._choose(event, user, survivors, skipped)
 
     def _gate(
@@ -222,7 +223,9 @@ class Engine:
         order = {r.id: i for i, r in enumerate(self.program.rewards)}
         ranked = sorted(survivors, key=lambda c: (-c.priority, order[c.reward.id]))
         best, n = ranked[0], len(ranked)
-        epsilon = self.program.learning.epsilon if n > 1 else 0.0
+        # With one candidate, exploring only matters below the minimum priority: it is how a
+        # reward that looks not worth it gets the answers that could prove otherwise.
+        epsilon = self.program.learning.epsilon
         decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
         field = (tuple(ranked), tuple(skipped))
         below = best.priority < self.program.learning.min_priority

@@ -36,6 +36,12 @@ def explain(engine: Engine, event: Event, choice: Choice) -> tuple[tuple[str, ..
     currency = engine.program.currency
     skipped_codes = tuple(f"skip.{s.reward.id}:{s.verdict.code}" for s in choice.skipped)
     chosen = choice.chosen
+    if chosen is None and mode == "default":
+        return (
+            ("policy.default", "consent.personalization:declined", *skipped_codes),
+            "No reward: the user declined personalization and the program's standard reward "
+            "does not apply.",
+        )
     if chosen is None:
         return (f"policy.{mode}", *skipped_codes), _no_reward_sentence(engine, choice)
     codes = (

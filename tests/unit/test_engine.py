@@ -356,3 +356,34 @@ def test_state_survives_serialization() -> None:
     assert UserState.from_bytes(run.state.to_bytes()) == run.state
     assert Ledger.from_bytes(run.ledger.to_bytes()) == run.ledger
     assert run.state.profile == {"age": 30, "country": "DE"}
+
+
+def test_a_lone_reward_below_the_minimum_is_still_explored_sometimes() -> None:
+    epsilon = 0.2
+    engine = Engine(tuned(epsilon=epsilon, min_priority=5.0), seed=5)
+    decisions = [
+        engine.process(
+            UserState(),
+            Ledger(),
+            Event(event_id=f"e{n}", user_id=f"u{n}", type="session_start", ts=T0, channel="web"),
+        ).records[0]
+        for n in range(2000)
+    ]
+    explored = [d for d in decisions if d.status == "granted"]
+    assert {d.propensity for d in explored} == {epsilon}
+    assert {d.propensity for d in decisions if d.status == "none"} == {1 - epsilon}
+    assert len(explored) / len(decisions) == pytest.approx(epsilon, abs=0.03)
+
+
+def test_opted_out_user_without_an_applicable_default_gets_an_explained_nothing() -> None:
+    run = Run(Engine(PROGRAM))
+    run.send("consent_updated", attributes={"personalization": False})
+    decision = run.send("purchase", ts=T0 + HOUR, amount=30.0, currency="EUR", channel="web")
+    assert decision.action == "points"
+    program = dataclasses.replace(PROGRAM, non_personalized_default=None)
+    run = Run(Engine(program))
+    run.send("consent_updated", attributes={"personalization": False})
+    decision = run.send("purchase", ts=T0 + HOUR, amount=30.0, currency="EUR", channel="web")
+    assert decision.status == "none"
+    assert "consent.personalization:declined" in decision.reasons
+    assert "declined personalization" in decision.explanation
