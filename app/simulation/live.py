@@ -89,13 +89,21 @@ async def closed_loop_on_kafka(
         sent = await _send_loop_events(bootstrap_servers, events_topic, simulator, rate=rate,
                                        total=total, show_progress=show_progress)  # fmt: skip
         stats.events = sent
-        await asyncio.sleep(3.0)  # the last decisions still count
+        await _until_decided(stats, sent, timeout_s=30.0)
     finally:
         listening.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listening
         await consumer.stop()
     return stats
+
+
+async def _until_decided(stats: LoopStats, sent: int, *, timeout_s: float) -> None:
+    """Wait for the decisions of the last events: they still count."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while stats.decisions < sent and loop.time() < deadline:
+        await asyncio.sleep(0.1)
 
 
 async def _send_loop_events(

@@ -81,3 +81,20 @@ def test_bad_setting_fails_with_the_variable_named(test_settings: Settings) -> N
     )
     assert result.returncode == 1
     assert b"unknown setting REWARDSTREAM_PARTITONS" in result.stderr
+
+
+def test_closed_loop_simulation_answers_decisions_through_kafka(
+    kafka_settings: Settings, worker: WorkerProcess
+) -> None:
+    result = cli(
+        kafka_settings, "simulate", "--closed-loop", "--events", "1500", "--rate", "500",
+        "--users", "100", "--days", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    summary = result.stderr.decode()
+    produced = int(summary.split("Produced ")[1].split(" events")[0])
+    decisions = int(summary.split("; ")[1].split(" decisions seen")[0])
+    redeemed = int(summary.split(" redeemed")[0].rsplit(" ", 1)[1])
+    assert produced > 1500  # the users' answers are events too
+    assert decisions == produced  # every event, answers included, was decided
+    assert redeemed > 0
