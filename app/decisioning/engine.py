@@ -225,7 +225,8 @@ class Engine:
         best, n = ranked[0], len(ranked)
         # With one candidate, exploring only matters below the minimum priority: it is how a
         # reward that looks not worth it gets the answers that could prove otherwise.
-        epsilon = self.program.learning.epsilon
+        answered = sum(r.offered for r in user.responses.values()) - len(user.pending)
+        epsilon = self.program.learning.epsilon_for(max(0, answered))
         decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
         field = (tuple(ranked), tuple(skipped))
         below = best.priority < self.program.learning.min_priority

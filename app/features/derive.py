@@ -17,6 +17,7 @@ from typing import Any
 
 from app.contract.records import Event
 from app.features.state import DAY_MS, UserState
+from app.programs import REWARD_KINDS
 
 CHANNELS = ("web", "mobile", "email", "sms", "store")
 TRIGGER_TYPES = ("signup", "session_start", "page_view", "purchase", "referral", "survey")
@@ -34,6 +35,7 @@ MODEL_FEATURES: tuple[str, ...] = (
     "kind_dismiss_rate",
     "kind_offers_log",
     "redeem_rate",
+    *(f"taste_{k}" for k in sorted(REWARD_KINDS)),
     *(f"channel_{c}" for c in CHANNELS),
     *(f"event_{t}" for t in TRIGGER_TYPES),
     "amount_log",
@@ -96,11 +98,29 @@ def model_features(
         "redeem_rate": (state.rewards_redeemed + 0.5) / (answered_all + 1.0),
         "amount_log": math.log1p(event.amount or 0.0),
     }
+    features.update(_tastes(state))
     for name in CHANNELS:
         features[f"channel_{name}"] = 1.0 if channel == name else 0.0
     for name in TRIGGER_TYPES:
         features[f"event_{name}"] = 1.0 if event.type == name else 0.0
     return features
+
+
+def _tastes(state: UserState) -> dict[str, float]:
+    """The user's answers to every reward kind, centred on "unknown" (0).
+
+    Tastes are related across kinds (who redeems every cashback may ignore free
+    shipping), so each kind's model sees the user's answers to all kinds.
+    """
+    waiting: dict[str, int] = {}
+    for offer in state.pending:
+        waiting[offer.kind] = waiting.get(offer.kind, 0) + 1
+    tastes = dict.fromkeys((f"taste_{k}" for k in REWARD_KINDS), 0.0)
+    for kind, response in state.responses.items():
+        answered = max(0, response.offered - waiting.get(kind, 0))
+        if answered and f"taste_{kind}" in tastes:
+            tastes[f"taste_{kind}"] = (response.redeemed + 0.5) / (answered + 1.0) - 0.5
+    return tastes
 
 
 def as_vector(features: dict[str, float]) -> tuple[float, ...]:

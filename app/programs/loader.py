@@ -688,6 +688,8 @@ def _consent(where: _Where, value: object) -> Consent:
 
 _LEARNING_KEYS = (
     "epsilon",
+    "epsilon_half_after",
+    "min_epsilon",
     "prior",
     "response_window",
     "opened",
@@ -699,8 +701,16 @@ _LEARNING_KEYS = (
 def _learning(where: _Where, value: object) -> Learning:
     fields = _fields(where, value, optional=_LEARNING_KEYS)
     defaults = Learning()
-    return Learning(
+    learning = Learning(
         epsilon=_number(where.key("epsilon"), fields.get("epsilon", defaults.epsilon), below=1.0),
+        epsilon_half_after=(
+            None
+            if fields.get("epsilon_half_after") is None
+            else _number(where.key("epsilon_half_after"), fields["epsilon_half_after"], above=0.0)
+        ),
+        min_epsilon=_number(
+            where.key("min_epsilon"), fields.get("min_epsilon", defaults.min_epsilon), below=1.0
+        ),
         prior=_number(
             where.key("prior"), fields.get("prior", defaults.prior), above=0.0, below=1.0
         ),
@@ -718,6 +728,11 @@ def _learning(where: _Where, value: object) -> Learning:
             where.key("min_priority"), fields.get("min_priority", defaults.min_priority)
         ),
     )
+    if learning.min_epsilon > learning.epsilon:
+        where.key("min_epsilon").fail(
+            f"must not exceed epsilon ({learning.epsilon:g}), got {learning.min_epsilon:g}"
+        )
+    return learning
 
 
 def _opened(where: _Where, value: object) -> Opened:

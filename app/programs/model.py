@@ -207,7 +207,10 @@ class ContactPolicy:
 class Learning:
     """How the engine explores and learns from the users' answers to rewards.
 
-    ``epsilon``: share of decisions that explore a random eligible reward.
+    ``epsilon``: share of decisions that explore a random eligible reward (for a user
+    the engine knows nothing about, when ``epsilon_half_after`` is set).
+    ``epsilon_half_after``: answers after which a user's exploration rate halves
+    (None: it never decays); ``min_epsilon``: the floor it decays to.
     ``prior``: the response rate assumed for a reward nobody has answered yet.
     ``response_window``: how long to wait for an answer before counting none.
     ``opened``: whether an opened (not yet redeemed) reward counts as positive.
@@ -216,11 +219,20 @@ class Learning:
     """
 
     epsilon: float = 0.1
+    epsilon_half_after: float | None = None
+    min_epsilon: float = 0.0
     prior: float = 0.1
     response_window: Window = Window(3 * 86_400, "3d")
     opened: Opened = "ignore"
     learning_rate: float = 0.05
     min_priority: float = 0.0
+
+    def epsilon_for(self, answers: int) -> float:
+        """Exploration rate for a user who has answered ``answers`` offers."""
+        if self.epsilon_half_after is None:
+            return self.epsilon
+        decayed = self.epsilon / (1.0 + answers / self.epsilon_half_after)
+        return max(self.min_epsilon, decayed)
 
 
 @dataclass(frozen=True, slots=True)

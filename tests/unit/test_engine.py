@@ -387,3 +387,15 @@ def test_opted_out_user_without_an_applicable_default_gets_an_explained_nothing(
     assert decision.status == "none"
     assert "consent.personalization:declined" in decision.reasons
     assert "declined personalization" in decision.explanation
+
+
+def test_decaying_exploration_logs_the_rate_it_used() -> None:
+    program = tuned(epsilon=0.4, epsilon_half_after=1.0, min_epsilon=0.1)
+    engine = Engine(program, seed=2)
+    run = Run(engine)
+    new_user = run.send("purchase", amount=30.0, currency="EUR", channel="web")
+    assert new_user.propensity in (pytest.approx(1 - 0.4 + 0.2), pytest.approx(0.2))
+    run.send("reward_redeemed", ts=T0 + HOUR, decision_id=new_user.decision_id)
+    answered_once = run.send("purchase", ts=T0 + DAY, amount=30.0, currency="EUR", channel="web")
+    # One answer: epsilon 0.4 x 1 / (1 + 1) = 0.2, over two candidates.
+    assert answered_once.propensity in (pytest.approx(1 - 0.2 + 0.1), pytest.approx(0.1))

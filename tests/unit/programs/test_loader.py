@@ -315,6 +315,16 @@ ERROR_CASES: dict[str, tuple[Mutation, str, str]] = {
         "learning → epsilon",
         "must be less than 1, got 1.0",
     ),
+    "exploration floor above epsilon": (
+        _set("learning", "min_epsilon", to=0.5),
+        "learning → min_epsilon",
+        "must not exceed epsilon (0.1), got 0.5",
+    ),
+    "exploration half-life of zero": (
+        _set("learning", "epsilon_half_after", to=0),
+        "learning → epsilon_half_after",
+        "must be greater than 0, got 0",
+    ),
     "opened policy": (
         _set("learning", "opened", to="sometimes"),
         "learning → opened",

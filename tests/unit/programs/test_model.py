@@ -114,3 +114,15 @@ def test_defaults_of_a_program_built_in_code() -> None:
     assert program.learning.epsilon == 0.1
     assert program.learning.response_window.text == "3d"
     assert program.contact.per_channel == {}
+
+
+def test_exploration_decays_with_a_users_answers_down_to_its_floor() -> None:
+    from app.programs import Learning
+
+    fixed = Learning(epsilon=0.1)
+    assert [fixed.epsilon_for(n) for n in (0, 5, 500)] == [0.1, 0.1, 0.1]
+    decaying = Learning(epsilon=0.1, epsilon_half_after=3, min_epsilon=0.01)
+    assert decaying.epsilon_for(0) == 0.1
+    assert decaying.epsilon_for(3) == pytest.approx(0.05)
+    assert decaying.epsilon_for(6) == pytest.approx(0.1 / 3)
+    assert decaying.epsilon_for(10_000) == 0.01
