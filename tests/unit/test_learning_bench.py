@@ -47,3 +47,16 @@ def test_audit_checks_rolling_windows_not_calendar_days() -> None:
     stats.grants = [(DAY - 60_000, f"u{i}", "discount-10", 4.0) for i in range(1000)]
     stats.grants += [(DAY + 60_000, f"v{i}", "discount-10", 4.0) for i in range(1000)]
     assert "1d budget exceeded" in audit(PROGRAM, stats)
+
+
+def test_random_and_oracle_policies_do_not_inherit_the_programs_exploration_decay() -> None:
+    from app.bench.learning import _with_epsilon
+
+    program = dataclasses.replace(
+        PROGRAM,
+        learning=dataclasses.replace(PROGRAM.learning, epsilon_half_after=2.0, min_epsilon=0.01),
+    )
+    random_policy = _with_epsilon(program, 1.0).learning
+    oracle_policy = _with_epsilon(program, 0.0).learning
+    assert [random_policy.epsilon_for(n) for n in (0, 10, 1000)] == [1.0, 1.0, 1.0]
+    assert [oracle_policy.epsilon_for(n) for n in (0, 10, 1000)] == [0.0, 0.0, 0.0]
