@@ -45,9 +45,11 @@ class OracleEngine(Engine):
 
 
 def _with_epsilon(program: Program, epsilon: float) -> Program:
-    return dataclasses.replace(
-        program, learning=dataclasses.replace(program.learning, epsilon=epsilon)
+    """The program with a fixed exploration rate for everyone (no decay, no floor)."""
+    learning = dataclasses.replace(
+        program.learning, epsilon=epsilon, epsilon_half_after=None, min_epsilon=0.0
     )
+    return dataclasses.replace(program, learning=learning)
 
 
 def run_policy(
