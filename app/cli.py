@@ -355,6 +355,7 @@ def _add_simulate(commands: Any) -> None:
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.assembly import load_program_setting
     from app.simulation import EventSimulator, SimulatorConfig
     from app.simulation.live import stream_to_kafka, write_jsonl
 
@@ -370,7 +371,7 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
             start_ms=SystemClock().now_ms(),
             events_per_second=args.rate,
             invalid_ratio=args.invalid_ratio,
-            program=settings.program,
+            program=load_program_setting(settings.program).id,
         )
     )
     if args.out == "-":

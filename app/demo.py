@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from app import localkafka
+from app.assembly import load_program_setting
 from app.clock import SystemClock
 from app.kafkaio import ensure_topics, read, topic_requests
 from app.render import render
@@ -76,7 +77,7 @@ async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
             start_ms=SystemClock().now_ms(),
             events_per_second=plan.rate,
             invalid_ratio=plan.invalid_ratio,
-            program=settings.program,
+            program=load_program_setting(settings.program).id,
         )
     )
     say(
