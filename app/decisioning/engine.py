@@ -144,7 +144,6 @@ class Engine:
         decision = self._decision(event, choice)
         if choice.chosen is not None:
             user, ledger = self._grant(user, ledger, event, decision, choice.chosen)
-            learned += self._learn_offer(user, choice.chosen)
         return Outcome(user, ledger, (decision,), learned=learned)
 
     # ------------------------------------------------------------ arbitration
@@ -214,7 +213,7 @@ class Engine:
 
     def _propensity(self, reward: Reward, features: dict[str, float], user: UserState) -> float:
         """P(user redeems ``reward`` if offered now): the model, then the user's own answers."""
-        model_p = self.models.predict_one(reward.kind, {**features, _reward_key(reward.id): 1.0})
+        model_p = self.models.predict_one(reward.kind, {**features, f"reward={reward.id}": 1.0})
         return personalize(model_p, user, reward.kind)
 
     def _choose(
@@ -248,8 +247,7 @@ class Engine:
         if event.type == "reward_opened" and self.program.learning.opened == "ignore":
             return user, 0, Choice(None, 1.0, "outcome_opened")
         redeemed = event.type in ("reward_redeemed", "reward_opened")
-        # A "no" was learned when the offer was granted; only a "yes" has more to teach.
-        learned = self._learn_redemption(user, offer) if redeemed else 0
+        learned = self._learn(user, offer, redeemed)
         user = close_offer(
             user, offer.decision_id, redeemed=redeemed, dismissed=event.type == "reward_dismissed"
         )
@@ -258,25 +256,19 @@ class Engine:
         return user, learned, Choice(None, 1.0, f"outcome_{event.type.removeprefix('reward_')}")
 
     def _expire_offers(self, user: UserState, ts: int) -> tuple[UserState, int]:
-        """Close offers unanswered past the response window: a "no", already learned."""
         wait_ms = self.program.learning.response_window.seconds * 1000
+        learned = 0
         for offer in [p for p in user.pending if p.ts + wait_ms <= ts]:
+            learned += self._learn(user, offer, redeemed=False)
             user = close_offer(user, offer.decision_id, redeemed=False, dismissed=False)
-        return user, 0
+        return user, learned
 
-    def _learn_redemption(self, user: UserState, offer: PendingOffer) -> int:
+    def _learn(self, user: UserState, offer: PendingOffer, redeemed: bool) -> int:
         # Users who opted out of personalization (then or now) train no model.
         if not offer.learn or not self._consents(user)[0]:
             return 0
-        self.models.learn_redemption(offer.kind, _with_reward(offer.features, offer.reward_id))
-        return 1
-
-    def _learn_offer(self, user: UserState, chosen: Candidate) -> int:
-        if not self._consents(user)[0]:
-            return 0
-        self.models.learn_offer(
-            chosen.reward.kind, {**chosen.features, _reward_key(chosen.reward.id): 1.0}
-        )
+        features = {**from_vector(offer.features), f"reward={offer.reward_id}": 1.0}
+        self.models.learn_one(offer.kind, features, redeemed)
         return 1
 
     def _dismissed(self, user: UserState, ts: int) -> UserState:
@@ -340,15 +332,6 @@ class Engine:
             model_version=self.model_version,
             program=self.program.id,
         )
-
-
-def _reward_key(reward_id: str) -> str:
-    # Models are per reward kind; the reward itself is one more feature of the kind's model.
-    return f"reward={reward_id}"
-
-
-def _with_reward(vector: tuple[float, ...], reward_id: str) -> dict[str, float]:
-    return {**from_vector(vector), _reward_key(reward_id): 1.0}
 
 
 # How many answers the model's estimate is worth when blended with the user's own answers.

@@ -145,4 +145,4 @@ def test_policy_modes_and_learning_are_counted(registry: CollectorRegistry) -> N
     updates = registry.get_sample_value(
         "rewardstream_model_updates_total", {"program": "retail-loyalty"}
     )
-    assert updates == 2  # the offer's provisional "no", then the redemption's "yes"
+    assert updates == 1
