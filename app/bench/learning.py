@@ -187,16 +187,19 @@ def run_benchmark(
 def targets_markdown(report: dict[str, Any]) -> str:
     """The report as markdown: a table per policy and the targets beside the figures."""
     rows = [
-        "| policy | granted | redeemed | redemption rate | by fifth of the run | cost "
-        "| explored | limits |",
-        "|---|---:|---:|---:|---|---:|---:|---|",
+        "| policy | granted | redeemed | redemption rate | by fifth of the run "
+        "| redeemed per 1,000 events | cost | cost per redemption | explored | limits |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for name, p in report["policies"].items():
         limits = "all kept" if not p["limit_violations"] else "; ".join(p["limit_violations"])
         fifths = " ".join(f"{r:.2f}" for r in p["redemption_rate_by_fifth"])
+        per_1000 = 1000 * p["redeemed"] / max(report["events"], 1)
+        per_redemption = p["cost"] / max(p["redeemed"], 1)
         rows.append(
             f"| {name} | {p['granted']} | {p['redeemed']} | {p['redemption_rate']:.3f} "
-            f"| {fifths} | {p['cost']:,.2f} | {p['explored']} | {limits} |"
+            f"| {fifths} | {per_1000:.1f} | {p['cost']:,.2f} | {per_redemption:.2f} "
+            f"| {p['explored']} | {limits} |"
         )
     vs_random, vs_oracle = report["engine_vs_random"], report["engine_vs_oracle"]
     return "\n".join(
