@@ -14,6 +14,7 @@ import orjson
 
 from app import localkafka
 from app.clock import SystemClock
+from app.programs import ProgramError
 from app.settings import Settings, SettingsError
 
 TAIL_ROLES = {
@@ -34,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(bootstrap_servers=args.bootstrap)
         result: int = args.run(settings, args)
         return result
-    except (SettingsError, localkafka.BrokerError, RuntimeError) as error:
+    except (SettingsError, ProgramError, localkafka.BrokerError, RuntimeError) as error:
         print(f"rewardstream: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

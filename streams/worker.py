@@ -58,9 +58,9 @@ def _add_pages(app: faust.App, registry: CollectorRegistry) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Create the engine's topics if missing, then run the worker until stopped."""
+    """Check the program, create the engine's topics if missing, then run until stopped."""
+    app = build_worker_app(settings)  # a bad program fails here, before Kafka is touched
     created = asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
     log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
-    app = build_worker_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -441,3 +441,15 @@ def test_kustomization_lists_every_manifest() -> None:
     resources = kustomization["resources"]
     assert len(resources) == len(set(resources)), "a resource is listed twice"
     assert {str(PurePosixPath(resource)) for resource in resources} == manifests
+
+
+def test_image_program_is_a_shipped_program_copied_where_the_setting_points() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    copied = re.search(r"^COPY programs (\S+)$", text, re.MULTILINE)
+    assert copied, "the image must ship the programs folder"
+    program = _dockerfile().env["REWARDSTREAM_PROGRAM"]
+    assert program.startswith(copied.group(1).rstrip("/") + "/")
+    shipped = ROOT / "programs" / program.removeprefix(copied.group(1).rstrip("/") + "/")
+    from app.programs import load_program
+
+    assert load_program(shipped).id == "retail-loyalty"

@@ -67,3 +67,31 @@ def test_replay_of_a_bad_program_names_the_problem(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert b"bad.yaml" in result.stderr
     assert b"rewards" in result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_worker_with_a_bad_program_stops_at_once_naming_the_problem(tmp_path: Path) -> None:
+    program = tmp_path / "typo.yaml"
+    program.write_text(
+        "id: typo\nname: Typo\ncurrency: EUR\ntriggers: [signup]\nrewards:\n"
+        "  - id: r\n    kind: points\n    value: 1\n    cots: 1\n    channels: [web]\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "REWARDSTREAM_PROGRAM": str(program),
+        "REWARDSTREAM_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+    }  # nothing listens: never reached
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker"],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    message = result.stderr.decode()
+    assert message.startswith("rewardstream: ")
+    assert "typo.yaml" in message
+    assert "unknown key 'cots' (did you mean 'cost'?)" in message
+    assert "Traceback" not in message
