@@ -347,11 +347,13 @@ def _add_simulate(commands: Any) -> None:
     )
     simulate.add_argument("--out", help="write JSONL to this file (- for stdout) instead of Kafka")
     simulate.add_argument(
-        "--closed-loop", action="store_true",
+        "--closed-loop",
+        action="store_true",
         help="users answer the decisions they get (redeem, dismiss, ignore) through Kafka",
-    )  # fmt: skip
-    simulate.add_argument("--days", type=float, default=7.0,
-                          help="with --closed-loop: simulated days the run spans")  # fmt: skip
+    )
+    simulate.add_argument(
+        "--days", type=float, default=7.0, help="with --closed-loop: simulated days the run spans"
+    )
     simulate.set_defaults(run=_simulate)
 
 
@@ -403,10 +405,16 @@ def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: i
     simulator = ClosedLoopSimulator(
         users=args.users, seed=args.seed, start_ms=SystemClock().now_ms(), days=args.days
     )
-    stats = asyncio.run(closed_loop_on_kafka(
-        settings.bootstrap_servers, (settings.topic_events, settings.topic_decisions), simulator,
-        {r.id: r.kind for r in program.rewards}, rate=args.rate, total=total,
-    ))  # fmt: skip
+    stats = asyncio.run(
+        closed_loop_on_kafka(
+            settings.bootstrap_servers,
+            (settings.topic_events, settings.topic_decisions),
+            simulator,
+            {r.id: r.kind for r in program.rewards},
+            rate=args.rate,
+            total=total,
+        )
+    )
     curve = " ".join(f"{r:.2f}" for r in stats.rate_by_fifth())
     print(
         f"Produced {stats.events} events; {stats.decisions} decisions seen, {stats.granted} "

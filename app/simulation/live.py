@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import orjson
@@ -19,6 +21,42 @@ from app.simulation.events import EventSimulator
 TICK_S = 0.05  # send in small bursts this often; smooth enough at any rate
 
 
+async def produce_at_rate(
+    bootstrap_servers: str,
+    topic: str,
+    messages: Iterator[tuple[bytes | None, bytes]],
+    *,
+    rate: float,
+    total: int | None,
+    progress_total: int | None = None,
+    show_progress: bool = True,
+) -> int:
+    """Produce ``messages`` (at most ``total``) at ``rate`` per second; return how many."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    await producer.start()
+    expected = progress_total or total or 0
+    progress = Progress(expected, "events") if show_progress else None
+    loop = asyncio.get_running_loop()
+    started, sent = loop.time(), 0
+    try:
+        for key, value in itertools.islice(messages, total):
+            # send() queues the record; awaiting each delivery would cap the rate.
+            await producer.send(topic, value, key=key)
+            sent += 1
+            ahead_s = started + sent / rate - loop.time()
+            if ahead_s > TICK_S:  # open loop: wait for the schedule, in small bursts
+                if progress:
+                    progress.update(sent)
+                await asyncio.sleep(ahead_s)
+        await producer.flush()
+    finally:
+        await producer.stop()
+        if progress:
+            progress.update(sent)
+            progress.close()
+    return sent
+
+
 async def stream_to_kafka(
     bootstrap_servers: str,
     topic: str,
@@ -28,29 +66,11 @@ async def stream_to_kafka(
     total: int,
     show_progress: bool = True,
 ) -> int:
-    """Produce ``total`` events at ``rate`` per second (open loop); return how many."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
-    await producer.start()
-    progress = Progress(total, "events") if show_progress else None
-    loop = asyncio.get_running_loop()
-    started, sent = loop.time(), 0
-    try:
-        while sent < total:
-            due = min(total, int((loop.time() - started) * rate) + 1)
-            while sent < due:
-                value = simulator.next_message()
-                # send() queues the record; awaiting each delivery would cap the rate.
-                await producer.send(topic, value, key=user_key(value))
-                sent += 1
-            if progress:
-                progress.update(sent)
-            await asyncio.sleep(TICK_S)
-        await producer.flush()
-    finally:
-        await producer.stop()
-        if progress:
-            progress.close()
-    return sent
+    """Produce ``total`` simulated messages at ``rate`` per second (open loop)."""
+    messages = ((user_key(value), value) for value in simulator)
+    return await produce_at_rate(
+        bootstrap_servers, topic, messages, rate=rate, total=total, show_progress=show_progress
+    )
 
 
 def write_jsonl(output: BinaryIO, simulator: EventSimulator, *, total: int) -> int:
@@ -79,15 +99,29 @@ async def closed_loop_on_kafka(
     events_topic, decisions_topic = topics
     stats = LoopStats()
     consumer = AIOKafkaConsumer(
-        decisions_topic, bootstrap_servers=bootstrap_servers, group_id=None,
+        decisions_topic,
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
         auto_offset_reset="latest",
-    )  # fmt: skip
+    )
     await consumer.start()
     await consumer.seek_to_end()
     listening = asyncio.create_task(_answer_decisions(consumer, simulator, kinds, stats))
     try:
-        sent = await _send_loop_events(bootstrap_servers, events_topic, simulator, rate=rate,
-                                       total=total, show_progress=show_progress)  # fmt: skip
+        # Answers are interleaved with the users' own events, so there are more than total.
+        messages = (
+            (event.user_id.encode(), orjson.dumps(event.to_document()))
+            for event in simulator.events(total)
+        )
+        sent = await produce_at_rate(
+            bootstrap_servers,
+            events_topic,
+            messages,
+            rate=rate,
+            total=None,
+            progress_total=total,
+            show_progress=show_progress,
+        )
         stats.events = sent
         await _until_decided(stats, sent, timeout_s=30.0)
     finally:
@@ -106,36 +140,12 @@ async def _until_decided(stats: LoopStats, sent: int, *, timeout_s: float) -> No
         await asyncio.sleep(0.1)
 
 
-async def _send_loop_events(
-    bootstrap_servers: str, topic: str, simulator: ClosedLoopSimulator, *, rate: float,
-    total: int, show_progress: bool,
-) -> int:  # fmt: skip
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
-    await producer.start()
-    progress = Progress(total, "events") if show_progress else None
-    loop = asyncio.get_running_loop()
-    started, sent = loop.time(), 0
-    try:
-        for event in simulator.events(total):
-            value = orjson.dumps(event.to_document())
-            await producer.send(topic, value, key=event.user_id.encode())
-            sent += 1
-            if sent % 50 == 0:
-                if progress:
-                    progress.update(sent)
-                await asyncio.sleep(max(0.0, started + sent / rate - loop.time()))
-        await producer.flush()
-    finally:
-        await producer.stop()
-        if progress:
-            progress.close()
-    return sent
-
-
 async def _answer_decisions(
-    consumer: AIOKafkaConsumer, simulator: ClosedLoopSimulator, kinds: dict[str, str],
+    consumer: AIOKafkaConsumer,
+    simulator: ClosedLoopSimulator,
+    kinds: dict[str, str],
     stats: LoopStats,
-) -> None:  # fmt: skip
+) -> None:
     async for message in consumer:
         decision = Decision(**{k: v for k, v in orjson.loads(message.value).items() if k != "kind"})
         stats.decisions += 1
