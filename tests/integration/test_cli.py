@@ -87,9 +87,18 @@ def test_closed_loop_simulation_answers_decisions_through_kafka(
     kafka_settings: Settings, worker: WorkerProcess
 ) -> None:
     result = cli(
-        kafka_settings, "simulate", "--closed-loop", "--events", "1500", "--rate", "500",
-        "--users", "100", "--days", "3",
-    )  # fmt: skip
+        kafka_settings,
+        "simulate",
+        "--closed-loop",
+        "--events",
+        "1500",
+        "--rate",
+        "500",
+        "--users",
+        "100",
+        "--days",
+        "3",
+    )
     assert result.returncode == 0, result.stderr.decode()
     summary = result.stderr.decode()
     produced = int(summary.split("Produced ")[1].split(" events")[0])
