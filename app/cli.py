@@ -354,6 +354,11 @@ def _add_simulate(commands: Any) -> None:
     simulate.add_argument(
         "--days", type=float, default=7.0, help="with --closed-loop: simulated days the run spans"
     )
+    simulate.add_argument(
+        "--in-process",
+        action="store_true",
+        help="with --closed-loop: run the engine here, no broker (as fast as it goes)",
+    )
     simulate.set_defaults(run=_simulate)
 
 
@@ -402,6 +407,16 @@ def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: i
     from app.simulation.live import closed_loop_on_kafka
 
     program = load_program_setting(settings.program)
+    if args.in_process:
+        from app.bench.learning import run_policy
+
+        stats, problems = run_policy(
+            "engine", program, events=total, users=args.users, seed=args.seed, days=args.days
+        )
+        _print_loop_summary(stats)
+        if problems:
+            print("Limits broken: " + "; ".join(problems), file=sys.stderr)
+        return 1 if problems else 0
     simulator = ClosedLoopSimulator(
         users=args.users, seed=args.seed, start_ms=SystemClock().now_ms(), days=args.days
     )
@@ -415,6 +430,11 @@ def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: i
             total=total,
         )
     )
+    _print_loop_summary(stats)
+    return 0
+
+
+def _print_loop_summary(stats: Any) -> None:
     curve = " ".join(f"{r:.2f}" for r in stats.rate_by_fifth())
     print(
         f"Produced {stats.events} events; {stats.decisions} decisions seen, {stats.granted} "
@@ -422,7 +442,6 @@ def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: i
         f"by fifth of the run: {curve or 'n/a'}).",
         file=sys.stderr,
     )
-    return 0
 
 
 def _add_demo(commands: Any) -> None:

@@ -60,3 +60,33 @@ def test_random_and_oracle_policies_do_not_inherit_the_programs_exploration_deca
     oracle_policy = _with_epsilon(program, 0.0).learning
     assert [random_policy.epsilon_for(n) for n in (0, 10, 1000)] == [1.0, 1.0, 1.0]
     assert [oracle_policy.epsilon_for(n) for n in (0, 10, 1000)] == [0.0, 0.0, 0.0]
+
+
+def test_closed_loop_runs_in_process_from_the_cli() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "simulate",
+            "--closed-loop",
+            "--in-process",
+            "--events",
+            "2000",
+            "--users",
+            "100",
+            "--days",
+            "2",
+        ],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    summary = result.stderr.decode()
+    assert "rewards granted" in summary
+    granted = int(summary.split(" rewards granted")[0].rsplit(" ", 1)[1])
+    assert granted > 0
