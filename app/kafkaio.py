@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.settings import Settings
@@ -29,6 +29,7 @@ class TopicRequest:
     name: str
     partitions: int
     replication_factor: int
+    compacted: bool = False
 
 
 async def ensure_topics(bootstrap_servers: str, wanted: Sequence[TopicRequest]) -> dict[str, str]:
@@ -39,7 +40,15 @@ async def ensure_topics(bootstrap_servers: str, wanted: Sequence[TopicRequest]) 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
     await admin.start()
     try:
-        requests = [NewTopic(t.name, t.partitions, t.replication_factor) for t in wanted]
+        requests = [
+            NewTopic(
+                t.name,
+                t.partitions,
+                t.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
+            )
+            for t in wanted
+        ]
         response = await admin.create_topics(requests)
         result: dict[str, str] = {}
         for name, code, message in response.topic_errors:
@@ -62,6 +71,19 @@ async def _check_partitions(admin: AIOKafkaAdminClient, wanted: Sequence[TopicRe
                 f"say {topic.partitions} (REWARDSTREAM_PARTITIONS); state is partitioned like "
                 f"the events topic, so they must agree"
             )
+
+
+async def _partition_ids(bootstrap_servers: str, topic: str) -> list[int]:
+    """The partitions of ``topic``, or none if it does not exist."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    if described["error_code"] != 0:
+        return []
+    return sorted(p["partition"] for p in described["partitions"])
 
 
 def user_key(line: bytes, key_field: str = "user_id") -> bytes | None:
@@ -160,6 +182,30 @@ def topic_requests(settings: Settings) -> list[TopicRequest]:
     from topologies import topic_specs  # the topology is the one place topics are declared
 
     return [
-        TopicRequest(spec.name, spec.partitions, spec.replication_factor)
+        TopicRequest(spec.name, spec.partitions, spec.replication_factor, spec.compacted)
         for spec in topic_specs(settings)
     ]
+
+
+async def latest_by_key(bootstrap_servers: str, topic: str, key: bytes) -> bytes | None:
+    """The newest value under ``key`` in ``topic``, read from the start to the current end."""
+    partitions = [TopicPartition(topic, p) for p in await _partition_ids(bootstrap_servers, topic)]
+    if not partitions:
+        return None
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        latest = None
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                for message in messages:
+                    if message.key == key:
+                        latest = message.value
+        return latest
+    finally:
+        await consumer.stop()

@@ -47,6 +47,7 @@ class Settings:
     topic_decisions: str = "decisions"
     topic_fraud_alerts: str = "fraud-alerts"
     topic_dead_letter: str = "dead-letter"
+    topic_model_checkpoints: str = "model-checkpoints"
     partitions: int = 4
     replication_factor: int = 1
 
@@ -54,6 +55,8 @@ class Settings:
     program: str = "retail-loyalty"
     # Seed of every random choice (exploration), so runs and replays are reproducible.
     seed: int = 7
+    # How often a worker saves what its models learned (a restart continues from it).
+    checkpoint_interval_s: int = 30
 
     # Input limits: an event larger than this is dead-lettered, not parsed.
     max_event_bytes: int = 65_536
@@ -102,6 +105,8 @@ class Settings:
             raise SettingsError("REWARDSTREAM_REPLICATION_FACTOR must be at least 1")
         if self.max_event_bytes < 256:
             raise SettingsError("REWARDSTREAM_MAX_EVENT_BYTES must be at least 256")
+        if self.checkpoint_interval_s < 1:
+            raise SettingsError("REWARDSTREAM_CHECKPOINT_INTERVAL_S must be at least 1")
         if not 0 <= self.web_port < 65_536:
             raise SettingsError("REWARDSTREAM_WEB_PORT must be a TCP port")
         topics = self.topic_names()
@@ -115,6 +120,7 @@ class Settings:
             "decisions": self.topic_decisions,
             "fraud-alerts": self.topic_fraud_alerts,
             "dead-letter": self.topic_dead_letter,
+            "model-checkpoints": self.topic_model_checkpoints,
         }
 
     def env(self) -> dict[str, str]:

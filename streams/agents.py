@@ -5,6 +5,8 @@ from __future__ import annotations
 from faust import StreamT
 
 from app.contract.records import SourcePosition
+from app.decisioning.engine import Engine
+from app.models.checkpoint import checkpoint_key, encode
 from app.pipeline import Pipeline, Tables
 from topologies import Topology
 
@@ -29,3 +31,19 @@ def register_agents(topology: Topology, pipeline: Pipeline) -> None:
                 await outputs[output.role].send(key=output.key, value=output.value)
 
     topology.app.agent(topology.events, name="decide")(decide)
+
+
+def register_checkpoints(topology: Topology, engine: Engine, *, interval_s: float) -> None:
+    """Every ``interval_s``, save what the models learned, if they learned anything new."""
+    program = engine.program
+    saved_at_updates: list[int] = []
+
+    async def checkpoint() -> None:
+        updates = engine.models.updates
+        if saved_at_updates and saved_at_updates[-1] == updates:
+            return
+        value = encode(program.id, program.source_sha256, engine.models)
+        await topology.model_checkpoints.send(key=checkpoint_key(program.id), value=value)
+        saved_at_updates[:] = [updates]
+
+    topology.app.timer(interval=interval_s)(checkpoint)

@@ -10,26 +10,28 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from app.assembly import build_engine
-from app.kafkaio import ensure_topics, topic_requests
+from app.decisioning.engine import Engine
+from app.kafkaio import ensure_topics, latest_by_key, topic_requests
 from app.metrics import Metrics
+from app.models.checkpoint import checkpoint_key, restore_into
 from app.pipeline import Pipeline
 from app.settings import Settings
-from streams.agents import register_agents
+from streams.agents import register_agents, register_checkpoints
 from topologies import build
 
 log = logging.getLogger(__name__)
 
 
-def build_worker_app(settings: Settings, registry: CollectorRegistry | None = None) -> faust.App:
-    """The Faust app of one worker: topology, agents and the /metrics page."""
+def build_worker_app(
+    settings: Settings, registry: CollectorRegistry | None = None, engine: Engine | None = None
+) -> faust.App:
+    """The Faust app of one worker: topology, agents, checkpoints and the web pages."""
     registry = registry or CollectorRegistry()
+    engine = engine or build_engine(settings)
     topology = build(settings)
-    pipeline = Pipeline(
-        build_engine(settings),
-        Metrics(registry),
-        max_event_bytes=settings.max_event_bytes,
-    )
+    pipeline = Pipeline(engine, Metrics(registry), max_event_bytes=settings.max_event_bytes)
     register_agents(topology, pipeline)
+    register_checkpoints(topology, engine, interval_s=settings.checkpoint_interval_s)
     _add_pages(topology.app, registry)
     return topology.app
 
@@ -58,9 +60,17 @@ def _add_pages(app: faust.App, registry: CollectorRegistry) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    """Check the program, create the engine's topics if missing, then run until stopped."""
-    app = build_worker_app(settings)  # a bad program fails here, before Kafka is touched
+    """Check the program, create missing topics, restore the models, then run until stopped."""
+    engine = build_engine(settings)  # a bad program fails here, before Kafka is touched
+    app = build_worker_app(settings, engine=engine)
     created = asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
     log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
+    program = engine.program.id
+    saved = asyncio.run(
+        latest_by_key(
+            settings.bootstrap_servers, settings.topic_model_checkpoints, checkpoint_key(program)
+        )
+    )
+    restore_into(engine.models, saved, program_id=program)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

@@ -3,6 +3,8 @@
     events ──▶ [decide] ──▶ decisions
                   │  ╰────▶ fraud-alerts
                   │  ╰────▶ dead-letter     (invalid input, with its reason)
+                  │
+    [checkpoint timer] ───▶ model-checkpoints (compacted; read back at start-up)
                   ├─ user-state table       (changelog: <app_id>-user-state-changelog)
                   ╰─ program-ledger table   (budget and stock spent, one row per partition)
 
@@ -33,6 +35,7 @@ class TopicSpec:
     partitions: int
     replication_factor: int
     description: str
+    compacted: bool = False
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -43,10 +46,22 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "fraud-alerts": "one alert per flagged event or pattern",
         "dead-letter": "invalid inputs with their reason and original bytes",
     }
-    return [
+    specs = [
         TopicSpec(role, names[role], settings.partitions, settings.replication_factor, text)
         for role, text in described.items()
     ]
+    # One record per program, the latest kept: a compacted topic with one partition.
+    specs.append(
+        TopicSpec(
+            "model-checkpoints",
+            names["model-checkpoints"],
+            1,
+            settings.replication_factor,
+            "the latest learned model state per program",
+            compacted=True,
+        )
+    )
+    return specs
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class Topology:
     decisions: Any
     fraud_alerts: Any
     dead_letter: Any
+    model_checkpoints: Any
     user_state: Any
     ledger: Any
 
@@ -97,6 +113,9 @@ def build(settings: Settings, **faust_options: Any) -> Topology:
         decisions=topic("decisions"),
         fraud_alerts=topic("fraud-alerts"),
         dead_letter=topic("dead-letter"),
+        model_checkpoints=app.topic(
+            names["model-checkpoints"], key_type=bytes, value_type=bytes, partitions=1
+        ),
         user_state=table(TABLE_USER_STATE),
         ledger=table(TABLE_LEDGER),
     )

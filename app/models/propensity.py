@@ -9,6 +9,7 @@ exploration sorts out the rest. Models see only behavioural features
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from river import linear_model, optim
 
@@ -61,3 +62,31 @@ class PropensityModels:
         terms = [t for t in terms if abs(t[1]) >= 0.01]
         terms.sort(key=lambda t: (-abs(t[1]), t[0]))
         return terms[:top]
+
+    # ------------------------------------------------------------ checkpoints
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything learned, as plain JSON-ready data (never a pickle: a checkpoint
+        read back from Kafka must not be able to run code)."""
+        return {
+            "updates": self.updates,
+            "models": {
+                key: {
+                    "weights": dict(model._weights),
+                    "intercept": model.intercept,
+                    "steps": model.optimizer.n_iterations,
+                }
+                for key, model in sorted(self.models.items())
+            },
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Continue from ``snapshot`` (as made by :meth:`snapshot`) instead of the prior."""
+        self.models.clear()
+        for key, state in snapshot["models"].items():
+            model = self._model(key)
+            for name, weight in state["weights"].items():
+                model._weights[name] = float(weight)
+            model.intercept = float(state["intercept"])
+            model.optimizer.n_iterations = int(state["steps"])
+        self.updates = int(snapshot["updates"])

@@ -8,6 +8,7 @@ topic like any app would; afterwards a new user's purchase earns points.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterator
 from contextlib import aclosing
@@ -37,7 +38,7 @@ def learning_worker(
     text = text.replace("per_user: 8", "per_user: 1000").replace("limit: 12", "limit: 100000")
     program = tmp_path / "test-program.yaml"
     program.write_text(text)
-    settings = dataclasses.replace(kafka_settings, program=str(program))
+    settings = dataclasses.replace(kafka_settings, program=str(program), checkpoint_interval_s=1)
     process = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         process.wait_ready(timeout_s=120)
@@ -121,3 +122,15 @@ async def test_outcomes_on_kafka_change_later_decisions(
     assert after["model_version"] != before["model_version"]
     metrics = worker.get("/metrics")[1].decode()
     assert 'rewardstream_decisions_total{program="test-program",status="granted"}' in metrics
+
+    # What was learned survives a restart: the checkpoint (every second here) is read back.
+    await asyncio.sleep(2.5)
+    worker.stop()
+    restarted = WorkerProcess(settings, worker.log_path.with_name("restarted.log")).start()
+    try:
+        restarted.wait_ready(timeout_s=120)
+        [again] = await client.send([purchase("probe-3", 0, T0 + 10 * 24 * HOUR)])
+    finally:
+        restarted.stop()
+    same = ("action", "propensity", "explanation", "model_version")
+    assert {k: again[k] for k in same} == {k: after[k] for k in same}

@@ -399,3 +399,24 @@ def test_decaying_exploration_logs_the_rate_it_used() -> None:
     answered_once = run.send("purchase", ts=T0 + DAY, amount=30.0, currency="EUR", channel="web")
     # One answer: epsilon 0.4 x 1 / (1 + 1) = 0.2, over two candidates.
     assert answered_once.propensity in (pytest.approx(1 - 0.2 + 0.1), pytest.approx(0.1))
+
+
+def test_a_model_snapshot_restores_the_same_predictions() -> None:
+    engine = Engine(tuned(min_priority=0.0))
+    for n in range(30):
+        run = Run(engine, user=f"u{n}")
+        granted = run.send("purchase", ts=T0 + n * HOUR, amount=30.0, currency="EUR", channel="web")
+        outcome = "reward_redeemed" if n % 3 else "reward_dismissed"
+        run.send(outcome, ts=T0 + n * HOUR + 60_000, decision_id=granted.decision_id)
+    snapshot = orjson.loads(orjson.dumps(engine.models.snapshot()))  # through JSON, as stored
+
+    restored = Engine(tuned(min_priority=0.0))
+    restored.models.restore(snapshot)
+    probe_before = Run(engine, user="probe").send(
+        "purchase", ts=T0 + 40 * HOUR, amount=30.0, currency="EUR", channel="web"
+    )
+    probe_after = Run(restored, user="probe").send(
+        "purchase", ts=T0 + 40 * HOUR, amount=30.0, currency="EUR", channel="web"
+    )
+    assert probe_after.to_json() == probe_before.to_json()
+    assert restored.models.updates == engine.models.updates > 0

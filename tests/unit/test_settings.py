@@ -18,6 +18,7 @@ def test_defaults_need_no_environment() -> None:
         "decisions": "decisions",
         "fraud-alerts": "fraud-alerts",
         "dead-letter": "dead-letter",
+        "model-checkpoints": "model-checkpoints",
     }
     assert settings.data_dir == Path("/home/someone/.local/state/rewardstream")
     assert settings.cache_dir == Path("/home/someone/.cache/rewardstream")

@@ -1,0 +1,58 @@
+"""Model checkpoints: what the propensity models learned, as one JSON record per program.
+
+A worker writes its models' state to the compacted ``model-checkpoints`` topic
+every ``checkpoint_interval_s`` (when something was learned) and reads the
+newest one back at start-up, so a restarted or rescheduled worker goes on from
+what was learned instead of from the prior. Each worker learns from the
+outcomes of its own partitions; all learn the same thing from different users,
+so the newest checkpoint of any worker is a good start for every worker.
+
+The record is plain JSON, never a pickle: reading it back must not be able to
+run code, whoever could write to the topic.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from app.models.propensity import PropensityModels
+
+log = logging.getLogger(__name__)
+FORMAT = 1
+
+
+def checkpoint_key(program_id: str) -> bytes:
+    return program_id.encode()
+
+
+def encode(program_id: str, program_sha256: str, models: PropensityModels) -> bytes:
+    return orjson.dumps(
+        {
+            "format": FORMAT,
+            "program": program_id,
+            "program_sha256": program_sha256,
+            "state": models.snapshot(),
+        }
+    )
+
+
+def restore_into(models: PropensityModels, raw: bytes | None, *, program_id: str) -> bool:
+    """Load a checkpoint into ``models``; False (models untouched) if there is none usable."""
+    if not raw:
+        return False
+    try:
+        record: dict[str, Any] = orjson.loads(raw)
+        if record.get("format") != FORMAT or record.get("program") != program_id:
+            log.warning("checkpoint.skipped reason=format_or_program")
+            return False
+        models.restore(record["state"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        log.warning("checkpoint.skipped reason=unreadable")
+        models.models.clear()
+        models.updates = 0
+        return False
+    log.info("checkpoint.restored updates=%s", models.updates)
+    return True

@@ -1,0 +1,52 @@
+"""Model checkpoints: JSON in, the same models out; anything else is refused, not loaded."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from app.models.checkpoint import encode, restore_into
+from app.models.propensity import PropensityModels
+
+
+def trained() -> PropensityModels:
+    models = PropensityModels(prior=0.2, learning_rate=0.1)
+    for n in range(50):
+        models.learn_one("points", {"a": n % 3, "b": 1.0}, n % 2 == 0)
+    return models
+
+
+def test_round_trip_gives_the_same_predictions() -> None:
+    source = trained()
+    target = PropensityModels(prior=0.2, learning_rate=0.1)
+    assert restore_into(target, encode("p", "sha", source), program_id="p")
+    assert target.updates == source.updates == 50
+    for x in ({"a": 0.0, "b": 1.0}, {"a": 2.0, "b": 1.0}):
+        assert target.predict_one("points", x) == source.predict_one("points", x)
+    assert target.predict_one("cashback", {"a": 1.0}) == 0.2  # an unseen kind keeps the prior
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        b"",
+        b"not json",
+        b"[1, 2]",
+        orjson.dumps({"format": 99, "program": "p", "state": {}}),
+        orjson.dumps({"format": 1, "program": "other", "state": {"updates": 1, "models": {}}}),
+        orjson.dumps({"format": 1, "program": "p", "state": {"updates": 1}}),
+        orjson.dumps(
+            {
+                "format": 1,
+                "program": "p",
+                "state": {"updates": 1, "models": {"k": {"weights": {"a": "x"}}}},
+            }
+        ),
+    ],
+)
+def test_unusable_checkpoints_are_refused_and_leave_the_prior(raw: bytes | None) -> None:
+    models = PropensityModels(prior=0.2, learning_rate=0.1)
+    assert not restore_into(models, raw, program_id="p")
+    assert models.updates == 0
+    assert models.predict_one("points", {"a": 1.0}) == 0.2
