@@ -1,8 +1,7 @@
 """Time, injected. Nothing else in the project calls ``time.time()`` for domain logic.
 
 Decisions are timed by the event's own ``ts``; the wall clock is only for
-measuring the process itself (latency metrics, progress), and tests swap in a
-:class:`ManualClock`.
+the process's own needs (timestamps of live simulated traffic, progress).
 """
 
 from __future__ import annotations
@@ -30,20 +29,3 @@ class SystemClock:
     def monotonic_s(self) -> float:
         return time.monotonic()
 
-
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, start_ms: int = 1_767_225_600_000) -> None:
-        self._now_ms = start_ms
-        self._monotonic_s = 0.0
-
-    def now_ms(self) -> int:
-        return self._now_ms
-
-    def monotonic_s(self) -> float:
-        return self._monotonic_s
-
-    def advance(self, seconds: float) -> None:
-        self._now_ms += int(seconds * 1000)
-        self._monotonic_s += seconds

@@ -10,7 +10,6 @@ import dataclasses
 import shutil
 import statistics
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from app import localkafka
@@ -158,6 +157,3 @@ def _percentile(values: list[int], q: int) -> float:
 def say(text: str) -> None:
     print(text, flush=True)
 
-
-def demo_home(settings: Settings) -> Path:
-    return settings.data_dir / "demo"
