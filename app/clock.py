@@ -28,4 +28,3 @@ class SystemClock:
 
     def monotonic_s(self) -> float:
         return time.monotonic()
-

@@ -156,4 +156,3 @@ def _percentile(values: list[int], q: int) -> float:
 
 def say(text: str) -> None:
     print(text, flush=True)
-
