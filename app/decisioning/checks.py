@@ -143,3 +143,40 @@ def stock(reward: Reward, ledger: Ledger, share: Share) -> Verdict:
     if reward.stock is None or ledger.stock_taken(reward.id) < share.of_stock(reward.stock):
         return PASS
     return Verdict(False, "stock:exhausted", "out of stock")
+
+
+def budget_left(
+    program: Program,
+    state: UserState,
+    ledger: Ledger,
+    share: Share,
+    reward: Reward,
+    *,
+    cost: float,
+    ts: int,
+    bucket_ms: int,
+) -> tuple[str, ...]:
+    """Reason codes with what is left of each limit once ``reward`` (at ``cost``) is granted.
+
+    Program-wide figures are this partition's share (see :mod:`app.decisioning.ledger`).
+    """
+    budgets, codes = program.budgets, []
+    if budgets.total is not None:
+        left = share.of_amount(budgets.total) - ledger.spent_total - cost
+        codes.append(f"budget.total_left:{max(left, 0.0):.2f}")
+    for period in budgets.periods:
+        spent = ledger.spent_within(ts, period.window.seconds * 1000, bucket_ms)
+        left = share.of_amount(period.limit) - spent - cost
+        codes.append(f"budget.{period.window.text}_left:{max(left, 0.0):.2f}")
+    if budgets.per_user is not None:
+        window = budgets.per_user_window
+        spent = (
+            sum(g.cost for g in state.grants if g.ts > ts - window.seconds * 1000)
+            if window is not None
+            else state.reward_cost
+        )
+        codes.append(f"budget.per_user_left:{max(budgets.per_user - spent - cost, 0.0):.2f}")
+    if reward.stock is not None:
+        left_items = share.of_stock(reward.stock) - ledger.stock_taken(reward.id) - 1
+        codes.append(f"stock.{reward.id}_left:{max(left_items, 0)}")
+    return tuple(codes)

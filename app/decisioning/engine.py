@@ -141,7 +141,19 @@ class Engine:
             choice = self._arbitrate(user, ledger, event, Share(partition, self.partitions))
         else:
             choice = Choice(None, 1.0, "not_a_trigger")
-        decision = self._decision(event, choice)
+        budget_codes: tuple[str, ...] = ()
+        if choice.chosen is not None:
+            budget_codes = checks.budget_left(
+                self.program,
+                user,
+                ledger,
+                Share(partition, self.partitions),
+                choice.chosen.reward,
+                cost=choice.chosen.cost,
+                ts=event.ts,
+                bucket_ms=self.bucket_ms,
+            )
+        decision = self._decision(event, choice, budget_codes)
         if choice.chosen is not None:
             user, ledger = self._grant(user, ledger, event, decision, choice.chosen)
         return Outcome(user, ledger, (decision,), learned=learned)
@@ -312,9 +324,9 @@ class Engine:
         )
         return user, ledger
 
-    def _decision(self, event: Event, choice: Choice) -> Decision:
+    def _decision(self, event: Event, choice: Choice, budget_codes: tuple[str, ...]) -> Decision:
         chosen = choice.chosen
-        reasons, sentence = explain(self, event, choice)
+        reasons, sentence = explain(self, event, choice, budget_codes)
         return Decision(
             decision_id=decision_id_for(self.program.id, event.user_id, event.event_id),
             event_id=event.event_id,

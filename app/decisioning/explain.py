@@ -26,8 +26,10 @@ OUTCOME_SENTENCES = {
 }
 
 
-def explain(engine: Engine, event: Event, choice: Choice) -> tuple[tuple[str, ...], str]:
-    """(reason codes, sentence) for ``choice``."""
+def explain(
+    engine: Engine, event: Event, choice: Choice, budget_codes: tuple[str, ...] = ()
+) -> tuple[tuple[str, ...], str]:
+    """(reason codes, sentence) for ``choice``; ``budget_codes`` say what is left after it."""
     mode = choice.mode
     if mode == "not_a_trigger":
         return ("trigger.not_a_trigger",), f"No reward: a {event.type} event does not lead to one."
@@ -48,6 +50,7 @@ def explain(engine: Engine, event: Event, choice: Choice) -> tuple[tuple[str, ..
         f"policy.{mode}",
         *chosen.rule_codes,
         "budget:ok",
+        *budget_codes,
         *_feature_codes(engine, chosen),
         *skipped_codes,
     )

@@ -420,3 +420,17 @@ def test_a_model_snapshot_restores_the_same_predictions() -> None:
     )
     assert probe_after.to_json() == probe_before.to_json()
     assert restored.models.updates == engine.models.updates > 0
+
+
+def test_granted_decision_says_what_is_left_of_each_budget_and_the_stock() -> None:
+    run = Run(Engine(PROGRAM))
+    first = run.send("session_start", channel="web")
+    assert first.action == "points"
+    assert {"budget.total_left:19.00", "budget.1d_left:11.00", "budget.per_user_left:7.00"} <= set(
+        first.reasons
+    )
+    run.signup(age=30)
+    card = run.send("session_start", ts=T0 + 2 * DAY, channel="email")
+    assert card.action == "card"
+    assert "stock.card_left:1" in card.reasons
+    assert "budget.per_user_left:3.00" in card.reasons  # 8 - 1 (points) - 1 (welcome) - 3
