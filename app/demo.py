@@ -6,11 +6,14 @@ Everything the demo starts, it stops, even when interrupted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shutil
 import statistics
 from collections import Counter
 from typing import Any
+
+import orjson
 
 from app import localkafka
 from app.assembly import load_program_setting
@@ -19,7 +22,8 @@ from app.kafkaio import ensure_topics, read, topic_requests
 from app.render import render
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
-from app.simulation.live import stream_to_kafka
+from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
+from app.simulation.live import closed_loop_on_kafka
 from app.workerproc import WorkerProcess
 
 
@@ -28,6 +32,7 @@ class DemoPlan:
     duration_s: float = 20.0
     rate: float = 200.0
     users: int = 500
+    days: float = 14.0  # simulated time the run spans, so users answer and the engine learns
     invalid_ratio: float = 0.02
     seed: int = 7
 
@@ -68,41 +73,69 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
 
 
 async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
+    program = load_program_setting(settings.program)
     total = int(plan.duration_s * plan.rate)
-    simulator = EventSimulator(
-        SimulatorConfig(
-            users=plan.users,
-            seed=plan.seed,
-            start_ms=SystemClock().now_ms(),
-            events_per_second=plan.rate,
-            invalid_ratio=plan.invalid_ratio,
-            program=load_program_setting(settings.program).id,
-        )
+    users = ClosedLoopSimulator(
+        users=plan.users, seed=plan.seed, start_ms=SystemClock().now_ms(), days=plan.days
+    )
+    broken = EventSimulator(
+        SimulatorConfig(users=50, seed=plan.seed, invalid_ratio=1.0, program=program.id)
     )
     say(
-        f"Streaming {total} simulated events ({plan.rate:.0f}/s for {plan.duration_s:.0f} s, "
-        f"{plan.invalid_ratio:.0%} malformed on purpose)..."
+        f"Streaming {total} events of {plan.users} simulated users, {plan.days:g} simulated days "
+        f"in {plan.duration_s:.0f} s; users answer the rewards they get, and "
+        f"{plan.invalid_ratio:.0%} more messages are malformed on purpose..."
     )
-    await stream_to_kafka(
-        settings.bootstrap_servers, settings.topic_events, simulator, rate=plan.rate, total=total
+    loop = await closed_loop_on_kafka(
+        settings.bootstrap_servers,
+        (settings.topic_events, settings.topic_decisions),
+        users,
+        {r.id: r.kind for r in program.rewards},
+        rate=plan.rate,
+        total=total,
+        malformed=iter(broken),
+        malformed_ratio=plan.invalid_ratio,
     )
     outputs = [settings.topic_decisions, settings.topic_fraud_alerts, settings.topic_dead_letter]
-    records: list[tuple[dict[str, Any], int]] = []
-    async for received in read(settings.bootstrap_servers, outputs, idle_timeout_s=5.0):
-        records.append((received.document(), received.timestamp_ms))
-    print_summary(records, produced=total)
+    records = [
+        (received.document(), received.timestamp_ms)
+        async for received in read(settings.bootstrap_servers, outputs, idle_timeout_s=5.0)
+    ]
+    produced_at = await _produce_times(settings)
+    print_summary(records, produced=loop.events, produced_at=produced_at, loop=loop)
     decided = sum(1 for r, _ in records if r.get("kind") in ("decision", "dead_letter"))
-    return 0 if decided == total else 1
+    return 0 if decided == loop.events else 1
 
 
-def print_summary(records: list[tuple[dict[str, Any], int]], *, produced: int) -> None:
+async def _produce_times(settings: Settings) -> dict[str, int]:
+    """event_id -> when the event was written to Kafka (its record timestamp)."""
+    times: dict[str, int] = {}
+    async for received in read(
+        settings.bootstrap_servers, [settings.topic_events], idle_timeout_s=3.0
+    ):
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            times[str(orjson.loads(received.value)["event_id"])] = received.timestamp_ms
+    return times
+
+
+def print_summary(
+    records: list[tuple[dict[str, Any], int]],
+    *,
+    produced: int,
+    produced_at: dict[str, int],
+    loop: LoopStats,
+) -> None:
     decisions = [r for r, _ in records if r.get("kind") == "decision"]
     alerts = [r for r, _ in records if r.get("kind") == "fraud_alert"]
     dead = [r for r, _ in records if r.get("kind") == "dead_letter"]
-    latencies = [at - r["ts"] for r, at in records if r.get("kind") == "decision"]
+    latencies = [
+        at - produced_at[r["event_id"]]
+        for r, at in records
+        if r.get("kind") == "decision" and r["event_id"] in produced_at
+    ]
     say("")
     say(
-        f"Events produced: {produced}   decisions: {len(decisions)}   "
+        f"Messages produced: {produced}   decisions: {len(decisions)}   "
         f"fraud alerts: {len(alerts)}   dead letters: {len(dead)}"
     )
     statuses = Counter(d["status"] for d in decisions)
@@ -115,9 +148,14 @@ def print_summary(records: list[tuple[dict[str, Any], int]], *, produced: int) -
         + (", ".join(f"{k} {v}" for k, v in actions.most_common()) or "none")
         + f"   total cost {cost:,.2f}"
     )
+    curve = " ".join(f"{r:.2f}" for r in loop.rate_by_fifth()) or "n/a"
+    say(
+        f"Users redeemed {loop.redeemed} of {loop.granted} rewards (rate "
+        f"{loop.redemption_rate:.2f}; by fifth of the run, as the engine learns: {curve})"
+    )
     if latencies:
         p50, p99 = _percentile(latencies, 50), _percentile(latencies, 99)
-        say(f"Event time to decision published: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        say(f"Event produced to decision published: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     reasons = Counter(d["reason"] for d in dead)
     say(
         "Dead letters by reason: "

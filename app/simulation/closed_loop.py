@@ -94,6 +94,7 @@ class LoopStats:
     """What happened in one closed-loop run."""
 
     events: int = 0
+    malformed: int = 0  # messages broken on purpose, among ``events``
     decisions: int = 0
     granted: int = 0
     redeemed: int = 0

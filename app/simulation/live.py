@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -88,6 +89,8 @@ async def closed_loop_on_kafka(
     *,
     rate: float,
     total: int,
+    malformed: Iterator[bytes] | None = None,
+    malformed_ratio: float = 0.0,
     show_progress: bool = True,
 ) -> LoopStats:
     """Users who answer the engine's decisions, through Kafka: events out, decisions in.
@@ -95,6 +98,7 @@ async def closed_loop_on_kafka(
     ``topics`` is (events, decisions). Event times are simulated (the loop's span
     compressed into the run), so answers that a user gives hours later in event
     time arrive within seconds; the engine only ever reasons in event time.
+    With ``malformed``, that share of extra messages is broken on purpose.
     """
     events_topic, decisions_topic = topics
     stats = LoopStats()
@@ -109,9 +113,15 @@ async def closed_loop_on_kafka(
     listening = asyncio.create_task(_answer_decisions(consumer, simulator, kinds, stats))
     try:
         # Answers are interleaved with the users' own events, so there are more than total.
-        messages = (
-            (event.user_id.encode(), orjson.dumps(event.to_document()))
-            for event in simulator.events(total)
+        messages = _with_malformed(
+            (
+                (event.user_id.encode(), orjson.dumps(event.to_document()))
+                for event in simulator.events(total)
+            ),
+            malformed,
+            malformed_ratio,
+            stats,
+            seed=simulator.seed,
         )
         sent = await produce_at_rate(
             bootstrap_servers,
@@ -123,13 +133,30 @@ async def closed_loop_on_kafka(
             show_progress=show_progress,
         )
         stats.events = sent
-        await _until_decided(stats, sent, timeout_s=30.0)
+        await _until_decided(stats, sent - stats.malformed, timeout_s=30.0)
     finally:
         listening.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listening
         await consumer.stop()
     return stats
+
+
+def _with_malformed(
+    messages: Iterator[tuple[bytes | None, bytes]],
+    malformed: Iterator[bytes] | None,
+    ratio: float,
+    stats: LoopStats,
+    *,
+    seed: int,
+) -> Iterator[tuple[bytes | None, bytes]]:
+    """``messages`` with a broken one slipped in after a ``ratio`` share of them."""
+    draw = random.Random(seed)
+    for message in messages:
+        yield message
+        if malformed is not None and draw.random() < ratio:
+            stats.malformed += 1
+            yield None, next(malformed)
 
 
 async def _until_decided(stats: LoopStats, sent: int, *, timeout_s: float) -> None:
