@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "REWARDSTREAM_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 class SettingsError(ValueError):
@@ -105,6 +106,10 @@ class Settings:
             raise SettingsError("REWARDSTREAM_REPLICATION_FACTOR must be at least 1")
         if self.max_event_bytes < 256:
             raise SettingsError("REWARDSTREAM_MAX_EVENT_BYTES must be at least 256")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise SettingsError(
+                f"REWARDSTREAM_LOG_LEVEL={self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
         if self.checkpoint_interval_s < 1:
             raise SettingsError("REWARDSTREAM_CHECKPOINT_INTERVAL_S must be at least 1")
         if not 0 <= self.web_port < 65_536:

@@ -59,6 +59,8 @@ def test_unknown_variable_is_an_error_naming_it() -> None:
         ("REWARDSTREAM_WEB_PORT", "70000"),
         ("REWARDSTREAM_MAX_EVENT_BYTES", "10"),
         ("REWARDSTREAM_TOPIC_DECISIONS", "events"),
+        ("REWARDSTREAM_LOG_LEVEL", "loud"),
+        ("REWARDSTREAM_CHECKPOINT_INTERVAL_S", "0"),
     ],
 )
 def test_unusable_values_fail_at_start(variable: str, value: str) -> None:
