@@ -302,6 +302,12 @@ def _add_bench_learning(commands: Any) -> None:
     bench.add_argument("--users", type=int, default=2_000)
     bench.add_argument("--days", type=float, default=30.0, help="simulated time span")
     bench.add_argument("--seed", type=int, default=7)
+    bench.add_argument(
+        "--members",
+        type=float,
+        default=0.0,
+        help="share of users who joined before the run (0: a launch, every user signs up)",
+    )
     bench.add_argument("--out", default="var/bench/learning.json", help="JSON report path")
     bench.add_argument("--docs", help="append the figures to this markdown file")
     bench.set_defaults(run=_bench_learning)
@@ -313,8 +319,15 @@ def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
     from app.bench.report import append_section
 
     program = load_program_setting(args.program or settings.program)
+    if not 0.0 <= args.members <= 1.0:
+        raise SettingsError("--members must be within 0..1")
     report = run_benchmark(
-        program, events=args.events, users=args.users, seed=args.seed, days=args.days
+        program,
+        events=args.events,
+        users=args.users,
+        seed=args.seed,
+        days=args.days,
+        members=args.members,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,10 +53,19 @@ def _with_epsilon(program: Program, epsilon: float) -> Program:
 
 
 def run_policy(
-    policy: str, program: Program, *, events: int, users: int, seed: int, days: float
+    policy: str,
+    program: Program,
+    *,
+    events: int,
+    users: int,
+    seed: int,
+    days: float,
+    members: float = 0.0,
 ) -> tuple[LoopStats, list[str]]:
     """Run one policy over the closed loop; return its stats and any limit violations."""
-    simulator = ClosedLoopSimulator(users=users, seed=seed, start_ms=START_MS, days=days)
+    simulator = ClosedLoopSimulator(
+        users=users, seed=seed, start_ms=START_MS, days=days, members=members
+    )
     if policy == "random":
         program = _with_epsilon(program, 1.0)
     elif policy == "oracle":
@@ -147,7 +156,7 @@ def _max_window_count(grants: list[tuple[int, str, str, float]], window_ms: int)
 
 
 def run_benchmark(
-    program: Program, *, events: int, users: int, seed: int, days: float
+    program: Program, *, events: int, users: int, seed: int, days: float, members: float = 0.0
 ) -> dict[str, Any]:
     """All three policies on the same loop; the report as a dict."""
     report: dict[str, Any] = {
@@ -156,12 +165,13 @@ def run_benchmark(
         "users": users,
         "seed": seed,
         "days": days,
+        "members": members,
         "policies": {},
     }
     for policy in ("engine", "random", "oracle"):
         started = time.perf_counter()
         stats, problems = run_policy(
-            policy, program, events=events, users=users, seed=seed, days=days
+            policy, program, events=events, users=users, seed=seed, days=days, members=members
         )
         report["policies"][policy] = {
             "granted": stats.granted,
@@ -206,7 +216,7 @@ def targets_markdown(report: dict[str, Any]) -> str:
         [
             f"Program `{report['program']}`, {report['events']:,} events, "
             f"{report['users']:,} users over {report['days']:g} simulated days, "
-            f"seed {report['seed']}.",
+            f"seed {report['seed']}, {_population(report.get('members', 0.0))}.",
             "",
             *rows,
             "",
@@ -222,3 +232,9 @@ def targets_markdown(report: dict[str, Any]) -> str:
 
 def _met(condition: bool) -> str:
     return "yes" if condition else "no"
+
+
+def _population(members: float) -> str:
+    if not members:
+        return "a launch: every user signs up during the run"
+    return f"a running program: {members:.0%} of users joined before the run"

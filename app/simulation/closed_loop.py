@@ -121,12 +121,19 @@ class LoopStats:
 class ClosedLoopSimulator:
     """Seeded users, their events in time order, and their answers to decisions."""
 
-    def __init__(self, *, users: int, seed: int, start_ms: int, days: float) -> None:
+    def __init__(
+        self, *, users: int, seed: int, start_ms: int, days: float, members: float = 0.0
+    ) -> None:
+        """``members``: share of users who joined before the run (they never sign up in it):
+        0 simulates a program's launch, 0.8 one that has been running for a while."""
         self.random = random.Random(seed)
         self.seed = seed
         self.start_ms = start_ms
         self.span_ms = int(days * 24 * HOUR_MS)
         self.users = [self._user(i) for i in range(users)]
+        for user in self.users:
+            # Drawn only when asked for, so a launch (members=0) keeps its exact stream.
+            user.signed_up = members > 0 and self.random.random() < members
         self.weights = [u.persona.visits_weight for u in self.users]
         self.answers: list[tuple[int, int, dict[str, Any]]] = []  # heap of (ts, seq, event)
         self.sequence = 0
