@@ -61,9 +61,10 @@ async def ensure_topics(bootstrap_servers: str, wanted: Sequence[TopicRequest]) 
         await admin.close()
 
 
-async def _check_partitions(admin: AIOKafkaAdminClient, wanted: Sequence[TopicRequest]) -> None:
-    described = await admin.describe_topics([t.name for t in wanted])
-    actual = {d["topic"]: len(d["partitions"]) for d in described}
+async def _check_partitions(
+    admin: AIOKafkaAdminClient, wanted: Sequence[TopicRequest], *, timeout_s: float = 30.0
+) -> None:
+    actual = await _partition_counts(admin, [t.name for t in wanted], timeout_s=timeout_s)
     for topic in wanted:
         if actual.get(topic.name) != topic.partitions:
             raise TopicError(
@@ -71,6 +72,25 @@ async def _check_partitions(admin: AIOKafkaAdminClient, wanted: Sequence[TopicRe
                 f"say {topic.partitions} (REWARDSTREAM_PARTITIONS); state is partitioned like "
                 f"the events topic, so they must agree"
             )
+
+
+async def _partition_counts(
+    admin: AIOKafkaAdminClient, names: list[str], *, timeout_s: float
+) -> dict[str, int]:
+    """Partitions per topic, waiting while a topic just created is not fully visible yet.
+
+    A topic created a moment ago can be described with no partitions (or as unknown)
+    until the broker's metadata catches up; that is not a mismatch.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        actual = {d["topic"]: len(d["partitions"]) for d in described if d["error_code"] == 0}
+        settled = all(actual.get(name, 0) > 0 for name in names)
+        if settled or loop.time() >= deadline:
+            return actual
+        await asyncio.sleep(0.2)
 
 
 async def _partition_ids(bootstrap_servers: str, topic: str) -> list[int]:
