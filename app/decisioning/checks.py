@@ -102,6 +102,14 @@ def contact(program: Program, state: UserState, ts: int) -> Verdict:
     return PASS
 
 
+def _user_spent(program: Program, state: UserState, ts: int) -> float:
+    """What the user's rewards cost within the per-user budget's window (or ever)."""
+    window = program.budgets.per_user_window
+    if window is None:
+        return state.reward_cost
+    return sum(g.cost for g in state.grants if g.ts > ts - window.seconds * 1000)
+
+
 def budget(
     program: Program,
     state: UserState,
@@ -115,12 +123,7 @@ def budget(
     """Per-user, total and per-period budgets for a reward costing ``cost``."""
     budgets = program.budgets
     if budgets.per_user is not None:
-        window = budgets.per_user_window
-        spent = (
-            sum(g.cost for g in state.grants if g.ts > ts - window.seconds * 1000)
-            if window is not None
-            else state.reward_cost
-        )
+        spent = _user_spent(program, state, ts)
         if spent + cost > budgets.per_user + 1e-9:
             return Verdict(False, "budget.per_user:exhausted", "the user's budget is spent")
     if (
@@ -169,12 +172,7 @@ def budget_left(
         left = share.of_amount(period.limit) - spent - cost
         codes.append(f"budget.{period.window.text}_left:{max(left, 0.0):.2f}")
     if budgets.per_user is not None:
-        window = budgets.per_user_window
-        spent = (
-            sum(g.cost for g in state.grants if g.ts > ts - window.seconds * 1000)
-            if window is not None
-            else state.reward_cost
-        )
+        spent = _user_spent(program, state, ts)
         codes.append(f"budget.per_user_left:{max(budgets.per_user - spent - cost, 0.0):.2f}")
     if reward.stock is not None:
         left_items = share.of_stock(reward.stock) - ledger.stock_taken(reward.id) - 1

@@ -54,6 +54,19 @@ class Run:
         return self.send("signup", channel="web", attributes=attributes)
 
 
+def new_buyer(n: int) -> Event:
+    """The first event of user ``n``: a 30 EUR purchase on the web."""
+    return Event(
+        event_id=f"e{n}",
+        user_id=f"u{n}",
+        type="purchase",
+        ts=T0,
+        amount=30.0,
+        currency="EUR",
+        channel="web",
+    )
+
+
 def actions(decisions: Iterable[Decision]) -> list[str | None]:
     return [d.action for d in decisions]
 
@@ -218,16 +231,7 @@ def test_logged_propensities_are_the_true_choice_probabilities() -> None:
     engine = Engine(tuned(epsilon=epsilon), seed=11)
     picks: dict[str | None, list[float]] = {}
     for n in range(3000):
-        event = Event(
-            event_id=f"e{n}",
-            user_id=f"u{n}",
-            type="purchase",
-            ts=T0,
-            amount=30.0,
-            currency="EUR",
-            channel="web",
-        )
-        decision = engine.process(UserState(), Ledger(), event).records[0]
+        decision = engine.process(UserState(), Ledger(), new_buyer(n)).records[0]
         picks.setdefault(decision.action, []).append(decision.propensity)
     # Two candidates: the best with 1 - eps + eps/2, the other with eps/2.
     assert all(p == pytest.approx(1 - epsilon + epsilon / 2) for p in picks["cashback"])
@@ -238,18 +242,7 @@ def test_logged_propensities_are_the_true_choice_probabilities() -> None:
 def test_exploration_is_reproducible_from_the_seed() -> None:
     def run(seed: int) -> list[str | None]:
         engine = Engine(tuned(epsilon=0.5), seed=seed)
-        events = [
-            Event(
-                event_id=f"e{n}",
-                user_id=f"u{n}",
-                type="purchase",
-                ts=T0,
-                amount=30.0,
-                currency="EUR",
-                channel="web",
-            )
-            for n in range(200)
-        ]
+        events = [new_buyer(n) for n in range(200)]
         return [engine.process(UserState(), Ledger(), e).records[0].action for e in events]
 
     assert run(1) == run(1)
