@@ -21,7 +21,7 @@ import orjson
 from app.models.propensity import PropensityModels
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: models standardize their features; format-1 checkpoints are skipped
 
 
 def checkpoint_key(program_id: str) -> bytes:

@@ -1,4 +1,10 @@
-"""P(redeemed | offered, context) per reward, learned online from outcomes.
+"""P(redeemed | offered, context) per reward kind, learned online from outcomes.
+
+Each kind has a River pipeline, ``StandardScaler | LogisticRegression``. The
+scaler matters: the behavioural features live on very different scales (a
+0/1 channel flag beside a log of lifetime spend near 8), and plain SGD on raw
+values spends its first hundreds of answers fighting that, which is exactly
+the warm-up a new program cannot afford (docs/benchmarks.md has the figures).
 
 Cold start: each model's intercept starts at the program's ``prior`` (logit),
 so from the very first event every reward has a propensity, the prior, and
@@ -9,9 +15,10 @@ exploration sorts out the rest. Models see only behavioural features
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 from typing import Any
 
-from river import linear_model, optim
+from river import compose, linear_model, optim, preprocessing
 
 
 def _logit(p: float) -> float:
@@ -19,46 +26,48 @@ def _logit(p: float) -> float:
 
 
 class PropensityModels:
-    """One River ``LogisticRegression`` per reward id, created on first use."""
+    """One River pipeline (scaler, then logistic regression) per key, created on first use."""
 
     def __init__(self, *, prior: float, learning_rate: float) -> None:
         self.prior = prior
         self.learning_rate = learning_rate
-        self.models: dict[str, linear_model.LogisticRegression] = {}
+        self.models: dict[str, compose.Pipeline] = {}
         self.updates = 0
 
-    def _model(self, reward_id: str) -> linear_model.LogisticRegression:
-        model = self.models.get(reward_id)
+    def _model(self, key: str) -> compose.Pipeline:
+        model = self.models.get(key)
         if model is None:
-            model = linear_model.LogisticRegression(
+            model = preprocessing.StandardScaler() | linear_model.LogisticRegression(
                 optimizer=optim.SGD(self.learning_rate),
                 intercept_init=_logit(self.prior),
                 intercept_lr=self.learning_rate,
                 l2=1e-4,
             )
-            self.models[reward_id] = model
+            self.models[key] = model
         return model
 
-    def predict_one(self, reward_id: str, features: dict[str, float]) -> float:
-        """Probability that the user redeems ``reward_id`` if it is offered now."""
-        model = self.models.get(reward_id)
+    def predict_one(self, key: str, features: dict[str, float]) -> float:
+        """Probability that the user redeems a reward of ``key`` if it is offered now."""
+        model = self.models.get(key)
         if model is None:
             return self.prior
         return float(model.predict_proba_one(features)[True])
 
-    def learn_one(self, reward_id: str, features: dict[str, float], redeemed: bool) -> None:
-        self._model(reward_id).learn_one(features, redeemed)
+    def learn_one(self, key: str, features: dict[str, float], redeemed: bool) -> None:
+        self._model(key).learn_one(features, redeemed)
         self.updates += 1
 
     def contributions(
-        self, reward_id: str, features: dict[str, float], *, top: int = 2
+        self, key: str, features: dict[str, float], *, top: int = 2
     ) -> list[tuple[str, float]]:
-        """The features that moved this score most, as (name, weight x value) in logit units."""
-        model = self.models.get(reward_id)
+        """The features that moved this score most, as (name, weight x scaled value) in
+        logit units: how far this user's value, against the average user's, moved the score."""
+        model = self.models.get(key)
         if model is None:
             return []
-        weights = model.weights
-        terms = [(name, weights.get(name, 0.0) * value) for name, value in features.items()]
+        scaled = _scaler(model).transform_one(features)
+        weights = _classifier(model).weights
+        terms = [(name, weights.get(name, 0.0) * value) for name, value in scaled.items()]
         terms = [t for t in terms if abs(t[1]) >= 0.01]
         terms.sort(key=lambda t: (-abs(t[1]), t[0]))
         return terms[:top]
@@ -70,23 +79,48 @@ class PropensityModels:
         read back from Kafka must not be able to run code)."""
         return {
             "updates": self.updates,
-            "models": {
-                key: {
-                    "weights": dict(model._weights),
-                    "intercept": model.intercept,
-                    "steps": model.optimizer.n_iterations,
-                }
-                for key, model in sorted(self.models.items())
-            },
+            "models": {key: _snapshot_one(model) for key, model in sorted(self.models.items())},
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
         """Continue from ``snapshot`` (as made by :meth:`snapshot`) instead of the prior."""
         self.models.clear()
         for key, state in snapshot["models"].items():
-            model = self._model(key)
-            for name, weight in state["weights"].items():
-                model._weights[name] = float(weight)
-            model.intercept = float(state["intercept"])
-            model.optimizer.n_iterations = int(state["steps"])
+            _restore_one(self._model(key), state)
         self.updates = int(snapshot["updates"])
+
+
+def _scaler(model: compose.Pipeline) -> preprocessing.StandardScaler:
+    return model["StandardScaler"]
+
+
+def _classifier(model: compose.Pipeline) -> linear_model.LogisticRegression:
+    return model["LogisticRegression"]
+
+
+def _snapshot_one(model: compose.Pipeline) -> dict[str, Any]:
+    scaler, classifier = _scaler(model), _classifier(model)
+    return {
+        "weights": dict(classifier._weights),
+        "intercept": classifier.intercept,
+        "steps": classifier.optimizer.n_iterations,
+        "scaler": {
+            name: [scaler.counts[name], scaler.means[name], scaler.vars[name]]
+            for name in sorted(scaler.counts)
+        },
+    }
+
+
+def _restore_one(model: compose.Pipeline, state: dict[str, Any]) -> None:
+    scaler, classifier = _scaler(model), _classifier(model)
+    for name, weight in state["weights"].items():
+        classifier._weights[name] = float(weight)
+    classifier.intercept = float(state["intercept"])
+    classifier.optimizer.n_iterations = int(state["steps"])
+    scaler.counts = Counter()
+    scaler.means = defaultdict(float)
+    scaler.vars = defaultdict(float)
+    for name, (count, mean, var) in state["scaler"].items():
+        scaler.counts[name] = int(count)
+        scaler.means[name] = float(mean)
+        scaler.vars[name] = float(var)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from app.models.checkpoint import encode, restore_into
+from app.models.checkpoint import FORMAT, encode, restore_into
 from app.models.propensity import PropensityModels
 
 
@@ -26,6 +26,18 @@ def test_round_trip_gives_the_same_predictions() -> None:
     assert target.predict_one("cashback", {"a": 1.0}) == 0.2  # an unseen kind keeps the prior
 
 
+def test_a_restored_model_goes_on_learning_exactly_as_the_original() -> None:
+    """The scaler's running statistics come back too, not only the weights."""
+    source = trained()
+    target = PropensityModels(prior=0.2, learning_rate=0.1)
+    restore_into(target, encode("p", "sha", source), program_id="p")
+    for models in (source, target):
+        for n in range(20):
+            models.learn_one("points", {"a": 5.0 + n, "b": 1.0}, n % 3 == 0)
+    x = {"a": 7.0, "b": 1.0}
+    assert target.predict_one("points", x) == pytest.approx(source.predict_one("points", x))
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -34,11 +46,13 @@ def test_round_trip_gives_the_same_predictions() -> None:
         b"not json",
         b"[1, 2]",
         orjson.dumps({"format": 99, "program": "p", "state": {}}),
-        orjson.dumps({"format": 1, "program": "other", "state": {"updates": 1, "models": {}}}),
-        orjson.dumps({"format": 1, "program": "p", "state": {"updates": 1}}),
+        # a checkpoint from before the models standardized their features
+        orjson.dumps({"format": 1, "program": "p", "state": {"updates": 1, "models": {}}}),
+        orjson.dumps({"format": FORMAT, "program": "other", "state": {"updates": 1, "models": {}}}),
+        orjson.dumps({"format": FORMAT, "program": "p", "state": {"updates": 1}}),
         orjson.dumps(
             {
-                "format": 1,
+                "format": FORMAT,
                 "program": "p",
                 "state": {"updates": 1, "models": {"k": {"weights": {"a": "x"}}}},
             }
