@@ -35,7 +35,7 @@ class Metrics:
         )
         self.rekeyed = Counter(
             f"{PREFIX}_rekeyed_events_total",
-            "Events whose Kafka key was not their user_id, re-published under the right key.",
+            "Events whose Kafka key was not their user_id (the engine re-keys them by user).",
             registry=registry,
         )
         self.decisions = Counter(
@@ -61,6 +61,19 @@ class Metrics:
             f"{PREFIX}_model_updates_total",
             "Learning steps of the propensity models (one per answered or expired offer).",
             ["program"],
+            registry=registry,
+        )
+        self.fraud_alerts = Counter(
+            f"{PREFIX}_fraud_alerts_total",
+            "Fraud alerts published, by program and strongest reason code.",
+            ["program", "reason"],
+            registry=registry,
+        )
+        self.risk_score = Histogram(
+            f"{PREFIX}_risk_score",
+            "Fraud risk of the events that could earn a reward (0-1).",
+            ["program"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
             registry=registry,
         )
         self.processing_seconds = Histogram(

@@ -1,23 +1,39 @@
-"""One Kafka message in, the records to publish out: validation, routing and the engine.
+"""One Kafka message in, the records to publish out: validation, linking, the engine.
 
-:class:`Pipeline` is what a Faust agent calls per message. It is synchronous and
-knows Kafka only as roles (``decisions``, ``dead-letter``, ...) and bytes, so the
-same code runs under the worker, in tests with a dict as the state table, and
-offline. It never raises on input: anything that cannot be decided becomes a
-dead letter with its reason.
+An event passes three stages, each keyed by what its state is partitioned by:
+
+1. :meth:`Pipeline.intake` (keyed by anything the producer chose): validates,
+   dead-letters what is invalid, and sends the event on in an envelope that
+   remembers where it was read;
+2. :meth:`Pipeline.link` (keyed by ``device:<id>``, then ``net:<network>``):
+   one hop per device and network the event names, each adding what that
+   device or network has seen (:mod:`app.fraud.links`);
+3. :meth:`Pipeline.decide` (keyed by ``user_id``): the engine, with the user's
+   state, the partition's ledger and the link facts.
+
+The worker runs each stage as an agent on its own topic (``events``, ``links``,
+``linked``); :meth:`Pipeline.handle` runs all three in-process for offline
+replay and tests. Everything is synchronous and knows Kafka only as roles and
+bytes. Nothing raises on input: what cannot be decided becomes a dead letter
+with its reason.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from app.contract.records import DeadLetter, Decision, FraudAlert, SourcePosition
+import orjson
+
+from app.contract.records import DeadLetter, Decision, Event, FraudAlert, SourcePosition
 from app.contract.validate import Rejection, parse_event
 from app.decisioning.engine import Engine
 from app.decisioning.ledger import Ledger, ledger_key
 from app.features.state import UserState
+from app.fraud import LinkFacts, LinkState, link_keys, observe_link
 from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -34,10 +50,46 @@ Table = MutableMapping[bytes, bytes | None]
 
 @dataclass(frozen=True, slots=True)
 class Tables:
-    """Where state lives: per-user state by user id, per-partition ledgers by ledger key."""
+    """Where state lives: per-user state by user id, per-partition ledgers by ledger key,
+    per-device and per-network link state by link key."""
 
     users: Table
     ledgers: Table
+    links: Table = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A valid event between stages: its bytes, where it was first read, the link facts so far."""
+
+    raw: bytes
+    source: SourcePosition
+    links: tuple[LinkFacts, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "event": self.raw.decode(),
+                "source": [self.source.topic, self.source.partition, self.source.offset],
+                "key": None
+                if self.source.key is None
+                else base64.b64encode(self.source.key).decode(),
+                "links": [fact.to_document() for fact in self.links],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, value: bytes) -> Envelope:
+        document: dict[str, Any] = orjson.loads(value)
+        topic, partition, offset = document["source"]
+        key = document.get("key")
+        return cls(
+            raw=document["event"].encode(),
+            source=SourcePosition(
+                topic, partition, offset, None if key is None else base64.b64decode(key)
+            ),
+            links=tuple(LinkFacts.from_document(fact) for fact in document["links"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,53 +118,122 @@ class Pipeline:
         self.max_event_bytes = max_event_bytes
         self.partitioner = partitioner
 
-    def handle(
-        self,
-        tables: Tables,
-        source: SourcePosition,
-        value: bytes | None,
-    ) -> list[Output]:
-        """The outputs for one message read at ``source``."""
-        try:
-            return self._handle(tables, source, value)
-        except Exception as exc:  # a bug must cost one dead letter, never the worker
-            log.exception(
-                "pipeline.failed topic=%s partition=%s offset=%s",
-                source.topic,
-                source.partition,
-                source.offset,
-            )
-            rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
-            return [self._dead_letter(source, value or b"", rejection)]
+    def handle(self, tables: Tables, source: SourcePosition, value: bytes | None) -> list[Output]:
+        """All three stages in-process: the outputs the worker would publish for one message."""
+        published: list[Output] = []
+        pending = self.intake(source, value)
+        while pending:
+            output = pending.pop(0)
+            if output.role == "links":
+                pending = self.link(tables, output.key or b"", output.value, source) + pending
+            elif output.role == "linked":
+                user_key = output.key or b""
+                partition = self.partitioner(user_key) if self.partitioner else source.partition
+                pending = self.decide(tables, partition, output.value, source) + pending
+            else:
+                published.append(output)
+        return published
 
-    def _handle(self, tables: Tables, source: SourcePosition, value: bytes | None) -> list[Output]:
-        event = parse_event(value, max_bytes=self.max_event_bytes)
-        if isinstance(event, Rejection):
-            return [self._dead_letter(source, value or b"", event)]
+    # ------------------------------------------------------------ stage 1: intake
+
+    def intake(self, source: SourcePosition, value: bytes | None) -> list[Output]:
+        """Validate; dead-letter what is invalid; send the rest to its first link hop."""
+        try:
+            event = parse_event(value, max_bytes=self.max_event_bytes)
+            if isinstance(event, Rejection):
+                return [self._dead_letter(source, value or b"", event)]
+            if source.key != event.user_id.encode():
+                self.metrics.rekeyed.inc()
+            return [self._onward(event, Envelope(value or b"", source))]
+        except Exception as exc:  # a bug must cost one dead letter, never the worker
+            return [self._internal_error(source, value, exc)]
+
+    def _onward(self, event: Event, envelope: Envelope) -> Output:
+        """The next hop: the next device or network the event names, else its user."""
+        hops = link_keys(event)
+        if len(envelope.links) < len(hops):
+            return Output("links", hops[len(envelope.links)][1], envelope.to_bytes())
+        return Output("linked", event.user_id.encode(), envelope.to_bytes())
+
+    # ------------------------------------------------------------ stage 2: link
+
+    def link(self, tables: Tables, key: bytes, value: bytes, at: SourcePosition) -> list[Output]:
+        """One hop through the state of the device or network ``key`` (read at ``at``)."""
+        try:
+            envelope = Envelope.from_bytes(value)
+        except Exception as exc:
+            return [self._internal_error(at, value, exc)]
+        try:
+            event = self._trusted(envelope)
+            kind, expected = link_keys(event)[len(envelope.links)]
+            if expected != key:  # only our own stages write here; never guess
+                raise ValueError(f"link hop for {expected!r} arrived under {key!r}")
+            state, facts = observe_link(LinkState.from_bytes(tables.links.get(key)), event, kind)
+            tables.links[key] = state.to_bytes()
+            envelope = Envelope(envelope.raw, envelope.source, (*envelope.links, facts))
+            return [self._onward(event, envelope)]
+        except Exception as exc:
+            return [self._internal_error(envelope.source, envelope.raw, exc)]
+
+    # ------------------------------------------------------------ stage 3: decide
+
+    def decide(
+        self, tables: Tables, partition: int, value: bytes, at: SourcePosition
+    ) -> list[Output]:
+        """The engine's records for one linked event of a user on ``partition`` (read at ``at``)."""
+        try:
+            envelope = Envelope.from_bytes(value)
+        except Exception as exc:
+            return [self._internal_error(at, value, exc)]
+        try:
+            return self._decide(tables, partition, envelope)
+        except Exception as exc:
+            return [self._internal_error(envelope.source, envelope.raw, exc)]
+
+    def _decide(self, tables: Tables, partition: int, envelope: Envelope) -> list[Output]:
+        event = self._trusted(envelope)
         user_key = event.user_id.encode()
-        if self.partitioner is not None:
-            partition = self.partitioner(user_key)
-        elif source.key != user_key:
-            # State is partitioned by user_id: an event under another key would be decided
-            # against the wrong state, so it goes back to the events topic under the right key.
-            self.metrics.rekeyed.inc()
-            return [Output("events", user_key, value or b"")]
-        else:
-            partition = source.partition
         key_of_ledger = ledger_key(self.engine.program.id, partition)
         user = UserState.from_bytes(tables.users.get(user_key))
         ledger = Ledger.from_bytes(tables.ledgers.get(key_of_ledger))
-        outcome = self.engine.process(user, ledger, event, partition=partition)
+        outcome = self.engine.process(
+            user, ledger, event, partition=partition, links=envelope.links
+        )
+        if outcome.user is not user:
+            tables.users[user_key] = outcome.user.to_bytes()
         if outcome.duplicate:
             self.metrics.duplicates.inc()
-            return []
-        tables.users[user_key] = outcome.user.to_bytes()
-        if outcome.ledger is not ledger:
-            tables.ledgers[key_of_ledger] = outcome.ledger.to_bytes()
-        self.metrics.events_in.labels(event.type).inc()
+        else:
+            if outcome.ledger is not ledger:
+                tables.ledgers[key_of_ledger] = outcome.ledger.to_bytes()
+            self.metrics.events_in.labels(event.type).inc()
+            if event.type in self.engine.program.triggers:
+                decision = outcome.records[0]
+                if isinstance(decision, Decision):
+                    self.metrics.risk_score.labels(self.engine.program.id).observe(decision.risk)
         if outcome.learned:
             self.metrics.model_updates.labels(self.engine.program.id).inc(outcome.learned)
         return [self._publish(record, user_key) for record in outcome.records]
+
+    def _trusted(self, envelope: Envelope) -> Event:
+        """The envelope's event: validated at intake, parsed again (it is cheap) rather than
+        trusting a second encoding of it."""
+        event = parse_event(envelope.raw, max_bytes=self.max_event_bytes)
+        if isinstance(event, Rejection):
+            raise ValueError(f"an envelope carried an invalid event: {event.reason}")
+        return event
+
+    def _internal_error(
+        self, source: SourcePosition, value: bytes | None, exc: Exception
+    ) -> Output:
+        log.exception(
+            "pipeline.failed topic=%s partition=%s offset=%s",
+            source.topic,
+            source.partition,
+            source.offset,
+        )
+        rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
+        return self._dead_letter(source, value or b"", rejection)
 
     def _publish(self, record: Decision | FraudAlert, user_key: bytes) -> Output:
         if isinstance(record, Decision):
@@ -123,6 +244,7 @@ class Pipeline:
             if record.status == "granted":
                 self.metrics.reward_cost.labels(record.program).inc(record.cost)
             return Output("decisions", user_key, record.to_json())
+        self.metrics.fraud_alerts.labels(record.program, record.reasons[0]).inc()
         return Output("fraud-alerts", user_key, record.to_json())
 
     def _dead_letter(self, source: SourcePosition, value: bytes, rejection: Rejection) -> Output:

@@ -58,3 +58,23 @@ def replay(
         for output in outputs:
             counts.records += 1
             yield output.value
+
+
+def replay_decide_log(
+    engine: Engine, records: Iterable[tuple[int, bytes]], *, max_event_bytes: int
+) -> Iterator[bytes]:
+    """The decide stage alone over its own input log: ``(partition, value)`` records of the
+    ``linked`` topic, each partition in offset order.
+
+    A live decision depends on the order in which users' events met in their
+    partition after the link stage, and on the link facts they carried; both
+    are in that log. Replaying it reproduces the worker's decisions byte for
+    byte: this is the audit path. (Replaying the events file instead is
+    deterministic too, but links events in file order.)
+    """
+    pipeline = Pipeline(engine, Metrics(CollectorRegistry()), max_event_bytes=max_event_bytes)
+    tables = Tables(users={}, ledgers={})
+    for partition, value in records:
+        position = SourcePosition("linked", partition, -1)
+        for output in pipeline.decide(tables, partition, value, position):
+            yield output.value

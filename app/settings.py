@@ -126,6 +126,10 @@ class Settings:
             "fraud-alerts": self.topic_fraud_alerts,
             "dead-letter": self.topic_dead_letter,
             "model-checkpoints": self.topic_model_checkpoints,
+            # Internal, between the worker's own stages; named after the app like
+            # Faust's changelogs, so two deployments on one cluster never share them.
+            "links": f"{self.app_id}-links",
+            "linked": f"{self.app_id}-linked",
         }
 
     def env(self) -> dict[str, str]:

@@ -2,35 +2,56 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from faust import StreamT
 
 from app.contract.records import SourcePosition
 from app.decisioning.engine import Engine
 from app.models.checkpoint import checkpoint_key, encode
-from app.pipeline import Pipeline, Tables
+from app.pipeline import Output, Pipeline, Tables
 from topologies import Topology
 
 
 def register_agents(topology: Topology, pipeline: Pipeline) -> None:
-    """Attach the ``decide`` agent: events in, decisions, alerts and dead letters out."""
+    """Attach the three stages: ``intake`` (events), ``link`` (links), ``decide`` (linked)."""
     outputs = {
-        "events": topology.events,
+        "links": topology.links,
+        "linked": topology.linked,
         "decisions": topology.decisions,
         "fraud-alerts": topology.fraud_alerts,
         "dead-letter": topology.dead_letter,
     }
-    tables = Tables(users=topology.user_state, ledgers=topology.ledger)
+    tables = Tables(users=topology.user_state, ledgers=topology.ledger, links=topology.link_state)
+
+    async def publish(produced: list[Output]) -> None:
+        for output in produced:
+            # send() only queues the record; delivery is awaited by Faust before it
+            # commits the offset, never per event on the hot path.
+            await outputs[output.role].send(key=output.key, value=output.value)
+
+    async def intake(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await publish(pipeline.intake(_position(event.message), event.message.value))
+
+    async def link(stream: StreamT[bytes]) -> None:
+        async for event in stream.events():
+            message = event.message
+            await publish(pipeline.link(tables, message.key, message.value, _position(message)))
 
     async def decide(stream: StreamT[bytes]) -> None:
         async for event in stream.events():
             message = event.message
-            source = SourcePosition(message.topic, message.partition, message.offset, message.key)
-            for output in pipeline.handle(tables, source, message.value):
-                # send() only queues the record; delivery is awaited by Faust before it
-                # commits the offset, never per event on the hot path.
-                await outputs[output.role].send(key=output.key, value=output.value)
+            position = _position(message)
+            await publish(pipeline.decide(tables, message.partition, message.value, position))
 
-    topology.app.agent(topology.events, name="decide")(decide)
+    topology.app.agent(topology.events, name="intake")(intake)
+    topology.app.agent(topology.links, name="link")(link)
+    topology.app.agent(topology.linked, name="decide")(decide)
+
+
+def _position(message: Any) -> SourcePosition:
+    return SourcePosition(message.topic, message.partition, message.offset, message.key)
 
 
 def register_checkpoints(topology: Topology, engine: Engine, *, interval_s: float) -> None:

@@ -1,15 +1,26 @@
 """The reward engine's topics and tables.
 
-    events ──▶ [decide] ──▶ decisions
-                  │  ╰────▶ fraud-alerts
-                  │  ╰────▶ dead-letter     (invalid input, with its reason)
+    events ──▶ [intake] ──▶ dead-letter          (invalid input, with its reason)
                   │
-    [checkpoint timer] ───▶ model-checkpoints (compacted; read back at start-up)
-                  ├─ user-state table       (changelog: <app_id>-user-state-changelog)
-                  ╰─ program-ledger table   (budget and stock spent, one row per partition)
+                  ▼
+     <app>-links (keyed device:<id>, then net:<network>)
+                  │ ◀──╮
+              [link] ──╯  one hop per device and network the event names
+                  │       ╰─ link-state table    (accounts, sign-ups, referrals per key)
+                  ▼
+     <app>-linked (keyed by user_id)
+                  │
+              [decide] ──▶ decisions
+                  │   ╰──▶ fraud-alerts
+                  ├─ user-state table            (changelog: <app_id>-user-state-changelog)
+                  ╰─ program-ledger table        (budget and stock spent, one row per partition)
 
-``events`` is keyed by ``user_id`` and the user-state table is partitioned the
-same way, so each worker owns the whole state of the users on its partitions.
+    [checkpoint timer] ──▶ model-checkpoints     (compacted; read back at start-up)
+
+Each stage's table is partitioned like the topic it reads, so a worker owns
+the whole state of the users, devices and networks on its partitions. Users
+on different partitions who share a device meet in that device's state: that
+is what the link stage is for (docs/decisions.md, entries 6 and 7).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from app.settings import Settings
 # Table names are part of the changelog topic names: renaming one loses its state.
 TABLE_USER_STATE = "user-state"
 TABLE_LEDGER = "program-ledger"
+TABLE_LINK_STATE = "link-state"
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,10 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "decisions": "one decision per valid event",
         "fraud-alerts": "one alert per flagged event or pattern",
         "dead-letter": "invalid inputs with their reason and original bytes",
+    }
+    described |= {
+        "links": "internal: events on their way through each device and network they name",
+        "linked": "internal: events with their link facts, keyed by user_id, to be decided",
     }
     specs = [
         TopicSpec(role, names[role], settings.partitions, settings.replication_factor, text)
@@ -74,8 +90,11 @@ class Topology:
     fraud_alerts: Any
     dead_letter: Any
     model_checkpoints: Any
+    links: Any
+    linked: Any
     user_state: Any
     ledger: Any
+    link_state: Any
 
 
 def build(settings: Settings, **faust_options: Any) -> Topology:
@@ -116,6 +135,9 @@ def build(settings: Settings, **faust_options: Any) -> Topology:
         model_checkpoints=app.topic(
             names["model-checkpoints"], key_type=bytes, value_type=bytes, partitions=1
         ),
+        links=topic("links"),
+        linked=topic("linked"),
         user_state=table(TABLE_USER_STATE),
         ledger=table(TABLE_LEDGER),
+        link_state=table(TABLE_LINK_STATE),
     )

@@ -23,9 +23,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from app.contract.records import OUTCOME_TYPES, Decision, Event, FraudAlert, decision_id_for
+from app.contract.records import (
+    OUTCOME_TYPES,
+    Decision,
+    DecisionStatus,
+    Event,
+    FraudAlert,
+    alert_id_for,
+    decision_id_for,
+)
 from app.decisioning import checks
-from app.decisioning.explain import explain
+from app.decisioning.explain import explain, fraud_codes, fraud_words
 from app.decisioning.ledger import Ledger, Share
 from app.features.derive import as_vector, from_vector, model_features, rule_env
 from app.features.state import (
@@ -34,10 +42,16 @@ from app.features.state import (
     PendingOffer,
     UserState,
     close_offer,
+    content_digest,
+    decision_ref,
     observe,
     prune,
     record_grant,
 )
+from app.fraud import NO_RISK, Assessment, Hold, LinkFacts, RiskModels, assess, label
+from app.fraud.assess import LEVEL_HALF_LIFE_MS
+from app.fraud.scoring import decayed, noisy_or
+from app.fraud.signals import replay_signal
 from app.models import PropensityModels, explore_draw
 from app.programs import Program, Reward, resolve_amount
 
@@ -87,6 +101,14 @@ class Choice:
     skipped: tuple[Skipped, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What risk made of a choice: the status, and any fraud reason codes beyond the signals."""
+
+    status: DecisionStatus
+    codes: tuple[str, ...] = ()
+
+
 class Engine:
     """Decides, explains and learns for one reward program.
 
@@ -100,12 +122,18 @@ class Engine:
     True
     """
 
-    def __init__(self, program: Program, *, seed: int = 7, partitions: int = 1) -> None:
+    def __init__(
+        self, program: Program, *, seed: int = 7, partitions: int = 1, defend: bool = True
+    ) -> None:
+        """``defend=False`` turns the fraud layer off (no risk, no holds, no alerts): only
+        the fraud benchmark's undefended baseline wants that."""
         self.program = program
+        self.defend = defend
         self.seed = seed
         self.partitions = partitions
         learning = program.learning
         self.models = PropensityModels(prior=learning.prior, learning_rate=learning.learning_rate)
+        self.risk_models = RiskModels(seed=seed)
         self.bucket_ms = _bucket_ms(program)
         self.keep_ledger_ms = max(
             (p.window.seconds * 1000 for p in program.budgets.periods), default=0
@@ -122,10 +150,18 @@ class Engine:
     # ------------------------------------------------------------ one event
 
     def process(
-        self, user: UserState, ledger: Ledger, event: Event, *, partition: int = 0
+        self,
+        user: UserState,
+        ledger: Ledger,
+        event: Event,
+        *,
+        partition: int = 0,
+        links: tuple[LinkFacts, ...] = (),
     ) -> Outcome:
+        """Decide ``event`` for ``user``; ``links`` is what the link stage found about it."""
         if user.has_seen(event.event_id):
-            return Outcome(user, ledger, (), duplicate=True)
+            return self._repeat(user, ledger, event)
+        share = Share(partition, self.partitions)
         user = observe(user, event, profile_fields=self.program.profile_fields)
         user = prune(
             user,
@@ -134,33 +170,265 @@ class Engine:
             keep_dismissals_ms=self.keep_dismissals_ms,
         )
         user, learned = self._expire_offers(user, event.ts)
+        user, notes = self._expire_hold(user, event.ts)
+        user, assessment = self._assess(user, event, links)
+        if event.type == "fraud_label":
+            user, ledger, decision = self._label(user, ledger, event, share, assessment, notes)
+            return Outcome(
+                user, ledger, (decision, *self._alerts(event, assessment)), learned=learned
+            )
         if event.type in OUTCOME_TYPES:
             user, learned_now, choice = self._outcome(user, event)
             learned += learned_now
         elif event.type in self.program.triggers:
-            choice = self._arbitrate(user, ledger, event, Share(partition, self.partitions))
+            choice = self._arbitrate(user, ledger, event, share, risk=assessment.score)
         else:
             choice = Choice(None, 1.0, "not_a_trigger")
+        verdict = self._verdict(choice, assessment, user)
         budget_codes: tuple[str, ...] = ()
-        if choice.chosen is not None:
+        if choice.chosen is not None and verdict.status == "granted":
             budget_codes = checks.budget_left(
                 self.program,
                 user,
                 ledger,
-                Share(partition, self.partitions),
+                share,
                 choice.chosen.reward,
                 cost=choice.chosen.cost,
                 ts=event.ts,
                 bucket_ms=self.bucket_ms,
             )
-        decision = self._decision(event, choice, budget_codes)
-        if choice.chosen is not None:
+        decision = self._decision(event, choice, budget_codes, assessment, verdict, notes=notes)
+        if choice.chosen is not None and verdict.status == "granted":
             user, ledger = self._grant(user, ledger, event, decision, choice.chosen)
-        return Outcome(user, ledger, (decision,), learned=learned)
+        elif choice.chosen is not None and verdict.status == "held":
+            user = self._hold(user, event, decision, choice.chosen)
+        records: tuple[Decision | FraudAlert, ...] = (decision, *self._alerts(event, assessment))
+        return Outcome(user, ledger, records, learned=learned)
+
+    # ------------------------------------------------------------ risk
+
+    def _assess(
+        self, user: UserState, event: Event, links: tuple[LinkFacts, ...]
+    ) -> tuple[UserState, Assessment]:
+        if not self.defend:
+            return user, NO_RISK
+        granted_ts: int | None = None
+        granted = True
+        if event.type in OUTCOME_TYPES and event.decision_id is not None:
+            offer = next((p for p in user.pending if p.decision_id == event.decision_id), None)
+            grant = user.granted(event.decision_id)
+            granted = offer is not None or grant is not None
+            granted_ts = offer.ts if offer is not None else (grant.ts if grant else None)
+        risk, assessment = assess(
+            user.risk,
+            event,
+            links=links,
+            models=self.risk_models,
+            granted=granted,
+            granted_ts=granted_ts,
+            alert_at=self.program.fraud.alert,
+        )
+        return replace(user, risk=risk), assessment
+
+    def _verdict(self, choice: Choice, assessment: Assessment, user: UserState) -> Verdict:
+        """Granted, held or blocked: what the risk allows for the chosen reward."""
+        if choice.chosen is None:
+            return Verdict("none")
+        fraud = self.program.fraud
+        if assessment.score >= fraud.block:
+            return Verdict("blocked", ("fraud.blocked",))
+        if assessment.score >= fraud.hold:
+            if user.risk.hold is not None:
+                return Verdict("blocked", ("fraud.hold_open",))
+            return Verdict("held", ("fraud.held",))
+        return Verdict("granted")
+
+    def _alerts(self, event: Event, assessment: Assessment) -> tuple[FraudAlert, ...]:
+        """One alert for an event whose own signals reach the program's alert threshold."""
+        found = [*assessment.signals, *([assessment.anomaly] if assessment.anomaly else [])]
+        if assessment.alert_score < self.program.fraud.alert or not found:
+            return ()
+        signals = sorted(found, key=lambda s: (-s.weight, s.code))
+        evidence: dict[str, str] = {}
+        for signal in signals:
+            evidence.setdefault(signal.code, signal.evidence)
+        return (
+            FraudAlert(
+                alert_id=alert_id_for(
+                    self.program.id, event.user_id, event.event_id, signals[0].code
+                ),
+                event_id=event.event_id,
+                user_id=event.user_id,
+                ts=event.ts,
+                score=round(noisy_or((assessment.score, assessment.alert_score)), 4),
+                reasons=tuple(evidence),
+                evidence=evidence,
+                related_users=tuple(u for u in assessment.related if u != event.user_id),
+                program=self.program.id,
+            ),
+        )
+
+    def _repeat(self, user: UserState, ledger: Ledger, event: Event) -> Outcome:
+        """An event id seen before: never a second decision, always an alert.
+
+        The same bytes again are harmless (no second decision) and may be a producer's
+        retry, so they leave the user's risk alone; the same id with other content is
+        a replay made to earn twice, and the user's risk carries it.
+        """
+        if not self.defend:
+            return Outcome(user, ledger, (), duplicate=True)
+        altered = user.digest_of(event.event_id) != content_digest(event)
+        signal = replay_signal(altered=altered)
+        risk = user.risk
+        carried = (
+            0.0
+            if risk.level_ts is None
+            else decayed(risk.level, event.ts - risk.level_ts, LEVEL_HALF_LIFE_MS)
+        )
+        assessment = Assessment(
+            round(noisy_or((signal.weight, carried)), 4), signal.weight, (signal,)
+        )
+        if altered:
+            risk = replace(
+                risk,
+                level=max(carried, signal.weight),
+                level_ts=max(event.ts, risk.level_ts or event.ts),
+                vector={signal.code: signal.weight},
+            )
+            user = replace(user, risk=risk)
+        return Outcome(user, ledger, self._alerts(event, assessment), duplicate=True)
+
+    def _expire_hold(self, user: UserState, ts: int) -> tuple[UserState, tuple[str, ...]]:
+        hold = user.risk.hold
+        if hold is None or ts < hold.ts + self.program.fraud.hold_for.seconds * 1000:
+            return user, ()
+        return replace(user, risk=replace(user.risk, hold=None)), (
+            f"hold.expired:{hold.decision_id}",
+        )
+
+    def _hold(
+        self, user: UserState, event: Event, decision: Decision, chosen: Candidate
+    ) -> UserState:
+        hold = Hold(
+            decision_id=decision.decision_id,
+            reward_id=chosen.reward.id,
+            kind=chosen.reward.kind,
+            channel=chosen.channel,
+            value=chosen.value,
+            cost=chosen.cost,
+            ts=event.ts,
+            features=as_vector(chosen.features),
+            learn=self._consents(user)[0],
+        )
+        return replace(user, risk=replace(user.risk, hold=hold))
+
+    def _label(
+        self,
+        user: UserState,
+        ledger: Ledger,
+        event: Event,
+        share: Share,
+        assessment: Assessment,
+        notes: tuple[str, ...],
+    ) -> tuple[UserState, Ledger, Decision]:
+        """An analyst's verdict: release or cancel the user's held reward, and learn."""
+        verdict = event.attributes.get("label")
+        risk = label(
+            user.risk,
+            event,
+            models=self.risk_models,
+            cleared_for_ms=self.program.fraud.cleared_for.seconds * 1000,
+        )
+        hold = user.risk.hold
+        user = replace(user, risk=replace(risk, hold=None))
+        decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
+        codes = (f"fraud.label:{verdict}", *notes)
+        if hold is None or verdict not in ("confirmed", "cleared"):
+            sentence = f"Recorded the analyst's label ({verdict}); no reward was on hold."
+            return user, ledger, self._plain(event, decision_id, "none", codes, sentence)
+        if verdict == "confirmed":
+            sentence = f"Cancelled {hold.reward_id} held by {hold.decision_id}: fraud confirmed."
+            codes = (*codes, f"hold.cancelled:{hold.decision_id}")
+            return (
+                user,
+                ledger,
+                self._plain(event, decision_id, "blocked", codes, sentence, action=hold.reward_id),
+            )
+        room = checks.budget(
+            self.program, user, ledger, share, cost=hold.cost, ts=event.ts, bucket_ms=self.bucket_ms
+        )
+        stock = checks.stock(self.program.reward(hold.reward_id), ledger, share)
+        if not (room.passed and stock.passed):
+            failed = room if not room.passed else stock
+            sentence = f"Could not release {hold.reward_id} after review: {failed.words}."
+            codes = (*codes, f"hold.not_released:{hold.decision_id}", failed.code)
+            return (
+                user,
+                ledger,
+                self._plain(event, decision_id, "blocked", codes, sentence, action=hold.reward_id),
+            )
+        decision = replace(
+            self._plain(
+                event,
+                decision_id,
+                "granted",
+                (*codes, f"hold.released:{hold.decision_id}"),
+                f"Released {hold.reward_id} held by {hold.decision_id}: cleared after review.",
+                action=hold.reward_id,
+            ),
+            channel=hold.channel,
+            value=round(hold.value, 4),
+            cost=round(hold.cost, 4),
+        )
+        reward = self.program.reward(hold.reward_id)
+        offer = PendingOffer(
+            decision_id, reward.id, reward.kind, event.ts, hold.features, hold.learn
+        )
+        user = record_grant(
+            user, Grant(event.ts, hold.channel, hold.cost, decision_ref(decision_id)), offer
+        )
+        ledger = ledger.charge(
+            ts=event.ts,
+            cost=hold.cost,
+            reward_id=reward.id,
+            bucket_ms=self.bucket_ms,
+            keep_ms=self.keep_ledger_ms,
+        )
+        return user, ledger, decision
+
+    def _plain(
+        self,
+        event: Event,
+        decision_id: str,
+        status: DecisionStatus,
+        codes: tuple[str, ...],
+        sentence: str,
+        *,
+        action: str | None = None,
+    ) -> Decision:
+        return Decision(
+            decision_id=decision_id,
+            event_id=event.event_id,
+            user_id=event.user_id,
+            ts=event.ts,
+            action=action,
+            channel=None,
+            value=0.0,
+            cost=0.0,
+            propensity=1.0,
+            risk=0.0,
+            status=status,
+            reasons=codes,
+            explanation=sentence,
+            model_version=self.model_version,
+            program=self.program.id,
+        )
 
     # ------------------------------------------------------------ arbitration
 
-    def _arbitrate(self, user: UserState, ledger: Ledger, event: Event, share: Share) -> Choice:
+    def _arbitrate(
+        self, user: UserState, ledger: Ledger, event: Event, share: Share, *, risk: float = 0.0
+    ) -> Choice:
         personalized = self._consents(user)[0]
         rewards = [r for r in self.program.rewards if event.type in r.triggers]
         if not personalized:
@@ -170,7 +438,7 @@ class Engine:
         survivors: list[Candidate] = []
         skipped: list[Skipped] = []
         for reward in rewards:
-            result = self._gate(reward, user, ledger, event, env, share)
+            result = self._gate(reward, user, ledger, event, env, share, risk)
             (survivors if isinstance(result, Candidate) else skipped).append(result)  # type: ignore[arg-type]
         if not personalized:
             chosen = survivors[0] if survivors else None
@@ -187,6 +455,7 @@ class Engine:
         event: Event,
         env: dict[str, Any],
         share: Share,
+        risk: float = 0.0,
     ) -> Candidate | Skipped:
         verdict, rule_codes = checks.eligibility(reward, env)
         if not verdict.passed:
@@ -218,7 +487,9 @@ class Engine:
         features = model_features(user, event, kind=reward.kind, channel=channel)
         propensity = self._propensity(reward, features, user)
         lever = self.program.lever_for(reward)
-        priority = propensity * value * lever
+        # Expected value to the program: a risky user's reward may be paying a fraudster,
+        # with probability ``risk``, so its cost counts against it.
+        priority = propensity * value * lever - risk * cost
         return Candidate(
             reward, channel, value, cost, propensity, lever, priority, features, rule_codes
         )
@@ -314,7 +585,8 @@ class Engine:
             features=as_vector(chosen.features),
             learn=self._consents(user)[0],
         )
-        user = record_grant(user, Grant(event.ts, chosen.channel, chosen.cost), offer)
+        grant = Grant(event.ts, chosen.channel, chosen.cost, decision_ref(decision.decision_id))
+        user = record_grant(user, grant, offer)
         ledger = ledger.charge(
             ts=event.ts,
             cost=chosen.cost,
@@ -324,21 +596,38 @@ class Engine:
         )
         return user, ledger
 
-    def _decision(self, event: Event, choice: Choice, budget_codes: tuple[str, ...]) -> Decision:
+    def _decision(
+        self,
+        event: Event,
+        choice: Choice,
+        budget_codes: tuple[str, ...],
+        assessment: Assessment = NO_RISK,
+        verdict: Verdict = Verdict("none"),
+        *,
+        notes: tuple[str, ...] = (),
+    ) -> Decision:
         chosen = choice.chosen
         reasons, sentence = explain(self, event, choice, budget_codes)
+        status = verdict.status
+        paid = chosen is not None and status in ("granted", "held")
+        if assessment.signals or verdict.codes:
+            reasons = (*reasons, *verdict.codes, *fraud_codes(assessment))
+        if status in ("held", "blocked") and chosen is not None:
+            sentence = fraud_words(status, chosen.reward.id, assessment)
+        if notes:
+            reasons = (*reasons, *notes)
         return Decision(
             decision_id=decision_id_for(self.program.id, event.user_id, event.event_id),
             event_id=event.event_id,
             user_id=event.user_id,
             ts=event.ts,
             action=chosen.reward.id if chosen else None,
-            channel=chosen.channel if chosen else None,
-            value=round(chosen.value, 4) if chosen else 0.0,
-            cost=round(chosen.cost, 4) if chosen else 0.0,
+            channel=chosen.channel if paid and chosen else None,
+            value=round(chosen.value, 4) if paid and chosen else 0.0,
+            cost=round(chosen.cost, 4) if paid and chosen else 0.0,
             propensity=round(choice.probability, 6),
-            risk=0.0,
-            status="granted" if chosen else "none",
+            risk=round(assessment.score, 4),
+            status=status,
             reasons=reasons,
             explanation=sentence,
             model_version=self.model_version,

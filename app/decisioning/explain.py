@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from app.contract.records import Event
+from app.fraud import Assessment
 
 if TYPE_CHECKING:
     from app.decisioning.engine import Candidate, Choice, Engine
@@ -101,3 +102,21 @@ def _no_reward_sentence(engine: Engine, choice: Choice) -> str:
     if not choice.skipped:
         return "No reward: no reward of the program applies to this event."
     return f"No reward: nothing is eligible: {_skipped_words(choice)}."
+
+
+def fraud_codes(assessment: Assessment) -> tuple[str, ...]:
+    """The risk and each signal behind it, strongest first."""
+    signals = sorted(assessment.signals, key=lambda s: (-s.weight, s.code))
+    codes = dict.fromkeys(f"fraud.{s.code}" for s in signals)
+    return (f"fraud.risk:{assessment.score:.2f}", *codes)
+
+
+def fraud_words(status: str, reward_id: str, assessment: Assessment) -> str:
+    """Why a reward was held or blocked, in words an analyst and a support agent can use."""
+    action = "Held for review" if status == "held" else "Blocked"
+    signals = sorted(assessment.signals, key=lambda s: (-s.weight, s.code))
+    if signals:
+        why = "; ".join(dict.fromkeys(s.evidence for s in signals[:3]))
+    else:
+        why = "this user was flagged earlier"
+    return f"{action}: {reward_id}, at fraud risk {assessment.score:.2f}: {why}."

@@ -9,12 +9,14 @@ what the policies can still need, which keeps a user's state small and bounded.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from app.contract.records import Event
+from app.fraud.assess import RiskState
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -42,6 +44,11 @@ class Grant:
     ts: int
     channel: str | None
     cost: float
+    ref: str = ""  # the start of its decision id: an answer to it is not a forgery
+
+
+def decision_ref(decision_id: str) -> str:
+    return decision_id[2:18]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +89,25 @@ class UserState:
     suppressed_until: int | None = None
     pending: tuple[PendingOffer, ...] = ()
     recent_event_ids: tuple[str, ...] = ()
+    recent_event_digests: tuple[int, ...] = ()  # a checksum of each one's content
+    risk: RiskState = RiskState()
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.recent_event_ids
+
+    def digest_of(self, event_id: str) -> int | None:
+        """The content checksum recorded with ``event_id``, if it was seen."""
+        for seen, digest in zip(
+            reversed(self.recent_event_ids), reversed(self.recent_event_digests), strict=False
+        ):
+            if seen == event_id:
+                return digest
+        return None
+
+    def granted(self, decision_id: str) -> Grant | None:
+        """The grant behind ``decision_id``, if this user was granted it recently."""
+        ref = decision_ref(decision_id)
+        return next((g for g in self.grants if g.ref == ref), None)
 
     @property
     def preferred_channel(self) -> str | None:
@@ -120,7 +143,14 @@ class UserState:
             PendingOffer(**{**p, "features": tuple(p["features"])}) for p in document["pending"]
         )
         document["recent_event_ids"] = tuple(document["recent_event_ids"])
+        document["recent_event_digests"] = tuple(document.get("recent_event_digests", ()))
+        document["risk"] = RiskState.from_document(document.get("risk"))
         return cls(**document)
+
+
+def content_digest(event: Event) -> int:
+    """A checksum of everything the event says: tells a replay from a retried delivery."""
+    return zlib.crc32(orjson.dumps(event))
 
 
 _NO_RESPONSE = KindResponse()
@@ -144,6 +174,9 @@ def observe(state: UserState, event: Event, *, profile_fields: tuple[str, ...]) 
         channel_counts=channel_counts,
         profile=_profile(state.profile, event, profile_fields),
         recent_event_ids=(*state.recent_event_ids, event.event_id)[-RECENT_EVENT_IDS:],
+        recent_event_digests=(*state.recent_event_digests, content_digest(event))[
+            -RECENT_EVENT_IDS:
+        ],
         personalization=_consent(event, "personalization", state.personalization),
         marketing=_consent(event, "marketing", state.marketing),
     )

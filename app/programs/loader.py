@@ -33,6 +33,7 @@ from app.programs.model import (
     ChannelLimit,
     Consent,
     ContactPolicy,
+    Fraud,
     FrozenMap,
     Learning,
     Opened,
@@ -350,6 +351,7 @@ _PROGRAM_OPTIONAL = (
     "marketing_channels",
     "non_personalized_default",
     "learning",
+    "fraud",
 )
 
 
@@ -386,6 +388,7 @@ def _program(where: _Where, document: object, sha256: str) -> Program:
         ),
         profile_fields=profile_fields,
         learning=_learning(where.key("learning"), fields.get("learning", {})),
+        fraud=_fraud(where.key("fraud"), fields.get("fraud", {})),
         source_sha256=sha256,
     )
 
@@ -733,6 +736,36 @@ def _learning(where: _Where, value: object) -> Learning:
             f"must not exceed epsilon ({learning.epsilon:g}), got {learning.min_epsilon:g}"
         )
     return learning
+
+
+_FRAUD_KEYS = ("alert", "hold", "block", "hold_for", "cleared_for")
+
+
+def _fraud(where: _Where, value: object) -> Fraud:
+    fields = _fields(where, value, optional=_FRAUD_KEYS)
+    defaults = Fraud()
+
+    def threshold(name: str) -> float:
+        value = _number(where.key(name), fields.get(name, getattr(defaults, name)), above=0.0)
+        if value > 1:
+            where.key(name).fail(f"is a risk score between 0 and 1, got {value:g}")
+        return value
+
+    fraud = Fraud(
+        alert=threshold("alert"),
+        hold=threshold("hold"),
+        block=threshold("block"),
+        hold_for=_window(where.key("hold_for"), fields.get("hold_for", defaults.hold_for.text)),
+        cleared_for=_window(
+            where.key("cleared_for"), fields.get("cleared_for", defaults.cleared_for.text)
+        ),
+    )
+    if fraud.hold > fraud.block:
+        where.key("hold").fail(
+            f"must not exceed block ({fraud.block:g}), got {fraud.hold:g}: "
+            "a risk between them would be both held and blocked"
+        )
+    return fraud
 
 
 def _opened(where: _Where, value: object) -> Opened:

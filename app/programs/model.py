@@ -236,6 +236,25 @@ class Learning:
 
 
 @dataclass(frozen=True, slots=True)
+class Fraud:
+    """How fraud risk (0-1, see :mod:`app.fraud`) changes what the engine does.
+
+    ``alert``: publish a fraud alert for an event whose own signals score this much.
+    ``hold``: a reward chosen for a user this risky is held for review, not granted.
+    ``block``: at or above this, the reward is refused.
+    ``hold_for``: a hold no analyst labelled within this time is cancelled.
+    ``cleared_for``: after a ``cleared`` label, how long the user's shared-device
+    and shared-network signals are ignored (a household, an office).
+    """
+
+    alert: float = 0.5
+    hold: float = 0.6
+    block: float = 0.85
+    hold_for: Window = Window(7 * 86_400, "7d")
+    cleared_for: Window = Window(30 * 86_400, "30d")
+
+
+@dataclass(frozen=True, slots=True)
 class Consent:
     """What a user who never sent a consent event is taken to have agreed to."""
 
@@ -260,6 +279,7 @@ class Program:
     non_personalized_default: str | None = None
     profile_fields: tuple[str, ...] = ()
     learning: Learning = Learning()
+    fraud: Fraud = Fraud()
     source_sha256: str = ""
 
     def reward(self, reward_id: str) -> Reward:

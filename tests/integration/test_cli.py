@@ -54,7 +54,7 @@ def test_topics_produce_and_tail_round_trip(
 ) -> None:
     created = cli(kafka_settings, "topics", "create")
     assert created.returncode == 0, created.stderr.decode()
-    assert created.stdout.count(b"exists") == 5  # the worker created them at start
+    assert created.stdout.count(b"exists") == 7  # the worker created them at start
 
     simulated = cli(kafka_settings, "simulate", "--events", "40", "--users", "10", "--out", "-")
     lines = simulated.stdout.splitlines()

@@ -138,9 +138,13 @@ async def test_unkeyed_and_repeated_events_still_yield_exactly_one_decision_each
     finally:
         await producer.stop()
 
-    received = await outputs(kafka_settings, expected=1)
-    assert [r.document()["event_id"] for r in received] == ["e-once"]
-    assert received[0].key == b"u-key"
+    received = await outputs(kafka_settings, expected=3)
+    decisions = [r for r in received if r.topic == kafka_settings.topic_decisions]
+    alerts = [r.document() for r in received if r.topic == kafka_settings.topic_fraud_alerts]
+    assert [r.document()["event_id"] for r in decisions] == ["e-once"]
+    assert decisions[0].key == b"u-key"
+    # Each repeat is reported (same bytes: a retry or a replay, an analyst decides).
+    assert [(a["event_id"], a["reasons"]) for a in alerts] == [("e-once", ["event.replayed"])] * 2
     metrics = worker.get("/metrics")[1].decode()
     assert "rewardstream_rekeyed_events_total 1.0" in metrics
     assert "rewardstream_duplicate_events_total 2.0" in metrics

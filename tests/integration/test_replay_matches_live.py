@@ -1,8 +1,10 @@
-"""Offline replay and the live worker are the same engine: same events, same decisions.
+"""Offline replay and the live worker are the same engine: same input log, same decisions.
 
-Without outcome events nothing is learned, so the order in which partitions are
-interleaved cannot matter, and every decision (ids, rewards, budgets spent per
-partition, propensities, reasons, sentences) must be byte-for-byte identical.
+The decide stage's input is the ``linked`` topic: events after the link stage, in
+the order they met in each user partition, with their link facts. Replaying that
+log offline must give every live decision (ids, rewards, budgets left per
+partition, propensities, reasons, sentences) byte for byte. Without outcome
+events nothing is learned, so how partitions interleave cannot matter.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 
 from app.assembly import build_engine
 from app.kafkaio import produce, read
-from app.replay import replay
+from app.replay import replay_decide_log
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.workerproc import WorkerProcess
@@ -42,16 +44,23 @@ async def test_replay_reproduces_the_live_decisions(
             if len(live) == len(lines):
                 break
 
+    linked = kafka_settings.topic_names()["linked"]
+    log: list[tuple[int, bytes]] = []
+    async for record in read(kafka_settings.bootstrap_servers, [linked], idle_timeout_s=3.0):
+        log.append((record.partition, record.value))
     offline = {
         orjson.loads(value)["decision_id"]: value
-        for value in replay(
-            build_engine(kafka_settings),
-            lines,
-            source_name="test",
-            max_event_bytes=kafka_settings.max_event_bytes,
+        for value in replay_decide_log(
+            build_engine(kafka_settings), log, max_event_bytes=kafka_settings.max_event_bytes
         )
+        if b'"kind":"decision"' in value
     }
     assert len(live) == len(lines)
-    assert live == offline
+    differing = sorted(k for k in live if live[k] != offline.get(k))
+    first = differing[0] if differing else None
+    assert not differing, (
+        f"{len(differing)} decisions differ; first, live then offline:\n"
+        f"{live.get(first or '')!r}\n{offline.get(first or '')!r}"
+    )
     granted = [orjson.loads(v) for v in live.values() if b'"status":"granted"' in v]
     assert granted, "the comparison must include rewards, not only refusals"

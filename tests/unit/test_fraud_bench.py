@@ -17,7 +17,9 @@ def test_undefended_engine_pays_the_farms_their_sign_up_rewards() -> None:
         normal_events=3_000,
     )
     events = generate(config)
-    takes = attack_take(Engine(load_builtin("retail-loyalty"), seed=7, partitions=4), events)
+    takes = attack_take(
+        Engine(load_builtin("retail-loyalty"), seed=7, partitions=4, defend=False), events
+    )
 
     farms = takes["account_farm"]
     assert farms.accounts == len(attacker_accounts(events)["account_farm"])

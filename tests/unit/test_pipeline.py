@@ -16,7 +16,7 @@ from app.decisioning import Engine
 from app.decisioning.ledger import Ledger, ledger_key
 from app.features import UserState
 from app.metrics import Metrics
-from app.pipeline import MAX_DEAD_LETTER_PAYLOAD, Pipeline, Tables
+from app.pipeline import MAX_DEAD_LETTER_PAYLOAD, Envelope, Pipeline, Tables
 from app.programs import load_builtin
 
 PROGRAM = load_builtin("retail-loyalty")
@@ -91,14 +91,60 @@ def test_huge_payload_is_truncated_in_the_dead_letter_but_hashed_whole(
     assert record["payload_sha256"] == hashlib.sha256(raw).hexdigest()
 
 
-def test_event_under_the_wrong_key_is_republished_under_its_user_id(
+def test_event_under_the_wrong_key_goes_on_under_its_user_id(
     pipeline: Pipeline, registry: CollectorRegistry
 ) -> None:
-    state = tables()
-    [output] = pipeline.handle(state, at(3, key=None), VALID)
-    assert (output.role, output.key, output.value) == ("events", b"u-1", VALID)
-    assert state.users == {}
+    [output] = pipeline.intake(at(3, key=None), VALID)
+    assert (output.role, output.key) == ("linked", b"u-1")
+    envelope = Envelope.from_bytes(output.value)
+    assert (envelope.raw, envelope.source, envelope.links) == (VALID, at(3, key=None), ())
     assert registry.get_sample_value("rewardstream_rekeyed_events_total") == 1
+    state = tables()
+    [decision] = pipeline.decide(state, 1, output.value, SourcePosition("linked", 1, 0))
+    assert (decision.role, decision.key) == ("decisions", b"u-1")
+    assert b"u-1" in state.users
+
+
+def test_an_event_passes_its_device_then_its_network_then_its_user(pipeline: Pipeline) -> None:
+    raw = orjson.dumps(
+        {
+            "event_id": "e-5",
+            "user_id": "u-1",
+            "type": "signup",
+            "ts": 1772366400000,
+            "device_id": "dev-1",
+            "ip": "192.0.2.77",
+        }
+    )
+    state = tables()
+    [hop] = pipeline.intake(at(7), raw)
+    assert (hop.role, hop.key) == ("links", b"device:dev-1")
+    [hop] = pipeline.link(state, hop.key or b"", hop.value, SourcePosition("links", 0, 0))
+    assert (hop.role, hop.key) == ("links", b"net:192.0.2.0/24")
+    [hop] = pipeline.link(state, hop.key or b"", hop.value, SourcePosition("links", 3, 0))
+    assert (hop.role, hop.key) == ("linked", b"u-1")
+    envelope = Envelope.from_bytes(hop.value)
+    assert [f.kind for f in envelope.links] == ["device", "net"]
+    assert envelope.source == at(7)  # a dead letter downstream still points at the original
+    assert set(state.links) == {b"device:dev-1", b"net:192.0.2.0/24"}
+
+
+def test_a_link_hop_under_the_wrong_key_is_a_dead_letter_not_a_guess(pipeline: Pipeline) -> None:
+    raw = orjson.dumps(
+        {
+            "event_id": "e-6",
+            "user_id": "u-1",
+            "type": "signup",
+            "ts": 1772366400000,
+            "device_id": "d",
+        }
+    )
+    [hop] = pipeline.intake(at(8), raw)
+    assert hop.role == "links"
+    [output] = pipeline.link(tables(), b"device:other", hop.value, SourcePosition("links", 0, 9))
+    record = orjson.loads(output.value)
+    assert (output.role, record["reason"]) == ("dead-letter", "internal_error")
+    assert record["source"]["offset"] == 8  # the original event's position
 
 
 def test_repeat_of_an_event_is_counted_not_decided(
@@ -106,7 +152,8 @@ def test_repeat_of_an_event_is_counted_not_decided(
 ) -> None:
     state = tables()
     assert len(pipeline.handle(state, at(0), VALID)) == 1
-    assert pipeline.handle(state, at(1), VALID) == []
+    # No second decision; the repeat is reported to the fraud-alerts topic.
+    assert [o.role for o in pipeline.handle(state, at(1), VALID)] == ["fraud-alerts"]
     assert registry.get_sample_value("rewardstream_duplicate_events_total") == 1
 
 

@@ -14,7 +14,10 @@ from app.contract.schemas import load_schema
 from app.replay import kafka_partitioner
 from app.simulation import EventSimulator, SimulatorConfig
 
-checks = {name: fastjsonschema.compile(load_schema(name)) for name in ("decision", "dead_letter")}
+checks = {
+    name: fastjsonschema.compile(load_schema(name))
+    for name in ("decision", "dead_letter", "fraud_alert")
+}
 
 
 def replay(events: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[bytes]:

@@ -19,6 +19,8 @@ def test_defaults_need_no_environment() -> None:
         "fraud-alerts": "fraud-alerts",
         "dead-letter": "dead-letter",
         "model-checkpoints": "model-checkpoints",
+        "links": "rewardstream-links",
+        "linked": "rewardstream-linked",
     }
     assert settings.data_dir == Path("/home/someone/.local/state/rewardstream")
     assert settings.cache_dir == Path("/home/someone/.cache/rewardstream")

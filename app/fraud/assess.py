@@ -1,0 +1,170 @@
+"""A user's risk state, and the assessment of one event against it.
+
+:func:`assess` is the one entry point the engine calls: it updates the user's
+activity, gathers every signal (the user's own, the link stage's, the anomaly
+detector's, the labelled model's), scores them, and carries the risk to the
+user's next events, decaying, so that an account flagged at sign-up stays
+suspect when it comes back to redeem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from app.contract.records import Event
+from app.fraud.links import LinkFacts
+from app.fraud.scoring import RiskModels, anomaly_features, decayed, noisy_or, signal_vector
+from app.fraud.signals import (
+    Activity,
+    Signal,
+    activity_signals,
+    link_signals,
+    observe_activity,
+    redemption_signals,
+    referral_signals,
+)
+
+# How fast a user's carried risk fades without new signals.
+LEVEL_HALF_LIFE_MS = 3 * 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A reward chosen for a risky user and held for review."""
+
+    decision_id: str
+    reward_id: str
+    kind: str
+    channel: str | None
+    value: float
+    cost: float
+    ts: int
+    features: tuple[float, ...]
+    learn: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RiskState:
+    """What the engine keeps about one user's risk."""
+
+    activity: Activity = Activity()
+    level: float = 0.0  # the risk carried to the next event, before decay
+    level_ts: int | None = None
+    vector: dict[str, float] = field(default_factory=dict)  # signals of the last flagged event
+    label: str | None = None  # the last analyst label: confirmed or cleared
+    cleared_until: int | None = None
+    hold: Hold | None = None
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any] | None) -> RiskState:
+        if not document:
+            return cls()
+        activity = document["activity"]
+        hold = document.get("hold")
+        return cls(
+            activity=Activity(
+                ts=activity["ts"],
+                rates=tuple(activity["rates"]),
+                amount_n=activity["amount_n"],
+                amount_mean=activity["amount_mean"],
+                amount_m2=activity["amount_m2"],
+            ),
+            level=document["level"],
+            level_ts=document["level_ts"],
+            vector=document["vector"],
+            label=document["label"],
+            cleared_until=document["cleared_until"],
+            hold=None if hold is None else Hold(**{**hold, "features": tuple(hold["features"])}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The risk of one event: ``score`` decides, ``event_score`` (its own signals) alerts.
+
+    ``anomaly`` is the unsupervised detector's signal. It raises an alert's score and
+    shows in its evidence, but never a decision's risk: what it learns depends on the
+    order in which one worker happened to see all traffic, and a reward must not
+    depend on that (offline replay reproduces every decision byte for byte).
+    """
+
+    score: float
+    event_score: float
+    signals: tuple[Signal, ...]
+    anomaly: Signal | None = None
+
+    @property
+    def alert_score(self) -> float:
+        extra = self.anomaly.weight if self.anomaly is not None else 0.0
+        return round(noisy_or((self.event_score, extra)), 4)
+
+    @property
+    def related(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for signal in (*self.signals, *([self.anomaly] if self.anomaly else [])):
+            for user in signal.related:
+                seen.setdefault(user, None)
+        return tuple(seen)[:10]
+
+
+NO_RISK = Assessment(0.0, 0.0, ())
+
+
+def assess(
+    risk: RiskState,
+    event: Event,
+    *,
+    links: tuple[LinkFacts, ...],
+    models: RiskModels,
+    granted: bool,
+    granted_ts: int | None,
+    alert_at: float,
+    extra: tuple[Signal, ...] = (),
+) -> tuple[RiskState, Assessment]:
+    """The user's risk state after ``event``, and the event's assessment."""
+    activity = observe_activity(risk.activity, event)
+    signals: list[Signal] = [*extra]
+    signals += activity_signals(risk.activity, activity, event)
+    signals += redemption_signals(event, granted=granted, granted_ts=granted_ts)
+    signals += referral_signals(event)
+    signals += link_signals(links)
+    if risk.cleared_until is not None and event.ts < risk.cleared_until:
+        signals = [s for s in signals if not s.shared]
+    found = models.anomaly_signal(anomaly_features(activity, links))
+    learned = models.labelled_signal(signal_vector(signals))
+    if learned is not None:
+        signals.append(learned)
+    event_score = noisy_or(s.weight for s in signals)
+    carried = (
+        0.0
+        if risk.level_ts is None
+        else decayed(risk.level, event.ts - risk.level_ts, LEVEL_HALF_LIFE_MS)
+    )
+    score = 1.0 if risk.label == "confirmed" else noisy_or((event_score, carried))
+    risk = replace(
+        risk,
+        activity=activity,
+        level=max(carried, event_score),
+        level_ts=max(event.ts, risk.level_ts or event.ts),
+        vector=signal_vector(signals) if event_score >= alert_at else risk.vector,
+    )
+    return risk, Assessment(round(score, 4), round(event_score, 4), tuple(signals), found)
+
+
+def label(risk: RiskState, event: Event, *, models: RiskModels, cleared_for_ms: int) -> RiskState:
+    """An analyst's verdict: teach the labelled model, and confirm or clear the user."""
+    verdict = event.attributes.get("label")
+    if verdict not in ("confirmed", "cleared"):
+        return risk
+    if risk.vector:
+        models.learn_label(risk.vector, verdict == "confirmed")
+    if verdict == "confirmed":
+        return replace(risk, label="confirmed", level=1.0, level_ts=event.ts)
+    return replace(
+        risk,
+        label="cleared",
+        level=0.0,
+        level_ts=event.ts,
+        cleared_until=event.ts + cleared_for_ms,
+    )

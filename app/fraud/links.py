@@ -1,0 +1,212 @@
+"""Signals across users: who shares a device or a network, and who referred whom there.
+
+Users live on different partitions, so the accounts behind one device or one
+network can only be counted where events are keyed by that device or network.
+The link stage does that: each event with a ``device_id`` passes through the
+state of its device (key ``device:<id>``), each event with an ``ip`` through the
+state of its network (key ``net:<a.b.c>`` for an IPv4 /24, the /64 for IPv6,
+with per-address counts inside), and collects :class:`LinkFacts` on the way.
+The decision stage then scores them with the user's own signals.
+
+Everything here is a pure function of (state, event), in event time, and every
+update is idempotent: an event seen twice (a retry, a replay) changes nothing
+the second time, so at-least-once delivery cannot inflate a count.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from app.contract.records import Event
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+# What one device's or network's state remembers: enough for "accounts in 24 h" and
+# for a referral ring that takes days to close, bounded whatever an attacker sends.
+KEEP_ACCOUNTS_MS = 30 * DAY_MS
+MAX_ACCOUNTS = 64
+KEEP_REFERRALS_MS = 7 * DAY_MS
+MAX_REFERRALS = 64
+MAX_RELATED = 10
+LINK_KINDS = ("device", "net")
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """One account seen on a device or network."""
+
+    user_id: str
+    first_ts: int
+    last_ts: int
+    signup_ts: int | None = None
+    ip: str | None = None  # the address last used, for per-address counts in a network
+
+
+@dataclass(frozen=True, slots=True)
+class Referral:
+    """A referral sent from this device or network: who, by whom, when."""
+
+    referred: str
+    referrer: str
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """What one device or network has seen."""
+
+    accounts: tuple[Seen, ...] = ()
+    referrals: tuple[Referral, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> LinkState:
+        if not raw:
+            return cls()
+        document: dict[str, Any] = orjson.loads(raw)
+        return cls(
+            accounts=tuple(Seen(**seen) for seen in document["accounts"]),
+            referrals=tuple(Referral(**r) for r in document["referrals"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFacts:
+    """What one device or network says about one event's user, as the event passed."""
+
+    kind: str  # device or net
+    accounts_24h: int = 1  # accounts active here in the last 24 h, this one included
+    signups_24h: int = 0  # accounts that signed up here in the last 24 h
+    same_ip_24h: int = 0  # (net only) accounts on the very same address in 24 h
+    referred_by: str | None = None  # an account here referred this user
+    refers_linked: str | None = None  # this referral names an account seen here
+    related: tuple[str, ...] = ()  # other accounts here, most recent first
+
+    def to_document(self) -> dict[str, Any]:
+        return {k: v for k, v in orjson.loads(orjson.dumps(self)).items() if v not in (None, ())}
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> LinkFacts:
+        return cls(**{**document, "related": tuple(document.get("related", ()))})
+
+
+def link_keys(event: Event) -> list[tuple[str, bytes]]:
+    """The (kind, key) of every link state this event passes through, in order."""
+    keys: list[tuple[str, bytes]] = []
+    if event.device_id:
+        keys.append(("device", b"device:" + event.device_id.encode()))
+    if event.ip:
+        keys.append(("net", b"net:" + network_of(event.ip).encode()))
+    return keys
+
+
+def network_of(ip: str) -> str:
+    """The network an address belongs to: its /24 (IPv4) or /64 (IPv6), else the text."""
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return ip.strip().lower()
+    prefix = 24 if address.version == 4 else 64
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+def observe_link(state: LinkState, event: Event, kind: str) -> tuple[LinkState, LinkFacts]:
+    """The state after ``event`` passed this device or network, and what it says."""
+    ts = event.ts
+    accounts = _seen(state.accounts, event, ts, kind)
+    referrals = _referrals(state.referrals, event, ts)
+    state = LinkState(accounts, referrals)
+    return state, _facts(state, event, kind)
+
+
+def _seen(accounts: tuple[Seen, ...], event: Event, ts: int, kind: str) -> tuple[Seen, ...]:
+    ip = event.ip if kind == "net" else None
+    signup = ts if event.type == "signup" else None
+    mine = next((a for a in accounts if a.user_id == event.user_id), None)
+    if mine is None:
+        mine = Seen(event.user_id, ts, ts, signup, ip)
+    else:
+        mine = replace(
+            mine,
+            first_ts=min(mine.first_ts, ts),
+            last_ts=max(mine.last_ts, ts),
+            signup_ts=mine.signup_ts if mine.signup_ts is not None else signup,
+            ip=ip if ip is not None and ts >= mine.last_ts else mine.ip,
+        )
+    others = [
+        a for a in accounts if a.user_id != event.user_id and a.last_ts > ts - KEEP_ACCOUNTS_MS
+    ]
+    kept = sorted([*others, mine], key=lambda a: (a.last_ts, a.user_id))[-MAX_ACCOUNTS:]
+    return tuple(kept)
+
+
+def _referrals(referrals: tuple[Referral, ...], event: Event, ts: int) -> tuple[Referral, ...]:
+    kept = [r for r in referrals if r.ts > ts - KEEP_REFERRALS_MS]
+    referred = _referred_user(event)
+    if referred is not None and not any(
+        r.referred == referred and r.referrer == event.user_id for r in kept
+    ):
+        kept.append(Referral(referred, event.user_id, ts))
+    return tuple(kept[-MAX_REFERRALS:])
+
+
+def _referred_user(event: Event) -> str | None:
+    if event.type != "referral":
+        return None
+    referred = event.attributes.get("referred_user_id")
+    return referred if isinstance(referred, str) and referred else None
+
+
+def _facts(state: LinkState, event: Event, kind: str) -> LinkFacts:
+    ts, user = event.ts, event.user_id
+    recent = [a for a in state.accounts if a.last_ts > ts - DAY_MS]
+    mine = next(a for a in state.accounts if a.user_id == user)
+    referred = _referred_user(event)
+    referrer = next(
+        (r.referrer for r in state.referrals if r.referred == user and r.referrer != user), None
+    )
+    others = sorted(
+        (a for a in state.accounts if a.user_id != user), key=lambda a: (-a.last_ts, a.user_id)
+    )
+    return LinkFacts(
+        kind=kind,
+        accounts_24h=len(recent),
+        signups_24h=sum(1 for a in state.accounts if (a.signup_ts or 0) > ts - DAY_MS),
+        same_ip_24h=(
+            sum(1 for a in recent if a.ip is not None and a.ip == mine.ip) if kind == "net" else 0
+        ),
+        referred_by=referrer,
+        refers_linked=(
+            referred
+            if referred is not None
+            and referred != user
+            and any(a.user_id == referred for a in state.accounts)
+            else None
+        ),
+        related=tuple(a.user_id for a in others[:MAX_RELATED]),
+    )
+
+
+class Linker:
+    """The link stage over plain dictionaries: what offline replay and the benchmarks use.
+
+    The worker runs the same :func:`observe_link` per hop, with each state in a
+    changelog-backed table partitioned by its key.
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[bytes, bytes | None] = {}
+
+    def link(self, event: Event) -> tuple[LinkFacts, ...]:
+        facts: list[LinkFacts] = []
+        for kind, key in link_keys(event):
+            state, found = observe_link(LinkState.from_bytes(self.states.get(key)), event, kind)
+            self.states[key] = state.to_bytes()
+            facts.append(found)
+        return tuple(facts)

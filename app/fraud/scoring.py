@@ -1,0 +1,116 @@
+"""One risk score in [0, 1] per event, from the signals, an anomaly detector and analysts' labels.
+
+The score is a noisy-OR: each signal is an independent chance ``weight`` that
+the event is fraud, so ``1 - prod(1 - weight)``. Two weak signals add up to
+more than either; no pile of weak ones reaches certainty. Two learned parts
+join as signals of their own:
+
+- an unsupervised River ``HalfSpaceTrees`` over the user's scaled activity
+  rates and link counts (weight 0.25 when it finds the event more isolated
+  than 95% of the recent window). It speaks in alerts only, never in a
+  decision's risk (see :class:`app.fraud.assess.Assessment`);
+- a supervised River ``LogisticRegression`` over the signal weights, trained
+  by ``fraud_label`` events (confirmed: fraud; cleared: not). It only speaks
+  once it has seen both kinds of label, and then with its own probability.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+from river import anomaly, linear_model, optim
+
+from app.fraud.links import LinkFacts
+from app.fraud.signals import RATE_NAMES, Activity, Signal
+
+ANOMALY_QUANTILE_SCORE = 0.95
+ANOMALY_WEIGHT = 0.25
+# Upper ends of the detector's inputs (it expects features in known ranges).
+ANOMALY_LIMITS: dict[Hashable, tuple[float, float]] = {
+    "events_1m": (0.0, 30.0),
+    "events_1h": (0.0, 150.0),
+    "earning_1h": (0.0, 15.0),
+    "redemptions_10m": (0.0, 10.0),
+    "tiny_purchases_30m": (0.0, 15.0),
+    "device_accounts_24h": (0.0, 10.0),
+    "net_accounts_24h": (0.0, 10.0),
+}
+MIN_LABELS_EACH = 3  # the labelled model speaks after this many of each label
+
+
+def noisy_or(weights: Iterable[float]) -> float:
+    """The chance that at least one of independent causes with these weights holds."""
+    clear = 1.0
+    for weight in weights:
+        clear *= 1.0 - min(1.0, max(0.0, weight))
+    return 1.0 - clear
+
+
+def anomaly_features(activity: Activity, facts: tuple[LinkFacts, ...]) -> dict[str, float]:
+    features = dict(zip(RATE_NAMES, activity.rates, strict=True))
+    for kind in ("device", "net"):
+        features[f"{kind}_accounts_24h"] = float(
+            max((f.accounts_24h for f in facts if f.kind == kind), default=0)
+        )
+    return {name: min(value, ANOMALY_LIMITS[name][1]) for name, value in features.items()}
+
+
+class RiskModels:
+    """The learned parts of the risk score, shared by every user of a worker."""
+
+    def __init__(self, *, seed: int) -> None:
+        self.detector = anomaly.HalfSpaceTrees(
+            n_trees=10, height=8, window_size=250, limits=ANOMALY_LIMITS, seed=seed
+        )
+        self.labelled = linear_model.LogisticRegression(optimizer=optim.SGD(0.1), l2=1e-3)
+        self.label_counts = {"confirmed": 0, "cleared": 0}
+
+    def anomaly_signal(self, features: dict[str, float]) -> Signal | None:
+        """Score the event against recent traffic, then learn from it."""
+        score = float(self.detector.score_one(features))
+        self.detector.learn_one(features)
+        if score < ANOMALY_QUANTILE_SCORE:
+            return None
+        return Signal("anomaly.isolated", ANOMALY_WEIGHT, f"anomaly score {score:.2f}")
+
+    def labelled_signal(self, vector: dict[str, float]) -> Signal | None:
+        """What the analysts' labels so far say about signals like these."""
+        if min(self.label_counts.values()) < MIN_LABELS_EACH or not vector:
+            return None
+        p = float(self.labelled.predict_proba_one(vector)[True])
+        if p < 0.05:
+            return None
+        return Signal("model.labelled", p, f"labelled cases like this one: p={p:.2f}")
+
+    def learn_label(self, vector: dict[str, float], confirmed: bool) -> None:
+        self.labelled.learn_one(vector, confirmed)
+        self.label_counts["confirmed" if confirmed else "cleared"] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The labelled model as JSON-ready data (the anomaly window re-learns in 250 events)."""
+        return {
+            "weights": dict(self.labelled._weights),
+            "intercept": self.labelled.intercept,
+            "label_counts": dict(self.label_counts),
+        }
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        for name, weight in snapshot["weights"].items():
+            self.labelled._weights[name] = float(weight)
+        self.labelled.intercept = float(snapshot["intercept"])
+        self.label_counts = {k: int(snapshot["label_counts"][k]) for k in self.label_counts}
+
+
+def signal_vector(signals: Iterable[Signal]) -> dict[str, float]:
+    """Signals as model features: the strongest weight per code."""
+    vector: dict[str, float] = {}
+    for signal in signals:
+        if signal.code != "model.labelled":
+            vector[signal.code] = max(vector.get(signal.code, 0.0), signal.weight)
+    return vector
+
+
+def decayed(level: float, since_ms: int, half_life_ms: int) -> float:
+    return level * math.pow(0.5, max(0, since_ms) / half_life_ms)

@@ -1,0 +1,277 @@
+"""Fraud signals of one event: each a reason code, a weight, and evidence an analyst can read.
+
+A signal's ``weight`` is how strongly it alone says "fraud", in [0, 1]; the
+scorer (:mod:`app.fraud.scoring`) combines them. The thresholds below are
+where normal customers stop and scripts start, set from the simulated
+population and the attack scenarios (``docs/benchmarks.md``); each is one
+named constant so that it can be read, argued with and tested.
+
+Per-user rates are exponentially decayed counts, not lists of timestamps: a
+count that decays with time constant tau reads as "about this many in the last
+tau" after a burst, and costs one float per rate whatever the traffic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from app.contract.records import Event
+from app.fraud.links import LinkFacts
+
+MINUTE_MS = 60_000
+HOUR_MS = 60 * MINUTE_MS
+# The decayed rates a user's risk state keeps: name -> time constant.
+RATES: dict[str, int] = {
+    "events_1m": MINUTE_MS,
+    "events_1h": HOUR_MS,
+    "earning_1h": HOUR_MS,  # events that can earn a reward
+    "redemptions_10m": 10 * MINUTE_MS,
+    "tiny_purchases_30m": 30 * MINUTE_MS,
+}
+RATE_NAMES = tuple(RATES)
+EARNING_TYPES = frozenset({"signup", "purchase", "session_start", "survey", "referral"})
+
+TINY_PURCHASE = 5.0  # in the program's currency: below this a purchase is "tiny"
+EVENTS_PER_MINUTE = 20.0
+EVENTS_PER_HOUR = 120.0
+EARNING_PER_HOUR = 8.0
+REDEMPTIONS_PER_10M = 5.0
+TINY_PURCHASES_PER_30M = 8.0
+FAST_REDEMPTION_MS = 2 * MINUTE_MS
+AMOUNT_Z = 4.0  # an amount this many standard deviations (of log amount) from the user's own
+AMOUNT_HISTORY = 5  # ... once the user has this many purchases
+DEVICE_SIGNUPS = 3  # sign-ups on one device within 24 h
+NET_SIGNUPS = 4  # sign-ups on one network within 24 h
+SAME_IP_ACCOUNTS = 5  # accounts on one address within 24 h
+DEVICE_ACCOUNTS = 5  # accounts active on one device within 24 h
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """One reason to suspect an event.
+
+    ``shared``: the signal only says the user shares a device or network with
+    others, which a ``cleared`` label can vouch for (a household, an office).
+    Signals of what the user did (forged, replayed, bursts) are never cleared away.
+    """
+
+    code: str
+    weight: float
+    evidence: str
+    related: tuple[str, ...] = ()
+    shared: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """The per-user numbers the signals are computed from, kept in the user's state."""
+
+    ts: int | None = None
+    rates: tuple[float, ...] = (0.0,) * len(RATE_NAMES)
+    amount_n: int = 0
+    amount_mean: float = 0.0  # of log(1 + amount)
+    amount_m2: float = 0.0
+
+    def rate(self, name: str) -> float:
+        return self.rates[RATE_NAMES.index(name)]
+
+    def amount_z(self, amount: float) -> float | None:
+        """How unusual ``amount`` is for this user, before it is counted."""
+        if self.amount_n < AMOUNT_HISTORY:
+            return None
+        std = math.sqrt(self.amount_m2 / (self.amount_n - 1))
+        return (math.log1p(amount) - self.amount_mean) / max(std, 0.25)
+
+
+def observe_activity(activity: Activity, event: Event) -> Activity:
+    """The activity after ``event``: decayed rates bumped, the amount history updated."""
+    elapsed = 0 if activity.ts is None else max(0, event.ts - activity.ts)
+    bumps = {
+        "events_1m": 1.0,
+        "events_1h": 1.0,
+        "earning_1h": float(event.type in EARNING_TYPES),
+        "redemptions_10m": float(event.type == "reward_redeemed"),
+        "tiny_purchases_30m": float(
+            event.type == "purchase" and (event.amount or 0.0) < TINY_PURCHASE
+        ),
+    }
+    rates = tuple(
+        value * math.exp(-elapsed / RATES[name]) + bumps[name]
+        for name, value in zip(RATE_NAMES, activity.rates, strict=True)
+    )
+    activity = replace(activity, ts=max(event.ts, activity.ts or event.ts), rates=rates)
+    if event.type == "purchase" and event.amount is not None:
+        x = math.log1p(event.amount)
+        n = activity.amount_n + 1
+        delta = x - activity.amount_mean
+        mean = activity.amount_mean + delta / n
+        activity = replace(
+            activity,
+            amount_n=n,
+            amount_mean=mean,
+            amount_m2=activity.amount_m2 + delta * (x - mean),
+        )
+    return activity
+
+
+def activity_signals(before: Activity, after: Activity, event: Event) -> list[Signal]:
+    """Velocity, bursts and unusual amounts of this user."""
+    signals: list[Signal] = []
+
+    def over(name: str, limit: float, code: str, weight: float, what: str) -> None:
+        value = after.rate(name)
+        if value >= limit:
+            signals.append(Signal(code, weight, f"about {value:.0f} {what}"))
+
+    over("events_1m", EVENTS_PER_MINUTE, "velocity.events_per_minute", 0.7, "events in a minute")
+    over("events_1h", EVENTS_PER_HOUR, "velocity.events_per_hour", 0.6, "events in an hour")
+    over(
+        "earning_1h",
+        EARNING_PER_HOUR,
+        "velocity.earning_per_hour",
+        0.65,
+        "reward-earning events in an hour",
+    )
+    if event.type == "reward_redeemed":
+        over(
+            "redemptions_10m",
+            REDEMPTIONS_PER_10M,
+            "redemption.burst",
+            0.85,
+            "redemptions in 10 minutes",
+        )
+    if event.type == "purchase":
+        over(
+            "tiny_purchases_30m",
+            TINY_PURCHASES_PER_30M,
+            "purchase.tiny_burst",
+            0.9,
+            f"purchases under {TINY_PURCHASE:g} in 30 minutes",
+        )
+        z = before.amount_z(event.amount or 0.0)
+        if z is not None and abs(z) >= AMOUNT_Z:
+            signals.append(
+                Signal(
+                    "purchase.amount_outlier",
+                    0.3,
+                    f"amount {event.amount:.2f} is {abs(z):.1f} standard deviations from "
+                    f"this user's {before.amount_n} purchases",
+                )
+            )
+    return signals
+
+
+def redemption_signals(event: Event, *, granted: bool, granted_ts: int | None) -> list[Signal]:
+    """An answer to a reward: one never granted to this user, or redeemed suspiciously fast."""
+    if event.type not in ("reward_redeemed", "reward_opened") or event.decision_id is None:
+        return []
+    if not granted:
+        return [
+            Signal(
+                "redemption.not_granted",
+                0.95,
+                f"{event.type.removeprefix('reward_')} decision {event.decision_id}, "
+                "which was never granted to this user",
+            )
+        ]
+    if (
+        event.type == "reward_redeemed"
+        and granted_ts is not None
+        and event.ts - granted_ts < FAST_REDEMPTION_MS
+    ):
+        seconds = max(0, event.ts - granted_ts) / 1000
+        return [Signal("redemption.fast", 0.3, f"redeemed {seconds:.0f} s after it was granted")]
+    return []
+
+
+def referral_signals(event: Event) -> list[Signal]:
+    """A user who refers themselves."""
+    if event.type != "referral":
+        return []
+    if event.attributes.get("referred_user_id") == event.user_id:
+        return [Signal("referral.self", 0.95, "the user referred their own account")]
+    return []
+
+
+def replay_signal(*, altered: bool) -> Signal:
+    """An event id seen before: a replay, or (same bytes) a duplicate delivery."""
+    if altered:
+        return Signal("event.replayed_altered", 0.95, "event id seen before with different content")
+    return Signal("event.replayed", 0.6, "event id seen before with the same content")
+
+
+def link_signals(facts: tuple[LinkFacts, ...]) -> list[Signal]:
+    """Accounts sharing a device or network, and referrals between them."""
+    signals: list[Signal] = []
+    for fact in facts:
+        where = "device" if fact.kind == "device" else "network"
+        if fact.referred_by is not None:
+            weight = 0.9 if fact.kind == "device" else 0.75
+            signals.append(
+                Signal(
+                    f"referral.linked_{where}",
+                    weight,
+                    f"referred by an account on the same {where}",
+                    (fact.referred_by,),
+                )
+            )
+        if fact.refers_linked is not None:
+            signals.append(
+                Signal(
+                    f"referral.to_linked_{where}",
+                    0.85,
+                    f"referred an account already on the same {where}",
+                    (fact.refers_linked,),
+                )
+            )
+        signals.extend(_sharing(fact, where))
+    return signals
+
+
+def _sharing(fact: LinkFacts, where: str) -> list[Signal]:
+    signals: list[Signal] = []
+    if fact.kind == "device":
+        if fact.signups_24h >= DEVICE_SIGNUPS:
+            weight = 0.65 if fact.signups_24h == DEVICE_SIGNUPS else 0.9
+            signals.append(
+                Signal(
+                    "device.signups",
+                    weight,
+                    f"{fact.signups_24h} accounts signed up on this device in 24 h",
+                    fact.related,
+                    shared=True,
+                )
+            )
+        elif fact.accounts_24h >= DEVICE_ACCOUNTS:
+            signals.append(
+                Signal(
+                    "device.shared",
+                    0.5,
+                    f"device shared by {fact.accounts_24h} accounts in 24 h",
+                    fact.related,
+                    shared=True,
+                )
+            )
+        return signals
+    if fact.signups_24h >= NET_SIGNUPS:
+        signals.append(
+            Signal(
+                "network.signups",
+                0.5,
+                f"{fact.signups_24h} accounts signed up on this network in 24 h",
+                fact.related,
+                shared=True,
+            )
+        )
+    if fact.same_ip_24h >= SAME_IP_ACCOUNTS:
+        signals.append(
+            Signal(
+                "ip.shared",
+                0.4,
+                f"address shared by {fact.same_ip_24h} accounts in 24 h",
+                fact.related,
+                shared=True,
+            )
+        )
+    return signals
