@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars demo test test-unit test-integration lint format kafka-up kafka-down bench-learning clean
+.PHONY: help install kafka-jars demo test test-unit test-integration lint format kafka-up kafka-down bench-learning bench-fraud clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -44,6 +44,9 @@ format: install ## Apply ruff's formatting and safe fixes
 
 bench-learning: install ## Learning quality: engine vs random vs oracle, 50,000 events; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-learning --docs docs/benchmarks.md
+
+bench-fraud: install ## Fraud: precision/recall per attack scenario, false flags, budget lost; appends to docs/benchmarks.md
+	$(BIN)/rewardstream bench-fraud --docs docs/benchmarks.md
 
 kafka-up: install ## Start the local broker on 127.0.0.1:9092 for manual use
 	$(BIN)/rewardstream kafka up

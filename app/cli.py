@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tail(commands)
     _add_replay(commands)
     _add_bench_learning(commands)
+    _add_bench_fraud(commands)
     _add_simulate(commands)
     _add_demo(commands)
     return parser
@@ -311,6 +312,40 @@ def _add_bench_learning(commands: Any) -> None:
     bench.add_argument("--out", default="var/bench/learning.json", help="JSON report path")
     bench.add_argument("--docs", help="append the figures to this markdown file")
     bench.set_defaults(run=_bench_learning)
+
+
+def _add_bench_fraud(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench-fraud",
+        help="fraud detection: precision and recall per attack scenario, budget lost",
+    )
+    bench.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    bench.add_argument("--hours", type=float, default=36.0, help="simulated time per run")
+    bench.add_argument("--normal-users", type=int, default=1_000)
+    bench.add_argument("--normal-events", type=int, default=30_000)
+    bench.add_argument("--out", default="var/bench/fraud.json", help="JSON report path")
+    bench.add_argument("--docs", help="append the figures to this markdown file")
+    bench.set_defaults(run=_bench_fraud)
+
+
+def _bench_fraud(settings: Settings, args: argparse.Namespace) -> int:
+    from app.bench.fraud import fraud_markdown, run_fraud_benchmark, targets_met
+    from app.bench.report import append_section
+
+    report = run_fraud_benchmark(
+        seeds=tuple(args.seeds),
+        hours=args.hours,
+        normal_users=args.normal_users,
+        normal_events=args.normal_events,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    table = fraud_markdown(report)
+    print(table)
+    if args.docs:
+        append_section(Path(args.docs), "Fraud detection (`rewardstream bench-fraud`)", table)
+    return 0 if targets_met(report) else 1
 
 
 def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from app.contract.records import (
     decision_id_for,
 )
 from app.decisioning import checks
-from app.decisioning.explain import explain, fraud_codes, fraud_words
+from app.decisioning.explain import explain, fraud_codes, fraud_words, risk_words
 from app.decisioning.ledger import Ledger, Share
 from app.features.derive import as_vector, from_vector, model_features, rule_env
 from app.features.state import (
@@ -181,7 +181,10 @@ class Engine:
             user, learned_now, choice = self._outcome(user, event)
             learned += learned_now
         elif event.type in self.program.triggers:
-            choice = self._arbitrate(user, ledger, event, share, risk=assessment.score)
+            # Below the hold threshold risk prices the reward (smaller or none); at or
+            # above it, the reward a clean user would get is chosen, then held or blocked.
+            soft = assessment.score if assessment.score < self.program.fraud.hold else 0.0
+            choice = self._arbitrate(user, ledger, event, share, risk=soft)
         else:
             choice = Choice(None, 1.0, "not_a_trigger")
         verdict = self._verdict(choice, assessment, user)
@@ -213,12 +216,16 @@ class Engine:
         if not self.defend:
             return user, NO_RISK
         granted_ts: int | None = None
-        granted = True
+        granted = own = True
         if event.type in OUTCOME_TYPES and event.decision_id is not None:
             offer = next((p for p in user.pending if p.decision_id == event.decision_id), None)
             grant = user.granted(event.decision_id)
             granted = offer is not None or grant is not None
             granted_ts = offer.ts if offer is not None else (grant.ts if grant else None)
+            own = granted or any(
+                decision_id_for(self.program.id, event.user_id, seen) == event.decision_id
+                for seen in user.recent_event_ids
+            )
         risk, assessment = assess(
             user.risk,
             event,
@@ -226,6 +233,7 @@ class Engine:
             models=self.risk_models,
             granted=granted,
             granted_ts=granted_ts,
+            own=own,
             alert_at=self.program.fraud.alert,
         )
         return replace(user, risk=risk), assessment
@@ -285,9 +293,7 @@ class Engine:
             if risk.level_ts is None
             else decayed(risk.level, event.ts - risk.level_ts, LEVEL_HALF_LIFE_MS)
         )
-        assessment = Assessment(
-            round(noisy_or((signal.weight, carried)), 4), signal.weight, (signal,)
-        )
+        assessment = Assessment(round(max(signal.weight, carried), 4), signal.weight, (signal,))
         if altered:
             risk = replace(
                 risk,
@@ -614,6 +620,8 @@ class Engine:
             reasons = (*reasons, *verdict.codes, *fraud_codes(assessment))
         if status in ("held", "blocked") and chosen is not None:
             sentence = fraud_words(status, chosen.reward.id, assessment)
+        elif assessment.signals and event.type in self.program.triggers:
+            sentence = f"{sentence} {risk_words(assessment)}"
         if notes:
             reasons = (*reasons, *notes)
         return Decision(

@@ -120,3 +120,9 @@ def fraud_words(status: str, reward_id: str, assessment: Assessment) -> str:
     else:
         why = "this user was flagged earlier"
     return f"{action}: {reward_id}, at fraud risk {assessment.score:.2f}: {why}."
+
+
+def risk_words(assessment: Assessment) -> str:
+    """What the risk of a user who was not held or blocked did to the choice."""
+    top = max(assessment.signals, key=lambda s: (s.weight, s.code))
+    return f"Fraud risk {assessment.score:.2f} ({top.evidence}) counted against each reward's cost."

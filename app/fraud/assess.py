@@ -119,6 +119,7 @@ def assess(
     models: RiskModels,
     granted: bool,
     granted_ts: int | None,
+    own: bool = True,
     alert_at: float,
     extra: tuple[Signal, ...] = (),
 ) -> tuple[RiskState, Assessment]:
@@ -126,7 +127,7 @@ def assess(
     activity = observe_activity(risk.activity, event)
     signals: list[Signal] = [*extra]
     signals += activity_signals(risk.activity, activity, event)
-    signals += redemption_signals(event, granted=granted, granted_ts=granted_ts)
+    signals += redemption_signals(event, granted=granted, granted_ts=granted_ts, own=own)
     signals += referral_signals(event)
     signals += link_signals(links)
     if risk.cleared_until is not None and event.ts < risk.cleared_until:
@@ -141,7 +142,9 @@ def assess(
         if risk.level_ts is None
         else decayed(risk.level, event.ts - risk.level_ts, LEVEL_HALF_LIFE_MS)
     )
-    score = 1.0 if risk.label == "confirmed" else noisy_or((event_score, carried))
+    # The larger, not the noisy-OR, of now and before: a burst still under way is seen
+    # again at every event, and the same evidence must not compound into certainty.
+    score = 1.0 if risk.label == "confirmed" else max(event_score, carried)
     risk = replace(
         risk,
         activity=activity,

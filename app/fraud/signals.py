@@ -28,6 +28,7 @@ RATES: dict[str, int] = {
     "earning_1h": HOUR_MS,  # events that can earn a reward
     "redemptions_10m": 10 * MINUTE_MS,
     "tiny_purchases_30m": 30 * MINUTE_MS,
+    "purchases_10m": 10 * MINUTE_MS,
 }
 RATE_NAMES = tuple(RATES)
 EARNING_TYPES = frozenset({"signup", "purchase", "session_start", "survey", "referral"})
@@ -35,9 +36,10 @@ EARNING_TYPES = frozenset({"signup", "purchase", "session_start", "survey", "ref
 TINY_PURCHASE = 5.0  # in the program's currency: below this a purchase is "tiny"
 EVENTS_PER_MINUTE = 20.0
 EVENTS_PER_HOUR = 120.0
-EARNING_PER_HOUR = 8.0
+EARNING_PER_HOUR = 20.0
 REDEMPTIONS_PER_10M = 5.0
-TINY_PURCHASES_PER_30M = 8.0
+TINY_PURCHASES_PER_30M = 4.0  # weight 0.75; twice as many: 0.9
+PURCHASES_PER_10M = 4.0
 FAST_REDEMPTION_MS = 2 * MINUTE_MS
 AMOUNT_Z = 4.0  # an amount this many standard deviations (of log amount) from the user's own
 AMOUNT_HISTORY = 5  # ... once the user has this many purchases
@@ -95,6 +97,7 @@ def observe_activity(activity: Activity, event: Event) -> Activity:
         "tiny_purchases_30m": float(
             event.type == "purchase" and (event.amount or 0.0) < TINY_PURCHASE
         ),
+        "purchases_10m": float(event.type == "purchase"),
     }
     rates = tuple(
         value * math.exp(-elapsed / RATES[name]) + bumps[name]
@@ -142,12 +145,16 @@ def activity_signals(before: Activity, after: Activity, event: Event) -> list[Si
             "redemptions in 10 minutes",
         )
     if event.type == "purchase":
+        tiny = after.rate("tiny_purchases_30m")
         over(
             "tiny_purchases_30m",
             TINY_PURCHASES_PER_30M,
             "purchase.tiny_burst",
-            0.9,
+            0.9 if tiny >= 2 * TINY_PURCHASES_PER_30M else 0.75,
             f"purchases under {TINY_PURCHASE:g} in 30 minutes",
+        )
+        over(
+            "purchases_10m", PURCHASES_PER_10M, "velocity.purchases", 0.7, "purchases in 10 minutes"
         )
         z = before.amount_z(event.amount or 0.0)
         if z is not None and abs(z) >= AMOUNT_Z:
@@ -162,17 +169,33 @@ def activity_signals(before: Activity, after: Activity, event: Event) -> list[Si
     return signals
 
 
-def redemption_signals(event: Event, *, granted: bool, granted_ts: int | None) -> list[Signal]:
-    """An answer to a reward: one never granted to this user, or redeemed suspiciously fast."""
+def redemption_signals(
+    event: Event, *, granted: bool, granted_ts: int | None, own: bool
+) -> list[Signal]:
+    """An answer to a reward: one that is not this user's at all (made up, or another user's),
+    one of this user's decisions that granted nothing, or one redeemed suspiciously fast.
+
+    ``own``: the decision id is one the engine made for this user's recent events
+    (ids are deterministic, so this can be checked without storing them).
+    """
     if event.type not in ("reward_redeemed", "reward_opened") or event.decision_id is None:
         return []
+    what = event.type.removeprefix("reward_")
+    if not granted and not own:
+        return [
+            Signal(
+                "redemption.foreign",
+                0.95,
+                f"{what} decision {event.decision_id}, which was never made for this user",
+            )
+        ]
     if not granted:
+        # A stale screen or a client bug as often as an attempt: weak alone.
         return [
             Signal(
                 "redemption.not_granted",
-                0.95,
-                f"{event.type.removeprefix('reward_')} decision {event.decision_id}, "
-                "which was never granted to this user",
+                0.2,
+                f"{what} decision {event.decision_id}, which granted this user nothing",
             )
         ]
     if (

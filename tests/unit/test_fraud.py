@@ -1,0 +1,366 @@
+"""The fraud layer, signal by signal, then in the engine: holds, blocks, labels and alerts.
+
+Pure code: events in event time, no Kafka, no clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import fastjsonschema
+import orjson
+import pytest
+
+from app.contract import Decision, Event, FraudAlert
+from app.contract.schemas import load_schema
+from app.decisioning import Engine
+from app.decisioning.ledger import Ledger
+from app.features import UserState
+from app.fraud import Linker, LinkState, observe_link
+from app.fraud.links import network_of
+from app.fraud.scoring import noisy_or
+from app.fraud.signals import (
+    Activity,
+    activity_signals,
+    link_signals,
+    observe_activity,
+    redemption_signals,
+    referral_signals,
+)
+from app.programs import load_builtin
+
+check_decision = fastjsonschema.compile(load_schema("decision"))
+check_alert = fastjsonschema.compile(load_schema("fraud_alert"))
+T0 = 1_772_366_400_000
+SECOND, MINUTE, HOUR = 1_000, 60_000, 3_600_000
+PROGRAM = load_builtin("retail-loyalty")
+ids = itertools.count()
+
+
+def event(type_: str, ts: int = T0, user: str = "u-1", **fields: Any) -> Event:
+    return Event(event_id=f"e{next(ids)}", user_id=user, type=type_, ts=ts, **fields)
+
+
+def codes(signals: list[Any]) -> set[str]:
+    return {s.code for s in signals}
+
+
+# ------------------------------------------------------------------ per-user signals
+
+
+def run_activity(events: list[Event]) -> tuple[Activity, list[Any]]:
+    activity, signals = Activity(), []
+    for item in events:
+        after = observe_activity(activity, item)
+        signals = activity_signals(activity, after, item)
+        activity = after
+    return activity, signals
+
+
+def test_a_burst_of_tiny_purchases_is_flagged_and_a_shopper_is_not() -> None:
+    bot = [event("purchase", T0 + i * 5 * SECOND, amount=1.5, currency="EUR") for i in range(5)]
+    assert "purchase.tiny_burst" in codes(run_activity(bot)[1])
+    shopper = [event("purchase", T0 + i * 2 * HOUR, amount=1.5, currency="EUR") for i in range(5)]
+    assert run_activity(shopper)[1] == []
+
+
+def test_purchases_minutes_apart_are_velocity_and_hours_apart_are_not() -> None:
+    fast = [event("purchase", T0 + i * MINUTE, amount=40.0, currency="EUR") for i in range(5)]
+    assert "velocity.purchases" in codes(run_activity(fast)[1])
+    slow = [event("purchase", T0 + i * HOUR, amount=40.0, currency="EUR") for i in range(5)]
+    assert "velocity.purchases" not in codes(run_activity(slow)[1])
+
+
+def test_many_events_in_a_minute_is_velocity() -> None:
+    burst = [event("page_view", T0 + i * SECOND) for i in range(40)]
+    found = run_activity(burst)[1]
+    assert "velocity.events_per_minute" in codes(found)
+    assert "events in a minute" in next(
+        s.evidence for s in found if s.code == "velocity.events_per_minute"
+    )
+
+
+def test_redemptions_in_a_burst_are_flagged_only_on_redemptions() -> None:
+    redeemed = [
+        event("reward_redeemed", T0 + i * 10 * SECOND, decision_id=f"d-{i}") for i in range(6)
+    ]
+    assert "redemption.burst" in codes(run_activity(redeemed)[1])
+    spaced = [event("reward_redeemed", T0 + i * HOUR, decision_id=f"d-{i}") for i in range(6)]
+    assert run_activity(spaced)[1] == []
+
+
+def test_an_amount_far_from_the_users_history_is_an_outlier() -> None:
+    history = [event("purchase", T0 + i * HOUR, amount=30.0 + i, currency="EUR") for i in range(6)]
+    huge = event("purchase", T0 + 7 * HOUR, amount=5000.0, currency="EUR")
+    assert "purchase.amount_outlier" in codes(run_activity([*history, huge])[1])
+    usual = event("purchase", T0 + 7 * HOUR, amount=33.0, currency="EUR")
+    assert run_activity([*history, usual])[1] == []
+
+
+def test_a_redemption_of_someone_elses_decision_is_foreign_and_of_an_own_refusal_weak() -> None:
+    redeemed = event("reward_redeemed", decision_id="d-x")
+    [foreign] = redemption_signals(redeemed, granted=False, granted_ts=None, own=False)
+    assert (foreign.code, foreign.weight) == ("redemption.foreign", 0.95)
+    [weak] = redemption_signals(redeemed, granted=False, granted_ts=None, own=True)
+    assert weak.code == "redemption.not_granted"
+    assert weak.weight < 0.5
+    assert redemption_signals(redeemed, granted=True, granted_ts=T0 - HOUR, own=True) == []
+    [fast] = redemption_signals(redeemed, granted=True, granted_ts=T0 - 10 * SECOND, own=True)
+    assert fast.code == "redemption.fast"
+
+
+def test_self_referral_is_flagged() -> None:
+    own = event("referral", attributes={"referred_user_id": "u-1"})
+    assert codes(referral_signals(own)) == {"referral.self"}
+    friend = event("referral", attributes={"referred_user_id": "u-2"})
+    assert referral_signals(friend) == []
+
+
+def test_noisy_or_adds_up_but_never_reaches_certainty() -> None:
+    assert noisy_or([0.5, 0.5]) == pytest.approx(0.75)
+    assert noisy_or([]) == 0.0
+    assert noisy_or([0.3] * 20) < 1.0
+
+
+# ------------------------------------------------------------------ link signals
+
+
+def test_networks_group_addresses_by_slash_24_and_slash_64() -> None:
+    assert network_of("192.0.2.77") == "192.0.2.0/24"
+    assert network_of("2001:db8::1") == "2001:db8::/64"
+    assert network_of("not-an-ip") == "not-an-ip"
+
+
+def test_sign_ups_on_one_device_are_counted_and_name_the_other_accounts() -> None:
+    linker = Linker()
+    facts = ()
+    for n in range(4):
+        facts = linker.link(event("signup", T0 + n * MINUTE, user=f"f{n}", device_id="dev-1"))
+    [device] = facts
+    assert (device.signups_24h, device.accounts_24h) == (4, 4)
+    assert set(device.related) == {"f0", "f1", "f2"}
+    [signal] = link_signals(facts)
+    assert signal.code == "device.signups"
+    assert signal.weight >= 0.9
+    assert signal.shared
+
+
+def test_a_household_of_two_is_not_a_farm() -> None:
+    linker = Linker()
+    linker.link(event("signup", T0, user="mum", device_id="tablet", ip="198.51.100.4"))
+    facts = linker.link(
+        event("signup", T0 + HOUR, user="son", device_id="tablet", ip="198.51.100.4")
+    )
+    assert link_signals(facts) == []
+
+
+def test_the_same_event_twice_counts_once() -> None:
+    state = LinkState()
+    signup = event("signup", user="a", device_id="dev-1")
+    state, first = observe_link(state, signup, "device")
+    again, second = observe_link(state, signup, "device")
+    assert again == state
+    assert first == second
+
+
+def test_a_friend_who_joins_on_the_referrers_device_is_linked_and_a_ring_closing_too() -> None:
+    linker = Linker()
+    linker.link(event("signup", T0, user="a", device_id="dev-r"))
+    linker.link(
+        event(
+            "referral",
+            T0 + MINUTE,
+            user="a",
+            device_id="dev-r",
+            attributes={"referred_user_id": "b"},
+        )
+    )
+    joined = linker.link(event("signup", T0 + 10 * MINUTE, user="b", device_id="dev-r"))
+    assert codes(link_signals(joined)) >= {"referral.linked_device"}
+    assert link_signals(joined)[0].related == ("a",)
+    closing = linker.link(
+        event(
+            "referral", T0 + HOUR, user="b", device_id="dev-r", attributes={"referred_user_id": "a"}
+        )
+    )
+    assert "referral.to_linked_device" in codes(link_signals(closing))
+
+
+def test_a_friend_referred_from_elsewhere_is_not_linked() -> None:
+    linker = Linker()
+    linker.link(
+        event(
+            "referral",
+            T0,
+            user="a",
+            device_id="dev-a",
+            ip="203.0.113.9",
+            attributes={"referred_user_id": "b"},
+        )
+    )
+    joined = linker.link(event("signup", T0 + HOUR, user="b", device_id="dev-b", ip="192.0.2.1"))
+    assert link_signals(joined) == []
+
+
+# ------------------------------------------------------------------ in the engine
+
+
+class Stream:
+    """Several users through one engine and one linker, as offline replay runs them."""
+
+    def __init__(self, program: Any = PROGRAM) -> None:
+        self.engine = Engine(program, seed=7)
+        self.linker = Linker()
+        self.users: dict[str, UserState] = {}
+        self.ledger = Ledger()
+
+    def send(self, item: Event) -> tuple[Decision | None, list[FraudAlert]]:
+        links = self.linker.link(item)
+        outcome = self.engine.process(
+            self.users.get(item.user_id, UserState()), self.ledger, item, links=links
+        )
+        self.users[item.user_id], self.ledger = outcome.user, outcome.ledger
+        decisions = [r for r in outcome.records if isinstance(r, Decision)]
+        alerts = [r for r in outcome.records if isinstance(r, FraudAlert)]
+        for record in decisions:
+            check_decision(orjson.loads(record.to_json()))
+        for alert in alerts:
+            check_alert(orjson.loads(alert.to_json()))
+        return (decisions[0] if decisions else None), alerts
+
+
+def farm(stream: Stream, accounts: int) -> list[tuple[Decision | None, list[FraudAlert]]]:
+    return [
+        stream.send(
+            event(
+                "signup",
+                T0 + n * 5 * MINUTE,
+                user=f"farm-{n}",
+                device_id="dev-farm",
+                channel="mobile",
+                attributes={"age": 25, "country": "DE"},
+            )
+        )
+        for n in range(accounts)
+    ]
+
+
+def test_a_farm_is_paid_until_it_shows_then_blocked_with_reasons_and_alerts() -> None:
+    results = farm(Stream(), 6)
+    statuses = [d.status for d, _ in results if d]
+    assert statuses[:2] == ["granted", "granted"]  # two sign-ups on a device look normal
+    assert all(s in ("held", "blocked") for s in statuses[2:])
+    third, alerts = results[2]
+    assert third is not None
+    assert third.risk >= PROGRAM.fraud.hold
+    assert "fraud.device.signups" in third.reasons
+    assert "3 accounts signed up on this device in 24 h" in third.explanation
+    [alert] = alerts
+    assert alert.reasons[0] == "device.signups"
+    assert set(alert.related_users) == {"farm-0", "farm-1"}
+
+
+def test_a_held_reward_is_released_by_a_cleared_label_and_cancelled_by_a_confirmed_one() -> None:
+    for verdict, status in (("cleared", "granted"), ("confirmed", "blocked")):
+        stream = Stream()
+        held, _ = farm(stream, 3)[2]
+        assert held is not None
+        assert held.status == "held"
+        spent = stream.ledger.spent_total
+        label = event("fraud_label", T0 + HOUR, user="farm-2", attributes={"label": verdict})
+        decision, _ = stream.send(label)
+        assert decision is not None
+        assert decision.status == status
+        assert decision.action == held.action
+        assert f"hold.{'released' if verdict == 'cleared' else 'cancelled'}:{held.decision_id}" in (
+            decision.reasons
+        )
+        charged = stream.ledger.spent_total - spent
+        assert charged == (held.cost if verdict == "cleared" else 0.0)
+        assert stream.users["farm-2"].risk.hold is None
+
+
+def test_a_cleared_user_is_not_flagged_again_for_sharing_but_a_confirmed_one_is_blocked() -> None:
+    stream = Stream()
+    farm(stream, 3)
+    stream.send(event("fraud_label", T0 + HOUR, user="farm-2", attributes={"label": "cleared"}))
+    later, alerts = stream.send(
+        event("session_start", T0 + 2 * HOUR, user="farm-2", device_id="dev-farm", channel="web")
+    )
+    assert later is not None
+    assert later.risk < PROGRAM.fraud.hold
+    assert alerts == []
+    stream.send(event("fraud_label", T0 + HOUR, user="farm-1", attributes={"label": "confirmed"}))
+    blocked, _ = stream.send(
+        event("purchase", T0 + 3 * HOUR, user="farm-1", amount=80.0, currency="EUR", channel="web")
+    )
+    assert blocked is not None
+    assert blocked.risk == 1.0
+    assert blocked.status in ("blocked", "none")
+
+
+def test_an_unlabelled_hold_expires_with_a_reason_in_the_next_decision() -> None:
+    stream = Stream()
+    held, _ = farm(stream, 3)[2]
+    assert held is not None
+    assert held.status == "held"
+    week_later = T0 + 8 * 24 * HOUR
+    decision, _ = stream.send(event("page_view", week_later, user="farm-2"))
+    assert decision is not None
+    assert f"hold.expired:{held.decision_id}" in decision.reasons
+
+
+def test_a_replay_with_other_content_is_not_decided_and_makes_the_user_risky() -> None:
+    stream = Stream()
+    original = event("purchase", T0, user="u-9", amount=30.0, currency="EUR", channel="web")
+    stream.send(original)
+    bigger = Event(
+        event_id=original.event_id,
+        user_id="u-9",
+        type="purchase",
+        ts=T0 + HOUR,
+        amount=300.0,
+        currency="EUR",
+        channel="web",
+    )
+    decision, [alert] = stream.send(bigger)
+    assert decision is None
+    assert alert.reasons == ("event.replayed_altered",)
+    after, _ = stream.send(
+        event("purchase", T0 + 2 * HOUR, user="u-9", amount=60.0, currency="EUR", channel="web")
+    )
+    assert after is not None
+    assert after.risk >= PROGRAM.fraud.hold
+
+
+def test_normal_customers_are_not_flagged() -> None:
+    stream = Stream()
+    for n in range(20):
+        user = f"c{n}"
+        stream.send(
+            event(
+                "signup",
+                T0 + n * HOUR,
+                user=user,
+                device_id=f"d{n}",
+                ip=f"10.0.{n}.1",
+                attributes={"age": 30, "country": "DE"},
+            )
+        )
+        for k in range(1, 4):
+            decision, alerts = stream.send(
+                event(
+                    "purchase",
+                    T0 + n * HOUR + k * 5 * HOUR,
+                    user=user,
+                    device_id=f"d{n}",
+                    ip=f"10.0.{n}.1",
+                    amount=25.0 + k,
+                    currency="EUR",
+                    channel="web",
+                )
+            )
+            assert alerts == []
+            assert decision is not None
+            assert decision.risk == 0.0
