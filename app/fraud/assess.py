@@ -19,6 +19,7 @@ from app.fraud.signals import (
     Activity,
     Signal,
     activity_signals,
+    count_foreign,
     link_signals,
     observe_activity,
     redemption_signals,
@@ -125,9 +126,18 @@ def assess(
 ) -> tuple[RiskState, Assessment]:
     """The user's risk state after ``event``, and the event's assessment."""
     activity = observe_activity(risk.activity, event)
+    answer = event.type in ("reward_redeemed", "reward_opened") and event.decision_id is not None
+    if answer and not granted and not own:
+        activity = count_foreign(activity)
     signals: list[Signal] = [*extra]
     signals += activity_signals(risk.activity, activity, event)
-    signals += redemption_signals(event, granted=granted, granted_ts=granted_ts, own=own)
+    signals += redemption_signals(
+        event,
+        granted=granted,
+        granted_ts=granted_ts,
+        own=own,
+        foreign=activity.rate("foreign_1d"),
+    )
     signals += referral_signals(event)
     signals += link_signals(links)
     if risk.cleared_until is not None and event.ts < risk.cleared_until:

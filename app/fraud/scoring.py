@@ -35,6 +35,7 @@ ANOMALY_LIMITS: dict[Hashable, tuple[float, float]] = {
     "redemptions_10m": (0.0, 10.0),
     "tiny_purchases_30m": (0.0, 15.0),
     "purchases_10m": (0.0, 10.0),
+    "foreign_1d": (0.0, 10.0),
     "device_accounts_24h": (0.0, 10.0),
     "net_accounts_24h": (0.0, 10.0),
 }

@@ -29,6 +29,7 @@ RATES: dict[str, int] = {
     "redemptions_10m": 10 * MINUTE_MS,
     "tiny_purchases_30m": 30 * MINUTE_MS,
     "purchases_10m": 10 * MINUTE_MS,
+    "foreign_1d": 24 * HOUR_MS,  # answers to decisions that are not this user's
 }
 RATE_NAMES = tuple(RATES)
 EARNING_TYPES = frozenset({"signup", "purchase", "session_start", "survey", "referral"})
@@ -98,6 +99,7 @@ def observe_activity(activity: Activity, event: Event) -> Activity:
             event.type == "purchase" and (event.amount or 0.0) < TINY_PURCHASE
         ),
         "purchases_10m": float(event.type == "purchase"),
+        "foreign_1d": 0.0,  # counted by :func:`count_foreign`, which knows the decisions
     }
     rates = tuple(
         value * math.exp(-elapsed / RATES[name]) + bumps[name]
@@ -169,8 +171,15 @@ def activity_signals(before: Activity, after: Activity, event: Event) -> list[Si
     return signals
 
 
+def count_foreign(activity: Activity) -> Activity:
+    """One more answer to a decision that is not this user's."""
+    index = RATE_NAMES.index("foreign_1d")
+    rates = tuple(r + 1.0 if i == index else r for i, r in enumerate(activity.rates))
+    return replace(activity, rates=rates)
+
+
 def redemption_signals(
-    event: Event, *, granted: bool, granted_ts: int | None, own: bool
+    event: Event, *, granted: bool, granted_ts: int | None, own: bool, foreign: float = 1.0
 ) -> list[Signal]:
     """An answer to a reward: one that is not this user's at all (made up, or another user's),
     one of this user's decisions that granted nothing, or one redeemed suspiciously fast.
@@ -182,11 +191,15 @@ def redemption_signals(
         return []
     what = event.type.removeprefix("reward_")
     if not granted and not own:
+        # One such answer can be an event that overtook its own decision's event (a
+        # backfill, two devices); a second or third within a day is a forger trying ids.
+        weight = 0.45 if foreign < 2 else (0.75 if foreign < 3 else 0.95)
         return [
             Signal(
                 "redemption.foreign",
-                0.95,
-                f"{what} decision {event.decision_id}, which was never made for this user",
+                weight,
+                f"{what} decision {event.decision_id}, which was never made for this user "
+                f"(about {foreign:.0f} such in a day)",
             )
         ]
     if not granted:
@@ -256,7 +269,8 @@ def _sharing(fact: LinkFacts, where: str) -> list[Signal]:
     signals: list[Signal] = []
     if fact.kind == "device":
         if fact.signups_24h >= DEVICE_SIGNUPS:
-            weight = 0.65 if fact.signups_24h == DEVICE_SIGNUPS else 0.9
+            # Three can be a family on its tablet: not enough alone to alert.
+            weight = 0.3 if fact.signups_24h == DEVICE_SIGNUPS else 0.9
             signals.append(
                 Signal(
                     "device.signups",

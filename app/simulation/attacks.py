@@ -19,14 +19,14 @@ from __future__ import annotations
 import copy
 import random
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any, Final
 
 import orjson
 
-from app.contract.records import decision_id_for
+from app.contract.records import OUTCOME_TYPES, decision_id_for
 from app.simulation.events import CHANNELS, COUNTRIES, CURRENCY, EventSimulator, SimulatorConfig
 
 Document = dict[str, Any]
@@ -299,6 +299,8 @@ def _normal_traffic(config: AttackConfig, ids: _Registry) -> list[LabelledEvent]
             seed=config.seed,
             start_ms=config.start_ms,
             program=config.program,
+            # People, not load: the busiest customer sends about 1.5% of the traffic.
+            skew=0.5,
         )
     )
     # Uniform moments, sorted, keep each user's order (sign-up first) and give every
@@ -306,9 +308,33 @@ def _normal_traffic(config: AttackConfig, ids: _Registry) -> list[LabelledEvent]
     offsets = sorted(rng.randrange(config.duration_ms) for _ in range(config.normal_events))
     disguise = _Disguise(config, ids, rng)
     return [
-        LabelledEvent(disguise.apply(simulator.next_event(), config.start_ms + offset), None, None)
-        for offset in offsets
+        LabelledEvent(disguise.apply(event, config.start_ms + offset), None, None)
+        for event, offset in zip(_without_answers(simulator, len(offsets)), offsets, strict=True)
     ]
+
+
+def _without_answers(simulator: EventSimulator, count: int) -> Iterator[Document]:
+    """The simulator's events, keeping only answers to each user's sign-up reward.
+
+    An open-loop generator cannot know which rewards were granted, so its answers often
+    redeem a decision that granted nothing, which is itself a fraud signal. The sign-up
+    reward is the one nearly every new account gets, so answers to it stay: normal users
+    still open, redeem and dismiss rewards. Attackers' answers are all kept.
+    """
+    signups: dict[str, str] = {}
+    produced = 0
+    while produced < count:
+        event = simulator.next_event()
+        if event["type"] == "signup":
+            signups[event["user_id"]] = decision_id_for(
+                simulator.config.program, event["user_id"], event["event_id"]
+            )
+        elif event["type"] in OUTCOME_TYPES and event["decision_id"] != signups.get(
+            event["user_id"]
+        ):
+            continue
+        produced += 1
+        yield event
 
 
 # --- attack building blocks -----------------------------------------------------------

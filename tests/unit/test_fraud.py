@@ -5,6 +5,7 @@ Pure code: events in event time, no Kafka, no clock.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
@@ -28,7 +29,7 @@ from app.fraud.signals import (
     redemption_signals,
     referral_signals,
 )
-from app.programs import load_builtin
+from app.programs import ContactPolicy, load_builtin
 
 check_decision = fastjsonschema.compile(load_schema("decision"))
 check_alert = fastjsonschema.compile(load_schema("fraud_alert"))
@@ -101,7 +102,10 @@ def test_an_amount_far_from_the_users_history_is_an_outlier() -> None:
 def test_a_redemption_of_someone_elses_decision_is_foreign_and_of_an_own_refusal_weak() -> None:
     redeemed = event("reward_redeemed", decision_id="d-x")
     [foreign] = redemption_signals(redeemed, granted=False, granted_ts=None, own=False)
-    assert (foreign.code, foreign.weight) == ("redemption.foreign", 0.95)
+    assert foreign.code == "redemption.foreign"
+    assert foreign.weight < 0.5  # one alone may be an answer that overtook its decision
+    [third] = redemption_signals(redeemed, granted=False, granted_ts=None, own=False, foreign=3)
+    assert third.weight >= 0.9
     [weak] = redemption_signals(redeemed, granted=False, granted_ts=None, own=True)
     assert weak.code == "redemption.not_granted"
     assert weak.weight < 0.5
@@ -249,26 +253,46 @@ def farm(stream: Stream, accounts: int) -> list[tuple[Decision | None, list[Frau
 def test_a_farm_is_paid_until_it_shows_then_blocked_with_reasons_and_alerts() -> None:
     results = farm(Stream(), 6)
     statuses = [d.status for d, _ in results if d]
-    assert statuses[:2] == ["granted", "granted"]  # two sign-ups on a device look normal
-    assert all(s in ("held", "blocked") for s in statuses[2:])
-    third, alerts = results[2]
-    assert third is not None
-    assert third.risk >= PROGRAM.fraud.hold
-    assert "fraud.device.signups" in third.reasons
-    assert "3 accounts signed up on this device in 24 h" in third.explanation
+    # Up to three sign-ups on one device can be a family: paid (the third priced by its risk).
+    assert statuses[:3] == ["granted", "granted", "granted"]
+    assert "fraud.device.signups" in results[2][0].reasons  # type: ignore[union-attr]
+    assert all(s in ("held", "blocked") for s in statuses[3:])
+    fourth, alerts = results[3]
+    assert fourth is not None
+    assert fourth.risk >= PROGRAM.fraud.hold
+    assert "fraud.device.signups" in fourth.reasons
+    assert "4 accounts signed up on this device in 24 h" in fourth.explanation
     [alert] = alerts
     assert alert.reasons[0] == "device.signups"
-    assert set(alert.related_users) == {"farm-0", "farm-1"}
+    assert set(alert.related_users) == {"farm-0", "farm-1", "farm-2"}
+
+
+# Without contact limits, so that the fifth purchase of a day can still earn a reward.
+UNLIMITED = dataclasses.replace(PROGRAM, contact=ContactPolicy())
+
+
+def rushed_buyer(stream: Stream, user: str = "rush") -> Decision | None:
+    """Five real-sized purchases a minute apart: risky enough to hold, not to block."""
+    decision = None
+    for k in range(5):
+        decision, _ = stream.send(
+            event(
+                "purchase", T0 + k * MINUTE, user=user, amount=60.0, currency="EUR", channel="web"
+            )
+        )
+    return decision
 
 
 def test_a_held_reward_is_released_by_a_cleared_label_and_cancelled_by_a_confirmed_one() -> None:
     for verdict, status in (("cleared", "granted"), ("confirmed", "blocked")):
-        stream = Stream()
-        held, _ = farm(stream, 3)[2]
+        stream = Stream(UNLIMITED)
+        held = rushed_buyer(stream)
         assert held is not None
         assert held.status == "held"
+        assert "fraud.velocity.purchases" in held.reasons
+        assert "purchases in 10 minutes" in held.explanation
         spent = stream.ledger.spent_total
-        label = event("fraud_label", T0 + HOUR, user="farm-2", attributes={"label": verdict})
+        label = event("fraud_label", T0 + HOUR, user="rush", attributes={"label": verdict})
         decision, _ = stream.send(label)
         assert decision is not None
         assert decision.status == status
@@ -278,15 +302,15 @@ def test_a_held_reward_is_released_by_a_cleared_label_and_cancelled_by_a_confirm
         )
         charged = stream.ledger.spent_total - spent
         assert charged == (held.cost if verdict == "cleared" else 0.0)
-        assert stream.users["farm-2"].risk.hold is None
+        assert stream.users["rush"].risk.hold is None
 
 
 def test_a_cleared_user_is_not_flagged_again_for_sharing_but_a_confirmed_one_is_blocked() -> None:
     stream = Stream()
-    farm(stream, 3)
-    stream.send(event("fraud_label", T0 + HOUR, user="farm-2", attributes={"label": "cleared"}))
+    farm(stream, 4)
+    stream.send(event("fraud_label", T0 + HOUR, user="farm-3", attributes={"label": "cleared"}))
     later, alerts = stream.send(
-        event("session_start", T0 + 2 * HOUR, user="farm-2", device_id="dev-farm", channel="web")
+        event("session_start", T0 + 2 * HOUR, user="farm-3", device_id="dev-farm", channel="web")
     )
     assert later is not None
     assert later.risk < PROGRAM.fraud.hold
@@ -301,12 +325,12 @@ def test_a_cleared_user_is_not_flagged_again_for_sharing_but_a_confirmed_one_is_
 
 
 def test_an_unlabelled_hold_expires_with_a_reason_in_the_next_decision() -> None:
-    stream = Stream()
-    held, _ = farm(stream, 3)[2]
+    stream = Stream(UNLIMITED)
+    held = rushed_buyer(stream)
     assert held is not None
     assert held.status == "held"
     week_later = T0 + 8 * 24 * HOUR
-    decision, _ = stream.send(event("page_view", week_later, user="farm-2"))
+    decision, _ = stream.send(event("page_view", week_later, user="rush"))
     assert decision is not None
     assert f"hold.expired:{held.decision_id}" in decision.reasons
 
