@@ -60,10 +60,10 @@ def register_checkpoints(topology: Topology, engine: Engine, *, interval_s: floa
     saved_at_updates: list[int] = []
 
     async def checkpoint() -> None:
-        updates = engine.models.updates
+        updates = engine.models.updates + sum(engine.risk_models.label_counts.values())
         if saved_at_updates and saved_at_updates[-1] == updates:
             return
-        value = encode(program.id, program.source_sha256, engine.models)
+        value = encode(program.id, program.source_sha256, engine.models, engine.risk_models)
         await topology.model_checkpoints.send(key=checkpoint_key(program.id), value=value)
         saved_at_updates[:] = [updates]
 

@@ -71,6 +71,6 @@ def run_worker(settings: Settings) -> None:
             settings.bootstrap_servers, settings.topic_model_checkpoints, checkpoint_key(program)
         )
     )
-    restore_into(engine.models, saved, program_id=program)
+    restore_into(engine.models, saved, program_id=program, risk=engine.risk_models)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     worker.execute_from_commandline()

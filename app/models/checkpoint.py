@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from app.fraud.scoring import RiskModels
 from app.models.propensity import PropensityModels
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,33 @@ def checkpoint_key(program_id: str) -> bytes:
     return program_id.encode()
 
 
-def encode(program_id: str, program_sha256: str, models: PropensityModels) -> bytes:
+def encode(
+    program_id: str,
+    program_sha256: str,
+    models: PropensityModels,
+    risk: RiskModels | None = None,
+) -> bytes:
+    """The checkpoint record: the propensity models and the fraud model trained by labels."""
     return orjson.dumps(
         {
             "format": FORMAT,
             "program": program_id,
             "program_sha256": program_sha256,
             "state": models.snapshot(),
+            "risk": None if risk is None else risk.snapshot(),
         }
     )
 
 
-def restore_into(models: PropensityModels, raw: bytes | None, *, program_id: str) -> bool:
-    """Load a checkpoint into ``models``; False (models untouched) if there is none usable."""
+def restore_into(
+    models: PropensityModels,
+    raw: bytes | None,
+    *,
+    program_id: str,
+    risk: RiskModels | None = None,
+) -> bool:
+    """Load a checkpoint into ``models`` (and ``risk``); False, nothing changed, if there is
+    none usable."""
     if not raw:
         return False
     try:
@@ -49,6 +64,8 @@ def restore_into(models: PropensityModels, raw: bytes | None, *, program_id: str
             log.warning("checkpoint.skipped reason=format_or_program")
             return False
         models.restore(record["state"])
+        if risk is not None and record.get("risk"):
+            risk.restore(record["risk"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
         log.warning("checkpoint.skipped reason=unreadable")
         models.models.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from app.fraud import RiskModels
 from app.models.checkpoint import FORMAT, encode, restore_into
 from app.models.propensity import PropensityModels
 
@@ -64,3 +65,17 @@ def test_unusable_checkpoints_are_refused_and_leave_the_prior(raw: bytes | None)
     assert not restore_into(models, raw, program_id="p")
     assert models.updates == 0
     assert models.predict_one("points", {"a": 1.0}) == 0.2
+
+
+def test_the_fraud_model_trained_by_labels_comes_back_too() -> None:
+    source = RiskModels(seed=1)
+    for n in range(8):
+        source.learn_label({"device.signups": 0.9, "redemption.fast": 0.3}, n % 2 == 0)
+    target = RiskModels(seed=1)
+    raw = encode("p", "sha", trained(), source)
+    assert restore_into(
+        PropensityModels(prior=0.2, learning_rate=0.1), raw, program_id="p", risk=target
+    )
+    vector = {"device.signups": 0.9}
+    assert target.label_counts == source.label_counts
+    assert target.labelled_signal(vector) == source.labelled_signal(vector)
