@@ -180,6 +180,15 @@ class Engine:
         if event.type in OUTCOME_TYPES:
             user, learned_now, choice = self._outcome(user, event)
             learned += learned_now
+        elif self._pending_due(user, event.ts, assessment):
+            hold = user.risk.hold
+            assert hold is not None
+            codes = (*notes, "policy.pending_over", *fraud_codes(assessment))
+            why = "the new account's pending period is over"
+            user, ledger, released = self._release(user, ledger, event, share, hold, codes, why)
+            return Outcome(
+                user, ledger, (released, *self._alerts(event, assessment)), learned=learned
+            )
         elif event.type in self.program.triggers:
             # Below the hold threshold risk prices the reward (smaller or none); at or
             # above it, the reward a clean user would get is chosen, then held or blocked.
@@ -187,7 +196,7 @@ class Engine:
             choice = self._arbitrate(user, ledger, event, share, risk=soft)
         else:
             choice = Choice(None, 1.0, "not_a_trigger")
-        verdict = self._verdict(choice, assessment, user)
+        verdict = self._verdict(choice, assessment, user, event.ts)
         budget_codes: tuple[str, ...] = ()
         if choice.chosen is not None and verdict.status == "granted":
             budget_codes = checks.budget_left(
@@ -204,7 +213,8 @@ class Engine:
         if choice.chosen is not None and verdict.status == "granted":
             user, ledger = self._grant(user, ledger, event, decision, choice.chosen)
         elif choice.chosen is not None and verdict.status == "held":
-            user = self._hold(user, event, decision, choice.chosen)
+            pending = "fraud.new_account_pending" in verdict.codes
+            user = self._hold(user, event, decision, choice.chosen, pending=pending)
         records: tuple[Decision | FraudAlert, ...] = (decision, *self._alerts(event, assessment))
         return Outcome(user, ledger, records, learned=learned)
 
@@ -238,10 +248,13 @@ class Engine:
         )
         return replace(user, risk=risk), assessment
 
-    def _verdict(self, choice: Choice, assessment: Assessment, user: UserState) -> Verdict:
-        """Granted, held or blocked: what the risk allows for the chosen reward."""
+    def _verdict(self, choice: Choice, assessment: Assessment, user: UserState, ts: int) -> Verdict:
+        """Granted, held or blocked: what the risk (and a new account's pending period)
+        allows for the chosen reward."""
         if choice.chosen is None:
             return Verdict("none")
+        if not self.defend:
+            return Verdict("granted")
         fraud = self.program.fraud
         if assessment.score >= fraud.block:
             return Verdict("blocked", ("fraud.blocked",))
@@ -249,7 +262,31 @@ class Engine:
             if user.risk.hold is not None:
                 return Verdict("blocked", ("fraud.hold_open",))
             return Verdict("held", ("fraud.held",))
+        if self._pending(user, ts) and choice.chosen.cost > 0:
+            if user.risk.hold is not None:
+                # One reward waits per new account; the rest of its first period earns none.
+                return Verdict("none", ("hold.pending_open",))
+            return Verdict("held", ("fraud.new_account_pending",))
         return Verdict("granted")
+
+    def _pending(self, user: UserState, ts: int) -> bool:
+        """Is ``user`` still inside the program's pending period for new accounts?"""
+        period = self.program.fraud.new_account_pending
+        return (
+            period is not None
+            and user.first_ts is not None
+            and (ts < user.first_ts + period.seconds * 1000)
+        )
+
+    def _pending_due(self, user: UserState, ts: int, assessment: Assessment) -> bool:
+        """A reward held only for the pending period, now over, for a user not risky now."""
+        hold = user.risk.hold
+        return (
+            hold is not None
+            and hold.pending
+            and not self._pending(user, ts)
+            and assessment.score < self.program.fraud.hold
+        )
 
     def _alerts(self, event: Event, assessment: Assessment) -> tuple[FraudAlert, ...]:
         """One alert for an event whose own signals reach the program's alert threshold."""
@@ -313,7 +350,13 @@ class Engine:
         )
 
     def _hold(
-        self, user: UserState, event: Event, decision: Decision, chosen: Candidate
+        self,
+        user: UserState,
+        event: Event,
+        decision: Decision,
+        chosen: Candidate,
+        *,
+        pending: bool = False,
     ) -> UserState:
         hold = Hold(
             decision_id=decision.decision_id,
@@ -325,6 +368,7 @@ class Engine:
             ts=event.ts,
             features=as_vector(chosen.features),
             learn=self._consents(user)[0],
+            pending=pending,
         )
         return replace(user, risk=replace(user.risk, hold=hold))
 
@@ -360,13 +404,28 @@ class Engine:
                 ledger,
                 self._plain(event, decision_id, "blocked", codes, sentence, action=hold.reward_id),
             )
+        return self._release(user, ledger, event, share, hold, codes, "cleared after review")
+
+    def _release(
+        self,
+        user: UserState,
+        ledger: Ledger,
+        event: Event,
+        share: Share,
+        hold: Hold,
+        codes: tuple[str, ...],
+        why: str,
+    ) -> tuple[UserState, Ledger, Decision]:
+        """Grant a held reward in ``event``'s decision, if the budgets still allow it."""
+        decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
+        user = replace(user, risk=replace(user.risk, hold=None))
         room = checks.budget(
             self.program, user, ledger, share, cost=hold.cost, ts=event.ts, bucket_ms=self.bucket_ms
         )
         stock = checks.stock(self.program.reward(hold.reward_id), ledger, share)
         if not (room.passed and stock.passed):
             failed = room if not room.passed else stock
-            sentence = f"Could not release {hold.reward_id} after review: {failed.words}."
+            sentence = f"Could not release {hold.reward_id} ({why}): {failed.words}."
             codes = (*codes, f"hold.not_released:{hold.decision_id}", failed.code)
             return (
                 user,
@@ -379,7 +438,7 @@ class Engine:
                 decision_id,
                 "granted",
                 (*codes, f"hold.released:{hold.decision_id}"),
-                f"Released {hold.reward_id} held by {hold.decision_id}: cleared after review.",
+                f"Released {hold.reward_id} held by {hold.decision_id}: {why}.",
                 action=hold.reward_id,
             ),
             channel=hold.channel,
@@ -629,7 +688,7 @@ class Engine:
             event_id=event.event_id,
             user_id=event.user_id,
             ts=event.ts,
-            action=chosen.reward.id if chosen else None,
+            action=chosen.reward.id if chosen and status != "none" else None,
             channel=chosen.channel if paid and chosen else None,
             value=round(chosen.value, 4) if paid and chosen else 0.0,
             cost=round(chosen.cost, 4) if paid and chosen else 0.0,

@@ -43,6 +43,7 @@ class Hold:
     ts: int
     features: tuple[float, ...]
     learn: bool
+    pending: bool = False  # held only because the account is new, not because it is risky
 
 
 @dataclass(frozen=True, slots=True)

@@ -738,7 +738,7 @@ def _learning(where: _Where, value: object) -> Learning:
     return learning
 
 
-_FRAUD_KEYS = ("alert", "hold", "block", "hold_for", "cleared_for")
+_FRAUD_KEYS = ("alert", "hold", "block", "hold_for", "cleared_for", "new_account_pending")
 
 
 def _fraud(where: _Where, value: object) -> Fraud:
@@ -759,6 +759,7 @@ def _fraud(where: _Where, value: object) -> Fraud:
         cleared_for=_window(
             where.key("cleared_for"), fields.get("cleared_for", defaults.cleared_for.text)
         ),
+        new_account_pending=_optional(where, fields, "new_account_pending", _window),
     )
     if fraud.hold > fraud.block:
         where.key("hold").fail(

@@ -245,6 +245,10 @@ class Fraud:
     ``hold_for``: a hold no analyst labelled within this time is cancelled.
     ``cleared_for``: after a ``cleared`` label, how long the user's shared-device
     and shared-network signals are ignored (a household, an office).
+    ``new_account_pending``: when set, the first reward with a cost that an account
+    earns within this time of its first event is held until the period is over
+    (released at the user's next event after it, unless the user turned risky); the
+    account earns no other reward meanwhile. None: no pending period.
     """
 
     alert: float = 0.5
@@ -252,6 +256,7 @@ class Fraud:
     block: float = 0.85
     hold_for: Window = Window(7 * 86_400, "7d")
     cleared_for: Window = Window(30 * 86_400, "30d")
+    new_account_pending: Window | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,12 @@ check_decision = fastjsonschema.compile(load_schema("decision"))
 check_alert = fastjsonschema.compile(load_schema("fraud_alert"))
 T0 = 1_772_366_400_000
 SECOND, MINUTE, HOUR = 1_000, 60_000, 3_600_000
-PROGRAM = load_builtin("retail-loyalty")
+RETAIL = load_builtin("retail-loyalty")
+# The shipped program holds a new account's first reward for 12 h; most tests look at
+# risk alone, without that pending period.
+PROGRAM = dataclasses.replace(
+    RETAIL, fraud=dataclasses.replace(RETAIL.fraud, new_account_pending=None)
+)
 ids = itertools.count()
 
 
@@ -388,3 +393,43 @@ def test_normal_customers_are_not_flagged() -> None:
             assert alerts == []
             assert decision is not None
             assert decision.risk == 0.0
+
+
+# ------------------------------------------------------------------ pending period
+
+
+def test_a_new_accounts_first_reward_waits_out_the_pending_period_then_is_released() -> None:
+    assert RETAIL.fraud.new_account_pending is not None
+    stream = Stream(RETAIL)
+    signup = event("signup", T0, user="new", channel="web", attributes={"age": 30})
+    held, alerts = stream.send(signup)
+    assert held is not None
+    assert (held.status, held.action) == ("held", "welcome-points")
+    assert "fraud.new_account_pending" in held.reasons
+    assert alerts == []  # waiting is not suspicion
+    assert stream.ledger.spent_total == 0.0
+    purchase = event("purchase", T0 + HOUR, user="new", amount=80.0, currency="EUR", channel="web")
+    second, _ = stream.send(purchase)
+    assert second is not None
+    assert (second.status, second.action) == ("none", None)
+    assert "hold.pending_open" in second.reasons
+    later, _ = stream.send(event("page_view", T0 + 13 * HOUR, user="new", channel="web"))
+    assert later is not None
+    assert (later.status, later.action) == ("granted", "welcome-points")
+    assert f"hold.released:{held.decision_id}" in later.reasons
+    assert stream.ledger.spent_total == held.cost
+    # Answers to the released reward go to the decision that released it.
+    assert stream.users["new"].granted(later.decision_id) is not None
+
+
+def test_an_account_that_turns_risky_in_its_pending_period_is_not_released() -> None:
+    stream = Stream(RETAIL)
+    stream.send(event("signup", T0, user="bot", channel="web", attributes={"age": 30}))
+    for k in range(10):
+        stream.send(
+            event("purchase", T0 + HOUR + k * 5 * SECOND, user="bot", amount=1.0, currency="EUR")
+        )
+    later, _ = stream.send(event("page_view", T0 + 13 * HOUR, user="bot"))
+    assert later is not None
+    assert later.status == "none"
+    assert stream.users["bot"].risk.hold is not None  # waits for an analyst, or expires

@@ -30,7 +30,10 @@ def replay(events: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[
 
 
 def test_replay_decides_every_event_and_is_byte_for_byte_reproducible(tmp_path: Path) -> None:
-    simulator = EventSimulator(SimulatorConfig(users=80, seed=5, invalid_ratio=0.05))
+    # Two days of traffic: new accounts wait out their pending period, then earn rewards.
+    simulator = EventSimulator(
+        SimulatorConfig(users=80, seed=5, invalid_ratio=0.05, events_per_second=0.01)
+    )
     lines = [simulator.next_message() for _ in range(1500)]
     events = tmp_path / "events.jsonl"
     events.write_bytes(b"\n".join(lines) + b"\n")
