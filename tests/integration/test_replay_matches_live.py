@@ -27,7 +27,10 @@ pytestmark = pytest.mark.kafka
 async def test_replay_reproduces_the_live_decisions(
     kafka_settings: Settings, worker: WorkerProcess
 ) -> None:
-    simulator = EventSimulator(SimulatorConfig(users=40, seed=21, program=kafka_settings.program))
+    # A day of traffic (event time), so accounts get past the program's pending period.
+    simulator = EventSimulator(
+        SimulatorConfig(users=40, seed=21, program=kafka_settings.program, events_per_second=0.004)
+    )
     lines = []
     while len(lines) < 400:
         line = simulator.next_message()
