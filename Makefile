@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars demo test test-unit test-integration lint format kafka-up kafka-down bench-learning bench-fraud clean
+.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability lint format kafka-up kafka-down bench-learning bench-fraud clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -25,13 +25,16 @@ demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, 
 	$(BIN)/rewardstream demo
 
 test: install kafka-jars ## The whole suite: unit tests and integration tests on a real broker
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/reliability
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
 
 test-integration: install kafka-jars ## Integration tests on the real broker only
-	$(BIN)/pytest -m kafka
+	$(BIN)/pytest -m kafka --ignore=tests/reliability
+
+test-reliability: install kafka-jars ## Fault tests: SIGKILL the worker mid-stream (several minutes)
+	$(BIN)/pytest tests/reliability
 
 lint: install ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .

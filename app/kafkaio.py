@@ -167,6 +167,9 @@ async def read(
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest" if from_beginning else "latest",
+        # Only what a worker committed: with exactly-once delivery, records of a
+        # transaction that was aborted (a killed worker's) are never read.
+        isolation_level="read_committed",
     )
     await consumer.start()
     seen = 0
@@ -213,7 +216,10 @@ async def latest_by_key(bootstrap_servers: str, topic: str, key: bytes) -> bytes
     if not partitions:
         return None
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+GUARANTEES = ("exactly_once", "at_least_once")
 ENV_PREFIX = "REWARDSTREAM_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -58,6 +59,11 @@ class Settings:
     seed: int = 7
     # How often a worker saves what its models learned (a restart continues from it).
     checkpoint_interval_s: int = 30
+
+    # Delivery: "at_least_once" (consumers deduplicate by decision_id) or "exactly_once"
+    # (Faust's Kafka transactions; consumers read committed records only). Measured in
+    # docs/reliability.md: neither keeps budgets exact through a SIGKILL yet.
+    processing_guarantee: str = "at_least_once"
 
     # Input limits: an event larger than this is dead-lettered, not parsed.
     max_event_bytes: int = 65_536
@@ -109,6 +115,11 @@ class Settings:
         if self.log_level.lower() not in LOG_LEVELS:
             raise SettingsError(
                 f"REWARDSTREAM_LOG_LEVEL={self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+        if self.processing_guarantee not in GUARANTEES:
+            raise SettingsError(
+                f"REWARDSTREAM_PROCESSING_GUARANTEE={self.processing_guarantee!r} is not one of "
+                f"{', '.join(GUARANTEES)}"
             )
         if self.checkpoint_interval_s < 1:
             raise SettingsError("REWARDSTREAM_CHECKPOINT_INTERVAL_S must be at least 1")

@@ -112,6 +112,7 @@ def build(settings: Settings, **faust_options: Any) -> Topology:
         web_host=settings.web_host,
         web_port=settings.web_port,
         consumer_auto_offset_reset="earliest",
+        processing_guarantee=settings.processing_guarantee,
         **faust_options,
     )
     names = settings.topic_names()

@@ -89,7 +89,11 @@ class Activity:
 
 def observe_activity(activity: Activity, event: Event) -> Activity:
     """The activity after ``event``: decayed rates bumped, the amount history updated."""
-    elapsed = 0 if activity.ts is None else max(0, event.ts - activity.ts)
+    now = event.ts if activity.ts is None else max(activity.ts, event.ts)
+    elapsed = 0 if activity.ts is None else now - activity.ts
+    # An event older than the newest one seen (it took another path, or came late) counts
+    # for what it weighs now, decayed by its age: never as if it had just happened.
+    late = now - event.ts
     bumps = {
         "events_1m": 1.0,
         "events_1h": 1.0,
@@ -102,10 +106,10 @@ def observe_activity(activity: Activity, event: Event) -> Activity:
         "foreign_1d": 0.0,  # counted by :func:`count_foreign`, which knows the decisions
     }
     rates = tuple(
-        value * math.exp(-elapsed / RATES[name]) + bumps[name]
+        value * math.exp(-elapsed / RATES[name]) + bumps[name] * math.exp(-late / RATES[name])
         for name, value in zip(RATE_NAMES, activity.rates, strict=True)
     )
-    activity = replace(activity, ts=max(event.ts, activity.ts or event.ts), rates=rates)
+    activity = replace(activity, ts=now, rates=rates)
     if event.type == "purchase" and event.amount is not None:
         x = math.log1p(event.amount)
         n = activity.amount_n + 1

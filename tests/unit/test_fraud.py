@@ -87,6 +87,14 @@ def test_many_events_in_a_minute_is_velocity() -> None:
     )
 
 
+def test_events_arriving_out_of_order_are_not_a_burst() -> None:
+    # A day of hourly visits, delivered newest first (a backfill, or two devices' paths).
+    visits = [event("session_start", T0 + i * HOUR) for i in range(24)]
+    assert run_activity(list(reversed(visits)))[1] == []
+    activity = run_activity(list(reversed(visits)))[0]
+    assert activity.rate("events_1h") < 2.0
+
+
 def test_redemptions_in_a_burst_are_flagged_only_on_redemptions() -> None:
     redeemed = [
         event("reward_redeemed", T0 + i * 10 * SECOND, decision_id=f"d-{i}") for i in range(6)

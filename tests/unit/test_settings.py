@@ -75,3 +75,10 @@ def test_settings_are_frozen_and_round_trip_through_env() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.partitions = 3  # type: ignore[misc]
     assert Settings.from_env(environ=settings.env()) == settings
+
+
+def test_an_unknown_processing_guarantee_is_refused_by_name() -> None:
+    with pytest.raises(SettingsError, match="REWARDSTREAM_PROCESSING_GUARANTEE"):
+        Settings.from_env({"REWARDSTREAM_PROCESSING_GUARANTEE": "exactly-once"})
+    chosen = Settings.from_env({"REWARDSTREAM_PROCESSING_GUARANTEE": "exactly_once"})
+    assert chosen.processing_guarantee == "exactly_once"
