@@ -314,6 +314,21 @@ def _add_bench_learning(commands: Any) -> None:
     bench.set_defaults(run=_bench_learning)
 
 
+def _publish_report(
+    args: argparse.Namespace, report: dict[str, Any], table: str, title: str
+) -> None:
+    """A benchmark's JSON report to ``--out``, its table to stdout and, with ``--docs``,
+    as a dated section of that markdown file."""
+    from app.bench.report import append_section
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(table)
+    if args.docs:
+        append_section(Path(args.docs), title, table)
+
+
 def _add_bench_fraud(commands: Any) -> None:
     bench = commands.add_parser(
         "bench-fraud",
@@ -330,7 +345,6 @@ def _add_bench_fraud(commands: Any) -> None:
 
 def _bench_fraud(settings: Settings, args: argparse.Namespace) -> int:
     from app.bench.fraud import fraud_markdown, run_fraud_benchmark, targets_met
-    from app.bench.report import append_section
 
     report = run_fraud_benchmark(
         seeds=tuple(args.seeds),
@@ -338,20 +352,15 @@ def _bench_fraud(settings: Settings, args: argparse.Namespace) -> int:
         normal_users=args.normal_users,
         normal_events=args.normal_events,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    table = fraud_markdown(report)
-    print(table)
-    if args.docs:
-        append_section(Path(args.docs), "Fraud detection (`rewardstream bench-fraud`)", table)
+    _publish_report(
+        args, report, fraud_markdown(report), "Fraud detection (`rewardstream bench-fraud`)"
+    )
     return 0 if targets_met(report) else 1
 
 
 def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
     from app.assembly import load_program_setting
     from app.bench.learning import run_benchmark, targets_markdown
-    from app.bench.report import append_section
 
     program = load_program_setting(args.program or settings.program)
     if not 0.0 <= args.members <= 1.0:
@@ -364,13 +373,8 @@ def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
         days=args.days,
         members=args.members,
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
-    table = targets_markdown(report)
-    print(table)
-    if args.docs:
-        append_section(Path(args.docs), "Learning quality (`rewardstream bench-learning`)", table)
+    title = "Learning quality (`rewardstream bench-learning`)"
+    _publish_report(args, report, targets_markdown(report), title)
     met = report["engine_vs_random"] >= 2.0 and report["engine_vs_oracle"] >= 0.8
     clean = not any(p["limit_violations"] for p in report["policies"].values())
     return 0 if met and clean else 1

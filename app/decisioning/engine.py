@@ -49,8 +49,8 @@ from app.features.state import (
     record_grant,
 )
 from app.fraud import NO_RISK, Assessment, Hold, LinkFacts, RiskModels, assess, label
-from app.fraud.assess import LEVEL_HALF_LIFE_MS
-from app.fraud.scoring import decayed, noisy_or
+from app.fraud.assess import carried_risk
+from app.fraud.scoring import noisy_or
 from app.fraud.signals import replay_signal
 from app.models import PropensityModels, explore_draw
 from app.programs import Program, Reward, resolve_amount
@@ -325,11 +325,7 @@ class Engine:
         altered = user.digest_of(event.event_id) != content_digest(event)
         signal = replay_signal(altered=altered)
         risk = user.risk
-        carried = (
-            0.0
-            if risk.level_ts is None
-            else decayed(risk.level, event.ts - risk.level_ts, LEVEL_HALF_LIFE_MS)
-        )
+        carried = carried_risk(risk, event.ts)
         assessment = Assessment(round(max(signal.weight, carried), 4), signal.weight, (signal,))
         if altered:
             risk = replace(

@@ -148,11 +148,7 @@ def assess(
     if learned is not None:
         signals.append(learned)
     event_score = noisy_or(s.weight for s in signals)
-    carried = (
-        0.0
-        if risk.level_ts is None
-        else decayed(risk.level, event.ts - risk.level_ts, LEVEL_HALF_LIFE_MS)
-    )
+    carried = carried_risk(risk, event.ts)
     # The larger, not the noisy-OR, of now and before: a burst still under way is seen
     # again at every event, and the same evidence must not compound into certainty.
     score = 1.0 if risk.label == "confirmed" else max(event_score, carried)
@@ -164,6 +160,13 @@ def assess(
         vector=signal_vector(signals) if event_score >= alert_at else risk.vector,
     )
     return risk, Assessment(round(score, 4), round(event_score, 4), tuple(signals), found)
+
+
+def carried_risk(risk: RiskState, ts: int) -> float:
+    """The risk the user's earlier events left, decayed to ``ts``."""
+    if risk.level_ts is None:
+        return 0.0
+    return decayed(risk.level, ts - risk.level_ts, LEVEL_HALF_LIFE_MS)
 
 
 def label(risk: RiskState, event: Event, *, models: RiskModels, cleared_for_ms: int) -> RiskState:
