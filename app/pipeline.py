@@ -201,11 +201,11 @@ class Pipeline:
         )
         if outcome.user is not user:
             tables.users[user_key] = outcome.user.to_bytes()
+        if outcome.ledger is not ledger:
+            tables.ledgers[key_of_ledger] = outcome.ledger.to_bytes()
         if outcome.duplicate:
             self.metrics.duplicates.inc()
         else:
-            if outcome.ledger is not ledger:
-                tables.ledgers[key_of_ledger] = outcome.ledger.to_bytes()
             self.metrics.events_in.labels(event.type).inc()
             if event.type in self.engine.program.triggers:
                 decision = outcome.records[0]

@@ -320,6 +320,7 @@ class Engine:
         retry, so they leave the user's risk alone; the same id with other content is
         a replay made to earn twice, and the user's risk carries it.
         """
+        ledger = self._recharge(user, ledger, event)
         if not self.defend:
             return Outcome(user, ledger, (), duplicate=True)
         altered = user.digest_of(event.event_id) != content_digest(event)
@@ -336,6 +337,24 @@ class Engine:
             )
             user = replace(user, risk=risk)
         return Outcome(user, ledger, self._alerts(event, assessment), duplicate=True)
+
+    def _charge(self, ledger: Ledger, grant: Grant) -> Ledger:
+        return ledger.charge(
+            ts=grant.ts,
+            cost=grant.cost,
+            reward_id=grant.reward,
+            bucket_ms=self.bucket_ms,
+            keep_ms=self.keep_ledger_ms,
+            ref=grant.ref,
+        )
+
+    def _recharge(self, user: UserState, ledger: Ledger, event: Event) -> Ledger:
+        """A repeat of an event whose grant the user's state recorded but the ledger does
+        not (a crash persisted one and not the other): charge it now, once."""
+        grant = user.granted(decision_id_for(self.program.id, event.user_id, event.event_id))
+        if grant is None or ledger.has_charged(grant.ref) or not ledger.remembers(grant.ts):
+            return ledger
+        return self._charge(ledger, grant)
 
     def _expire_hold(self, user: UserState, ts: int) -> tuple[UserState, tuple[str, ...]]:
         hold = user.risk.hold
@@ -445,16 +464,9 @@ class Engine:
         offer = PendingOffer(
             decision_id, reward.id, reward.kind, event.ts, hold.features, hold.learn
         )
-        user = record_grant(
-            user, Grant(event.ts, hold.channel, hold.cost, decision_ref(decision_id)), offer
-        )
-        ledger = ledger.charge(
-            ts=event.ts,
-            cost=hold.cost,
-            reward_id=reward.id,
-            bucket_ms=self.bucket_ms,
-            keep_ms=self.keep_ledger_ms,
-        )
+        grant = Grant(event.ts, hold.channel, hold.cost, decision_ref(decision_id), reward.id)
+        user = record_grant(user, grant, offer)
+        ledger = self._charge(ledger, grant)
         return user, ledger, decision
 
     def _plain(
@@ -646,15 +658,10 @@ class Engine:
             features=as_vector(chosen.features),
             learn=self._consents(user)[0],
         )
-        grant = Grant(event.ts, chosen.channel, chosen.cost, decision_ref(decision.decision_id))
+        ref = decision_ref(decision.decision_id)
+        grant = Grant(event.ts, chosen.channel, chosen.cost, ref, chosen.reward.id)
         user = record_grant(user, grant, offer)
-        ledger = ledger.charge(
-            ts=event.ts,
-            cost=chosen.cost,
-            reward_id=chosen.reward.id,
-            bucket_ms=self.bucket_ms,
-            keep_ms=self.keep_ledger_ms,
-        )
+        ledger = self._charge(ledger, grant)
         return user, ledger
 
     def _decision(

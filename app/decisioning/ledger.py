@@ -10,6 +10,10 @@ traffic one partition can run out while another still has some left.
 Period budgets are rolling windows in event time, counted in buckets. A bucket
 that only partly overlaps the window is counted whole, which errs on the safe
 side: the limit may bind slightly early, never late.
+
+Charges are idempotent: a ledger remembers the decisions it charged most
+recently (:data:`RECENT_CHARGES` of them), so a grant decided again after a
+crash (the same decision id) is not charged twice.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+
+# How many recent charges a ledger remembers by decision: far more than a partition
+# grants between two offset commits, which is what a restarted worker can re-process.
+RECENT_CHARGES = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +50,14 @@ class Ledger:
     spent_total: float = 0.0
     buckets: tuple[tuple[int, float], ...] = ()  # (bucket start ms, cost), oldest first
     stock_used: dict[str, int] = field(default_factory=dict)
+    charged: tuple[tuple[str, int], ...] = ()  # (decision ref, ts) of the latest charges
+
+    def has_charged(self, ref: str) -> bool:
+        return any(seen == ref for seen, _ in self.charged)
+
+    def remembers(self, ts: int) -> bool:
+        """Would a charge at ``ts`` still be among the charges this ledger remembers?"""
+        return len(self.charged) < RECENT_CHARGES or ts >= min(t for _, t in self.charged)
 
     def spent_within(self, ts: int, window_ms: int, bucket_ms: int) -> float:
         """Cost granted in the window ending at ``ts`` (buckets overlapping it count whole)."""
@@ -52,9 +68,19 @@ class Ledger:
         return self.stock_used.get(reward_id, 0)
 
     def charge(
-        self, *, ts: int, cost: float, reward_id: str, bucket_ms: int, keep_ms: int
+        self,
+        *,
+        ts: int,
+        cost: float,
+        reward_id: str,
+        bucket_ms: int,
+        keep_ms: int,
+        ref: str = "",
     ) -> Ledger:
-        """The ledger after granting ``reward_id`` at ``cost``; old buckets are dropped."""
+        """The ledger after granting ``reward_id`` at ``cost`` for the decision ``ref``
+        (unchanged if that decision was charged already); old buckets are dropped."""
+        if ref and self.has_charged(ref):
+            return self
         start = ts - ts % bucket_ms
         buckets = [b for b in self.buckets if b[0] > ts - keep_ms - bucket_ms]
         if buckets and buckets[-1][0] == start:
@@ -67,6 +93,7 @@ class Ledger:
             spent_total=round(self.spent_total + cost, 6),
             buckets=tuple(buckets),
             stock_used={**self.stock_used, reward_id: self.stock_taken(reward_id) + 1},
+            charged=(*self.charged, (ref, ts))[-RECENT_CHARGES:] if ref else self.charged,
         )
 
     def to_bytes(self) -> bytes:
@@ -78,6 +105,7 @@ class Ledger:
             return cls()
         document: dict[str, Any] = orjson.loads(raw)
         document["buckets"] = tuple((int(s), float(c)) for s, c in document["buckets"])
+        document["charged"] = tuple((str(r), int(t)) for r, t in document.get("charged", ()))
         return cls(**document)
 
 

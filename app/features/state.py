@@ -45,6 +45,7 @@ class Grant:
     channel: str | None
     cost: float
     ref: str = ""  # the start of its decision id: an answer to it is not a forgery
+    reward: str = ""  # the reward's id
 
 
 def decision_ref(decision_id: str) -> str:

@@ -431,3 +431,19 @@ def test_granted_decision_says_what_is_left_of_each_budget_and_the_stock() -> No
     assert card.action == "card"
     assert "stock.card_left:1" in card.reasons
     assert "budget.per_user_left:3.00" in card.reasons  # 8 - 1 (points) - 1 (welcome) - 3
+
+
+def test_a_repeat_charges_a_grant_the_ledger_lost_and_only_once() -> None:
+    """A crash can persist the user's state (the grant) and lose the ledger's charge; the
+    event comes back as a repeat, and the ledger must end up charged exactly once."""
+    engine = Engine(PROGRAM)
+    event = new_buyer(1)
+    first = engine.process(UserState(), Ledger(), event)
+    [decision] = [r for r in first.records if isinstance(r, Decision)]
+    assert decision.status == "granted"
+    lost = Ledger()  # the ledger as recovered: without the charge
+    again = engine.process(first.user, lost, event)
+    assert again.duplicate
+    assert again.ledger.spent_total == pytest.approx(decision.cost)
+    once_more = engine.process(again.user, again.ledger, event)
+    assert once_more.ledger.spent_total == pytest.approx(decision.cost)

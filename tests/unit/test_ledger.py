@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.decisioning.ledger import Ledger, Share, ledger_key
+from app.decisioning.ledger import RECENT_CHARGES, Ledger, Share, ledger_key
 
 HOUR = 3_600_000
 
@@ -57,3 +57,31 @@ def test_round_trip_and_keys() -> None:
     assert Ledger.from_bytes(ledger.to_bytes()) == ledger
     assert Ledger.from_bytes(None) == Ledger()
     assert ledger_key("p", 3) == b"p:3"
+
+
+def test_the_same_decision_is_charged_once() -> None:
+    ledger = Ledger()
+    for _ in range(3):  # decided again after a crash: the same decision id
+        ledger = ledger.charge(
+            ts=HOUR, cost=4.0, reward_id="r", bucket_ms=HOUR, keep_ms=24 * HOUR, ref="abc"
+        )
+    assert (ledger.spent_total, ledger.stock_taken("r")) == (4.0, 1)
+    restored = Ledger.from_bytes(ledger.to_bytes())
+    assert restored.has_charged("abc")
+    assert (
+        restored.charge(
+            ts=HOUR, cost=4.0, reward_id="r", bucket_ms=HOUR, keep_ms=24 * HOUR, ref="abc"
+        )
+        == restored
+    )
+
+
+def test_a_ledger_remembers_a_bounded_number_of_charges() -> None:
+    ledger = Ledger()
+    for i in range(RECENT_CHARGES + 10):
+        ledger = ledger.charge(
+            ts=i, cost=0.01, reward_id="r", bucket_ms=HOUR, keep_ms=HOUR, ref=f"d{i}"
+        )
+    assert len(ledger.charged) == RECENT_CHARGES
+    assert not ledger.remembers(5)  # too old to know: never charged again
+    assert ledger.remembers(RECENT_CHARGES + 9)
