@@ -11,6 +11,7 @@ import dataclasses
 import shutil
 import statistics
 from collections import Counter
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import orjson
@@ -18,10 +19,11 @@ import orjson
 from app import localkafka
 from app.assembly import load_program_setting
 from app.clock import SystemClock
-from app.kafkaio import ensure_topics, read, topic_requests
+from app.kafkaio import ensure_topics, produce, read, topic_requests
 from app.render import render
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
+from app.simulation.attacks import AttackConfig, attacker_accounts, generate
 from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 from app.simulation.live import closed_loop_on_kafka
 from app.workerproc import WorkerProcess
@@ -86,6 +88,27 @@ async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
         f"in {plan.duration_s:.0f} s; users answer the rewards they get, and "
         f"{plan.invalid_ratio:.0%} more messages are malformed on purpose..."
     )
+    start_ms = users.start_ms
+    attacks = [
+        event
+        for event in generate(
+            AttackConfig(
+                seed=plan.seed,
+                start_ms=start_ms,
+                duration_ms=int(plan.days * 86_400_000),
+                normal_users=1,
+                normal_events=0,
+                scenarios=DEMO_ATTACKS,
+                intensity=0.5,
+            )
+        )
+        if event.scenario is not None
+    ]
+    attackers = set().union(*attacker_accounts(attacks).values())
+    say(
+        f"Then {len(attacks)} attack events from {len(attackers)} accounts over the same days "
+        "(a device farm, forged redemptions, a bot's burst of tiny purchases)..."
+    )
     loop = await closed_loop_on_kafka(
         settings.bootstrap_servers,
         (settings.topic_events, settings.topic_decisions),
@@ -96,15 +119,24 @@ async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
         malformed=iter(broken),
         malformed_ratio=plan.invalid_ratio,
     )
+    # After the users' traffic, so that the latency figures describe the users' events.
+    await produce(
+        settings.bootstrap_servers,
+        settings.topic_events,
+        [orjson.dumps(event.document) for event in attacks],
+    )
     outputs = [settings.topic_decisions, settings.topic_fraud_alerts, settings.topic_dead_letter]
     records = [
         (received.document(), received.timestamp_ms)
         async for received in read(settings.bootstrap_servers, outputs, idle_timeout_s=5.0)
     ]
     produced_at = await _produce_times(settings)
-    print_summary(records, produced=loop.events, produced_at=produced_at, loop=loop)
+    produced = loop.events + len(attacks)
+    print_summary(
+        records, produced=produced, produced_at=produced_at, loop=loop, attackers=attackers
+    )
     decided = sum(1 for r, _ in records if r.get("kind") in ("decision", "dead_letter"))
-    return 0 if decided == loop.events else 1
+    return 0 if decided == produced else 1
 
 
 async def _produce_times(settings: Settings) -> dict[str, int]:
@@ -124,6 +156,7 @@ def print_summary(
     produced: int,
     produced_at: dict[str, int],
     loop: LoopStats,
+    attackers: AbstractSet[str] = frozenset(),
 ) -> None:
     decisions = [r for r, _ in records if r.get("kind") == "decision"]
     alerts = [r for r, _ in records if r.get("kind") == "fraud_alert"]
@@ -161,6 +194,16 @@ def print_summary(
         "Dead letters by reason: "
         + (", ".join(f"{k} {v}" for k, v in reasons.most_common()) or "none")
     )
+    if attackers:
+        named = {u for a in alerts for u in (a["user_id"], *a["related_users"])} & attackers
+        taken = sum(d["cost"] for d in granted if d["user_id"] in attackers)
+        say(
+            f"Attackers: {len(named)} of {len(attackers)} accounts named in fraud alerts; "
+            f"rewards granted to them: {taken:,.2f}"
+        )
+        strongest = max(alerts, key=lambda a: (a["score"], a["alert_id"]), default=None)
+        if strongest is not None:
+            say("  " + render(strongest))
     say("\nA few decisions (one per reward, then a refusal):")
     for record in _one_per_action(granted)[:4] + _refusals(decisions)[:1]:
         say("  " + render(record))
@@ -171,6 +214,9 @@ def print_summary(
             if record["reason"] not in seen:
                 seen.add(record["reason"])
                 say("  " + render(record))
+
+
+DEMO_ATTACKS = ("account_farm", "forged_redemption", "bot_burst")
 
 
 def _one_per_action(granted: list[dict[str, Any]]) -> list[dict[str, Any]]:
