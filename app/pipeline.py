@@ -65,11 +65,13 @@ class Envelope:
     raw: bytes
     source: SourcePosition
     links: tuple[LinkFacts, ...] = ()
+    event: Event | None = None  # as validated at intake (later stages do not re-validate)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
             {
                 "event": self.raw.decode(),
+                "parsed": None if self.event is None else self.event.to_document(),
                 "source": [self.source.topic, self.source.partition, self.source.offset],
                 "key": None
                 if self.source.key is None
@@ -83,12 +85,14 @@ class Envelope:
         document: dict[str, Any] = orjson.loads(value)
         topic, partition, offset = document["source"]
         key = document.get("key")
+        parsed = document.get("parsed")
         return cls(
             raw=document["event"].encode(),
             source=SourcePosition(
                 topic, partition, offset, None if key is None else base64.b64decode(key)
             ),
             links=tuple(LinkFacts.from_document(fact) for fact in document["links"]),
+            event=None if parsed is None else Event.from_document(parsed, int(parsed["ts"])),
         )
 
 
@@ -144,7 +148,7 @@ class Pipeline:
                 return [self._dead_letter(source, value or b"", event)]
             if source.key != event.user_id.encode():
                 self.metrics.rekeyed.inc()
-            return [self._onward(event, Envelope(value or b"", source))]
+            return [self._onward(event, Envelope(value or b"", source, event=event))]
         except Exception as exc:  # a bug must cost one dead letter, never the worker
             return [self._internal_error(source, value, exc)]
 
@@ -170,7 +174,7 @@ class Pipeline:
                 raise ValueError(f"link hop for {expected!r} arrived under {key!r}")
             state, facts = observe_link(LinkState.from_bytes(tables.links.get(key)), event, kind)
             tables.links[key] = state.to_bytes()
-            envelope = Envelope(envelope.raw, envelope.source, (*envelope.links, facts))
+            envelope = Envelope(envelope.raw, envelope.source, (*envelope.links, facts), event)
             return [self._onward(event, envelope)]
         except Exception as exc:
             return [self._internal_error(envelope.source, envelope.raw, exc)]
@@ -216,8 +220,10 @@ class Pipeline:
         return [self._publish(record, user_key) for record in outcome.records]
 
     def _trusted(self, envelope: Envelope) -> Event:
-        """The envelope's event: validated at intake, parsed again (it is cheap) rather than
-        trusting a second encoding of it."""
+        """The envelope's event as intake validated it (only the engine's own stages write
+        the internal topics); an envelope without one is validated again."""
+        if envelope.event is not None:
+            return envelope.event
         event = parse_event(envelope.raw, max_bytes=self.max_event_bytes)
         if isinstance(event, Rejection):
             raise ValueError(f"an envelope carried an invalid event: {event.reason}")

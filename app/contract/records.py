@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import orjson
@@ -73,8 +73,13 @@ class Event:
         )
 
     def to_document(self) -> dict[str, Any]:
-        """The event as contract JSON, without the optional fields it lacks."""
-        return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+        """The event as contract JSON, without the optional fields it lacks. (Field by field:
+        ``dataclasses.asdict`` deep-copies, and this runs once per event per stage.)"""
+        document = {name: getattr(self, name) for name in _EVENT_FIELDS}
+        return {k: v for k, v in document.items() if v is not None and v != {}}
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(Event))
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ the second time, so at-least-once delivery cannot inflate a count.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, replace
 from typing import Any
@@ -106,8 +107,19 @@ def link_keys(event: Event) -> list[tuple[str, bytes]]:
     return keys
 
 
+@functools.lru_cache(maxsize=65_536)
 def network_of(ip: str) -> str:
-    """The network an address belongs to: its /24 (IPv4) or /64 (IPv6), else the text."""
+    """The network an address belongs to: its /24 (IPv4) or /64 (IPv6), else the text.
+
+    Cached, and with a fast path for plain dotted IPv4: users keep their addresses, and
+    the ``ipaddress`` module costs tens of microseconds per call on the hot path.
+    """
+    parts = ip.split(".")
+    dotted = len(parts) == 4 and all(
+        p.isdigit() and len(p) <= 3 and int(p) <= 255 and (p == "0" or p[0] != "0") for p in parts
+    )
+    if dotted:
+        return f"{parts[0]}.{parts[1]}.{parts[2]}.0/24"
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
