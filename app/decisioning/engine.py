@@ -680,7 +680,19 @@ class Engine:
         paid = chosen is not None and status in ("granted", "held")
         if assessment.signals or verdict.codes:
             reasons = (*reasons, *verdict.codes, *fraud_codes(assessment))
-        if status in ("held", "blocked") and chosen is not None:
+        period = self.program.fraud.new_account_pending
+        if "fraud.new_account_pending" in verdict.codes and chosen is not None and period:
+            sentence = (
+                f"Held {chosen.reward.id} until this new account's {period.text} pending "
+                f"period is over (released at its next event after that). {sentence}"
+            )
+        elif "hold.pending_open" in verdict.codes and chosen is not None and period:
+            sentence = (
+                f"No reward: this new account already has a reward waiting out its "
+                f"{period.text} pending period (this event would have earned "
+                f"{chosen.reward.id})."
+            )
+        elif status in ("held", "blocked") and chosen is not None:
             sentence = fraud_words(status, chosen.reward.id, assessment)
         elif assessment.signals and event.type in self.program.triggers:
             sentence = f"{sentence} {risk_words(assessment)}"

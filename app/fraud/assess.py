@@ -123,15 +123,13 @@ def assess(
     granted_ts: int | None,
     own: bool = True,
     alert_at: float,
-    extra: tuple[Signal, ...] = (),
 ) -> tuple[RiskState, Assessment]:
     """The user's risk state after ``event``, and the event's assessment."""
     activity = observe_activity(risk.activity, event)
     answer = event.type in ("reward_redeemed", "reward_opened") and event.decision_id is not None
     if answer and not granted and not own:
         activity = count_foreign(activity)
-    signals: list[Signal] = [*extra]
-    signals += activity_signals(risk.activity, activity, event)
+    signals: list[Signal] = activity_signals(risk.activity, activity, event)
     signals += redemption_signals(
         event,
         granted=granted,

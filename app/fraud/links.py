@@ -206,10 +206,10 @@ def _facts(state: LinkState, event: Event, kind: str) -> LinkFacts:
 
 
 class Linker:
-    """The link stage over plain dictionaries: what offline replay and the benchmarks use.
+    """The link stage over one plain dictionary, for using the engine as a library.
 
-    The worker runs the same :func:`observe_link` per hop, with each state in a
-    changelog-backed table partitioned by its key.
+    The worker and offline replay run the same :func:`observe_link` hop by hop
+    (:meth:`app.pipeline.Pipeline.link`), each state in a table partitioned by its key.
     """
 
     def __init__(self) -> None:

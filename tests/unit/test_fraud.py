@@ -414,6 +414,8 @@ def test_a_new_accounts_first_reward_waits_out_the_pending_period_then_is_releas
     assert held is not None
     assert (held.status, held.action) == ("held", "welcome-points")
     assert "fraud.new_account_pending" in held.reasons
+    assert held.explanation.startswith("Held welcome-points until this new account's 12h")
+    assert "flagged" not in held.explanation
     assert alerts == []  # waiting is not suspicion
     assert stream.ledger.spent_total == 0.0
     purchase = event("purchase", T0 + HOUR, user="new", amount=80.0, currency="EUR", channel="web")
@@ -421,6 +423,7 @@ def test_a_new_accounts_first_reward_waits_out_the_pending_period_then_is_releas
     assert second is not None
     assert (second.status, second.action) == ("none", None)
     assert "hold.pending_open" in second.reasons
+    assert second.explanation.startswith("No reward: this new account already has a reward")
     later, _ = stream.send(event("page_view", T0 + 13 * HOUR, user="new", channel="web"))
     assert later is not None
     assert (later.status, later.action) == ("granted", "welcome-points")
