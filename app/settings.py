@@ -60,10 +60,16 @@ class Settings:
     # How often a worker saves what its models learned (a restart continues from it).
     checkpoint_interval_s: int = 30
 
-    # Delivery: "at_least_once" (consumers deduplicate by decision_id) or "exactly_once"
-    # (Faust's Kafka transactions; consumers read committed records only). Measured in
-    # docs/reliability.md: neither keeps budgets exact through a SIGKILL yet.
-    processing_guarantee: str = "at_least_once"
+    # Delivery: "exactly_once" (each batch's outputs, state changes and input offsets
+    # commit in one Kafka transaction; consumers read committed records only) or
+    # "at_least_once" (no transactions; a crash may decide an event again, and the
+    # contract's dedupe by decision_id does not undo that: docs/reliability.md).
+    processing_guarantee: str = "exactly_once"
+    # The worker's loop: at most this many records per fetched batch; how long the broker
+    # may hold a fetch waiting for data; how long the producer waits to fill a batch.
+    batch_max_records: int = 1_000
+    fetch_max_wait_ms: int = 10
+    linger_ms: int = 2
 
     # Input limits: an event larger than this is dead-lettered, not parsed.
     max_event_bytes: int = 65_536
@@ -121,6 +127,10 @@ class Settings:
                 f"REWARDSTREAM_PROCESSING_GUARANTEE={self.processing_guarantee!r} is not one of "
                 f"{', '.join(GUARANTEES)}"
             )
+        if self.batch_max_records < 1:
+            raise SettingsError("REWARDSTREAM_BATCH_MAX_RECORDS must be at least 1")
+        if self.fetch_max_wait_ms < 0 or self.linger_ms < 0:
+            raise SettingsError("REWARDSTREAM_FETCH_MAX_WAIT_MS and _LINGER_MS must be >= 0")
         if self.checkpoint_interval_s < 1:
             raise SettingsError("REWARDSTREAM_CHECKPOINT_INTERVAL_S must be at least 1")
         if not 0 <= self.web_port < 65_536:
@@ -137,8 +147,8 @@ class Settings:
             "fraud-alerts": self.topic_fraud_alerts,
             "dead-letter": self.topic_dead_letter,
             "model-checkpoints": self.topic_model_checkpoints,
-            # Internal, between the worker's own stages; named after the app like
-            # Faust's changelogs, so two deployments on one cluster never share them.
+            # Internal, between the worker's own stages; named after the app like the
+            # changelogs, so two deployments on one cluster never share them.
             "links": f"{self.app_id}-links",
             "linked": f"{self.app_id}-linked",
         }

@@ -1,9 +1,10 @@
-"""Thin Faust agents: read a message, call the pipeline in ``app/``, send its outputs.
+"""The worker's runtime: moves bytes between Kafka and the pipeline in ``app/``.
 
-No business logic lives here. ``build_worker_app(settings)`` returns a ready Faust
-app with the topology of ``topologies/`` and the agents registered on it.
+- ``runtime``: the consume-process-produce loop, one Kafka transaction per
+  partition and batch, per-partition producers that fence zombies;
+- ``state``: changelog-backed tables kept in memory per partition;
+- ``web``: ``/metrics``, ``/health`` and ``/ready``;
+- ``worker``: start-up (topics, model checkpoints, signals) and shutdown.
+
+No business logic lives here.
 """
-
-from streams.worker import build_worker_app
-
-__all__ = ["build_worker_app"]

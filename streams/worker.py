@@ -1,76 +1,109 @@
-"""Build the worker's Faust app and run it."""
+"""Build the worker and run it until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any
+import signal
 
-import faust
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from app.assembly import build_engine
 from app.decisioning.engine import Engine
 from app.kafkaio import ensure_topics, latest_by_key, topic_requests
 from app.metrics import Metrics
-from app.models.checkpoint import checkpoint_key, restore_into
+from app.models.checkpoint import checkpoint_key, encode, restore_into
 from app.pipeline import Pipeline
 from app.settings import Settings
-from streams.agents import register_agents, register_checkpoints
-from topologies import build
+from streams.runtime import StageRunner
+from streams.web import WebServer
+from topologies import STAGES
 
 log = logging.getLogger(__name__)
 
 
-def build_worker_app(
-    settings: Settings, registry: CollectorRegistry | None = None, engine: Engine | None = None
-) -> faust.App:
-    """The Faust app of one worker: topology, agents, checkpoints and the web pages."""
-    registry = registry or CollectorRegistry()
-    engine = engine or build_engine(settings)
-    topology = build(settings)
+class Checkpointer:
+    """Saves what the models learned to the compacted checkpoint topic, when it changed."""
+
+    def __init__(self, engine: Engine, runner: StageRunner, topic: str) -> None:
+        self.engine = engine
+        self.runner = runner
+        self.topic = topic
+        self.saved_at: int | None = None
+
+    def _updates(self) -> int:
+        return self.engine.models.updates + sum(self.engine.risk_models.label_counts.values())
+
+    async def save(self) -> bool:
+        updates = self._updates()
+        if updates == self.saved_at:
+            return False
+        program = self.engine.program
+        value = encode(
+            program.id, program.source_sha256, self.engine.models, self.engine.risk_models
+        )
+        await self.runner.side_producer.send_and_wait(
+            self.topic, value, key=checkpoint_key(program.id)
+        )
+        self.saved_at = updates
+        log.info("checkpoint.saved updates=%d", updates)
+        return True
+
+    async def every(self, interval_s: float, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=interval_s)
+            try:
+                await self.save()
+            except Exception as error:  # the next tick tries again
+                log.warning("checkpoint.failed error=%s", type(error).__name__)
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry) -> None:
+    """Create missing topics, restore the models, then run the stages until a stop signal."""
+    created = await ensure_topics(settings.bootstrap_servers, topic_requests(settings))
+    log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
+    program = engine.program.id
+    saved = await latest_by_key(
+        settings.bootstrap_servers, settings.topic_model_checkpoints, checkpoint_key(program)
+    )
+    restore_into(engine.models, saved, program_id=program, risk=engine.risk_models)
+
     pipeline = Pipeline(engine, Metrics(registry), max_event_bytes=settings.max_event_bytes)
-    register_agents(topology, pipeline)
-    register_checkpoints(topology, engine, interval_s=settings.checkpoint_interval_s)
-    _add_pages(topology.app, registry)
-    return topology.app
-
-
-def is_ready(app: faust.App) -> bool:
-    """Ready once partitions are assigned and table state is recovered, not mid-rebalance."""
-    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]  # not on the interface
-    return bool(recovery.completed.is_set()) and not app.rebalancing
-
-
-def _add_pages(app: faust.App, registry: CollectorRegistry) -> None:
-    @app.page("/metrics")
-    async def metrics(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        body = generate_latest(registry)
-        return web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.page("/health")
-    async def health(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        return web.json({"status": "ok"})
-
-    @app.page("/ready")
-    async def ready(web: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-        if is_ready(app):
-            return web.json({"status": "ready"})
-        return web.json({"status": "starting"}, status=503)
+    runner = StageRunner(settings, pipeline, STAGES)
+    web = WebServer(settings.web_host, settings.web_port, registry, lambda: runner.ready).start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    checkpointer = Checkpointer(engine, runner, settings.topic_model_checkpoints)
+    await runner.start()
+    log.info("worker.started guarantee=%s", settings.processing_guarantee)
+    saving = asyncio.create_task(checkpointer.every(settings.checkpoint_interval_s, stopping))
+    try:
+        await runner.run(stopping)
+    finally:
+        stopping.set()
+        await saving
+        with contextlib.suppress(Exception):
+            await checkpointer.save()
+        await runner.stop()
+        web.stop()
+        log.info("worker.stopped batches=%d", runner.batches_committed)
 
 
 def run_worker(settings: Settings) -> None:
-    """Check the program, create missing topics, restore the models, then run until stopped."""
-    engine = build_engine(settings)  # a bad program fails here, before Kafka is touched
-    app = build_worker_app(settings, engine=engine)
-    created = asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
-    log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
-    program = engine.program.id
-    saved = asyncio.run(
-        latest_by_key(
-            settings.bootstrap_servers, settings.topic_model_checkpoints, checkpoint_key(program)
-        )
-    )
-    restore_into(engine.models, saved, program_id=program, risk=engine.risk_models)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
-    worker.execute_from_commandline()
+    """Check the program (a bad one fails here, before Kafka is touched), then serve."""
+    configure_logging(settings)
+    engine = build_engine(settings)
+    asyncio.run(serve(settings, engine, CollectorRegistry()))

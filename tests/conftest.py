@@ -61,6 +61,7 @@ def test_settings(tmp_path: Path) -> Settings:
         topic_decisions=f"decisions-{suffix}",
         topic_fraud_alerts=f"fraud-alerts-{suffix}",
         topic_dead_letter=f"dead-letter-{suffix}",
+        topic_model_checkpoints=f"model-checkpoints-{suffix}",
         data_dir=tmp_path / "state",
         web_port=localkafka.free_port(),
     )

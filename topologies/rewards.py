@@ -17,6 +17,9 @@
 
     [checkpoint timer] ──▶ model-checkpoints     (compacted; read back at start-up)
 
+Every stage commits its outputs, its table changes and its input offset in one
+Kafka transaction per partition and batch (streams/runtime.py).
+
 Each stage's table is partitioned like the topic it reads, so a worker owns
 the whole state of the users, devices and networks on its partitions. Users
 on different partitions who share a device meet in that device's state: that
@@ -26,9 +29,6 @@ is what the link stage is for (docs/decisions.md, entries 6 and 7).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import faust
 
 from app.settings import Settings
 
@@ -36,6 +36,31 @@ from app.settings import Settings
 TABLE_USER_STATE = "user-state"
 TABLE_LEDGER = "program-ledger"
 TABLE_LINK_STATE = "link-state"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the worker: the topic role it reads and the tables it owns.
+
+    A stage's tables are partitioned like its input topic: the state of input
+    partition ``p`` is changelog partition ``p`` (streams/state.py).
+    """
+
+    name: str
+    reads: str
+    tables: tuple[str, ...]
+
+
+STAGES = (
+    StageSpec("intake", "events", ()),
+    StageSpec("link", "links", (TABLE_LINK_STATE,)),
+    StageSpec("decide", "linked", (TABLE_USER_STATE, TABLE_LEDGER)),
+)
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog of ``table``: the names Faust gave its tables, so state carries over."""
+    return f"{app_id}-{table}-changelog"
 
 
 @dataclass(frozen=True)
@@ -66,6 +91,19 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(role, names[role], settings.partitions, settings.replication_factor, text)
         for role, text in described.items()
     ]
+    # Each table's changelog: compacted, partitioned like the topic its stage reads.
+    specs += [
+        TopicSpec(
+            f"changelog:{table}",
+            changelog_topic(settings.app_id, table),
+            settings.partitions,
+            settings.replication_factor,
+            f"internal: the {table} table, one record per key, restored at assignment",
+            compacted=True,
+        )
+        for stage in STAGES
+        for table in stage.tables
+    ]
     # One record per program, the latest kept: a compacted topic with one partition.
     specs.append(
         TopicSpec(
@@ -78,67 +116,3 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         )
     )
     return specs
-
-
-@dataclass(frozen=True)
-class Topology:
-    """The Faust app with its topics and tables bound; agents read from here."""
-
-    app: faust.App
-    events: Any
-    decisions: Any
-    fraud_alerts: Any
-    dead_letter: Any
-    model_checkpoints: Any
-    links: Any
-    linked: Any
-    user_state: Any
-    ledger: Any
-    link_state: Any
-
-
-def build(settings: Settings, **faust_options: Any) -> Topology:
-    """A Faust app for ``settings`` with every topic and table declared on it."""
-    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.app_id,
-        broker=f"kafka://{settings.bootstrap_servers}",
-        datadir=str(settings.data_dir / "worker"),
-        store="memory://",
-        key_serializer="raw",
-        value_serializer="raw",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        consumer_auto_offset_reset="earliest",
-        processing_guarantee=settings.processing_guarantee,
-        **faust_options,
-    )
-    names = settings.topic_names()
-
-    def topic(role: str) -> Any:
-        return app.topic(
-            names[role], key_type=bytes, value_type=bytes, partitions=settings.partitions
-        )
-
-    def table(name: str) -> Any:
-        return app.Table(
-            name, default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes
-        )
-
-    return Topology(
-        app=app,
-        events=topic("events"),
-        decisions=topic("decisions"),
-        fraud_alerts=topic("fraud-alerts"),
-        dead_letter=topic("dead-letter"),
-        model_checkpoints=app.topic(
-            names["model-checkpoints"], key_type=bytes, value_type=bytes, partitions=1
-        ),
-        links=topic("links"),
-        linked=topic("linked"),
-        user_state=table(TABLE_USER_STATE),
-        ledger=table(TABLE_LEDGER),
-        link_state=table(TABLE_LINK_STATE),
-    )

@@ -23,13 +23,6 @@ from app.workerproc import WorkerProcess
 
 pytestmark = [
     pytest.mark.kafka,
-    # Known to fail today, and kept as the reproducer of what the reliability work must fix
-    # (docs/reliability.md): after a kill, an event whose state writes were lost is decided
-    # again from older state, and some such decisions come out differently (32 of 3,000 in
-    # one run), so the ledgers and the first published copies disagree.
-    pytest.mark.xfail(
-        strict=True, reason="state and output are not written atomically; see docs/reliability.md"
-    ),
 ]
 
 EVENTS = 3_000

@@ -13,6 +13,8 @@ import dataclasses
 import re
 import shlex
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -134,11 +136,25 @@ def k8s() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def worker_pages(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """The paths the worker's web server answers (its Faust app is built, not started)."""
-    from streams.worker import build_worker_app
+    """The paths the worker's web server really answers (started on a free port, no Kafka)."""
+    from prometheus_client import CollectorRegistry
 
-    app = build_worker_app(Settings(data_dir=tmp_path_factory.mktemp("worker")))
-    return set(app.web.views)
+    from streams.web import PAGES, WebServer
+
+    server = WebServer("127.0.0.1", 0, CollectorRegistry(), lambda: True).start()
+    try:
+        answered = set()
+        for page in [*PAGES, "/not-a-page"]:
+            url = f"http://127.0.0.1:{server.port}{page}"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        answered.add(page)
+            except urllib.error.HTTPError:
+                pass
+        return answered
+    finally:
+        server.stop()
 
 
 def _service_env(compose: Mapping[str, Any], service: str) -> dict[str, str]:

@@ -1,0 +1,367 @@
+"""The worker's consume-process-produce loop, on aiokafka.
+
+One consumer group reads the input topic of every stage. For each partition in
+a fetched batch, the stage's pure handler turns the messages into outputs and
+state changes; then, with ``exactly_once``, one Kafka transaction writes the
+outputs, the state changes (to the tables' changelogs) and the input offset
+together. Either all three are visible to ``read_committed`` readers or none
+is: a worker killed at any point leaves nothing half-done, and its successor
+restores the state as of the last committed batch and reads on from the
+offset committed with it.
+
+Each input partition has its own transactional producer, with the id
+``<app_id>-<topic>-<partition>``: when a partition moves to another worker (or a
+killed worker restarts), the new owner's producer fences the old one, so a
+zombie can never commit for a partition it lost.
+
+With ``at_least_once`` one plain idempotent producer writes everything and
+offsets are committed after delivery; a crash may then decide an event again
+(docs/reliability.md).
+
+Nothing here knows rewards: stages are (topic, tables, handler) triples
+declared in :mod:`topologies` and handled by :class:`app.pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from app.contract.records import SourcePosition
+from app.pipeline import Output, Pipeline, Tables
+from app.settings import Settings
+from streams.state import ChangelogRecord, PartitionTable, Unavailable, restore
+from topologies import (
+    TABLE_LEDGER,
+    TABLE_LINK_STATE,
+    TABLE_USER_STATE,
+    StageSpec,
+    changelog_topic,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Pipeline, Tables, Any], list[Output]]
+# Which field of app.pipeline.Tables each declared table fills.
+TABLE_FIELDS = {TABLE_USER_STATE: "users", TABLE_LEDGER: "ledgers", TABLE_LINK_STATE: "links"}
+# Backoff while the broker cannot take a transaction (restarting, unreachable).
+RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def position(message: Any) -> SourcePosition:
+    return SourcePosition(message.topic, message.partition, message.offset, message.key)
+
+
+def handle_intake(pipeline: Pipeline, tables: Tables, message: Any) -> list[Output]:
+    return pipeline.intake(position(message), message.value)
+
+
+def handle_link(pipeline: Pipeline, tables: Tables, message: Any) -> list[Output]:
+    return pipeline.link(tables, message.key or b"", message.value, position(message))
+
+
+def handle_decide(pipeline: Pipeline, tables: Tables, message: Any) -> list[Output]:
+    return pipeline.decide(tables, message.partition, message.value, position(message))
+
+
+HANDLERS: dict[str, Handler] = {
+    "intake": handle_intake,
+    "link": handle_link,
+    "decide": handle_decide,
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage bound to this deployment's topic names."""
+
+    name: str
+    topic: str
+    tables: tuple[str, ...]
+    handler: Handler
+
+
+class StageRunner:
+    """Runs every stage of the topology for the partitions this worker is assigned."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        specs: Sequence[StageSpec],
+        *,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.group_id = settings.app_id
+        self.transactional = settings.processing_guarantee == "exactly_once"
+        self.client_options = dict(client_options or {})
+        names = settings.topic_names()
+        self.topic_of_role = names
+        self.stages = {
+            names[spec.reads]: Stage(spec.name, names[spec.reads], spec.tables, HANDLERS[spec.name])
+            for spec in specs
+        }
+        self.tables: dict[tuple[str, int], PartitionTable] = {}
+        self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self.owned: set[TopicPartition] = set()
+        self.ready = False
+        self.batches_committed = 0
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._restorer: AIOKafkaConsumer | None = None
+        self._plain: AIOKafkaProducer | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        common = {"bootstrap_servers": self.settings.bootstrap_servers, **self.client_options}
+        self._plain = AIOKafkaProducer(
+            acks="all", enable_idempotence=True, linger_ms=self.settings.linger_ms, **common
+        )
+        await self._plain.start()
+        self._restorer = AIOKafkaConsumer(
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            **common,
+        )
+        await self._restorer.start()
+        self._consumer = AIOKafkaConsumer(
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            **common,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe(list(self.stages), listener=_Rebalance(self))
+
+    async def stop(self) -> None:
+        """Leave the group (so partitions move at once), then close every client."""
+        self.ready = False
+        async with self._lock:
+            if self._consumer is not None:
+                await self._consumer.stop()
+            for producer in self.producers.values():
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+            self.producers.clear()
+            for client in (self._restorer, self._plain):
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.stop()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Fetch, process and commit batches until ``stopping`` is set."""
+        consumer = self._require(self._consumer)
+        while not stopping.is_set():
+            batches = await consumer.getmany(
+                timeout_ms=200, max_records=self.settings.batch_max_records
+            )
+            if batches:
+                async with self._lock:
+                    await self._process(batches)
+
+    @property
+    def side_producer(self) -> AIOKafkaProducer:
+        """A non-transactional producer for records outside the stages (model checkpoints)."""
+        return self._require(self._plain)
+
+    # ------------------------------------------------------------ batches
+
+    async def _process(self, batches: Mapping[TopicPartition, list[Any]]) -> None:
+        work = [(tp, messages) for tp, messages in batches.items() if tp in self.owned]
+        if self.transactional:
+            # Each partition's handler runs to completion before the first await, so the
+            # CPU work is sequential and only the transaction commits overlap.
+            await asyncio.gather(*(self._transact(tp, messages) for tp, messages in work))
+            return
+        committed: dict[TopicPartition, int] = {}
+        for tp, messages in work:
+            outputs, changes = self._handle(tp, messages)
+            await self._send(self.side_producer, outputs, changes)
+            committed[tp] = messages[-1].offset + 1
+        try:
+            await self.side_producer.flush()
+            await self._require(self._consumer).commit(committed)
+            self.batches_committed += len(committed)
+        except Exception:
+            log.exception("batch.not_committed partitions=%d", len(committed))
+            for tp in committed:
+                await self._recover(tp)
+
+    def _handle(
+        self, tp: TopicPartition, messages: list[Any]
+    ) -> tuple[list[Output], list[ChangelogRecord]]:
+        stage = self.stages[tp.topic]
+        tables = self._tables_for(stage, tp.partition)
+        outputs: list[Output] = []
+        for message in messages:
+            outputs.extend(stage.handler(self.pipeline, tables, message))
+        changes = [
+            record
+            for table in stage.tables
+            for record in self.tables[(table, tp.partition)].drain()
+        ]
+        return outputs, changes
+
+    async def _transact(self, tp: TopicPartition, messages: list[Any]) -> None:
+        outputs, changes = self._handle(tp, messages)
+        producer = self.producers[tp]
+        try:
+            await producer.begin_transaction()
+            try:
+                await self._send(producer, outputs, changes)
+                offsets = {tp: messages[-1].offset + 1}
+                await producer.send_offsets_to_transaction(offsets, self.group_id)
+                await producer.commit_transaction()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await producer.abort_transaction()
+                raise
+            self.batches_committed += 1
+        except Exception as error:
+            log.warning(
+                "transaction.aborted topic=%s partition=%d error=%s",
+                tp.topic,
+                tp.partition,
+                type(error).__name__,
+            )
+            await self._recover(tp)
+
+    async def _send(
+        self, producer: AIOKafkaProducer, outputs: list[Output], changes: list[ChangelogRecord]
+    ) -> None:
+        # send() queues the record and returns its delivery future, which is not awaited
+        # here: the transaction commit (or the flush) waits for every delivery at once.
+        for output in outputs:
+            await producer.send(self.topic_of_role[output.role], output.value, key=output.key)
+        for change in changes:
+            await producer.send(
+                change.topic, change.value, key=change.key, partition=change.partition
+            )
+
+    # ------------------------------------------------------------ state and partitions
+
+    def _tables_for(self, stage: Stage, partition: int) -> Tables:
+        views: dict[str, Any] = {field: Unavailable(stage.name) for field in TABLE_FIELDS.values()}
+        for table in stage.tables:
+            views[TABLE_FIELDS[table]] = self.tables[(table, partition)]
+        return Tables(**views)
+
+    async def _take(self, tps: set[TopicPartition]) -> None:
+        """Own ``tps``: fence their previous writers, then restore their state."""
+        for tp in sorted(tps):
+            await self._open_producer(tp)
+        fresh: list[PartitionTable] = []
+        for tp in tps:
+            for table in self.stages[tp.topic].tables:
+                view = PartitionTable(changelog_topic(self.settings.app_id, table), tp.partition)
+                self.tables[(table, tp.partition)] = view
+                fresh.append(view)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        records = await restore(self._require(self._restorer), fresh)
+        self.owned |= tps
+        log.info(
+            "partitions.assigned count=%d restored_records=%d seconds=%.2f",
+            len(tps),
+            records,
+            loop.time() - started,
+        )
+
+    async def _drop(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            self.owned.discard(tp)
+            for table in self.stages[tp.topic].tables:
+                self.tables.pop((table, tp.partition), None)
+            producer = self.producers.pop(tp, None)
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+
+    async def _open_producer(self, tp: TopicPartition) -> None:
+        if not self.transactional:
+            return
+        old = self.producers.pop(tp, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            transactional_id=f"{self.settings.app_id}-{tp.topic}-{tp.partition}",
+            linger_ms=self.settings.linger_ms,
+            **self.client_options,
+        )
+        # start() initialises the transactional id: it aborts what the previous producer
+        # with this id left open and fences that producer from committing anything more.
+        await producer.start()
+        self.producers[tp] = producer
+
+    async def _recover(self, tp: TopicPartition) -> None:
+        """Forget what was not committed for ``tp``: its state and its read position."""
+        for attempt in range(10_000):
+            if tp not in self.owned:
+                return
+            try:
+                await self._drop({tp})
+                await self._take({tp})
+                consumer = self._require(self._consumer)
+                committed = await consumer.committed(tp)
+                if committed is None:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    consumer.seek(tp, committed)
+                log.info("partition.recovered topic=%s partition=%d", tp.topic, tp.partition)
+                return
+            except Exception as error:
+                self.owned.add(tp)  # still ours until a rebalance says otherwise
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                log.warning(
+                    "partition.recovery_failed topic=%s partition=%d error=%s retry_in=%.1f",
+                    tp.topic,
+                    tp.partition,
+                    type(error).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        async with self._lock:
+            await self._drop(self.owned - assigned)
+            await self._take(assigned - self.owned)
+            self.ready = True
+
+    def on_revoked(self) -> None:
+        # Eager rebalancing revokes everything first; state is kept for the partitions
+        # that come back (it is exactly what was committed: the lock is held while a
+        # batch is in flight) and dropped in on_assigned for the ones that do not.
+        self.ready = False
+
+    @staticmethod
+    def _require(client: Any) -> Any:
+        if client is None:
+            raise RuntimeError("the stage runner is not started")
+        return client
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, runner: StageRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Waits for the batch in flight: its transaction commits before the partitions go.
+        async with self.runner._lock:
+            self.runner.on_revoked()
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.runner.on_assigned(set(assigned))

@@ -1,0 +1,139 @@
+"""Changelog-backed tables: in memory per partition, written to Kafka in the same transaction
+as the outputs and the input offset that produced them.
+
+A table's changelog topic is ``<app_id>-<table>-changelog`` (compacted), with one
+partition per partition of the stage's input topic: the state of input partition
+``p`` lives in changelog partition ``p`` and nowhere else, so exactly one
+transactional producer ever writes it. Restoring a partition reads its
+changelog from the beginning to the last stable offset with ``read_committed``:
+what an aborted (killed) transaction wrote is never read back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangelogRecord:
+    """One state change to write: ``value`` None deletes the key (a tombstone)."""
+
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes | None
+
+
+class PartitionTable(MutableMapping[bytes, bytes | None]):
+    """One table's rows on one partition; remembers which keys changed since the last drain."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.rows: dict[bytes, bytes] = {}
+        self.changed: dict[bytes, bytes | None] = {}
+
+    def __getitem__(self, key: bytes) -> bytes | None:
+        return self.rows[key]
+
+    def get(self, key: bytes, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        return self.rows.get(key, default)
+
+    def __setitem__(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.rows.pop(key, None)
+        else:
+            self.rows[key] = value
+        self.changed[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        del self.rows[key]
+        self.changed[key] = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def drain(self) -> list[ChangelogRecord]:
+        """The changes since the last drain, one record per key (the latest value wins)."""
+        records = [
+            ChangelogRecord(self.topic, self.partition, key, value)
+            for key, value in self.changed.items()
+        ]
+        self.changed = {}
+        return records
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        """A record read back from the changelog: applied, not counted as a change."""
+        if value is None:
+            self.rows.pop(key, None)
+        else:
+            self.rows[key] = value
+
+
+class Unavailable(MutableMapping[bytes, bytes | None]):
+    """A table a stage did not declare: touching it is a bug in the stage, not bad input."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+
+    def _refuse(self) -> RuntimeError:
+        return RuntimeError(f"stage {self.stage!r} uses a table it did not declare")
+
+    def __getitem__(self, key: bytes) -> bytes | None:
+        raise self._refuse()
+
+    def __setitem__(self, key: bytes, value: bytes | None) -> None:
+        raise self._refuse()
+
+    def __delitem__(self, key: bytes) -> None:
+        raise self._refuse()
+
+    def __iter__(self) -> Iterator[bytes]:
+        raise self._refuse()
+
+    def __len__(self) -> int:
+        raise self._refuse()
+
+
+async def restore(
+    consumer: AIOKafkaConsumer, tables: list[PartitionTable], *, batch_records: int = 10_000
+) -> int:
+    """Fill ``tables`` from their changelog partitions; return how many records were read.
+
+    ``consumer`` has no group and reads committed records only; it is left unassigned.
+    """
+    if not tables:
+        return 0
+    by_partition = {TopicPartition(t.topic, t.partition): t for t in tables}
+    partitions = list(by_partition)
+    consumer.assign(partitions)
+    try:
+        await consumer.seek_to_beginning(*partitions)
+        # With read_committed this is the last stable offset: nothing after an open
+        # transaction is read, and the caller fenced the previous writer beforehand.
+        ends = await consumer.end_offsets(partitions)
+        read = 0
+        pending = {tp for tp in partitions if ends[tp] > 0}
+        while pending:
+            batches = await consumer.getmany(*pending, timeout_ms=500, max_records=batch_records)
+            for tp, messages in batches.items():
+                table = by_partition[tp]
+                for message in messages:
+                    if message.key is not None:
+                        table.apply(message.key, message.value)
+                read += len(messages)
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return read
+    finally:
+        consumer.assign([])
