@@ -38,6 +38,11 @@ class Metrics:
             "Events whose Kafka key was not their user_id (the engine re-keys them by user).",
             registry=registry,
         )
+        self.link_failures = Counter(
+            f"{PREFIX}_link_failures_total",
+            "Link hops that failed, and events decided before all their link facts came.",
+            registry=registry,
+        )
         self.decisions = Counter(
             f"{PREFIX}_decisions_total",
             "Decisions published, by program and status.",

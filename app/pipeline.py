@@ -3,13 +3,17 @@
 An event passes three stages, each keyed by what its state is partitioned by:
 
 1. :meth:`Pipeline.intake` (keyed by anything the producer chose): validates,
-   dead-letters what is invalid, and sends the event on in an envelope that
-   remembers where it was read;
-2. :meth:`Pipeline.link` (keyed by ``device:<id>``, then ``net:<network>``):
-   one hop per device and network the event names, each adding what that
-   device or network has seen (:mod:`app.fraud.links`);
-3. :meth:`Pipeline.decide` (keyed by ``user_id``): the engine, with the user's
-   state, the partition's ledger and the link facts.
+   dead-letters what is invalid, and sends the event, in an envelope that
+   remembers where it was read, both straight to its user (``linked``) and to
+   each device and network it names (``links``);
+2. :meth:`Pipeline.link` (keyed by ``device:<id>`` or ``net:<network>``): what
+   that device or network has seen (:mod:`app.fraud.links`), sent on to the
+   event's user as link facts;
+3. :meth:`Pipeline.decide` (keyed by ``user_id``): a user's events wait, in the
+   order intake read them, until each has the facts of all its links; then the
+   engine decides them in that order, with the user's state, the partition's
+   ledger and the facts. A user's events are decided in the order the user's
+   partition of ``events`` holds them, however long each link took.
 
 The worker runs each stage as an agent on its own topic (``events``, ``links``,
 ``linked``); :meth:`Pipeline.handle` runs all three in-process for offline
@@ -48,14 +52,21 @@ POLICY_MODES = frozenset({"exploit", "explore", "default", "below_minimum", "not
 Table = MutableMapping[bytes, bytes | None]
 
 
+# A user's queue of events waiting for link facts is decided anyway, with the facts it
+# has, once this many events wait behind it: a lost link hop must not block a user.
+MAX_WAITING = 64
+
+
 @dataclass(frozen=True, slots=True)
 class Tables:
     """Where state lives: per-user state by user id, per-partition ledgers by ledger key,
-    per-device and per-network link state by link key."""
+    per-device and per-network link state by link key, and per user the events that wait
+    for their link facts."""
 
     users: Table
     ledgers: Table
     links: Table = field(default_factory=dict)
+    waiting: Table = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,25 +75,28 @@ class Envelope:
 
     raw: bytes
     source: SourcePosition
-    links: tuple[LinkFacts, ...] = ()
     event: Event | None = None  # as validated at intake (later stages do not re-validate)
+    hop: int | None = None  # on ``links``: which of the event's link keys this copy is for
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
-                "event": self.raw.decode(),
-                "parsed": None if self.event is None else self.event.to_document(),
-                "source": [self.source.topic, self.source.partition, self.source.offset],
-                "key": None
-                if self.source.key is None
-                else base64.b64encode(self.source.key).decode(),
-                "links": [fact.to_document() for fact in self.links],
-            }
-        )
+        return orjson.dumps(self.to_document())
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "kind": "event" if self.hop is None else "link",
+            "hop": self.hop,
+            "event": self.raw.decode(),
+            "parsed": None if self.event is None else self.event.to_document(),
+            "source": [self.source.topic, self.source.partition, self.source.offset],
+            "key": None if self.source.key is None else base64.b64encode(self.source.key).decode(),
+        }
 
     @classmethod
     def from_bytes(cls, value: bytes) -> Envelope:
-        document: dict[str, Any] = orjson.loads(value)
+        return cls.from_document(orjson.loads(value))
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> Envelope:
         topic, partition, offset = document["source"]
         key = document.get("key")
         parsed = document.get("parsed")
@@ -91,9 +105,94 @@ class Envelope:
             source=SourcePosition(
                 topic, partition, offset, None if key is None else base64.b64decode(key)
             ),
-            links=tuple(LinkFacts.from_document(fact) for fact in document["links"]),
             event=None if parsed is None else Event.from_document(parsed, int(parsed["ts"])),
+            hop=document.get("hop"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAnswer:
+    """What one link hop found about one event, on its way to the event's user."""
+
+    user_id: str
+    source: SourcePosition  # the event's, which names it among the user's waiting events
+    hop: int
+    facts: LinkFacts
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "kind": "facts",
+                "user": self.user_id,
+                "source": [self.source.topic, self.source.partition, self.source.offset],
+                "hop": self.hop,
+                "facts": self.facts.to_document(),
+            }
+        )
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> LinkAnswer:
+        topic, partition, offset = document["source"]
+        facts = LinkFacts.from_document(document["facts"])
+        source = SourcePosition(topic, partition, offset)
+        return cls(str(document["user"]), source, int(document["hop"]), facts)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """One event of a user waiting for link facts: ``facts`` by hop, ``expects`` hops."""
+
+    envelope: Envelope | None  # None: facts that came before their event (a replay)
+    expects: int
+    facts: dict[int, LinkFacts]
+
+    @property
+    def complete(self) -> bool:
+        return self.envelope is not None and len(self.facts) >= self.expects
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "envelope": None if self.envelope is None else self.envelope.to_document(),
+            "expects": self.expects,
+            "facts": {str(hop): facts.to_document() for hop, facts in self.facts.items()},
+        }
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> Waiting:
+        raw = document["envelope"]
+        return cls(
+            None if raw is None else Envelope.from_document(raw),
+            int(document["expects"]),
+            {int(h): LinkFacts.from_document(f) for h, f in document["facts"].items()},
+        )
+
+
+# A user's waiting events (and stray facts), by the position intake read each event at.
+Queue = list[tuple[tuple[str, int, int], Waiting]]
+# Stray facts kept per user while their event may still come (only without transactions).
+MAX_STRAY_FACTS = 16
+
+
+def _source_key(source: SourcePosition) -> tuple[str, int, int]:
+    return (source.topic, source.partition, source.offset)
+
+
+def _next_ready(queue: Queue) -> int | None:
+    """The index of the user's first waiting event, if it can be decided now: it has all
+    its link facts, or too many events wait behind it."""
+    events = [i for i, (_, waiting) in enumerate(queue) if waiting.envelope is not None]
+    if not events:
+        return None
+    first = events[0]
+    if queue[first][1].complete or len(events) > MAX_WAITING:
+        return first
+    return None
+
+
+def _prune_stray(queue: Queue) -> Queue:
+    stray = [i for i, (_, waiting) in enumerate(queue) if waiting.envelope is None]
+    dropped = set(stray[: max(0, len(stray) - MAX_STRAY_FACTS)])
+    return [entry for i, entry in enumerate(queue) if i not in dropped]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,11 +228,11 @@ class Pipeline:
         while pending:
             output = pending.pop(0)
             if output.role == "links":
-                pending = self.link(tables, output.key or b"", output.value, source) + pending
+                pending += self.link(tables, output.key or b"", output.value, source)
             elif output.role == "linked":
                 user_key = output.key or b""
                 partition = self.partitioner(user_key) if self.partitioner else source.partition
-                pending = self.decide(tables, partition, output.value, source) + pending
+                pending += self.decide(tables, partition, output.value, source)
             else:
                 published.append(output)
         return published
@@ -141,68 +240,140 @@ class Pipeline:
     # ------------------------------------------------------------ stage 1: intake
 
     def intake(self, source: SourcePosition, value: bytes | None) -> list[Output]:
-        """Validate; dead-letter what is invalid; send the rest to its first link hop."""
+        """Validate; dead-letter what is invalid; send the rest to its user and its links."""
         try:
             event = parse_event(value, max_bytes=self.max_event_bytes)
             if isinstance(event, Rejection):
                 return [self._dead_letter(source, value or b"", event)]
             if source.key != event.user_id.encode():
                 self.metrics.rekeyed.inc()
-            return [self._onward(event, Envelope(value or b"", source, event=event))]
+            envelope = Envelope(value or b"", source, event=event)
+            # The event itself first: it takes its place in its user's queue before
+            # any link can answer for it.
+            outputs = [Output("linked", event.user_id.encode(), envelope.to_bytes())]
+            for hop, (_, key) in enumerate(link_keys(event)):
+                copy = Envelope(envelope.raw, source, event=event, hop=hop)
+                outputs.append(Output("links", key, copy.to_bytes()))
+            return outputs
         except Exception as exc:  # a bug must cost one dead letter, never the worker
             return [self._internal_error(source, value, exc)]
-
-    def _onward(self, event: Event, envelope: Envelope) -> Output:
-        """The next hop: the next device or network the event names, else its user."""
-        hops = link_keys(event)
-        if len(envelope.links) < len(hops):
-            return Output("links", hops[len(envelope.links)][1], envelope.to_bytes())
-        return Output("linked", event.user_id.encode(), envelope.to_bytes())
 
     # ------------------------------------------------------------ stage 2: link
 
     def link(self, tables: Tables, key: bytes, value: bytes, at: SourcePosition) -> list[Output]:
-        """One hop through the state of the device or network ``key`` (read at ``at``)."""
+        """What the device or network ``key`` (read at ``at``) knows, sent to the event's user.
+
+        Whatever goes wrong here, the user still gets an answer for this hop (facts that
+        say nothing): a missing answer would hold the user's later events back.
+        """
         try:
             envelope = Envelope.from_bytes(value)
+            event = self._trusted(envelope)
+            hop = envelope.hop if envelope.hop is not None else -1
         except Exception as exc:
             return [self._internal_error(at, value, exc)]
         try:
-            event = self._trusted(envelope)
-            kind, expected = link_keys(event)[len(envelope.links)]
+            kind, expected = link_keys(event)[hop]
             if expected != key:  # only our own stages write here; never guess
                 raise ValueError(f"link hop for {expected!r} arrived under {key!r}")
             state, facts = observe_link(LinkState.from_bytes(tables.links.get(key)), event, kind)
             tables.links[key] = state.to_bytes()
-            envelope = Envelope(envelope.raw, envelope.source, (*envelope.links, facts), event)
-            return [self._onward(event, envelope)]
-        except Exception as exc:
-            return [self._internal_error(envelope.source, envelope.raw, exc)]
+        except Exception:
+            # Logged and counted, not dead-lettered: the event is still decided.
+            log.exception("link.failed hop=%s", hop)
+            self.metrics.link_failures.inc()
+            facts = LinkFacts(kind="unknown")
+        answer = LinkAnswer(event.user_id, envelope.source, hop, facts)
+        return [Output("linked", event.user_id.encode(), answer.to_bytes())]
 
     # ------------------------------------------------------------ stage 3: decide
 
     def decide(
         self, tables: Tables, partition: int, value: bytes, at: SourcePosition
     ) -> list[Output]:
-        """The engine's records for one linked event of a user on ``partition`` (read at ``at``)."""
+        """Queue an event or its link facts for its user on ``partition`` (read at ``at``);
+        decide what is ready, in order."""
         try:
-            envelope = Envelope.from_bytes(value)
+            document: dict[str, Any] = orjson.loads(value)
+            user_key, arrived = self._arrival(document)
         except Exception as exc:
             return [self._internal_error(at, value, exc)]
+        queue = self._queue(tables, user_key)
+        arrived(queue)
+        outputs: list[Output] = []
+        while (ready := _next_ready(queue)) is not None:
+            waiting = queue.pop(ready)[1]
+            assert waiting.envelope is not None  # _next_ready never picks stray facts
+            if not waiting.complete:
+                log.warning("decide.incomplete_links waiting=%d", len(queue))
+                self.metrics.link_failures.inc()
+            facts = tuple(waiting.facts[h] for h in sorted(waiting.facts))
+            outputs += self._decide_safely(tables, partition, waiting.envelope, facts)
+        self._store_queue(tables, user_key, _prune_stray(queue))
+        return outputs
+
+    def _arrival(self, document: dict[str, Any]) -> tuple[bytes, Callable[[Queue], None]]:
+        """The user an input is for, and how it changes the user's queue."""
+        if document.get("kind") == "facts":
+            answer = LinkAnswer.from_document(document)
+
+            def add_facts(queue: Queue) -> None:
+                wanted = _source_key(answer.source)
+                for key, waiting in queue:
+                    if key == wanted:
+                        waiting.facts[answer.hop] = answer.facts
+                        return
+                # Facts before their event: only after a crash without transactions.
+                queue.append((wanted, Waiting(None, 0, {answer.hop: answer.facts})))
+
+            return answer.user_id.encode(), add_facts
+        envelope = Envelope.from_document(document)
+        event = self._trusted(envelope)
+
+        def add_event(queue: Queue) -> None:
+            wanted = _source_key(envelope.source)
+            facts: dict[int, LinkFacts] = {}
+            for index, (key, waiting) in enumerate(queue):
+                if key == wanted and waiting.envelope is None:
+                    facts = queue.pop(index)[1].facts
+                    break
+            queue.append((wanted, Waiting(envelope, len(link_keys(event)), facts)))
+
+        return event.user_id.encode(), add_event
+
+    @staticmethod
+    def _queue(tables: Tables, user_key: bytes) -> Queue:
+        raw = tables.waiting.get(user_key)
+        if not raw:
+            return []
+        return [((t, p, o), Waiting.from_document(w)) for (t, p, o), w in orjson.loads(raw)]
+
+    @staticmethod
+    def _store_queue(tables: Tables, user_key: bytes, queue: Queue) -> None:
+        if queue:
+            tables.waiting[user_key] = orjson.dumps(
+                [[list(key), waiting.to_document()] for key, waiting in queue]
+            )
+        elif tables.waiting.get(user_key) is not None:
+            del tables.waiting[user_key]
+
+    def _decide_safely(
+        self, tables: Tables, partition: int, envelope: Envelope, facts: tuple[LinkFacts, ...]
+    ) -> list[Output]:
         try:
-            return self._decide(tables, partition, envelope)
+            return self._decide(tables, partition, envelope, facts)
         except Exception as exc:
             return [self._internal_error(envelope.source, envelope.raw, exc)]
 
-    def _decide(self, tables: Tables, partition: int, envelope: Envelope) -> list[Output]:
+    def _decide(
+        self, tables: Tables, partition: int, envelope: Envelope, links: tuple[LinkFacts, ...]
+    ) -> list[Output]:
         event = self._trusted(envelope)
         user_key = event.user_id.encode()
         key_of_ledger = ledger_key(self.engine.program.id, partition)
         user = UserState.from_bytes(tables.users.get(user_key))
         ledger = Ledger.from_bytes(tables.ledgers.get(key_of_ledger))
-        outcome = self.engine.process(
-            user, ledger, event, partition=partition, links=envelope.links
-        )
+        outcome = self.engine.process(user, ledger, event, partition=partition, links=links)
         if outcome.user is not user:
             tables.users[user_key] = outcome.user.to_bytes()
         if outcome.ledger is not ledger:

@@ -41,6 +41,7 @@ from topologies import (
     TABLE_LEDGER,
     TABLE_LINK_STATE,
     TABLE_USER_STATE,
+    TABLE_WAITING,
     StageSpec,
     changelog_topic,
 )
@@ -49,7 +50,12 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Pipeline, Tables, Any], list[Output]]
 # Which field of app.pipeline.Tables each declared table fills.
-TABLE_FIELDS = {TABLE_USER_STATE: "users", TABLE_LEDGER: "ledgers", TABLE_LINK_STATE: "links"}
+TABLE_FIELDS = {
+    TABLE_USER_STATE: "users",
+    TABLE_LEDGER: "ledgers",
+    TABLE_LINK_STATE: "links",
+    TABLE_WAITING: "waiting",
+}
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 

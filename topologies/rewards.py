@@ -3,17 +3,20 @@
     events ──▶ [intake] ──▶ dead-letter          (invalid input, with its reason)
                   │
                   ▼
-     <app>-links (keyed device:<id>, then net:<network>)
-                  │ ◀──╮
-              [link] ──╯  one hop per device and network the event names
-                  │       ╰─ link-state table    (accounts, sign-ups, referrals per key)
-                  ▼
-     <app>-linked (keyed by user_id)
+                  ├──────────────────────────────╮ the event itself
+                  ▼                              │
+     <app>-links (keyed device:<id> or net:<network>, one copy per link the event names)
+                  │                              │
+              [link] ─ link-state table          │ (accounts, sign-ups, referrals per key)
+                  │  link facts                  │
+                  ▼                              ▼
+     <app>-linked (keyed by user_id: each event, then the facts of its links)
                   │
               [decide] ──▶ decisions
                   │   ╰──▶ fraud-alerts
                   ├─ user-state table            (changelog: <app_id>-user-state-changelog)
-                  ╰─ program-ledger table        (budget and stock spent, one row per partition)
+                  ├─ program-ledger table        (budget and stock spent, one row per partition)
+                  ╰─ decide-waiting table        (a user's events waiting for link facts)
 
     [checkpoint timer] ──▶ model-checkpoints     (compacted; read back at start-up)
 
@@ -36,6 +39,7 @@ from app.settings import Settings
 TABLE_USER_STATE = "user-state"
 TABLE_LEDGER = "program-ledger"
 TABLE_LINK_STATE = "link-state"
+TABLE_WAITING = "decide-waiting"
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class StageSpec:
 STAGES = (
     StageSpec("intake", "events", ()),
     StageSpec("link", "links", (TABLE_LINK_STATE,)),
-    StageSpec("decide", "linked", (TABLE_USER_STATE, TABLE_LEDGER)),
+    StageSpec("decide", "linked", (TABLE_USER_STATE, TABLE_LEDGER, TABLE_WAITING)),
 )
 
 

@@ -17,7 +17,7 @@ from app.decisioning import Engine
 from app.decisioning.ledger import Ledger, ledger_key
 from app.features import UserState
 from app.metrics import Metrics
-from app.pipeline import MAX_DEAD_LETTER_PAYLOAD, Envelope, Pipeline, Tables
+from app.pipeline import MAX_DEAD_LETTER_PAYLOAD, MAX_WAITING, Envelope, Pipeline, Tables
 from app.programs import load_builtin
 
 # Without the shipped pending period for new accounts: these tests follow a first reward
@@ -103,7 +103,7 @@ def test_event_under_the_wrong_key_goes_on_under_its_user_id(
     [output] = pipeline.intake(at(3, key=None), VALID)
     assert (output.role, output.key) == ("linked", b"u-1")
     envelope = Envelope.from_bytes(output.value)
-    assert (envelope.raw, envelope.source, envelope.links) == (VALID, at(3, key=None), ())
+    assert (envelope.raw, envelope.source, envelope.hop) == (VALID, at(3, key=None), None)
     assert registry.get_sample_value("rewardstream_rekeyed_events_total") == 1
     state = tables()
     [decision] = pipeline.decide(state, 1, output.value, SourcePosition("linked", 1, 0))
@@ -111,46 +111,108 @@ def test_event_under_the_wrong_key_goes_on_under_its_user_id(
     assert b"u-1" in state.users
 
 
-def test_an_event_passes_its_device_then_its_network_then_its_user(pipeline: Pipeline) -> None:
-    raw = orjson.dumps(
-        {
-            "event_id": "e-5",
-            "user_id": "u-1",
-            "type": "signup",
-            "ts": 1772366400000,
-            "device_id": "dev-1",
-            "ip": "192.0.2.77",
-        }
+def linked_event(event_id: str, ts: str, **fields: str) -> bytes:
+    return orjson.dumps(
+        {"event_id": event_id, "user_id": "u-1", "type": "signup", "ts": ts} | fields
     )
+
+
+def test_an_event_goes_to_its_user_and_to_each_device_and_network_it_names(
+    pipeline: Pipeline,
+) -> None:
+    raw = linked_event("e-5", "2026-03-01T12:00:00Z", device_id="dev-1", ip="192.0.2.77")
     state = tables()
-    [hop] = pipeline.intake(at(7), raw)
-    assert (hop.role, hop.key) == ("links", b"device:dev-1")
-    [hop] = pipeline.link(state, hop.key or b"", hop.value, SourcePosition("links", 0, 0))
-    assert (hop.role, hop.key) == ("links", b"net:192.0.2.0/24")
-    [hop] = pipeline.link(state, hop.key or b"", hop.value, SourcePosition("links", 3, 0))
-    assert (hop.role, hop.key) == ("linked", b"u-1")
-    envelope = Envelope.from_bytes(hop.value)
-    assert [f.kind for f in envelope.links] == ["device", "net"]
-    assert envelope.source == at(7)  # a dead letter downstream still points at the original
+    direct, device, net = pipeline.intake(at(7), raw)
+    assert (direct.role, direct.key) == ("linked", b"u-1")
+    assert (device.role, device.key) == ("links", b"device:dev-1")
+    assert (net.role, net.key) == ("links", b"net:192.0.2.0/24")
+    # The event waits for its user's link facts: nothing is decided yet.
+    assert pipeline.decide(state, 0, direct.value, SourcePosition("linked", 0, 0)) == []
+    assert b"u-1" in state.waiting
+    # The network answers first, then the device: the decision comes with the last answer.
+    [from_net] = pipeline.link(state, net.key or b"", net.value, SourcePosition("links", 3, 0))
+    [from_device] = pipeline.link(
+        state, device.key or b"", device.value, SourcePosition("links", 0, 0)
+    )
+    assert {from_net.key, from_device.key} == {b"u-1"}
+    assert pipeline.decide(state, 0, from_net.value, SourcePosition("linked", 0, 1)) == []
+    [decision] = pipeline.decide(state, 0, from_device.value, SourcePosition("linked", 0, 2))
+    assert decision.role == "decisions"
+    assert orjson.loads(decision.value)["event_id"] == "e-5"
     assert set(state.links) == {b"device:dev-1", b"net:192.0.2.0/24"}
+    assert b"u-1" not in state.waiting  # an empty queue leaves no state behind
 
 
-def test_a_link_hop_under_the_wrong_key_is_a_dead_letter_not_a_guess(pipeline: Pipeline) -> None:
-    raw = orjson.dumps(
+def test_a_users_events_are_decided_in_the_order_intake_read_them(pipeline: Pipeline) -> None:
+    """A later event with no links does not overtake an earlier one still waiting."""
+    state = tables()
+    first = linked_event("e-1", "2026-03-01T12:00:00Z", device_id="dev-1")
+    purchase = orjson.dumps(
         {
-            "event_id": "e-6",
+            "event_id": "e-2",
             "user_id": "u-1",
-            "type": "signup",
-            "ts": 1772366400000,
-            "device_id": "d",
+            "type": "purchase",
+            "ts": "2026-03-01T12:01:00Z",
+            "amount": 30.0,
+            "currency": "EUR",
         }
     )
-    [hop] = pipeline.intake(at(8), raw)
-    assert hop.role == "links"
-    [output] = pipeline.link(tables(), b"device:other", hop.value, SourcePosition("links", 0, 9))
-    record = orjson.loads(output.value)
-    assert (output.role, record["reason"]) == ("dead-letter", "internal_error")
-    assert record["source"]["offset"] == 8  # the original event's position
+    direct, hop = pipeline.intake(at(1), first)
+    [later] = pipeline.intake(at(2), purchase)
+    assert pipeline.decide(state, 0, direct.value, SourcePosition("linked", 0, 0)) == []
+    assert pipeline.decide(state, 0, later.value, SourcePosition("linked", 0, 1)) == []
+    [answer] = pipeline.link(state, hop.key or b"", hop.value, SourcePosition("links", 0, 0))
+    outputs = pipeline.decide(state, 0, answer.value, SourcePosition("linked", 0, 2))
+    decided = [orjson.loads(o.value)["event_id"] for o in outputs if o.role == "decisions"]
+    assert decided == ["e-1", "e-2"]
+    assert UserState.from_bytes(state.users[b"u-1"]).events == 2
+
+
+def test_a_link_hop_that_fails_still_answers_so_the_user_is_not_held_back(
+    pipeline: Pipeline, registry: CollectorRegistry
+) -> None:
+    state = tables()
+    direct, hop = pipeline.intake(at(8), linked_event("e-6", "2026-03-01T12:00:00Z", device_id="d"))
+    pipeline.decide(state, 0, direct.value, SourcePosition("linked", 0, 0))
+    # Under the wrong key: never guessed at, counted, answered with facts that say nothing.
+    [answer] = pipeline.link(state, b"device:other", hop.value, SourcePosition("links", 0, 9))
+    assert answer.role == "linked"
+    assert state.links == {}
+    assert registry.get_sample_value("rewardstream_link_failures_total") == 1
+    [decision] = pipeline.decide(state, 0, answer.value, SourcePosition("linked", 0, 1))
+    assert orjson.loads(decision.value)["event_id"] == "e-6"
+
+
+def test_a_user_whose_link_answer_never_comes_is_decided_after_a_bounded_wait(
+    pipeline: Pipeline, registry: CollectorRegistry
+) -> None:
+    state = tables()
+    direct, _lost = pipeline.intake(
+        at(0), linked_event("e-0", "2026-03-01T12:00:00Z", device_id="d")
+    )
+    assert pipeline.decide(state, 0, direct.value, SourcePosition("linked", 0, 0)) == []
+    decided: list[str] = []
+    for n in range(1, MAX_WAITING + 2):
+        later = orjson.dumps(
+            {"event_id": f"e-{n}", "user_id": "u-1", "type": "page_view", "ts": 1772366400000 + n}
+        )
+        [output] = pipeline.intake(at(n), later)
+        for record in pipeline.decide(state, 0, output.value, SourcePosition("linked", 0, n)):
+            if record.role == "decisions":
+                decided.append(orjson.loads(record.value)["event_id"])
+    assert decided[0] == "e-0"  # still first, decided with the facts it had
+    assert registry.get_sample_value("rewardstream_link_failures_total") == 1
+
+
+def test_link_facts_before_their_event_are_kept_for_it(pipeline: Pipeline) -> None:
+    """Only a crash without transactions can reorder them; the event still gets its facts."""
+    state = tables()
+    direct, hop = pipeline.intake(at(4), linked_event("e-4", "2026-03-01T12:00:00Z", device_id="d"))
+    [answer] = pipeline.link(state, hop.key or b"", hop.value, SourcePosition("links", 0, 0))
+    assert pipeline.decide(state, 0, answer.value, SourcePosition("linked", 0, 0)) == []
+    [decision] = pipeline.decide(state, 0, direct.value, SourcePosition("linked", 0, 1))
+    assert orjson.loads(decision.value)["event_id"] == "e-4"
+    assert b"u-1" not in state.waiting
 
 
 def test_repeat_of_an_event_is_counted_not_decided(
