@@ -24,16 +24,16 @@ kafka-jars: install ## Fetch the Apache Kafka broker jars from Maven Central (ca
 demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, print a summary, stop
 	$(BIN)/rewardstream demo
 
-test: install kafka-jars ## The whole suite: unit tests and integration tests on a real broker
-	$(BIN)/pytest --ignore=tests/reliability
+test: install kafka-jars ## The whole suite: unit, integration and fault tests on a real broker
+	$(BIN)/pytest
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
 
-test-integration: install kafka-jars ## Integration tests on the real broker only
+test-integration: install kafka-jars ## Integration tests on the real broker (no fault tests)
 	$(BIN)/pytest -m kafka --ignore=tests/reliability
 
-test-reliability: install kafka-jars ## Fault tests: SIGKILL the worker mid-stream (several minutes)
+test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restart, rebalance, model restore
 	$(BIN)/pytest tests/reliability
 
 lint: install ## ruff (lint and format check) and mypy

@@ -1,7 +1,7 @@
 """rewardstream's engine and its process shell.
 
 Domain code here is pure: it takes events and state and returns records, and
-never imports Kafka or Faust. Where things live:
+never imports Kafka. Where things live:
 
 - ``settings``: the one frozen settings object, the only reader of the environment.
 - ``clock``: injected time.

@@ -156,7 +156,7 @@ def _add_worker(commands: Any) -> None:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.worker import run_worker  # Faust loads only for the worker
+    from streams.worker import run_worker  # the Kafka runtime loads only for the worker
 
     run_worker(settings)
     return 0
@@ -274,7 +274,12 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
         lines = (line.rstrip(b"\r\n") for line in source)
         name = "stdin" if args.input == "-" else Path(args.input).name
         for record in replay(
-            engine, lines, source_name=name, max_event_bytes=settings.max_event_bytes, counts=counts
+            engine,
+            lines,
+            source_name=name,
+            max_event_bytes=settings.max_event_bytes,
+            counts=counts,
+            state_ttl_ms=settings.state_ttl_ms,
         ):
             sink.write(record + b"\n")
     finally:

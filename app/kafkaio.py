@@ -1,6 +1,6 @@
 """Plain aiokafka clients for the CLI, the demo and the tests: create topics, produce, read.
 
-The worker itself runs on Faust (``streams/``); these helpers are the outside
+The worker itself runs in ``streams/``; these helpers are the outside
 world's view of the engine: a producer writing events and a consumer reading
 decisions, alerts and dead letters.
 """

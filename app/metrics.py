@@ -43,6 +43,18 @@ class Metrics:
             "Link hops that failed, and events decided before all their link facts came.",
             registry=registry,
         )
+        self.state_expired = Counter(
+            f"{PREFIX}_state_expired_total",
+            "Users, devices and networks forgotten after their time to live, by table.",
+            ["table"],
+            registry=registry,
+        )
+        self.state_swept = Counter(
+            f"{PREFIX}_state_swept_total",
+            "Rows deleted from the tables by the background sweep, by table.",
+            ["table"],
+            registry=registry,
+        )
         self.decisions = Counter(
             f"{PREFIX}_decisions_total",
             "Decisions published, by program and status.",

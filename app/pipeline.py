@@ -214,12 +214,19 @@ class Pipeline:
         *,
         max_event_bytes: int,
         partitioner: Callable[[bytes], int] | None = None,
+        state_ttl_ms: int | None = None,
     ) -> None:
-        """``partitioner`` maps a user key to its partition when there is no Kafka (replay)."""
+        """``partitioner`` maps a user key to its partition when there is no Kafka (replay);
+        ``state_ttl_ms`` is how long a user, device or network may be silent before its
+        state is forgotten (None: never)."""
         self.engine = engine
         self.metrics = metrics
         self.max_event_bytes = max_event_bytes
         self.partitioner = partitioner
+        self.state_ttl_ms = state_ttl_ms
+        # The newest event time the link and decide stages saw: the background sweep
+        # forgets nothing newer than this (nor newer than the wall clock).
+        self.newest_ts = 0
 
     def handle(self, tables: Tables, source: SourcePosition, value: bytes | None) -> list[Output]:
         """All three stages in-process: the outputs the worker would publish for one message."""
@@ -276,7 +283,11 @@ class Pipeline:
             kind, expected = link_keys(event)[hop]
             if expected != key:  # only our own stages write here; never guess
                 raise ValueError(f"link hop for {expected!r} arrived under {key!r}")
-            state, facts = observe_link(LinkState.from_bytes(tables.links.get(key)), event, kind)
+            self.newest_ts = max(self.newest_ts, event.ts)
+            state = LinkState.from_bytes(tables.links.get(key))
+            if self._expired(state.last_ts, event.ts, "link-state"):
+                state = LinkState()
+            state, facts = observe_link(state, event, kind)
             tables.links[key] = state.to_bytes()
         except Exception:
             # Logged and counted, not dead-lettered: the event is still decided.
@@ -371,7 +382,10 @@ class Pipeline:
         event = self._trusted(envelope)
         user_key = event.user_id.encode()
         key_of_ledger = ledger_key(self.engine.program.id, partition)
+        self.newest_ts = max(self.newest_ts, event.ts)
         user = UserState.from_bytes(tables.users.get(user_key))
+        if self._expired(user.last_ts, event.ts, "user-state"):
+            user = UserState()
         ledger = Ledger.from_bytes(tables.ledgers.get(key_of_ledger))
         outcome = self.engine.process(user, ledger, event, partition=partition, links=links)
         if outcome.user is not user:
@@ -389,6 +403,32 @@ class Pipeline:
         if outcome.learned:
             self.metrics.model_updates.labels(self.engine.program.id).inc(outcome.learned)
         return [self._publish(record, user_key) for record in outcome.records]
+
+    # ------------------------------------------------------------ time to live
+
+    def _expired(self, last_ts: int | None, ts: int, table: str) -> bool:
+        """Whether state last touched at ``last_ts`` is forgotten by an event at ``ts``.
+
+        Decided at read time, in event time, so a replay forgets exactly what the live
+        worker forgot, whenever the background sweep happened to delete the row.
+        """
+        if self.state_ttl_ms is None or last_ts is None or ts - last_ts <= self.state_ttl_ms:
+            return False
+        self.metrics.state_expired.labels(table).inc()
+        return True
+
+    def stale(self, table_field: str, value: bytes | None, now_ms: int) -> bool:
+        """Whether a row of ``tables.<table_field>`` can be deleted at ``now_ms``: no event
+        could read it any more without forgetting it (see :meth:`_expired`)."""
+        if self.state_ttl_ms is None or not value:
+            return False
+        if table_field == "users":
+            last_ts = orjson.loads(value).get("last_ts")
+        elif table_field == "links":
+            last_ts = LinkState.from_bytes(value).last_ts
+        else:
+            return False
+        return isinstance(last_ts, int) and now_ms - last_ts > self.state_ttl_ms
 
     def _trusted(self, envelope: Envelope) -> Event:
         """The envelope's event as intake validated it (only the engine's own stages write

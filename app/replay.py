@@ -41,6 +41,7 @@ def replay(
     source_name: str,
     max_event_bytes: int,
     counts: ReplayCounts | None = None,
+    state_ttl_ms: int | None = None,
 ) -> Iterator[bytes]:
     """Yield each output record (JSON bytes) for each input line."""
     counts = counts if counts is not None else ReplayCounts()
@@ -49,6 +50,7 @@ def replay(
         Metrics(CollectorRegistry()),
         max_event_bytes=max_event_bytes,
         partitioner=kafka_partitioner(engine.partitions),
+        state_ttl_ms=state_ttl_ms,
     )
     tables = Tables(users={}, ledgers={})
     for number, line in enumerate(lines):
@@ -61,7 +63,11 @@ def replay(
 
 
 def replay_decide_log(
-    engine: Engine, records: Iterable[tuple[int, bytes]], *, max_event_bytes: int
+    engine: Engine,
+    records: Iterable[tuple[int, bytes]],
+    *,
+    max_event_bytes: int,
+    state_ttl_ms: int | None = None,
 ) -> Iterator[bytes]:
     """The decide stage alone over its own input log: ``(partition, value)`` records of the
     ``linked`` topic, each partition in offset order.
@@ -72,7 +78,12 @@ def replay_decide_log(
     byte: this is the audit path. (Replaying the events file instead is
     deterministic too, but links events in file order.)
     """
-    pipeline = Pipeline(engine, Metrics(CollectorRegistry()), max_event_bytes=max_event_bytes)
+    pipeline = Pipeline(
+        engine,
+        Metrics(CollectorRegistry()),
+        max_event_bytes=max_event_bytes,
+        state_ttl_ms=state_ttl_ms,
+    )
     tables = Tables(users={}, ledgers={})
     for partition, value in records:
         position = SourcePosition("linked", partition, -1)

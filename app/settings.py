@@ -73,6 +73,9 @@ class Settings:
 
     # Input limits: an event larger than this is dead-lettered, not parsed.
     max_event_bytes: int = 65_536
+    # A user (or device, or network) with no event for this long is forgotten: its state
+    # is treated as new at its next event and deleted from the tables in the background.
+    state_ttl_days: int = 400
 
     # Worker process: web port for /metrics and health, and where local state lives.
     web_host: str = "127.0.0.1"
@@ -127,6 +130,8 @@ class Settings:
                 f"REWARDSTREAM_PROCESSING_GUARANTEE={self.processing_guarantee!r} is not one of "
                 f"{', '.join(GUARANTEES)}"
             )
+        if self.state_ttl_days < 1:
+            raise SettingsError("REWARDSTREAM_STATE_TTL_DAYS must be at least 1")
         if self.batch_max_records < 1:
             raise SettingsError("REWARDSTREAM_BATCH_MAX_RECORDS must be at least 1")
         if self.fetch_max_wait_ms < 0 or self.linger_ms < 0:
@@ -138,6 +143,10 @@ class Settings:
         topics = self.topic_names()
         if len(set(topics.values())) != len(topics):
             raise SettingsError(f"topic names must differ: {topics}")
+
+    @property
+    def state_ttl_ms(self) -> int:
+        return self.state_ttl_days * 86_400_000
 
     def topic_names(self) -> dict[str, str]:
         """Stable role -> configured Kafka topic name."""

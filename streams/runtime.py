@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ TABLE_FIELDS = {
     TABLE_LINK_STATE: "links",
     TABLE_WAITING: "waiting",
 }
+# How many rows of a table the background sweep looks at per batch of its partition.
+SWEEP_SLICE = 256
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -116,6 +119,8 @@ class StageRunner:
             for spec in specs
         }
         self.tables: dict[tuple[str, int], PartitionTable] = {}
+        self.sweeps: dict[tuple[str, int], _Sweep] = {}
+        self.watermarks: dict[TopicPartition, int] = {}
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.owned: set[TopicPartition] = set()
         self.ready = False
@@ -213,6 +218,8 @@ class StageRunner:
         outputs: list[Output] = []
         for message in messages:
             outputs.extend(stage.handler(self.pipeline, tables, message))
+        self.watermarks[tp] = max(self.watermarks.get(tp, 0), self.pipeline.newest_ts)
+        self._sweep(stage, tp)
         changes = [
             record
             for table in stage.tables
@@ -256,6 +263,26 @@ class StageRunner:
                 change.topic, change.value, key=change.key, partition=change.partition
             )
 
+    def _sweep(self, stage: Stage, tp: TopicPartition) -> None:
+        """Delete a slice of the rows no event can read any more (their time to live is
+        over): the deletions commit with the batch, like any other change.
+
+        "Now" is the newest event time this partition saw, but never later than the wall
+        clock: one event stamped in 2099 cannot make everybody's state expire.
+        """
+        wall_ms = int(time.time() * 1000)
+        now_ms = min(self.watermarks.get(tp, 0), wall_ms)
+        for table in stage.tables:
+            field = TABLE_FIELDS[table]
+            rows = self.tables[(table, tp.partition)]
+            sweep = self.sweeps.get((table, tp.partition))
+            if sweep is None or sweep.done:
+                sweep = self.sweeps[(table, tp.partition)] = _Sweep(list(rows.rows))
+            for key in sweep.next_slice():
+                if self.pipeline.stale(field, rows.get(key), now_ms):
+                    del rows[key]
+                    self.pipeline.metrics.state_swept.labels(table).inc()
+
     # ------------------------------------------------------------ state and partitions
 
     def _tables_for(self, stage: Stage, partition: int) -> Tables:
@@ -290,6 +317,7 @@ class StageRunner:
             self.owned.discard(tp)
             for table in self.stages[tp.topic].tables:
                 self.tables.pop((table, tp.partition), None)
+                self.sweeps.pop((table, tp.partition), None)
             producer = self.producers.pop(tp, None)
             if producer is not None:
                 with contextlib.suppress(Exception):
@@ -358,6 +386,23 @@ class StageRunner:
         if client is None:
             raise RuntimeError("the stage runner is not started")
         return client
+
+
+class _Sweep:
+    """A pass over the keys a table had when the pass began, a slice at a time."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self.keys = keys
+        self.position = 0
+
+    @property
+    def done(self) -> bool:
+        return self.position >= len(self.keys)
+
+    def next_slice(self) -> list[bytes]:
+        keys = self.keys[self.position : self.position + SWEEP_SLICE]
+        self.position += len(keys)
+        return keys
 
 
 class _Rebalance(ConsumerRebalanceListener):

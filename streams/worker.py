@@ -79,7 +79,12 @@ async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry)
     )
     restore_into(engine.models, saved, program_id=program, risk=engine.risk_models)
 
-    pipeline = Pipeline(engine, Metrics(registry), max_event_bytes=settings.max_event_bytes)
+    pipeline = Pipeline(
+        engine,
+        Metrics(registry),
+        max_event_bytes=settings.max_event_bytes,
+        state_ttl_ms=settings.state_ttl_ms,
+    )
     runner = StageRunner(settings, pipeline, STAGES)
     web = WebServer(settings.web_host, settings.web_port, registry, lambda: runner.ready).start()
     stopping = asyncio.Event()

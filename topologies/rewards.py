@@ -63,7 +63,7 @@ STAGES = (
 
 
 def changelog_topic(app_id: str, table: str) -> str:
-    """The changelog of ``table``: the names Faust gave its tables, so state carries over."""
+    """The changelog of ``table`` (the names Faust used, so older deployments keep their state)."""
     return f"{app_id}-{table}-changelog"
 
 

@@ -1,7 +1,7 @@
 """From one event and the user's state to one explained decision.
 
 :class:`Engine` is the whole decision core: pure, synchronous, and unaware of
-Kafka. The Faust agents call it per event; offline replay and the tests call it
+Kafka. The worker's decide stage calls it per event; offline replay and the tests call it
 the same way.
 """
 

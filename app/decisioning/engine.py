@@ -15,7 +15,7 @@ For each new event the engine:
 4. returns the new state and exactly one decision that says why.
 
 Everything but the learned models is passed in and returned, never kept, so
-the same engine serves the Faust worker, offline replay and the tests.
+the same engine serves the worker, offline replay and the tests.
 """
 
 from __future__ import annotations

@@ -63,6 +63,12 @@ class LinkState:
     accounts: tuple[Seen, ...] = ()
     referrals: tuple[Referral, ...] = ()
 
+    @property
+    def last_ts(self) -> int | None:
+        """When anything was last seen here."""
+        times = [seen.last_ts for seen in self.accounts] + [r.ts for r in self.referrals]
+        return max(times) if times else None
+
     def to_bytes(self) -> bytes:
         return orjson.dumps(self)
 

@@ -190,7 +190,7 @@ def _write_properties(
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(home / "data"),
-        # Topics are created by `rewardstream topics create` or by Faust, never by a typo.
+        # Topics are created by `rewardstream topics create` or the worker, never by a typo.
         "auto.create.topics.enable": "false",
         "num.partitions": "4",
         # One broker: internal topics cannot have more than one replica.

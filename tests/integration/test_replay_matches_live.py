@@ -54,7 +54,10 @@ async def test_replay_reproduces_the_live_decisions(
     offline = {
         orjson.loads(value)["decision_id"]: value
         for value in replay_decide_log(
-            build_engine(kafka_settings), log, max_event_bytes=kafka_settings.max_event_bytes
+            build_engine(kafka_settings),
+            log,
+            max_event_bytes=kafka_settings.max_event_bytes,
+            state_ttl_ms=kafka_settings.state_ttl_ms,
         )
         if b'"kind":"decision"' in value
     }

@@ -17,8 +17,8 @@ from tests.reliability.helpers import assert_exactly_once, produce_paced, simula
 
 pytestmark = [pytest.mark.kafka]
 
-EVENTS = 3_000
-KILLS = 4
+EVENTS = 2_000
+KILLS = 3
 
 
 async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
@@ -29,7 +29,7 @@ async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
     log = tmp_path / "worker.log"
     worker = WorkerProcess(kafka_settings, log).start()
     await asyncio.to_thread(worker.wait_ready, 120)
-    # About 100 s of stream: every kill lands while events are still arriving.
+    # About 65 s of stream: every kill lands while events are still arriving.
     producing = asyncio.create_task(
         produce_paced(
             kafka_settings.bootstrap_servers, kafka_settings.topic_events, lines, per_second=30

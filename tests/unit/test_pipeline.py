@@ -16,6 +16,7 @@ from app.contract.schemas import load_schema
 from app.decisioning import Engine
 from app.decisioning.ledger import Ledger, ledger_key
 from app.features import UserState
+from app.fraud import LinkState
 from app.metrics import Metrics
 from app.pipeline import MAX_DEAD_LETTER_PAYLOAD, MAX_WAITING, Envelope, Pipeline, Tables
 from app.programs import load_builtin
@@ -261,3 +262,55 @@ def test_policy_modes_and_learning_are_counted(registry: CollectorRegistry) -> N
         "rewardstream_model_updates_total", {"program": "retail-loyalty"}
     )
     assert updates == 1
+
+
+DAY_MS = 86_400_000
+
+
+def test_a_user_silent_longer_than_the_time_to_live_is_forgotten(
+    registry: CollectorRegistry,
+) -> None:
+    pipeline = Pipeline(
+        Engine(PROGRAM), Metrics(registry), max_event_bytes=4096, state_ttl_ms=30 * DAY_MS
+    )
+    state = tables()
+
+    def page_view(n: int, ts: int) -> bytes:
+        return orjson.dumps({"event_id": f"e-{n}", "user_id": "u-1", "type": "page_view", "ts": ts})
+
+    start = 1_772_366_400_000
+    pipeline.handle(state, at(0), page_view(0, start))
+    pipeline.handle(state, at(1), page_view(1, start + 29 * DAY_MS))
+    assert UserState.from_bytes(state.users[b"u-1"]).events == 2
+    pipeline.handle(state, at(2), page_view(2, start + 60 * DAY_MS))  # 31 days of silence
+    assert UserState.from_bytes(state.users[b"u-1"]).events == 1
+    expired = {"table": "user-state"}
+    assert registry.get_sample_value("rewardstream_state_expired_total", expired) == 1
+    # What the background sweep may delete: nothing newer than the time to live.
+    row = state.users[b"u-1"]
+    assert not pipeline.stale("users", row, start + 60 * DAY_MS + 30 * DAY_MS)
+    assert pipeline.stale("users", row, start + 60 * DAY_MS + 30 * DAY_MS + 1)
+    assert not Pipeline(Engine(PROGRAM), Metrics(CollectorRegistry()), max_event_bytes=4096).stale(
+        "users", row, start + 1000 * DAY_MS
+    )  # no time to live: never
+
+
+def test_a_device_silent_longer_than_the_time_to_live_is_forgotten(
+    registry: CollectorRegistry,
+) -> None:
+    pipeline = Pipeline(
+        Engine(PROGRAM), Metrics(registry), max_event_bytes=4096, state_ttl_ms=30 * DAY_MS
+    )
+    state = tables()
+    start = 1_772_366_400_000
+    for n, (user, ts) in enumerate([("u-1", start), ("u-2", start + 40 * DAY_MS)]):
+        raw = orjson.dumps(
+            {"event_id": f"e-{n}", "user_id": user, "type": "signup", "ts": ts, "device_id": "d"}
+        )
+        pipeline.handle(state, at(n, key=user.encode()), raw)
+    accounts = LinkState.from_bytes(state.links[b"device:d"]).accounts
+    assert [seen.user_id for seen in accounts] == ["u-2"]  # u-1's sign-up is long forgotten
+    assert (
+        registry.get_sample_value("rewardstream_state_expired_total", {"table": "link-state"}) == 1
+    )
+    assert pipeline.stale("links", state.links[b"device:d"], start + 71 * DAY_MS)

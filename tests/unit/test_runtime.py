@@ -1,0 +1,114 @@
+"""The worker's loop without Kafka: a batch's outputs and changelog records, and the
+background sweep of state whose time to live is over."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from app.contract import SourcePosition
+from app.decisioning import Engine
+from app.metrics import Metrics
+from app.pipeline import Pipeline
+from app.programs import load_builtin
+from app.settings import Settings, SettingsError
+from streams.runtime import SWEEP_SLICE, StageRunner
+from streams.state import PartitionTable
+from topologies import STAGES, TABLE_USER_STATE, changelog_topic
+
+DAY_MS = 86_400_000
+START = 1_772_366_400_000
+
+
+class Message(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+def runner(ttl_days: int = 30) -> StageRunner:
+    settings = Settings(state_ttl_days=ttl_days)
+    pipeline = Pipeline(
+        Engine(load_builtin("retail-loyalty")),
+        Metrics(CollectorRegistry()),
+        max_event_bytes=4096,
+        state_ttl_ms=settings.state_ttl_ms,
+    )
+    runner = StageRunner(settings, pipeline, STAGES)
+    linked = settings.topic_names()["linked"]
+    for table in next(s for s in STAGES if s.name == "decide").tables:
+        topic = changelog_topic(settings.app_id, table)
+        runner.tables[(table, 0)] = PartitionTable(topic, 0)
+    runner.owned.add(TopicPartition(linked, 0))
+    return runner
+
+
+def linked_event(runner: StageRunner, offset: int, user: str, ts: int) -> Message:
+    event = {"event_id": f"e-{offset}", "user_id": user, "type": "page_view", "ts": ts}
+    source = SourcePosition("events", 0, offset, user.encode())
+    [output] = runner.pipeline.intake(source, orjson.dumps(event))
+    return Message(runner.topic_of_role["linked"], 0, offset, output.key, output.value)
+
+
+def test_a_batch_yields_its_decisions_and_one_changelog_record_per_changed_row() -> None:
+    loop = runner()
+    tp = TopicPartition(loop.topic_of_role["linked"], 0)
+    batch = [linked_event(loop, n, f"u-{n % 2}", START + n) for n in range(4)]
+    outputs, changes = loop._handle(tp, batch)
+    assert [o.role for o in outputs] == ["decisions"] * 4
+    users = changelog_topic(loop.settings.app_id, TABLE_USER_STATE)
+    assert sorted(c.key for c in changes if c.topic == users) == [b"u-0", b"u-1"]
+    assert all(c.partition == 0 for c in changes)
+    # Nothing changed since: the next batch of nothing writes nothing.
+    assert loop._handle(tp, []) == ([], [])
+
+
+def test_the_sweep_deletes_forgotten_users_with_tombstones_in_the_same_batch() -> None:
+    loop = runner(ttl_days=30)
+    tp = TopicPartition(loop.topic_of_role["linked"], 0)
+    old = [linked_event(loop, n, f"old-{n}", START) for n in range(3)]
+    loop._handle(tp, old)
+    # Forty days later (in event time, and before the wall clock) a new user arrives.
+    _, changes = loop._handle(tp, [linked_event(loop, 10, "new", START + 40 * DAY_MS)])
+    users = changelog_topic(loop.settings.app_id, TABLE_USER_STATE)
+    deleted = sorted(c.key for c in changes if c.topic == users and c.value is None)
+    assert deleted == [b"old-0", b"old-1", b"old-2"]
+    assert set(loop.tables[(TABLE_USER_STATE, 0)]) == {b"new"}
+
+
+def test_an_event_from_the_far_future_cannot_make_everybody_expire() -> None:
+    # A time to live long enough that the wall clock alone expires nobody here.
+    loop = runner(ttl_days=1_000)
+    tp = TopicPartition(loop.topic_of_role["linked"], 0)
+    loop._handle(tp, [linked_event(loop, n, f"u-{n}", START) for n in range(3)])
+    far = 4_000_000_000_000  # the year 2096: valid, but later than the wall clock
+    loop._handle(tp, [linked_event(loop, 9, "time-traveller", far)])
+    loop._handle(tp, [])
+    assert {b"u-0", b"u-1", b"u-2"} <= set(loop.tables[(TABLE_USER_STATE, 0)])
+
+
+def test_the_sweep_looks_at_a_bounded_slice_per_batch() -> None:
+    loop = runner(ttl_days=30)
+    tp = TopicPartition(loop.topic_of_role["linked"], 0)
+    table = loop.tables[(TABLE_USER_STATE, 0)]
+    stale = orjson.dumps({"last_ts": START})
+    for n in range(SWEEP_SLICE * 2 + 10):
+        table.apply(f"x-{n}".encode(), stale)
+    loop._handle(tp, [linked_event(loop, 1, "new", START + 40 * DAY_MS)])
+    assert len(table) == SWEEP_SLICE + 10 + 1
+    loop._handle(tp, [])
+    loop._handle(tp, [])
+    assert set(table) == {b"new"}
+
+
+def test_settings_reject_a_time_to_live_below_a_day() -> None:
+    with pytest.raises(SettingsError, match="STATE_TTL_DAYS"):
+        Settings.from_env(environ={"REWARDSTREAM_STATE_TTL_DAYS": "0"})
+    assert dataclasses.replace(Settings(), state_ttl_days=2).state_ttl_ms == 2 * DAY_MS
