@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability lint format kafka-up kafka-down bench-learning bench-fraud clean
+.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability soak lint format kafka-up kafka-down bench-learning bench-fraud clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -35,6 +35,9 @@ test-integration: install kafka-jars ## Integration tests on the real broker (no
 
 test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restart, rebalance, model restore
 	$(BIN)/pytest tests/reliability
+
+soak: install kafka-jars ## Ten minutes of churning users at 250 events/s: memory flat, state bounded (exit 1 if not)
+	$(BIN)/rewardstream soak --minutes 10 --rate 250 --out var/soak.json
 
 lint: install ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench_fraud(commands)
     _add_simulate(commands)
     _add_demo(commands)
+    _add_soak(commands)
     return parser
 
 
@@ -141,10 +142,11 @@ def _add_topics(commands: Any) -> None:
 
 
 def _topics_create(settings: Settings, args: argparse.Namespace) -> int:
-    from app.kafkaio import ensure_topics, topic_requests
+    from app.kafkaio import client_options, ensure_topics, topic_requests
 
     wanted = topic_requests(settings)
-    result = asyncio.run(ensure_topics(settings.bootstrap_servers, wanted))
+    client = client_options(settings)
+    result = asyncio.run(ensure_topics(settings.bootstrap_servers, wanted, client=client))
     for topic in wanted:
         print(f"{topic.name:<24} {topic.partitions} partitions  {result[topic.name]}")
     return 0
@@ -181,11 +183,16 @@ def _lines(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
-    from app.kafkaio import produce
+    from app.kafkaio import client_options, produce
 
     def send(stream: BinaryIO) -> int:
         return asyncio.run(
-            produce(settings.bootstrap_servers, settings.topic_events, _lines(stream))
+            produce(
+                settings.bootstrap_servers,
+                settings.topic_events,
+                _lines(stream),
+                client=client_options(settings),
+            )
         )
 
     if args.file == "-":
@@ -214,7 +221,7 @@ def _add_tail(commands: Any) -> None:
 
 
 def _tail(settings: Settings, args: argparse.Namespace) -> int:
-    from app.kafkaio import read
+    from app.kafkaio import client_options, read
     from app.render import render
 
     roles = list(TAIL_ROLES.values()) if args.what == "all" else [TAIL_ROLES[args.what]]
@@ -227,6 +234,7 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
             from_beginning=not args.new,
             idle_timeout_s=None if args.follow else args.idle,
             max_records=args.max,
+            client=client_options(settings),
         ):
             if args.jsonl:
                 sys.stdout.buffer.write(received.value + b"\n")
@@ -514,6 +522,30 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from app.demo import DemoPlan, run_demo
 
     return run_demo(settings, DemoPlan(duration_s=args.duration, rate=args.rate))
+
+
+def _add_soak(commands: Any) -> None:
+    soak = commands.add_parser(
+        "soak",
+        help="start Kafka and a worker, stream churning users for minutes, check memory is flat",
+    )
+    soak.add_argument("--minutes", type=float, default=10.0, help="length of the stream")
+    soak.add_argument("--rate", type=float, default=250.0, help="events per second")
+    soak.add_argument("--ttl-days", type=int, default=1, help="the worker's state time to live")
+    soak.add_argument("--out", type=Path, help="write the JSON report here too")
+    soak.set_defaults(run=_soak)
+
+
+def _soak(settings: Settings, args: argparse.Namespace) -> int:
+    from app.soak import SoakPlan, run_soak
+
+    plan = SoakPlan(
+        minutes=args.minutes,
+        rate=args.rate,
+        warmup_minutes=min(2.0, args.minutes / 5),
+        state_ttl_days=args.ttl_days,
+    )
+    return run_soak(settings, plan, out=args.out)
 
 
 if __name__ == "__main__":

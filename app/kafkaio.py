@@ -8,16 +8,38 @@ decisions, alerts and dead letters.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 
 from app.settings import Settings
 
 TOPIC_ALREADY_EXISTS = 36
+# Connection options for aiokafka clients (security protocol, SASL, TLS), from settings.
+ClientOptions = Mapping[str, Any]
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """How every client of the engine authenticates and encrypts, as aiokafka arguments."""
+    options: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.security_protocol.startswith("SASL_"):
+        options |= {
+            "sasl_mechanism": settings.sasl_mechanism,
+            "sasl_plain_username": settings.sasl_username,
+            "sasl_plain_password": settings.sasl_password,
+        }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.ssl_cafile or None,
+            certfile=settings.ssl_certfile or None,
+            keyfile=settings.ssl_keyfile or None,
+        )
+    return options
 
 
 class TopicError(RuntimeError):
@@ -32,12 +54,14 @@ class TopicRequest:
     compacted: bool = False
 
 
-async def ensure_topics(bootstrap_servers: str, wanted: Sequence[TopicRequest]) -> dict[str, str]:
+async def ensure_topics(
+    bootstrap_servers: str, wanted: Sequence[TopicRequest], *, client: ClientOptions | None = None
+) -> dict[str, str]:
     """Create missing topics; check existing ones have the wanted partition count.
 
     Returns topic name -> "created" or "exists".
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client or {}))
     await admin.start()
     try:
         requests = [
@@ -93,9 +117,11 @@ async def _partition_counts(
         await asyncio.sleep(0.2)
 
 
-async def _partition_ids(bootstrap_servers: str, topic: str) -> list[int]:
+async def _partition_ids(
+    bootstrap_servers: str, topic: str, client: ClientOptions | None = None
+) -> list[int]:
     """The partitions of ``topic``, or none if it does not exist."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client or {}))
     await admin.start()
     try:
         [described] = await admin.describe_topics([topic])
@@ -117,10 +143,17 @@ def user_key(line: bytes, key_field: str = "user_id") -> bytes | None:
 
 
 async def produce(
-    bootstrap_servers: str, topic: str, values: Iterable[bytes], *, key_field: str = "user_id"
+    bootstrap_servers: str,
+    topic: str,
+    values: Iterable[bytes],
+    *,
+    key_field: str = "user_id",
+    client: ClientOptions | None = None,
 ) -> int:
     """Send each value (as-is, valid or not) keyed by its user id; return how many."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all", **(client or {})
+    )
     await producer.start()
     count = 0
     try:
@@ -156,6 +189,7 @@ async def read(
     from_beginning: bool = True,
     idle_timeout_s: float | None = 5.0,
     max_records: int | None = None,
+    client: ClientOptions | None = None,
 ) -> AsyncIterator[Received]:
     """Read ``topics`` without a consumer group until idle for ``idle_timeout_s``.
 
@@ -170,6 +204,7 @@ async def read(
         # Only what a worker committed: with exactly-once delivery, records of a
         # transaction that was aborted (a killed worker's) are never read.
         isolation_level="read_committed",
+        **(client or {}),
     )
     await consumer.start()
     seen = 0
@@ -210,9 +245,12 @@ def topic_requests(settings: Settings) -> list[TopicRequest]:
     ]
 
 
-async def latest_by_key(bootstrap_servers: str, topic: str, key: bytes) -> bytes | None:
+async def latest_by_key(
+    bootstrap_servers: str, topic: str, key: bytes, *, client: ClientOptions | None = None
+) -> bytes | None:
     """The newest value under ``key`` in ``topic``, read from the start to the current end."""
-    partitions = [TopicPartition(topic, p) for p in await _partition_ids(bootstrap_servers, topic)]
+    ids = await _partition_ids(bootstrap_servers, topic, client)
+    partitions = [TopicPartition(topic, p) for p in ids]
     if not partitions:
         return None
     consumer = AIOKafkaConsumer(
@@ -220,6 +258,7 @@ async def latest_by_key(bootstrap_servers: str, topic: str, key: bytes) -> bytes
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
+        **(client or {}),
     )
     await consumer.start()
     try:

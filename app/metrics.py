@@ -6,7 +6,7 @@ sets (event type, rejection reason, decision status), never a user, device or IP
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "rewardstream"
 
@@ -52,6 +52,12 @@ class Metrics:
         self.state_swept = Counter(
             f"{PREFIX}_state_swept_total",
             "Rows deleted from the tables by the background sweep, by table.",
+            ["table"],
+            registry=registry,
+        )
+        self.table_rows = Gauge(
+            f"{PREFIX}_table_rows",
+            "Rows this worker holds in memory, by table (users, devices and networks, queues).",
             ["table"],
             registry=registry,
         )

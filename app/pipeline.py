@@ -282,7 +282,7 @@ class Pipeline:
         try:
             kind, expected = link_keys(event)[hop]
             if expected != key:  # only our own stages write here; never guess
-                raise ValueError(f"link hop for {expected!r} arrived under {key!r}")
+                raise ValueError("a link hop arrived under another key than its own")
             self.newest_ts = max(self.newest_ts, event.ts)
             state = LinkState.from_bytes(tables.links.get(key))
             if self._expired(state.last_ts, event.ts, "link-state"):

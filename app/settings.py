@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 GUARANTEES = ("exactly_once", "at_least_once")
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 ENV_PREFIX = "REWARDSTREAM_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -52,6 +54,16 @@ class Settings:
     topic_model_checkpoints: str = "model-checkpoints"
     partitions: int = 4
     replication_factor: int = 1
+    # How every client of the engine connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL;
+    # SASL with SCRAM-SHA-256, SCRAM-SHA-512 or PLAIN; TLS trusting ssl_cafile (else the
+    # system's CAs), with a client certificate when ssl_certfile and ssl_keyfile are set.
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: str = dataclasses.field(default="", repr=False)  # never printed or logged
+    ssl_cafile: str = ""
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
 
     # The reward program the worker decides for: a shipped program's id or a YAML file.
     program: str = "retail-loyalty"
@@ -130,6 +142,7 @@ class Settings:
                 f"REWARDSTREAM_PROCESSING_GUARANTEE={self.processing_guarantee!r} is not one of "
                 f"{', '.join(GUARANTEES)}"
             )
+        self._check_security()
         if self.state_ttl_days < 1:
             raise SettingsError("REWARDSTREAM_STATE_TTL_DAYS must be at least 1")
         if self.batch_max_records < 1:
@@ -143,6 +156,32 @@ class Settings:
         topics = self.topic_names()
         if len(set(topics.values())) != len(topics):
             raise SettingsError(f"topic names must differ: {topics}")
+
+    def _check_security(self) -> None:
+        if self.security_protocol not in SECURITY_PROTOCOLS:
+            raise SettingsError(
+                f"REWARDSTREAM_SECURITY_PROTOCOL={self.security_protocol!r} is not one of "
+                f"{', '.join(SECURITY_PROTOCOLS)}"
+            )
+        if self.security_protocol.startswith("SASL_"):
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise SettingsError(
+                    f"REWARDSTREAM_SASL_MECHANISM={self.sasl_mechanism!r} is not one of "
+                    f"{', '.join(SASL_MECHANISMS)}"
+                )
+            if not self.sasl_username or not self.sasl_password:
+                raise SettingsError(
+                    f"REWARDSTREAM_SECURITY_PROTOCOL={self.security_protocol} needs "
+                    "REWARDSTREAM_SASL_USERNAME and REWARDSTREAM_SASL_PASSWORD"
+                )
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise SettingsError(f"REWARDSTREAM_{name.upper()}={path!r} is not a file")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise SettingsError(
+                "REWARDSTREAM_SSL_CERTFILE and REWARDSTREAM_SSL_KEYFILE go together"
+            )
 
     @property
     def state_ttl_ms(self) -> int:

@@ -220,6 +220,7 @@ class StageRunner:
             outputs.extend(stage.handler(self.pipeline, tables, message))
         self.watermarks[tp] = max(self.watermarks.get(tp, 0), self.pipeline.newest_ts)
         self._sweep(stage, tp)
+        self._count_rows(stage)
         changes = [
             record
             for table in stage.tables
@@ -262,6 +263,11 @@ class StageRunner:
             await producer.send(
                 change.topic, change.value, key=change.key, partition=change.partition
             )
+
+    def _count_rows(self, stage: Stage) -> None:
+        for table in stage.tables:
+            rows = sum(len(t) for (name, _), t in self.tables.items() if name == table)
+            self.pipeline.metrics.table_rows.labels(table).set(rows)
 
     def _sweep(self, stage: Stage, tp: TopicPartition) -> None:
         """Delete a slice of the rows no event can read any more (their time to live is

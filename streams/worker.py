@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from app.assembly import build_engine
 from app.decisioning.engine import Engine
-from app.kafkaio import ensure_topics, latest_by_key, topic_requests
+from app.kafkaio import client_options, ensure_topics, latest_by_key, topic_requests
 from app.metrics import Metrics
 from app.models.checkpoint import checkpoint_key, encode, restore_into
 from app.pipeline import Pipeline
@@ -71,11 +71,17 @@ def configure_logging(settings: Settings) -> None:
 
 async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry) -> None:
     """Create missing topics, restore the models, then run the stages until a stop signal."""
-    created = await ensure_topics(settings.bootstrap_servers, topic_requests(settings))
+    client = client_options(settings)
+    created = await ensure_topics(
+        settings.bootstrap_servers, topic_requests(settings), client=client
+    )
     log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
     program = engine.program.id
     saved = await latest_by_key(
-        settings.bootstrap_servers, settings.topic_model_checkpoints, checkpoint_key(program)
+        settings.bootstrap_servers,
+        settings.topic_model_checkpoints,
+        checkpoint_key(program),
+        client=client,
     )
     restore_into(engine.models, saved, program_id=program, risk=engine.risk_models)
 
@@ -85,7 +91,7 @@ async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry)
         max_event_bytes=settings.max_event_bytes,
         state_ttl_ms=settings.state_ttl_ms,
     )
-    runner = StageRunner(settings, pipeline, STAGES)
+    runner = StageRunner(settings, pipeline, STAGES, client_options=client)
     web = WebServer(settings.web_host, settings.web_port, registry, lambda: runner.ready).start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -47,10 +47,15 @@ class BrokerInfo:
     controller_port: int
     version: str
     home: str
+    sasl_port: int | None = None  # a SASL_PLAINTEXT listener with SCRAM-SHA-256, if asked for
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str | None:
+        return None if self.sasl_port is None else f"{LOOPBACK}:{self.sasl_port}"
 
 
 # ---------------------------------------------------------------- jars
@@ -115,8 +120,13 @@ def start(
     heap: str = "512m",
     timeout_s: float = 90.0,
     extra_properties: Mapping[str, str] | None = None,
+    scram_users: Mapping[str, str] | None = None,
 ) -> BrokerInfo:
-    """Start a broker in ``home`` (port 0 picks a free one) and wait until it answers."""
+    """Start a broker in ``home`` (port 0 picks a free one) and wait until it answers.
+
+    ``scram_users`` (name -> password) adds a second listener, SASL_PLAINTEXT with
+    SCRAM-SHA-256, whose credentials are written when the storage is formatted.
+    """
     running = status(home)
     if running is not None:
         raise BrokerError(
@@ -127,11 +137,16 @@ def start(
     port = port or free_port()
     controller_port = free_port()
     home.mkdir(parents=True, exist_ok=True)
-    properties = _write_properties(home, port, controller_port, extra_properties or {})
-    _format_storage_once(java, libs, home, properties)
+    extra = dict(extra_properties or {})
+    sasl_port = None
+    if scram_users:
+        sasl_port = free_port()
+        extra |= _scram_listener(port, controller_port, sasl_port)
+    properties = _write_properties(home, port, controller_port, extra)
+    _format_storage_once(java, libs, home, properties, _scram_arguments(scram_users or {}))
     process = _spawn(java, libs, home, properties, heap)
     _STARTED_HERE[process.pid] = process
-    info = BrokerInfo(process.pid, port, controller_port, version, str(home))
+    info = BrokerInfo(process.pid, port, controller_port, version, str(home), sasl_port)
     (home / STATE_FILE).write_text(json.dumps(asdict(info)))
     try:
         _wait_until_answers(info, process, timeout_s)
@@ -219,7 +234,32 @@ def _classpath(libs: Path) -> str:
     return str(libs / "*")
 
 
-def _format_storage_once(java: str, libs: Path, home: Path, properties: Path) -> None:
+def _scram_listener(port: int, controller_port: int, sasl_port: int) -> dict[str, str]:
+    """Broker properties for a SASL_PLAINTEXT listener beside the plain one."""
+    return {
+        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},SASL_PLAINTEXT://{LOOPBACK}:{sasl_port},"
+        f"CONTROLLER://{LOOPBACK}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port},"
+        f"SASL_PLAINTEXT://{LOOPBACK}:{sasl_port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
+        "CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms": "SCRAM-SHA-256",
+        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        ),
+    }
+
+
+def _scram_arguments(users: Mapping[str, str]) -> list[str]:
+    arguments: list[str] = []
+    for name, password in users.items():
+        arguments += ["--add-scram", f"SCRAM-SHA-256=[name={name},password={password}]"]
+    return arguments
+
+
+def _format_storage_once(
+    java: str, libs: Path, home: Path, properties: Path, extra: list[str] | None = None
+) -> None:
     if (home / "data" / "meta.properties").exists():
         return
     command = [
@@ -232,6 +272,7 @@ def _format_storage_once(java: str, libs: Path, home: Path, properties: Path) ->
         _cluster_id(),
         "-c",
         str(properties),
+        *(extra or []),
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:

@@ -1,0 +1,120 @@
+"""SASL/SCRAM on the real broker, and no personal data in logs or metric labels.
+
+The broker gets a second listener, SASL_PLAINTEXT with SCRAM-SHA-256, and one user.
+The worker and the CLI connect through it with the credentials from settings; a
+wrong password fails fast with a message that says so, and never prints the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from app import localkafka
+from app.kafkaio import client_options, produce, read
+from app.settings import Settings
+from app.simulation import EventSimulator, SimulatorConfig
+from app.workerproc import WorkerProcess
+from tests.conftest import base_settings
+
+pytestmark = pytest.mark.kafka
+USER, PASSWORD = "rewardstream-worker", "correct-horse-battery-staple"
+
+
+@pytest.fixture(scope="module")
+def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.BrokerInfo]:
+    settings = base_settings()
+    home = tmp_path_factory.mktemp("scram-kafka")
+    try:
+        info = localkafka.start(
+            home,
+            cache_dir=settings.cache_dir,
+            version=settings.kafka_version,
+            port=0,
+            scram_users={USER: PASSWORD},
+        )
+    except localkafka.BrokerError as error:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true and the Kafka broker could not start: {error}")
+        pytest.skip(f"Kafka broker could not start: {error}")
+    yield info
+    localkafka.stop(home)
+
+
+def scram_settings(test_settings: Settings, info: localkafka.BrokerInfo, password: str) -> Settings:
+    assert info.sasl_bootstrap_servers is not None
+    return dataclasses.replace(
+        test_settings,
+        bootstrap_servers=info.sasl_bootstrap_servers,
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username=USER,
+        sasl_password=password,
+    )
+
+
+async def test_the_worker_and_the_cli_work_over_scram_and_log_no_personal_data(
+    scram_broker: localkafka.BrokerInfo, test_settings: Settings, tmp_path: Path
+) -> None:
+    settings = scram_settings(test_settings, scram_broker, PASSWORD)
+    simulator = EventSimulator(SimulatorConfig(users=40, seed=5, program=settings.program))
+    lines = [simulator.next_message() for _ in range(120)]
+    lines = [line for line in lines if not orjson.loads(line)["type"].startswith("reward_")]
+    log = tmp_path / "worker.log"
+    worker = WorkerProcess(settings, log).start()
+    try:
+        await asyncio.to_thread(worker.wait_ready, 120)
+        client = client_options(settings)
+        await produce(settings.bootstrap_servers, settings.topic_events, lines, client=client)
+        decided = set()
+        async for record in read(
+            settings.bootstrap_servers,
+            [settings.topic_decisions],
+            idle_timeout_s=20.0,
+            max_records=len(lines),
+            client=client,
+        ):
+            decided.add(orjson.loads(record.value)["event_id"])
+        metrics = worker.get("/metrics")[1].decode()
+    finally:
+        worker.stop()
+    assert decided == {orjson.loads(line)["event_id"] for line in lines}
+
+    # Personal data: no user id, device id or address in the log (INFO and above) or in
+    # any metric label. The password is never printed either.
+    documents = [orjson.loads(line) for line in lines]
+    personal = {
+        d[field] for d in documents for field in ("user_id", "device_id", "ip") if d.get(field)
+    }
+    assert len(personal) > 40
+    text = log.read_text()
+    assert "INFO" in text  # the scan read a real INFO log
+    assert not {p for p in personal if p in text}
+    labels = "\n".join(line for line in metrics.splitlines() if "{" in line)
+    assert not {p for p in personal if p in labels}
+    assert PASSWORD not in text
+
+
+def test_a_wrong_password_fails_fast_and_says_why(
+    scram_broker: localkafka.BrokerInfo, test_settings: Settings
+) -> None:
+    settings = scram_settings(test_settings, scram_broker, "not-the-password")
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "topics", "create"],
+        env={**os.environ, **settings.env()},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).decode()
+    assert "authentication" in output.lower(), output[-2000:]
+    assert "not-the-password" not in output
