@@ -36,8 +36,11 @@ test-integration: install kafka-jars ## Integration tests on the real broker (no
 test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restart, rebalance, model restore
 	$(BIN)/pytest tests/reliability
 
-soak: install kafka-jars ## Ten minutes of churning users at 250 events/s: memory flat, state bounded (exit 1 if not)
-	$(BIN)/rewardstream soak --minutes 10 --rate 250 --out var/soak.json
+SOAK_RATE ?= 380
+
+soak: install kafka-jars ## Ten minutes of churning users at SOAK_RATE events/s (half the measured drain rate): memory flat, state bounded
+	@mkdir -p var
+	$(BIN)/rewardstream soak --minutes 10 --rate $(SOAK_RATE) --out var/soak.json
 
 lint: install ## ruff (lint and format check) and mypy
 	$(BIN)/ruff check .

@@ -87,28 +87,25 @@ def run_soak(settings: Settings, plan: SoakPlan, *, out: Path | None) -> int:
 
 def churning_users(plan: SoakPlan, end_ms: int) -> Iterator[tuple[bytes | None, bytes]]:
     """Simulated events, re-addressed to a new cohort of users every simulated day, with
-    event times that end at ``end_ms`` (the sweep never runs ahead of the wall clock)."""
+    event times spread evenly over ``plan.days`` that end at ``end_ms`` (the sweep never
+    runs ahead of the wall clock, so neither may the stream)."""
     total = int(plan.minutes * 60 * plan.rate)
     span_ms = plan.days * DAY_MS
+    start_ms = end_ms - span_ms
     simulator = EventSimulator(
-        SimulatorConfig(
-            users=plan.users_per_cohort,
-            seed=plan.seed,
-            start_ms=end_ms - span_ms,
-            events_per_second=total / (span_ms / 1000),
-            skew=0.5,
-        )
+        SimulatorConfig(users=plan.users_per_cohort, seed=plan.seed, start_ms=start_ms, skew=0.5)
     )
+    sent = 0
     for value in simulator:
         document = orjson.loads(value)
-        if not isinstance(document, dict) or "user_id" not in document:
-            continue
-        cohort = (int(document["ts"]) - (end_ms - span_ms)) // DAY_MS
-        if str(document["type"]).startswith("reward_"):
+        if not isinstance(document, dict) or str(document.get("type")).startswith("reward_"):
             continue  # answers need live decisions; this stream is about state, not learning
+        ts = start_ms + sent * span_ms // total
+        cohort = (ts - start_ms) // DAY_MS
         user = f"{document['user_id']}-c{cohort}"
-        document["user_id"] = user
+        document |= {"user_id": user, "ts": ts, "event_id": f"{document['event_id']}-{sent}"}
         yield user.encode(), orjson.dumps(document)
+        sent += 1
 
 
 async def _stream_and_sample(
