@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability soak lint format kafka-up kafka-down bench-learning bench-fraud clean
+.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability test-cluster soak lint format kafka-up kafka-down bench-learning bench-fraud clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -25,16 +25,19 @@ demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, 
 	$(BIN)/rewardstream demo
 
 test: install kafka-jars ## The whole suite: unit, integration and fault tests on a real broker
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/cluster
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
 
 test-integration: install kafka-jars ## Integration tests on the real broker (no fault tests)
-	$(BIN)/pytest -m kafka --ignore=tests/reliability
+	$(BIN)/pytest -m kafka --ignore=tests/reliability --ignore=tests/cluster
 
 test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restart, rebalance, model restore
 	$(BIN)/pytest tests/reliability
+
+test-cluster: install kafka-jars ## A three-node KRaft cluster on loopback loses a node mid-stream (slow)
+	$(BIN)/pytest tests/cluster
 
 SOAK_RATE ?= 380
 

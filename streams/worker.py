@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 
 from prometheus_client import CollectorRegistry
 
@@ -60,6 +61,31 @@ class Checkpointer:
                 log.warning("checkpoint.failed error=%s", type(error).__name__)
 
 
+class RepeatFilter(logging.Filter):
+    """Lets the same client message through once per ``every_s``, then says how many
+    copies it held back: while a broker is down, every client retries many times a
+    second, and a flood of identical lines would bury what matters."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.last: dict[tuple[str, object], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        shown_at, held = self.last.get(key, (-self.every_s, 0))
+        if now - shown_at < self.every_s:
+            self.last[key] = (shown_at, held + 1)
+            return False
+        if held:
+            record.msg = f"{record.msg} ({held} similar held back)"
+        self.last[key] = (now, 0)
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -67,6 +93,8 @@ def configure_logging(settings: Settings) -> None:
         force=True,
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatFilter())
 
 
 async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry) -> None:

@@ -13,6 +13,7 @@ from app.localkafka.broker import (
     ensure_jars,
     free_port,
     start,
+    start_cluster,
     status,
     stop,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "ensure_jars",
     "free_port",
     "start",
+    "start_cluster",
     "status",
     "stop",
 ]

@@ -159,6 +159,56 @@ def start(
     return info
 
 
+def start_cluster(
+    home: Path,
+    *,
+    nodes: int,
+    cache_dir: Path,
+    version: str,
+    heap: str = "512m",
+    timeout_s: float = 120.0,
+) -> list[BrokerInfo]:
+    """A KRaft cluster of ``nodes`` broker+controllers on loopback, one home per node
+    (``home/node-<id>``, each stopped with :func:`stop`). Internal topics are replicated
+    to every node (at most three) and ``min.insync.replicas`` is one less, so the cluster
+    keeps accepting ``acks=all`` writes with one node down."""
+    java = _require_tool("java", "Java 17 or newer runs the Kafka broker")
+    libs = ensure_jars(cache_dir, version)
+    cluster_id = _cluster_id()
+    ports = [(free_port(), free_port()) for _ in range(nodes)]
+    voters = ",".join(f"{n + 1}@{LOOPBACK}:{c}" for n, (_, c) in enumerate(ports))
+    replicas = min(nodes, 3)
+    shared = {
+        "controller.quorum.voters": voters,
+        "offsets.topic.replication.factor": str(replicas),
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(max(1, replicas - 1)),
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": str(max(1, replicas - 1)),
+    }
+    started: list[tuple[BrokerInfo, subprocess.Popen[bytes]]] = []
+    for n, (port, controller_port) in enumerate(ports):
+        node_home = home / f"node-{n + 1}"
+        node_home.mkdir(parents=True, exist_ok=True)
+        properties = _write_properties(
+            node_home, port, controller_port, shared | {"node.id": str(n + 1)}
+        )
+        _format_storage_once(java, libs, node_home, properties, cluster_id=cluster_id)
+        process = _spawn(java, libs, node_home, properties, heap)
+        _STARTED_HERE[process.pid] = process
+        info = BrokerInfo(process.pid, port, controller_port, version, str(node_home))
+        (node_home / STATE_FILE).write_text(json.dumps(asdict(info)))
+        started.append((info, process))
+    try:
+        for info, process in started:  # a quorum forms only once enough nodes run
+            _wait_until_answers(info, process, timeout_s)
+    except BrokerError:
+        for info, _ in started:
+            stop(Path(info.home))
+        raise
+    return [info for info, _ in started]
+
+
 def status(home: Path) -> BrokerInfo | None:
     """The broker running from ``home``, or None when there is none."""
     try:
@@ -258,7 +308,12 @@ def _scram_arguments(users: Mapping[str, str]) -> list[str]:
 
 
 def _format_storage_once(
-    java: str, libs: Path, home: Path, properties: Path, extra: list[str] | None = None
+    java: str,
+    libs: Path,
+    home: Path,
+    properties: Path,
+    extra: list[str] | None = None,
+    cluster_id: str | None = None,
 ) -> None:
     if (home / "data" / "meta.properties").exists():
         return
@@ -269,7 +324,7 @@ def _format_storage_once(
         "kafka.tools.StorageTool",
         "format",
         "-t",
-        _cluster_id(),
+        cluster_id or _cluster_id(),
         "-c",
         str(properties),
         *(extra or []),

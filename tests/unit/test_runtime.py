@@ -112,3 +112,24 @@ def test_settings_reject_a_time_to_live_below_a_day() -> None:
     with pytest.raises(SettingsError, match="STATE_TTL_DAYS"):
         Settings.from_env(environ={"REWARDSTREAM_STATE_TTL_DAYS": "0"})
     assert dataclasses.replace(Settings(), state_ttl_days=2).state_ttl_ms == 2 * DAY_MS
+
+
+def test_repeated_client_log_lines_are_held_back_and_counted() -> None:
+    import logging
+
+    from streams.worker import RepeatFilter
+
+    gate = RepeatFilter(every_s=3600)
+
+    def record(name: str, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, None, None)
+
+    assert gate.filter(record("aiokafka", "Unable connect to node %s"))
+    assert not gate.filter(record("aiokafka", "Unable connect to node %s"))
+    assert gate.filter(record("aiokafka", "Another message"))
+    assert gate.filter(record("streams.runtime", "partition.recovered"))  # ours: never held
+    assert gate.filter(record("streams.runtime", "partition.recovered"))
+    gate.every_s = 0.0
+    again = record("aiokafka", "Unable connect to node %s")
+    assert gate.filter(again)
+    assert "(1 similar held back)" in again.getMessage()
