@@ -422,11 +422,14 @@ class Pipeline:
         could read it any more without forgetting it (see :meth:`_expired`)."""
         if self.state_ttl_ms is None or not value:
             return False
-        if table_field == "users":
-            last_ts = orjson.loads(value).get("last_ts")
-        elif table_field == "links":
-            last_ts = LinkState.from_bytes(value).last_ts
-        else:
+        try:
+            if table_field == "users":
+                last_ts = orjson.loads(value).get("last_ts")
+            elif table_field == "links":
+                last_ts = LinkState.from_bytes(value).last_ts
+            else:
+                return False
+        except Exception:  # an unreadable row is kept; the event that reads it will say so
             return False
         return isinstance(last_ts, int) and now_ms - last_ts > self.state_ttl_ms
 

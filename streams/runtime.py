@@ -273,8 +273,8 @@ class StageRunner:
         """Delete a slice of the rows no event can read any more (their time to live is
         over): the deletions commit with the batch, like any other change.
 
-        "Now" is the newest event time this partition saw, but never later than the wall
-        clock: one event stamped in 2099 cannot make everybody's state expire.
+        "Now" is the newest event time this worker's link and decide stages saw, but never
+        later than the wall clock: one event stamped 2099 cannot make everybody expire.
         """
         wall_ms = int(time.time() * 1000)
         now_ms = min(self.watermarks.get(tp, 0), wall_ms)
