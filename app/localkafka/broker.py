@@ -48,6 +48,8 @@ class BrokerInfo:
     version: str
     home: str
     sasl_port: int | None = None  # a SASL_PLAINTEXT listener with SCRAM-SHA-256, if asked for
+    ssl_port: int | None = None  # a TLS listener with a self-signed certificate, if asked for
+    ca_file: str | None = None  # that certificate, as PEM, for clients to trust
 
     @property
     def bootstrap_servers(self) -> str:
@@ -56,6 +58,10 @@ class BrokerInfo:
     @property
     def sasl_bootstrap_servers(self) -> str | None:
         return None if self.sasl_port is None else f"{LOOPBACK}:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap_servers(self) -> str | None:
+        return None if self.ssl_port is None else f"{LOOPBACK}:{self.ssl_port}"
 
 
 # ---------------------------------------------------------------- jars
@@ -121,11 +127,14 @@ def start(
     timeout_s: float = 90.0,
     extra_properties: Mapping[str, str] | None = None,
     scram_users: Mapping[str, str] | None = None,
+    tls: bool = False,
 ) -> BrokerInfo:
     """Start a broker in ``home`` (port 0 picks a free one) and wait until it answers.
 
     ``scram_users`` (name -> password) adds a second listener, SASL_PLAINTEXT with
-    SCRAM-SHA-256, whose credentials are written when the storage is formatted.
+    SCRAM-SHA-256, whose credentials are written when the storage is formatted. ``tls``
+    adds an SSL listener with a self-signed certificate for 127.0.0.1, made with the
+    JDK's keytool; ``BrokerInfo.ca_file`` is the certificate for clients to trust.
     """
     running = status(home)
     if running is not None:
@@ -138,15 +147,35 @@ def start(
     controller_port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     extra = dict(extra_properties or {})
-    sasl_port = None
+    listeners: dict[str, int] = {}
+    ca_file = None
     if scram_users:
-        sasl_port = free_port()
-        extra |= _scram_listener(port, controller_port, sasl_port)
+        listeners["SASL_PLAINTEXT"] = free_port()
+        extra |= _SCRAM_PROPERTIES
+    if tls:
+        listeners["SSL"] = free_port()
+        keystore, ca_file = _self_signed(home)
+        extra |= {
+            "ssl.keystore.location": str(keystore),
+            "ssl.keystore.password": _KEYSTORE_PASSWORD,
+            "ssl.keystore.type": "PKCS12",
+        }
+    if listeners:
+        extra |= _listener_properties(port, controller_port, listeners)
     properties = _write_properties(home, port, controller_port, extra)
     _format_storage_once(java, libs, home, properties, _scram_arguments(scram_users or {}))
     process = _spawn(java, libs, home, properties, heap)
     _STARTED_HERE[process.pid] = process
-    info = BrokerInfo(process.pid, port, controller_port, version, str(home), sasl_port)
+    info = BrokerInfo(
+        process.pid,
+        port,
+        controller_port,
+        version,
+        str(home),
+        listeners.get("SASL_PLAINTEXT"),
+        listeners.get("SSL"),
+        None if ca_file is None else str(ca_file),
+    )
     (home / STATE_FILE).write_text(json.dumps(asdict(info)))
     try:
         _wait_until_answers(info, process, timeout_s)
@@ -284,20 +313,82 @@ def _classpath(libs: Path) -> str:
     return str(libs / "*")
 
 
-def _scram_listener(port: int, controller_port: int, sasl_port: int) -> dict[str, str]:
-    """Broker properties for a SASL_PLAINTEXT listener beside the plain one."""
+_SCRAM_PROPERTIES = {
+    "sasl.enabled.mechanisms": "SCRAM-SHA-256",
+    "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    ),
+}
+# Protects only a throwaway keystore of a local test broker.
+_KEYSTORE_PASSWORD = "rewardstream-local"
+
+
+def _listener_properties(
+    port: int, controller_port: int, extra: Mapping[str, int]
+) -> dict[str, str]:
+    """Listeners beside the plain one, each named after its security protocol."""
+    named = {"PLAINTEXT": port, **extra}
     return {
-        "listeners": f"PLAINTEXT://{LOOPBACK}:{port},SASL_PLAINTEXT://{LOOPBACK}:{sasl_port},"
-        f"CONTROLLER://{LOOPBACK}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{port},"
-        f"SASL_PLAINTEXT://{LOOPBACK}:{sasl_port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,"
-        "CONTROLLER:PLAINTEXT",
-        "sasl.enabled.mechanisms": "SCRAM-SHA-256",
-        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-        ),
+        "listeners": ",".join(f"{name}://{LOOPBACK}:{p}" for name, p in named.items())
+        + f",CONTROLLER://{LOOPBACK}:{controller_port}",
+        "advertised.listeners": ",".join(f"{name}://{LOOPBACK}:{p}" for name, p in named.items()),
+        "listener.security.protocol.map": ",".join(f"{name}:{name}" for name in named)
+        + ",CONTROLLER:PLAINTEXT",
     }
+
+
+def _self_signed(home: Path) -> tuple[Path, Path]:
+    """A PKCS12 keystore with a key and self-signed certificate for 127.0.0.1, and that
+    certificate as PEM."""
+    keytool = _require_tool("keytool", "the JDK's keytool makes the local TLS certificate")
+    keystore, certificate = home / "broker.p12", home / "broker-ca.pem"
+    if not keystore.exists():
+        _run_tool(
+            [
+                keytool,
+                "-genkeypair",
+                "-alias",
+                "broker",
+                "-keyalg",
+                "RSA",
+                "-keysize",
+                "2048",
+                "-validity",
+                "30",
+                "-dname",
+                "CN=127.0.0.1",
+                "-ext",
+                "SAN=ip:127.0.0.1",
+                "-storetype",
+                "PKCS12",
+                "-keystore",
+                str(keystore),
+                "-storepass",
+                _KEYSTORE_PASSWORD,
+            ]
+        )
+    _run_tool(
+        [
+            keytool,
+            "-exportcert",
+            "-rfc",
+            "-alias",
+            "broker",
+            "-keystore",
+            str(keystore),
+            "-storepass",
+            _KEYSTORE_PASSWORD,
+            "-file",
+            str(certificate),
+        ]
+    )
+    return keystore, certificate
+
+
+def _run_tool(command: list[str]) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise BrokerError(f"{Path(command[0]).name} failed: {result.stdout}{result.stderr}")
 
 
 def _scram_arguments(users: Mapping[str, str]) -> list[str]:

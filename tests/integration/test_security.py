@@ -1,8 +1,9 @@
-"""SASL/SCRAM on the real broker, and no personal data in logs or metric labels.
+"""SASL/SCRAM and TLS on the real broker, and no personal data in logs or metric labels.
 
-The broker gets a second listener, SASL_PLAINTEXT with SCRAM-SHA-256, and one user.
-The worker and the CLI connect through it with the credentials from settings; a
-wrong password fails fast with a message that says so, and never prints the password.
+The broker gets two more listeners: SASL_PLAINTEXT with SCRAM-SHA-256 and one user,
+and SSL with a self-signed certificate. The worker and the CLI connect through them
+with the settings; a wrong password or an untrusted certificate fails fast with a
+message that says so, and the password is never printed.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafk
             version=settings.kafka_version,
             port=0,
             scram_users={USER: PASSWORD},
+            tls=True,
         )
     except localkafka.BrokerError as error:
         if os.environ.get("CI", "").lower() == "true":
@@ -118,3 +120,63 @@ def test_a_wrong_password_fails_fast_and_says_why(
     output = (result.stdout + result.stderr).decode()
     assert "authentication" in output.lower(), output[-2000:]
     assert "not-the-password" not in output
+
+
+def tls_settings(test_settings: Settings, info: localkafka.BrokerInfo, cafile: str) -> Settings:
+    assert info.ssl_bootstrap_servers is not None
+    return dataclasses.replace(
+        test_settings,
+        bootstrap_servers=info.ssl_bootstrap_servers,
+        security_protocol="SSL",
+        ssl_cafile=cafile,
+    )
+
+
+async def test_the_worker_decides_over_tls_trusting_the_configured_ca(
+    scram_broker: localkafka.BrokerInfo, test_settings: Settings, tmp_path: Path
+) -> None:
+    assert scram_broker.ca_file is not None
+    settings = tls_settings(test_settings, scram_broker, scram_broker.ca_file)
+    lines = [
+        orjson.dumps(
+            {"event_id": f"t-{n}", "user_id": f"u-{n}", "type": "signup", "ts": 1772366400000}
+        )
+        for n in range(10)
+    ]
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        await asyncio.to_thread(worker.wait_ready, 120)
+        client = client_options(settings)
+        await produce(settings.bootstrap_servers, settings.topic_events, lines, client=client)
+        decided = {
+            orjson.loads(record.value)["event_id"]
+            async for record in read(
+                settings.bootstrap_servers,
+                [settings.topic_decisions],
+                idle_timeout_s=20.0,
+                max_records=len(lines),
+                client=client,
+            )
+        }
+    finally:
+        worker.stop()
+    assert decided == {f"t-{n}" for n in range(10)}
+
+
+def test_an_untrusted_certificate_fails_fast_and_says_why(
+    scram_broker: localkafka.BrokerInfo, test_settings: Settings, tmp_path: Path
+) -> None:
+    # A CA file that is not the broker's: the handshake must fail, not hang.
+    other = tmp_path / "other-ca.pem"
+    other.write_text(Path(__file__).with_name("other-ca.pem").read_text())
+    settings = tls_settings(test_settings, scram_broker, str(other))
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "topics", "create"],
+        env={**os.environ, **settings.env()},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode != 0
+    output = (result.stdout + result.stderr).decode().lower()
+    assert "certificate verify failed" in output, output[-2000:]
