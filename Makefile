@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability test-cluster soak lint format kafka-up kafka-down bench-learning bench-fraud clean
+.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench-learning bench-fraud clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -38,6 +38,9 @@ test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restar
 
 test-cluster: install kafka-jars ## A three-node KRaft cluster on loopback loses a node mid-stream (slow)
 	$(BIN)/pytest tests/cluster
+
+fuzz: install ## The hostile-input properties with 50 times more examples (a few minutes)
+	FUZZ_FACTOR=50 $(BIN)/pytest -m "not kafka" tests/unit/test_hostile_input.py
 
 SOAK_RATE ?= 380
 

@@ -7,6 +7,7 @@ arrive in whatever order.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import orjson
@@ -21,6 +22,14 @@ from app.pipeline import Pipeline, Tables
 from app.programs import load_builtin
 
 PROGRAM = load_builtin("retail-loyalty")
+# `make fuzz` runs these properties with FUZZ_FACTOR times more examples.
+FUZZ_FACTOR = max(1, int(os.environ.get("FUZZ_FACTOR", "1")))
+
+
+def examples(n: int) -> int:
+    return n * FUZZ_FACTOR
+
+
 EVENT_TYPES = [
     "signup",
     "session_start",
@@ -47,14 +56,14 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_random_bytes_never_raise(raw: bytes) -> None:
     result = parse_event(raw, max_bytes=65_536)
     assert isinstance(result, Event | Rejection)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.dictionaries(
         st.sampled_from(
@@ -113,7 +122,7 @@ def _complete(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(valid_events, max_size=60), st.lists(st.binary(max_size=50), max_size=10))
 def test_any_stream_yields_one_output_per_message_and_keeps_budgets(
     documents: list[dict[str, Any]], garbage: list[bytes]
