@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from app import localkafka
 from app.settings import Settings
+from app.workerproc import WorkerProcess
 
 # Settings a developer may set for the whole run; any other REWARDSTREAM_* is ignored here.
 _KEPT = {"REWARDSTREAM_CACHE_DIR", "REWARDSTREAM_KAFKA_VERSION", "REWARDSTREAM_KAFKA_HEAP"}
@@ -71,3 +72,19 @@ def test_settings(tmp_path: Path) -> Settings:
 def kafka_settings(kafka_broker: localkafka.BrokerInfo, test_settings: Settings) -> Settings:
     """Per-test settings pointed at the session's broker."""
     return dataclasses.replace(test_settings, bootstrap_servers=kafka_broker.bootstrap_servers)
+
+
+@pytest.fixture
+def start_worker() -> Iterator[Callable[[Settings, Path], WorkerProcess]]:
+    """Start ``rewardstream worker`` processes; every one still running is stopped when
+    the test ends, whether it passed or failed."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, log_path: Path) -> WorkerProcess:
+        process = WorkerProcess(settings, log_path).start()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

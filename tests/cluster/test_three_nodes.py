@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,10 @@ def cluster(tmp_path: Path) -> Iterator[list[localkafka.BrokerInfo]]:
 
 
 async def test_losing_one_of_three_nodes_mid_stream_loses_nothing(
-    cluster: list[localkafka.BrokerInfo], test_settings: Settings, tmp_path: Path
+    cluster: list[localkafka.BrokerInfo],
+    test_settings: Settings,
+    tmp_path: Path,
+    start_worker: Callable[[Settings, Path], WorkerProcess],
 ) -> None:
     settings = dataclasses.replace(
         test_settings,
@@ -51,7 +54,7 @@ async def test_losing_one_of_three_nodes_mid_stream_loses_nothing(
         replication_factor=3,
     )
     lines = simulated_stream(settings, events=1_500, users=200, seed=53)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = start_worker(settings, tmp_path / "worker.log")
     await asyncio.to_thread(worker.wait_ready, 180)
     producing = asyncio.create_task(
         produce_paced(settings.bootstrap_servers, settings.topic_events, lines, per_second=40)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,12 +38,15 @@ def own_broker(tmp_path: Path) -> Iterator[tuple[Path, localkafka.BrokerInfo]]:
 
 
 async def test_broker_restart_mid_stream_loses_nothing(
-    own_broker: tuple[Path, localkafka.BrokerInfo], test_settings: Settings, tmp_path: Path
+    own_broker: tuple[Path, localkafka.BrokerInfo],
+    test_settings: Settings,
+    tmp_path: Path,
+    start_worker: Callable[[Settings, Path], WorkerProcess],
 ) -> None:
     home, info = own_broker
     settings = dataclasses.replace(test_settings, bootstrap_servers=info.bootstrap_servers)
     lines = simulated_stream(settings, events=1_500, users=200, seed=41)
-    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    worker = start_worker(settings, tmp_path / "worker.log")
     await asyncio.to_thread(worker.wait_ready, 120)
     producing = asyncio.create_task(
         produce_paced(settings.bootstrap_servers, settings.topic_events, lines, per_second=50)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,14 @@ KILLS = 3
 
 
 async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings,
+    tmp_path: Path,
+    start_worker: Callable[[Settings, Path], WorkerProcess],
 ) -> None:
     lines = simulated_stream(kafka_settings, events=EVENTS, users=300, seed=31)
     rng = random.Random(5)
     log = tmp_path / "worker.log"
-    worker = WorkerProcess(kafka_settings, log).start()
+    worker = start_worker(kafka_settings, log)
     await asyncio.to_thread(worker.wait_ready, 120)
     # About 65 s of stream: every kill lands while events are still arriving.
     producing = asyncio.create_task(
@@ -38,7 +41,7 @@ async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
     for _ in range(KILLS):
         await asyncio.sleep(rng.uniform(1.0, 6.0))
         worker.kill()
-        worker = WorkerProcess(kafka_settings, log).start()
+        worker = start_worker(kafka_settings, log)
         await asyncio.to_thread(worker.wait_ready, 120)
     assert not producing.done(), "the stream ended before the last kill; slow the pace"
     await producing

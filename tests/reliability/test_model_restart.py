@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,13 @@ def scores(decision: dict[str, Any]) -> tuple[object, ...]:
 
 
 async def test_models_predict_after_a_sigkill_what_they_predicted_before(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings,
+    tmp_path: Path,
+    start_worker: Callable[[Settings, Path], WorkerProcess],
 ) -> None:
     settings = dataclasses.replace(kafka_settings, checkpoint_interval_s=1)
     log = tmp_path / "worker.log"
-    worker = WorkerProcess(settings, log).start()
+    worker = start_worker(settings, log)
     await asyncio.to_thread(worker.wait_ready, 120)
     # Users who answer their rewards: the models learn from every answer.
     start_ms = 1_780_000_000_000
@@ -89,7 +92,7 @@ async def test_models_predict_after_a_sigkill_what_they_predicted_before(
     await asyncio.sleep(3)  # a checkpoint interval passes with nothing new to learn
     worker.kill()
 
-    worker = WorkerProcess(settings, log).start()
+    worker = start_worker(settings, log)
     try:
         await asyncio.to_thread(worker.wait_ready, 120)
         after_lines = probes("after", last_ts + 60_000)

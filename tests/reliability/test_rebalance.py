@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,12 @@ pytestmark = [pytest.mark.kafka]
 
 
 async def test_rebalance_mid_stream_keeps_every_decision_once(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings,
+    tmp_path: Path,
+    start_worker: Callable[[Settings, Path], WorkerProcess],
 ) -> None:
     lines = simulated_stream(kafka_settings, events=2_000, users=250, seed=43)
-    first = WorkerProcess(kafka_settings, tmp_path / "first.log").start()
+    first = start_worker(kafka_settings, tmp_path / "first.log")
     await asyncio.to_thread(first.wait_ready, 120)
     producing = asyncio.create_task(
         produce_paced(
@@ -31,7 +34,7 @@ async def test_rebalance_mid_stream_keeps_every_decision_once(
     )
     await asyncio.sleep(5)
     second_settings = dataclasses.replace(kafka_settings, web_port=localkafka.free_port())
-    second = WorkerProcess(second_settings, tmp_path / "second.log").start()
+    second = start_worker(second_settings, tmp_path / "second.log")
     await asyncio.to_thread(second.wait_ready, 120)
     await asyncio.sleep(8)
     assert not producing.done(), "the stream ended before the kill; slow the pace"
