@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench-learning bench-fraud clean
+.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -56,6 +56,12 @@ lint: install ## ruff (lint and format check) and mypy
 format: install ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+bench: install kafka-jars ## Throughput against the raw Kafka ceiling, latency, replay, state per user (about 15 min); appends to docs/benchmarks.md
+	$(BIN)/rewardstream bench --docs docs/benchmarks.md
+
+bench-quick: install kafka-jars ## The same benchmark, smaller: under two minutes
+	$(BIN)/rewardstream bench --quick
 
 bench-learning: install ## Learning quality: engine vs random vs oracle, 50,000 events; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-learning --docs docs/benchmarks.md

@@ -52,6 +52,16 @@ POLICY_MODES = frozenset({"exploit", "explore", "default", "below_minimum", "not
 Table = MutableMapping[bytes, bytes | None]
 
 
+def compact(value: bytes) -> bytes:
+    """An exact-size copy of ``value`` to keep in a table.
+
+    orjson returns bytes objects that keep their whole working buffer: 150 bytes of
+    JSON hold about 4 KB of memory (measured). Tables keep millions of rows, so each
+    row is copied once to its own size (about 200 bytes for the same 150).
+    """
+    return bytes(memoryview(value))
+
+
 # A user's queue of events waiting for link facts is decided anyway, with the facts it
 # has, once this many events wait behind it: a lost link hop must not block a user.
 MAX_WAITING = 64
@@ -288,7 +298,7 @@ class Pipeline:
             if self._expired(state.last_ts, event.ts, "link-state"):
                 state = LinkState()
             state, facts = observe_link(state, event, kind)
-            tables.links[key] = state.to_bytes()
+            tables.links[key] = compact(state.to_bytes())
         except Exception:
             # Logged and counted, not dead-lettered: the event is still decided.
             log.exception("link.failed hop=%s", hop)
@@ -362,8 +372,8 @@ class Pipeline:
     @staticmethod
     def _store_queue(tables: Tables, user_key: bytes, queue: Queue) -> None:
         if queue:
-            tables.waiting[user_key] = orjson.dumps(
-                [[list(key), waiting.to_document()] for key, waiting in queue]
+            tables.waiting[user_key] = compact(
+                orjson.dumps([[list(key), waiting.to_document()] for key, waiting in queue])
             )
         elif tables.waiting.get(user_key) is not None:
             del tables.waiting[user_key]
@@ -389,9 +399,9 @@ class Pipeline:
         ledger = Ledger.from_bytes(tables.ledgers.get(key_of_ledger))
         outcome = self.engine.process(user, ledger, event, partition=partition, links=links)
         if outcome.user is not user:
-            tables.users[user_key] = outcome.user.to_bytes()
+            tables.users[user_key] = compact(outcome.user.to_bytes())
         if outcome.ledger is not ledger:
-            tables.ledgers[key_of_ledger] = outcome.ledger.to_bytes()
+            tables.ledgers[key_of_ledger] = compact(outcome.ledger.to_bytes())
         if outcome.duplicate:
             self.metrics.duplicates.inc()
         else:

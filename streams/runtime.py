@@ -59,6 +59,8 @@ TABLE_FIELDS = {
 }
 # How many rows of a table the background sweep looks at per batch of its partition.
 SWEEP_SLICE = 256
+# Retry backoff of the transactional producers (see _open_producer).
+TRANSACTION_RETRY_BACKOFF_MS = 10
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -340,6 +342,10 @@ class StageRunner:
             bootstrap_servers=self.settings.bootstrap_servers,
             transactional_id=f"{self.settings.app_id}-{tp.topic}-{tp.partition}",
             linger_ms=self.settings.linger_ms,
+            # The broker refuses to add partitions to a transaction while the previous
+            # commit of the same producer is still completing, and the producer retries
+            # after this backoff: aiokafka's 100 ms default was most of the latency.
+            retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
             **self.client_options,
         )
         # start() initialises the transactional id: it aborts what the previous producer

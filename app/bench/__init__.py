@@ -2,4 +2,7 @@
 
 - :mod:`app.bench.learning`: learning quality of the engine against a random
   policy and an oracle, in a closed loop of simulated users.
+- :mod:`app.bench.throughput`: throughput against a raw Kafka loop, latency under
+  open-loop load, replay speed and state per user, in one run
+  (:mod:`app.bench.histogram` counts its latencies).
 """

@@ -1,0 +1,715 @@
+"""`rewardstream bench`: throughput, latency and state size, every figure in one run.
+
+On one machine, with the same simulated payloads and partitions, it measures:
+
+1. the ceiling: a raw aiokafka consume-produce loop moving a backlog between two
+   topics, with no parsing at all: what Python and this broker allow;
+2. the engine: a real worker (all three stages, the configured delivery
+   guarantee) draining a backlog of the same events, counted on its /metrics;
+3. latency under open-loop load at 50, 70 and 90% of the engine's measured
+   maximum: each event's send time to the time its decision is read back
+   (read_committed), in a log-linear histogram (:mod:`app.bench.histogram`);
+4. offline replay: the same stages in-process with no broker (median of runs);
+5. state per user: many distinct users (one sign-up each) through the pipeline
+   in a fresh interpreter: bytes of their rows, and resident memory growth.
+
+Everything it starts (a broker of its own on a free port, a worker) it stops,
+even on errors. It is a measurement: missing a target is a finding, reported
+beside the figure, not a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import multiprocessing
+import random
+import re
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from app import localkafka
+from app.assembly import build_engine
+from app.bench.histogram import LatencyHistogram
+from app.bench.report import commit, machine
+from app.contract.records import SourcePosition
+from app.kafkaio import TopicRequest, ensure_topics, produce, topic_requests
+from app.metrics import Metrics
+from app.pipeline import Pipeline, Tables
+from app.replay import kafka_partitioner, replay
+from app.settings import Settings
+from app.simulation import EventSimulator, SimulatorConfig
+from app.simulation.events import CHANNELS, COUNTRIES
+from app.simulation.live import produce_at_rate
+from app.workerproc import WorkerError, WorkerProcess
+
+PASSTHROUGH_IN = "bench-passthrough-in"
+PASSTHROUGH_OUT = "bench-passthrough-out"
+METRICS_POLL_S = 0.2
+START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, the simulator's default
+# The offered rates of the latency runs, as shares of the engine's measured maximum;
+# the targets speak of the middle one.
+LATENCY_SHARES = (0.5, 0.7, 0.9)
+HEADLINE_SHARE = 0.7
+# The state run checks the memory left every so many users, and stops below this.
+MEMORY_CHECK_EVERY = 10_000
+MIN_AVAILABLE_BYTES = 2 * 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchPlan:
+    """How big a run is. The defaults are the full benchmark (about 15 minutes here)."""
+
+    events: int = 50_000  # the backlog both loops drain, and the replay's input
+    partitions: int = 4
+    latency_seconds: float = 20.0  # of traffic per offered rate
+    state_users: int = 1_000_000
+    replay_runs: int = 3
+    # Simulated users behind the throughput events. The simulator's cost per event grows
+    # with its user count, and a few thousand already give every user a history.
+    users: int = 2_000
+    seed: int = 7
+    quick: bool = False
+
+    def check(self) -> None:
+        if min(self.events, self.partitions, self.state_users, self.replay_runs) < 1:
+            raise ValueError("events, partitions, state users and replay runs must be >= 1")
+        if self.latency_seconds <= 0:
+            raise ValueError("latency seconds must be above 0")
+
+
+# Under two minutes on a shared 2-core machine where the worker decides about 700 events a
+# second, replay about 1,700 and the state run signs up about 1,300 users a second; the
+# broker and worker start-ups take another 10 s.
+QUICK_PLAN = BenchPlan(events=6_000, latency_seconds=8.0, state_users=20_000, quick=True)
+
+
+def plan_for(quick: bool, **overrides: Any) -> BenchPlan:
+    """The full or quick plan, with the options given (None: the plan's own value)."""
+    plan = QUICK_PLAN if quick else BenchPlan()
+    plan = dataclasses.replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    plan.check()
+    return plan
+
+
+# ---------------------------------------------------------------- traffic
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Message:
+    event_id: str
+    key: bytes
+    value: bytes
+
+
+class Traffic:
+    """The bench's events, from one seeded simulator: the backlog first, then each
+    latency run's events, so every event id is new to the worker."""
+
+    def __init__(self, users: int, seed: int) -> None:
+        self.simulator = EventSimulator(SimulatorConfig(users=users, seed=seed, skew=0.5))
+
+    def take(self, count: int) -> list[Message]:
+        messages: list[Message] = []
+        while len(messages) < count:
+            # next_message, not next_event: it advances the sequence that numbers the
+            # events and spaces their times (repeated ids would be decided as replays).
+            value = self.simulator.next_message()
+            event = orjson.loads(value)
+            if event["type"].startswith("reward_"):
+                continue  # answers to rewards need live decisions; this is about load
+            messages.append(Message(event["event_id"], event["user_id"].encode(), value))
+        return messages
+
+
+def signups(users: int, seed: int) -> Iterator[bytes]:
+    """One sign-up for each of ``users`` distinct users, each on its own device, spread
+    over networks like the simulator's users, 100 ms of event time apart."""
+    draw = random.Random(seed)
+    for number in range(users):
+        yield orjson.dumps(
+            {
+                "event_id": f"ev-state-{number}",
+                "user_id": f"u-state-{number:07d}",
+                "type": "signup",
+                "ts": START_MS + number * 100,
+                "channel": draw.choice(CHANNELS),
+                "device_id": f"dev-{draw.getrandbits(48):012x}",
+                "ip": f"10.{draw.randrange(256)}.{draw.randrange(256)}.{draw.randrange(1, 255)}",
+                "attributes": {"country": draw.choice(COUNTRIES), "age": draw.randint(16, 80)},
+            }
+        )
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Figures:
+    """What the phases measured, before it is shaped into the report."""
+
+    passthrough_events_per_s: float = 0.0
+    engine_events_per_s: float = 0.0
+    latency: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    replay_runs: list[float] = dataclasses.field(default_factory=list)
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    phase_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase: the report says where the run's time went."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phase_seconds[name] = round(time.perf_counter() - started, 2)
+
+
+def run_throughput_benchmark(
+    settings: Settings, plan: BenchPlan, *, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Every phase in turn; the report as a dict."""
+    settings = dataclasses.replace(settings, partitions=plan.partitions)
+    figures = Figures()
+    traffic = Traffic(plan.users, plan.seed)
+    backlog = traffic.take(plan.events)
+    say(f"Starting a broker of our own (Apache Kafka {settings.kafka_version})...")
+    _on_own_broker(settings, plan, traffic, backlog, figures, say)
+    say(f"Offline replay of the same {plan.events:,} events, {plan.replay_runs} runs...")
+    with figures.phase("replay"):
+        figures.replay_runs = replay_rates(settings, [m.value for m in backlog], plan.replay_runs)
+    say(f"State of {plan.state_users:,} distinct users, in a fresh interpreter...")
+    with figures.phase("state"):
+        figures.state = state_in_child(settings, plan.state_users, plan.seed)
+    return build_report(settings, plan, figures, machine_description=machine(), commit_id=commit())
+
+
+def _on_own_broker(
+    settings: Settings,
+    plan: BenchPlan,
+    traffic: Traffic,
+    backlog: list[Message],
+    figures: Figures,
+    say: Callable[[str], None],
+) -> None:
+    home = settings.data_dir / "bench"
+    shutil.rmtree(home, ignore_errors=True)  # every run starts from an empty broker
+    with figures.phase("broker_start"):
+        broker = localkafka.start(
+            home / "kafka",
+            cache_dir=settings.cache_dir,
+            version=settings.kafka_version,
+            port=0,
+            heap=settings.kafka_heap,
+        )
+    try:
+        settings = dataclasses.replace(
+            settings,
+            bootstrap_servers=broker.bootstrap_servers,
+            security_protocol="PLAINTEXT",  # our broker's listener, whatever the env says
+            data_dir=home,
+            web_port=localkafka.free_port(),
+        )
+        _kafka_phases(settings, plan, traffic, backlog, figures, home, say)
+    finally:
+        localkafka.stop(home / "kafka")
+
+
+def _kafka_phases(
+    settings: Settings,
+    plan: BenchPlan,
+    traffic: Traffic,
+    backlog: list[Message],
+    figures: Figures,
+    home: Path,
+    say: Callable[[str], None],
+) -> None:
+    say(f"Producing the backlog: {len(backlog):,} events, twice (engine and raw loop)...")
+    with figures.phase("produce_backlog"):
+        asyncio.run(_prepare_topics(settings, backlog))
+    say("Raw aiokafka consume-produce loop over the backlog...")
+    with figures.phase("passthrough"):
+        figures.passthrough_events_per_s = asyncio.run(passthrough_rate(settings, len(backlog)))
+    worker = WorkerProcess(settings, home / "worker.log")
+    try:
+        with figures.phase("worker_start"):
+            worker.start().wait_ready()
+        say(f"The worker drains the backlog ({settings.processing_guarantee})...")
+        with figures.phase("engine_drain"):
+            figures.engine_events_per_s = drain_rate(worker, len(backlog))
+        for share in LATENCY_SHARES:
+            rate = share * figures.engine_events_per_s
+            say(f"Open-loop load at {share:.0%} of that: {rate:,.0f} events/s...")
+            with figures.phase(f"latency_{round(share * 100)}"):
+                messages = traffic.take(max(1, round(rate * plan.latency_seconds)))
+                result = asyncio.run(latency_at_rate(settings, messages, rate=rate, worker=worker))
+            figures.latency.append({"share": share, **result})
+    finally:
+        worker.stop()
+
+
+async def _prepare_topics(settings: Settings, backlog: list[Message]) -> None:
+    """The engine's topics and the raw loop's, and the backlog in both input topics."""
+    raw = [TopicRequest(name, settings.partitions, 1) for name in (PASSTHROUGH_IN, PASSTHROUGH_OUT)]
+    await ensure_topics(settings.bootstrap_servers, [*topic_requests(settings), *raw])
+    values = [m.value for m in backlog]
+    for topic in (settings.topic_events, PASSTHROUGH_IN):
+        await produce(settings.bootstrap_servers, topic, values)
+
+
+# ---------------------------------------------------------------- 1. the raw ceiling
+
+
+class _Assigned(ConsumerRebalanceListener):
+    """Remembers when the group gave the consumer its partitions: the clock starts then,
+    as the engine's starts when its worker is ready."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.at = time.perf_counter()
+
+
+async def passthrough_rate(settings: Settings, total: int) -> float:
+    """Events per second a plain consume-produce loop moves: a consumer group, batches as
+    big as the worker's, no parsing, sends not awaited one by one, a flush and an offset
+    commit per batch (without them it would not be a loop one could restart)."""
+    common = {"bootstrap_servers": settings.bootstrap_servers}
+    consumer = AIOKafkaConsumer(
+        group_id="bench-passthrough",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        **common,
+    )
+    producer = AIOKafkaProducer(
+        acks="all", enable_idempotence=True, linger_ms=settings.linger_ms, **common
+    )
+    assigned = _Assigned()
+    await consumer.start()
+    await producer.start()
+    try:
+        consumer.subscribe([PASSTHROUGH_IN], listener=assigned)
+        moved = 0
+        while moved < total:
+            batches = await consumer.getmany(timeout_ms=200, max_records=settings.batch_max_records)
+            for messages in batches.values():
+                for message in messages:
+                    await producer.send(PASSTHROUGH_OUT, message.value, key=message.key)
+                moved += len(messages)
+            await producer.flush()
+            await consumer.commit()
+        return total / (time.perf_counter() - (assigned.at or time.perf_counter()))
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+# ---------------------------------------------------------------- 2. the engine
+
+
+def decisions_in(metrics_page: str) -> float:
+    """The worker's decision count: the sum of its ``rewardstream_decisions_total`` series."""
+    pattern = r"^rewardstream_decisions_total\{[^}]*\} (\S+)$"
+    return sum(float(v) for v in re.findall(pattern, metrics_page, re.M))
+
+
+def _decided(worker: WorkerProcess) -> float | None:
+    status, body = worker.get("/metrics")
+    return decisions_in(body.decode()) if status == 200 else None
+
+
+def drain_rate(worker: WorkerProcess, total: int) -> float:
+    """Events per second the ready worker decides until ``total`` are decided.
+
+    Decisions made before the first count (the worker got ready a moment before
+    the poll saw it) are left out of both the count and the time.
+    """
+    first = _decided(worker) or 0.0
+    started = time.perf_counter()
+    deadline = started + max(120.0, total / 50)  # a worker slower than this is broken
+    while (decided := _decided(worker) or 0.0) < total:
+        assert worker.process is not None
+        if worker.process.poll() is not None:
+            raise WorkerError(f"the worker exited while draining:\n{worker.log_tail()}")
+        if time.perf_counter() > deadline:
+            raise WorkerError(f"the worker decided {decided:.0f} of {total} events in time")
+        time.sleep(METRICS_POLL_S)
+    return (decided - first) / (time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------- 3. latency
+
+
+@dataclasses.dataclass
+class SendLog:
+    """When each event of a latency run was handed to the producer (perf_counter ns),
+    until its decision is read back."""
+
+    pending: dict[str, int] = dataclasses.field(default_factory=dict)
+    sent: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+
+    def stamped(self, messages: Iterable[Message]) -> Iterator[tuple[bytes | None, bytes]]:
+        """``messages`` for the producer, each stamped as it is taken: the producer takes
+        the next one just before sending it, at the schedule of the offered rate."""
+        for message in messages:
+            now = time.perf_counter_ns()
+            self.pending[message.event_id] = now
+            self.first_ns = self.first_ns or now
+            self.last_ns = now
+            self.sent += 1
+            yield message.key, message.value
+
+
+async def latency_at_rate(
+    settings: Settings, messages: list[Message], *, rate: float, worker: WorkerProcess
+) -> dict[str, Any]:
+    """Offer ``messages`` at ``rate`` per second (open loop: the schedule never waits for
+    a decision) and time each event from its send to its decision read back."""
+    log, histogram = SendLog(), LatencyHistogram()
+    consumer = await _decisions_from_now(settings)
+    reading = asyncio.create_task(_time_decisions(consumer, log, histogram))
+    try:
+        await produce_at_rate(
+            settings.bootstrap_servers,
+            settings.topic_events,
+            log.stamped(messages),
+            rate=rate,
+            total=len(messages),
+            show_progress=False,
+        )
+        await _until_decided(log, worker, grace_s=max(10.0, len(messages) / rate))
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        await consumer.stop()
+    undecided = _count_undecided(log, histogram)
+    return latency_entry(rate, log, histogram, undecided)
+
+
+async def _decisions_from_now(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer of the decisions topic positioned at its current end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # a decision counts once its transaction commits
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    partitions = [TopicPartition(settings.topic_decisions, p) for p in range(settings.partitions)]
+    consumer.assign(partitions)
+    await consumer.seek_to_end(*partitions)
+    for partition in partitions:
+        await consumer.position(partition)  # resolve "the end" now, before anything is sent
+    return consumer
+
+
+async def _time_decisions(
+    consumer: AIOKafkaConsumer, log: SendLog, histogram: LatencyHistogram
+) -> None:
+    while True:
+        batches = await consumer.getmany(timeout_ms=100)
+        now = time.perf_counter_ns()
+        for messages in batches.values():
+            for message in messages:
+                sent = log.pending.pop(orjson.loads(message.value)["event_id"], None)
+                if sent is not None:
+                    histogram.record((now - sent) / 1e6)
+
+
+async def _until_decided(log: SendLog, worker: WorkerProcess, *, grace_s: float) -> None:
+    """Wait, at most ``grace_s`` after the last send, for the last decisions."""
+    deadline = time.monotonic() + grace_s
+    while log.pending and time.monotonic() < deadline:
+        assert worker.process is not None
+        if worker.process.poll() is not None:
+            raise WorkerError(f"the worker exited under load:\n{worker.log_tail()}")
+        await asyncio.sleep(0.05)
+
+
+def _count_undecided(log: SendLog, histogram: LatencyHistogram) -> int:
+    """Events still waiting when the grace ran out count at the wait so far: a lower
+    bound, but leaving them out would flatter the percentiles."""
+    now = time.perf_counter_ns()
+    for sent in log.pending.values():
+        histogram.record((now - sent) / 1e6)
+    return len(log.pending)
+
+
+def latency_entry(
+    rate: float, log: SendLog, histogram: LatencyHistogram, undecided: int
+) -> dict[str, Any]:
+    """One latency run as a report entry (times in milliseconds)."""
+    span_s = (log.last_ns - log.first_ns) / 1e9
+    entry: dict[str, Any] = {
+        "offered_rate": round(rate, 1),
+        "achieved_rate": round((log.sent - 1) / span_s, 1) if span_s > 0 else None,
+        "events": log.sent,
+        "undecided": undecided,
+    }
+    for name, q in (("p50_ms", 50), ("p99_ms", 99), ("p999_ms", 99.9), ("max_ms", 100)):
+        entry[name] = round(histogram.percentile(q), 2) if histogram.count else None
+    return entry
+
+
+# ---------------------------------------------------------------- 4. offline replay
+
+
+def replay_rates(settings: Settings, lines: list[bytes], runs: int) -> list[float]:
+    """Events per second of ``replay()`` over ``lines``, each run with a fresh engine."""
+    rates = []
+    for _ in range(runs):
+        engine = build_engine(settings)
+        started = time.perf_counter()
+        for _ in replay(
+            engine,
+            lines,
+            source_name="bench",
+            max_event_bytes=settings.max_event_bytes,
+            state_ttl_ms=settings.state_ttl_ms,
+        ):
+            pass
+        rates.append(len(lines) / (time.perf_counter() - started))
+    return rates
+
+
+# ---------------------------------------------------------------- 5. state per user
+
+
+def vm_rss_bytes(status: str) -> int:
+    """Resident memory from the text of ``/proc/<pid>/status``."""
+    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    if found is None:
+        raise ValueError("no VmRSS line")
+    return int(found.group(1)) * 1024
+
+
+def state_in_child(settings: Settings, users: int, seed: int) -> dict[str, Any]:
+    """:func:`state_footprint` in a fresh interpreter: memory this process freed earlier
+    would otherwise be reused and hide part of the growth."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(state_footprint, settings, users, seed).result()
+
+
+def mem_available_bytes(meminfo: str) -> int:
+    """Memory the kernel could still give, from the text of ``/proc/meminfo``."""
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M)
+    if found is None:
+        raise ValueError("no MemAvailable line")
+    return int(found.group(1)) * 1024
+
+
+def state_footprint(settings: Settings, users: int, seed: int) -> dict[str, Any]:
+    """Build the state of ``users`` distinct users through the pipeline, as the worker
+    would; measure the bytes of their rows and the growth of resident memory."""
+    pipeline = Pipeline(
+        build_engine(settings),
+        Metrics(CollectorRegistry()),
+        max_event_bytes=settings.max_event_bytes,
+        partitioner=kafka_partitioner(settings.partitions),
+        state_ttl_ms=settings.state_ttl_ms,
+    )
+    tables = Tables(users={}, ledgers={})
+    gc.collect()
+    before = vm_rss_bytes(Path("/proc/self/status").read_text())
+    built = _build_users(pipeline, tables, users, seed)
+    gc.collect()
+    growth = vm_rss_bytes(Path("/proc/self/status").read_text()) - before
+    return state_entry(built, tables, growth, wanted=users)
+
+
+def _build_users(pipeline: Pipeline, tables: Tables, users: int, seed: int) -> int:
+    """Sign up to ``users`` users; stop early, rather than push a shared machine into the
+    OOM killer, when less than ``MIN_AVAILABLE_BYTES`` of memory is left. How many?"""
+    for number, value in enumerate(signups(users, seed)):
+        if number and number % MEMORY_CHECK_EVERY == 0 and _memory_short():
+            return number
+        pipeline.handle(tables, SourcePosition("bench-state", 0, number), value)
+    return users
+
+
+def _memory_short() -> bool:
+    return mem_available_bytes(Path("/proc/meminfo").read_text()) < MIN_AVAILABLE_BYTES
+
+
+def _value_bytes(table: Iterable[bytes | None]) -> int:
+    return sum(len(value) for value in table if value)
+
+
+def state_entry(users: int, tables: Tables, rss_growth: int, *, wanted: int) -> dict[str, Any]:
+    """The state figures of ``users`` users (of ``wanted``) held in ``tables``."""
+    user_bytes = _value_bytes(tables.users.values())
+    link_bytes = _value_bytes(tables.links.values())
+    return {
+        "users": users,
+        "users_wanted": wanted,
+        "stopped_early": users < wanted,  # memory ran short first
+        "user_rows": len(tables.users),
+        "link_rows": len(tables.links),
+        "waiting_rows": len(tables.waiting),
+        "user_state_bytes_per_user": round(user_bytes / users, 1),
+        "link_bytes_per_user": round(link_bytes / users, 1),
+        "bytes_per_user": round((user_bytes + link_bytes) / users, 1),
+        "rss_growth_bytes": rss_growth,
+        "rss_bytes_per_user": round(rss_growth / users, 1),
+    }
+
+
+# ---------------------------------------------------------------- the report
+
+
+def build_report(
+    settings: Settings,
+    plan: BenchPlan,
+    figures: Figures,
+    *,
+    machine_description: str,
+    commit_id: str,
+) -> dict[str, Any]:
+    headline = next(e for e in figures.latency if e["share"] == HEADLINE_SHARE)
+    passthrough, engine = figures.passthrough_events_per_s, figures.engine_events_per_s
+    return {
+        "commit": commit_id,
+        "machine": machine_description,
+        "python": sys.version.split()[0],
+        "quick": plan.quick,
+        "events": plan.events,
+        "partitions": plan.partitions,
+        "simulated_users": plan.users,
+        "processing_guarantee": settings.processing_guarantee,
+        "passthrough_events_per_s": round(passthrough, 1),
+        "engine_events_per_s": round(engine, 1),
+        "ratio": round(engine / passthrough, 4) if passthrough else 0.0,
+        "latency_seconds": plan.latency_seconds,
+        "offered_rate": headline["offered_rate"],
+        "p50_ms": headline["p50_ms"],
+        "p99_ms": headline["p99_ms"],
+        "p999_ms": headline["p999_ms"],
+        "latency": figures.latency,
+        "replay_events_per_s": round(statistics.median(figures.replay_runs), 1),
+        "replay_runs_events_per_s": [round(r, 1) for r in figures.replay_runs],
+        "state_users": figures.state["users"],
+        "bytes_per_user": figures.state["bytes_per_user"],
+        "rss_bytes_per_user": figures.state["rss_bytes_per_user"],
+        "state": figures.state,
+        "phase_seconds": figures.phase_seconds,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    figure: str  # the report's key
+    label: str
+    goal: str
+    met: Callable[[float], bool]
+
+
+TARGETS = (
+    Target("engine_events_per_s", "engine throughput", ">= 10,000 events/s", lambda v: v >= 10_000),
+    Target("ratio", "engine / raw Kafka loop", ">= 0.15", lambda v: v >= 0.15),
+    Target("p99_ms", "p99 latency at 70% of max", "<= 30 ms", lambda v: v <= 30),
+    Target("replay_events_per_s", "offline replay", ">= 30,000 events/s", lambda v: v >= 30_000),
+    Target("bytes_per_user", "state per user", "<= 500 bytes", lambda v: v <= 500),
+)
+
+
+def targets_met(report: dict[str, Any]) -> list[tuple[Target, bool]]:
+    """Each target and whether the report's figure meets it (a missing figure does not)."""
+    return [(t, report.get(t.figure) is not None and t.met(report[t.figure])) for t in TARGETS]
+
+
+def targets_summary(report: dict[str, Any]) -> str:
+    results = targets_met(report)
+    met = sum(ok for _, ok in results)
+    listed = "; ".join(f"{t.label} {'met' if ok else 'missed'}" for t, ok in results)
+    return f"Targets met: {met} of {len(results)} ({listed})."
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
+def throughput_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: the figures beside their targets, then latency per rate."""
+    return "\n".join([_setup_line(report), "", *_figure_rows(report), "", *_latency_rows(report)])
+
+
+def _figure_rows(report: dict[str, Any]) -> list[str]:
+    met = {t.figure: "yes" if ok else "no" for t, ok in targets_met(report)}
+    state = report["state"]
+    return [
+        "| figure | value | target | met |",
+        "|---|---:|---:|---|",
+        f"| raw aiokafka consume-produce loop (the ceiling) "
+        f"| {report['passthrough_events_per_s']:,.0f} events/s | | |",
+        f"| engine, one worker draining a backlog | {report['engine_events_per_s']:,.0f} events/s "
+        f"| >= 10,000 events/s | {met['engine_events_per_s']} |",
+        f"| engine / raw loop | {report['ratio']:.3f} | >= 0.15 | {met['ratio']} |",
+        f"| latency at 70% of max ({report['offered_rate']:,.0f} events/s offered), "
+        f"p50 / p99 / p99.9 | {_ms(report['p50_ms'])} / {_ms(report['p99_ms'])} / "
+        f"{_ms(report['p999_ms'])} ms | p99 <= 30 ms | {met['p99_ms']} |",
+        f"| offline replay, median of {len(report['replay_runs_events_per_s'])} "
+        f"| {report['replay_events_per_s']:,.0f} events/s | >= 30,000 events/s "
+        f"| {met['replay_events_per_s']} |",
+        f"| state per user at {state['users']:,} users (user row "
+        f"{state['user_state_bytes_per_user']:,.0f} + link rows "
+        f"{state['link_bytes_per_user']:,.0f}) | {report['bytes_per_user']:,.0f} bytes "
+        f"| <= 500 bytes | {met['bytes_per_user']} |",
+        f"| resident memory growth per user | {report['rss_bytes_per_user']:,.0f} bytes | | |",
+    ]
+
+
+def _setup_line(report: dict[str, Any]) -> str:
+    state = report["state"]
+    short = (
+        f" (of {state['users_wanted']:,} asked for: memory ran low)"
+        if state["stopped_early"]
+        else ""
+    )
+    quick = " Quick mode: a smaller run than the full benchmark." if report["quick"] else ""
+    return (
+        f"{report['events']:,} simulated events ({report['simulated_users']:,} users), "
+        f"{report['partitions']} partitions, {report['processing_guarantee']}, one worker and "
+        f"a broker of its own on this machine; {report['latency_seconds']:g} s of open-loop "
+        f"traffic per latency run; state from one sign-up each of {state['users']:,} "
+        f"distinct users{short}.{quick}"
+    )
+
+
+def _latency_rows(report: dict[str, Any]) -> list[str]:
+    rows = [
+        "Latency, event sent to its decision read back (read_committed), by offered load:",
+        "",
+        "| share of max | offered events/s | achieved | events | undecided "
+        "| p50 ms | p99 ms | p99.9 ms | max ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in report["latency"]:
+        achieved = "n/a" if e["achieved_rate"] is None else f"{e['achieved_rate']:,.0f}"
+        rows.append(
+            f"| {e['share']:.0%} | {e['offered_rate']:,.0f} | {achieved} | {e['events']:,} "
+            f"| {e['undecided']:,} | {_ms(e['p50_ms'])} | {_ms(e['p99_ms'])} "
+            f"| {_ms(e['p999_ms'])} | {_ms(e['max_ms'])} |"
+        )
+    return rows

@@ -1,0 +1,278 @@
+"""The throughput benchmark's pure parts: its histogram, its parsers and its report.
+
+The phases themselves need a broker and a worker; they run in ``rewardstream bench``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from fractions import Fraction
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from app.bench.histogram import LatencyHistogram, nearest_rank
+from app.bench.throughput import (
+    QUICK_PLAN,
+    BenchPlan,
+    Figures,
+    Message,
+    SendLog,
+    Traffic,
+    build_report,
+    decisions_in,
+    latency_entry,
+    mem_available_bytes,
+    plan_for,
+    signups,
+    state_entry,
+    targets_met,
+    targets_summary,
+    throughput_markdown,
+    vm_rss_bytes,
+)
+from app.contract.validate import Rejection, parse_event
+from app.metrics import Metrics
+from app.pipeline import Tables
+from app.settings import Settings
+
+# ---------------------------------------------------------------- histogram
+
+
+def exact_percentile(values: list[float], q: float) -> float:
+    """Nearest rank, in exact arithmetic: the reference the histogram is held to."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(Fraction(str(q)) * len(ordered) / 100))
+    return ordered[rank - 1]
+
+
+@pytest.mark.parametrize("precision", [0.01, 0.001])
+def test_percentiles_are_within_the_precision_of_exact_ones(precision: float) -> None:
+    draw = random.Random(11)
+    # Latencies in milliseconds over six orders of magnitude, heavy-tailed like real ones,
+    # within the histogram's range (1 µs to 60 s).
+    values = [draw.lognormvariate(1.5, 2.0) for _ in range(20_000)]
+    values = [v for v in values if 0.001 <= v <= 60_000.0]
+    histogram = LatencyHistogram(lowest=0.001, highest=60_000.0, precision=precision)
+    for value in values:
+        histogram.record(value)
+    for q in (0, 1, 25, 50, 90, 99, 99.9, 99.99, 100):
+        exact = exact_percentile(values, q)
+        assert histogram.percentile(q) == pytest.approx(exact, rel=precision), q
+
+
+def test_small_integers_in_microseconds_keep_their_order() -> None:
+    histogram = LatencyHistogram(lowest=1, highest=60_000_000)
+    for value in (1, 2, 3, 1_000, 1_001, 59_000_000):
+        histogram.record(value)
+    assert histogram.percentile(0) == 1
+    assert histogram.percentile(50) == pytest.approx(3, rel=0.01)
+    assert histogram.percentile(100) == 59_000_000
+
+
+def test_values_outside_the_range_count_at_its_edges() -> None:
+    histogram = LatencyHistogram(lowest=0.001, highest=60_000.0)
+    histogram.record(0.0)
+    histogram.record(10**9)
+    assert histogram.count == 2
+    assert histogram.percentile(0) == 0.001
+    assert histogram.percentile(100) == 60_000.0
+
+
+def test_memory_is_fixed_however_many_values() -> None:
+    histogram = LatencyHistogram(precision=0.01)
+    buckets = len(histogram.counts)
+    for value in range(1, 100_000):
+        histogram.record(value / 7)
+    assert len(histogram.counts) == buckets < 2_000
+
+
+def test_an_empty_histogram_has_no_percentiles() -> None:
+    with pytest.raises(ValueError, match="no values"):
+        LatencyHistogram().percentile(50)
+
+
+@pytest.mark.parametrize(
+    ("lowest", "highest", "precision"), [(0, 1, 0.01), (2, 1, 0.01), (1, 2, 0), (1, 2, 1)]
+)
+def test_a_histogram_needs_a_range_and_a_precision(
+    lowest: float, highest: float, precision: float
+) -> None:
+    with pytest.raises(ValueError, match="lowest"):
+        LatencyHistogram(lowest=lowest, highest=highest, precision=precision)
+
+
+@pytest.mark.parametrize(
+    ("q", "count", "rank"),
+    [(0, 10, 1), (50, 1, 1), (50, 10, 5), (99, 1_000, 990), (99.9, 1_000, 999), (100, 7, 7)],
+)
+def test_nearest_rank(q: float, count: int, rank: int) -> None:
+    assert nearest_rank(q, count) == rank
+
+
+def test_a_percentile_is_within_0_and_100() -> None:
+    with pytest.raises(ValueError, match="percentile"):
+        nearest_rank(100.1, 10)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def test_decisions_are_the_sum_of_the_worker_s_decision_series() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.decisions.labels("retail-loyalty", "granted").inc(3)
+    metrics.decisions.labels("retail-loyalty", "none").inc(4)
+    metrics.events_in.labels("purchase").inc(100)  # not a decision
+    page = generate_latest(metrics.registry).decode()
+    # The page also has rewardstream_decisions_created series: timestamps, not counts.
+    assert "rewardstream_decisions_created" in page
+    assert decisions_in(page) == 7
+    assert decisions_in("") == 0
+
+
+def test_memory_figures_from_proc() -> None:
+    status = "Name:\tpython\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n"
+    assert vm_rss_bytes(status) == 12345 * 1024
+    meminfo = "MemTotal:       24000000 kB\nMemAvailable:   20000000 kB\n"
+    assert mem_available_bytes(meminfo) == 20_000_000 * 1024
+    with pytest.raises(ValueError, match="VmRSS"):
+        vm_rss_bytes("Name:\tpython\n")
+
+
+# ---------------------------------------------------------------- traffic
+
+
+def test_traffic_has_new_event_ids_and_no_answers_to_rewards() -> None:
+    traffic = Traffic(users=50, seed=3)
+    messages = traffic.take(300) + traffic.take(300)  # the backlog, then a latency run
+    assert len({m.event_id for m in messages}) == 600
+    for message in messages:
+        document = orjson.loads(message.value)
+        assert not document["type"].startswith("reward_")
+        assert message.key == document["user_id"].encode()
+        assert message.event_id == document["event_id"]
+    times = [orjson.loads(m.value)["ts"] for m in messages]
+    assert times == sorted(times)
+    assert len(set(times)) > 1
+
+
+def test_signups_are_valid_events_of_distinct_users() -> None:
+    events = [parse_event(value, max_bytes=65_536) for value in signups(500, seed=1)]
+    assert not [e for e in events if isinstance(e, Rejection)]
+    assert len({e.user_id for e in events if not isinstance(e, Rejection)}) == 500
+    assert list(signups(20, seed=1)) == list(signups(20, seed=1))
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_plans_quick_full_and_overridden() -> None:
+    assert plan_for(False) == BenchPlan()
+    assert plan_for(True) == QUICK_PLAN
+    plan = plan_for(True, events=1_000, partitions=None)
+    assert (plan.events, plan.partitions, plan.quick) == (1_000, 4, True)
+    with pytest.raises(ValueError, match="events"):
+        plan_for(False, events=0)
+    with pytest.raises(ValueError, match="latency"):
+        plan_for(False, latency_seconds=0.0)
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_a_latency_entry_in_milliseconds() -> None:
+    log = SendLog()
+    messages = [Message(f"e{i}", b"u", b"{}") for i in range(11)]
+    assert len(list(log.stamped(messages))) == 11
+    assert log.sent == 11
+    assert set(log.pending) == {m.event_id for m in messages}
+    log.first_ns, log.last_ns = 0, 2 * 10**9  # ten gaps over two seconds: 5 events/s
+    histogram = LatencyHistogram()
+    for value in range(1, 101):
+        histogram.record(float(value))
+    entry = latency_entry(5.0, log, histogram, undecided=2)
+    assert entry["achieved_rate"] == 5.0
+    assert entry["undecided"] == 2
+    assert entry["p50_ms"] == pytest.approx(50, rel=0.01)
+    assert entry["p99_ms"] == pytest.approx(99, rel=0.01)
+    assert entry["max_ms"] == 100
+    nothing = latency_entry(5.0, SendLog(), LatencyHistogram(), undecided=0)
+    assert nothing["p99_ms"] is None
+    assert nothing["achieved_rate"] is None
+
+
+def test_state_figures_count_user_and_link_rows() -> None:
+    tables = Tables(
+        users={b"u1": b"x" * 300, b"u2": b"x" * 500},
+        ledgers={b"ledger": b"x" * 10_000},  # per partition, not per user
+        links={b"device:1": b"x" * 100, b"net:1": b"x" * 100, b"device:2": None},
+    )
+    state = state_entry(2, tables, rss_growth=10_000, wanted=4)
+    assert state["user_state_bytes_per_user"] == 400
+    assert state["link_bytes_per_user"] == 100
+    assert state["bytes_per_user"] == 500
+    assert state["rss_bytes_per_user"] == 5_000
+    assert state["stopped_early"] is True
+
+
+def figures(*, p99: float, state_bytes: int) -> Figures:
+    latency = [
+        {
+            "share": share,
+            "offered_rate": 1_000 * share,
+            "achieved_rate": 1_000 * share,
+            "events": 8_000,
+            "undecided": 0,
+            "p50_ms": p99 / 3,
+            "p99_ms": p99 * share / 0.7,
+            "p999_ms": p99 * 2,
+            "max_ms": p99 * 3,
+        }
+        for share in (0.5, 0.7, 0.9)
+    ]
+    tables = Tables(users={b"u": b"x" * state_bytes}, ledgers={})
+    return Figures(
+        passthrough_events_per_s=40_000.0,
+        engine_events_per_s=12_000.0,
+        latency=latency,
+        replay_runs=[31_000.0, 29_000.0, 35_000.0],
+        state=state_entry(1, tables, rss_growth=4_096, wanted=1),
+        phase_seconds={"engine_drain": 4.2},
+    )
+
+
+def report_of(found: Figures) -> dict[str, object]:
+    return build_report(
+        Settings(), QUICK_PLAN, found, machine_description="2 cores (test)", commit_id="abc1234"
+    )
+
+
+def test_the_report_holds_every_figure_and_the_headline_at_70_percent() -> None:
+    report = report_of(figures(p99=20.0, state_bytes=400))
+    assert report["ratio"] == 0.3
+    assert report["replay_events_per_s"] == 31_000  # the median of the runs
+    assert report["offered_rate"] == 700
+    assert report["p99_ms"] == pytest.approx(20.0)
+    assert report["bytes_per_user"] == 400
+    for key in ("commit", "machine", "events", "partitions", "p50_ms", "p999_ms"):
+        assert key in report
+    assert orjson.loads(orjson.dumps(report))["latency"][2]["share"] == 0.9
+
+
+def test_targets_met_and_missed_are_said_beside_the_figures() -> None:
+    good = report_of(figures(p99=20.0, state_bytes=400))
+    assert all(ok for _, ok in targets_met(good))
+    assert targets_summary(good).startswith("Targets met: 5 of 5")
+
+    bad = report_of(figures(p99=45.0, state_bytes=900))
+    missed = {t.figure for t, ok in targets_met(bad) if not ok}
+    assert missed == {"p99_ms", "bytes_per_user"}
+    assert targets_summary(bad).startswith("Targets met: 3 of 5")
+    markdown = throughput_markdown(bad)
+    assert "| engine / raw loop | 0.300 | >= 0.15 | yes |" in markdown
+    assert "| p99 <= 30 ms | no |" in markdown
+    assert "| 900 bytes | <= 500 bytes | no |" in markdown
+    assert "Quick mode" in markdown
+    assert markdown.count("\n| 50% |") + markdown.count("\n| 70% |") == 2
