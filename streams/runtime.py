@@ -153,6 +153,9 @@ class StageRunner:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+            # How long aiokafka's background fetcher may sleep between fetches when it
+            # has nothing to do; its 200 ms default added up to 200 ms to every hop.
+            consumer_timeout_ms=self.settings.fetch_max_wait_ms,
             **common,
         )
         await self._consumer.start()

@@ -413,7 +413,9 @@ async def _decisions_from_now(settings: Settings) -> AIOKafkaConsumer:
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",  # a decision counts once its transaction commits
-        fetch_max_wait_ms=50,
+        fetch_max_wait_ms=5,
+        # The fetcher's idle poll (200 ms by default) would be measured as engine latency.
+        consumer_timeout_ms=5,
     )
     await consumer.start()
     partitions = [TopicPartition(settings.topic_decisions, p) for p in range(settings.partitions)]
