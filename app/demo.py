@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import shutil
 import statistics
 from collections import Counter
 from collections.abc import Set as AbstractSet
@@ -16,7 +15,6 @@ from typing import Any
 
 import orjson
 
-from app import localkafka
 from app.assembly import load_program_setting
 from app.clock import SystemClock
 from app.kafkaio import ensure_topics, produce, read, topic_requests
@@ -26,7 +24,7 @@ from app.simulation import EventSimulator, SimulatorConfig
 from app.simulation.attacks import AttackConfig, attacker_accounts, generate
 from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 from app.simulation.live import closed_loop_on_kafka
-from app.workerproc import WorkerProcess
+from app.workerproc import WorkerProcess, own_broker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,37 +39,23 @@ class DemoPlan:
 
 def run_demo(settings: Settings, plan: DemoPlan) -> int:
     """Run the demo end to end; return the process exit code."""
-    home = settings.data_dir / "demo"
-    shutil.rmtree(home, ignore_errors=True)  # each demo starts from an empty broker
     say(
         f"Starting Apache Kafka {settings.kafka_version} "
         "(the first run fetches it from Maven Central)..."
     )
-    broker = localkafka.start(
-        home / "kafka",
-        cache_dir=settings.cache_dir,
-        version=settings.kafka_version,
-        port=0,
-        heap=settings.kafka_heap,
-    )
-    settings = dataclasses.replace(
-        settings,
-        bootstrap_servers=broker.bootstrap_servers,
-        data_dir=home,
-        web_port=localkafka.free_port(),
-    )
-    worker = WorkerProcess(settings, home / "worker.log")
-    try:
-        say(
-            f"Kafka is up on {broker.bootstrap_servers}. Creating topics and starting the worker..."
-        )
-        asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
-        worker.start().wait_ready()
-        return asyncio.run(_traffic_and_summary(settings, plan))
-    finally:
-        say("Stopping the worker and the broker...")
-        worker.stop()
-        localkafka.stop(home / "kafka")
+    with own_broker(settings, "demo") as settings:
+        worker = WorkerProcess(settings, settings.data_dir / "worker.log")
+        try:
+            say(
+                f"Kafka is up on {settings.bootstrap_servers}. "
+                "Creating topics and starting the worker..."
+            )
+            asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
+            worker.start().wait_ready()
+            return asyncio.run(_traffic_and_summary(settings, plan))
+        finally:
+            say("Stopping the worker and the broker...")
+            worker.stop()
 
 
 async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:

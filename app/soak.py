@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +19,12 @@ from typing import Any
 
 import orjson
 
-from app import localkafka
 from app.clock import SystemClock
 from app.kafkaio import ensure_topics, topic_requests
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.simulation.live import produce_at_rate
-from app.workerproc import WorkerProcess
+from app.workerproc import WorkerProcess, own_broker
 
 DAY_MS = 86_400_000
 
@@ -54,30 +52,15 @@ class Sample:
 
 
 def run_soak(settings: Settings, plan: SoakPlan, *, out: Path | None) -> int:
-    home = settings.data_dir / "soak"
-    shutil.rmtree(home, ignore_errors=True)
-    broker = localkafka.start(
-        home / "kafka",
-        cache_dir=settings.cache_dir,
-        version=settings.kafka_version,
-        port=0,
-        heap=settings.kafka_heap,
-    )
-    settings = dataclasses.replace(
-        settings,
-        bootstrap_servers=broker.bootstrap_servers,
-        data_dir=home,
-        web_port=localkafka.free_port(),
-        state_ttl_days=plan.state_ttl_days,
-    )
-    worker = WorkerProcess(settings, home / "worker.log")
-    try:
-        asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
-        worker.start().wait_ready()
-        samples = asyncio.run(_stream_and_sample(settings, plan, worker))
-    finally:
-        worker.stop()
-        localkafka.stop(home / "kafka")
+    with own_broker(settings, "soak") as on_broker:
+        settings = dataclasses.replace(on_broker, state_ttl_days=plan.state_ttl_days)
+        worker = WorkerProcess(settings, settings.data_dir / "worker.log")
+        try:
+            asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
+            worker.start().wait_ready()
+            samples = asyncio.run(_stream_and_sample(settings, plan, worker))
+        finally:
+            worker.stop()
     report = summarize(plan, samples)
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     if out is not None:

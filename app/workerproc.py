@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+from app import localkafka
 from app.settings import Settings
 
 
@@ -88,3 +92,31 @@ class WorkerProcess:
         with contextlib.suppress(FileNotFoundError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+@contextlib.contextmanager
+def own_broker(settings: Settings, name: str) -> Iterator[Settings]:
+    """A local broker of its own, started empty under ``data_dir/<name>/kafka``, and the
+    settings pointed at it (its plain listener, a free web port); stopped on exit.
+
+    What the demo, the soak and the benchmark each run on.
+    """
+    home = settings.data_dir / name
+    shutil.rmtree(home, ignore_errors=True)  # every run starts from an empty broker
+    broker = localkafka.start(
+        home / "kafka",
+        cache_dir=settings.cache_dir,
+        version=settings.kafka_version,
+        port=0,
+        heap=settings.kafka_heap,
+    )
+    try:
+        yield dataclasses.replace(
+            settings,
+            bootstrap_servers=broker.bootstrap_servers,
+            security_protocol="PLAINTEXT",  # our broker's listener, whatever the env says
+            data_dir=home,
+            web_port=localkafka.free_port(),
+        )
+    finally:
+        localkafka.stop(home / "kafka")

@@ -27,7 +27,6 @@ import gc
 import multiprocessing
 import random
 import re
-import shutil
 import statistics
 import sys
 import time
@@ -40,7 +39,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from app import localkafka
 from app.assembly import build_engine
 from app.bench.histogram import LatencyHistogram
 from app.bench.report import commit, machine
@@ -53,7 +51,7 @@ from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.simulation.events import CHANNELS, COUNTRIES
 from app.simulation.live import produce_at_rate
-from app.workerproc import WorkerError, WorkerProcess
+from app.workerproc import WorkerError, WorkerProcess, own_broker
 
 PASSTHROUGH_IN = "bench-passthrough-in"
 PASSTHROUGH_OUT = "bench-passthrough-out"
@@ -204,27 +202,10 @@ def _on_own_broker(
     figures: Figures,
     say: Callable[[str], None],
 ) -> None:
-    home = settings.data_dir / "bench"
-    shutil.rmtree(home, ignore_errors=True)  # every run starts from an empty broker
-    with figures.phase("broker_start"):
-        broker = localkafka.start(
-            home / "kafka",
-            cache_dir=settings.cache_dir,
-            version=settings.kafka_version,
-            port=0,
-            heap=settings.kafka_heap,
-        )
-    try:
-        settings = dataclasses.replace(
-            settings,
-            bootstrap_servers=broker.bootstrap_servers,
-            security_protocol="PLAINTEXT",  # our broker's listener, whatever the env says
-            data_dir=home,
-            web_port=localkafka.free_port(),
-        )
-        _kafka_phases(settings, plan, traffic, backlog, figures, home, say)
-    finally:
-        localkafka.stop(home / "kafka")
+    with contextlib.ExitStack() as stack:
+        with figures.phase("broker_start"):
+            settings = stack.enter_context(own_broker(settings, "bench"))
+        _kafka_phases(settings, plan, traffic, backlog, figures, settings.data_dir, say)
 
 
 def _kafka_phases(
