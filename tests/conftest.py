@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,22 +32,34 @@ def base_settings() -> Settings:
     return Settings.from_env(environ=environ)
 
 
-@pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.BrokerInfo]:
+def start_broker_or_fail(home: Path, **options: Any) -> localkafka.BrokerInfo:
+    """A local broker in ``home``; if it cannot start, the test skips on a developer's
+    machine and fails under ``CI=true`` (a skipped broker test never passes CI)."""
     settings = base_settings()
-    home = tmp_path_factory.mktemp("kafka")
     try:
-        info = localkafka.start(
+        return localkafka.start(
             home,
             cache_dir=settings.cache_dir,
             version=settings.kafka_version,
             port=0,
             heap=settings.kafka_heap,
+            **options,
         )
     except localkafka.BrokerError as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the Kafka broker could not start: {error}")
-        pytest.skip(f"Kafka broker could not start: {error}")
+        fail_or_skip(f"the Kafka broker could not start: {error}")
+        raise
+
+
+def fail_or_skip(reason: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.BrokerInfo]:
+    home = tmp_path_factory.mktemp("kafka")
+    info = start_broker_or_fail(home)
     yield info
     localkafka.stop(home)
 

@@ -24,7 +24,7 @@ from app.kafkaio import client_options, produce, read
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.workerproc import WorkerProcess
-from tests.conftest import base_settings
+from tests.conftest import start_broker_or_fail
 
 pytestmark = pytest.mark.kafka
 USER, PASSWORD = "rewardstream-worker", "correct-horse-battery-staple"
@@ -32,23 +32,22 @@ USER, PASSWORD = "rewardstream-worker", "correct-horse-battery-staple"
 
 @pytest.fixture(scope="module")
 def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.BrokerInfo]:
-    settings = base_settings()
     home = tmp_path_factory.mktemp("scram-kafka")
-    try:
-        info = localkafka.start(
-            home,
-            cache_dir=settings.cache_dir,
-            version=settings.kafka_version,
-            port=0,
-            scram_users={USER: PASSWORD},
-            tls=True,
-        )
-    except localkafka.BrokerError as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the Kafka broker could not start: {error}")
-        pytest.skip(f"Kafka broker could not start: {error}")
+    info = start_broker_or_fail(home, scram_users={USER: PASSWORD}, tls=True)
     yield info
     localkafka.stop(home)
+
+
+def topics_create(settings: Settings) -> tuple[int, str]:
+    """`rewardstream topics create` with ``settings``: its exit code and all it printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "topics", "create"],
+        env={**os.environ, **settings.env()},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode, (result.stdout + result.stderr).decode()
 
 
 def scram_settings(test_settings: Settings, info: localkafka.BrokerInfo, password: str) -> Settings:
@@ -109,15 +108,8 @@ def test_a_wrong_password_fails_fast_and_says_why(
     scram_broker: localkafka.BrokerInfo, test_settings: Settings
 ) -> None:
     settings = scram_settings(test_settings, scram_broker, "not-the-password")
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "topics", "create"],
-        env={**os.environ, **settings.env()},
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode != 0
-    output = (result.stdout + result.stderr).decode()
+    returncode, output = topics_create(settings)
+    assert returncode != 0
     assert "authentication" in output.lower(), output[-2000:]
     assert "not-the-password" not in output
 
@@ -170,13 +162,6 @@ def test_an_untrusted_certificate_fails_fast_and_says_why(
     other = tmp_path / "other-ca.pem"
     other.write_text(Path(__file__).with_name("other-ca.pem").read_text())
     settings = tls_settings(test_settings, scram_broker, str(other))
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "topics", "create"],
-        env={**os.environ, **settings.env()},
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode != 0
-    output = (result.stdout + result.stderr).decode().lower()
-    assert "certificate verify failed" in output, output[-2000:]
+    returncode, output = topics_create(settings)
+    assert returncode != 0
+    assert "certificate verify failed" in output.lower(), output[-2000:]

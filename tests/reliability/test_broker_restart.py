@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from app import localkafka
 from app.settings import Settings
 from app.workerproc import WorkerProcess
-from tests.conftest import base_settings
+from tests.conftest import base_settings, start_broker_or_fail
 from tests.reliability.helpers import assert_exactly_once, produce_paced, simulated_stream
 
 pytestmark = [pytest.mark.kafka]
@@ -23,16 +22,8 @@ pytestmark = [pytest.mark.kafka]
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[tuple[Path, localkafka.BrokerInfo]]:
     """A broker of this test alone: restarting the session's would disturb other tests."""
-    settings = base_settings()
     home = tmp_path / "kafka"
-    try:
-        info = localkafka.start(
-            home, cache_dir=settings.cache_dir, version=settings.kafka_version, port=0
-        )
-    except localkafka.BrokerError as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true and the Kafka broker could not start: {error}")
-        pytest.skip(f"Kafka broker could not start: {error}")
+    info = start_broker_or_fail(home)
     yield home, info
     localkafka.stop(home)
 
