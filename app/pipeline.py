@@ -28,7 +28,7 @@ import base64
 import logging
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -62,6 +62,56 @@ def compact(value: bytes) -> bytes:
     return bytes(memoryview(value))
 
 
+T = TypeVar("T")
+
+
+class OpenRows(Generic[T]):
+    """One table's rows, decoded, for the batch in progress.
+
+    A row is decoded at its first read in a batch and encoded once when the batch
+    ends (:meth:`Pipeline.flush`), however many of the batch's events touch it: a busy
+    user's state, a partition's ledger and a queue of waiting events are each parsed
+    and written once per batch, not once per event. ``encode`` returning None deletes
+    the row. Rows are immutable values (or, for waiting queues, owned by this cache),
+    so what a flush writes is exactly what the events of the batch left.
+    """
+
+    __slots__ = ("decode", "dirty", "encode", "rows", "table")
+
+    def __init__(
+        self,
+        table: Table,
+        decode: Callable[[bytes | None], T],
+        encode: Callable[[T], bytes | None],
+    ) -> None:
+        self.table = table
+        self.decode = decode
+        self.encode = encode
+        self.rows: dict[bytes, T] = {}
+        self.dirty: set[bytes] = set()
+
+    def get(self, key: bytes) -> T:
+        try:
+            return self.rows[key]
+        except KeyError:
+            value = self.rows[key] = self.decode(self.table.get(key))
+            return value
+
+    def put(self, key: bytes, value: T) -> None:
+        self.rows[key] = value
+        self.dirty.add(key)
+
+    def flush(self) -> None:
+        for key in self.dirty:
+            raw = self.encode(self.rows[key])
+            if raw is not None:
+                self.table[key] = compact(raw)
+            elif self.table.get(key) is not None:
+                del self.table[key]
+        self.rows.clear()
+        self.dirty.clear()
+
+
 # A user's queue of events waiting for link facts is decided anyway, with the facts it
 # has, once this many events wait behind it: a lost link hop must not block a user.
 MAX_WAITING = 64
@@ -77,6 +127,8 @@ class Tables:
     ledgers: Table
     links: Table = field(default_factory=dict)
     waiting: Table = field(default_factory=dict)
+    # The rows decoded since the last flush, by table field (see OpenRows).
+    open: dict[str, OpenRows[Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +257,36 @@ def _prune_stray(queue: Queue) -> Queue:
     return [entry for i, entry in enumerate(queue) if i not in dropped]
 
 
+def _decode_queue(raw: bytes | None) -> Queue:
+    if not raw:
+        return []
+    return [((t, p, o), Waiting.from_document(w)) for (t, p, o), w in orjson.loads(raw)]
+
+
+def _encode_queue(queue: Queue) -> bytes | None:
+    if not queue:
+        return None
+    return orjson.dumps([[list(key), waiting.to_document()] for key, waiting in queue])
+
+
+# How each table's rows are read and written, by Tables field.
+CODECS: dict[str, tuple[Callable[[bytes | None], Any], Callable[[Any], bytes | None]]] = {
+    "users": (UserState.from_bytes, UserState.to_bytes),
+    "ledgers": (Ledger.from_bytes, Ledger.to_bytes),
+    "links": (LinkState.from_bytes, LinkState.to_bytes),
+    "waiting": (_decode_queue, _encode_queue),
+}
+
+
+def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
+    """The decoded rows of ``tables.<name>`` for the batch in progress."""
+    rows = tables.open.get(name)
+    if rows is None:
+        decode, encode = CODECS[name]
+        rows = tables.open[name] = OpenRows(getattr(tables, name), decode, encode)
+    return rows
+
+
 @dataclass(frozen=True, slots=True)
 class Output:
     """A record to publish: the topic role, the Kafka key and the value bytes."""
@@ -238,8 +320,14 @@ class Pipeline:
         # forgets nothing newer than this (nor newer than the wall clock).
         self.newest_ts = 0
 
-    def handle(self, tables: Tables, source: SourcePosition, value: bytes | None) -> list[Output]:
-        """All three stages in-process: the outputs the worker would publish for one message."""
+    def handle(
+        self, tables: Tables, source: SourcePosition, value: bytes | None, *, flush: bool = True
+    ) -> list[Output]:
+        """All three stages in-process: the outputs the worker would publish for one message.
+
+        With ``flush=False`` the changed rows stay decoded until the caller's
+        :meth:`flush` (a replay flushes once per batch of lines, as the worker does).
+        """
         published: list[Output] = []
         pending = self.intake(source, value)
         while pending:
@@ -252,7 +340,15 @@ class Pipeline:
                 pending += self.decide(tables, partition, output.value, source)
             else:
                 published.append(output)
+        if flush:
+            self.flush(tables)
         return published
+
+    @staticmethod
+    def flush(tables: Tables) -> None:
+        """Write every row the batch changed back to its table, encoded once."""
+        for rows in tables.open.values():
+            rows.flush()
 
     # ------------------------------------------------------------ stage 1: intake
 
@@ -294,11 +390,12 @@ class Pipeline:
             if expected != key:  # only our own stages write here; never guess
                 raise ValueError("a link hop arrived under another key than its own")
             self.newest_ts = max(self.newest_ts, event.ts)
-            state = LinkState.from_bytes(tables.links.get(key))
+            links = open_rows(tables, "links")
+            state = links.get(key)
             if self._expired(state.last_ts, event.ts, "link-state"):
                 state = LinkState()
             state, facts = observe_link(state, event, kind)
-            tables.links[key] = compact(state.to_bytes())
+            links.put(key, state)
         except Exception:
             # Logged and counted, not dead-lettered: the event is still decided.
             log.exception("link.failed hop=%s", hop)
@@ -319,7 +416,8 @@ class Pipeline:
             user_key, arrived = self._arrival(document)
         except Exception as exc:
             return [self._internal_error(at, value, exc)]
-        queue = self._queue(tables, user_key)
+        waiting_rows = open_rows(tables, "waiting")
+        queue = waiting_rows.get(user_key)
         arrived(queue)
         outputs: list[Output] = []
         while (ready := _next_ready(queue)) is not None:
@@ -330,7 +428,7 @@ class Pipeline:
                 self.metrics.link_failures.inc()
             facts = tuple(waiting.facts[h] for h in sorted(waiting.facts))
             outputs += self._decide_safely(tables, partition, waiting.envelope, facts)
-        self._store_queue(tables, user_key, _prune_stray(queue))
+        waiting_rows.put(user_key, _prune_stray(queue))
         return outputs
 
     def _arrival(self, document: dict[str, Any]) -> tuple[bytes, Callable[[Queue], None]]:
@@ -362,22 +460,6 @@ class Pipeline:
 
         return event.user_id.encode(), add_event
 
-    @staticmethod
-    def _queue(tables: Tables, user_key: bytes) -> Queue:
-        raw = tables.waiting.get(user_key)
-        if not raw:
-            return []
-        return [((t, p, o), Waiting.from_document(w)) for (t, p, o), w in orjson.loads(raw)]
-
-    @staticmethod
-    def _store_queue(tables: Tables, user_key: bytes, queue: Queue) -> None:
-        if queue:
-            tables.waiting[user_key] = compact(
-                orjson.dumps([[list(key), waiting.to_document()] for key, waiting in queue])
-            )
-        elif tables.waiting.get(user_key) is not None:
-            del tables.waiting[user_key]
-
     def _decide_safely(
         self, tables: Tables, partition: int, envelope: Envelope, facts: tuple[LinkFacts, ...]
     ) -> list[Output]:
@@ -393,15 +475,16 @@ class Pipeline:
         user_key = event.user_id.encode()
         key_of_ledger = ledger_key(self.engine.program.id, partition)
         self.newest_ts = max(self.newest_ts, event.ts)
-        user = UserState.from_bytes(tables.users.get(user_key))
+        users, ledgers = open_rows(tables, "users"), open_rows(tables, "ledgers")
+        user = users.get(user_key)
         if self._expired(user.last_ts, event.ts, "user-state"):
             user = UserState()
-        ledger = Ledger.from_bytes(tables.ledgers.get(key_of_ledger))
+        ledger = ledgers.get(key_of_ledger)
         outcome = self.engine.process(user, ledger, event, partition=partition, links=links)
         if outcome.user is not user:
-            tables.users[user_key] = compact(outcome.user.to_bytes())
+            users.put(user_key, outcome.user)
         if outcome.ledger is not ledger:
-            tables.ledgers[key_of_ledger] = compact(outcome.ledger.to_bytes())
+            ledgers.put(key_of_ledger, outcome.ledger)
         if outcome.duplicate:
             self.metrics.duplicates.inc()
         else:

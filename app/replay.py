@@ -21,6 +21,10 @@ from app.decisioning.engine import Engine
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
 
+# Changed rows are encoded back into the tables once per this many lines, as the worker
+# does once per batch (see app.pipeline.OpenRows); the output does not depend on it.
+BATCH_LINES = 1000
+
 
 def kafka_partitioner(partitions: int) -> Callable[[bytes], int]:
     """The partition the Kafka default partitioner gives a key (murmur2, positive, modulo)."""
@@ -55,7 +59,8 @@ def replay(
     tables = Tables(users={}, ledgers={})
     for number, line in enumerate(lines):
         counts.lines += 1
-        outputs = pipeline.handle(tables, SourcePosition(source_name, 0, number), line)
+        position = SourcePosition(source_name, 0, number)
+        outputs = pipeline.handle(tables, position, line, flush=number % BATCH_LINES == 0)
         counts.duplicates += not outputs
         for output in outputs:
             counts.records += 1
@@ -85,7 +90,9 @@ def replay_decide_log(
         state_ttl_ms=state_ttl_ms,
     )
     tables = Tables(users={}, ledgers={})
-    for partition, value in records:
+    for number, (partition, value) in enumerate(records):
         position = SourcePosition("linked", partition, -1)
         for output in pipeline.decide(tables, partition, value, position):
             yield output.value
+        if number % BATCH_LINES == 0:
+            pipeline.flush(tables)

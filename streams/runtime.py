@@ -125,6 +125,8 @@ class StageRunner:
         self.watermarks: dict[TopicPartition, int] = {}
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self.owned: set[TopicPartition] = set()
+        # Each partition's last transaction, committing in the background (see _pipeline).
+        self.committing: dict[TopicPartition, asyncio.Task[bool]] = {}
         self.ready = False
         self.batches_committed = 0
         self._lock = asyncio.Lock()
@@ -165,6 +167,7 @@ class StageRunner:
         """Leave the group (so partitions move at once), then close every client."""
         self.ready = False
         async with self._lock:
+            await self.settle()
             if self._consumer is not None:
                 await self._consumer.stop()
             for producer in self.producers.values():
@@ -183,8 +186,12 @@ class StageRunner:
             batches = await consumer.getmany(
                 timeout_ms=200, max_records=self.settings.batch_max_records
             )
-            if batches:
-                async with self._lock:
+            async with self._lock:
+                # A batch fetched before its partition was recovered is dropped: recovery
+                # seeks back to the committed offset, so it is fetched again.
+                recovered = await self._recover_failed()
+                batches = {tp: m for tp, m in batches.items() if tp not in recovered}
+                if batches:
                     await self._process(batches)
 
     @property
@@ -197,9 +204,7 @@ class StageRunner:
     async def _process(self, batches: Mapping[TopicPartition, list[Any]]) -> None:
         work = [(tp, messages) for tp, messages in batches.items() if tp in self.owned]
         if self.transactional:
-            # Each partition's handler runs to completion before the first await, so the
-            # CPU work is sequential and only the transaction commits overlap.
-            await asyncio.gather(*(self._transact(tp, messages) for tp, messages in work))
+            await self._pipeline(work)
             return
         committed: dict[TopicPartition, int] = {}
         for tp, messages in work:
@@ -223,6 +228,7 @@ class StageRunner:
         outputs: list[Output] = []
         for message in messages:
             outputs.extend(stage.handler(self.pipeline, tables, message))
+        self.pipeline.flush(tables)
         self.watermarks[tp] = max(self.watermarks.get(tp, 0), self.pipeline.newest_ts)
         self._sweep(stage, tp)
         self._count_rows(stage)
@@ -233,8 +239,60 @@ class StageRunner:
         ]
         return outputs, changes
 
-    async def _transact(self, tp: TopicPartition, messages: list[Any]) -> None:
-        outputs, changes = self._handle(tp, messages)
+    async def _pipeline(self, work: list[tuple[TopicPartition, list[Any]]]) -> None:
+        """Handle each partition's batch and leave its transaction committing in the
+        background: the loop goes on with the other partitions and the next fetch while
+        the broker commits, instead of waiting for the slowest commit of the round.
+
+        A partition's next batch waits for its previous commit (one producer, one
+        transaction at a time); partitions that are free go first. If that commit failed,
+        the partition is recovered here, in the loop, and the batch in hand is dropped:
+        recovery seeks back to the committed offset, so the batch is fetched again.
+        """
+        work.sort(key=lambda item: not self._free(item[0]))
+        for tp, messages in work:
+            if not await self._committed(tp):
+                await self._recover(tp)
+                continue
+            if tp not in self.owned:
+                continue
+            outputs, changes = self._handle(tp, messages)
+            self.committing[tp] = asyncio.create_task(
+                self._transact(tp, messages, outputs, changes)
+            )
+
+    def _free(self, tp: TopicPartition) -> bool:
+        task = self.committing.get(tp)
+        return task is None or task.done()
+
+    async def _committed(self, tp: TopicPartition) -> bool:
+        """Wait for ``tp``'s transaction in flight; whether it committed (or none was open)."""
+        task = self.committing.pop(tp, None)
+        return True if task is None else await task
+
+    async def _recover_failed(self) -> set[TopicPartition]:
+        """Recover the partitions whose transaction in flight has failed by now."""
+        failed = {tp for tp, task in self.committing.items() if task.done() and not task.result()}
+        for tp in failed:
+            del self.committing[tp]
+            await self._recover(tp)
+        return failed
+
+    async def settle(self) -> None:
+        """Wait until no transaction is in flight; recover the partitions whose failed."""
+        for tp in list(self.committing):
+            if not await self._committed(tp):
+                await self._recover(tp)
+
+    async def _transact(
+        self,
+        tp: TopicPartition,
+        messages: list[Any],
+        outputs: list[Output],
+        changes: list[ChangelogRecord],
+    ) -> bool:
+        """Commit one batch of ``tp``: outputs, state changes and offset in one transaction.
+        On failure the transaction is aborted and False returned; the caller recovers."""
         producer = self.producers[tp]
         try:
             await producer.begin_transaction()
@@ -248,6 +306,7 @@ class StageRunner:
                     await producer.abort_transaction()
                 raise
             self.batches_committed += 1
+            return True
         except Exception as error:
             log.warning(
                 "transaction.aborted topic=%s partition=%d error=%s",
@@ -255,7 +314,7 @@ class StageRunner:
                 tp.partition,
                 type(error).__name__,
             )
-            await self._recover(tp)
+            return False
 
     async def _send(
         self, producer: AIOKafkaProducer, outputs: list[Output], changes: list[ChangelogRecord]
@@ -386,6 +445,7 @@ class StageRunner:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
+            await self.settle()
             await self._drop(self.owned - assigned)
             await self._take(assigned - self.owned)
             self.ready = True
@@ -425,8 +485,9 @@ class _Rebalance(ConsumerRebalanceListener):
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Waits for the batch in flight: its transaction commits before the partitions go.
+        # Waits for the batches in flight: their transactions commit before the partitions go.
         async with self.runner._lock:
+            await self.runner.settle()
             self.runner.on_revoked()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:

@@ -109,6 +109,7 @@ def test_event_under_the_wrong_key_goes_on_under_its_user_id(
     state = tables()
     [decision] = pipeline.decide(state, 1, output.value, SourcePosition("linked", 1, 0))
     assert (decision.role, decision.key) == ("decisions", b"u-1")
+    pipeline.flush(state)
     assert b"u-1" in state.users
 
 
@@ -129,6 +130,7 @@ def test_an_event_goes_to_its_user_and_to_each_device_and_network_it_names(
     assert (net.role, net.key) == ("links", b"net:192.0.2.0/24")
     # The event waits for its user's link facts: nothing is decided yet.
     assert pipeline.decide(state, 0, direct.value, SourcePosition("linked", 0, 0)) == []
+    pipeline.flush(state)
     assert b"u-1" in state.waiting
     # The network answers first, then the device: the decision comes with the last answer.
     [from_net] = pipeline.link(state, net.key or b"", net.value, SourcePosition("links", 3, 0))
@@ -140,6 +142,7 @@ def test_an_event_goes_to_its_user_and_to_each_device_and_network_it_names(
     [decision] = pipeline.decide(state, 0, from_device.value, SourcePosition("linked", 0, 2))
     assert decision.role == "decisions"
     assert orjson.loads(decision.value)["event_id"] == "e-5"
+    pipeline.flush(state)
     assert set(state.links) == {b"device:dev-1", b"net:192.0.2.0/24"}
     assert b"u-1" not in state.waiting  # an empty queue leaves no state behind
 
@@ -166,6 +169,7 @@ def test_a_users_events_are_decided_in_the_order_intake_read_them(pipeline: Pipe
     outputs = pipeline.decide(state, 0, answer.value, SourcePosition("linked", 0, 2))
     decided = [orjson.loads(o.value)["event_id"] for o in outputs if o.role == "decisions"]
     assert decided == ["e-1", "e-2"]
+    pipeline.flush(state)
     assert UserState.from_bytes(state.users[b"u-1"]).events == 2
 
 
@@ -178,6 +182,7 @@ def test_a_link_hop_that_fails_still_answers_so_the_user_is_not_held_back(
     # Under the wrong key: never guessed at, counted, answered with facts that say nothing.
     [answer] = pipeline.link(state, b"device:other", hop.value, SourcePosition("links", 0, 9))
     assert answer.role == "linked"
+    pipeline.flush(state)
     assert state.links == {}
     assert registry.get_sample_value("rewardstream_link_failures_total") == 1
     [decision] = pipeline.decide(state, 0, answer.value, SourcePosition("linked", 0, 1))

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import fastjsonschema
 import orjson
+import pytest
 
+import app.replay
+from app.assembly import build_engine
 from app.contract.schemas import load_schema
 from app.replay import kafka_partitioner
+from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 
 checks = {
@@ -101,3 +105,22 @@ def test_worker_with_a_bad_program_stops_at_once_naming_the_problem(tmp_path: Pa
     assert "typo.yaml" in message
     assert "unknown key 'cots' (did you mean 'cost'?)" in message
     assert "Traceback" not in message
+
+
+def test_replay_output_does_not_depend_on_how_often_changed_rows_are_written_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker writes decoded rows back once per batch, and batches vary with load: a
+    decision must never depend on where a batch happened to end."""
+    simulator = EventSimulator(SimulatorConfig(users=40, seed=11, events_per_second=0.05))
+    lines = [simulator.next_message() for _ in range(1200)]
+
+    def outputs(batch_lines: int) -> list[bytes]:
+        monkeypatch.setattr(app.replay, "BATCH_LINES", batch_lines)
+        engine = build_engine(Settings.from_env({}), program="retail-loyalty")
+        return list(app.replay.replay(engine, lines, source_name="t", max_event_bytes=65536))
+
+    every_line, per_batch = outputs(1), outputs(1000)
+    assert len(every_line) >= 1200
+    assert per_batch == every_line
+    assert outputs(7) == every_line
