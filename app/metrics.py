@@ -61,6 +61,11 @@ class Metrics:
             ["table"],
             registry=registry,
         )
+        self.intake_paused = Gauge(
+            f"{PREFIX}_intake_paused",
+            "1 while intake waits for this worker's later stages to catch up (backpressure).",
+            registry=registry,
+        )
         self.decisions = Counter(
             f"{PREFIX}_decisions_total",
             "Decisions published, by program and status.",

@@ -39,6 +39,7 @@ from app.decisioning.ledger import Ledger, ledger_key
 from app.features.state import UserState
 from app.fraud import LinkFacts, LinkState, link_keys, observe_link
 from app.metrics import Metrics
+from app.rows import expand
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,9 @@ class OpenRows(Generic[T]):
 
 # A user's queue of events waiting for link facts is decided anyway, with the facts it
 # has, once this many events wait behind it: a lost link hop must not block a user.
-MAX_WAITING = 64
+# Link answers are never lost with transactions, but they lag behind the direct copy
+# when a backlog is drained (the worker's intake backpressure keeps that lag short).
+MAX_WAITING = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,7 +520,7 @@ class Pipeline:
             return False
         try:
             if table_field == "users":
-                last_ts = orjson.loads(value).get("last_ts")
+                last_ts = orjson.loads(expand(value)).get("last_ts")
             elif table_field == "links":
                 last_ts = LinkState.from_bytes(value).last_ts
             else:
@@ -535,6 +538,10 @@ class Pipeline:
         if isinstance(event, Rejection):
             raise ValueError(f"an envelope carried an invalid event: {event.reason}")
         return event
+
+    def unreadable(self, source: SourcePosition, value: bytes | None, exc: Exception) -> Output:
+        """The dead letter for a record of an internal topic that cannot be read at all."""
+        return self._internal_error(source, value, exc)
 
     def _internal_error(
         self, source: SourcePosition, value: bytes | None, exc: Exception

@@ -20,6 +20,7 @@ from app.contract.records import SourcePosition
 from app.decisioning.engine import Engine
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
+from streams.packing import items_of
 
 # Changed rows are encoded back into the tables once per this many lines, as the worker
 # does once per batch (see app.pipeline.OpenRows); the output does not depend on it.
@@ -90,9 +91,10 @@ def replay_decide_log(
         state_ttl_ms=state_ttl_ms,
     )
     tables = Tables(users={}, ledgers={})
-    for number, (partition, value) in enumerate(records):
+    for number, (partition, record) in enumerate(records):
         position = SourcePosition("linked", partition, -1)
-        for output in pipeline.decide(tables, partition, value, position):
-            yield output.value
+        for _, value in items_of(None, record):
+            for output in pipeline.decide(tables, partition, value, position):
+                yield output.value
         if number % BATCH_LINES == 0:
             pipeline.flush(tables)

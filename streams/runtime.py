@@ -36,7 +36,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from app.contract.records import SourcePosition
 from app.pipeline import Output, Pipeline, Tables
+from app.replay import kafka_partitioner
 from app.settings import Settings
+from streams.packing import PackError, items_of, pack
 from streams.state import ChangelogRecord, PartitionTable, Unavailable, restore
 from topologies import (
     TABLE_LEDGER,
@@ -61,6 +63,14 @@ TABLE_FIELDS = {
 SWEEP_SLICE = 256
 # Retry backoff of the transactional producers (see _open_producer).
 TRANSACTION_RETRY_BACKOFF_MS = 10
+# Topic roles between the worker's own stages, whose records are packed (streams.packing).
+PACKED_ROLES = frozenset({"links", "linked"})
+# Intake pauses while one of this worker's partitions of a later stage is more than this
+# many offsets behind its end, and resumes at the second figure: read without a brake,
+# intake runs ahead of the link stage through a backlog, and users' events queue up
+# waiting for their link facts (see app.pipeline.MAX_WAITING).
+INTAKE_PAUSE_BEHIND = 64
+INTAKE_RESUME_BEHIND = 16
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -74,11 +84,21 @@ def handle_intake(pipeline: Pipeline, tables: Tables, message: Any) -> list[Outp
 
 
 def handle_link(pipeline: Pipeline, tables: Tables, message: Any) -> list[Output]:
-    return pipeline.link(tables, message.key or b"", message.value, position(message))
+    at = position(message)
+    try:
+        items = items_of(message.key, message.value)
+    except PackError as error:
+        return [pipeline.unreadable(at, message.value, error)]
+    return [out for key, value in items for out in pipeline.link(tables, key, value, at)]
 
 
 def handle_decide(pipeline: Pipeline, tables: Tables, message: Any) -> list[Output]:
-    return pipeline.decide(tables, message.partition, message.value, position(message))
+    at = position(message)
+    try:
+        items = items_of(message.key, message.value)
+    except PackError as error:
+        return [pipeline.unreadable(at, message.value, error)]
+    return [out for _, value in items for out in pipeline.decide(tables, at.partition, value, at)]
 
 
 HANDLERS: dict[str, Handler] = {
@@ -127,6 +147,11 @@ class StageRunner:
         self.owned: set[TopicPartition] = set()
         # Each partition's last transaction, committing in the background (see _pipeline).
         self.committing: dict[TopicPartition, asyncio.Task[bool]] = {}
+        # The next offset to handle per partition, for backpressure (see _pace_intake).
+        self.next_offsets: dict[TopicPartition, int] = {}
+        self.intake_paused = False
+        # How to place a key on each packed topic, as Kafka's default partitioner would.
+        self.placers: dict[str, Callable[[bytes], int]] = {}
         self.ready = False
         self.batches_committed = 0
         self._lock = asyncio.Lock()
@@ -183,6 +208,7 @@ class StageRunner:
         """Fetch, process and commit batches until ``stopping`` is set."""
         consumer = self._require(self._consumer)
         while not stopping.is_set():
+            self._pace_intake(consumer)
             batches = await consumer.getmany(
                 timeout_ms=200, max_records=self.settings.batch_max_records
             )
@@ -225,6 +251,8 @@ class StageRunner:
     ) -> tuple[list[Output], list[ChangelogRecord]]:
         stage = self.stages[tp.topic]
         tables = self._tables_for(stage, tp.partition)
+        if messages:
+            self.next_offsets[tp] = messages[-1].offset + 1
         outputs: list[Output] = []
         for message in messages:
             outputs.extend(stage.handler(self.pipeline, tables, message))
@@ -260,6 +288,29 @@ class StageRunner:
             self.committing[tp] = asyncio.create_task(
                 self._transact(tp, messages, outputs, changes)
             )
+
+    def _pace_intake(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause intake while a later stage on this worker is far behind; resume after."""
+        behind = 0
+        for tp in self.owned:
+            if self.stages[tp.topic].name == "intake" or tp not in self.next_offsets:
+                continue
+            end = consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = consumer.highwater(tp)
+            if end is not None:
+                behind = max(behind, end - self.next_offsets[tp])
+        limit = INTAKE_RESUME_BEHIND if self.intake_paused else INTAKE_PAUSE_BEHIND
+        self.intake_paused = behind > limit
+        assigned = consumer.assignment()  # owned can be ahead of it during a rebalance
+        intake = [
+            tp for tp in self.owned if tp in assigned and self.stages[tp.topic].name == "intake"
+        ]
+        if self.intake_paused:
+            consumer.pause(*intake)
+        else:
+            consumer.resume(*intake)
+        self.pipeline.metrics.intake_paused.set(int(self.intake_paused))
 
     def _free(self, tp: TopicPartition) -> bool:
         task = self.committing.get(tp)
@@ -321,12 +372,29 @@ class StageRunner:
     ) -> None:
         # send() queues the record and returns its delivery future, which is not awaited
         # here: the transaction commit (or the flush) waits for every delivery at once.
+        packs: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         for output in outputs:
-            await producer.send(self.topic_of_role[output.role], output.value, key=output.key)
+            topic = self.topic_of_role[output.role]
+            if output.role in PACKED_ROLES:
+                key = output.key or b""
+                place = self.placers.get(topic) or await self._placer(producer, topic)
+                packs.setdefault((topic, place(key)), []).append((key, output.value))
+            else:
+                await producer.send(topic, output.value, key=output.key)
+        for (topic, partition), items in packs.items():
+            for value in pack(items):
+                await producer.send(topic, value, partition=partition)
         for change in changes:
             await producer.send(
                 change.topic, change.value, key=change.key, partition=change.partition
             )
+
+    async def _placer(self, producer: AIOKafkaProducer, topic: str) -> Callable[[bytes], int]:
+        partitions = await producer.partitions_for(topic)
+        if not partitions:
+            raise RuntimeError(f"topic {topic!r} has no partitions the producer can see")
+        placer = self.placers[topic] = kafka_partitioner(len(partitions))
+        return placer
 
     def _count_rows(self, stage: Stage) -> None:
         for table in stage.tables:
@@ -385,6 +453,7 @@ class StageRunner:
     async def _drop(self, tps: set[TopicPartition]) -> None:
         for tp in tps:
             self.owned.discard(tp)
+            self.next_offsets.pop(tp, None)
             for table in self.stages[tp.topic].tables:
                 self.tables.pop((table, tp.partition), None)
                 self.sweeps.pop((table, tp.partition), None)

@@ -17,6 +17,7 @@ import orjson
 
 from app.contract.records import Event
 from app.fraud.assess import RiskState
+from app.rows import expand, shrink
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -128,13 +129,14 @@ class UserState:
         return self.responses.get(kind, _NO_RESPONSE)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self)
+        """The stored form (see :mod:`app.rows`)."""
+        return shrink(orjson.dumps(self))
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> UserState:
         if not raw:
             return cls()
-        document: dict[str, Any] = orjson.loads(raw)
+        document: dict[str, Any] = orjson.loads(expand(raw))
         document["responses"] = {
             kind: KindResponse(**counts) for kind, counts in document["responses"].items()
         }

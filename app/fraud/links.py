@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from app.contract.records import Event
+from app.rows import expand, shrink
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS
@@ -70,13 +71,14 @@ class LinkState:
         return max(times) if times else None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self)
+        """The stored form (see :mod:`app.rows`)."""
+        return shrink(orjson.dumps(self))
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> LinkState:
         if not raw:
             return cls()
-        document: dict[str, Any] = orjson.loads(raw)
+        document: dict[str, Any] = orjson.loads(expand(raw))
         return cls(
             accounts=tuple(Seen(**seen) for seen in document["accounts"]),
             referrals=tuple(Referral(**r) for r in document["referrals"]),

@@ -17,6 +17,7 @@ from app.metrics import Metrics
 from app.pipeline import Pipeline
 from app.programs import load_builtin
 from app.settings import Settings, SettingsError
+from streams.packing import pack
 from streams.runtime import SWEEP_SLICE, StageRunner
 from streams.state import PartitionTable
 from topologies import STAGES, TABLE_USER_STATE, changelog_topic
@@ -68,6 +69,21 @@ def test_a_batch_yields_its_decisions_and_one_changelog_record_per_changed_row()
     assert all(c.partition == 0 for c in changes)
     # Nothing changed since: the next batch of nothing writes nothing.
     assert loop._handle(tp, []) == ([], [])
+
+
+def test_a_packed_record_is_decided_item_by_item_and_a_broken_one_is_dead_lettered() -> None:
+    loop = runner()
+    tp = TopicPartition(loop.topic_of_role["linked"], 0)
+    events = [linked_event(loop, n, f"u-{n % 3}", START + n) for n in range(5)]
+    [packed] = pack([(m.key or b"", m.value) for m in events])
+    outputs, _ = loop._handle(tp, [Message(tp.topic, 0, 0, None, packed)])
+    decided = [orjson.loads(o.value)["event_id"] for o in outputs]
+    assert decided == [f"e-{n}" for n in range(5)]
+    # Cut short: one dead letter that says why, and the loop goes on.
+    outputs, _ = loop._handle(tp, [Message(tp.topic, 0, 1, None, packed[:-3])])
+    [letter] = outputs
+    assert letter.role == "dead-letter"
+    assert orjson.loads(letter.value)["error"].startswith("PackError: a packed record ends")
 
 
 def test_the_sweep_deletes_forgotten_users_with_tombstones_in_the_same_batch() -> None:
