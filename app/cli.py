@@ -328,6 +328,11 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument(
         "--state-users", type=int, help="distinct users for the state figures (default 1,000,000)"
     )
+    bench.add_argument(
+        "--restart-users",
+        type=int,
+        help="users whose state a restarted worker restores (default 1,000,000)",
+    )
     bench.add_argument("--seed", type=int, help="simulator seed (default 7)")
     bench.add_argument("--out", default="var/bench.json", help="JSON report path")
     bench.add_argument("--docs", help="append the figures to this markdown file")
@@ -349,6 +354,7 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
             partitions=args.partitions,
             latency_seconds=args.latency_seconds,
             state_users=args.state_users,
+            restart_users=args.restart_users,
             seed=args.seed,
         )
     except ValueError as error:
