@@ -88,6 +88,9 @@ class Settings:
     # A user (or device, or network) with no event for this long is forgotten: its state
     # is treated as new at its next event and deleted from the tables in the background.
     state_ttl_days: int = 400
+    # How often the worker writes its tables to local snapshots under data_dir, so that a
+    # restart on the same volume reads only the changelogs' tail (0: never; always on stop).
+    snapshot_interval_s: int = 300
 
     # Worker process: web port for /metrics and health, and where local state lives.
     web_host: str = "127.0.0.1"
@@ -149,6 +152,8 @@ class Settings:
             raise SettingsError("REWARDSTREAM_BATCH_MAX_RECORDS must be at least 1")
         if self.fetch_max_wait_ms < 0 or self.linger_ms < 0:
             raise SettingsError("REWARDSTREAM_FETCH_MAX_WAIT_MS and _LINGER_MS must be >= 0")
+        if self.snapshot_interval_s < 0:
+            raise SettingsError("REWARDSTREAM_SNAPSHOT_INTERVAL_S must be >= 0")
         if self.checkpoint_interval_s < 1:
             raise SettingsError("REWARDSTREAM_CHECKPOINT_INTERVAL_S must be at least 1")
         if not 0 <= self.web_port < 65_536:

@@ -38,6 +38,7 @@ from app.contract.records import SourcePosition
 from app.pipeline import Output, Pipeline, Tables
 from app.replay import kafka_partitioner
 from app.settings import Settings
+from streams import snapshot
 from streams.packing import PackError, items_of, pack
 from streams.state import ChangelogRecord, PartitionTable, Unavailable, restore
 from topologies import (
@@ -147,6 +148,12 @@ class StageRunner:
         self.owned: set[TopicPartition] = set()
         # Each partition's last transaction, committing in the background (see _pipeline).
         self.committing: dict[TopicPartition, asyncio.Task[bool]] = {}
+        # Per changelog partition, the offset up to which this worker's rows hold everything
+        # (after its restore, then after each record it committed): a snapshot's offset.
+        self.changelog_ends: dict[TopicPartition, int] = {}
+        self.snapshots = settings.data_dir / "snapshots" / settings.app_id
+        self.snapshotted: dict[TopicPartition, int] = {}  # the offset of each one written
+        self.last_snapshot_s = time.monotonic()
         # The next offset to handle per partition, for backpressure (see _pace_intake).
         self.next_offsets: dict[TopicPartition, int] = {}
         self.intake_paused = False
@@ -193,6 +200,8 @@ class StageRunner:
         self.ready = False
         async with self._lock:
             await self.settle()
+            with contextlib.suppress(Exception):  # a restart then reads more, nothing else
+                await self._snapshot()
             if self._consumer is not None:
                 await self._consumer.stop()
             for producer in self.producers.values():
@@ -213,6 +222,7 @@ class StageRunner:
                 timeout_ms=200, max_records=self.settings.batch_max_records
             )
             async with self._lock:
+                await self._snapshot_if_due()
                 # A batch fetched before its partition was recovered is dropped: recovery
                 # seeks back to the committed offset, so it is fetched again.
                 recovered = await self._recover_failed()
@@ -233,12 +243,14 @@ class StageRunner:
             await self._pipeline(work)
             return
         committed: dict[TopicPartition, int] = {}
+        written: dict[TopicPartition, Any] = {}
         for tp, messages in work:
             outputs, changes = self._handle(tp, messages)
-            await self._send(self.side_producer, outputs, changes)
+            written |= await self._send(self.side_producer, outputs, changes)
             committed[tp] = messages[-1].offset + 1
         try:
             await self.side_producer.flush()
+            self._wrote(written)
             await self._require(self._consumer).commit(committed)
             self.batches_committed += len(committed)
         except Exception:
@@ -348,10 +360,11 @@ class StageRunner:
         try:
             await producer.begin_transaction()
             try:
-                await self._send(producer, outputs, changes)
+                written = await self._send(producer, outputs, changes)
                 offsets = {tp: messages[-1].offset + 1}
                 await producer.send_offsets_to_transaction(offsets, self.group_id)
                 await producer.commit_transaction()
+                self._wrote(written)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await producer.abort_transaction()
@@ -369,10 +382,12 @@ class StageRunner:
 
     async def _send(
         self, producer: AIOKafkaProducer, outputs: list[Output], changes: list[ChangelogRecord]
-    ) -> None:
+    ) -> dict[TopicPartition, Any]:
+        """Queue the batch's records; return the last changelog delivery per partition."""
         # send() queues the record and returns its delivery future, which is not awaited
         # here: the transaction commit (or the flush) waits for every delivery at once.
         packs: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        written: dict[TopicPartition, Any] = {}
         for output in outputs:
             topic = self.topic_of_role[output.role]
             if output.role in PACKED_ROLES:
@@ -385,9 +400,15 @@ class StageRunner:
             for value in pack(items):
                 await producer.send(topic, value, partition=partition)
         for change in changes:
-            await producer.send(
+            written[TopicPartition(change.topic, change.partition)] = await producer.send(
                 change.topic, change.value, key=change.key, partition=change.partition
             )
+        return written
+
+    def _wrote(self, written: Mapping[TopicPartition, Any]) -> None:
+        """After a commit (or flush): where each changelog partition's rows now end."""
+        for tp, delivery in written.items():
+            self.changelog_ends[tp] = delivery.result().offset + 1
 
     async def _placer(self, producer: AIOKafkaProducer, topic: str) -> Callable[[bytes], int]:
         partitions = await producer.partitions_for(topic)
@@ -441,13 +462,63 @@ class StageRunner:
                 fresh.append(view)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        records = await restore(self._require(self._restorer), fresh)
+        restored = await restore(
+            self._require(self._restorer), fresh, snapshots=self.snapshots, now_s=time.time()
+        )
+        self.changelog_ends.update(restored.ends)
         self.owned |= tps
         log.info(
-            "partitions.assigned count=%d restored_records=%d seconds=%.2f",
+            "partitions.assigned count=%d restored_records=%d from_snapshots=%d seconds=%.2f",
             len(tps),
-            records,
+            restored.records,
+            restored.from_snapshots,
             loop.time() - started,
+        )
+
+    async def _snapshot_if_due(self) -> None:
+        interval = self.settings.snapshot_interval_s
+        if interval and time.monotonic() - self.last_snapshot_s >= interval:
+            await self.settle()
+            await self._snapshot()
+
+    async def _snapshot(self) -> None:
+        """Write every owned table partition to a local snapshot (the caller holds the lock
+        and has settled: no transaction is in flight, so the rows are all committed)."""
+        self.last_snapshot_s = time.monotonic()
+        jobs = []
+        for view in self.tables.values():
+            changelog = TopicPartition(view.topic, view.partition)
+            end = self.changelog_ends.get(changelog)
+            if end is None or view.changed:
+                continue  # not restored yet, or changes not committed: never a guess
+            if self.snapshotted.get(changelog) == end:
+                continue  # nothing committed since its last snapshot
+            jobs.append((changelog, end, dict(view.rows)))
+        if not jobs:
+            return
+        started = time.monotonic()
+        written = await asyncio.to_thread(self._write_snapshots, jobs, time.time())
+        self.snapshotted.update((tp, end) for tp, end, _ in jobs)
+        log.info(
+            "snapshot.written tables=%d bytes=%d seconds=%.2f",
+            len(jobs),
+            written,
+            time.monotonic() - started,
+        )
+
+    def _write_snapshots(
+        self, jobs: list[tuple[TopicPartition, int, dict[bytes, bytes]]], now_s: float
+    ) -> int:
+        return sum(
+            snapshot.write(
+                snapshot.path_for(self.snapshots, tp.topic, tp.partition),
+                tp.topic,
+                tp.partition,
+                end,
+                rows,
+                now_s,
+            )
+            for tp, end, rows in jobs
         )
 
     async def _drop(self, tps: set[TopicPartition]) -> None:
@@ -455,7 +526,11 @@ class StageRunner:
             self.owned.discard(tp)
             self.next_offsets.pop(tp, None)
             for table in self.stages[tp.topic].tables:
-                self.tables.pop((table, tp.partition), None)
+                view = self.tables.pop((table, tp.partition), None)
+                if view is not None:
+                    changelog = TopicPartition(view.topic, tp.partition)
+                    self.changelog_ends.pop(changelog, None)
+                    self.snapshotted.pop(changelog, None)
                 self.sweeps.pop((table, tp.partition), None)
             producer = self.producers.pop(tp, None)
             if producer is not None:

@@ -11,11 +11,15 @@ what an aborted (killed) transaction wrote is never read back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams import snapshot
 
 log = logging.getLogger(__name__)
 
@@ -104,25 +108,51 @@ class Unavailable(MutableMapping[bytes, bytes | None]):
         raise self._refuse()
 
 
+@dataclass(frozen=True)
+class Restored:
+    records: int  # changelog records read
+    from_snapshots: int  # tables seeded from a local snapshot
+    ends: dict[TopicPartition, int]  # each changelog partition's offset its rows end at
+
+
 async def restore(
-    consumer: AIOKafkaConsumer, tables: list[PartitionTable], *, batch_records: int = 10_000
-) -> int:
-    """Fill ``tables`` from their changelog partitions; return how many records were read.
+    consumer: AIOKafkaConsumer,
+    tables: list[PartitionTable],
+    *,
+    snapshots: Path | None = None,
+    now_s: float = 0.0,
+    batch_records: int = 10_000,
+) -> Restored:
+    """Fill ``tables`` from their changelog partitions, each from its local snapshot in
+    ``snapshots`` if it has a usable one (then only the changelog after it is read).
 
     ``consumer`` has no group and reads committed records only; it is left unassigned.
     """
     if not tables:
-        return 0
+        return Restored(0, 0, {})
     by_partition = {TopicPartition(t.topic, t.partition): t for t in tables}
     partitions = list(by_partition)
     consumer.assign(partitions)
     try:
-        await consumer.seek_to_beginning(*partitions)
         # With read_committed this is the last stable offset: nothing after an open
         # transaction is read, and the caller fenced the previous writer beforehand.
         ends = await consumer.end_offsets(partitions)
+        starts = await consumer.beginning_offsets(partitions)
+        seeded = 0
+        for tp, table in by_partition.items():
+            found = None
+            if snapshots is not None:
+                path = snapshot.path_for(snapshots, tp.topic, tp.partition)
+                # Off the event loop: a large snapshot takes a second to read.
+                found = await asyncio.to_thread(snapshot.read, path, tp.topic, tp.partition)
+            if found and snapshot.usable(found, start=starts[tp], end=ends[tp], now_s=now_s):
+                table.rows = found.rows
+                consumer.seek(tp, found.offset)
+                seeded += 1
+            else:
+                await consumer.seek_to_beginning(tp)
         read = 0
-        pending = {tp for tp in partitions if ends[tp] > 0}
+        pending = {tp for tp in partitions if ends[tp] > await consumer.position(tp)}
         while pending:
             batches = await consumer.getmany(*pending, timeout_ms=500, max_records=batch_records)
             for tp, messages in batches.items():
@@ -134,6 +164,6 @@ async def restore(
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
-        return read
+        return Restored(read, seeded, dict(ends))
     finally:
         consumer.assign([])
