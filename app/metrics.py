@@ -61,6 +61,12 @@ class Metrics:
             ["table"],
             registry=registry,
         )
+        self.commit_seconds = Histogram(
+            f"{PREFIX}_commit_seconds",
+            "Time from a partition's transaction start to its commit (exactly_once).",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=registry,
+        )
         self.intake_paused = Gauge(
             f"{PREFIX}_intake_paused",
             "1 while intake waits for this worker's later stages to catch up (backpressure).",

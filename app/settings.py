@@ -82,6 +82,11 @@ class Settings:
     batch_max_records: int = 1_000
     fetch_max_wait_ms: int = 10
     linger_ms: int = 2
+    # With exactly_once, a partition starts at most one transaction per this many ms;
+    # what arrives meanwhile joins the next one (as it does while a commit is in flight,
+    # whatever this is). Longer: fewer, larger transactions, less work for the broker per
+    # event; 0: the lowest latency while the broker keeps up.
+    commit_interval_ms: int = 0
 
     # Input limits: an event larger than this is dead-lettered, not parsed.
     max_event_bytes: int = 65_536
@@ -150,8 +155,10 @@ class Settings:
             raise SettingsError("REWARDSTREAM_STATE_TTL_DAYS must be at least 1")
         if self.batch_max_records < 1:
             raise SettingsError("REWARDSTREAM_BATCH_MAX_RECORDS must be at least 1")
-        if self.fetch_max_wait_ms < 0 or self.linger_ms < 0:
-            raise SettingsError("REWARDSTREAM_FETCH_MAX_WAIT_MS and _LINGER_MS must be >= 0")
+        if min(self.fetch_max_wait_ms, self.linger_ms, self.commit_interval_ms) < 0:
+            raise SettingsError(
+                "REWARDSTREAM_FETCH_MAX_WAIT_MS, _LINGER_MS and _COMMIT_INTERVAL_MS must be >= 0"
+            )
         if self.snapshot_interval_s < 0:
             raise SettingsError("REWARDSTREAM_SNAPSHOT_INTERVAL_S must be >= 0")
         if self.checkpoint_interval_s < 1:

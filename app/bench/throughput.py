@@ -636,8 +636,9 @@ def build_report(
         "rss_bytes_per_user": figures.state["rss_bytes_per_user"],
         "state": figures.state,
         "restart_users": figures.restart["users"],
-        "restart_ready_s": figures.restart["ready_s"],
-        "restart_first_decision_s": figures.restart["first_decision_s"],
+        "restart_ready_s": figures.restart["cold_ready_s"],
+        "restart_first_decision_s": figures.restart["cold_first_decision_s"],
+        "restart_warm_first_decision_s": figures.restart["warm_first_decision_s"],
         "restart": figures.restart,
         "phase_seconds": figures.phase_seconds,
     }
@@ -716,10 +717,13 @@ def _figure_rows(report: dict[str, Any]) -> list[str]:
         f"{state['link_bytes_per_user']:,.0f}) | {report['bytes_per_user']:,.0f} bytes "
         f"| <= 500 bytes | {met['bytes_per_user']} |",
         f"| resident memory growth per user | {report['rss_bytes_per_user']:,.0f} bytes | | |",
-        f"| restart with {restart['users']:,} users' state ({restart['records_restored']:,} "
-        f"changelog records): ready / first decision | {restart['ready_s']:,.1f} / "
-        f"{restart['first_decision_s']:,.1f} s | <= 15 s at 1,000,000 users "
-        f"| {met['restart_first_decision_s']} |",
+        f"| restart with {restart['users']:,} users' state, from the changelogs alone "
+        f"({restart['cold_records_restored']:,} records): ready / first decision "
+        f"| {restart['cold_ready_s']:,.1f} / {restart['cold_first_decision_s']:,.1f} s "
+        f"| <= 15 s at 1,000,000 users | {met['restart_first_decision_s']} |",
+        f"| the same restart from local snapshots ({restart['warm_records_restored']:,} "
+        f"records after them): ready / first decision | {restart['warm_ready_s']:,.1f} / "
+        f"{restart['warm_first_decision_s']:,.1f} s | | |",
     ]
 
 

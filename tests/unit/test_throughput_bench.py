@@ -250,9 +250,12 @@ def restart_entry(first_decision_s: float, users: int = 1_000_000) -> dict[str, 
         "users": users,
         "records_written": 2 * users,
         "write_s": 20.0,
-        "records_restored": 2 * users,
-        "ready_s": first_decision_s - 1,
-        "first_decision_s": first_decision_s,
+        "cold_records_restored": 2 * users,
+        "cold_ready_s": first_decision_s - 1,
+        "cold_first_decision_s": first_decision_s,
+        "warm_records_restored": 0,
+        "warm_ready_s": 2.0,
+        "warm_first_decision_s": 3.0,
     }
 
 
