@@ -153,6 +153,7 @@ class StageRunner:
         self.committing: dict[TopicPartition, asyncio.Task[bool]] = {}
         self.held: dict[TopicPartition, list[Any]] = {}
         self.assignments = 0  # how many assignments this worker has had
+        self.rebalancing = False  # between a revocation and the next assignment
         # Per changelog partition, the offset up to which this worker's rows hold everything
         # (after its restore, then after each record it committed): a snapshot's offset.
         self.changelog_ends: dict[TopicPartition, int] = {}
@@ -230,14 +231,11 @@ class StageRunner:
                 max_records=self.settings.batch_max_records,
             )
             async with self._lock:
+                if self.rebalancing:
+                    continue  # nothing is handled between a revocation and the assignment
                 await self._snapshot_if_due()
                 if assignments != self.assignments:
-                    # A rebalance happened while fetching: what is in hand may predate it.
-                    # Drop it all and read on from the committed offsets.
-                    batches = {}
-                    self.held.clear()
-                    for tp in self.owned:
-                        await self._rewind(tp)
+                    batches = await self._fetched_since(batches)
                 # A batch fetched before its partition was recovered is dropped: recovery
                 # seeks back to the committed offset, so it is fetched again.
                 for tp in await self._recover_failed():
@@ -245,6 +243,23 @@ class StageRunner:
                     self.held.pop(tp, None)
                 if batches or self.held:
                     await self._process(batches)
+
+    async def _fetched_since(
+        self, batches: Mapping[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, list[Any]]:
+        """The batches still valid after a rebalance that happened while they were fetched.
+
+        A new assignment resets each partition's position to its committed offset, at or
+        before the first offset of a batch fetched earlier: that batch comes again. A
+        batch fetched after the reset lies behind the position (which can be further
+        still: a transaction's commit marker takes an offset).
+        """
+        consumer = self._require(self._consumer)
+        valid = {}
+        for tp, messages in batches.items():
+            if tp in self.owned and await consumer.position(tp) > messages[-1].offset:
+                valid[tp] = messages
+        return valid
 
     @property
     def side_producer(self) -> AIOKafkaProducer:
@@ -589,6 +604,11 @@ class StageRunner:
 
     async def _recover(self, tp: TopicPartition) -> None:
         """Forget what was not committed for ``tp``: its state and its read position."""
+        if self.rebalancing:
+            # The partition may belong to another worker already: taking it back would
+            # fence its new owner. The assignment takes it again if it is still ours.
+            await self._drop({tp})
+            return
         for attempt in range(10_000):
             if tp not in self.owned:
                 return
@@ -622,17 +642,23 @@ class StageRunner:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self._lock:
             self.assignments += 1
+            # Positions are reset to the committed offsets: what was held comes again.
             self.held.clear()
             await self.settle()
+            self.rebalancing = False
             await self._drop(self.owned - assigned)
             await self._take(assigned - self.owned)
             self.ready = True
 
-    def on_revoked(self) -> None:
-        # Eager rebalancing revokes everything first; state is kept for the partitions
-        # that come back (it is exactly what was committed: the lock is held while a
-        # batch is in flight) and dropped in on_assigned for the ones that do not.
+    async def on_revoked(self) -> None:
+        """Eager rebalancing revokes everything first. Nothing is handled until the next
+        assignment; the transactions in flight end first. State is kept for the partitions
+        that come back (it is exactly what was committed) and dropped in on_assigned for
+        the ones that do not."""
         self.ready = False
+        self.rebalancing = True
+        self.held.clear()
+        await self.settle()
 
     @staticmethod
     def _require(client: Any) -> Any:
@@ -665,8 +691,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Waits for the batches in flight: their transactions commit before the partitions go.
         async with self.runner._lock:
-            await self.runner.settle()
-            self.runner.on_revoked()
+            await self.runner.on_revoked()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.runner.on_assigned(set(assigned))
