@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud clean
+.PHONY: help install kafka-jars prometheus-bin demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -21,16 +21,30 @@ $(STAMP): pyproject.toml constraints.txt
 kafka-jars: install ## Fetch the Apache Kafka broker jars from Maven Central (cached)
 	$(BIN)/rewardstream kafka fetch
 
+# Debian's prometheus package (2.42 on bookworm) for tests/integration/test_prometheus.py,
+# only when prometheus or promtool is missing. On a machine that runs systemd the package
+# also starts its own service on port 9090; the test never uses it (it runs its own
+# Prometheus on a free loopback port).
+prometheus-bin: ## Install prometheus and promtool with apt, if missing (for the real-Prometheus test)
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then \
+		echo "prometheus: $$(command -v prometheus), promtool: $$(command -v promtool)"; \
+	else \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		apt-cache show prometheus >/dev/null 2>&1 || $$sudo apt-get update; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends prometheus; \
+	fi
+
 demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, print a summary, stop
 	$(BIN)/rewardstream demo
 
-test: install kafka-jars ## The whole suite: unit, integration and fault tests on a real broker
+test: install kafka-jars prometheus-bin ## The whole suite: unit, integration and fault tests on a real broker
 	$(BIN)/pytest --ignore=tests/cluster
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
 
-test-integration: install kafka-jars ## Integration tests on the real broker (no fault tests)
+test-integration: install kafka-jars prometheus-bin ## Integration tests on the real broker (no fault tests)
 	$(BIN)/pytest -m kafka --ignore=tests/reliability --ignore=tests/cluster
 
 test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restart, rebalance, model restore

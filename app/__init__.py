@@ -10,6 +10,7 @@ never imports Kafka. Where things live:
 - ``decisioning``: the engine that turns (state, event) into a decision.
 - ``simulation``: synthetic users and events for the demo and the benchmarks.
 - ``localkafka``: the local Apache Kafka broker the project starts for itself.
-- ``metrics``: every Prometheus metric, defined once.
+- ``metrics``: every Prometheus metric, defined once; ``rolling``: the rolling-window
+  ratios some of them show.
 - ``cli``: the ``rewardstream`` command; no business logic.
 """

@@ -1,24 +1,119 @@
 """Every Prometheus metric of the worker, defined once on an injected registry.
 
-Names use base units and ``_total`` for counters; labels come from small fixed
-sets (event type, rejection reason, decision status), never a user, device or IP.
+Names use base units (seconds, records, ratios from 0 to 1; money in the
+program's currency) and ``_total`` for counters. Labels come only from small
+fixed sets (program, reward, status, reason, event type, mode, table, topic,
+partition, budget, audit group), never a user, event, device or IP.
+``docs/observability.md`` lists every metric; a unit test keeps the two in step.
+
+The worker decides more than a thousand events a second per core, so the hot
+path never calls ``labels()`` per event (it takes a lock and builds a key):
+:class:`Children` creates each labelled child once, and :class:`ProgramMetrics`
+holds one program's children.
 """
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from app.clock import Clock, SystemClock
+from app.rolling import RollingRatio
+
 PREFIX = "rewardstream"
+# The rolling window of the ratio gauges (redemption, exploration, log loss), in wall-clock
+# time: long enough to hold a few hundred decisions on a quiet worker, short enough that a
+# change of behaviour shows within minutes. Slices of a minute.
+ROLLING_WINDOW_S = 900
+ROLLING_SLICES = 15
+# Event-to-decision latency: the target is 30 ms at p99; a backlog costs seconds.
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    30.0,
+)
+# The label value of a decision without a reward (no reward id is empty).
+NO_REWARD = ""
+
+
+class Children:
+    """The children of one labelled metric, each created at its first use and kept.
+
+    ``fixed`` are the leading label values every child shares (the program id).
+    Label values come from small fixed sets, so the cache stays small.
+    """
+
+    __slots__ = ("fixed", "made", "metric")
+
+    def __init__(self, metric: Any, *fixed: str) -> None:
+        self.metric = metric
+        self.fixed = fixed
+        self.made: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self.made.get(labels)
+        if child is None:
+            child = self.made[labels] = self.metric.labels(*self.fixed, *labels)
+        return child
+
+
+class RollingGauge:
+    """A gauge whose value per label set is a :class:`RollingRatio`, computed when
+    Prometheus scrapes (so it falls back as the window moves on, even with no traffic).
+
+    The event loop adds and the web server's thread reads: a lock keeps them apart.
+    """
+
+    def __init__(self, gauge: Gauge, clock: Clock) -> None:
+        self.gauge = gauge
+        self.clock = clock
+        self.window: RollingRatio[tuple[str, ...]] = RollingRatio(
+            window_s=ROLLING_WINDOW_S, slices=ROLLING_SLICES
+        )
+        self.lock = threading.Lock()
+
+    def add(self, labels: tuple[str, ...], numerator: float, denominator: float) -> None:
+        at_s = self.clock.monotonic_s()
+        with self.lock:
+            known = labels in self.window.keys
+            self.window.add(at_s, labels, numerator, denominator)
+        if not known:
+            self.gauge.labels(*labels).set_function(self._reader(labels))
+
+    def value(self, labels: tuple[str, ...]) -> float:
+        with self.lock:
+            return self.window.ratio(self.clock.monotonic_s(), labels)
+
+    def _reader(self, labels: tuple[str, ...]) -> Any:
+        return lambda: self.value(labels)
 
 
 class Metrics:
-    """The worker's metrics. One instance per process, built at start-up."""
+    """The worker's metrics. One instance per process, built at start-up.
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``clock`` times what the metrics need of the wall clock (latency, rolling windows);
+    domain code never reads it.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, clock: Clock | None = None) -> None:
         self.registry = registry
+        self.clock: Clock = clock or SystemClock()
+        # --- what comes in
         self.events_in = Counter(
             f"{PREFIX}_events_total",
-            "Valid events read, by event type.",
+            "Valid events decided, by event type.",
             ["type"],
             registry=registry,
         )
@@ -43,6 +138,117 @@ class Metrics:
             "Link hops that failed, and events decided before all their link facts came.",
             registry=registry,
         )
+        # --- decisions and what they cost
+        self.decisions = Counter(
+            f"{PREFIX}_decisions_total",
+            "Decisions published, by program, reward (empty when none) and status.",
+            ["program", "reward", "status"],
+            registry=registry,
+        )
+        self.reward_cost = Counter(
+            f"{PREFIX}_reward_cost_granted_total",
+            "Cost to the business of granted rewards, in the program's currency unit.",
+            ["program"],
+            registry=registry,
+        )
+        self.budget_remaining = Gauge(
+            f"{PREFIX}_budget_remaining",
+            "What is left of a program-wide budget (total, or a rolling period such as 1d) "
+            "in one partition's share, in the program's currency, as of the partition's "
+            "latest decision on this worker.",
+            ["program", "partition", "budget"],
+            registry=registry,
+        )
+        self.audit_decisions = Counter(
+            f"{PREFIX}_audit_decisions_total",
+            "Decisions on trigger events by the program's audit group (audit.group_by) and "
+            "status, for fairness reviews; only observed, never used to decide.",
+            ["program", "group", "status"],
+            registry=registry,
+        )
+        self.event_to_decision = Histogram(
+            f"{PREFIX}_event_to_decision_seconds",
+            "Time from an event's Kafka record timestamp to its decision being handed to "
+            "the producer.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # --- policy and learning
+        self.policy_choices = Counter(
+            f"{PREFIX}_policy_choices_total",
+            "Decisions on trigger events by how the policy chose: exploit, explore, default, "
+            "below_minimum, nothing_eligible.",
+            ["program", "mode"],
+            registry=registry,
+        )
+        self.model_updates = Counter(
+            f"{PREFIX}_model_updates_total",
+            "Learning steps of the propensity models (one per answered or expired offer).",
+            ["program"],
+            registry=registry,
+        )
+        self.redemption_ratio = RollingGauge(
+            Gauge(
+                f"{PREFIX}_redemption_ratio",
+                f"Redemptions over grants of each reward in the last {ROLLING_WINDOW_S} s "
+                "(NaN without grants in the window).",
+                ["program", "reward"],
+                registry=registry,
+            ),
+            self.clock,
+        )
+        self.exploration_ratio = RollingGauge(
+            Gauge(
+                f"{PREFIX}_exploration_ratio",
+                f"Share of trigger decisions the policy explored in the last {ROLLING_WINDOW_S} s.",
+                ["program"],
+                registry=registry,
+            ),
+            self.clock,
+        )
+        self.model_log_loss = RollingGauge(
+            Gauge(
+                f"{PREFIX}_model_log_loss",
+                "Mean log loss of the propensity model's prediction for each answered offer, "
+                f"made just before learning from the answer, in the last {ROLLING_WINDOW_S} s.",
+                ["program"],
+                registry=registry,
+            ),
+            self.clock,
+        )
+        # --- fraud
+        self.fraud_alerts = Counter(
+            f"{PREFIX}_fraud_alerts_total",
+            "Fraud alerts published, by program and strongest reason code.",
+            ["program", "reason"],
+            registry=registry,
+        )
+        self.risk_score = Histogram(
+            f"{PREFIX}_risk_score",
+            "Fraud risk of the events that could earn a reward (0-1).",
+            ["program"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
+            registry=registry,
+        )
+        # --- the worker's loop and state
+        self.consumer_lag = Gauge(
+            f"{PREFIX}_consumer_lag_records",
+            "Records of a partition this worker owns not handled yet: the partition's last "
+            "stable offset (or high watermark) minus the next offset to handle.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.commit_seconds = Histogram(
+            f"{PREFIX}_commit_seconds",
+            "Time from a partition's transaction start to its commit (exactly_once).",
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=registry,
+        )
+        self.intake_paused = Gauge(
+            f"{PREFIX}_intake_paused",
+            "1 while intake waits for this worker's later stages to catch up (backpressure).",
+            registry=registry,
+        )
         self.state_expired = Counter(
             f"{PREFIX}_state_expired_total",
             "Users, devices and networks forgotten after their time to live, by table.",
@@ -61,58 +267,32 @@ class Metrics:
             ["table"],
             registry=registry,
         )
-        self.commit_seconds = Histogram(
-            f"{PREFIX}_commit_seconds",
-            "Time from a partition's transaction start to its commit (exactly_once).",
-            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-            registry=registry,
-        )
-        self.intake_paused = Gauge(
-            f"{PREFIX}_intake_paused",
-            "1 while intake waits for this worker's later stages to catch up (backpressure).",
-            registry=registry,
-        )
-        self.decisions = Counter(
-            f"{PREFIX}_decisions_total",
-            "Decisions published, by program and status.",
-            ["program", "status"],
-            registry=registry,
-        )
-        self.reward_cost = Counter(
-            f"{PREFIX}_reward_cost_granted_total",
-            "Cost to the business of granted rewards, in the program's currency unit.",
-            ["program"],
-            registry=registry,
-        )
-        self.policy_choices = Counter(
-            f"{PREFIX}_policy_choices_total",
-            "Decisions on trigger events by how the policy chose: exploit, explore, default, "
-            "below_minimum, nothing_eligible.",
-            ["program", "mode"],
-            registry=registry,
-        )
-        self.model_updates = Counter(
-            f"{PREFIX}_model_updates_total",
-            "Learning steps of the propensity models (one per answered or expired offer).",
-            ["program"],
-            registry=registry,
-        )
-        self.fraud_alerts = Counter(
-            f"{PREFIX}_fraud_alerts_total",
-            "Fraud alerts published, by program and strongest reason code.",
-            ["program", "reason"],
-            registry=registry,
-        )
-        self.risk_score = Histogram(
-            f"{PREFIX}_risk_score",
-            "Fraud risk of the events that could earn a reward (0-1).",
-            ["program"],
-            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0),
-            registry=registry,
-        )
-        self.processing_seconds = Histogram(
-            f"{PREFIX}_event_processing_seconds",
-            "Time from reading an event to handing its outputs to the producer.",
-            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
-            registry=registry,
-        )
+
+    def for_program(self, program_id: str) -> ProgramMetrics:
+        return ProgramMetrics(self, program_id)
+
+
+class ProgramMetrics:
+    """One program's metrics, with their labelled children made once."""
+
+    def __init__(self, metrics: Metrics, program_id: str) -> None:
+        self.program = program_id
+        self.events_in = Children(metrics.events_in)
+        self.dead_letters = Children(metrics.dead_letters)
+        self.decisions = Children(metrics.decisions, program_id)
+        self.policy_choices = Children(metrics.policy_choices, program_id)
+        self.fraud_alerts = Children(metrics.fraud_alerts, program_id)
+        self.audit_decisions = Children(metrics.audit_decisions, program_id)
+        self.budget_remaining = Children(metrics.budget_remaining, program_id)
+        self.reward_cost = metrics.reward_cost.labels(program_id)
+        self.model_updates = metrics.model_updates.labels(program_id)
+        self.risk_score = metrics.risk_score.labels(program_id)
+
+
+def metric_names(registry: CollectorRegistry) -> list[str]:
+    """The names the registry's metrics are exposed under (counters with ``_total``)."""
+    names = []
+    for family in registry.collect():
+        suffix = "_total" if family.type == "counter" else ""
+        names.append(family.name + suffix)
+    return sorted(names)

@@ -34,11 +34,13 @@ import orjson
 
 from app.contract.records import DeadLetter, Decision, Event, FraudAlert, SourcePosition
 from app.contract.validate import Rejection, parse_event
-from app.decisioning.engine import Engine
-from app.decisioning.ledger import Ledger, ledger_key
+from app.decisioning.checks import program_budgets_left
+from app.decisioning.engine import Answer, Engine
+from app.decisioning.ledger import Ledger, Share, ledger_key
 from app.features.state import UserState
 from app.fraud import LinkFacts, LinkState, link_keys, observe_link
-from app.metrics import Metrics
+from app.metrics import NO_REWARD, Metrics
+from app.models import log_loss
 from app.rows import expand
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,7 @@ class Envelope:
             "parsed": None if self.event is None else self.event.to_document(),
             "source": [self.source.topic, self.source.partition, self.source.offset],
             "key": None if self.source.key is None else base64.b64encode(self.source.key).decode(),
+            "produced": self.source.produced_ms,
         }
 
     @classmethod
@@ -168,7 +171,11 @@ class Envelope:
         return cls(
             raw=document["event"].encode(),
             source=SourcePosition(
-                topic, partition, offset, None if key is None else base64.b64decode(key)
+                topic,
+                partition,
+                offset,
+                None if key is None else base64.b64decode(key),
+                document.get("produced"),
             ),
             event=None if parsed is None else Event.from_document(parsed, int(parsed["ts"])),
             hop=document.get("hop"),
@@ -316,12 +323,19 @@ class Pipeline:
         state is forgotten (None: never)."""
         self.engine = engine
         self.metrics = metrics
+        self.observed = metrics.for_program(engine.program.id)
+        self.by_program = (engine.program.id,)  # the label values of per-program windows
         self.max_event_bytes = max_event_bytes
         self.partitioner = partitioner
         self.state_ttl_ms = state_ttl_ms
         # The newest event time the link and decide stages saw: the background sweep
         # forgets nothing newer than this (nor newer than the wall clock).
         self.newest_ts = 0
+        # What the batch in progress decided, observed once when it is flushed: the Kafka
+        # timestamp of each event decided, and each partition's ledger as its latest
+        # decision left it, with that decision's event time.
+        self.decided_produced_ms: list[int] = []
+        self.ledgers_read: dict[int, tuple[Ledger, int]] = {}
 
     def handle(
         self, tables: Tables, source: SourcePosition, value: bytes | None, *, flush: bool = True
@@ -347,11 +361,37 @@ class Pipeline:
             self.flush(tables)
         return published
 
-    @staticmethod
-    def flush(tables: Tables) -> None:
-        """Write every row the batch changed back to its table, encoded once."""
+    def flush(self, tables: Tables) -> None:
+        """Write every row the batch changed back to its table, encoded once; then observe
+        the batch's decisions, whose outputs now go to the producer."""
         for rows in tables.open.values():
             rows.flush()
+        if self.decided_produced_ms:
+            self._observe_latency()
+        if self.ledgers_read:
+            self._observe_budgets()
+
+    def _observe_latency(self) -> None:
+        """Event-to-decision latency, from each event's Kafka timestamp to now (one read of
+        the clock per batch; a producer's clock ahead of ours counts as no wait)."""
+        now_ms = self.metrics.clock.now_ms()
+        observe = self.metrics.event_to_decision.observe
+        for produced_ms in self.decided_produced_ms:
+            observe(max(now_ms - produced_ms, 0) / 1000)
+        self.decided_produced_ms.clear()
+
+    def _observe_budgets(self) -> None:
+        """What is left of each program-wide budget in each partition's share, from the
+        ledger as the batch left it."""
+        engine = self.engine
+        for partition, (ledger, ts) in self.ledgers_read.items():
+            share = Share(partition, engine.partitions)
+            left = program_budgets_left(
+                engine.program, ledger, share, ts=ts, bucket_ms=engine.bucket_ms
+            )
+            for budget, amount in left:
+                self.observed.budget_remaining(str(partition), budget).set(amount)
+        self.ledgers_read.clear()
 
     # ------------------------------------------------------------ stage 1: intake
 
@@ -491,14 +531,41 @@ class Pipeline:
         if outcome.duplicate:
             self.metrics.duplicates.inc()
         else:
-            self.metrics.events_in.labels(event.type).inc()
-            if event.type in self.engine.program.triggers:
-                decision = outcome.records[0]
-                if isinstance(decision, Decision):
-                    self.metrics.risk_score.labels(self.engine.program.id).observe(decision.risk)
-        if outcome.learned:
-            self.metrics.model_updates.labels(self.engine.program.id).inc(outcome.learned)
+            self._observe_decided(envelope, event, outcome.user, outcome.records[0])
+            self.ledgers_read[partition] = (outcome.ledger, event.ts)
+        if outcome.answers:
+            self._observe_answers(outcome.answers)
         return [self._publish(record, user_key) for record in outcome.records]
+
+    def _observe_decided(
+        self, envelope: Envelope, event: Event, user: UserState, decision: Decision | FraudAlert
+    ) -> None:
+        observed = self.observed
+        observed.events_in(event.type).inc()
+        produced_ms = envelope.source.produced_ms
+        if produced_ms is not None and produced_ms > 0:
+            self.decided_produced_ms.append(produced_ms)
+        program = self.engine.program
+        if event.type in program.triggers and isinstance(decision, Decision):
+            observed.risk_score.observe(decision.risk)
+            if program.audit is not None:
+                group = program.audit.group_of(user.profile)
+                observed.audit_decisions(group, decision.status).inc()
+
+    def _observe_answers(self, answers: tuple[Answer, ...]) -> None:
+        """Redemptions (against grants, see :meth:`_publish`) and the model's log loss on
+        the answers it learned from, before it learned."""
+        learned = 0
+        for answer in answers:
+            if answer.redeemed:
+                reward = (self.engine.program.id, answer.reward_id)
+                self.metrics.redemption_ratio.add(reward, 1, 0)
+            if answer.predicted is not None:
+                loss = log_loss(answer.predicted, answer.redeemed)
+                self.metrics.model_log_loss.add(self.by_program, loss, 1)
+                learned += 1
+        if learned:
+            self.observed.model_updates.inc(learned)
 
     # ------------------------------------------------------------ time to live
 
@@ -556,19 +623,24 @@ class Pipeline:
         return self._dead_letter(source, value or b"", rejection)
 
     def _publish(self, record: Decision | FraudAlert, user_key: bytes) -> Output:
+        # The engine decides for one program: every record is the pipeline's program's.
+        observed = self.observed
         if isinstance(record, Decision):
-            self.metrics.decisions.labels(record.program, record.status).inc()
+            reward = record.action or NO_REWARD
+            observed.decisions(reward, record.status).inc()
             mode = record.reasons[0].removeprefix("policy.") if record.reasons else ""
             if mode in POLICY_MODES:
-                self.metrics.policy_choices.labels(record.program, mode).inc()
+                observed.policy_choices(mode).inc()
+                self.metrics.exploration_ratio.add(self.by_program, mode == "explore", 1)
             if record.status == "granted":
-                self.metrics.reward_cost.labels(record.program).inc(record.cost)
+                observed.reward_cost.inc(record.cost)
+                self.metrics.redemption_ratio.add((record.program, reward), 0, 1)
             return Output("decisions", user_key, record.to_json())
-        self.metrics.fraud_alerts.labels(record.program, record.reasons[0]).inc()
+        observed.fraud_alerts(record.reasons[0]).inc()
         return Output("fraud-alerts", user_key, record.to_json())
 
     def _dead_letter(self, source: SourcePosition, value: bytes, rejection: Rejection) -> Output:
-        self.metrics.dead_letters.labels(rejection.reason).inc()
+        self.observed.dead_letters(rejection.reason).inc()
         record = DeadLetter.of(
             reason=rejection.reason,
             error=rejection.error,

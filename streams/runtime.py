@@ -79,7 +79,9 @@ RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
 
 def position(message: Any) -> SourcePosition:
-    return SourcePosition(message.topic, message.partition, message.offset, message.key)
+    return SourcePosition(
+        message.topic, message.partition, message.offset, message.key, message.timestamp
+    )
 
 
 def handle_intake(pipeline: Pipeline, tables: Tables, message: Any) -> list[Output]:
@@ -224,6 +226,7 @@ class StageRunner:
         consumer = self._require(self._consumer)
         while not stopping.is_set():
             self._pace_intake(consumer)
+            self._export_lag(consumer)
             assignments = self.assignments
             # Held batches wait for their partition's commit: look again soon.
             batches = await consumer.getmany(
@@ -360,6 +363,30 @@ class StageRunner:
         else:
             consumer.resume(*intake)
         self.pipeline.metrics.intake_paused.set(int(self.intake_paused))
+
+    def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """``rewardstream_consumer_lag_records`` per partition this worker owns: its last
+        stable offset (or high watermark) minus the next offset to handle, once both are
+        known; the series of a partition no longer owned is removed, so after a rebalance
+        only its new owner reports it (an autoscaler sums these)."""
+        gauge = self.pipeline.metrics.consumer_lag
+        shown: set[tuple[str, str]] = set()
+        assigned = consumer.assignment()  # owned can be ahead of it during a rebalance
+        for tp in self.owned:
+            if tp not in assigned or tp not in self.next_offsets:
+                continue
+            end = consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = consumer.highwater(tp)
+            if end is not None:
+                labels = (tp.topic, str(tp.partition))
+                gauge.labels(*labels).set(max(end - self.next_offsets[tp], 0))
+                shown.add(labels)
+        for family in gauge.collect():
+            for sample in family.samples:
+                labels = (sample.labels["topic"], sample.labels["partition"])
+                if labels not in shown:
+                    gauge.remove(*labels)
 
     def _free(self, tp: TopicPartition) -> bool:
         task = self.committing.get(tp)

@@ -128,12 +128,15 @@ class FraudAlert:
 
 @dataclass(frozen=True, slots=True)
 class SourcePosition:
-    """Where a message was read: enough to find the original in Kafka."""
+    """Where a message was read: enough to find the original in Kafka. ``produced_ms`` is
+    the record's Kafka timestamp (when it was produced), if known: latency is measured
+    from it."""
 
     topic: str
     partition: int
     offset: int
     key: bytes | None = None
+    produced_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,6 @@ Kafka. The worker's decide stage calls it per event; offline replay and the test
 the same way.
 """
 
-from app.decisioning.engine import Engine, Outcome
+from app.decisioning.engine import Answer, Engine, Outcome
 
-__all__ = ["Engine", "Outcome"]
+__all__ = ["Answer", "Engine", "Outcome"]

@@ -163,14 +163,13 @@ def budget_left(
 
     Program-wide figures are this partition's share (see :mod:`app.decisioning.ledger`).
     """
-    budgets, codes = program.budgets, []
-    if budgets.total is not None:
-        left = share.of_amount(budgets.total) - ledger.spent_total - cost
-        codes.append(f"budget.total_left:{max(left, 0.0):.2f}")
-    for period in budgets.periods:
-        spent = ledger.spent_within(ts, period.window.seconds * 1000, bucket_ms)
-        left = share.of_amount(period.limit) - spent - cost
-        codes.append(f"budget.{period.window.text}_left:{max(left, 0.0):.2f}")
+    budgets = program.budgets
+    codes = [
+        f"budget.{name}_left:{left:.2f}"
+        for name, left in program_budgets_left(
+            program, ledger, share, ts=ts, bucket_ms=bucket_ms, cost=cost
+        )
+    ]
     if budgets.per_user is not None:
         spent = _user_spent(program, state, ts)
         codes.append(f"budget.per_user_left:{max(budgets.per_user - spent - cost, 0.0):.2f}")
@@ -178,3 +177,26 @@ def budget_left(
         left_items = share.of_stock(reward.stock) - ledger.stock_taken(reward.id) - 1
         codes.append(f"stock.{reward.id}_left:{max(left_items, 0)}")
     return tuple(codes)
+
+
+def program_budgets_left(
+    program: Program,
+    ledger: Ledger,
+    share: Share,
+    *,
+    ts: int,
+    bucket_ms: int,
+    cost: float = 0.0,
+) -> tuple[tuple[str, float], ...]:
+    """What is left of each program-wide budget in this partition's share once ``cost`` is
+    spent at ``ts``, never below zero: ``("total", left)`` and one per rolling period,
+    named by its window (``("1d", left)``)."""
+    budgets = program.budgets
+    left: list[tuple[str, float]] = []
+    if budgets.total is not None:
+        total_left = share.of_amount(budgets.total) - ledger.spent_total - cost
+        left.append(("total", max(total_left, 0.0)))
+    for period in budgets.periods:
+        spent = ledger.spent_within(ts, period.window.seconds * 1000, bucket_ms)
+        left.append((period.window.text, max(share.of_amount(period.limit) - spent - cost, 0.0)))
+    return tuple(left)

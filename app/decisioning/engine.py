@@ -57,6 +57,22 @@ from app.programs import Program, Reward, resolve_amount
 
 
 @dataclass(frozen=True, slots=True)
+class Answer:
+    """A user's answer to one offer: redeemed (or opened, when the program counts that),
+    or not (dismissed, or silent until the response window closed).
+
+    ``predicted`` is the model's probability of a redemption for that offer, made just
+    before it learned from this answer: scored against the answer, it says how good the
+    model was on data it had not seen yet. None when the answer trained no model (the
+    user declined personalization).
+    """
+
+    reward_id: str
+    redeemed: bool
+    predicted: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What processing one event produced. A ``duplicate`` changes nothing."""
 
@@ -64,7 +80,12 @@ class Outcome:
     ledger: Ledger
     records: tuple[Decision | FraudAlert, ...]
     duplicate: bool = False
-    learned: int = 0
+    answers: tuple[Answer, ...] = ()
+
+    @property
+    def learned(self) -> int:
+        """How many learning steps the models took."""
+        return sum(1 for answer in self.answers if answer.predicted is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,17 +190,17 @@ class Engine:
             keep_grants_ms=self.keep_grants_ms,
             keep_dismissals_ms=self.keep_dismissals_ms,
         )
-        user, learned = self._expire_offers(user, event.ts)
+        user, answers = self._expire_offers(user, event.ts)
         user, notes = self._expire_hold(user, event.ts)
         user, assessment = self._assess(user, event, links)
         if event.type == "fraud_label":
             user, ledger, decision = self._label(user, ledger, event, share, assessment, notes)
             return Outcome(
-                user, ledger, (decision, *self._alerts(event, assessment)), learned=learned
+                user, ledger, (decision, *self._alerts(event, assessment)), answers=answers
             )
         if event.type in OUTCOME_TYPES:
-            user, learned_now, choice = self._outcome(user, event)
-            learned += learned_now
+            user, answered, choice = self._outcome(user, event)
+            answers += answered
         elif self._pending_due(user, event.ts, assessment):
             hold = user.risk.hold
             assert hold is not None
@@ -187,7 +208,7 @@ class Engine:
             why = "the new account's pending period is over"
             user, ledger, released = self._release(user, ledger, event, share, hold, codes, why)
             return Outcome(
-                user, ledger, (released, *self._alerts(event, assessment)), learned=learned
+                user, ledger, (released, *self._alerts(event, assessment)), answers=answers
             )
         elif event.type in self.program.triggers:
             # Below the hold threshold risk prices the reward (smaller or none); at or
@@ -216,7 +237,7 @@ class Engine:
             pending = "fraud.new_account_pending" in verdict.codes
             user = self._hold(user, event, decision, choice.chosen, pending=pending)
         records: tuple[Decision | FraudAlert, ...] = (decision, *self._alerts(event, assessment))
-        return Outcome(user, ledger, records, learned=learned)
+        return Outcome(user, ledger, records, answers=answers)
 
     # ------------------------------------------------------------ risk
 
@@ -596,36 +617,40 @@ class Engine:
 
     # ------------------------------------------------------------ outcomes and learning
 
-    def _outcome(self, user: UserState, event: Event) -> tuple[UserState, int, Choice]:
+    def _outcome(
+        self, user: UserState, event: Event
+    ) -> tuple[UserState, tuple[Answer, ...], Choice]:
         offer = next((p for p in user.pending if p.decision_id == event.decision_id), None)
         if offer is None:
-            return user, 0, Choice(None, 1.0, "outcome_unknown_decision")
+            return user, (), Choice(None, 1.0, "outcome_unknown_decision")
         if event.type == "reward_opened" and self.program.learning.opened == "ignore":
-            return user, 0, Choice(None, 1.0, "outcome_opened")
+            return user, (), Choice(None, 1.0, "outcome_opened")
         redeemed = event.type in ("reward_redeemed", "reward_opened")
-        learned = self._learn(user, offer, redeemed)
+        answer = self._learn(user, offer, redeemed)
         user = close_offer(
             user, offer.decision_id, redeemed=redeemed, dismissed=event.type == "reward_dismissed"
         )
         if event.type == "reward_dismissed":
             user = self._dismissed(user, event.ts)
-        return user, learned, Choice(None, 1.0, f"outcome_{event.type.removeprefix('reward_')}")
+        mode = f"outcome_{event.type.removeprefix('reward_')}"
+        return user, (answer,), Choice(None, 1.0, mode)
 
-    def _expire_offers(self, user: UserState, ts: int) -> tuple[UserState, int]:
+    def _expire_offers(self, user: UserState, ts: int) -> tuple[UserState, tuple[Answer, ...]]:
         wait_ms = self.program.learning.response_window.seconds * 1000
-        learned = 0
+        answers: tuple[Answer, ...] = ()
         for offer in [p for p in user.pending if p.ts + wait_ms <= ts]:
-            learned += self._learn(user, offer, redeemed=False)
+            answers += (self._learn(user, offer, redeemed=False),)
             user = close_offer(user, offer.decision_id, redeemed=False, dismissed=False)
-        return user, learned
+        return user, answers
 
-    def _learn(self, user: UserState, offer: PendingOffer, redeemed: bool) -> int:
+    def _learn(self, user: UserState, offer: PendingOffer, redeemed: bool) -> Answer:
         # Users who opted out of personalization (then or now) train no model.
         if not offer.learn or not self._consents(user)[0]:
-            return 0
+            return Answer(offer.reward_id, redeemed, None)
         features = {**from_vector(offer.features), f"reward={offer.reward_id}": 1.0}
+        predicted = self.models.predict_one(offer.kind, features)
         self.models.learn_one(offer.kind, features, redeemed)
-        return 1
+        return Answer(offer.reward_id, redeemed, predicted)
 
     def _dismissed(self, user: UserState, ts: int) -> UserState:
         suppression = self.program.contact.suppression

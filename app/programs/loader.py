@@ -23,12 +23,15 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from app.programs.errors import ProgramError, did_you_mean, one_of
 from app.programs.expressions import Expression, Undetermined, compile_expression
 from app.programs.model import (
+    AUDIT_OTHER,
+    AUDIT_UNKNOWN,
     CHANNELS,
     NEVER_TRIGGERS,
     OPENED_POLICIES,
     REWARD_KINDS,
     TRIGGER_TYPES,
     Amount,
+    Audit,
     Budgets,
     ChannelLimit,
     Consent,
@@ -63,6 +66,12 @@ REWARD_ID = (re.compile(r"[a-z0-9][a-z0-9_-]{0,63}"), "lower-case letters, digit
 RULE_NAME = REWARD_ID
 CURRENCY = (re.compile(r"[A-Z]{3}"), "a three-letter currency code such as 'EUR'")
 MIN_SUPPRESSION_SECONDS = 60
+# Audit groups become metric labels: a short list of plain values keeps them few and safe.
+AUDIT_GROUP = (
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}"),
+    "letters, digits, ' ', '.', '-' and '_', starting with a letter or digit",
+)
+MAX_AUDIT_GROUPS = 20
 DEFAULT_MARKETING_CHANNELS = ("email", "sms")
 
 T = TypeVar("T")
@@ -352,6 +361,7 @@ _PROGRAM_OPTIONAL = (
     "non_personalized_default",
     "learning",
     "fraud",
+    "audit",
 )
 
 
@@ -389,6 +399,7 @@ def _program(where: _Where, document: object, sha256: str) -> Program:
         profile_fields=profile_fields,
         learning=_learning(where.key("learning"), fields.get("learning", {})),
         fraud=_fraud(where.key("fraud"), fields.get("fraud", {})),
+        audit=_optional(where, fields, "audit", lambda w, v: _audit(w, v, profile_fields)),
         source_sha256=sha256,
     )
 
@@ -774,3 +785,39 @@ def _opened(where: _Where, value: object) -> Opened:
     if opened not in OPENED_POLICIES:
         where.fail(f"must be one of {one_of(OPENED_POLICIES)}, got {opened!r}")
     return cast(Opened, opened)  # the check above is what makes it one
+
+
+def _audit(where: _Where, value: object, profile_fields: tuple[str, ...]) -> Audit:
+    fields = _fields(where, value, required=("group_by", "groups"))
+    here = where.key("group_by")
+    group_by = _text(here, fields["group_by"])
+    if group_by not in profile_fields:
+        here.fail(
+            f"{group_by!r} is not one of the program's profile_fields"
+            f"{did_you_mean(group_by, profile_fields)}; an audit groups users by a profile "
+            f"field: {one_of(profile_fields) or 'the program has none'}"
+        )
+    return Audit(group_by=group_by, groups=_audit_groups(where.key("groups"), fields["groups"]))
+
+
+def _audit_groups(where: _Where, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        where.fail(f"must be a list of the values to count apart, got {_type_name(value)}")
+    if not 1 <= len(value) <= MAX_AUDIT_GROUPS:
+        where.fail(
+            f"must list 1 to {MAX_AUDIT_GROUPS} values (each becomes a metric label; "
+            f"other values count as {AUDIT_OTHER!r}), got {len(value)}"
+        )
+    groups: list[str] = []
+    for index, item in enumerate(value):
+        here = where.item(index)
+        group = _text(here, item, form=AUDIT_GROUP)
+        if group in (AUDIT_OTHER, AUDIT_UNKNOWN):
+            here.fail(
+                f"{group!r} is reserved: users whose value is not listed count as "
+                f"{AUDIT_OTHER!r}, users without one as {AUDIT_UNKNOWN!r}"
+            )
+        if group in groups:
+            here.fail(f"{group!r} is listed twice")
+        groups.append(group)
+    return tuple(groups)

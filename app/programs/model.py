@@ -267,6 +267,32 @@ class Consent:
     marketing: bool = False
 
 
+# The audit group of a user whose value is not one of the program's audit groups, and of
+# a user with no value at all: with the listed groups, the only values the label takes.
+AUDIT_OTHER = "other"
+AUDIT_UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Audit:
+    """A fairness audit: decisions counted by the value of one profile field.
+
+    Only observed (the ``rewardstream_audit_decisions_total`` metric), never used to
+    decide. ``groups`` are the values counted under their own name; any other value
+    counts as ``other`` and a user without one as ``unknown``, so the metric has a
+    small, fixed set of labels whatever users send.
+    """
+
+    group_by: str
+    groups: tuple[str, ...]
+
+    def group_of(self, profile: Mapping[str, object]) -> str:
+        value = profile.get(self.group_by)
+        if value is None:
+            return AUDIT_UNKNOWN
+        return value if isinstance(value, str) and value in self.groups else AUDIT_OTHER
+
+
 @dataclass(frozen=True, slots=True)
 class Program:
     """A whole reward program, validated. ``source_sha256`` versions decisions."""
@@ -285,6 +311,7 @@ class Program:
     profile_fields: tuple[str, ...] = ()
     learning: Learning = Learning()
     fraud: Fraud = Fraud()
+    audit: Audit | None = None
     source_sha256: str = ""
 
     def reward(self, reward_id: str) -> Reward:

@@ -121,7 +121,8 @@ async def test_outcomes_on_kafka_change_later_decisions(
     assert after["action"] == "points"
     assert after["model_version"] != before["model_version"]
     metrics = worker.get("/metrics")[1].decode()
-    assert 'rewardstream_decisions_total{program="test-program",status="granted"}' in metrics
+    labels = 'program="test-program",reward="points",status="granted"'
+    assert f"rewardstream_decisions_total{{{labels}}}" in metrics
 
     # What was learned survives a restart: the checkpoint (every second here) is read back.
     await asyncio.sleep(2.5)

@@ -15,9 +15,10 @@ import pytest
 
 from app.contract import Decision, Event, decision_id_for
 from app.contract.schemas import load_schema
-from app.decisioning import Engine
+from app.decisioning import Answer, Engine
 from app.decisioning.ledger import Ledger
 from app.features import UserState
+from app.features.derive import from_vector
 from app.programs import Program, load_builtin, load_program
 
 check_decision = fastjsonschema.compile(load_schema("decision"))
@@ -261,6 +262,58 @@ def test_personalization_opt_out_gets_only_the_default_and_trains_nothing() -> N
     assert decision.reasons[0] == "policy.default"
     run.send("reward_redeemed", ts=T0 + 2 * HOUR, decision_id=decision.decision_id)
     assert engine.models.updates == 0
+
+
+def offer_prediction(engine: Engine, state: UserState, decision: Decision) -> float:
+    """What the model predicts now for the offer ``decision`` made the user."""
+    [offer] = [p for p in state.pending if p.decision_id == decision.decision_id]
+    features = {**from_vector(offer.features), f"reward={offer.reward_id}": 1.0}
+    return engine.models.predict_one(offer.kind, features)
+
+
+def test_an_answer_carries_the_prediction_the_model_made_before_learning_from_it() -> None:
+    engine = Engine(PROGRAM)
+    run = Run(engine)
+    run.send("signup", channel="web")
+    teach = run.send("purchase", ts=T0 + HOUR, amount=30.0, currency="EUR", channel="web")
+    run.send("reward_redeemed", ts=T0 + 2 * HOUR, decision_id=teach.decision_id)
+    granted = run.send("purchase", ts=T0 + 3 * HOUR, amount=30.0, currency="EUR", channel="web")
+    before = offer_prediction(engine, run.state, granted)
+    event = Event(
+        event_id="answer",
+        user_id=run.user,
+        type="reward_dismissed",
+        ts=T0 + 4 * HOUR,
+        decision_id=granted.decision_id,
+    )
+    outcome = engine.process(run.state, run.ledger, event)
+    assert outcome.answers == (Answer(str(granted.action), False, before),)
+    assert outcome.learned == 1
+    assert offer_prediction(engine, run.state, granted) < before
+
+
+def test_an_offer_left_unanswered_is_a_no_and_an_opted_out_user_trains_nothing() -> None:
+    engine = Engine(PROGRAM)
+    run = Run(engine)
+    granted = run.send("session_start", channel="web")
+    before = offer_prediction(engine, run.state, granted)
+    later = Event(event_id="later", user_id=run.user, type="page_view", ts=T0 + 2 * DAY)
+    outcome = engine.process(run.state, run.ledger, later)
+    assert outcome.answers == (Answer(str(granted.action), False, before),)
+
+    opted_out = Run(engine, user="u-2")
+    opted_out.send("consent_updated", attributes={"personalization": False})
+    default = opted_out.send("purchase", ts=T0 + HOUR, amount=30.0, currency="EUR", channel="web")
+    redeemed = Event(
+        event_id="yes",
+        user_id="u-2",
+        type="reward_redeemed",
+        ts=T0 + 2 * HOUR,
+        decision_id=default.decision_id,
+    )
+    outcome = engine.process(opted_out.state, opted_out.ledger, redeemed)
+    assert outcome.answers == (Answer("points", True, None),)
+    assert outcome.learned == 0
 
 
 def test_marketing_opt_out_removes_marketing_channels_from_the_next_event_on() -> None:

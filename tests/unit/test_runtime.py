@@ -32,6 +32,7 @@ class Message(NamedTuple):
     offset: int
     key: bytes | None
     value: bytes
+    timestamp: int = -1  # aiokafka's for a record without one
 
 
 def runner(ttl_days: int = 30) -> StageRunner:
@@ -149,3 +150,59 @@ def test_repeated_client_log_lines_are_held_back_and_counted() -> None:
     again = record("aiokafka", "Unable connect to node %s")
     assert gate.filter(again)
     assert "(1 similar held back)" in again.getMessage()
+
+
+class Positions:
+    """What the consumer knows of each partition's end (None: not fetched yet)."""
+
+    def __init__(self, stable: dict[TopicPartition, int], highwater: dict[TopicPartition, int]):
+        self.stable, self.high = stable, highwater
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.stable)
+
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return self.stable.get(tp)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.high.get(tp)
+
+
+def test_consumer_lag_is_exported_per_owned_partition_and_forgotten_when_it_goes() -> None:
+    loop = runner()
+    events = TopicPartition(loop.topic_of_role["events"], 3)
+    linked = TopicPartition(loop.topic_of_role["linked"], 0)
+    fresh = TopicPartition(loop.topic_of_role["events"], 4)  # nothing handled yet
+    loop.owned |= {events, linked, fresh}
+    loop.next_offsets |= {events: 100, linked: 7}
+    # No stable offset known for ``linked`` yet (-1): the high watermark stands in.
+    ends = Positions({events: 130, linked: -1, fresh: 50}, {linked: 9})
+    loop._export_lag(ends)  # type: ignore[arg-type]
+    registry = loop.pipeline.metrics.registry
+
+    def lag(tp: TopicPartition) -> float | None:
+        labels = {"topic": tp.topic, "partition": str(tp.partition)}
+        return registry.get_sample_value("rewardstream_consumer_lag_records", labels)
+
+    assert (lag(events), lag(linked), lag(fresh)) == (30, 2, None)
+    loop.owned.discard(events)  # a rebalance gave it to another worker
+    loop._export_lag(ends)  # type: ignore[arg-type]
+    assert (lag(events), lag(linked)) == (None, 2)
+
+
+def test_the_kafka_timestamp_of_an_event_reaches_the_latency_of_its_decision() -> None:
+    loop = runner()
+    clock = loop.pipeline.metrics.clock
+    produced = clock.now_ms() - 60_000  # a minute old when it is decided
+    event = {"event_id": "e-1", "user_id": "u-1", "type": "signup", "ts": START}
+    events = TopicPartition(loop.topic_of_role["events"], 0)
+    intake = Message(events.topic, 0, 0, b"u-1", orjson.dumps(event), timestamp=produced)
+    [linked, *_] = loop._handle(events, [intake])[0]
+    assert linked.role == "linked"
+    tp = TopicPartition(loop.topic_of_role["linked"], 0)
+    [decision], _ = loop._handle(tp, [Message(tp.topic, 0, 0, linked.key, linked.value)])
+    assert decision.role == "decisions"
+    registry = loop.pipeline.metrics.registry
+    assert registry.get_sample_value("rewardstream_event_to_decision_seconds_count") == 1
+    waited = registry.get_sample_value("rewardstream_event_to_decision_seconds_sum") or 0.0
+    assert 60 <= waited < 120

@@ -123,8 +123,8 @@ def test_a_percentile_is_within_0_and_100() -> None:
 
 def test_decisions_are_the_sum_of_the_worker_s_decision_series() -> None:
     metrics = Metrics(CollectorRegistry())
-    metrics.decisions.labels("retail-loyalty", "granted").inc(3)
-    metrics.decisions.labels("retail-loyalty", "none").inc(4)
+    metrics.decisions.labels("retail-loyalty", "points", "granted").inc(3)
+    metrics.decisions.labels("retail-loyalty", "", "none").inc(4)
     metrics.events_in.labels("purchase").inc(100)  # not a decision
     page = generate_latest(metrics.registry).decode()
     # The page also has rewardstream_decisions_created series: timestamps, not counts.

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.programs import Expression, ProgramError, Window, load_builtin, load_program
+from app.programs import Audit, Expression, ProgramError, Window, load_builtin, load_program
 from app.programs import loader as loader_module
 
 Document = dict[str, Any]
@@ -84,6 +84,20 @@ def test_the_minimal_program_loads_with_defaults(tmp_path: Path) -> None:
     assert program.consent_defaults.marketing is False
     assert program.learning.response_window == Window(259_200, "3d")
     assert program.non_personalized_default is None
+
+
+def test_an_audit_groups_users_by_a_profile_field(tmp_path: Path) -> None:
+    document = minimal()
+    document["audit"] = {"group_by": "country", "groups": ["DE", "FR"]}
+    audit = load_program(write(tmp_path, document, "ok.yaml")).audit
+    assert audit == Audit(group_by="country", groups=("DE", "FR"))
+    assert [audit.group_of(p) for p in ({"country": "FR"}, {"country": "US"}, {})] == [
+        "FR",
+        "other",
+        "unknown",
+    ]
+    assert audit.group_of({"country": 49}) == "other"  # only text values are groups
+    assert load_program(write(tmp_path, minimal(), "plain.yaml")).audit is None
 
 
 def test_an_optional_key_left_empty_reads_as_left_out(tmp_path: Path) -> None:
@@ -369,6 +383,46 @@ ERROR_CASES: dict[str, tuple[Mutation, str, str]] = {
         _set("currency", to="euro"),
         "currency",
         "must be a three-letter currency code such as 'EUR', got 'euro'",
+    ),
+    "audit by a field the program does not keep": (
+        _set("audit", to={"group_by": "contry", "groups": ["DE"]}),
+        "audit → group_by",
+        "'contry' is not one of the program's profile_fields (did you mean 'country'?)",
+    ),
+    "audit without groups": (
+        _set("audit", to={"group_by": "country"}),
+        "audit",
+        "missing key 'groups'",
+    ),
+    "audit groups not a list": (
+        _set("audit", to={"group_by": "country", "groups": "DE"}),
+        "audit → groups",
+        "must be a list of the values to count apart, got string 'DE'",
+    ),
+    "too many audit groups": (
+        _set("audit", to={"group_by": "country", "groups": [f"c{n}" for n in range(21)]}),
+        "audit → groups",
+        "must list 1 to 20 values",
+    ),
+    "reserved audit group": (
+        _set("audit", to={"group_by": "country", "groups": ["DE", "other"]}),
+        "audit → groups[1]",
+        "'other' is reserved",
+    ),
+    "audit group listed twice": (
+        _set("audit", to={"group_by": "country", "groups": ["DE", "DE"]}),
+        "audit → groups[1]",
+        "'DE' is listed twice",
+    ),
+    "audit group that is not text": (
+        _set("audit", to={"group_by": "age", "groups": [18]}),
+        "audit → groups[0]",
+        "must be a string, got integer 18",
+    ),
+    "audit group that would make an odd label": (
+        _set("audit", to={"group_by": "country", "groups": ['DE"}']}),
+        "audit → groups[0]",
+        "must be letters, digits",
     ),
 }
 
