@@ -1,10 +1,11 @@
 """The deployment files agree with the code they deploy.
 
-Dockerfile, docker-compose.yml, deploy/prometheus/prometheus.yml and k8s/ name
+Dockerfile, docker-compose.yml and deploy/prometheus/prometheus.yml name
 settings, ports, paths and commands that are defined in Python. These tests read
 those files and compare them with ``app.settings``, the CLI and the worker's web
 pages, so renaming a setting, a topic, a port or a page in the code fails here
-instead of in someone's cluster. Nothing here needs Docker or Kubernetes.
+instead of on someone's machine. Nothing here needs Docker. The Kubernetes
+manifests in k8s/ are checked in test_k8s.py, with helpers from here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +30,6 @@ from app.settings import ENV_PREFIX, Settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-K8S = ROOT / "k8s"
 
 # Compose services that run the rewardstream image with its settings.
 APP_SERVICES = ("topics", "worker")
@@ -122,20 +122,11 @@ def dockerfile() -> Dockerfile:
 
 
 @pytest.fixture(scope="module")
-def k8s() -> dict[str, dict[str, Any]]:
-    """The k8s/ resources by kind (one resource of each kind)."""
-    resources: dict[str, dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            assert document["kind"] not in resources, f"second {document['kind']} in {path}"
-            resources[document["kind"]] = document
-    return resources
+def worker_pages() -> set[str]:
+    return _answered_pages()
 
 
-@pytest.fixture(scope="module")
-def worker_pages(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+def _answered_pages() -> set[str]:
     """The paths the worker's web server really answers (started on a free port, no Kafka)."""
     from prometheus_client import CollectorRegistry
 
@@ -225,16 +216,6 @@ def test_compose_sets_only_real_settings_with_valid_values(
         assert not unknown, f"{name}: not settings: {sorted(unknown)}"
 
 
-def test_configmap_sets_only_real_settings_with_valid_values(k8s: dict[str, Any]) -> None:
-    data = k8s["ConfigMap"]["data"]
-    assert all(isinstance(value, str) for value in data.values()), "ConfigMap values are strings"
-    env = _rewardstream_env(data)
-    assert env == data, f"not {ENV_PREFIX}* keys: {sorted(set(data) - set(env))}"
-    assert set(env) <= _known_variables(), f"not settings: {sorted(set(env) - _known_variables())}"
-    settings = Settings.from_env(environ=env)
-    assert settings.web_host == "0.0.0.0", "the kubelet and Prometheus must reach the worker"
-
-
 def test_dockerfile_env_is_real_settings_reachable_from_outside(dockerfile: Dockerfile) -> None:
     env = _rewardstream_env(dockerfile.env)
     assert set(env) <= _known_variables(), f"not settings: {sorted(set(env) - _known_variables())}"
@@ -273,13 +254,10 @@ def test_topics_job_and_worker_share_their_settings(
 # ---------------------------------------------------------------- ports and addresses
 
 
-def test_dockerfile_exposes_the_web_port(
-    compose: dict[str, Any], dockerfile: Dockerfile, k8s: dict[str, Any]
-) -> None:
+def test_dockerfile_exposes_the_web_port(compose: dict[str, Any], dockerfile: Dockerfile) -> None:
     image_port = Settings.from_env(environ=_rewardstream_env(dockerfile.env)).web_port
     assert dockerfile.expose == [image_port]
     assert _container_settings(compose, dockerfile, "worker").web_port in dockerfile.expose
-    assert Settings.from_env(environ=k8s["ConfigMap"]["data"]).web_port in dockerfile.expose
 
 
 def test_compose_publishes_the_worker_web_port_and_checks_health(
@@ -377,86 +355,6 @@ def test_compose_start_order(compose: dict[str, Any]) -> None:
     worker_needs = services["worker"]["depends_on"]["topics"]["condition"]
     assert worker_needs == "service_completed_successfully"
     assert services["topics"]["build"] == services["worker"]["build"] == "."
-
-
-# ---------------------------------------------------------------- kubernetes
-
-
-def test_statefulset_probes_use_the_named_web_port(
-    k8s: dict[str, Any], worker_pages: set[str]
-) -> None:
-    web_port = Settings.from_env(environ=k8s["ConfigMap"]["data"]).web_port
-    pod = k8s["StatefulSet"]["spec"]["template"]
-    (container,) = pod["spec"]["containers"]
-    assert {"name": "http", "containerPort": web_port, "protocol": "TCP"} in container["ports"]
-    for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/health")):
-        assert container[probe]["httpGet"] == {"path": path, "port": "http"}
-        assert path in worker_pages
-    annotations = pod["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(web_port)
-    assert annotations["prometheus.io/path"] in worker_pages
-
-
-def test_statefulset_runs_the_image_with_the_configmap(
-    k8s: dict[str, Any], dockerfile: Dockerfile
-) -> None:
-    configmap, statefulset = k8s["ConfigMap"], k8s["StatefulSet"]
-    pod = statefulset["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert "command" not in container, "the image's CMD runs"
-    assert "args" not in container, "the image's CMD runs"
-    assert container["envFrom"] == [{"configMapRef": {"name": configmap["metadata"]["name"]}}]
-    assert configmap["metadata"]["name"] == "rewardstream-config"
-
-    data_dir = str(Settings.from_env(environ=configmap["data"]).data_dir)
-    (mount,) = container["volumeMounts"]
-    assert mount["mountPath"] == data_dir
-    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
-    assert claim["metadata"]["name"] == mount["name"]
-
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    uid = dockerfile.user.split(":")[0]
-    assert uid.isdigit(), "runAsNonRoot can only be verified for a numeric USER"
-    assert int(uid) != 0, "the image runs as a non-root user"
-    assert pod["securityContext"]["runAsUser"] == int(uid)
-
-
-def test_k8s_resources_select_the_same_pods(k8s: dict[str, Any]) -> None:
-    statefulset, service, budget = k8s["StatefulSet"], k8s["Service"], k8s["PodDisruptionBudget"]
-    labels = statefulset["spec"]["template"]["metadata"]["labels"]
-    selector = statefulset["spec"]["selector"]["matchLabels"]
-    assert selector.items() <= labels.items()
-    assert service["spec"]["selector"] == selector
-    assert budget["spec"]["selector"]["matchLabels"] == selector
-    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
-    assert service["spec"]["clusterIP"] == "None", "a StatefulSet's service is headless"
-    (port,) = service["spec"]["ports"]
-    assert port["targetPort"] == "http"
-    namespace = k8s["Namespace"]["metadata"]["name"]
-    for kind, resource in k8s.items():
-        if kind != "Namespace":
-            assert resource["metadata"]["namespace"] == namespace, kind
-
-
-def test_k8s_api_versions(k8s: dict[str, Any]) -> None:
-    expected = {
-        "Namespace": "v1",
-        "ConfigMap": "v1",
-        "Service": "v1",
-        "StatefulSet": "apps/v1",
-        "PodDisruptionBudget": "policy/v1",
-    }
-    assert {kind: resource["apiVersion"] for kind, resource in k8s.items()} == expected
-
-
-def test_kustomization_lists_every_manifest() -> None:
-    kustomization = _yaml(K8S / "kustomization.yaml")
-    manifests = {path.name for path in K8S.iterdir() if path.suffix in {".yaml", ".yml"}}
-    manifests.discard("kustomization.yaml")
-    resources = kustomization["resources"]
-    assert len(resources) == len(set(resources)), "a resource is listed twice"
-    assert {str(PurePosixPath(resource)) for resource in resources} == manifests
 
 
 def test_image_program_is_a_shipped_program_copied_where_the_setting_points() -> None:

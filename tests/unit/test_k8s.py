@@ -1,0 +1,501 @@
+"""The Kubernetes manifests are valid Kubernetes and agree with the app they deploy.
+
+Every manifest under k8s/ is validated against the Kubernetes API schemas that
+the kubernetes-validate package ships (strict: an unknown field is an error).
+The ServiceMonitor, a Prometheus Operator custom resource that no built-in
+schema covers, is checked against the part of its CRD it uses, written here.
+Then the manifests are compared with the code: every ``REWARDSTREAM_*`` name is
+a setting, the web port, probe and scrape paths are the worker's, the program
+file is where its ConfigMap is mounted, the autoscaler's metric is one the
+worker exports and it never scales past the partitions. Nothing here needs a
+cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import re
+import tomllib
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry
+
+from app.assembly import load_program_setting
+from app.metrics import Metrics, metric_names
+from app.settings import ENV_PREFIX, Settings
+from tests.unit.test_deployment_files import (
+    Dockerfile,
+    _answered_pages,
+    _dockerfile,
+    _known_variables,
+    _rewardstream_env,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+# The newest Kubernetes whose schemas kubernetes-validate (constraints.txt) ships.
+K8S_SCHEMA_VERSION = "1.37"
+# Kinds that no built-in schema covers; each is checked by hand below.
+CUSTOM_KINDS = {"ServiceMonitor"}
+# The metric the autoscaler scales on (app/metrics.py, Metrics.consumer_lag).
+LAG_METRIC = "rewardstream_consumer_lag_records"
+# What a stop may take beyond a commit waiting for the broker: the snapshot of a
+# worker at the size statefulset.yaml is sized for, saving the models, leaving the group.
+SNAPSHOT_ALLOWANCE_S = 60
+
+# The part of the ServiceMonitor CRD (monitoring.coreos.com/v1) the manifest uses, with
+# the CRD's own types and patterns; any other key fails here until it is added from the CRD.
+_DURATION = (
+    r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+)
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {
+            "type": "object",
+            "required": ["name", "namespace"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": _LABELS,
+            },
+        },
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "required": ["matchLabels"],
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": _LABELS},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["port"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "scrapeTimeout": {"type": "string", "pattern": _DURATION},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+# ---------------------------------------------------------------- reading the manifests
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """One resource and the file it is in."""
+
+    path: Path
+    resource: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.resource["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.resource["metadata"]["name"])
+
+    def __str__(self) -> str:
+        return f"{self.path.relative_to(K8S)}:{self.kind}/{self.name}"
+
+
+def _kustomizations() -> list[Path]:
+    return sorted(K8S.rglob("kustomization.yaml"))
+
+
+def _manifests() -> list[Manifest]:
+    found = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if document:
+                found.append(Manifest(path, document))
+    return found
+
+
+MANIFESTS = _manifests()
+BUILTIN = [manifest for manifest in MANIFESTS if manifest.kind not in CUSTOM_KINDS]
+CUSTOM = [manifest for manifest in MANIFESTS if manifest.kind in CUSTOM_KINDS]
+
+
+class Resources:
+    """The k8s/ resources by kind and name."""
+
+    def __init__(self, manifests: list[Manifest]) -> None:
+        self.by_key: dict[tuple[str, str], dict[str, Any]] = {}
+        for manifest in manifests:
+            key = (manifest.kind, manifest.name)
+            assert key not in self.by_key, f"{manifest} is defined twice"
+            self.by_key[key] = manifest.resource
+
+    def of_kind(self, kind: str) -> list[dict[str, Any]]:
+        return [resource for (k, _), resource in self.by_key.items() if k == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict[str, Any]:
+        if name is not None:
+            assert (kind, name) in self.by_key, f"no {kind} named {name!r} in k8s/"
+            return self.by_key[(kind, name)]
+        (resource,) = self.of_kind(kind)
+        return resource
+
+
+@pytest.fixture(scope="module")
+def k8s() -> Resources:
+    return Resources(MANIFESTS)
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> Dockerfile:
+    return _dockerfile()
+
+
+@pytest.fixture(scope="module")
+def worker_pages() -> set[str]:
+    return _answered_pages()
+
+
+def _pod(k8s: Resources) -> dict[str, Any]:
+    pod: dict[str, Any] = k8s.one("StatefulSet")["spec"]["template"]["spec"]
+    return pod
+
+
+def _container(k8s: Resources) -> dict[str, Any]:
+    (container,) = _pod(k8s)["containers"]
+    return dict(container)
+
+
+def _settings_configmap(k8s: Resources) -> dict[str, Any]:
+    """The ConfigMap the worker takes its environment from."""
+    (source,) = _container(k8s)["envFrom"]
+    return k8s.one("ConfigMap", source["configMapRef"]["name"])
+
+
+def _worker_env(k8s: Resources, dockerfile: Dockerfile) -> dict[str, str]:
+    """The REWARDSTREAM_* variables the worker's process sees: the image's ENV, then the
+    ConfigMap (envFrom), then the container's own ``env``."""
+    env = dict(_rewardstream_env(dockerfile.env))
+    env.update(_settings_configmap(k8s)["data"])
+    env.update({item["name"]: item["value"] for item in _container(k8s).get("env", [])})
+    return _rewardstream_env(env)
+
+
+def _worker_settings(k8s: Resources, dockerfile: Dockerfile) -> Settings:
+    return Settings.from_env(environ=_worker_env(k8s, dockerfile))
+
+
+def _quantity(value: str | int) -> float:
+    """A Kubernetes quantity (``500m``, ``2``, ``2Gi``) as a number."""
+    units = {"m": 1e-3, "": 1, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20}
+    units |= {"Gi": 2**30, "Ti": 2**40}
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(value))
+    assert match, f"not a quantity: {value!r}"
+    assert match.group(2) in units, f"unit of {value!r} not known here"
+    return float(match.group(1)) * units[match.group(2)]
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def test_manifests_were_found() -> None:
+    kinds = {manifest.kind for manifest in MANIFESTS}
+    expected = {"Namespace", "ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"}
+    expected |= {"HorizontalPodAutoscaler", "ServiceMonitor"}
+    assert kinds == expected
+
+
+@pytest.mark.parametrize("manifest", BUILTIN, ids=str)
+def test_manifest_is_valid_for_kubernetes(manifest: Manifest) -> None:
+    try:
+        checked = kubernetes_validate.validate(manifest.resource, K8S_SCHEMA_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        where = ".".join(str(part) for part in error.path)
+        pytest.fail(f"{manifest}: {where}: {error.message}")
+    assert checked == K8S_SCHEMA_VERSION
+
+
+def test_only_the_custom_kinds_lack_a_builtin_schema() -> None:
+    without_schema = set()
+    for manifest in MANIFESTS:
+        try:
+            kubernetes_validate.validate(manifest.resource, K8S_SCHEMA_VERSION, strict=True)
+        except kubernetes_validate.SchemaNotFoundError:
+            without_schema.add(manifest.kind)
+    assert without_schema == CUSTOM_KINDS, "a kind without a schema needs a check by hand"
+
+
+def test_the_schemas_reject_what_kubernetes_would(k8s: Resources) -> None:
+    """The validation above is real: a typo'd field or a wrongly typed port fails it."""
+    typo = copy.deepcopy(k8s.one("StatefulSet"))
+    typo["spec"]["template"]["spec"]["containers"][0]["readynessProbe"] = {}
+    wrong_type = copy.deepcopy(k8s.one("StatefulSet"))
+    wrong_type["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
+    for broken in (typo, wrong_type):
+        with pytest.raises(kubernetes_validate.ValidationError):
+            kubernetes_validate.validate(broken, K8S_SCHEMA_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("manifest", CUSTOM, ids=str)
+def test_servicemonitor_has_the_crd_structure(manifest: Manifest) -> None:
+    jsonschema.validate(manifest.resource, SERVICE_MONITOR_SCHEMA)
+    broken = copy.deepcopy(manifest.resource)
+    broken["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SERVICE_MONITOR_SCHEMA)
+
+
+def test_kustomization_applies_every_builtin_manifest_and_no_custom_one(k8s: Resources) -> None:
+    (kustomization_file,) = _kustomizations()
+    assert kustomization_file == K8S / "kustomization.yaml"
+    kustomization = yaml.safe_load(kustomization_file.read_text(encoding="utf-8"))
+    resources = [str(PurePosixPath(resource)) for resource in kustomization["resources"]]
+    assert len(resources) == len(set(resources)), "a resource is listed twice"
+    listed = {K8S / resource for resource in resources}
+    assert all(path.is_file() for path in listed), "a listed resource does not exist"
+    assert {manifest.path for manifest in BUILTIN} == listed
+    # Applying a custom kind fails on a cluster without its CRD: those stay out.
+    assert not {manifest.path for manifest in CUSTOM} & listed
+    assert kustomization["namespace"] == k8s.one("Namespace")["metadata"]["name"]
+
+
+# ---------------------------------------------------------------- settings
+
+
+def test_manifests_name_only_real_settings() -> None:
+    """Every REWARDSTREAM_* name in k8s/, comments included, is a field of Settings."""
+    named = set()
+    for path in K8S.rglob("*.yaml"):
+        named |= set(re.findall(ENV_PREFIX + r"[A-Z0-9_]*[A-Z0-9]", path.read_text("utf-8")))
+    assert named, "no setting named at all"
+    assert named <= _known_variables(), f"not settings: {sorted(named - _known_variables())}"
+
+
+def test_settings_configmap_holds_valid_settings(k8s: Resources, dockerfile: Dockerfile) -> None:
+    data = _settings_configmap(k8s)["data"]
+    assert all(isinstance(value, str) for value in data.values()), "ConfigMap values are strings"
+    assert set(data) == set(_rewardstream_env(data)), "only REWARDSTREAM_* keys"
+    for item in _container(k8s).get("env", []):
+        assert item["name"] in _known_variables(), item["name"]
+    settings = _worker_settings(k8s, dockerfile)  # raises SettingsError if a value is bad
+    assert settings.web_host == "0.0.0.0", "the kubelet and Prometheus must reach the worker"
+
+
+# ---------------------------------------------------------------- image, ports, probes
+
+
+def test_worker_runs_the_projects_released_image(k8s: Resources) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    container = _container(k8s)
+    repository, _, tag = container["image"].rpartition(":")
+    assert repository.rsplit("/", 1)[-1] == project["name"]
+    assert tag == project["version"], "the manifest runs the image of this version"
+    assert "command" not in container, "the image's CMD runs"
+    assert "args" not in container, "the image's CMD runs"
+
+
+def test_web_port_probes_and_scraping_are_the_workers(
+    k8s: Resources, dockerfile: Dockerfile, worker_pages: set[str]
+) -> None:
+    web_port = _worker_settings(k8s, dockerfile).web_port
+    assert web_port in dockerfile.expose
+    container = _container(k8s)
+    (port,) = container["ports"]
+    assert port == {"name": "http", "containerPort": web_port, "protocol": "TCP"}
+    probes = (
+        ("startupProbe", "/health"),
+        ("readinessProbe", "/ready"),
+        ("livenessProbe", "/health"),
+    )
+    for probe, path in probes:
+        assert container[probe]["httpGet"] == {"path": path, "port": port["name"]}, probe
+        assert path in worker_pages
+    annotations = k8s.one("StatefulSet")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(web_port)
+    assert annotations["prometheus.io/path"] in worker_pages
+
+    (service_port,) = k8s.one("Service")["spec"]["ports"]
+    assert (service_port["port"], service_port["targetPort"]) == (web_port, port["name"])
+    for monitor in k8s.of_kind("ServiceMonitor"):
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] == service_port["name"], "ServiceMonitors name a Service port"
+        assert endpoint["path"] in worker_pages
+
+
+# ---------------------------------------------------------------- volumes and the program
+
+
+def test_program_setting_is_the_file_the_program_configmap_mounts(
+    k8s: Resources, dockerfile: Dockerfile, tmp_path: Path
+) -> None:
+    program = PurePosixPath(_worker_settings(k8s, dockerfile).program)
+    (mount,) = [m for m in _container(k8s)["volumeMounts"] if m["mountPath"] == str(program.parent)]
+    assert mount.get("readOnly") is True
+    assert "subPath" not in mount, "a subPath mount never sees the ConfigMap change"
+    (volume,) = [v for v in _pod(k8s)["volumes"] if v["name"] == mount["name"]]
+    assert "items" not in volume["configMap"], "every key is mounted under its own name"
+    data = k8s.one("ConfigMap", volume["configMap"]["name"])["data"]
+    assert program.name in data, f"the program ConfigMap has no key {program.name}"
+
+    # The worker reads the setting as a path (not a shipped program's id), and the file
+    # is a valid program whose id is the file's name.
+    copied = tmp_path / program.name
+    copied.write_text(data[program.name], encoding="utf-8")
+    assert load_program_setting(str(copied)).id == program.stem
+    # The same bytes as the shipped program: their SHA-256 is the version decisions carry.
+    shipped = ROOT / "programs" / program.name
+    assert data[program.name] == shipped.read_text(encoding="utf-8"), (
+        f"the program ConfigMap differs from {shipped.relative_to(ROOT)}: copy it again"
+    )
+
+
+def test_state_volume_and_user_are_the_images(k8s: Resources, dockerfile: Dockerfile) -> None:
+    statefulset = k8s.one("StatefulSet")
+    data_dir = str(_worker_settings(k8s, dockerfile).data_dir)
+    assert dockerfile.volumes == [data_dir]
+    (mount,) = [m for m in _container(k8s)["volumeMounts"] if m["mountPath"] == data_dir]
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == mount["name"]
+    assert not mount.get("readOnly")
+    security = _pod(k8s)["securityContext"]
+    assert security["runAsNonRoot"] is True
+    uid = dockerfile.user.split(":")[0]
+    assert uid.isdigit(), "runAsNonRoot can only be verified for a numeric USER"
+    assert int(uid) != 0, "the image runs as a non-root user"
+    assert security["runAsUser"] == int(uid)
+    assert security["fsGroup"] == int(dockerfile.user.split(":")[1]), "the volume is writable"
+
+
+def test_resources_have_requests_and_limits(k8s: Resources) -> None:
+    resources = _container(k8s)["resources"]
+    for name in ("cpu", "memory"):
+        request = _quantity(resources["requests"][name])
+        limit = _quantity(resources["limits"][name])
+        assert 0 < request <= limit, name
+    # Memory is not overcommitted under a stateful worker: an OOM kill costs a rebalance.
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
+
+
+def test_grace_period_leaves_time_for_the_snapshot_on_stop(k8s: Resources) -> None:
+    # A transaction in flight at SIGTERM may wait for the broker up to the producer's
+    # request timeout (the worker keeps aiokafka's default), then the snapshot is written.
+    default = inspect.signature(AIOKafkaProducer.__init__).parameters["request_timeout_ms"]
+    needed = default.default / 1000 + SNAPSHOT_ALLOWANCE_S
+    assert _pod(k8s)["terminationGracePeriodSeconds"] >= needed
+
+
+# ---------------------------------------------------------------- autoscaling
+
+
+def test_lag_metric_is_one_the_worker_exports() -> None:
+    metrics = Metrics(CollectorRegistry())
+    assert LAG_METRIC in metric_names(metrics.registry), (
+        f"the worker exports no {LAG_METRIC} (app/metrics.py) but hpa.yaml scales on it"
+    )
+    # The autoscaler selects by topic and de-duplicates by partition (hpa.yaml).
+    metrics.consumer_lag.labels(topic="events", partition="0").set(3)
+    (family,) = [f for f in metrics.registry.collect() if f.name == LAG_METRIC]
+    assert family.type == "gauge"
+    (sample,) = family.samples
+    assert set(sample.labels) == {"topic", "partition"}
+
+
+def test_autoscaler_scales_the_workers_on_their_lag_within_the_partitions(
+    k8s: Resources, dockerfile: Dockerfile
+) -> None:
+    settings = _worker_settings(k8s, dockerfile)
+    statefulset, autoscaler = k8s.one("StatefulSet"), k8s.one("HorizontalPodAutoscaler")
+    target = autoscaler["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == (statefulset["apiVersion"], "StatefulSet")
+    assert target["name"] == statefulset["metadata"]["name"]
+    assert "replicas" not in statefulset["spec"], "the autoscaler owns the replica count"
+
+    low, high = autoscaler["spec"]["minReplicas"], autoscaler["spec"]["maxReplicas"]
+    # More workers than partitions would sit idle.
+    assert 1 <= low <= high <= settings.partitions
+    budget = k8s.one("PodDisruptionBudget")["spec"]["maxUnavailable"]
+    assert low - budget >= 2, "a drain must leave the state to more than one worker"
+
+    (metric,) = autoscaler["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"]["name"] == LAG_METRIC
+    selector = metric["external"]["metric"]["selector"]["matchLabels"]
+    assert selector == {"topic": settings.topic_events}
+    assert metric["external"]["target"]["type"] == "AverageValue"
+    assert _quantity(metric["external"]["target"]["averageValue"]) > 0
+
+
+# ---------------------------------------------------------------- consistency
+
+
+def test_resources_select_the_same_pods_in_one_namespace(k8s: Resources) -> None:
+    statefulset, service = k8s.one("StatefulSet"), k8s.one("Service")
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    selector = statefulset["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= labels.items()
+    assert service["spec"]["selector"] == selector
+    assert k8s.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None", "a StatefulSet's service is headless"
+    for monitor in k8s.of_kind("ServiceMonitor"):
+        # A ServiceMonitor selects Services (by their labels), not pods.
+        wanted = monitor["spec"]["selector"]["matchLabels"].items()
+        assert wanted <= service["metadata"]["labels"].items()
+    namespace = k8s.one("Namespace")["metadata"]["name"]
+    for (kind, name), resource in k8s.by_key.items():
+        if kind != "Namespace":
+            assert resource["metadata"]["namespace"] == namespace, f"{kind}/{name}"
+
+
+def test_api_versions(k8s: Resources) -> None:
+    expected = {
+        "Namespace": "v1",
+        "ConfigMap": "v1",
+        "Service": "v1",
+        "StatefulSet": "apps/v1",
+        "PodDisruptionBudget": "policy/v1",
+        "HorizontalPodAutoscaler": "autoscaling/v2",
+        "ServiceMonitor": "monitoring.coreos.com/v1",
+    }
+    found = {kind: resource["apiVersion"] for (kind, _), resource in k8s.by_key.items()}
+    assert found == expected
+
+
+def test_every_mounted_volume_exists(k8s: Resources) -> None:
+    pod = _pod(k8s)
+    volumes = {volume["name"] for volume in pod.get("volumes", [])}
+    claims = {c["metadata"]["name"] for c in k8s.one("StatefulSet")["spec"]["volumeClaimTemplates"]}
+    for mount in _container(k8s)["volumeMounts"]:
+        assert mount["name"] in volumes | claims, mount["name"]
+    for volume in pod.get("volumes", []):
+        if "configMap" in volume:
+            k8s.one("ConfigMap", volume["configMap"]["name"])
