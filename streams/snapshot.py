@@ -1,9 +1,11 @@
 """Local snapshots of a partition's table: a restart reads the changelog's tail, not all of it.
 
-Restoring a table from its changelog reads every row again: about ten seconds per
-million rows here. A worker that keeps its data directory (a StatefulSet volume, a
-restart on the same machine) can instead load the rows it last wrote to disk and
-read only what the changelog got after them. This is Kafka Streams' checkpoint
+Restoring a table from its changelog reads every row again, and every version of
+it the compaction has not removed yet, through the broker: 6.5 s for 2.25 million
+rows on a quiet local broker, more on a busy or distant one. A worker that keeps
+its data directory (a StatefulSet volume, a restart on the same machine) can
+instead load the rows it last wrote to disk (about 4 s for the same rows) and read
+only what the changelog got after them. This is Kafka Streams' checkpoint
 file, and it changes nothing about what is true: the changelog stays the record,
 and a snapshot that cannot be trusted is ignored, at the cost of a full restore.
 
