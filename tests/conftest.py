@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -54,6 +55,16 @@ def fail_or_skip(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true and {reason}")
     pytest.skip(reason)
+
+
+def required_binary(name: str) -> str:
+    """The path of a tool `make prometheus-bin` installs (``prometheus``, ``promtool``);
+    missing, the test fails under CI=true and skips elsewhere."""
+    binary = shutil.which(name)
+    if binary is None:
+        fail_or_skip(f"{name} is missing: `make prometheus-bin` installs it")
+        raise AssertionError("unreachable")  # fail_or_skip raises
+    return binary
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import time
 import urllib.error
@@ -33,7 +32,7 @@ from app.programs.loader import BUILTIN_DIR
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.workerproc import WorkerProcess
-from tests.conftest import fail_or_skip
+from tests.conftest import required_binary
 
 pytestmark = pytest.mark.kafka
 
@@ -89,11 +88,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout_s: float = 60.0) -> N
 
 @pytest.fixture
 def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        fail_or_skip("the prometheus binary is missing: `make prometheus-bin` installs it")
-        raise AssertionError("unreachable")  # fail_or_skip raises
-    return binary
+    return required_binary("prometheus")
 
 
 @pytest.fixture
