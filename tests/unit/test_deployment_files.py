@@ -116,16 +116,6 @@ def compose() -> dict[str, Any]:
     return loaded
 
 
-@pytest.fixture(scope="module")
-def dockerfile() -> Dockerfile:
-    return _dockerfile()
-
-
-@pytest.fixture(scope="module")
-def worker_pages() -> set[str]:
-    return _answered_pages()
-
-
 def _answered_pages() -> set[str]:
     """The paths the worker's web server really answers (started on a free port, no Kafka)."""
     from prometheus_client import CollectorRegistry

@@ -33,8 +33,6 @@ from app.metrics import Metrics, metric_names
 from app.settings import ENV_PREFIX, Settings
 from tests.unit.test_deployment_files import (
     Dockerfile,
-    _answered_pages,
-    _dockerfile,
     _known_variables,
     _rewardstream_env,
 )
@@ -172,16 +170,6 @@ class Resources:
 @pytest.fixture(scope="module")
 def k8s() -> Resources:
     return Resources(MANIFESTS)
-
-
-@pytest.fixture(scope="module")
-def dockerfile() -> Dockerfile:
-    return _dockerfile()
-
-
-@pytest.fixture(scope="module")
-def worker_pages() -> set[str]:
-    return _answered_pages()
 
 
 def _pod(k8s: Resources) -> dict[str, Any]:
