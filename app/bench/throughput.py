@@ -517,12 +517,17 @@ def replay_rates(settings: Settings, lines: list[bytes], runs: int) -> list[floa
 # ---------------------------------------------------------------- 5. state per user
 
 
+def proc_kib(text: str, field: str) -> int:
+    """The bytes of a ``<field>: <n> kB`` line of a /proc file (status, meminfo)."""
+    found = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    if found is None:
+        raise ValueError(f"no {field} line")
+    return int(found.group(1)) * 1024
+
+
 def vm_rss_bytes(status: str) -> int:
     """Resident memory from the text of ``/proc/<pid>/status``."""
-    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    if found is None:
-        raise ValueError("no VmRSS line")
-    return int(found.group(1)) * 1024
+    return proc_kib(status, "VmRSS")
 
 
 def state_in_child(settings: Settings, users: int, seed: int) -> dict[str, Any]:
@@ -535,10 +540,7 @@ def state_in_child(settings: Settings, users: int, seed: int) -> dict[str, Any]:
 
 def mem_available_bytes(meminfo: str) -> int:
     """Memory the kernel could still give, from the text of ``/proc/meminfo``."""
-    found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M)
-    if found is None:
-        raise ValueError("no MemAvailable line")
-    return int(found.group(1)) * 1024
+    return proc_kib(meminfo, "MemAvailable")
 
 
 def state_footprint(settings: Settings, users: int, seed: int) -> dict[str, Any]:
