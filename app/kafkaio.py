@@ -132,6 +132,21 @@ async def _partition_ids(
     return sorted(p["partition"] for p in described["partitions"])
 
 
+async def seek_to_first(
+    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Position ``partitions`` (assigned to ``consumer``) at their first offsets; return them.
+
+    An explicit seek, not ``seek_to_beginning``: that only asks for a reset, and a reset
+    the fetcher started on its own after ``assign`` (to the consumer's default, the end)
+    can answer after it and win. A restore positioned at the end reads nothing.
+    """
+    starts: dict[TopicPartition, int] = await consumer.beginning_offsets(list(partitions))
+    for tp in partitions:
+        consumer.seek(tp, starts[tp])
+    return starts
+
+
 def user_key(line: bytes, key_field: str = "user_id") -> bytes | None:
     """The Kafka key for one JSON line: its ``user_id``, or None if it has none."""
     try:
@@ -257,13 +272,14 @@ async def latest_by_key(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
+        auto_offset_reset="earliest",
         isolation_level="read_committed",
         **(client or {}),
     )
     await consumer.start()
     try:
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
+        await seek_to_first(consumer, partitions)
         ends = await consumer.end_offsets(partitions)
         latest = None
         while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:

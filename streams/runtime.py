@@ -35,6 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from app.contract.records import SourcePosition
+from app.kafkaio import seek_to_first
 from app.pipeline import Output, Pipeline, Tables
 from app.replay import kafka_partitioner
 from app.settings import Settings
@@ -185,6 +186,7 @@ class StageRunner:
         self._restorer = AIOKafkaConsumer(
             group_id=None,
             enable_auto_commit=False,
+            auto_offset_reset="earliest",  # if compaction removes the start mid-restore
             isolation_level="read_committed",
             **common,
         )
@@ -662,7 +664,7 @@ class StageRunner:
         consumer = self._require(self._consumer)
         committed = await consumer.committed(tp)
         if committed is None:
-            await consumer.seek_to_beginning(tp)
+            await seek_to_first(consumer, [tp])
         else:
             consumer.seek(tp, committed)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from app.kafkaio import seek_to_first
 from streams import snapshot
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ async def restore(
         # With read_committed this is the last stable offset: nothing after an open
         # transaction is read, and the caller fenced the previous writer beforehand.
         ends = await consumer.end_offsets(partitions)
-        starts = await consumer.beginning_offsets(partitions)
+        starts = await seek_to_first(consumer, partitions)
         seeded = 0
         for tp, table in by_partition.items():
             found = None
@@ -149,8 +150,6 @@ async def restore(
                 table.rows = found.rows
                 consumer.seek(tp, found.offset)
                 seeded += 1
-            else:
-                await consumer.seek_to_beginning(tp)
         read = 0
         pending = {tp for tp in partitions if ends[tp] > await consumer.position(tp)}
         while pending:
