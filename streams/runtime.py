@@ -166,6 +166,7 @@ class StageRunner:
         # The next offset to handle per partition, for backpressure (see _pace_intake).
         self.next_offsets: dict[TopicPartition, int] = {}
         self.intake_paused = False
+        self.lag_shown: set[tuple[str, str]] = set()  # the lag series now exported
         # How to place a key on each packed topic, as Kafka's default partitioner would.
         self.placers: dict[str, Callable[[bytes], int]] = {}
         self.ready = False
@@ -227,8 +228,9 @@ class StageRunner:
         """Fetch, process and commit batches until ``stopping`` is set."""
         consumer = self._require(self._consumer)
         while not stopping.is_set():
-            self._pace_intake(consumer)
-            self._export_lag(consumer)
+            behind = self._behind(consumer)
+            self._pace_intake(consumer, behind)
+            self._export_lag(behind)
             assignments = self.assignments
             # Held batches wait for their partition's commit: look again soon.
             batches = await consumer.getmany(
@@ -343,20 +345,30 @@ class StageRunner:
                 self._transact(tp, messages, outputs, changes)
             )
 
-    def _pace_intake(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause intake while a later stage on this worker is far behind; resume after."""
-        behind = 0
+    def _behind(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """Per partition this worker owns and has handled: how many offsets lie between the
+        next one to handle and its end (last stable offset, or high watermark before the
+        first read_committed fetch says it)."""
+        assigned = consumer.assignment()  # owned can be ahead of it during a rebalance
+        behind = {}
         for tp in self.owned:
-            if self.stages[tp.topic].name == "intake" or tp not in self.next_offsets:
+            if tp not in assigned or tp not in self.next_offsets:
                 continue
             end = consumer.last_stable_offset(tp)
             if end is None or end < 0:
                 end = consumer.highwater(tp)
             if end is not None:
-                behind = max(behind, end - self.next_offsets[tp])
+                behind[tp] = max(end - self.next_offsets[tp], 0)
+        return behind
+
+    def _pace_intake(
+        self, consumer: AIOKafkaConsumer, behind: Mapping[TopicPartition, int]
+    ) -> None:
+        """Pause intake while a later stage on this worker is far behind; resume after."""
+        later = [n for tp, n in behind.items() if self.stages[tp.topic].name != "intake"]
         limit = INTAKE_RESUME_BEHIND if self.intake_paused else INTAKE_PAUSE_BEHIND
-        self.intake_paused = behind > limit
-        assigned = consumer.assignment()  # owned can be ahead of it during a rebalance
+        self.intake_paused = max(later, default=0) > limit
+        assigned = consumer.assignment()
         intake = [
             tp for tp in self.owned if tp in assigned and self.stages[tp.topic].name == "intake"
         ]
@@ -366,29 +378,17 @@ class StageRunner:
             consumer.resume(*intake)
         self.pipeline.metrics.intake_paused.set(int(self.intake_paused))
 
-    def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
-        """``rewardstream_consumer_lag_records`` per partition this worker owns: its last
-        stable offset (or high watermark) minus the next offset to handle, once both are
-        known; the series of a partition no longer owned is removed, so after a rebalance
-        only its new owner reports it (an autoscaler sums these)."""
+    def _export_lag(self, behind: Mapping[TopicPartition, int]) -> None:
+        """``rewardstream_consumer_lag_records`` per partition of ``behind``; the series of
+        a partition no longer in it is removed, so after a rebalance only its new owner
+        reports it (an autoscaler sums these)."""
         gauge = self.pipeline.metrics.consumer_lag
-        shown: set[tuple[str, str]] = set()
-        assigned = consumer.assignment()  # owned can be ahead of it during a rebalance
-        for tp in self.owned:
-            if tp not in assigned or tp not in self.next_offsets:
-                continue
-            end = consumer.last_stable_offset(tp)
-            if end is None or end < 0:
-                end = consumer.highwater(tp)
-            if end is not None:
-                labels = (tp.topic, str(tp.partition))
-                gauge.labels(*labels).set(max(end - self.next_offsets[tp], 0))
-                shown.add(labels)
-        for family in gauge.collect():
-            for sample in family.samples:
-                labels = (sample.labels["topic"], sample.labels["partition"])
-                if labels not in shown:
-                    gauge.remove(*labels)
+        shown = {(tp.topic, str(tp.partition)): n for tp, n in behind.items()}
+        for labels, lag in shown.items():
+            gauge.labels(*labels).set(lag)
+        for labels in self.lag_shown - shown.keys():
+            gauge.remove(*labels)
+        self.lag_shown = set(shown)
 
     def _free(self, tp: TopicPartition) -> bool:
         task = self.committing.get(tp)

@@ -157,6 +157,7 @@ class Positions:
 
     def __init__(self, stable: dict[TopicPartition, int], highwater: dict[TopicPartition, int]):
         self.stable, self.high = stable, highwater
+        self.paused: set[TopicPartition] = set()
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.stable)
@@ -166,6 +167,12 @@ class Positions:
 
     def highwater(self, tp: TopicPartition) -> int | None:
         return self.high.get(tp)
+
+    def pause(self, *tps: TopicPartition) -> None:
+        self.paused |= set(tps)
+
+    def resume(self, *tps: TopicPartition) -> None:
+        self.paused -= set(tps)
 
 
 def test_consumer_lag_is_exported_per_owned_partition_and_forgotten_when_it_goes() -> None:
@@ -177,7 +184,7 @@ def test_consumer_lag_is_exported_per_owned_partition_and_forgotten_when_it_goes
     loop.next_offsets |= {events: 100, linked: 7}
     # No stable offset known for ``linked`` yet (-1): the high watermark stands in.
     ends = Positions({events: 130, linked: -1, fresh: 50}, {linked: 9})
-    loop._export_lag(ends)  # type: ignore[arg-type]
+    loop._export_lag(loop._behind(ends))  # type: ignore[arg-type]
     registry = loop.pipeline.metrics.registry
 
     def lag(tp: TopicPartition) -> float | None:
@@ -186,7 +193,7 @@ def test_consumer_lag_is_exported_per_owned_partition_and_forgotten_when_it_goes
 
     assert (lag(events), lag(linked), lag(fresh)) == (30, 2, None)
     loop.owned.discard(events)  # a rebalance gave it to another worker
-    loop._export_lag(ends)  # type: ignore[arg-type]
+    loop._export_lag(loop._behind(ends))  # type: ignore[arg-type]
     assert (lag(events), lag(linked)) == (None, 2)
 
 
@@ -206,3 +213,22 @@ def test_the_kafka_timestamp_of_an_event_reaches_the_latency_of_its_decision() -
     assert registry.get_sample_value("rewardstream_event_to_decision_seconds_count") == 1
     waited = registry.get_sample_value("rewardstream_event_to_decision_seconds_sum") or 0.0
     assert 60 <= waited < 120
+
+
+def test_intake_pauses_while_a_later_stage_lags_and_resumes_once_it_has_caught_up() -> None:
+    loop = runner()
+    events = TopicPartition(loop.topic_of_role["events"], 0)
+    linked = TopicPartition(loop.topic_of_role["linked"], 0)
+    loop.owned |= {events, linked}
+    loop.next_offsets |= {events: 0, linked: 0}
+
+    def pace(linked_end: int) -> set[TopicPartition]:
+        # Intake itself far behind never pauses it: only a later stage's lag does.
+        consumer = Positions({events: 10_000, linked: linked_end}, {})
+        loop._pace_intake(consumer, loop._behind(consumer))  # type: ignore[arg-type]
+        return consumer.paused
+
+    assert pace(10) == set()
+    assert pace(100) == {events}  # more than 64 behind
+    assert pace(40) == {events}  # still above the resume mark of 16
+    assert pace(10) == set()
