@@ -166,6 +166,7 @@ class StageRunner:
         # The next offset to handle per partition, for backpressure (see _pace_intake).
         self.next_offsets: dict[TopicPartition, int] = {}
         self.intake_paused = False
+        self.idle = False  # the last fetch brought nothing and nothing is held
         self.lag_shown: set[tuple[str, str]] = set()  # the lag series now exported
         # How to place a key on each packed topic, as Kafka's default partitioner would.
         self.placers: dict[str, Callable[[bytes], int]] = {}
@@ -237,6 +238,7 @@ class StageRunner:
                 timeout_ms=HELD_POLL_MS if self.held else 200,
                 max_records=self.settings.batch_max_records,
             )
+            self.idle = not batches and not self.held
             async with self._lock:
                 if self.rebalancing:
                     continue  # nothing is handled between a revocation and the assignment
@@ -364,10 +366,15 @@ class StageRunner:
     def _pace_intake(
         self, consumer: AIOKafkaConsumer, behind: Mapping[TopicPartition, int]
     ) -> None:
-        """Pause intake while a later stage on this worker is far behind; resume after."""
+        """Pause intake while a later stage on this worker is far behind; resume after.
+
+        A stage with nothing to fetch never holds intake back, whatever its offsets say:
+        records of aborted transactions and commit markers take offsets a read_committed
+        consumer never receives, and a paused intake would wait for them forever.
+        """
         later = [n for tp, n in behind.items() if self.stages[tp.topic].name != "intake"]
         limit = INTAKE_RESUME_BEHIND if self.intake_paused else INTAKE_PAUSE_BEHIND
-        self.intake_paused = max(later, default=0) > limit
+        self.intake_paused = max(later, default=0) > limit and not self.idle
         assigned = consumer.assignment()
         intake = [
             tp for tp in self.owned if tp in assigned and self.stages[tp.topic].name == "intake"

@@ -232,3 +232,22 @@ def test_intake_pauses_while_a_later_stage_lags_and_resumes_once_it_has_caught_u
     assert pace(100) == {events}  # more than 64 behind
     assert pace(40) == {events}  # still above the resume mark of 16
     assert pace(10) == set()
+
+
+def test_a_lag_made_of_offsets_no_fetch_returns_never_holds_intake_back() -> None:
+    """Aborted records and commit markers take offsets that read_committed never
+    returns: when the last fetch brought nothing, intake reads on."""
+    loop = runner()
+    events = TopicPartition(loop.topic_of_role["events"], 0)
+    links = TopicPartition(loop.topic_of_role["links"], 0)
+    loop.owned |= {events, links}
+    loop.next_offsets |= {events: 0, links: 0}
+    consumer = Positions({events: 500, links: 100}, {})
+    loop._pace_intake(consumer, loop._behind(consumer))  # type: ignore[arg-type]
+    assert consumer.paused == {events}
+    loop.idle = True  # the fetch of the round brought nothing, though 100 offsets "remain"
+    loop._pace_intake(consumer, loop._behind(consumer))  # type: ignore[arg-type]
+    assert consumer.paused == set()
+    loop.idle = False  # records arrive again: the lag is real, intake waits
+    loop._pace_intake(consumer, loop._behind(consumer))  # type: ignore[arg-type]
+    assert consumer.paused == {events}
