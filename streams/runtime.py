@@ -242,7 +242,6 @@ class StageRunner:
             async with self._lock:
                 if self.rebalancing:
                     continue  # nothing is handled between a revocation and the assignment
-                await self._snapshot_if_due()
                 if assignments != self.assignments:
                     batches = await self._fetched_since(batches)
                 # A batch fetched before its partition was recovered is dropped: recovery
@@ -252,6 +251,9 @@ class StageRunner:
                     self.held.pop(tp, None)
                 if batches or self.held:
                     await self._process(batches)
+                # Last in the round: a partition the snapshot's settle recovers is read
+                # again from its committed offset by the next fetch, not by this one's.
+                await self._snapshot_if_due()
 
     async def _fetched_since(
         self, batches: Mapping[TopicPartition, list[Any]]
@@ -640,6 +642,7 @@ class StageRunner:
 
     async def _recover(self, tp: TopicPartition) -> None:
         """Forget what was not committed for ``tp``: its state and its read position."""
+        self.held.pop(tp, None)  # fetched after the failed batch: it comes again
         if self.rebalancing:
             # The partition may belong to another worker already: taking it back would
             # fence its new owner. The assignment takes it again if it is still ours.

@@ -251,3 +251,16 @@ def test_a_lag_made_of_offsets_no_fetch_returns_never_holds_intake_back() -> Non
     loop.idle = False  # records arrive again: the lag is real, intake waits
     loop._pace_intake(consumer, loop._behind(consumer))  # type: ignore[arg-type]
     assert consumer.paused == {events}
+
+
+async def test_a_recovered_partition_drops_what_it_held() -> None:
+    """Messages held while a partition's commit was in flight come after the batch that
+    failed; recovery reads from the committed offset again, so they come again too and
+    must not be handled on the restored state."""
+    loop = runner()
+    tp = TopicPartition(loop.topic_of_role["linked"], 0)
+    loop.held[tp] = [linked_event(loop, 7, "u-1", START)]
+    loop.rebalancing = True  # the branch that needs no broker: the partition is dropped
+    await loop._recover(tp)
+    assert tp not in loop.held
+    assert tp not in loop.owned
