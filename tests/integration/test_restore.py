@@ -23,21 +23,34 @@ KEYS_PER_PARTITION = 40
 RESTORES = 25  # the race showed in about one restore of 16 partitions in three
 
 
-async def test_every_restore_reads_every_partition_in_full(kafka_settings: Settings) -> None:
-    topic = f"{kafka_settings.app_id}-restore-changelog"
-    servers = kafka_settings.bootstrap_servers
+async def compacted_topic_holding(
+    servers: str, topic: str, records: list[tuple[int, bytes, bytes]]
+) -> None:
+    """Create ``topic`` (compacted, PARTITIONS partitions) holding (partition, key, value)."""
     await ensure_topics(servers, [TopicRequest(topic, PARTITIONS, 1, compacted=True)])
     producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
     await producer.start()
     try:
-        for partition in range(PARTITIONS):
-            for n in range(KEYS_PER_PARTITION):
-                key = f"p{partition}-k{n}".encode()
-                await producer.send(topic, b"old", key=key, partition=partition)
-                await producer.send(topic, f"v{n}".encode(), key=key, partition=partition)
+        for partition, key, value in records:
+            await producer.send(topic, value, key=key, partition=partition)
         await producer.flush()
     finally:
         await producer.stop()
+
+
+async def test_every_restore_reads_every_partition_in_full(kafka_settings: Settings) -> None:
+    topic = f"{kafka_settings.app_id}-restore-changelog"
+    servers = kafka_settings.bootstrap_servers
+    await compacted_topic_holding(
+        servers,
+        topic,
+        [
+            (partition, f"p{partition}-k{n}".encode(), value)
+            for partition in range(PARTITIONS)
+            for n in range(KEYS_PER_PARTITION)
+            for value in (b"old", f"v{n}".encode())  # every key overwritten once
+        ],
+    )
     expected = {
         partition: {
             f"p{partition}-k{n}".encode(): f"v{n}".encode() for n in range(KEYS_PER_PARTITION)
@@ -72,14 +85,8 @@ async def test_latest_by_key_reads_from_the_first_offset(kafka_settings: Setting
     start a worker with a fresh model although a checkpoint is there."""
     topic = f"{kafka_settings.app_id}-latest"
     servers = kafka_settings.bootstrap_servers
-    await ensure_topics(servers, [TopicRequest(topic, PARTITIONS, 1, compacted=True)])
-    producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all")
-    await producer.start()
-    try:
-        for partition in range(PARTITIONS):
-            await producer.send(topic, b"first", key=b"model", partition=partition)
-        await producer.flush()
-    finally:
-        await producer.stop()
+    await compacted_topic_holding(
+        servers, topic, [(partition, b"model", b"first") for partition in range(PARTITIONS)]
+    )
     for _ in range(RESTORES):
         assert await latest_by_key(servers, topic, b"model") == b"first"
