@@ -684,8 +684,17 @@ def _measured(report: dict[str, Any], target: Target) -> bool:
 def targets_summary(report: dict[str, Any]) -> str:
     results = targets_met(report)
     met = sum(ok for _, ok in results)
-    listed = "; ".join(f"{t.label} {'met' if ok else 'missed'}" for t, ok in results)
+    listed = "; ".join(f"{t.label} {_verdict(report, t, ok)}" for t, ok in results)
     return f"Targets met: {met} of {len(results)} ({listed})."
+
+
+def _verdict(report: dict[str, Any], target: Target, ok: bool) -> str:
+    """Met, missed, or not measured at the scale the target names (a quick run's restart)."""
+    if ok:
+        return "met"
+    if report.get(target.figure) is not None and not _measured(report, target):
+        return "not measured at its scale"
+    return "missed"
 
 
 def _ms(value: float | None) -> str:
@@ -698,7 +707,8 @@ def throughput_markdown(report: dict[str, Any]) -> str:
 
 
 def _figure_rows(report: dict[str, Any]) -> list[str]:
-    met = {t.figure: "yes" if ok else "no" for t, ok in targets_met(report)}
+    cell = {"met": "yes", "missed": "no", "not measured at its scale": "not at this size"}
+    met = {t.figure: cell[_verdict(report, t, ok)] for t, ok in targets_met(report)}
     state, restart = report["state"], report["restart"]
     return [
         "| figure | value | target | met |",
