@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars prometheus-bin demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud clean
+.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -35,16 +35,28 @@ prometheus-bin: ## Install prometheus and promtool with apt, if missing (for the
 			apt-get install -y --no-install-recommends prometheus; \
 	fi
 
+# Debian's kcat package (librdkafka's command-line client, 1.7.1 on bookworm) for
+# tests/integration/test_codecs.py, only when kcat is missing.
+kcat-bin: ## Install kcat with apt, if missing (for the compression codec test)
+	@if command -v kcat >/dev/null 2>&1; then \
+		echo "kcat: $$(command -v kcat)"; \
+	else \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		apt-cache show kcat >/dev/null 2>&1 || $$sudo apt-get update; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends kcat; \
+	fi
+
 demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, print a summary, stop
 	$(BIN)/rewardstream demo
 
-test: install kafka-jars prometheus-bin ## The whole suite: unit, integration and fault tests on a real broker
+test: install kafka-jars prometheus-bin kcat-bin ## The whole suite: unit, integration and fault tests on a real broker
 	$(BIN)/pytest --ignore=tests/cluster
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
 
-test-integration: install kafka-jars prometheus-bin ## Integration tests on the real broker (no fault tests)
+test-integration: install kafka-jars prometheus-bin kcat-bin ## Integration tests on the real broker (no fault tests)
 	$(BIN)/pytest -m kafka --ignore=tests/reliability --ignore=tests/cluster
 
 test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restart, rebalance, model restore
