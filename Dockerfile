@@ -26,9 +26,10 @@ COPY topologies ./topologies
 RUN pip install --constraint constraints.txt . \
  && rm -rf /tmp/src
 
-# The shipped reward programs, read by path (REWARDSTREAM_PROGRAM below); mount
-# your own over /etc/rewardstream/programs, or point the setting at another file.
-COPY programs /etc/rewardstream/programs
+# The shipped reward programs are package data (installed above); this copy is
+# the file REWARDSTREAM_PROGRAM below reads by path: mount your own over
+# /etc/rewardstream/programs, or point the setting at another file.
+COPY app/programs/shipped /etc/rewardstream/programs
 
 # Worker state. Created and chowned before VOLUME so that a fresh named volume
 # (compose) starts out owned by the worker's user.

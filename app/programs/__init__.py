@@ -7,8 +7,8 @@ load with a :class:`ProgramError` naming the file, the place and the problem;
 the engine only ever sees a valid :class:`Program`.
 
 - :mod:`app.programs.loader`: ``load_program(path)``, ``load_builtin(id)``,
-  ``list_builtin()``; the shipped programs are in the repository's
-  ``programs/`` folder, documented in ``programs/README.md``.
+  ``list_builtin()``; the shipped programs are package data in ``app/programs/shipped/``,
+  documented in its ``README.md``.
 - :mod:`app.programs.model`: ``Program``, ``Reward`` and the rest, plus
   ``resolve_amount`` for a value or cost.
 - :mod:`app.programs.expressions`: ``compile_expression``, ``Expression``,

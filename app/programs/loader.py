@@ -4,7 +4,8 @@ Everything a program file can get wrong is found here and reported as a
 :class:`ProgramError` naming the file, the line, the place inside the file
 (``rewards[2] 'credit-card' → eligibility 'adult'``) and the problem. Unknown
 keys are errors with a "did you mean", so a typo never silently falls back to a
-default. Shipped programs live in the repository's ``programs/`` folder.
+default. Shipped programs are package data in ``app/programs/shipped/``, so an installed
+wheel has them as a checkout does.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ from app.programs.names import (
     protected_term_in,
 )
 
-# The repository's programs/ folder (app/programs/loader.py -> repository root).
-BUILTIN_DIR = Path(__file__).parents[2] / "programs"
+# The shipped programs: files next to this module, declared as package data in
+# pyproject.toml, so they are installed with the package (wheels install unzipped).
+BUILTIN_DIR = Path(__file__).with_name("shipped")
 
 # Ids and rule names end up in reason codes and metric labels: keep them plain.
 PROGRAM_ID = (re.compile(r"[a-z0-9][a-z0-9-]{0,63}"), "lower-case letters, digits and '-'")

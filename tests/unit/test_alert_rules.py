@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from app.programs import load_program
+from app.programs.loader import BUILTIN_DIR
 from tests.unit.promql import (
     TARGET_LABELS,
     exported_series,
@@ -117,7 +118,7 @@ def test_the_budget_alert_covers_every_budget_of_the_shipped_programs() -> None:
     period window needs one too."""
     (alert,) = [a for a in _alerts() if a["alert"] == BUDGET_ALERT]
     covered = set(re.findall(r'budget="([^"]+)"', alert["expr"]))
-    programs = sorted((ROOT / "programs").glob("*.yaml"))
+    programs = sorted(BUILTIN_DIR.glob("*.yaml"))
     assert programs
     for path in programs:
         budgets = load_program(path).budgets

@@ -348,12 +348,15 @@ def test_compose_start_order(compose: dict[str, Any]) -> None:
 
 
 def test_image_program_is_a_shipped_program_copied_where_the_setting_points() -> None:
+    from app.programs import load_program
+    from app.programs.loader import BUILTIN_DIR
+
     text = DOCKERFILE.read_text(encoding="utf-8")
-    copied = re.search(r"^COPY programs (\S+)$", text, re.MULTILINE)
-    assert copied, "the image must ship the programs folder"
+    source = BUILTIN_DIR.resolve().relative_to(ROOT).as_posix()
+    copied = re.search(rf"^COPY {re.escape(source)}/? (\S+)$", text, re.MULTILINE)
+    assert copied, f"the image must ship the programs folder, {source}"
     program = _dockerfile().env["REWARDSTREAM_PROGRAM"]
     assert program.startswith(copied.group(1).rstrip("/") + "/")
-    shipped = ROOT / "programs" / program.removeprefix(copied.group(1).rstrip("/") + "/")
-    from app.programs import load_program
+    shipped = BUILTIN_DIR / program.removeprefix(copied.group(1).rstrip("/") + "/")
 
     assert load_program(shipped).id == "retail-loyalty"

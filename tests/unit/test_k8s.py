@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from app.assembly import load_program_setting
 from app.metrics import Metrics, metric_names
+from app.programs.loader import BUILTIN_DIR
 from app.settings import ENV_PREFIX, Settings
 from tests.unit.test_deployment_files import (
     Dockerfile,
@@ -360,9 +361,9 @@ def test_program_setting_is_the_file_the_program_configmap_mounts(
     copied.write_text(data[program.name], encoding="utf-8")
     assert load_program_setting(str(copied)).id == program.stem
     # The same bytes as the shipped program: their SHA-256 is the version decisions carry.
-    shipped = ROOT / "programs" / program.name
+    shipped = BUILTIN_DIR / program.name
     assert data[program.name] == shipped.read_text(encoding="utf-8"), (
-        f"the program ConfigMap differs from {shipped.relative_to(ROOT)}: copy it again"
+        f"the program ConfigMap differs from {shipped.resolve().relative_to(ROOT)}: copy it again"
     )
 
 

@@ -1,4 +1,4 @@
-"""The programs in programs/: they load, say what the reward teams asked, and stay documented."""
+"""app/programs/shipped/: the programs load, say what the reward teams asked, stay documented."""
 
 from __future__ import annotations
 
@@ -171,4 +171,4 @@ def test_the_readme_documents_every_key_the_shipped_programs_use() -> None:
     for name in SHIPPED:
         document = yaml.safe_load(Path(BUILTIN_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
         for key in set(_format_keys(document)):
-            assert f"`{key}`" in readme, f"programs/README.md does not document {key!r}"
+            assert f"`{key}`" in readme, f"app/programs/shipped/README.md does not document {key!r}"
