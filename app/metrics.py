@@ -240,13 +240,26 @@ class Metrics:
         )
         self.commit_seconds = Histogram(
             f"{PREFIX}_commit_seconds",
-            "Time from a partition's transaction start to its commit (exactly_once).",
+            "Time from a task's transaction start to its commit (exactly_once), or from its "
+            "first send to its offsets' commit (at_least_once).",
             buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=registry,
+        )
+        self.commit_failures = Counter(
+            f"{PREFIX}_commit_failures_total",
+            "Transactions (or at_least_once flushes) that failed; the task drops what it "
+            "handled since its last commit and is restored and rewound.",
+            registry=registry,
+        )
+        self.recovery_failures = Counter(
+            f"{PREFIX}_recovery_failures_total",
+            "Attempts to restore and rewind a failed task that failed themselves (retried).",
             registry=registry,
         )
         self.intake_paused = Gauge(
             f"{PREFIX}_intake_paused",
-            "1 while intake waits for this worker's later stages to catch up (backpressure).",
+            "1 while the decide stage waits for this worker's link stage to catch up "
+            "(backpressure: the link view would fall behind).",
             registry=registry,
         )
         self.state_expired = Counter(

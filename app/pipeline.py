@@ -1,33 +1,31 @@
-"""One Kafka message in, the records to publish out: validation, linking, the engine.
+"""One Kafka message in, the records to publish out: validation, the engine, linking.
 
-An event passes three stages, each keyed by what its state is partitioned by:
+Two stages, each keyed by what its state is partitioned by:
 
-1. :meth:`Pipeline.intake` (keyed by anything the producer chose): validates,
-   dead-letters what is invalid, and sends the event, in an envelope that
-   remembers where it was read, both straight to its user (``linked``) and to
-   each device and network it names (``links``);
-2. :meth:`Pipeline.link` (keyed by ``device:<id>`` or ``net:<network>``): what
-   that device or network has seen (:mod:`app.fraud.links`), sent on to the
-   event's user as link facts;
-3. :meth:`Pipeline.decide` (keyed by ``user_id``): a user's events wait, in the
-   order intake read them, until each has the facts of all its links; then the
-   engine decides them in that order, with the user's state, the partition's
-   ledger and the facts. A user's events are decided in the order the user's
-   partition of ``events`` holds them, however long each link took.
+1. :meth:`Pipeline.decide` (reads ``events``, keyed by ``user_id``): validates,
+   dead-letters what is invalid, sends an event stored on another partition
+   than its user's to that partition (``rekeyed``: a producer that keys events
+   otherwise, or partitions them with another hash), and decides the rest at
+   once, with the user's state, the partition's ledger and the link facts the
+   :class:`~app.fraud.view.LinkView` shows now. It then sends the event to each
+   device and network it names (``links``).
+2. :meth:`Pipeline.link` (reads ``links``, keyed by ``device:<id>`` or
+   ``net:<network>``): what that device or network has seen
+   (:mod:`app.fraud.links`), kept in the link-state table, whose changelog
+   feeds every worker's view.
 
-The worker runs each stage as an agent on its own topic (``events``, ``links``,
-``linked``); :meth:`Pipeline.handle` runs all three in-process for offline
-replay and tests. Everything is synchronous and knows Kafka only as roles and
-bytes. Nothing raises on input: what cannot be decided becomes a dead letter
-with its reason.
+The worker runs each stage on its own topics; :meth:`Pipeline.handle` runs both
+in-process for offline replay and tests (there the view is the link table
+itself, with no delay). Everything is synchronous and knows Kafka only as
+roles and bytes. Nothing raises on input: what cannot be decided becomes a
+dead letter with its reason.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -39,6 +37,7 @@ from app.decisioning.engine import Answer, Engine
 from app.decisioning.ledger import Ledger, Share, ledger_key
 from app.features.state import UserState
 from app.fraud import LinkFacts, LinkState, link_keys, observe_link
+from app.fraud.view import LinkView, stored_states
 from app.metrics import NO_REWARD, Metrics
 from app.models import log_loss
 from app.rows import expand
@@ -48,8 +47,13 @@ log = logging.getLogger(__name__)
 # A dead letter keeps at most this much of the original payload (base64 adds a third);
 # larger inputs keep their size and SHA-256, and the original stays at its offset.
 MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
+# A dead letter keeps at most this much of the original key, for the same reason: a key
+# may be as large as the broker's record limit, and the dead letter must fit under it.
+MAX_DEAD_LETTER_KEY = 1024
 # How a decision on a trigger event was chosen (its first reason code, "policy.<mode>").
 POLICY_MODES = frozenset({"exploit", "explore", "default", "below_minimum", "nothing_eligible"})
+# The header of a rekeyed event that says where it was first read ("topic/partition/offset").
+SOURCE_HEADER = "rewardstream-source"
 
 
 Table = MutableMapping[bytes, bytes | None]
@@ -66,8 +70,6 @@ def compact(value: bytes) -> bytes:
 
 
 T = TypeVar("T")
-
-
 class OpenRows(Generic[T]):
     """One table's rows, decoded, for the batch in progress.
 
@@ -115,168 +117,16 @@ class OpenRows(Generic[T]):
         self.dirty.clear()
 
 
-# A user's queue of events waiting for link facts is decided anyway, with the facts it
-# has, once this many events wait behind it: a lost link hop must not block a user.
-# Link answers are never lost with transactions, but they lag behind the direct copy
-# when a backlog is drained (the worker's intake backpressure keeps that lag short).
-MAX_WAITING = 512
-
-
 @dataclass(frozen=True, slots=True)
 class Tables:
     """Where state lives: per-user state by user id, per-partition ledgers by ledger key,
-    per-device and per-network link state by link key, and per user the events that wait
-    for their link facts."""
+    and per-device and per-network link state by link key."""
 
     users: Table
     ledgers: Table
     links: Table = field(default_factory=dict)
-    waiting: Table = field(default_factory=dict)
     # The rows decoded since the last flush, by table field (see OpenRows).
     open: dict[str, OpenRows[Any]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """A valid event between stages: its bytes, where it was first read, the link facts so far."""
-
-    raw: bytes
-    source: SourcePosition
-    event: Event | None = None  # as validated at intake (later stages do not re-validate)
-    hop: int | None = None  # on ``links``: which of the event's link keys this copy is for
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_document())
-
-    def to_document(self) -> dict[str, Any]:
-        return {
-            "kind": "event" if self.hop is None else "link",
-            "hop": self.hop,
-            "event": self.raw.decode(),
-            "parsed": None if self.event is None else self.event.to_document(),
-            "source": [self.source.topic, self.source.partition, self.source.offset],
-            "key": None if self.source.key is None else base64.b64encode(self.source.key).decode(),
-            "produced": self.source.produced_ms,
-        }
-
-    @classmethod
-    def from_bytes(cls, value: bytes) -> Envelope:
-        return cls.from_document(orjson.loads(value))
-
-    @classmethod
-    def from_document(cls, document: dict[str, Any]) -> Envelope:
-        topic, partition, offset = document["source"]
-        key = document.get("key")
-        parsed = document.get("parsed")
-        return cls(
-            raw=document["event"].encode(),
-            source=SourcePosition(
-                topic,
-                partition,
-                offset,
-                None if key is None else base64.b64decode(key),
-                document.get("produced"),
-            ),
-            event=None if parsed is None else Event.from_document(parsed, int(parsed["ts"])),
-            hop=document.get("hop"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class LinkAnswer:
-    """What one link hop found about one event, on its way to the event's user."""
-
-    user_id: str
-    source: SourcePosition  # the event's, which names it among the user's waiting events
-    hop: int
-    facts: LinkFacts
-
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            {
-                "kind": "facts",
-                "user": self.user_id,
-                "source": [self.source.topic, self.source.partition, self.source.offset],
-                "hop": self.hop,
-                "facts": self.facts.to_document(),
-            }
-        )
-
-    @classmethod
-    def from_document(cls, document: dict[str, Any]) -> LinkAnswer:
-        topic, partition, offset = document["source"]
-        facts = LinkFacts.from_document(document["facts"])
-        source = SourcePosition(topic, partition, offset)
-        return cls(str(document["user"]), source, int(document["hop"]), facts)
-
-
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    """One event of a user waiting for link facts: ``facts`` by hop, ``expects`` hops."""
-
-    envelope: Envelope | None  # None: facts that came before their event (a replay)
-    expects: int
-    facts: dict[int, LinkFacts]
-
-    @property
-    def complete(self) -> bool:
-        return self.envelope is not None and len(self.facts) >= self.expects
-
-    def to_document(self) -> dict[str, Any]:
-        return {
-            "envelope": None if self.envelope is None else self.envelope.to_document(),
-            "expects": self.expects,
-            "facts": {str(hop): facts.to_document() for hop, facts in self.facts.items()},
-        }
-
-    @classmethod
-    def from_document(cls, document: dict[str, Any]) -> Waiting:
-        raw = document["envelope"]
-        return cls(
-            None if raw is None else Envelope.from_document(raw),
-            int(document["expects"]),
-            {int(h): LinkFacts.from_document(f) for h, f in document["facts"].items()},
-        )
-
-
-# A user's waiting events (and stray facts), by the position intake read each event at.
-Queue = list[tuple[tuple[str, int, int], Waiting]]
-# Stray facts kept per user while their event may still come (only without transactions).
-MAX_STRAY_FACTS = 16
-
-
-def _source_key(source: SourcePosition) -> tuple[str, int, int]:
-    return (source.topic, source.partition, source.offset)
-
-
-def _next_ready(queue: Queue) -> int | None:
-    """The index of the user's first waiting event, if it can be decided now: it has all
-    its link facts, or too many events wait behind it."""
-    events = [i for i, (_, waiting) in enumerate(queue) if waiting.envelope is not None]
-    if not events:
-        return None
-    first = events[0]
-    if queue[first][1].complete or len(events) > MAX_WAITING:
-        return first
-    return None
-
-
-def _prune_stray(queue: Queue) -> Queue:
-    stray = [i for i, (_, waiting) in enumerate(queue) if waiting.envelope is None]
-    dropped = set(stray[: max(0, len(stray) - MAX_STRAY_FACTS)])
-    return [entry for i, entry in enumerate(queue) if i not in dropped]
-
-
-def _decode_queue(raw: bytes | None) -> Queue:
-    if not raw:
-        return []
-    return [((t, p, o), Waiting.from_document(w)) for (t, p, o), w in orjson.loads(raw)]
-
-
-def _encode_queue(queue: Queue) -> bytes | None:
-    if not queue:
-        return None
-    return orjson.dumps([[list(key), waiting.to_document()] for key, waiting in queue])
 
 
 # How each table's rows are read and written, by Tables field.
@@ -284,7 +134,6 @@ CODECS: dict[str, tuple[Callable[[bytes | None], Any], Callable[[Any], bytes | N
     "users": (UserState.from_bytes, UserState.to_bytes),
     "ledgers": (Ledger.from_bytes, Ledger.to_bytes),
     "links": (LinkState.from_bytes, LinkState.to_bytes),
-    "waiting": (_decode_queue, _encode_queue),
 }
 
 
@@ -299,15 +148,35 @@ def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    """A record to publish: the topic role, the Kafka key and the value bytes."""
+    """A record to publish: the topic role, the Kafka key and the value bytes; a record
+    copied between stages keeps its input's timestamp and says where it was read
+    (the shape :class:`streams.topology.Output` asks for)."""
 
     role: str
     key: bytes | None
     value: bytes
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    source_ms: int | None = None  # a decision's event's Kafka timestamp: latency is from it
+
+
+def source_header(source: SourcePosition) -> tuple[str, bytes]:
+    return (SOURCE_HEADER, f"{source.topic}/{source.partition}/{source.offset}".encode())
+
+
+def first_read_at(source: SourcePosition, headers: Any) -> SourcePosition:
+    """Where a rekeyed event was first read (its header), else ``source`` itself."""
+    for name, value in headers or ():
+        if name == SOURCE_HEADER:
+            topic, partition, offset = bytes(value).decode().rsplit("/", 2)
+            return SourcePosition(
+                topic, int(partition), int(offset), source.key, source.produced_ms
+            )
+    return source
 
 
 class Pipeline:
-    """Validate, decide and route one message at a time."""
+    """Validate, decide, link and route one message at a time."""
 
     def __init__(
         self,
@@ -317,44 +186,50 @@ class Pipeline:
         max_event_bytes: int,
         partitioner: Callable[[bytes], int] | None = None,
         state_ttl_ms: int | None = None,
+        max_ahead_ms: int | None = None,
     ) -> None:
-        """``partitioner`` maps a user key to its partition when there is no Kafka (replay);
-        ``state_ttl_ms`` is how long a user, device or network may be silent before its
-        state is forgotten (None: never)."""
+        """``partitioner`` maps a user key to the partition its state lives on (None: the
+        partition an event was read from is its user's); ``state_ttl_ms`` is how long a
+        user, device or network may be silent before its state is forgotten (None:
+        never); ``max_ahead_ms`` is how far ahead of the worker's clock an event may be
+        stamped (None: no bound)."""
         self.engine = engine
         self.metrics = metrics
+        self.clock = metrics.clock
         self.observed = metrics.for_program(engine.program.id)
         self.by_program = (engine.program.id,)  # the label values of per-program windows
         self.max_event_bytes = max_event_bytes
         self.partitioner = partitioner
         self.state_ttl_ms = state_ttl_ms
-        # The newest event time the link and decide stages saw: the background sweep
-        # forgets nothing newer than this (nor newer than the wall clock).
-        self.newest_ts = 0
-        # What the batch in progress decided, observed once when it is flushed: the Kafka
-        # timestamp of each event decided, and each partition's ledger as its latest
-        # decision left it, with that decision's event time.
-        self.decided_produced_ms: list[int] = []
+        self.max_ahead_ms = max_ahead_ms
+        # What the batch in progress decided, observed once when it is flushed: each
+        # partition's ledger as its latest decision left it, with that decision's event
+        # time. (Latency is observed once the decisions are committed: see committed.)
         self.ledgers_read: dict[int, tuple[Ledger, int]] = {}
 
     def handle(
         self, tables: Tables, source: SourcePosition, value: bytes | None, *, flush: bool = True
     ) -> list[Output]:
-        """All three stages in-process: the outputs the worker would publish for one message.
+        """Both stages in-process: the outputs the worker would publish for one message,
+        with the link table itself as the view (no delay).
 
         With ``flush=False`` the changed rows stay decoded until the caller's
         :meth:`flush` (a replay flushes once per batch of lines, as the worker does).
         """
+        view = LinkView(open_rows(tables, "links").get, expired=self._link_expired)
         published: list[Output] = []
-        pending = self.intake(source, value)
+        pending = self.decide(tables, source.partition, source, value, view)
         while pending:
             output = pending.pop(0)
             if output.role == "links":
-                pending += self.link(tables, output.key or b"", output.value, source)
-            elif output.role == "linked":
+                self.link(tables, output.key or b"", output.value, source)
+            elif output.role == "rekeyed":
                 user_key = output.key or b""
                 partition = self.partitioner(user_key) if self.partitioner else source.partition
-                pending += self.decide(tables, partition, output.value, source)
+                moved = SourcePosition(
+                    source.topic, partition, source.offset, user_key, source.produced_ms
+                )
+                pending += self.decide(tables, partition, moved, output.value, view)
             else:
                 published.append(output)
         if flush:
@@ -363,22 +238,19 @@ class Pipeline:
 
     def flush(self, tables: Tables) -> None:
         """Write every row the batch changed back to its table, encoded once; then observe
-        the batch's decisions, whose outputs now go to the producer."""
+        the budgets the batch's decisions left."""
         for rows in tables.open.values():
             rows.flush()
-        if self.decided_produced_ms:
-            self._observe_latency()
         if self.ledgers_read:
             self._observe_budgets()
 
-    def _observe_latency(self) -> None:
-        """Event-to-decision latency, from each event's Kafka timestamp to now (one read of
-        the clock per batch; a producer's clock ahead of ours counts as no wait)."""
-        now_ms = self.metrics.clock.now_ms()
+    def committed(self, produced_ms: list[int], now_ms: int) -> None:
+        """Decisions on events produced at ``produced_ms`` were committed (became visible)
+        at ``now_ms``: event-to-decision latency (a producer's clock ahead of ours counts
+        as no wait)."""
         observe = self.metrics.event_to_decision.observe
-        for produced_ms in self.decided_produced_ms:
-            observe(max(now_ms - produced_ms, 0) / 1000)
-        self.decided_produced_ms.clear()
+        for produced in produced_ms:
+            observe(max(now_ms - produced, 0) / 1000)
 
     def _observe_budgets(self) -> None:
         """What is left of each program-wide budget in each partition's share, from the
@@ -393,131 +265,60 @@ class Pipeline:
                 self.observed.budget_remaining(str(partition), budget).set(amount)
         self.ledgers_read.clear()
 
-    # ------------------------------------------------------------ stage 1: intake
-
-    def intake(self, source: SourcePosition, value: bytes | None) -> list[Output]:
-        """Validate; dead-letter what is invalid; send the rest to its user and its links."""
-        try:
-            event = parse_event(value, max_bytes=self.max_event_bytes)
-            if isinstance(event, Rejection):
-                return [self._dead_letter(source, value or b"", event)]
-            if source.key != event.user_id.encode():
-                self.metrics.rekeyed.inc()
-            envelope = Envelope(value or b"", source, event=event)
-            # The event itself first: it takes its place in its user's queue before
-            # any link can answer for it.
-            outputs = [Output("linked", event.user_id.encode(), envelope.to_bytes())]
-            for hop, (_, key) in enumerate(link_keys(event)):
-                copy = Envelope(envelope.raw, source, event=event, hop=hop)
-                outputs.append(Output("links", key, copy.to_bytes()))
-            return outputs
-        except Exception as exc:  # a bug must cost one dead letter, never the worker
-            return [self._internal_error(source, value, exc)]
-
-    # ------------------------------------------------------------ stage 2: link
-
-    def link(self, tables: Tables, key: bytes, value: bytes, at: SourcePosition) -> list[Output]:
-        """What the device or network ``key`` (read at ``at``) knows, sent to the event's user.
-
-        Whatever goes wrong here, the user still gets an answer for this hop (facts that
-        say nothing): a missing answer would hold the user's later events back.
-        """
-        try:
-            envelope = Envelope.from_bytes(value)
-            event = self._trusted(envelope)
-            hop = envelope.hop if envelope.hop is not None else -1
-        except Exception as exc:
-            return [self._internal_error(at, value, exc)]
-        try:
-            kind, expected = link_keys(event)[hop]
-            if expected != key:  # only our own stages write here; never guess
-                raise ValueError("a link hop arrived under another key than its own")
-            self.newest_ts = max(self.newest_ts, event.ts)
-            links = open_rows(tables, "links")
-            state = links.get(key)
-            if self._expired(state.last_ts, event.ts, "link-state"):
-                state = LinkState()
-            state, facts = observe_link(state, event, kind)
-            links.put(key, state)
-        except Exception:
-            # Logged and counted, not dead-lettered: the event is still decided.
-            log.exception("link.failed hop=%s", hop)
-            self.metrics.link_failures.inc()
-            facts = LinkFacts(kind="unknown")
-        answer = LinkAnswer(event.user_id, envelope.source, hop, facts)
-        return [Output("linked", event.user_id.encode(), answer.to_bytes())]
-
-    # ------------------------------------------------------------ stage 3: decide
+    # ------------------------------------------------------------ stage 1: decide
 
     def decide(
-        self, tables: Tables, partition: int, value: bytes, at: SourcePosition
+        self,
+        tables: Tables,
+        partition: int,
+        source: SourcePosition,
+        value: bytes | None,
+        view: LinkView,
     ) -> list[Output]:
-        """Queue an event or its link facts for its user on ``partition`` (read at ``at``);
-        decide what is ready, in order."""
+        """Validate one event read at ``source`` on ``partition``; dead-letter it, send it
+        to its user's partition, or decide it and send it on to its links."""
         try:
-            document: dict[str, Any] = orjson.loads(value)
-            user_key, arrived = self._arrival(document)
-        except Exception as exc:
-            return [self._internal_error(at, value, exc)]
-        waiting_rows = open_rows(tables, "waiting")
-        queue = waiting_rows.get(user_key)
-        arrived(queue)
-        outputs: list[Output] = []
-        while (ready := _next_ready(queue)) is not None:
-            waiting = queue.pop(ready)[1]
-            assert waiting.envelope is not None  # _next_ready never picks stray facts
-            if not waiting.complete:
-                log.warning("decide.incomplete_links waiting=%d", len(queue))
-                self.metrics.link_failures.inc()
-            facts = tuple(waiting.facts[h] for h in sorted(waiting.facts))
-            outputs += self._decide_safely(tables, partition, waiting.envelope, facts)
-        waiting_rows.put(user_key, _prune_stray(queue))
+            event = parse_event(
+                value,
+                max_bytes=self.max_event_bytes,
+                now_ms=None if self.max_ahead_ms is None else self.clock.now_ms(),
+                max_ahead_ms=self.max_ahead_ms,
+            )
+            if isinstance(event, Rejection):
+                return [self._dead_letter(source, value or b"", event)]
+            user_key = event.user_id.encode()
+            if source.key != user_key:
+                self.metrics.rekeyed.inc()
+            home = self.partitioner(user_key) if self.partitioner else partition
+            if home != partition:
+                return [
+                    Output(
+                        "rekeyed",
+                        user_key,
+                        value or b"",
+                        timestamp_ms=source.produced_ms,
+                        headers=(source_header(source),),
+                    )
+                ]
+            links = view.facts(event)
+            outputs = self._decide(tables, partition, source, event, links)
+        except Exception as exc:  # a bug must cost one dead letter, never the worker
+            return [self._internal_error(source, value, exc)]
+        if outputs and link_keys(event):
+            document = orjson.dumps(event.to_document())
+            outputs += [Output("links", key, document) for _, key in link_keys(event)]
         return outputs
 
-    def _arrival(self, document: dict[str, Any]) -> tuple[bytes, Callable[[Queue], None]]:
-        """The user an input is for, and how it changes the user's queue."""
-        if document.get("kind") == "facts":
-            answer = LinkAnswer.from_document(document)
-
-            def add_facts(queue: Queue) -> None:
-                wanted = _source_key(answer.source)
-                for key, waiting in queue:
-                    if key == wanted:
-                        waiting.facts[answer.hop] = answer.facts
-                        return
-                # Facts before their event: only after a crash without transactions.
-                queue.append((wanted, Waiting(None, 0, {answer.hop: answer.facts})))
-
-            return answer.user_id.encode(), add_facts
-        envelope = Envelope.from_document(document)
-        event = self._trusted(envelope)
-
-        def add_event(queue: Queue) -> None:
-            wanted = _source_key(envelope.source)
-            facts: dict[int, LinkFacts] = {}
-            for index, (key, waiting) in enumerate(queue):
-                if key == wanted and waiting.envelope is None:
-                    facts = queue.pop(index)[1].facts
-                    break
-            queue.append((wanted, Waiting(envelope, len(link_keys(event)), facts)))
-
-        return event.user_id.encode(), add_event
-
-    def _decide_safely(
-        self, tables: Tables, partition: int, envelope: Envelope, facts: tuple[LinkFacts, ...]
-    ) -> list[Output]:
-        try:
-            return self._decide(tables, partition, envelope, facts)
-        except Exception as exc:
-            return [self._internal_error(envelope.source, envelope.raw, exc)]
-
     def _decide(
-        self, tables: Tables, partition: int, envelope: Envelope, links: tuple[LinkFacts, ...]
+        self,
+        tables: Tables,
+        partition: int,
+        source: SourcePosition,
+        event: Event,
+        links: tuple[LinkFacts, ...],
     ) -> list[Output]:
-        event = self._trusted(envelope)
         user_key = event.user_id.encode()
         key_of_ledger = ledger_key(self.engine.program.id, partition)
-        self.newest_ts = max(self.newest_ts, event.ts)
         users, ledgers = open_rows(tables, "users"), open_rows(tables, "ledgers")
         user = users.get(user_key)
         if self._expired(user.last_ts, event.ts, "user-state"):
@@ -531,20 +332,23 @@ class Pipeline:
         if outcome.duplicate:
             self.metrics.duplicates.inc()
         else:
-            self._observe_decided(envelope, event, outcome.user, outcome.records[0])
+            self._observe_decided(source, event, outcome.user, outcome.records[0])
             self.ledgers_read[partition] = (outcome.ledger, event.ts)
         if outcome.answers:
             self._observe_answers(outcome.answers)
-        return [self._publish(record, user_key) for record in outcome.records]
+        produced_ms = source.produced_ms if source.produced_ms and source.produced_ms > 0 else None
+        records = outcome.records
+        if links and not outcome.duplicate and isinstance(records[0], Decision):
+            # What the view showed goes into the decision: replay and audit need it.
+            known = replace(records[0], links=tuple(facts.to_document() for facts in links))
+            records = (known, *records[1:])
+        return [self._publish(record, user_key, produced_ms) for record in records]
 
     def _observe_decided(
-        self, envelope: Envelope, event: Event, user: UserState, decision: Decision | FraudAlert
+        self, source: SourcePosition, event: Event, user: UserState, decision: Decision | FraudAlert
     ) -> None:
         observed = self.observed
         observed.events_in(event.type).inc()
-        produced_ms = envelope.source.produced_ms
-        if produced_ms is not None and produced_ms > 0:
-            self.decided_produced_ms.append(produced_ms)
         program = self.engine.program
         if event.type in program.triggers and isinstance(decision, Decision):
             observed.risk_score.observe(decision.risk)
@@ -567,6 +371,28 @@ class Pipeline:
         if learned:
             self.observed.model_updates.inc(learned)
 
+    # ------------------------------------------------------------ stage 2: link
+
+    def link(self, tables: Tables, key: bytes, value: bytes, at: SourcePosition) -> None:
+        """Pass one decided event (as the decide stage sent it) through the state of the
+        device or network ``key``. Only the decide stage writes here: a record that cannot
+        be read is logged and counted, never decided (its event already was)."""
+        try:
+            document = orjson.loads(value)
+            event = Event.from_document(document, int(document["ts"]))
+            kind = next(kind for kind, expected in link_keys(event) if expected == key)
+            links = open_rows(tables, "links")
+            state = links.get(key)
+            if self._expired(state.last_ts, event.ts, "link-state"):
+                state = LinkState()
+            state, _ = observe_link(state, event, kind)
+            links.put(key, state)
+        except Exception:
+            log.exception(
+                "link.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
+            )
+            self.metrics.link_failures.inc()
+
     # ------------------------------------------------------------ time to live
 
     def _expired(self, last_ts: int | None, ts: int, table: str) -> bool:
@@ -579,6 +405,17 @@ class Pipeline:
             return False
         self.metrics.state_expired.labels(table).inc()
         return True
+
+    def _link_expired(self, last_ts: int | None, ts: int) -> bool:
+        """Whether the view's state of a link is forgotten by an event at ``ts`` (as the
+        link stage would forget it; not counted: the link stage counts its own)."""
+        return self.state_ttl_ms is not None and last_ts is not None and (
+            ts - last_ts > self.state_ttl_ms
+        )
+
+    def link_view(self, rows: Mapping[bytes, bytes | None]) -> LinkView:
+        """The view over the stored link-state rows ``rows``, with this worker's overlay."""
+        return LinkView(stored_states(rows), now_ms=self.clock.now_ms, expired=self._link_expired)
 
     def stale(self, table_field: str, value: bytes | None, now_ms: int) -> bool:
         """Whether a row of ``tables.<table_field>`` can be deleted at ``now_ms``: no event
@@ -596,20 +433,6 @@ class Pipeline:
             return False
         return isinstance(last_ts, int) and now_ms - last_ts > self.state_ttl_ms
 
-    def _trusted(self, envelope: Envelope) -> Event:
-        """The envelope's event as intake validated it (only the engine's own stages write
-        the internal topics); an envelope without one is validated again."""
-        if envelope.event is not None:
-            return envelope.event
-        event = parse_event(envelope.raw, max_bytes=self.max_event_bytes)
-        if isinstance(event, Rejection):
-            raise ValueError(f"an envelope carried an invalid event: {event.reason}")
-        return event
-
-    def unreadable(self, source: SourcePosition, value: bytes | None, exc: Exception) -> Output:
-        """The dead letter for a record of an internal topic that cannot be read at all."""
-        return self._internal_error(source, value, exc)
-
     def _internal_error(
         self, source: SourcePosition, value: bytes | None, exc: Exception
     ) -> Output:
@@ -622,7 +445,9 @@ class Pipeline:
         rejection = Rejection("internal_error", f"{type(exc).__name__}: {exc}")
         return self._dead_letter(source, value or b"", rejection)
 
-    def _publish(self, record: Decision | FraudAlert, user_key: bytes) -> Output:
+    def _publish(
+        self, record: Decision | FraudAlert, user_key: bytes, produced_ms: int | None
+    ) -> Output:
         # The engine decides for one program: every record is the pipeline's program's.
         observed = self.observed
         if isinstance(record, Decision):
@@ -635,12 +460,16 @@ class Pipeline:
             if record.status == "granted":
                 observed.reward_cost.inc(record.cost)
                 self.metrics.redemption_ratio.add((record.program, reward), 0, 1)
-            return Output("decisions", user_key, record.to_json())
+            return Output("decisions", user_key, record.to_json(), source_ms=produced_ms)
         observed.fraud_alerts(record.reasons[0]).inc()
         return Output("fraud-alerts", user_key, record.to_json())
 
     def _dead_letter(self, source: SourcePosition, value: bytes, rejection: Rejection) -> Output:
         self.observed.dead_letters(rejection.reason).inc()
+        if source.key is not None and len(source.key) > MAX_DEAD_LETTER_KEY:
+            # A key may be as large as the broker's record limit; the dead letter (its key
+            # and its body) must fit under it. The original stays at its offset.
+            source = replace(source, key=source.key[:MAX_DEAD_LETTER_KEY])
         record = DeadLetter.of(
             reason=rejection.reason,
             error=rejection.error,
@@ -649,4 +478,4 @@ class Pipeline:
             payload=value,
             max_payload_bytes=MAX_DEAD_LETTER_PAYLOAD,
         )
-        return Output("dead-letter", source.key, record.to_json())
+        return Output("dead-letter", record.source.key, record.to_json())

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
-from app.contract.records import SourcePosition
+from app.contract.records import Event, SourcePosition
+from app.fraud.links import LinkFacts, LinkState
+from app.fraud.view import LinkView
 from app.decisioning.engine import Engine
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
-from streams.packing import items_of
 
 # Changed rows are encoded back into the tables once per this many lines, as the worker
 # does once per batch (see app.pipeline.OpenRows); the output does not depend on it.
@@ -85,19 +86,19 @@ def replay(
 
 def replay_decide_log(
     engine: Engine,
-    records: Iterable[tuple[int, bytes]],
+    records: Iterable[tuple[int, bytes, tuple[LinkFacts, ...]]],
     *,
     max_event_bytes: int,
     state_ttl_ms: int | None = None,
 ) -> Iterator[bytes]:
-    """The decide stage alone over its own input log: ``(partition, value)`` records of the
-    ``linked`` topic, each partition in offset order.
+    """The decide stage alone over what it read: ``(partition, event, links)`` for each
+    event in the order its partition decided it, with the link facts its decision
+    recorded (the decision's ``links``).
 
     A live decision depends on the order in which users' events met in their
-    partition after the link stage, and on the link facts they carried; both
-    are in that log. Replaying it reproduces the worker's decisions byte for
-    byte: this is the audit path. (Replaying the events file instead is
-    deterministic too, but links events in file order.)
+    partition and on what the link view showed at that moment; the first is in
+    the partition's log and the second in the decision. Replaying both reproduces
+    the worker's decisions byte for byte: this is the audit path.
     """
     pipeline = Pipeline(
         engine,
@@ -106,10 +107,22 @@ def replay_decide_log(
         state_ttl_ms=state_ttl_ms,
     )
     tables = Tables(users={}, ledgers={})
-    for number, (partition, record) in enumerate(records):
-        position = SourcePosition("linked", partition, -1)
-        for _, value in items_of(None, record):
-            for output in pipeline.decide(tables, partition, value, position):
+    for number, (partition, value, links) in enumerate(records):
+        position = SourcePosition("events", partition, -1)
+        view = RecordedLinks(links)
+        for output in pipeline.decide(tables, partition, position, value, view):
+            if output.role not in ("links", "rekeyed"):
                 yield output.value
         if number % BATCH_LINES == 0:
             pipeline.flush(tables)
+
+
+class RecordedLinks(LinkView):
+    """A view that shows the link facts a decision recorded, whatever the event."""
+
+    def __init__(self, links: tuple[LinkFacts, ...]) -> None:
+        super().__init__(lambda key: LinkState())
+        self.links = links
+
+    def facts(self, event: Event) -> tuple[LinkFacts, ...]:
+        return self.links

@@ -82,14 +82,18 @@ class Settings:
     batch_max_records: int = 1_000
     fetch_max_wait_ms: int = 10
     linger_ms: int = 2
-    # With exactly_once, a partition starts at most one transaction per this many ms;
-    # what arrives meanwhile joins the next one (as it does while a commit is in flight,
-    # whatever this is). Longer: fewer, larger transactions, less work for the broker per
+    # How long a decision may wait for its task's transaction to start. A task has one
+    # transaction in flight at a time; what it handles meanwhile joins the next one
+    # (whatever this is). Longer: fewer, larger transactions, less work for the broker per
     # event; 0: the lowest latency while the broker keeps up.
     commit_interval_ms: int = 0
 
     # Input limits: an event larger than this is dead-lettered, not parsed.
     max_event_bytes: int = 65_536
+    # An event stamped further than this ahead of the worker's clock is dead-lettered
+    # (reason ts_in_future): one event's time must not age a user's state past its time
+    # to live, nor open or close a budget period early.
+    max_event_ahead_s: int = 3_600
     # A user (or device, or network) with no event for this long is forgotten: its state
     # is treated as new at its next event and deleted from the tables in the background.
     state_ttl_days: int = 400
@@ -139,6 +143,8 @@ class Settings:
             raise SettingsError("REWARDSTREAM_PARTITIONS must be at least 1")
         if self.replication_factor < 1:
             raise SettingsError("REWARDSTREAM_REPLICATION_FACTOR must be at least 1")
+        if self.max_event_ahead_s < 1:
+            raise SettingsError("REWARDSTREAM_MAX_EVENT_AHEAD_S must be at least 1")
         if self.max_event_bytes < 256:
             raise SettingsError("REWARDSTREAM_MAX_EVENT_BYTES must be at least 256")
         if self.log_level.lower() not in LOG_LEVELS:
@@ -196,6 +202,10 @@ class Settings:
             )
 
     @property
+    def max_event_ahead_ms(self) -> int:
+        return self.max_event_ahead_s * 1000
+
+    @property
     def state_ttl_ms(self) -> int:
         return self.state_ttl_days * 86_400_000
 
@@ -209,8 +219,8 @@ class Settings:
             "model-checkpoints": self.topic_model_checkpoints,
             # Internal, between the worker's own stages; named after the app like the
             # changelogs, so two deployments on one cluster never share them.
+            "rekeyed": f"{self.app_id}-rekeyed",
             "links": f"{self.app_id}-links",
-            "linked": f"{self.app_id}-linked",
         }
 
     def env(self) -> dict[str, str]:

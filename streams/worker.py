@@ -16,10 +16,12 @@ from app.kafkaio import client_options, ensure_topics, latest_by_key, topic_requ
 from app.metrics import Metrics
 from app.models.checkpoint import checkpoint_key, encode, restore_into
 from app.pipeline import Pipeline
+from app.replay import kafka_partitioner
 from app.settings import Settings
-from streams.runtime import StageRunner
+from streams.clients import KafkaClients
+from streams.runtime import Runtime
 from streams.web import WebServer
-from topologies import STAGES
+from topologies import build
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 class Checkpointer:
     """Saves what the models learned to the compacted checkpoint topic, when it changed."""
 
-    def __init__(self, engine: Engine, runner: StageRunner, topic: str) -> None:
+    def __init__(self, engine: Engine, runner: Runtime, topic: str) -> None:
         self.engine = engine
         self.runner = runner
         self.topic = topic
@@ -113,13 +115,23 @@ async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry)
     )
     restore_into(engine.models, saved, program_id=program, risk=engine.risk_models)
 
+    metrics = Metrics(registry)
     pipeline = Pipeline(
         engine,
-        Metrics(registry),
+        metrics,
         max_event_bytes=settings.max_event_bytes,
+        partitioner=kafka_partitioner(settings.partitions),
         state_ttl_ms=settings.state_ttl_ms,
+        max_ahead_ms=settings.max_event_ahead_ms,
     )
-    runner = StageRunner(settings, pipeline, STAGES, client_options=client)
+    topology, config, hooks = build(settings, pipeline)
+    clients = KafkaClients(
+        settings.bootstrap_servers,
+        client,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        linger_ms=settings.linger_ms,
+    )
+    runner = Runtime(config, topology, clients, metrics, hooks=hooks)
     web = WebServer(settings.web_host, settings.web_port, registry, lambda: runner.ready).start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

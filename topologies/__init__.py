@@ -2,8 +2,8 @@
 
 ``topic_specs(settings)`` lists the topics this engine owns (used by
 ``rewardstream topics create``, the worker's start-up check and the deployment
-tests); ``STAGES`` says which topic each stage of the worker reads and which
-tables it owns. The roles (``events``, ``decisions``, ``fraud-alerts``,
+tests); ``STAGES`` says which topics each stage of the worker reads and which
+tables it owns; ``build`` binds the stages to the pipeline for the runtime. The roles (``events``, ``decisions``, ``fraud-alerts``,
 ``dead-letter``) and the table names never change; the Kafka topic names come
 from settings.
 """
@@ -13,7 +13,8 @@ from topologies.rewards import (
     TABLE_LEDGER,
     TABLE_LINK_STATE,
     TABLE_USER_STATE,
-    TABLE_WAITING,
+    VIEWS,
+    build,
     StageSpec,
     TopicSpec,
     changelog_topic,
@@ -25,7 +26,8 @@ __all__ = [
     "TABLE_LEDGER",
     "TABLE_LINK_STATE",
     "TABLE_USER_STATE",
-    "TABLE_WAITING",
+    "VIEWS",
+    "build",
     "StageSpec",
     "TopicSpec",
     "changelog_topic",

@@ -1,65 +1,66 @@
-"""The reward engine's topics and tables.
+"""The reward engine's topics, tables and stages.
 
-    events ──▶ [intake] ──▶ dead-letter          (invalid input, with its reason)
-                  │
-                  ▼
-                  ├──────────────────────────────╮ the event itself
-                  ▼                              │
-     <app>-links (keyed device:<id> or net:<network>, one copy per link the event names)
-                  │                              │
-              [link] ─ link-state table          │ (accounts, sign-ups, referrals per key)
-                  │  link facts                  │
-                  ▼                              ▼
-     <app>-linked (keyed by user_id: each event, then the facts of its links)
-                  │
-              [decide] ──▶ decisions
-                  │   ╰──▶ fraud-alerts
-                  ├─ user-state table            (changelog: <app_id>-user-state-changelog)
-                  ├─ program-ledger table        (budget and stock spent, one row per partition)
-                  ╰─ decide-waiting table        (a user's events waiting for link facts)
-
+    events ──▶ [decide] ──▶ decisions, fraud-alerts, dead-letter
+       ▲          │  ├─ user-state table        (changelog: <app_id>-user-state-changelog)
+       │          │  ╰─ program-ledger table    (budget and stock spent, one row per partition)
+       │          │  reads the link view ◀───────────────────────────────╮
+       │          ├──▶ <app>-rekeyed  (an event stored on another         │
+       │          │    partition than its user's; read by [decide] too)  │
+       │          ╰──▶ <app>-links    (each decided event, keyed by       │
+       │                device:<id> or net:<network>)                     │
+       │                   │                                              │
+       │                [link] ─ link-state table ── changelog ── every worker's view
+       │
     [checkpoint timer] ──▶ model-checkpoints     (compacted; read back at start-up)
 
-Every stage commits its outputs, its table changes and its input offset in one
-Kafka transaction per partition and batch (streams/runtime.py).
-
-Each stage's table is partitioned like the topic it reads, so a worker owns
-the whole state of the users, devices and networks on its partitions. Users
-on different partitions who share a device meet in that device's state: that
-is what the link stage is for (docs/decisions.md, entries 6 and 7).
+An event is decided in one hop: the decide stage reads it, decides it with the
+user's state, the partition's ledger and the link view, and commits the
+decision, the state changes and the input offset in one transaction. The link
+stage then counts the event in the state of each device and network it names;
+the view every worker keeps of that state trails it by a commit and a fetch
+(app/fraud/view.py says what a burst within that delay can and cannot do).
+Partition ``p`` of ``events``, ``rekeyed`` and ``links`` is one task with one
+transactional producer (streams/task.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from app.contract.records import SourcePosition
+from app.pipeline import Output, Pipeline, Tables, first_read_at
 from app.settings import Settings
+from streams.runtime import Hooks, RuntimeConfig
+from streams.task import Committed
+from streams.topology import Batch, Message, Stage, Topology
 
 # Table names are part of the changelog topic names: renaming one loses its state.
 TABLE_USER_STATE = "user-state"
 TABLE_LEDGER = "program-ledger"
 TABLE_LINK_STATE = "link-state"
-TABLE_WAITING = "decide-waiting"
+# Which field of app.pipeline.Tables each table fills.
+TABLE_FIELDS = {TABLE_USER_STATE: "users", TABLE_LEDGER: "ledgers", TABLE_LINK_STATE: "links"}
+# The link stage's records gather for up to this long into one transaction: they are
+# off the decision's path, and fewer transactions leave the broker more for decisions.
+LINK_COMMIT_WITHIN_MS = 50
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage of the worker: the topic role it reads and the tables it owns.
-
-    A stage's tables are partitioned like its input topic: the state of input
-    partition ``p`` is changelog partition ``p`` (streams/state.py).
-    """
+    """One stage of the worker: the topic roles it reads and the tables it owns."""
 
     name: str
-    reads: str
+    reads: tuple[str, ...]
     tables: tuple[str, ...]
 
 
 STAGES = (
-    StageSpec("intake", "events", ()),
-    StageSpec("link", "links", (TABLE_LINK_STATE,)),
-    StageSpec("decide", "linked", (TABLE_USER_STATE, TABLE_LEDGER, TABLE_WAITING)),
+    StageSpec("decide", ("events", "rekeyed"), (TABLE_USER_STATE, TABLE_LEDGER)),
+    StageSpec("link", ("links",), (TABLE_LINK_STATE,)),
 )
+# Tables every worker keeps a whole copy of, read-only (see streams.views).
+VIEWS = (TABLE_LINK_STATE,)
 
 
 def changelog_topic(app_id: str, table: str) -> str:
@@ -88,8 +89,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "dead-letter": "invalid inputs with their reason and original bytes",
     }
     described |= {
-        "links": "internal: events on their way through each device and network they name",
-        "linked": "internal: events with their link facts, keyed by user_id, to be decided",
+        "rekeyed": "internal: events stored on another partition than their user's, moved there",
+        "links": "internal: decided events on their way to each device and network they name",
     }
     specs = [
         TopicSpec(role, names[role], settings.partitions, settings.replication_factor, text)
@@ -120,3 +121,86 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         )
     )
     return specs
+
+
+class RewardsHooks(Hooks):
+    """What the reward pipeline learns from the runtime."""
+
+    def __init__(self, pipeline: Pipeline, view_prune: Callable[[], None]) -> None:
+        self.pipeline = pipeline
+        self.view_prune = view_prune
+
+    def committed(self, partition: int, done: Committed) -> None:
+        if done.source_ms:
+            self.pipeline.committed(done.source_ms, self.pipeline.clock.now_ms())
+
+    def stale(self, table: str, value: bytes | None, now_ms: int) -> bool:
+        return self.pipeline.stale(TABLE_FIELDS[table], value, now_ms)
+
+    def housekeeping(self) -> None:
+        self.view_prune()
+
+
+def _position(message: Message) -> SourcePosition:
+    return SourcePosition(
+        message.topic, message.partition, message.offset, message.key, message.timestamp
+    )
+
+
+def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConfig, Hooks]:
+    """The reward topology bound to ``pipeline``, with the runtime's settings."""
+    views: dict[str, object] = {}
+
+    def decide(batch: Batch) -> Sequence[Output]:
+        view = views.get("link")
+        if view is None:
+            view = views["link"] = pipeline.link_view(batch.views[TABLE_LINK_STATE])
+        tables = Tables(users=batch.tables[TABLE_USER_STATE], ledgers=batch.tables[TABLE_LEDGER])
+        rekeyed = batch.role == "rekeyed"
+        outputs: list[Output] = []
+        for message in batch.messages:
+            source = _position(message)
+            if rekeyed:
+                source = first_read_at(source, message.headers)
+            outputs += pipeline.decide(tables, batch.partition, source, message.value, view)  # type: ignore[arg-type]
+        pipeline.flush(tables)
+        return outputs
+
+    def link(batch: Batch) -> Sequence[Output]:
+        tables = Tables(users={}, ledgers={}, links=batch.tables[TABLE_LINK_STATE])
+        for message in batch.messages:
+            pipeline.link(tables, message.key or b"", message.value or b"", _position(message))
+        pipeline.flush(tables)
+        return []
+
+    topology = Topology(
+        stages=(
+            Stage("decide", STAGES[0].reads, STAGES[0].tables, decide, settings.commit_interval_ms),
+            Stage(
+                "link",
+                STAGES[1].reads,
+                STAGES[1].tables,
+                link,
+                max(LINK_COMMIT_WITHIN_MS, settings.commit_interval_ms),
+            ),
+        ),
+        views=VIEWS,
+        changelog_of=lambda table: changelog_topic(settings.app_id, table),
+    )
+    config = RuntimeConfig(
+        group_id=settings.app_id,
+        transactional=settings.processing_guarantee == "exactly_once",
+        batch_max_records=settings.batch_max_records,
+        topic_of_role=settings.topic_names(),
+        snapshot_dir=settings.data_dir / "snapshots" / settings.app_id,
+        snapshot_interval_s=settings.snapshot_interval_s,
+        paced=frozenset({"decide"}),
+        pacing=frozenset({"link"}),
+    )
+
+    def prune() -> None:
+        view = views.get("link")
+        if view is not None:
+            view.prune()  # type: ignore[attr-defined]
+
+    return topology, config, RewardsHooks(pipeline, prune)

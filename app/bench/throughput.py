@@ -590,7 +590,6 @@ def state_entry(users: int, tables: Tables, rss_growth: int, *, wanted: int) -> 
         "stopped_early": users < wanted,  # memory ran short first
         "user_rows": len(tables.users),
         "link_rows": len(tables.links),
-        "waiting_rows": len(tables.waiting),
         "user_state_bytes_per_user": round(user_bytes / users, 1),
         "link_bytes_per_user": round(link_bytes / users, 1),
         "bytes_per_user": round((user_bytes + link_bytes) / users, 1),

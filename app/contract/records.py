@@ -102,6 +102,8 @@ class Decision:
     model_version: str
     program: str
     kind: str = "decision"
+    # The link facts the decision was given (their documents), when the event named links.
+    links: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -20,7 +20,7 @@ def test_defaults_need_no_environment() -> None:
         "dead-letter": "dead-letter",
         "model-checkpoints": "model-checkpoints",
         "links": "rewardstream-links",
-        "linked": "rewardstream-linked",
+        "rekeyed": "rewardstream-rekeyed",
     }
     assert settings.data_dir == Path("/home/someone/.local/state/rewardstream")
     assert settings.cache_dir == Path("/home/someone/.cache/rewardstream")

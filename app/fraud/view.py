@@ -1,0 +1,96 @@
+"""The link facts of an event at the moment it is decided, without waiting for a hop.
+
+The link stage keeps each device's and network's state in a table keyed by that
+device or network (:mod:`app.fraud.links`); every worker keeps a read-only copy
+of the whole table, fed from its changelog (the *view*). The decide stage reads
+an event's links from that copy and decides at once. The copy trails the link
+stage by its commit and fetch (tens of milliseconds when the engine keeps up):
+what it cannot show yet are the events of other users decided within that
+delay. Two things narrow the gap:
+
+- the events this worker decided itself lately are laid over the view (the
+  *overlay*), so a burst on one worker sees itself at once; :func:`observe_link`
+  is idempotent, so an event the view already holds changes nothing when laid
+  over it again;
+- a new account's reward is held for the program's pending period, and its
+  release is decided on the view as it is then, with the whole burst in it
+  (docs/decisions.md, entry 15).
+
+What each decision was given is written into the decision record (``links``),
+so the decision log says exactly what the engine knew.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+
+from app.contract.records import Event
+from app.fraud.links import LinkFacts, LinkState, link_keys, observe_link
+
+# How long (worker clock) an event this worker decided stays laid over the view, and
+# how many such events are kept per device or network: the view normally holds them
+# within a second; this covers a link stage that lags behind for a while.
+OVERLAY_MS = 30_000
+OVERLAY_PER_KEY = 64
+
+
+class LinkView:
+    """What the devices and networks of an event know, as the view and this worker's
+    recent decisions show it now.
+
+    ``state_of(key)`` is the view's state of a link key; ``now_ms`` is the
+    worker's clock (only the overlay's age depends on it); ``expired(last_ts, ts)``
+    says whether a state last touched at ``last_ts`` is forgotten by an event at ``ts``
+    (the state's time to live, as the link stage applies it).
+    """
+
+    def __init__(
+        self,
+        state_of: Callable[[bytes], LinkState],
+        *,
+        now_ms: Callable[[], int] | None = None,
+        expired: Callable[[int | None, int], bool] = lambda last_ts, ts: False,
+    ) -> None:
+        self.state_of = state_of
+        self.now_ms = now_ms
+        self.expired = expired
+        self.overlay: dict[bytes, deque[tuple[int, Event]]] = {}
+
+    def facts(self, event: Event) -> tuple[LinkFacts, ...]:
+        """The facts of each of ``event``'s links, in :func:`link_keys` order; the event is
+        then laid over the view (when the view has an overlay)."""
+        found = []
+        now = self.now_ms() if self.now_ms is not None else None
+        for kind, key in link_keys(event):
+            state = self.state_of(key)
+            if self.expired(state.last_ts, event.ts):
+                state = LinkState()
+            recent = self.overlay.get(key)
+            if recent is not None and now is not None:
+                while recent and recent[0][0] < now - OVERLAY_MS:
+                    recent.popleft()
+                for _, earlier in recent:
+                    state, _ = observe_link(state, earlier, kind)
+            _, facts = observe_link(state, event, kind)
+            found.append(facts)
+            if now is not None:
+                self.overlay.setdefault(key, deque(maxlen=OVERLAY_PER_KEY)).append((now, event))
+        return tuple(found)
+
+    def prune(self) -> None:
+        """Forget overlaid events older than :data:`OVERLAY_MS` (the view holds them by now)."""
+        if self.now_ms is None:
+            return
+        oldest = self.now_ms() - OVERLAY_MS
+        for key in [key for key, recent in self.overlay.items() if recent[-1][0] < oldest]:
+            del self.overlay[key]
+
+
+def stored_states(rows: Mapping[bytes, bytes | None]) -> Callable[[bytes], LinkState]:
+    """The view's states, read from stored rows (each decoded when it is read)."""
+
+    def state_of(key: bytes) -> LinkState:
+        return LinkState.from_bytes(rows.get(key))
+
+    return state_of

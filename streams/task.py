@@ -1,0 +1,224 @@
+"""One task: partition ``p`` of every input of the topology, its tables, its transactions.
+
+A task is the unit of ownership and of exactly-once. It holds partition ``p`` of
+each stage's tables and has one transactional producer, ``<app_id>-task-<p>``:
+when the partitions move to another worker (or a killed worker restarts), the
+new owner's producer fences the old one, so a zombie can never commit for a
+task it lost. (aiokafka sends offsets to a transaction without the consumer
+group's generation, so one producer per worker could not be fenced that way:
+docs/decisions.md, entry 15.)
+
+States, in order: ``RESTORING`` (tables being read back), ``RUNNING`` (handles
+messages; a transaction may be committing in the background while it handles
+the next ones), ``FAILED`` (a transaction failed: everything not committed is
+dropped and the task is restored and rewound), ``REVOKED``.
+
+What the task handled since its last commit (outputs, table changes, input
+positions) is committed together, in one transaction, when the first of it
+has waited its stage's ``commit_within_ms``, and only one transaction is in
+flight at a time: under load transactions grow instead of multiplying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from streams.state import ChangelogRecord, PartitionTable
+from streams.topology import Output
+
+log = logging.getLogger(__name__)
+
+
+class TaskState(enum.Enum):
+    RESTORING = "restoring"
+    RUNNING = "running"
+    FAILED = "failed"
+    REVOKED = "revoked"
+
+
+@dataclass
+class Pending:
+    """What a task handled since its last commit began."""
+
+    outputs: list[Output] = field(default_factory=list)
+    positions: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
+    due_s: float | None = None  # when it must be committed (monotonic clock)
+
+    def add(
+        self, tp: TopicPartition, next_offset: int, outputs: Sequence[Output], due_s: float
+    ) -> None:
+        self.outputs.extend(outputs)
+        self.positions[tp] = next_offset
+        self.due_s = due_s if self.due_s is None else min(self.due_s, due_s)
+
+
+@dataclass
+class Committed:
+    """What one successful commit wrote: for counters, snapshots and metrics."""
+
+    outputs: int
+    changelog_ends: dict[TopicPartition, int]
+    seconds: float
+    source_ms: list[int]  # the input timestamps of the outputs that asked for them
+
+
+Resolve = Callable[[str], str]  # an output role to its topic name
+CommitOffsets = Callable[[dict[TopicPartition, int]], Awaitable[None]]  # at_least_once
+
+
+class Task:
+    """Partition ``partition`` of every input, its tables and its producer."""
+
+    def __init__(
+        self,
+        partition: int,
+        *,
+        inputs: Iterable[TopicPartition],
+        tables: dict[str, PartitionTable],
+        producer: Any,
+        transactional: bool,
+    ) -> None:
+        self.partition = partition
+        self.inputs = frozenset(inputs)
+        self.tables = tables
+        self.producer = producer
+        self.transactional = transactional
+        self.state = TaskState.RESTORING
+        self.pending = Pending()
+        self.committing: asyncio.Task[Committed] | None = None
+        # The next offset the task has to handle on each input (after its last handled
+        # message): a batch fetched before a rewind is cut to what comes after.
+        self.next_offsets: dict[TopicPartition, int] = {}
+
+    # ------------------------------------------------------------ handling
+
+    def fresh(self, tp: TopicPartition, messages: list[Any]) -> list[Any]:
+        """The messages of a fetched batch the task has not handled yet."""
+        expected = self.next_offsets.get(tp)
+        if expected is None or messages[0].offset >= expected:
+            return messages
+        return [m for m in messages if m.offset >= expected]
+
+    def handled(
+        self, tp: TopicPartition, next_offset: int, outputs: Sequence[Output], due_s: float
+    ) -> None:
+        self.next_offsets[tp] = next_offset
+        self.pending.add(tp, next_offset, outputs, due_s)
+
+    def touched(self, due_s: float) -> None:
+        """Table changes made outside a batch (the sweep): commit them by ``due_s``."""
+        pending = self.pending
+        pending.due_s = due_s if pending.due_s is None else min(pending.due_s, due_s)
+
+    @property
+    def busy(self) -> bool:
+        return self.committing is not None and not self.committing.done()
+
+    def due(self, now_s: float) -> bool:
+        return (
+            self.state is TaskState.RUNNING
+            and not self.busy
+            and self.pending.due_s is not None
+            and now_s >= self.pending.due_s
+        )
+
+    # ------------------------------------------------------------ committing
+
+    def start_commit(
+        self, resolve: Resolve, group_id: str, commit_offsets: CommitOffsets
+    ) -> asyncio.Task[Committed]:
+        """Commit everything pending, in the background; the task goes on handling."""
+        pending, self.pending = self.pending, Pending()
+        changes = [record for table in self.tables.values() for record in table.drain()]
+        self.committing = asyncio.ensure_future(
+            self._commit(pending, changes, resolve, group_id, commit_offsets)
+        )
+        return self.committing
+
+    async def _commit(
+        self,
+        pending: Pending,
+        changes: list[ChangelogRecord],
+        resolve: Resolve,
+        group_id: str,
+        commit_offsets: CommitOffsets,
+    ) -> Committed:
+        started = time.monotonic()
+        producer = self.producer
+        if not self.transactional:
+            written = await _send(producer, pending.outputs, changes, resolve)
+            await producer.flush()
+            if pending.positions:
+                await commit_offsets(dict(pending.positions))
+            return _committed(pending, written, started)
+        await producer.begin_transaction()
+        try:
+            written = await _send(producer, pending.outputs, changes, resolve)
+            if pending.positions:
+                await producer.send_offsets_to_transaction(dict(pending.positions), group_id)
+            await producer.commit_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.abort_transaction()
+            raise
+        return _committed(pending, written, started)
+
+    async def settle(self) -> Committed | BaseException | None:
+        """Wait for the transaction in flight, if any: what it wrote, or why it failed."""
+        committing, self.committing = self.committing, None
+        if committing is None:
+            return None
+        try:
+            return await committing
+        except Exception as error:
+            return error
+
+    def drop_pending(self) -> None:
+        """Forget what was handled and not committed (a rewind reads it again)."""
+        self.pending = Pending()
+        self.next_offsets.clear()
+        for table in self.tables.values():
+            table.changed = {}
+
+
+async def _send(
+    producer: Any, outputs: Sequence[Output], changes: list[ChangelogRecord], resolve: Resolve
+) -> dict[TopicPartition, Any]:
+    """Queue the records; return the last changelog delivery per changelog partition.
+
+    send() queues a record and returns its delivery future, which is not awaited here:
+    the commit (or the flush) waits for every delivery at once.
+    """
+    for output in outputs:
+        await producer.send(
+            resolve(output.role),
+            output.value,
+            key=output.key,
+            timestamp_ms=output.timestamp_ms,
+            headers=list(output.headers) or None,
+        )
+    written: dict[TopicPartition, Any] = {}
+    for change in changes:
+        written[TopicPartition(change.topic, change.partition)] = await producer.send(
+            change.topic, change.value, key=change.key, partition=change.partition
+        )
+    return written
+
+
+def _committed(pending: Pending, written: dict[TopicPartition, Any], started: float) -> Committed:
+    """What a commit (or flush) wrote, and where each changelog partition's rows now end."""
+    return Committed(
+        len(pending.outputs),
+        {tp: delivery.result().offset + 1 for tp, delivery in written.items()},
+        time.monotonic() - started,
+        [o.source_ms for o in pending.outputs if o.source_ms is not None],
+    )
