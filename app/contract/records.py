@@ -30,8 +30,16 @@ def decision_id_for(program: str, user_id: str, event_id: str) -> str:
     return _stable_id("d", program, user_id, event_id)
 
 
-def alert_id_for(program: str, user_id: str, event_id: str, pattern: str) -> str:
-    return _stable_id("a", program, user_id, event_id, pattern)
+def alert_id_for(program: str, user_id: str, event_id: str, pattern: str, index: int) -> str:
+    """One id per alert, and the same one whenever the same input is processed again.
+
+    One event id can raise several alerts (its own, then one for each copy sent again):
+    ``index`` tells them apart. It is the ordinal of the message the alert was raised on
+    among the user's messages (:attr:`app.features.UserState.messages`), which the user's
+    state counts in the order the engine handles them: replaying the same input numbers
+    them the same way.
+    """
+    return _stable_id("a", program, user_id, event_id, pattern, str(index))
 
 
 def dead_letter_id_for(topic: str, partition: int, offset: int) -> str:

@@ -74,7 +74,9 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What processing one event produced. A ``duplicate`` changes nothing."""
+    """What processing one event produced. A ``duplicate`` (an event id seen before) is
+    not decided again: the user's state only counts it (and its risk rises if the
+    content differs)."""
 
     user: UserState
     ledger: Ledger
@@ -196,7 +198,7 @@ class Engine:
         if event.type == "fraud_label":
             user, ledger, decision = self._label(user, ledger, event, share, assessment, notes)
             return Outcome(
-                user, ledger, (decision, *self._alerts(event, assessment)), answers=answers
+                user, ledger, (decision, *self._alerts(user, event, assessment)), answers=answers
             )
         if event.type in OUTCOME_TYPES:
             user, answered, choice = self._outcome(user, event)
@@ -208,7 +210,7 @@ class Engine:
             why = "the new account's pending period is over"
             user, ledger, released = self._release(user, ledger, event, share, hold, codes, why)
             return Outcome(
-                user, ledger, (released, *self._alerts(event, assessment)), answers=answers
+                user, ledger, (released, *self._alerts(user, event, assessment)), answers=answers
             )
         elif event.type in self.program.triggers:
             # Below the hold threshold risk prices the reward (smaller or none); at or
@@ -236,7 +238,8 @@ class Engine:
         elif choice.chosen is not None and verdict.status == "held":
             pending = "fraud.new_account_pending" in verdict.codes
             user = self._hold(user, event, decision, choice.chosen, pending=pending)
-        records: tuple[Decision | FraudAlert, ...] = (decision, *self._alerts(event, assessment))
+        alerts = self._alerts(user, event, assessment)
+        records: tuple[Decision | FraudAlert, ...] = (decision, *alerts)
         return Outcome(user, ledger, records, answers=answers)
 
     # ------------------------------------------------------------ risk
@@ -309,8 +312,13 @@ class Engine:
             and assessment.score < self.program.fraud.hold
         )
 
-    def _alerts(self, event: Event, assessment: Assessment) -> tuple[FraudAlert, ...]:
-        """One alert for an event whose own signals reach the program's alert threshold."""
+    def _alerts(
+        self, user: UserState, event: Event, assessment: Assessment
+    ) -> tuple[FraudAlert, ...]:
+        """One alert for an event whose own signals reach the program's alert threshold.
+
+        ``user`` is the state that counted the message: its ordinal keeps the alerts of
+        one event id (the event's own, each copy's) apart."""
         found = [*assessment.signals, *([assessment.anomaly] if assessment.anomaly else [])]
         if assessment.alert_score < self.program.fraud.alert or not found:
             return ()
@@ -321,7 +329,7 @@ class Engine:
         return (
             FraudAlert(
                 alert_id=alert_id_for(
-                    self.program.id, event.user_id, event.event_id, signals[0].code
+                    self.program.id, event.user_id, event.event_id, signals[0].code, user.messages
                 ),
                 event_id=event.event_id,
                 user_id=event.user_id,
@@ -339,13 +347,15 @@ class Engine:
 
         The same bytes again are harmless (no second decision) and may be a producer's
         retry, so they leave the user's risk alone; the same id with other content is
-        a replay made to earn twice, and the user's risk carries it.
+        a replay made to earn twice, and the user's risk carries it. Either way the
+        state counts the copy, so that each copy's alert has an id of its own.
         """
         ledger = self._recharge(user, ledger, event)
         if not self.defend:
             return Outcome(user, ledger, (), duplicate=True)
         altered = user.digest_of(event.event_id) != content_digest(event)
         signal = replay_signal(altered=altered)
+        user = replace(user, repeats=user.repeats + 1)
         risk = user.risk
         carried = carried_risk(risk, event.ts)
         assessment = Assessment(round(max(signal.weight, carried), 4), signal.weight, (signal,))
@@ -357,7 +367,7 @@ class Engine:
                 vector={signal.code: signal.weight},
             )
             user = replace(user, risk=risk)
-        return Outcome(user, ledger, self._alerts(event, assessment), duplicate=True)
+        return Outcome(user, ledger, self._alerts(user, event, assessment), duplicate=True)
 
     def _charge(self, ledger: Ledger, grant: Grant) -> Ledger:
         return ledger.charge(

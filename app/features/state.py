@@ -93,6 +93,16 @@ class UserState:
     recent_event_ids: tuple[str, ...] = ()
     recent_event_digests: tuple[int, ...] = ()  # a checksum of each one's content
     risk: RiskState = RiskState()
+    # Copies of recent events (an id in recent_event_ids) that the fraud layer saw and
+    # that were not decided again; with ``events``, they number the user's messages.
+    repeats: int = 0
+
+    @property
+    def messages(self) -> int:
+        """How many of the user's messages the engine has handled: events decided and
+        copies not decided again. An alert's id carries this ordinal, which tells it from
+        the other alerts raised for the same event id."""
+        return self.events + self.repeats
 
     def has_seen(self, event_id: str) -> bool:
         return event_id in self.recent_event_ids
