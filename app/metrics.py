@@ -251,6 +251,20 @@ class Metrics:
             "handled since its last commit and is restored and rewound.",
             registry=registry,
         )
+        self.input_blocked_seconds = Gauge(
+            f"{PREFIX}_input_blocked_seconds",
+            "How long an input partition this worker owns has waited behind an open "
+            "transaction (records beyond its last stable offset, all before it handled); "
+            "0 when it is not waiting.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.effect_failures = Counter(
+            f"{PREFIX}_effect_failures_total",
+            "What a committed batch asked to run after its commit (learning, counting) and "
+            "failed; logged with its traceback.",
+            registry=registry,
+        )
         self.recovery_failures = Counter(
             f"{PREFIX}_recovery_failures_total",
             "Attempts to restore and rewind a failed task that failed themselves (retried).",

@@ -23,8 +23,10 @@ dead letter with its reason.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
@@ -70,6 +72,8 @@ def compact(value: bytes) -> bytes:
 
 
 T = TypeVar("T")
+
+
 class OpenRows(Generic[T]):
     """One table's rows, decoded, for the batch in progress.
 
@@ -160,6 +164,25 @@ class Output:
     source_ms: int | None = None  # a decision's event's Kafka timestamp: latency is from it
 
 
+def link_document(event: Event) -> dict[str, Any]:
+    """What the link stage needs of an event (app.fraud.links.observe_link), and no more:
+    the copies sent to each device and network stay small whatever the event carries."""
+    document: dict[str, Any] = {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "type": event.type,
+        "ts": event.ts,
+    }
+    if event.device_id is not None:
+        document["device_id"] = event.device_id
+    if event.ip is not None:
+        document["ip"] = event.ip
+    referred = event.attributes.get("referred_user_id")
+    if isinstance(referred, str):
+        document["attributes"] = {"referred_user_id": referred}
+    return document
+
+
 def source_header(source: SourcePosition) -> tuple[str, bytes]:
     return (SOURCE_HEADER, f"{source.topic}/{source.partition}/{source.offset}".encode())
 
@@ -206,6 +229,27 @@ class Pipeline:
         # partition's ledger as its latest decision left it, with that decision's event
         # time. (Latency is observed once the decisions are committed: see committed.)
         self.ledgers_read: dict[int, tuple[Ledger, int]] = {}
+        # Where metric moves go while a batch is held (see holding); None: at once.
+        self.held: list[Callable[[], None]] | None = None
+
+    def _count(self, move: Callable[..., Any], *args: Any) -> None:
+        """Move a metric: at once, or, while a batch is held (:meth:`holding`), once the
+        batch is committed, so counters count only what readers can see."""
+        if self.held is None:
+            move(*args)
+        else:
+            self.held.append(functools.partial(move, *args))
+
+    @contextlib.contextmanager
+    def holding(self, into: list[Callable[[], None]]) -> Iterator[None]:
+        """Inside the block, what the batch teaches the models and every metric it moves
+        are held in ``into``, for the runtime to run once the batch is committed."""
+        previous, self.held = self.held, into
+        try:
+            with self.engine.holding_learning(into):
+                yield
+        finally:
+            self.held = previous
 
     def handle(
         self, tables: Tables, source: SourcePosition, value: bytes | None, *, flush: bool = True
@@ -226,9 +270,8 @@ class Pipeline:
             elif output.role == "rekeyed":
                 user_key = output.key or b""
                 partition = self.partitioner(user_key) if self.partitioner else source.partition
-                moved = SourcePosition(
-                    source.topic, partition, source.offset, user_key, source.produced_ms
-                )
+                # Named where it was first read, as the worker names it (first_read_at).
+                moved = replace(source, key=user_key)
                 pending += self.decide(tables, partition, moved, output.value, view)
             else:
                 published.append(output)
@@ -288,7 +331,7 @@ class Pipeline:
                 return [self._dead_letter(source, value or b"", event)]
             user_key = event.user_id.encode()
             if source.key != user_key:
-                self.metrics.rekeyed.inc()
+                self._count(self.metrics.rekeyed.inc)
             home = self.partitioner(user_key) if self.partitioner else partition
             if home != partition:
                 return [
@@ -304,8 +347,9 @@ class Pipeline:
             outputs = self._decide(tables, partition, source, event, links)
         except Exception as exc:  # a bug must cost one dead letter, never the worker
             return [self._internal_error(source, value, exc)]
-        if outputs and link_keys(event):
-            document = orjson.dumps(event.to_document())
+        # Only a decided event goes on to its links (a repeat's alert is not a decision).
+        if outputs and outputs[0].role == "decisions" and link_keys(event):
+            document = orjson.dumps(link_document(event))
             outputs += [Output("links", key, document) for _, key in link_keys(event)]
         return outputs
 
@@ -330,7 +374,7 @@ class Pipeline:
         if outcome.ledger is not ledger:
             ledgers.put(key_of_ledger, outcome.ledger)
         if outcome.duplicate:
-            self.metrics.duplicates.inc()
+            self._count(self.metrics.duplicates.inc)
         else:
             self._observe_decided(source, event, outcome.user, outcome.records[0])
             self.ledgers_read[partition] = (outcome.ledger, event.ts)
@@ -348,13 +392,13 @@ class Pipeline:
         self, source: SourcePosition, event: Event, user: UserState, decision: Decision | FraudAlert
     ) -> None:
         observed = self.observed
-        observed.events_in(event.type).inc()
+        self._count(observed.events_in(event.type).inc)
         program = self.engine.program
         if event.type in program.triggers and isinstance(decision, Decision):
-            observed.risk_score.observe(decision.risk)
+            self._count(observed.risk_score.observe, decision.risk)
             if program.audit is not None:
                 group = program.audit.group_of(user.profile)
-                observed.audit_decisions(group, decision.status).inc()
+                self._count(observed.audit_decisions(group, decision.status).inc)
 
     def _observe_answers(self, answers: tuple[Answer, ...]) -> None:
         """Redemptions (against grants, see :meth:`_publish`) and the model's log loss on
@@ -363,13 +407,13 @@ class Pipeline:
         for answer in answers:
             if answer.redeemed:
                 reward = (self.engine.program.id, answer.reward_id)
-                self.metrics.redemption_ratio.add(reward, 1, 0)
+                self._count(self.metrics.redemption_ratio.add, reward, 1, 0)
             if answer.predicted is not None:
                 loss = log_loss(answer.predicted, answer.redeemed)
-                self.metrics.model_log_loss.add(self.by_program, loss, 1)
+                self._count(self.metrics.model_log_loss.add, self.by_program, loss, 1)
                 learned += 1
         if learned:
-            self.observed.model_updates.inc(learned)
+            self._count(self.observed.model_updates.inc, learned)
 
     # ------------------------------------------------------------ stage 2: link
 
@@ -391,7 +435,7 @@ class Pipeline:
             log.exception(
                 "link.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
             )
-            self.metrics.link_failures.inc()
+            self._count(self.metrics.link_failures.inc)
 
     # ------------------------------------------------------------ time to live
 
@@ -403,14 +447,16 @@ class Pipeline:
         """
         if self.state_ttl_ms is None or last_ts is None or ts - last_ts <= self.state_ttl_ms:
             return False
-        self.metrics.state_expired.labels(table).inc()
+        self._count(self.metrics.state_expired.labels(table).inc)
         return True
 
     def _link_expired(self, last_ts: int | None, ts: int) -> bool:
         """Whether the view's state of a link is forgotten by an event at ``ts`` (as the
         link stage would forget it; not counted: the link stage counts its own)."""
-        return self.state_ttl_ms is not None and last_ts is not None and (
-            ts - last_ts > self.state_ttl_ms
+        return (
+            self.state_ttl_ms is not None
+            and last_ts is not None
+            and (ts - last_ts > self.state_ttl_ms)
         )
 
     def link_view(self, rows: Mapping[bytes, bytes | None]) -> LinkView:
@@ -452,20 +498,22 @@ class Pipeline:
         observed = self.observed
         if isinstance(record, Decision):
             reward = record.action or NO_REWARD
-            observed.decisions(reward, record.status).inc()
+            self._count(observed.decisions(reward, record.status).inc)
             mode = record.reasons[0].removeprefix("policy.") if record.reasons else ""
             if mode in POLICY_MODES:
-                observed.policy_choices(mode).inc()
-                self.metrics.exploration_ratio.add(self.by_program, mode == "explore", 1)
+                self._count(observed.policy_choices(mode).inc)
+                self._count(
+                    self.metrics.exploration_ratio.add, self.by_program, mode == "explore", 1
+                )
             if record.status == "granted":
-                observed.reward_cost.inc(record.cost)
-                self.metrics.redemption_ratio.add((record.program, reward), 0, 1)
+                self._count(observed.reward_cost.inc, record.cost)
+                self._count(self.metrics.redemption_ratio.add, (record.program, reward), 0, 1)
             return Output("decisions", user_key, record.to_json(), source_ms=produced_ms)
-        observed.fraud_alerts(record.reasons[0]).inc()
+        self._count(observed.fraud_alerts(record.reasons[0]).inc)
         return Output("fraud-alerts", user_key, record.to_json())
 
     def _dead_letter(self, source: SourcePosition, value: bytes, rejection: Rejection) -> Output:
-        self.observed.dead_letters(rejection.reason).inc()
+        self._count(self.observed.dead_letters(rejection.reason).inc)
         if source.key is not None and len(source.key) > MAX_DEAD_LETTER_KEY:
             # A key may be as large as the broker's record limit; the dead letter (its key
             # and its body) must fit under it. The original stays at its offset.

@@ -50,6 +50,10 @@ SWEEP_EVERY_S = 1.0
 SWEEP_COMMIT_WITHIN_S = 1.0
 # How long the loop waits for records when no task has anything to commit soon.
 IDLE_FETCH_MS = 100
+# /ready says 503 while an input has been held behind an open transaction this long, or a
+# task's transactions keep failing this many times in a row.
+BLOCKED_NOT_READY_S = 60.0
+FAILURES_NOT_READY = 3
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -60,6 +64,7 @@ class RuntimeConfig:
 
     group_id: str
     transactional: bool
+    partitions: int  # of every input topic and changelog
     batch_max_records: int
     topic_of_role: Mapping[str, str]
     snapshot_dir: Any  # a Path, or None for no snapshots
@@ -121,6 +126,10 @@ class Runtime:
         self.sweeps: dict[tuple[str, int], list[bytes]] = {}
         self.paused = False
         self.lag_shown: set[tuple[str, str]] = set()
+        # Since when each input partition has waited behind an open transaction, and how
+        # many transactions in a row each task has failed.
+        self.blocked_since: dict[TopicPartition, float] = {}
+        self.failures_in_a_row: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._consumer: Any = None
         self._restorer: Any = None
@@ -138,33 +147,17 @@ class Runtime:
         changelogs = {name: self.topology.changelog_of(name) for name in self.topology.views}
         view_reader = self.clients.reader()
         await view_reader.start()
-        self.views = Views(view_reader, changelogs)
+        self.views = Views(view_reader, changelogs, partitions=self.config.partitions)
         started = time.monotonic()
         records = await self.views.load()
         if changelogs:
             log.info("views.loaded records=%d seconds=%.2f", records, time.monotonic() - started)
         self.views.follow()
         self._consumer = self.clients.group_consumer(self.config.group_id)
+        # Every input has ``config.partitions`` partitions (the worker's start-up checks
+        # its topics): partition p of each is one task.
         await self._consumer.start()
-        await self._check_copartitioned()
         self._consumer.subscribe(list(self.stage_of_topic), listener=_Rebalance(self))
-
-    async def _check_copartitioned(self) -> None:
-        """Every input must have as many partitions: partition p of each is one task."""
-        counts = {}
-        for topic in self.stage_of_topic:
-            ids = self._consumer.partitions_for_topic(topic)
-            if not ids:
-                await self._consumer.topics()  # refreshes the metadata
-                ids = self._consumer.partitions_for_topic(topic)
-            counts[topic] = len(ids or ())
-        if len(set(counts.values())) > 1:
-            shown = ", ".join(f"{topic}={n}" for topic, n in sorted(counts.items()))
-            raise RuntimeError(
-                f"the worker's input topics must have the same number of partitions ({shown}): "
-                "partition p of each is handled together; recreate the internal topics with "
-                "`rewardstream topics create` after changing the events topic"
-            )
 
     async def stop(self) -> None:
         """Commit what was handled, leave the group (so partitions move at once), close."""
@@ -186,6 +179,27 @@ class Runtime:
                 if client is not None:
                     with contextlib.suppress(Exception):
                         await client.stop()
+
+    def problems(self) -> list[str]:
+        """Why the worker is not doing its job right now (empty: it is)."""
+        found = [] if self.ready else ["not assigned, restoring or rebalancing"]
+        now = time.monotonic()
+        for tp, since in sorted(self.blocked_since.items()):
+            if now - since >= BLOCKED_NOT_READY_S:
+                found.append(
+                    f"{tp.topic}[{tp.partition}] has waited {now - since:.0f} s behind an open "
+                    "transaction (its last stable offset does not move)"
+                )
+        for partition, failures in sorted(self.failures_in_a_row.items()):
+            if failures >= FAILURES_NOT_READY:
+                found.append(f"task {partition}: {failures} transactions in a row failed")
+        return found
+
+    @property
+    def healthy(self) -> bool:
+        """What /ready answers: assigned and restored, no input held behind an open
+        transaction for long, no task whose transactions keep failing."""
+        return not self.problems()
 
     @property
     def side_producer(self) -> Any:
@@ -264,7 +278,8 @@ class Runtime:
                 views,
             )
             outputs = stage.handler(batch)
-            task.handled(tp, messages[-1].offset + 1, outputs, now + stage.commit_within_ms / 1000)
+            due_s = now + stage.commit_within_ms / 1000
+            task.handled(tp, messages[-1].offset + 1, outputs, due_s, batch.effects)
 
     def _commit_due(self) -> None:
         now = time.monotonic()
@@ -289,8 +304,18 @@ class Runtime:
             if task.state is TaskState.RUNNING:
                 task.state = TaskState.FAILED
             self.metrics.commit_failures.inc()
+            self.failures_in_a_row[task.partition] = (
+                self.failures_in_a_row.get(task.partition, 0) + 1
+            )
             return
+        self.failures_in_a_row.pop(task.partition, None)
         committed = done.result()
+        for effect in committed.effects:
+            try:
+                effect()
+            except Exception:  # an effect's bug must not cost the task; it is counted
+                log.exception("effect.failed task=%d", task.partition)
+                self.metrics.effect_failures.inc()
         self.batches_committed += 1
         self.changelog_ends.update(committed.changelog_ends)
         self.metrics.commit_seconds.observe(committed.seconds)
@@ -398,7 +423,9 @@ class Runtime:
         self.tasks.update(fresh)
         if fresh:
             log.info(
-                "tasks.assigned tasks=%s restored_records=%d from_snapshots=%d seconds=%.2f",
+                "tasks.assigned count=%d tasks=%s restored_records=%d from_snapshots=%d "
+                "seconds=%.2f",
+                len(fresh),
                 ",".join(str(p) for p in sorted(fresh)),
                 restored.records,
                 restored.from_snapshots,
@@ -412,6 +439,10 @@ class Runtime:
             if task is None:
                 continue
             task.state = TaskState.REVOKED
+            self.failures_in_a_row.pop(partition, None)
+            for tp in task.inputs:
+                if self.blocked_since.pop(tp, None) is not None:
+                    self.metrics.input_blocked_seconds.labels(tp.topic, str(tp.partition)).set(0)
             for table in task.tables.values():
                 changelog = TopicPartition(table.topic, partition)
                 self.changelog_ends.pop(changelog, None)
@@ -428,7 +459,9 @@ class Runtime:
             wanted: dict[int, set[TopicPartition]] = {}
             for tp in assigned:
                 wanted.setdefault(tp.partition, set()).add(tp)
-            kept = {p for p, task in self.tasks.items() if task.inputs == frozenset(wanted.get(p, ()))}
+            kept = {
+                p for p, task in self.tasks.items() if task.inputs == frozenset(wanted.get(p, ()))
+            }
             await self._drop(set(self.tasks) - kept)
             # Positions are reset to the committed offsets, which are a kept task's next
             # offsets (everything it handled was committed at the revocation).
@@ -455,6 +488,7 @@ class Runtime:
             self._sweep(now)
             self._count_rows()
             self._export_lag()
+            self._watch_blocked(now)
             self.hooks.housekeeping()
         interval = self.config.snapshot_interval_s
         if interval and now - self.last_snapshot_s >= interval:
@@ -516,6 +550,27 @@ class Runtime:
             gauge.remove(*labels)
         self.lag_shown = set(shown)
 
+    def _watch_blocked(self, now_s: float) -> None:
+        """Inputs held behind an open transaction: everything up to the last stable offset
+        is handled, and records lie beyond it (a producer opened a transaction and has not
+        ended it; the broker aborts it only after its timeout, up to 15 minutes)."""
+        consumer = self._require(self._consumer)
+        gauge = self.metrics.input_blocked_seconds
+        blocked: dict[TopicPartition, float] = {}
+        for task in self.tasks.values():
+            for tp in task.inputs:
+                stable, high = consumer.last_stable_offset(tp), consumer.highwater(tp)
+                position = task.next_offsets.get(tp)
+                if stable is None or high is None or position is None:
+                    continue
+                if 0 <= stable < high and position >= stable:
+                    blocked[tp] = self.blocked_since.get(tp, now_s)
+        for tp in self.blocked_since.keys() - blocked.keys():
+            gauge.labels(tp.topic, str(tp.partition)).set(0)
+        for tp, since in blocked.items():
+            gauge.labels(tp.topic, str(tp.partition)).set(now_s - since)
+        self.blocked_since = blocked
+
     def _pace(self, consumer: Any) -> None:
         """Pause the paced stages' inputs while a pacing stage on this worker is far behind
         (the decide stage waits for the link stage, whose state its view shows)."""
@@ -523,7 +578,9 @@ class Runtime:
             return
         behind = self._behind()
         pacing = [
-            n for tp, n in behind.items() if self.stage_of_topic[tp.topic][0].name in self.config.pacing
+            n
+            for tp, n in behind.items()
+            if self.stage_of_topic[tp.topic][0].name in self.config.pacing
         ]
         limit = self.config.resume_behind if self.paused else self.config.pause_behind
         paused = max(pacing, default=0) > limit

@@ -33,7 +33,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from streams.state import ChangelogRecord, PartitionTable
-from streams.topology import Output
+from streams.topology import Effect, Output
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +52,18 @@ class Pending:
     outputs: list[Output] = field(default_factory=list)
     positions: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
     due_s: float | None = None  # when it must be committed (monotonic clock)
+    effects: list[Effect] = field(default_factory=list)  # to run once it is committed
 
     def add(
-        self, tp: TopicPartition, next_offset: int, outputs: Sequence[Output], due_s: float
+        self,
+        tp: TopicPartition,
+        next_offset: int,
+        outputs: Sequence[Output],
+        due_s: float,
+        effects: Sequence[Effect] = (),
     ) -> None:
         self.outputs.extend(outputs)
+        self.effects.extend(effects)
         self.positions[tp] = next_offset
         self.due_s = due_s if self.due_s is None else min(self.due_s, due_s)
 
@@ -69,6 +76,7 @@ class Committed:
     changelog_ends: dict[TopicPartition, int]
     seconds: float
     source_ms: list[int]  # the input timestamps of the outputs that asked for them
+    effects: list[Effect]  # what the committed batches asked to run after their commit
 
 
 Resolve = Callable[[str], str]  # an output role to its topic name
@@ -109,10 +117,15 @@ class Task:
         return [m for m in messages if m.offset >= expected]
 
     def handled(
-        self, tp: TopicPartition, next_offset: int, outputs: Sequence[Output], due_s: float
+        self,
+        tp: TopicPartition,
+        next_offset: int,
+        outputs: Sequence[Output],
+        due_s: float,
+        effects: Sequence[Effect] = (),
     ) -> None:
         self.next_offsets[tp] = next_offset
-        self.pending.add(tp, next_offset, outputs, due_s)
+        self.pending.add(tp, next_offset, outputs, due_s, effects)
 
     def touched(self, due_s: float) -> None:
         """Table changes made outside a batch (the sweep): commit them by ``due_s``."""
@@ -221,4 +234,5 @@ def _committed(pending: Pending, written: dict[TopicPartition, Any], started: fl
         {tp: delivery.result().offset + 1 for tp, delivery in written.items()},
         time.monotonic() - started,
         [o.source_ms for o in pending.outputs if o.source_ms is not None],
+        pending.effects,
     )

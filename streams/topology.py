@@ -64,10 +64,19 @@ class Message(Protocol):
 Table = MutableMapping[bytes, bytes | None]
 
 
+Effect = Callable[[], None]
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """One partition's messages for one stage, with the stage's tables of that partition
-    and the worker's views (read-only)."""
+    and the worker's views (read-only).
+
+    ``effects`` collects what must happen only if the batch's transaction commits (a
+    model learning from an answer, a counter moving): the runtime runs them, in order,
+    after the commit, and drops them if the transaction fails, so a batch that is
+    handled again after a failure has them once.
+    """
 
     stage: str
     role: str  # the input role the messages were read from
@@ -75,6 +84,7 @@ class Batch:
     messages: Sequence[Message]
     tables: Mapping[str, Table]
     views: Mapping[str, Mapping[bytes, bytes]]
+    effects: list[Effect] = field(default_factory=list)
 
 
 Handler = Callable[[Batch], Sequence[Output]]

@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 class Views:
     """The rows of every view, by table name, filled and then followed by one reader."""
 
-    def __init__(self, reader: Any, changelogs: dict[str, str]) -> None:
+    def __init__(self, reader: Any, changelogs: dict[str, str], *, partitions: int) -> None:
         self.reader = reader
+        self.partitions = partitions  # of every changelog (the worker checked at start-up)
         self.changelogs = changelogs  # table name -> changelog topic
         self.rows: dict[str, dict[bytes, bytes]] = {name: {} for name in changelogs}
         self.table_of_topic = {topic: name for name, topic in changelogs.items()}
@@ -37,13 +38,11 @@ class Views:
         """Read every view's changelog to its end; return how many records were read."""
         if not self.changelogs:
             return 0
-        partitions = []
-        for topic in self.changelogs.values():
-            ids = self.reader.partitions_for_topic(topic)
-            if not ids:
-                await self.reader.topics()  # refreshes the metadata
-                ids = self.reader.partitions_for_topic(topic) or set()
-            partitions += [TopicPartition(topic, p) for p in sorted(ids)]
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in self.changelogs.values()
+            for p in range(self.partitions)
+        ]
         self.reader.assign(partitions)
         ends = await self.reader.end_offsets(partitions)
         await seek_to_first(self.reader, partitions)

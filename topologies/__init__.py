@@ -3,9 +3,9 @@
 ``topic_specs(settings)`` lists the topics this engine owns (used by
 ``rewardstream topics create``, the worker's start-up check and the deployment
 tests); ``STAGES`` says which topics each stage of the worker reads and which
-tables it owns; ``build`` binds the stages to the pipeline for the runtime. The roles (``events``, ``decisions``, ``fraud-alerts``,
-``dead-letter``) and the table names never change; the Kafka topic names come
-from settings.
+tables it owns; ``build`` binds the stages to the pipeline for the runtime.
+The roles (``events``, ``decisions``, ``fraud-alerts``, ``dead-letter``) and
+the table names never change; the Kafka topic names come from settings.
 """
 
 from topologies.rewards import (
@@ -14,9 +14,9 @@ from topologies.rewards import (
     TABLE_LINK_STATE,
     TABLE_USER_STATE,
     VIEWS,
-    build,
     StageSpec,
     TopicSpec,
+    build,
     changelog_topic,
     topic_specs,
 )
@@ -27,9 +27,9 @@ __all__ = [
     "TABLE_LINK_STATE",
     "TABLE_USER_STATE",
     "VIEWS",
-    "build",
     "StageSpec",
     "TopicSpec",
+    "build",
     "changelog_topic",
     "topic_specs",
 ]

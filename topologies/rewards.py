@@ -158,18 +158,23 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         tables = Tables(users=batch.tables[TABLE_USER_STATE], ledgers=batch.tables[TABLE_LEDGER])
         rekeyed = batch.role == "rekeyed"
         outputs: list[Output] = []
-        for message in batch.messages:
-            source = _position(message)
-            if rekeyed:
-                source = first_read_at(source, message.headers)
-            outputs += pipeline.decide(tables, batch.partition, source, message.value, view)  # type: ignore[arg-type]
+        # What the batch teaches the models, and the metrics it moves, take effect once it
+        # is committed.
+        with pipeline.holding(batch.effects):
+            for message in batch.messages:
+                source = _position(message)
+                if rekeyed:
+                    source = first_read_at(source, message.headers)
+                outputs += pipeline.decide(tables, batch.partition, source, message.value, view)  # type: ignore[arg-type]
         pipeline.flush(tables)
         return outputs
 
     def link(batch: Batch) -> Sequence[Output]:
         tables = Tables(users={}, ledgers={}, links=batch.tables[TABLE_LINK_STATE])
-        for message in batch.messages:
-            pipeline.link(tables, message.key or b"", message.value or b"", _position(message))
+        with pipeline.holding(batch.effects):
+            for message in batch.messages:
+                key, value = message.key or b"", message.value or b""
+                pipeline.link(tables, key, value, _position(message))
         pipeline.flush(tables)
         return []
 
@@ -190,6 +195,7 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
     config = RuntimeConfig(
         group_id=settings.app_id,
         transactional=settings.processing_guarantee == "exactly_once",
+        partitions=settings.partitions,
         batch_max_records=settings.batch_max_records,
         topic_of_role=settings.topic_names(),
         snapshot_dir=settings.data_dir / "snapshots" / settings.app_id,

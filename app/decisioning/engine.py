@@ -20,6 +20,8 @@ the same engine serves the worker, offline replay and the tests.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -53,6 +55,7 @@ from app.fraud.assess import carried_risk
 from app.fraud.scoring import noisy_or
 from app.fraud.signals import replay_signal
 from app.models import PropensityModels, explore_draw
+from app.models.deferral import Step as Deferred
 from app.programs import Program, Reward, resolve_amount
 
 
@@ -165,6 +168,13 @@ class Engine:
         self.keep_grants_ms = max(WEEK_MS, per_user_window.seconds * 1000 if per_user_window else 0)
         suppression = program.contact.suppression
         self.keep_dismissals_ms = suppression.within.seconds * 1000 if suppression else 0
+
+    @contextlib.contextmanager
+    def holding_learning(self, into: list[Deferred]) -> Iterator[None]:
+        """Inside the block, every learning step of every model is held in ``into``, to be
+        run once the batch is committed (app.models.deferral)."""
+        with self.models.deferral.holding(into), self.risk_models.deferral.holding(into):
+            yield
 
     @property
     def model_version(self) -> str:

@@ -16,6 +16,7 @@ join as signals of their own:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Iterable
 from typing import Any
@@ -24,6 +25,7 @@ from river import anomaly, linear_model, optim
 
 from app.fraud.links import LinkFacts
 from app.fraud.signals import RATE_NAMES, Activity, Signal
+from app.models.deferral import Deferral
 
 ANOMALY_QUANTILE_SCORE = 0.95
 ANOMALY_WEIGHT = 0.25
@@ -68,11 +70,13 @@ class RiskModels:
         )
         self.labelled = linear_model.LogisticRegression(optimizer=optim.SGD(0.1), l2=1e-3)
         self.label_counts = {"confirmed": 0, "cleared": 0}
+        # The worker holds learning steps until their batch commits (app.models.deferral).
+        self.deferral = Deferral()
 
     def anomaly_signal(self, features: dict[str, float]) -> Signal | None:
         """Score the event against recent traffic, then learn from it."""
         score = float(self.detector.score_one(features))
-        self.detector.learn_one(features)
+        self.deferral.run(functools.partial(self.detector.learn_one, dict(features)))
         if score < ANOMALY_QUANTILE_SCORE:
             return None
         return Signal("anomaly.isolated", ANOMALY_WEIGHT, f"anomaly score {score:.2f}")
@@ -87,6 +91,9 @@ class RiskModels:
         return Signal("model.labelled", p, f"labelled cases like this one: p={p:.2f}")
 
     def learn_label(self, vector: dict[str, float], confirmed: bool) -> None:
+        self.deferral.run(functools.partial(self._learn_label_now, dict(vector), confirmed))
+
+    def _learn_label_now(self, vector: dict[str, float], confirmed: bool) -> None:
         self.labelled.learn_one(vector, confirmed)
         self.label_counts["confirmed" if confirmed else "cleared"] += 1
 

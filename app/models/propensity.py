@@ -14,11 +14,14 @@ exploration sorts out the rest. Models see only behavioural features
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter, defaultdict
 from typing import Any
 
 from river import compose, linear_model, optim, preprocessing
+
+from app.models.deferral import Deferral
 
 # Predictions are clipped this far from 0 and 1 before scoring: one confident miss costs
 # about 16 nats instead of infinity, and the mean stays a number.
@@ -44,6 +47,8 @@ class PropensityModels:
         self.learning_rate = learning_rate
         self.models: dict[str, compose.Pipeline] = {}
         self.updates = 0
+        # The worker holds learning steps until their batch commits (app.models.deferral).
+        self.deferral = Deferral()
 
     def _model(self, key: str) -> compose.Pipeline:
         model = self.models.get(key)
@@ -65,6 +70,10 @@ class PropensityModels:
         return float(model.predict_proba_one(features)[True])
 
     def learn_one(self, key: str, features: dict[str, float], redeemed: bool) -> None:
+        """Learn one answer (now, or once its batch commits: see :attr:`deferral`)."""
+        self.deferral.run(functools.partial(self._learn_now, key, dict(features), redeemed))
+
+    def _learn_now(self, key: str, features: dict[str, float], redeemed: bool) -> None:
         self._model(key).learn_one(features, redeemed)
         self.updates += 1
 

@@ -50,7 +50,7 @@ async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
     finally:
         worker.stop()
     # The kills really interrupted work: each restart restored state that was committed.
-    # (A rebalance that only confirms the worker's partitions logs count=0: not a restore.)
+    # (A rebalance that only confirms the worker's tasks logs nothing: not a restore.)
     lines = log.read_text().splitlines()
-    restores = [line for line in lines if "partitions.assigned" in line and "count=0 " not in line]
+    restores = [line for line in lines if "tasks.assigned" in line]
     assert len(restores) == KILLS + 1

@@ -45,5 +45,5 @@ async def test_rebalance_mid_stream_keeps_every_decision_once(
     finally:
         second.stop()
     # Both workers really shared the stream, and the second took the first's partitions.
-    shared = (tmp_path / "second.log").read_text().count("partitions.assigned")
+    shared = (tmp_path / "second.log").read_text().count("tasks.assigned")
     assert shared >= 2

@@ -23,8 +23,8 @@ EVENTS = 1_500
 
 def restores(log: Path) -> list[tuple[int, int]]:
     """(records read, tables seeded from snapshots) of each assignment that gave the worker
-    partitions (a later rebalance that only confirms them logs count=0)."""
-    pattern = r"partitions\.assigned count=(\d+) restored_records=(\d+) from_snapshots=(\d+)"
+    tasks (a later rebalance that only confirms them logs nothing)."""
+    pattern = r"tasks\.assigned count=(\d+) tasks=\S+ restored_records=(\d+) from_snapshots=(\d+)"
     found = re.findall(pattern, log.read_text())
     return [(int(r), int(s)) for count, r, s in found if int(count)]
 
