@@ -17,9 +17,9 @@ from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
 from app.contract.records import Event, SourcePosition
+from app.decisioning.engine import Engine
 from app.fraud.links import LinkFacts, LinkState
 from app.fraud.view import LinkView
-from app.decisioning.engine import Engine
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
 

@@ -1,0 +1,176 @@
+"""The link view: what an event's devices and networks know at the moment it is decided."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from app.contract.records import Event
+from app.decisioning import Engine
+from app.fraud import LinkFacts, LinkState, link_keys, observe_link
+from app.fraud.view import OVERLAY_MS, LinkView, stored_states
+from app.metrics import Metrics
+from app.pipeline import Pipeline
+from app.programs import load_builtin
+
+START = 1_772_366_400_000
+DAY_MS = 86_400_000
+DEVICE = b"device:d"
+NET = b"net:192.0.2.0/24"
+
+
+class FakeClock:
+    def __init__(self, now_ms: int = 5_000_000) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+    def monotonic_s(self) -> float:
+        return self.now / 1000
+
+
+def signup(user: str, ts: int = START, **fields: str) -> Event:
+    return Event(
+        f"e-{user}-{ts}",
+        user,
+        "signup",
+        ts,
+        device_id=fields.get("device_id", "d"),
+        ip=fields.get("ip"),
+    )
+
+
+def stored(*events: Event) -> dict[bytes, bytes | None]:
+    """Link-state rows as the link stage would have left them after ``events``."""
+    rows: dict[bytes, bytes | None] = {}
+    for event in events:
+        for kind, key in link_keys(event):
+            state, _ = observe_link(LinkState.from_bytes(rows.get(key)), event, kind)
+            rows[key] = state.to_bytes()
+    return rows
+
+
+def device_facts(view: LinkView, event: Event) -> LinkFacts:
+    [facts] = view.facts(event)
+    assert facts.kind == "device"
+    return facts
+
+
+def test_facts_come_from_the_view_rows_in_link_key_order() -> None:
+    rows = stored(signup("u-1", START, ip="192.0.2.1"), signup("u-2", START + 1000, ip="192.0.2.9"))
+    view = LinkView(stored_states(rows))
+    device, net = view.facts(signup("u-3", START + 2000, ip="192.0.2.9"))
+    assert device == LinkFacts("device", accounts_24h=3, signups_24h=3, related=("u-2", "u-1"))
+    assert net == LinkFacts(
+        "net", accounts_24h=3, signups_24h=3, same_ip_24h=2, related=("u-2", "u-1")
+    )
+    # The view is only read: its rows are what the link stage wrote.
+    assert rows == stored(
+        signup("u-1", START, ip="192.0.2.1"), signup("u-2", START + 1000, ip="192.0.2.9")
+    )
+
+
+def test_an_event_naming_no_link_has_no_facts() -> None:
+    view = LinkView(stored_states({}), now_ms=FakeClock().now_ms)
+    assert view.facts(Event("e-1", "u-1", "page_view", START)) == ()
+    assert view.overlay == {}
+
+
+def test_the_overlay_shows_a_burst_on_one_worker_at_once() -> None:
+    """Three accounts on one device decided back to back, before the view holds any."""
+    clock = FakeClock()
+    view = LinkView(stored_states({}), now_ms=clock.now_ms)
+    seen = []
+    for n, user in enumerate(["u-1", "u-2", "u-3"]):
+        clock.now += 5
+        seen.append(device_facts(view, signup(user, START + n)).accounts_24h)
+    assert seen == [1, 2, 3]
+    third = device_facts(view, signup("u-4", START + 3))
+    assert (third.signups_24h, third.related) == (4, ("u-3", "u-2", "u-1"))
+
+
+def test_without_a_clock_there_is_no_overlay() -> None:
+    """In-process (replay, tests) the view is the link table itself: nothing to overlay."""
+    view = LinkView(stored_states({}))
+    assert [device_facts(view, signup(u, START)).accounts_24h for u in ("a", "b", "c")] == [1] * 3
+    assert view.overlay == {}
+
+
+def test_an_event_the_view_already_holds_changes_nothing_when_laid_over_it() -> None:
+    clock = FakeClock()
+    first, second = (
+        signup("u-1", START, ip="192.0.2.1"),
+        signup("u-2", START + 1000, ip="192.0.2.2"),
+    )
+    rows: dict[bytes, bytes | None] = {}
+    view = LinkView(stored_states(rows), now_ms=clock.now_ms)
+    view.facts(first)
+    view.facts(second)
+    # The link stage catches up: the view now holds both, and the overlay still does.
+    rows.update(stored(first, second))
+    assert set(view.overlay) == {DEVICE, NET}
+    third = signup("u-3", START + 2000, ip="192.0.2.1")
+    overlaid = view.facts(third)
+    assert overlaid == LinkView(stored_states(stored(first, second))).facts(third)
+    assert overlaid[0].accounts_24h == 3  # not 5: no account counted twice
+    assert overlaid[1].same_ip_24h == 2
+
+
+def test_overlaid_events_age_out_by_the_workers_clock_and_prune_drops_them() -> None:
+    clock = FakeClock()
+    view = LinkView(stored_states({}), now_ms=clock.now_ms)
+    view.facts(signup("u-1", START))
+    clock.now += OVERLAY_MS  # just old enough to still count
+    assert device_facts(view, signup("u-2", START + 1)).accounts_24h == 2
+    clock.now += 1  # u-1 laid over OVERLAY_MS + 1 ago: gone; u-2 still there
+    assert device_facts(view, signup("u-3", START + 2)).related == ("u-2",)
+    assert [event.user_id for _, event in view.overlay[DEVICE]] == ["u-2", "u-3"]
+    view.prune()
+    assert set(view.overlay) == {DEVICE}  # its newest is recent: kept whole
+    clock.now += OVERLAY_MS + 1
+    view.prune()
+    assert view.overlay == {}
+    assert device_facts(view, signup("u-4", START + 3)).accounts_24h == 1
+
+
+def test_prune_without_a_clock_does_nothing() -> None:
+    view = LinkView(stored_states({}))
+    view.prune()
+    assert view.overlay == {}
+
+
+def test_expired_view_state_is_treated_as_empty() -> None:
+    rows = stored(signup("u-1", START))
+    ttl = 10 * DAY_MS
+
+    def expired(last_ts: int | None, ts: int) -> bool:
+        return last_ts is not None and ts - last_ts > ttl
+
+    view = LinkView(stored_states(rows), expired=expired)
+    # Within the time to live, u-1 is still related (accounts are kept 30 days)...
+    assert device_facts(view, signup("u-2", START + ttl)).related == ("u-1",)
+    # ...past it, the device is as if new, as the link stage will find it.
+    facts = device_facts(view, signup("u-3", START + ttl + 1))
+    assert (facts.accounts_24h, facts.related) == (1, ())
+    without_ttl = LinkView(stored_states(rows))
+    assert device_facts(without_ttl, signup("u-3", START + ttl + 1)).related == ("u-1",)
+
+
+def test_the_workers_view_forgets_by_the_pipelines_time_to_live_and_overlays_by_its_clock() -> None:
+    clock, registry = FakeClock(), CollectorRegistry()
+    pipeline = Pipeline(
+        Engine(load_builtin("retail-loyalty")),
+        Metrics(registry, clock=clock),
+        max_event_bytes=4096,
+        state_ttl_ms=10 * DAY_MS,
+    )
+    rows = stored(signup("u-1", START))
+    view = pipeline.link_view(rows)
+    assert device_facts(view, signup("u-2", START + 11 * DAY_MS)).related == ()
+    assert device_facts(view, signup("u-3", START + 11 * DAY_MS + 1)).related == ("u-2",)
+    clock.now += OVERLAY_MS + 1
+    view.prune()
+    assert view.overlay == {}
+    # The view's reads are not counted: the link stage counts its own expiries.
+    expired = {"table": "link-state"}
+    assert registry.get_sample_value("rewardstream_state_expired_total", expired) is None
