@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from app.contract import Event, Rejection, SourcePosition, parse_event
+from app.contract.validate import parse_event_schema
 from app.decisioning import Engine
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
@@ -61,6 +62,7 @@ JSON = st.recursive(
 def test_random_bytes_never_raise(raw: bytes) -> None:
     result = parse_event(raw, max_bytes=65_536)
     assert isinstance(result, Event | Rejection)
+    assert repr(result) == repr(parse_event_schema(raw, max_bytes=65_536))
 
 
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -86,11 +88,41 @@ def test_random_bytes_never_raise(raw: bytes) -> None:
 )
 def test_random_documents_are_accepted_only_when_valid(document: dict[str, Any]) -> None:
     result = parse_event(orjson.dumps(document), max_bytes=65_536)
+    assert repr(result) == repr(parse_event_schema(orjson.dumps(document), max_bytes=65_536))
     if isinstance(result, Rejection):
         assert result.reason in ("schema", "bad_timestamp")
         assert result.error
     else:
         assert result.user_id == document["user_id"]
+
+
+VALID_MESSAGES = [
+    b'{"event_id":"e-1","user_id":"u-1","type":"purchase","ts":"2026-03-01T12:00:00.250Z",'
+    b'"amount":42.5,"currency":"EUR","channel":"mobile","device_id":"d-9","ip":"10.1.2.3",'
+    b'"attributes":{"sku":["a","b"],"n":3,"gift":false,"note":null}}',
+    b'{"event_id":"e-2","user_id":"\\u30e6-\xf0\x9f\x8e\x81","type":"consent_updated",'
+    b'"ts":1772366400000,"attributes":{"marketing":true,"personalization":false}}',
+    b'{"event_id":"e-3","user_id":"u-3","type":"fraud_label","ts":"2026-03-01 13:00:00+01:00",'
+    b'"decision_id":"d-1","ip":"2001:db8::1","attributes":{"label":"cleared"}}',
+]
+
+
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(VALID_MESSAGES),
+    st.lists(st.tuples(st.integers(0, 300), st.integers(0, 2), st.binary(max_size=3)), max_size=3),
+)
+def test_damaged_events_come_out_as_on_the_schema_path(
+    raw: bytes, edits: list[tuple[int, int, bytes]]
+) -> None:
+    """Bytes replaced, dropped or inserted anywhere in a valid event (inside a string, a
+    number, a key, between tokens): the fast path never accepts what the schema path
+    would not, and every rejection reads as before."""
+    for at, cut, insert in edits:
+        at %= len(raw) + 1
+        raw = raw[:at] + insert + raw[at + cut :]
+    result = parse_event(raw, max_bytes=65_536)
+    assert repr(result) == repr(parse_event_schema(raw, max_bytes=65_536))
 
 
 valid_events = st.fixed_dictionaries(

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
+import json
+import os
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from app.contract import Event, Rejection, parse_event
+from app.contract import REJECTION_REASONS, Event, Rejection, parse_event, validate_event
+from app.contract.schemas import load_schema
+from app.contract.validate import (
+    _IPV4,
+    MAX_TS_MS,
+    MIN_TS_MS,
+    _is_ip_address,
+    _parse_fast,
+    parse_event_schema,
+)
 
 MAX = 65_536
 
@@ -175,3 +191,449 @@ def test_rfc3339_variants_are_accepted(ts: str) -> None:
 @pytest.mark.parametrize("ts", ["20260301T120000Z", "2026-02-30T12:00:00Z", "2026-03-01T12:00Z"])
 def test_non_rfc3339_strings_are_rejected(ts: str) -> None:
     assert rejected(event(ts=ts)).reason == "bad_timestamp"
+
+
+# ---------------------------------------------------------------- the event-time bound
+
+NOW = 1_772_366_400_000  # 2026-03-01T12:00:00Z, the worker's clock in these tests
+
+
+def bounded(document: Any, now_ms: int | None = NOW, ahead: int | None = 300_000) -> Any:
+    return parse_event(orjson.dumps(document), max_bytes=MAX, now_ms=now_ms, max_ahead_ms=ahead)
+
+
+def test_ts_beyond_the_bound_is_rejected_naming_ts_clock_and_bound() -> None:
+    result = bounded(event(event_id="e-9", ts=NOW + 300_001))
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.event_id) == ("ts_in_future", "e-9")
+    assert result.error == (
+        "ts 1772366700001 (2026-03-01T12:05:00.001Z) is 300001 ms ahead of the worker's clock "
+        "1772366400000 (2026-03-01T12:00:00.000Z); the bound is 300000 ms ahead "
+        "(ts up to 1772366700000, 2026-03-01T12:05:00.000Z)"
+    )
+    assert "ts_in_future" in REJECTION_REASONS
+    assert "ts_in_future" in load_schema("dead_letter")["properties"]["reason"]["enum"]
+
+
+@pytest.mark.parametrize("ts", [NOW + 300_000, NOW + 1, NOW, NOW - 30 * 86_400_000])
+def test_ts_up_to_the_bound_or_in_the_past_is_accepted(ts: int) -> None:
+    result = bounded(event(ts=ts))
+    assert isinstance(result, Event)
+    assert result.ts == ts
+
+
+@pytest.mark.parametrize(("now_ms", "ahead"), [(None, None), (NOW, None), (None, 0)])
+def test_without_both_clock_and_bound_nothing_is_bounded(
+    now_ms: int | None, ahead: int | None
+) -> None:
+    assert isinstance(bounded(event(ts="2099-12-31T23:59:59Z"), now_ms, ahead), Event)
+
+
+def test_a_clock_outside_the_calendar_is_named_in_ms_only() -> None:
+    result = bounded(event(ts=NOW), now_ms=-(10**18), ahead=0)
+    assert isinstance(result, Rejection)
+    assert "clock -1000000000000000000 (out of the calendar's range)" in result.error
+
+
+def test_a_string_ts_is_bounded_as_the_instant_it_names() -> None:
+    result = bounded(event(ts="2026-03-01T13:00:01+01:00"), ahead=0)  # one second ahead
+    assert isinstance(result, Rejection)
+    assert result.reason == "ts_in_future"
+    assert result.error.startswith("ts 1772366401000 (2026-03-01T12:00:01.000Z) is 1000 ms ahead")
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        (event(type="teleport", ts=NOW + 86_400_000), "schema"),
+        (event(ip="999.1.1.1", ts=NOW + 86_400_000), "schema"),
+        (event(ts="2126-03-01T12:00:00Z"), "bad_timestamp"),
+    ],
+)
+def test_an_invalid_event_keeps_its_own_reason_under_a_bound(
+    document: dict[str, Any], reason: str
+) -> None:
+    assert bounded(document, ahead=0).reason == reason
+
+
+def test_both_paths_apply_the_bound() -> None:
+    # An attribute integer beyond int64 is valid but left to the schema path.
+    document = event(ts=NOW + 3_600_000, attributes={"n": 2**63})
+    raw = orjson.dumps(document)
+    assert _parse_fast(raw) is None
+    slow = parse_event(raw, max_bytes=MAX, now_ms=NOW, max_ahead_ms=60_000)
+    fast = bounded(event(ts=NOW + 3_600_000), ahead=60_000)
+    direct = validate_event(document, now_ms=NOW, max_ahead_ms=60_000)
+    assert isinstance(slow, Rejection)
+    assert isinstance(fast, Rejection)
+    assert slow.reason == fast.reason == "ts_in_future"
+    assert slow == direct
+    assert slow.error == fast.error
+
+
+# ---------------------------------------------------------------- fast path = schema path
+
+# The fast path (msgspec) only accepts; the schema path (orjson + fastjsonschema) writes
+# every rejection. These check that the two accept the same documents, and that whatever
+# the fast path accepts comes out as the schema path would build it.
+
+EVENT_SCHEMA = load_schema("event")
+TYPES: list[str] = EVENT_SCHEMA["properties"]["type"]["enum"]
+CHANNELS: list[str] = EVENT_SCHEMA["properties"]["channel"]["enum"]
+FIELDS = list(EVENT_SCHEMA["properties"])
+BIG = 1 << 22  # above any document generated here: size is checked before either path
+# FUZZ_FACTOR=50 runs these properties with 50 times more examples (as `make fuzz` does
+# for test_hostile_input.py).
+FUZZ_FACTOR = max(1, int(os.environ.get("FUZZ_FACTOR", "1")))
+
+
+def test_fast_path_was_written_for_this_event_schema() -> None:
+    canonical = json.dumps(EVENT_SCHEMA, sort_keys=True).encode()
+    assert hashlib.sha256(canonical).hexdigest() == (
+        "333ad4340f44855e1d31ad381ee5cc83ac9a071a99d91adb4ea59871c45be443"
+    ), (
+        "event.schema.json changed: make _WireEvent and _meets_type_rules in "
+        "app/contract/validate.py mirror it (the property tests below compare them with the "
+        "schema, add cases for what changed), then update this digest"
+    )
+
+
+class Raw(str):
+    """A JSON token written as it is: NaN, 1e309, an escaped key, ..."""
+
+
+class Pairs(list[tuple[Any, Any]]):
+    """An object written from (key, value) pairs, so that a key can repeat."""
+
+
+def encode(value: Any) -> bytes:
+    """JSON text that orjson cannot write: repeated keys, any integer, raw tokens."""
+    if isinstance(value, Raw):
+        return value.encode()
+    if isinstance(value, bool) or value is None or isinstance(value, float | str):
+        return orjson.dumps(value)
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, dict):
+        value = Pairs(value.items())
+    if isinstance(value, Pairs):
+        return b"{" + b",".join(encode(k) + b":" + encode(v) for k, v in value) + b"}"
+    return b"[" + b",".join(encode(item) for item in value) + b"]"
+
+
+def strict(result: Event | Rejection | None) -> str:
+    """Equality that tells 1 from 1.0 and 0.0 from -0.0 (the repr of every field)."""
+    return repr(result)
+
+
+RAW_TOKENS = [
+    "NaN",
+    "-Infinity",
+    "Infinity",
+    "1e309",
+    "-1e309",
+    "1e-400",
+    "-0",
+    "-0.0",
+    "1E3",
+    "1.0",
+    "1772366400000.0",
+    "1.7723664e12",
+    "1772366400000.5",
+    "9223372036854775807",
+    "9223372036854775808",
+    "18446744073709551616",
+    "100000000000000000000000000000",
+    '"\\u0041BC"',
+    '"\\ud83c\\udf81"',
+    '"2026-03-01T12:00:00\\u005a"',
+]
+TS_STRINGS = [
+    "2026-03-01T12:00:00Z",
+    "2026-03-01t12:00:00.5z",
+    "2026-03-01 12:00:00.123456789+05:30",
+    "2026-03-01T12:00:00.1234567891Z",
+    "2026-02-30T12:00:00Z",
+    "2026-03-01T24:00:00Z",
+    "2026-03-01T12:00:00+24:00",
+    "1999-12-31T23:59:59.999Z",
+    "2000-01-01T00:00:00Z",
+    "2099-12-31T23:59:59.999Z",
+    "2100-01-01T00:00:00Z",
+    "2000-01-01T00:00:00+00:01",
+    "2026-03-01T12:00:00",
+    "\u0662026-03-01T12:00:00Z",
+]
+IP_STRINGS = ["10.0.0.1", "01.2.3.4", "256.1.1.1", "::1", "fe80::1%eth0", "1.2.3.4/24", "1.2.3"]
+TEXT_LIKE = [
+    "EUR",
+    "EUR\n",
+    "eur",
+    "EURO",
+    "EU",
+    "\u00c9UR",
+    "x" * 128,
+    "x" * 129,
+    "x" * 64,
+    *TS_STRINGS,
+]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+)
+ids = st.text(min_size=1, max_size=12) | st.sampled_from(["x" * 128, "ユーザー-\u200b-🎁"])
+valid_ts = st.one_of(
+    st.integers(MIN_TS_MS, MAX_TS_MS - 1),
+    st.builds(
+        lambda moment, zone, sep, spec: (
+            moment.replace(tzinfo=zone).isoformat(sep=sep, timespec=spec).replace("+00:00", "Z")
+        ),
+        st.datetimes(datetime(2000, 1, 2), datetime(2099, 12, 30)),
+        st.sampled_from(
+            [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
+        ),
+        st.sampled_from(["T", "t", " "]),
+        st.sampled_from(["seconds", "milliseconds", "microseconds"]),
+    ),
+)
+valid_values: dict[str, st.SearchStrategy[Any]] = {
+    "event_id": ids,
+    "user_id": ids,
+    "type": st.sampled_from(TYPES),
+    "ts": valid_ts,
+    "amount": st.floats(0, 1e9) | st.integers(0, 10**9),
+    "currency": st.from_regex(r"\A[A-Z]{3}\Z"),
+    "channel": st.sampled_from(CHANNELS),
+    "device_id": ids,
+    "ip": st.ip_addresses().map(str),
+    "decision_id": st.text(min_size=1, max_size=64),
+    "attributes": st.dictionaries(
+        st.text(max_size=8), scalars | st.lists(scalars, max_size=4), max_size=4
+    ),
+}
+odd_values: dict[str, st.SearchStrategy[Any]] = {
+    "ts": st.sampled_from(TS_STRINGS) | st.sampled_from([MIN_TS_MS - 1, MAX_TS_MS]),
+    "ip": st.sampled_from(IP_STRINGS),
+    "currency": st.sampled_from(TEXT_LIKE[:6]),
+}
+hostile_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(MIN_TS_MS - 2, MIN_TS_MS + 1) | st.integers(MAX_TS_MS - 2, MAX_TS_MS + 1),
+    st.sampled_from([-1, 10**9, 10**9 + 1, 2**63, 2**64, -(2**63) - 1]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([-0.0, 1e9, 1e9 + 0.5, 1000000000.0000001]),
+    st.sampled_from(RAW_TOKENS).map(Raw),
+    st.text(max_size=12),
+    st.text(min_size=40, max_size=46),
+    st.sampled_from(TYPES + CHANNELS + TEXT_LIKE + IP_STRINGS),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(0, 3), max_size=2),
+)
+attribute_names = st.one_of(
+    st.sampled_from(["marketing", "personalization", "label", Raw('"m\\u0061rketing"')]),
+    st.text(max_size=8),
+    st.integers(62, 66).map(lambda n: "\u00fc" * n),
+)
+attribute_values = st.one_of(
+    scalars,
+    hostile_values,
+    st.sampled_from(["confirmed", "cleared", "Confirmed"]),
+    st.lists(scalars | st.sampled_from(RAW_TOKENS).map(Raw) | st.lists(scalars), max_size=3),
+    st.integers(62, 66).map(lambda n: [1] * n),
+    st.integers(1022, 1026).map(lambda n: "\U0001f381" * n),
+)
+
+
+def _set(pairs: Pairs, key: Any, value: Any) -> None:
+    for i, (k, _) in enumerate(pairs):
+        if k == key:
+            pairs[i] = (key, value)
+            return
+    pairs.append((key, value))
+
+
+@st.composite
+def near_valid_documents(draw: st.DrawFn) -> bytes:
+    """A valid event of some type, then up to three of: a field dropped, a field set to an
+    odd or wrong value, an attribute added or changed, a key repeated."""
+    kind = draw(st.sampled_from(TYPES))
+    pairs = Pairs(
+        [
+            ("event_id", draw(ids)),
+            ("user_id", draw(ids)),
+            ("type", kind),
+            ("ts", draw(valid_ts)),
+        ]
+    )
+    for name in ("amount", "currency", "channel", "device_id", "ip", "decision_id", "attributes"):
+        if draw(st.booleans()):
+            _set(pairs, name, draw(valid_values[name]))
+    if kind == "purchase":
+        _set(pairs, "amount", draw(valid_values["amount"]))
+        _set(pairs, "currency", draw(valid_values["currency"]))
+    if kind.startswith("reward_"):
+        _set(pairs, "decision_id", draw(valid_values["decision_id"]))
+    if kind == "consent_updated":
+        _set(pairs, "attributes", {draw(st.sampled_from(["marketing", "personalization"])): True})
+    if kind == "fraud_label":
+        _set(pairs, "attributes", {"label": draw(st.sampled_from(["confirmed", "cleared"]))})
+    for _ in range(draw(st.integers(0, 3))):
+        mutation = draw(st.sampled_from(["drop", "set", "set", "odd", "attribute", "repeat"]))
+        if mutation == "drop" and pairs:
+            del pairs[draw(st.integers(0, len(pairs) - 1))]
+        elif mutation == "set":
+            name = draw(st.sampled_from([*FIELDS, "colour", "Type", Raw('"event\\u005fid"')]))
+            _set(pairs, name, draw(valid_values.get(name, hostile_values) | hostile_values))
+        elif mutation == "odd":
+            name = draw(st.sampled_from(sorted(odd_values)))
+            _set(pairs, name, draw(odd_values[name]))
+        elif mutation == "attribute":
+            current = next((v for k, v in pairs if k == "attributes"), None)
+            attributes = dict(current) if isinstance(current, dict) else {}
+            if draw(st.booleans()):
+                attributes[draw(attribute_names)] = draw(attribute_values)
+            else:
+                attributes = {f"k{i}": i for i in range(draw(st.integers(62, 66)))}
+            _set(pairs, "attributes", attributes)
+        elif mutation == "repeat":
+            name = draw(st.sampled_from(["type", "ts", "amount", "event_id", "attributes"]))
+            pairs.append((name, draw(valid_values[name] | hostile_values)))
+    return encode(pairs)
+
+
+def _left_to_the_schema_path(raw: bytes) -> bool:
+    """The valid events the fast path declines: an attribute integer outside int64 (orjson
+    reads it as a float, msgspec as an int), and a key that repeats with an earlier value
+    that is invalid (the last one counts, but msgspec checks each)."""
+    repeated = False
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeated
+        repeated = repeated or len({k for k, _ in pairs}) < len(pairs)
+        return dict(pairs)
+
+    document = json.loads(raw, object_pairs_hook=pairs_hook)
+    attributes = document.get("attributes")
+    if repeated or not isinstance(attributes, dict):
+        return repeated
+    values = [x for v in attributes.values() for x in (v if isinstance(v, list) else [v])]
+    return any(type(x) is int and not -(2**63) <= x < 2**63 for x in values)
+
+
+@settings(
+    max_examples=1000 * FUZZ_FACTOR, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(near_valid_documents())
+def test_fast_path_and_schema_path_accept_the_same_documents(raw: bytes) -> None:
+    reference = parse_event_schema(raw, max_bytes=BIG)
+    fast = _parse_fast(raw)
+    if fast is not None:
+        assert isinstance(reference, Event), (raw, reference)
+        assert strict(fast) == strict(reference), raw
+    else:
+        assert isinstance(reference, Rejection) or _left_to_the_schema_path(raw), reference
+    assert strict(parse_event(raw, max_bytes=BIG)) == strict(reference)
+
+
+@pytest.mark.parametrize(
+    ("raw", "outcome"),
+    [
+        (b"\xef\xbb\xbf" + orjson.dumps(event()), "bad_encoding"),  # a byte order mark
+        (orjson.dumps(event())[:-1] + b',"amount":NaN}', "bad_json"),
+        (orjson.dumps(event())[:-1] + b',"attributes":{"x":-Infinity}}', "bad_json"),
+        (orjson.dumps(event())[:-1] + b',"attributes":{"x":1e309}}', "bad_json"),
+        (orjson.dumps(event())[:-1] + b',"amount":1e309}', "bad_json"),
+        (
+            b'{"event_id":"e\\ud800","user_id":"u","type":"page_view","ts":1772366400000}',
+            "bad_json",
+        ),
+        (
+            b'{"event_id":"e\xff","user_id":"u","type":"page_view","ts":1772366400000}',
+            "bad_encoding",
+        ),
+        (
+            b'{"event_id":"e\xed\xa0\x80","user_id":"u","type":"signup","ts":1772366400000}',
+            "bad_encoding",
+        ),
+        (orjson.dumps(event()) + b" x", "bad_json"),
+        (b" \t\r\n" + orjson.dumps(event()) + b"\n", "event"),
+        (b"null", "not_an_object"),
+        (b"12", "not_an_object"),
+        (orjson.dumps(event())[:-1] + b',"type":"purchase"}', "schema"),  # the last type counts
+        (orjson.dumps(event())[:-1] + b',"event_id":"e-2"}', "event"),
+        (b'{"event\\u005fid":"e","user_id":"u","type":"signup","ts":1772366400000}', "event"),
+        (b'{"event_id":"e","user_id":"u","type":"sign\\u0075p","ts":1772366400000}', "event"),
+        (b'{"event_id":"e","user_id":"u","type":"signup\\u0000","ts":1772366400000}', "schema"),
+        (orjson.dumps(event(currency=None)), "schema"),  # null is not "left out"
+        (orjson.dumps(event(currency="EUR\n")), "schema"),
+        (orjson.dumps(event(ts=1_772_366_400_000.0)), "event"),  # an integral float is an integer
+        (orjson.dumps(event())[:-1] + b',"ts":1.7723664e12}', "event"),
+        (orjson.dumps(event(ts=1_772_366_400_000.5)), "schema"),
+        (orjson.dumps(event(attributes={"n": 2**63 - 1})), "event"),
+        (orjson.dumps(event())[:-1] + b',"attributes":{"n":18446744073709551615}}', "event"),
+        (orjson.dumps(event())[:-1] + b',"attributes":{"n":100000000000000000000000}}', "event"),
+        (orjson.dumps(event(attributes={"\U0001f381" * 64: "\U0001f381" * 1024})), "event"),
+        (orjson.dumps(event(attributes={"\U0001f381" * 65: 1})), "schema"),
+        (orjson.dumps(event(attributes={"k": "\U0001f381" * 1025})), "schema"),
+        (
+            orjson.dumps(event())[:-1]
+            + b',"attributes":{'
+            + b",".join(b'"k%d":1' % i for i in range(64))
+            + b',"k0":2}}',
+            "event",
+        ),  # 65 pairs, 64 names
+        (orjson.dumps(event(type="consent_updated", attributes={"marketing": [True]})), "schema"),
+        (orjson.dumps(event(type="fraud_label", attributes={"label": ["cleared"]})), "schema"),
+        (orjson.dumps(event(ip="fe80::1%eth0")), "event"),
+        (orjson.dumps(event(ip="010.1.1.1")), "schema"),
+    ],
+)
+def test_json_edge_cases_come_out_as_on_the_schema_path(raw: bytes, outcome: str) -> None:
+    result = parse_event(raw, max_bytes=MAX)
+    assert strict(result) == strict(parse_event_schema(raw, max_bytes=MAX))
+    assert (result.reason if isinstance(result, Rejection) else "event") == outcome, result
+
+
+def test_an_attribute_integer_beyond_int64_is_kept_as_the_schema_path_reads_it() -> None:
+    wide = orjson.dumps(event())[:-1] + b',"attributes":{"u64":18446744073709551615,"big":1e23}}'
+    huge = orjson.dumps(event())[:-1] + b',"attributes":{"n":100000000000000000000000}}'
+    assert _parse_fast(wide) is None
+    assert _parse_fast(huge) is None
+    wide_event = parse_event(wide, max_bytes=MAX)
+    huge_event = parse_event(huge, max_bytes=MAX)
+    assert isinstance(wide_event, Event)
+    assert isinstance(huge_event, Event)
+    assert wide_event.attributes == {"u64": 2**64 - 1, "big": 1e23}
+    assert huge_event.attributes == {"n": 1e23}
+    assert isinstance(huge_event.attributes["n"], float)
+
+
+octets = st.one_of(
+    st.integers(0, 300).map(str),
+    st.from_regex(r"\A0[0-9]{1,2}\Z"),
+    st.text("0123456789\u0661", max_size=4),
+)
+
+
+@settings(max_examples=500 * FUZZ_FACTOR, deadline=None)
+@given(
+    st.lists(octets, min_size=1, max_size=5).map(".".join)
+    | st.ip_addresses().map(str)
+    | st.text(max_size=45)
+)
+def test_the_ipv4_shortcut_agrees_with_ipaddress(text: str) -> None:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        expected = False
+    else:
+        expected = True
+    if _IPV4.fullmatch(text):
+        assert expected, text
+    assert _is_ip_address(text) is expected
