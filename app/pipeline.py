@@ -349,6 +349,7 @@ class Pipeline:
             return [self._internal_error(source, value, exc)]
         # Only a decided event goes on to its links (a repeat's alert is not a decision).
         if outputs and outputs[0].role == "decisions" and link_keys(event):
+            view.decided(event)
             document = orjson.dumps(link_document(event))
             outputs += [Output("links", key, document) for _, key in link_keys(event)]
         return outputs

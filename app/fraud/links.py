@@ -98,7 +98,7 @@ class LinkFacts:
     related: tuple[str, ...] = ()  # other accounts here, most recent first
 
     def to_document(self) -> dict[str, Any]:
-        return {k: v for k, v in orjson.loads(orjson.dumps(self)).items() if v not in (None, ())}
+        return {k: v for k, v in orjson.loads(orjson.dumps(self)).items() if v not in (None, [])}
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> LinkFacts:

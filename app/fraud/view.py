@@ -58,8 +58,7 @@ class LinkView:
         self.overlay: dict[bytes, deque[tuple[int, Event]]] = {}
 
     def facts(self, event: Event) -> tuple[LinkFacts, ...]:
-        """The facts of each of ``event``'s links, in :func:`link_keys` order; the event is
-        then laid over the view (when the view has an overlay)."""
+        """The facts of each of ``event``'s links, in :func:`link_keys` order."""
         found = []
         now = self.now_ms() if self.now_ms is not None else None
         for kind, key in link_keys(event):
@@ -74,9 +73,16 @@ class LinkView:
                     state, _ = observe_link(state, earlier, kind)
             _, facts = observe_link(state, event, kind)
             found.append(facts)
-            if now is not None:
-                self.overlay.setdefault(key, deque(maxlen=OVERLAY_PER_KEY)).append((now, event))
         return tuple(found)
+
+    def decided(self, event: Event) -> None:
+        """``event`` was decided and goes on to its links: lay it over the view until the
+        view holds it (when the view has an overlay)."""
+        if self.now_ms is None:
+            return
+        now = self.now_ms()
+        for _, key in link_keys(event):
+            self.overlay.setdefault(key, deque(maxlen=OVERLAY_PER_KEY)).append((now, event))
 
     def prune(self) -> None:
         """Forget overlaid events older than :data:`OVERLAY_MS` (the view holds them by now)."""

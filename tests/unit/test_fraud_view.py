@@ -51,9 +51,16 @@ def stored(*events: Event) -> dict[bytes, bytes | None]:
 
 
 def device_facts(view: LinkView, event: Event) -> LinkFacts:
+    """The device facts ``event`` is decided with; it is then decided (overlaid)."""
     [facts] = view.facts(event)
+    view.decided(event)
     assert facts.kind == "device"
     return facts
+
+
+def decide(view: LinkView, event: Event) -> None:
+    view.facts(event)
+    view.decided(event)
 
 
 def test_facts_come_from_the_view_rows_in_link_key_order() -> None:
@@ -89,6 +96,15 @@ def test_the_overlay_shows_a_burst_on_one_worker_at_once() -> None:
     assert (third.signups_24h, third.related) == (4, ("u-3", "u-2", "u-1"))
 
 
+def test_only_a_decided_event_is_laid_over_the_view() -> None:
+    """An event whose facts were read but that was not decided (a repeat, a failure) is
+    never counted by the link stage: it must not be counted by the overlay either."""
+    view = LinkView(stored_states({}), now_ms=FakeClock().now_ms)
+    view.facts(signup("u-1", START))
+    assert view.overlay == {}
+    assert device_facts(view, signup("u-2", START + 1)).accounts_24h == 1
+
+
 def test_without_a_clock_there_is_no_overlay() -> None:
     """In-process (replay, tests) the view is the link table itself: nothing to overlay."""
     view = LinkView(stored_states({}))
@@ -104,8 +120,8 @@ def test_an_event_the_view_already_holds_changes_nothing_when_laid_over_it() -> 
     )
     rows: dict[bytes, bytes | None] = {}
     view = LinkView(stored_states(rows), now_ms=clock.now_ms)
-    view.facts(first)
-    view.facts(second)
+    decide(view, first)
+    decide(view, second)
     # The link stage catches up: the view now holds both, and the overlay still does.
     rows.update(stored(first, second))
     assert set(view.overlay) == {DEVICE, NET}
@@ -119,7 +135,7 @@ def test_an_event_the_view_already_holds_changes_nothing_when_laid_over_it() -> 
 def test_overlaid_events_age_out_by_the_workers_clock_and_prune_drops_them() -> None:
     clock = FakeClock()
     view = LinkView(stored_states({}), now_ms=clock.now_ms)
-    view.facts(signup("u-1", START))
+    decide(view, signup("u-1", START))
     clock.now += OVERLAY_MS  # just old enough to still count
     assert device_facts(view, signup("u-2", START + 1)).accounts_24h == 2
     clock.now += 1  # u-1 laid over OVERLAY_MS + 1 ago: gone; u-2 still there

@@ -449,7 +449,6 @@ def test_a_decision_carries_the_link_facts_it_was_given(pipeline: Pipeline) -> N
         "accounts_24h": 1,
         "signups_24h": 1,
         "same_ip_24h": 0,
-        "related": [],
     }
     assert device[2] == {
         "kind": "device",
@@ -593,7 +592,7 @@ def test_a_device_silent_longer_than_the_time_to_live_is_forgotten(
         decisions.append(orjson.loads(decision.value))
     accounts = LinkState.from_bytes(state.links[b"device:d"]).accounts
     assert [seen.user_id for seen in accounts] == ["u-2"]  # u-1's sign-up is forgotten
-    assert decisions[1]["links"][0]["related"] == []
+    assert "related" not in decisions[1]["links"][0]  # none: left out, like other defaults
     # Counted once, by the link stage: the view's read is not a second expiry.
     assert (
         registry.get_sample_value("rewardstream_state_expired_total", {"table": "link-state"}) == 1
