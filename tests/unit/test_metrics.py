@@ -123,6 +123,7 @@ class Stream:
         self.pipeline = Pipeline(engine, self.metrics, max_event_bytes=4096)
         self.tables = Tables(users={}, ledgers={})
         self.offset = 0
+        self.source_ms: list[int] = []  # of the decisions handled, as the runtime collects them
 
     def send(
         self,
@@ -145,6 +146,7 @@ class Stream:
         }
         source = SourcePosition("events", partition, self.offset, user.encode(), produced_ms)
         outputs = self.pipeline.handle(self.tables, source, orjson.dumps(event), flush=flush)
+        self.source_ms += [o.source_ms for o in outputs if o.source_ms is not None]
         decision: dict[str, Any] = orjson.loads(outputs[0].value)
         return decision
 
@@ -211,20 +213,22 @@ def test_log_loss_scores_the_prediction_the_model_made_before_learning() -> None
     assert stream.value("rewardstream_model_updates_total", program="test-program") == 2
 
 
-def test_latency_runs_from_the_kafka_timestamp_to_the_end_of_the_batch() -> None:
+def test_latency_runs_from_the_kafka_timestamp_to_the_commit_of_the_decision() -> None:
     stream = Stream()
     produced = stream.clock.ms - 250
-    stream.send("u-1", "signup", produced_ms=produced, flush=False)
-    stream.send("u-2", "signup", produced_ms=produced + 100, flush=False)
-    stream.send("u-3", "signup", flush=False)  # no timestamp known: not observed
+    stream.send("u-1", "signup", produced_ms=produced)
+    stream.send("u-2", "signup", produced_ms=produced + 100)
+    stream.send("u-3", "signup")  # no timestamp known: not observed
+    assert stream.source_ms == [produced, produced + 100]
+    # Handled and flushed is not visible yet: nothing is observed before the commit.
     assert stream.value("rewardstream_event_to_decision_seconds_count") == 0
-    stream.clock.ms += 50  # the batch's outputs go to the producer now
-    stream.pipeline.flush(stream.tables)
+    stream.clock.ms += 50  # the transaction holding both decisions commits now
+    stream.pipeline.committed(stream.source_ms, stream.clock.now_ms())
     assert stream.value("rewardstream_event_to_decision_seconds_count") == 2
     assert stream.value("rewardstream_event_to_decision_seconds_sum") == pytest.approx(0.3 + 0.2)
     assert stream.value("rewardstream_event_to_decision_seconds_bucket", le="0.2") == 1
     # A producer whose clock runs ahead of ours: no wait, never a negative one.
-    stream.send("u-4", "signup", produced_ms=stream.clock.ms + 5_000)
+    stream.pipeline.committed([stream.clock.ms + 5_000], stream.clock.now_ms())
     assert stream.value("rewardstream_event_to_decision_seconds_bucket", le="0.005") == 1
 
 
