@@ -184,7 +184,7 @@ def _lines(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def _produce(settings: Settings, args: argparse.Namespace) -> int:
-    from app.kafkaio import client_options, produce
+    from app.kafkaio import client_options, event_routes, produce
 
     def send(stream: BinaryIO) -> int:
         return asyncio.run(
@@ -193,6 +193,7 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
                 settings.topic_events,
                 _lines(stream),
                 client=client_options(settings),
+                routes=event_routes(settings),
             )
         )
 
@@ -497,6 +498,7 @@ def _add_simulate(commands: Any) -> None:
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     from app.assembly import load_program_setting
+    from app.kafkaio import event_routes
     from app.simulation import EventSimulator, SimulatorConfig
     from app.simulation.live import stream_to_kafka, write_jsonl
 
@@ -528,6 +530,7 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
                 simulator,
                 rate=args.rate,
                 total=total,
+                routes=event_routes(settings),
             )
         )
         print(f"Produced {sent} events to {settings.topic_events}.", file=sys.stderr)
@@ -536,6 +539,7 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: int) -> int:
     from app.assembly import load_program_setting
+    from app.kafkaio import event_routes
     from app.simulation.closed_loop import ClosedLoopSimulator
     from app.simulation.live import closed_loop_on_kafka
 
@@ -561,6 +565,7 @@ def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: i
             {r.id: r.kind for r in program.rewards},
             rate=args.rate,
             total=total,
+            routes=event_routes(settings),
         )
     )
     _print_loop_summary(stats)

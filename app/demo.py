@@ -17,7 +17,7 @@ import orjson
 
 from app.assembly import load_program_setting
 from app.clock import SystemClock
-from app.kafkaio import ensure_topics, produce, read, topic_requests
+from app.kafkaio import ensure_topics, event_routes, produce, read, topic_requests
 from app.render import render
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
@@ -102,12 +102,14 @@ async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
         total=total,
         malformed=iter(broken),
         malformed_ratio=plan.invalid_ratio,
+        routes=event_routes(settings),
     )
     # After the users' traffic, so that the latency figures describe the users' events.
     await produce(
         settings.bootstrap_servers,
         settings.topic_events,
         [orjson.dumps(event.document) for event in attacks],
+        routes=event_routes(settings),
     )
     outputs = [settings.topic_decisions, settings.topic_fraud_alerts, settings.topic_dead_letter]
     records = [

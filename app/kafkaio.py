@@ -157,6 +157,23 @@ def user_key(line: bytes, key_field: str = "user_id") -> bytes | None:
     return value.encode() if isinstance(value, str) else None
 
 
+def event_routes(settings: Settings) -> dict[str, str]:
+    """The topic of each control event type; every other event goes to ``events``."""
+    return {"fraud_label": settings.topic_fraud_labels, "consent_updated": settings.topic_consent}
+
+
+def route(value: bytes, topic: str, routes: Mapping[str, str]) -> str:
+    """The topic ``value`` goes to: its type's route, else ``topic``."""
+    if not routes:
+        return topic
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return topic
+    kind = document.get("type") if isinstance(document, dict) else None
+    return routes.get(kind, topic) if isinstance(kind, str) else topic
+
+
 async def produce(
     bootstrap_servers: str,
     topic: str,
@@ -164,8 +181,10 @@ async def produce(
     *,
     key_field: str = "user_id",
     client: ClientOptions | None = None,
+    routes: Mapping[str, str] | None = None,
 ) -> int:
-    """Send each value (as-is, valid or not) keyed by its user id; return how many."""
+    """Send each value (as-is, valid or not) keyed by its user id, to ``topic`` or, for an
+    event type in ``routes``, to that type's topic; return how many."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all", **(client or {})
     )
@@ -173,7 +192,8 @@ async def produce(
     count = 0
     try:
         for value in values:
-            await producer.send(topic, value, key=user_key(value, key_field))
+            target = route(value, topic, routes or {})
+            await producer.send(target, value, key=user_key(value, key_field))
             count += 1
         await producer.flush()
     finally:

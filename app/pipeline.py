@@ -54,6 +54,15 @@ MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
 MAX_DEAD_LETTER_KEY = 1024
 # How a decision on a trigger event was chosen (its first reason code, "policy.<mode>").
 POLICY_MODES = frozenset({"exploit", "explore", "default", "below_minimum", "nothing_eligible"})
+# Which event types each input may carry (an input not named here may carry any):
+# control events come only from topics of their own, whose writers Kafka ACLs restrict,
+# and never from ``events``, which every producer of user activity may write.
+CONTROL_TYPES = frozenset({"fraud_label", "consent_updated"})
+ALLOWED_TYPES: dict[str, Callable[[str], bool]] = {
+    "events": lambda type_: type_ not in CONTROL_TYPES,
+    "fraud-labels": lambda type_: type_ == "fraud_label",
+    "consent": lambda type_: type_ == "consent_updated",
+}
 # The header of a rekeyed event that says where it was first read ("topic/partition/offset").
 SOURCE_HEADER = "rewardstream-source"
 
@@ -317,9 +326,12 @@ class Pipeline:
         source: SourcePosition,
         value: bytes | None,
         view: LinkView,
+        *,
+        role: str | None = None,
     ) -> list[Output]:
-        """Validate one event read at ``source`` on ``partition``; dead-letter it, send it
-        to its user's partition, or decide it and send it on to its links."""
+        """Validate one event read at ``source`` on ``partition`` from the input ``role``
+        (None: a trusted file, any type); dead-letter it, send it to its user's partition,
+        or decide it and send it on to its links."""
         try:
             event = parse_event(
                 value,
@@ -329,6 +341,9 @@ class Pipeline:
             )
             if isinstance(event, Rejection):
                 return [self._dead_letter(source, value or b"", event)]
+            allowed = ALLOWED_TYPES.get(role) if role is not None else None
+            if allowed is not None and not allowed(event.type):
+                return [self._dead_letter(source, value or b"", _unauthorized(event, role))]
             user_key = event.user_id.encode()
             if source.key != user_key:
                 self._count(self.metrics.rekeyed.inc)
@@ -528,3 +543,14 @@ class Pipeline:
             max_payload_bytes=MAX_DEAD_LETTER_PAYLOAD,
         )
         return Output("dead-letter", record.source.key, record.to_json())
+
+
+def _unauthorized(event: Event, role: str | None) -> Rejection:
+    where = {"fraud_label": "fraud-labels", "consent_updated": "consent"}.get(event.type)
+    hint = f"; send it to the {where} topic" if where else ""
+    return Rejection(
+        "unauthorized",
+        f"a {event.type} event may not come from the {role} topic{hint} "
+        "(docs/contract.md, who may send what)",
+        event.event_id,
+    )

@@ -51,6 +51,10 @@ class Settings:
     topic_decisions: str = "decisions"
     topic_fraud_alerts: str = "fraud-alerts"
     topic_dead_letter: str = "dead-letter"
+    # Control events come only from topics of their own, which Kafka ACLs can keep to
+    # those allowed to send them (docs/contract.md, "Who may send what").
+    topic_fraud_labels: str = "fraud-labels"
+    topic_consent: str = "consent"
     topic_model_checkpoints: str = "model-checkpoints"
     partitions: int = 4
     replication_factor: int = 1
@@ -216,6 +220,8 @@ class Settings:
             "decisions": self.topic_decisions,
             "fraud-alerts": self.topic_fraud_alerts,
             "dead-letter": self.topic_dead_letter,
+            "fraud-labels": self.topic_fraud_labels,
+            "consent": self.topic_consent,
             "model-checkpoints": self.topic_model_checkpoints,
             # Internal, between the worker's own stages; named after the app like the
             # changelogs, so two deployments on one cluster never share them.

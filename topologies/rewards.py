@@ -56,7 +56,9 @@ class StageSpec:
 
 
 STAGES = (
-    StageSpec("decide", ("events", "rekeyed"), (TABLE_USER_STATE, TABLE_LEDGER)),
+    StageSpec(
+        "decide", ("events", "fraud-labels", "consent", "rekeyed"), (TABLE_USER_STATE, TABLE_LEDGER)
+    ),
     StageSpec("link", ("links",), (TABLE_LINK_STATE,)),
 )
 # Tables every worker keeps a whole copy of, read-only (see streams.views).
@@ -84,6 +86,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     names = settings.topic_names()
     described = {
         "events": "user events in, keyed by user_id",
+        "fraud-labels": "analysts' fraud_label events in, keyed by user_id (ACLs: analysts only)",
+        "consent": "consent_updated events in, keyed by user_id (ACLs: the consent system only)",
         "decisions": "one decision per valid event",
         "fraud-alerts": "one alert per flagged event or pattern",
         "dead-letter": "invalid inputs with their reason and original bytes",
@@ -156,16 +160,19 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         if view is None:
             view = views["link"] = pipeline.link_view(batch.views[TABLE_LINK_STATE])
         tables = Tables(users=batch.tables[TABLE_USER_STATE], ledgers=batch.tables[TABLE_LEDGER])
-        rekeyed = batch.role == "rekeyed"
+        role = batch.role
         outputs: list[Output] = []
         # What the batch teaches the models, and the metrics it moves, take effect once it
         # is committed.
         with pipeline.holding(batch.effects):
             for message in batch.messages:
                 source = _position(message)
-                if rekeyed:
+                if role == "rekeyed":
                     source = first_read_at(source, message.headers)
-                outputs += pipeline.decide(tables, batch.partition, source, message.value, view)  # type: ignore[arg-type]
+                value = message.value
+                outputs += pipeline.decide(
+                    tables, batch.partition, source, value, view, role=role  # type: ignore[arg-type]
+                )
         pipeline.flush(tables)
         return outputs
 

@@ -47,6 +47,7 @@ REJECTION_REASONS: Final = (
     "schema",
     "bad_timestamp",
     "ts_in_future",
+    "unauthorized",
 )
 
 _EVENT_SCHEMA: Final = load_schema("event")

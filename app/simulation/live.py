@@ -7,14 +7,14 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import BinaryIO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.contract.records import Decision
-from app.kafkaio import user_key
+from app.kafkaio import route, user_key
 from app.progress import Progress
 from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 from app.simulation.events import EventSimulator
@@ -31,8 +31,10 @@ async def produce_at_rate(
     total: int | None,
     progress_total: int | None = None,
     show_progress: bool = True,
+    routes: Mapping[str, str] | None = None,
 ) -> int:
-    """Produce ``messages`` (at most ``total``) at ``rate`` per second; return how many."""
+    """Produce ``messages`` (at most ``total``) at ``rate`` per second to ``topic`` (or, for
+    an event type in ``routes``, to its own topic); return how many."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, linger_ms=5, acks="all")
     await producer.start()
     expected = progress_total or total or 0
@@ -42,7 +44,7 @@ async def produce_at_rate(
     try:
         for key, value in itertools.islice(messages, total):
             # send() queues the record; awaiting each delivery would cap the rate.
-            await producer.send(topic, value, key=key)
+            await producer.send(route(value, topic, routes or {}), value, key=key)
             sent += 1
             ahead_s = started + sent / rate - loop.time()
             if ahead_s > TICK_S:  # open loop: wait for the schedule, in small bursts
@@ -66,11 +68,18 @@ async def stream_to_kafka(
     rate: float,
     total: int,
     show_progress: bool = True,
+    routes: Mapping[str, str] | None = None,
 ) -> int:
     """Produce ``total`` simulated messages at ``rate`` per second (open loop)."""
     messages = ((user_key(value), value) for value in simulator)
     return await produce_at_rate(
-        bootstrap_servers, topic, messages, rate=rate, total=total, show_progress=show_progress
+        bootstrap_servers,
+        topic,
+        messages,
+        rate=rate,
+        total=total,
+        show_progress=show_progress,
+        routes=routes,
     )
 
 
@@ -92,6 +101,7 @@ async def closed_loop_on_kafka(
     malformed: Iterator[bytes] | None = None,
     malformed_ratio: float = 0.0,
     show_progress: bool = True,
+    routes: Mapping[str, str] | None = None,
 ) -> LoopStats:
     """Users who answer the engine's decisions, through Kafka: events out, decisions in.
 
@@ -134,6 +144,7 @@ async def closed_loop_on_kafka(
             total=None,
             progress_total=total,
             show_progress=show_progress,
+            routes=routes,
         )
         stats.events = sent
         await _until_decided(stats, sent - stats.malformed, idle_s=30.0)

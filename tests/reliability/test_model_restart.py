@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from app.assembly import load_program_setting
-from app.kafkaio import produce, read
+from app.kafkaio import event_routes, produce, read
 from app.settings import Settings
 from app.simulation.closed_loop import ClosedLoopSimulator
 from app.simulation.live import closed_loop_on_kafka
@@ -82,6 +82,7 @@ async def test_models_predict_after_a_sigkill_what_they_predicted_before(
         rate=400,
         total=1_500,
         show_progress=False,
+        routes=event_routes(settings),
     )
     assert stats.redeemed > 0
     last_ts = start_ms + 4 * 86_400_000

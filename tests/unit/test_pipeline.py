@@ -600,3 +600,51 @@ def test_a_device_silent_longer_than_the_time_to_live_is_forgotten(
     row = state.links[b"device:d"]
     assert not pipeline.stale("links", row, START + 30 * DAY_MS)
     assert pipeline.stale("links", row, START + 30 * DAY_MS + 1)
+
+
+# ------------------------------------------------------------ who may send what
+
+LABEL = {"type": "fraud_label", "attributes": {"label": "cleared"}}
+CONSENT = {"type": "consent_updated", "attributes": {"marketing": True}}
+
+
+@pytest.mark.parametrize("control", [LABEL, CONSENT], ids=["fraud_label", "consent_updated"])
+def test_a_control_event_on_events_is_dead_lettered_unauthorized_and_changes_nothing(
+    pipeline: Pipeline, registry: CollectorRegistry, control: dict[str, object]
+) -> None:
+    state = tables()
+    pipeline.decide(state, 2, at(0), event("e-0"), empty_view(), role="events")
+    pipeline.flush(state)
+    before = dict(state.users)
+    raw = orjson.dumps({"event_id": "e-1", "user_id": "u-1", "ts": START + 1} | control)
+    [dead] = pipeline.decide(state, 2, at(1), raw, empty_view(), role="events")
+    pipeline.flush(state)
+    letter = orjson.loads(dead.value)
+    assert (dead.role, letter["reason"], letter["event_id"]) == (
+        "dead-letter",
+        "unauthorized",
+        "e-1",
+    )
+    assert str(control["type"]) in letter["error"]
+    assert base64.b64decode(letter["payload_base64"]) == raw
+    assert state.users == before  # no verdict, no consent: the user is as before
+    assert sample(registry, "rewardstream_dead_letters_total", {"reason": "unauthorized"}) == 1
+
+
+def test_control_events_are_decided_from_their_own_topics_and_nothing_else_is(
+    pipeline: Pipeline,
+) -> None:
+    state = tables()
+    pipeline.decide(state, 2, at(0), event("e-0"), empty_view(), role="events")
+    label = orjson.dumps({"event_id": "e-1", "user_id": "u-1", "ts": START + 1} | LABEL)
+    consent = orjson.dumps({"event_id": "e-2", "user_id": "u-1", "ts": START + 2} | CONSENT)
+    [decided_label] = pipeline.decide(state, 2, at(1), label, empty_view(), role="fraud-labels")
+    [decided_consent] = pipeline.decide(state, 2, at(2), consent, empty_view(), role="consent")
+    assert roles([decided_label, decided_consent]) == ["decisions", "decisions"]
+    # Each control topic carries its own type only.
+    for role, raw in (("fraud-labels", event("e-3", ts=START + 3)), ("consent", label)):
+        [dead] = pipeline.decide(state, 2, at(3), raw, empty_view(), role=role)
+        assert orjson.loads(dead.value)["reason"] == "unauthorized"
+    # A trusted file (offline replay) names no topic: every type is decided.
+    [replayed] = pipeline.decide(state, 2, at(4), label.replace(b"e-1", b"e-5"), empty_view())
+    assert replayed.role == "decisions"

@@ -18,6 +18,8 @@ def test_defaults_need_no_environment() -> None:
         "decisions": "decisions",
         "fraud-alerts": "fraud-alerts",
         "dead-letter": "dead-letter",
+        "fraud-labels": "fraud-labels",
+        "consent": "consent",
         "model-checkpoints": "model-checkpoints",
         "links": "rewardstream-links",
         "rekeyed": "rewardstream-rekeyed",
