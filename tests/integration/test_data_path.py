@@ -21,6 +21,7 @@ from app.kafkaio import Received, produce, read
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.workerproc import WorkerProcess
+from topologies import TABLE_USER_STATE, changelog_topic
 
 pytestmark = pytest.mark.kafka
 
@@ -163,3 +164,44 @@ async def test_worker_keeps_deciding_after_hostile_input(
     assert [d["event_id"] for d in decisions] == ["after"]
     assert len(received) == len(hostile) + 1
     assert worker.get("/health")[0] == 200
+
+
+@pytest.mark.parametrize("count", [12, 120], ids=["12x60KB", "120x60KB"])
+async def test_a_user_sending_many_large_valid_events_is_decided_and_its_row_stays_small(
+    kafka_settings: Settings, worker: WorkerProcess, count: int
+) -> None:
+    """Valid events of about 60 KB each (just under the 64 KiB limit) for one user, with a
+    device and an address: each is decided, and nothing the worker stores or sends grows
+    with them (the user's row keeps what it needs of an event, never the event)."""
+    user = f"u-big-{count}"
+    lines = []
+    for n in range(count):
+        kind = {"type": "signup"} if n == 0 else {"type": "page_view"}
+        document = {
+            "event_id": f"big-{count}-{n}",
+            "user_id": user,
+            "ts": 1772366400000 + n * 1000,
+            "device_id": "dev-big",
+            "ip": "198.51.100.7",
+            "attributes": {f"k{i}": "x" * 1010 for i in range(59)},
+        } | kind
+        lines.append(orjson.dumps(document))
+    assert all(60_000 < len(line) < 65_536 for line in lines)
+    await produce(kafka_settings.bootstrap_servers, kafka_settings.topic_events, lines)
+    received = await outputs(kafka_settings, expected=count)
+    decided = [r.document() for r in received if r.topic == kafka_settings.topic_decisions]
+    assert sorted(d["event_id"] for d in decided) == sorted(
+        f"big-{count}-{n}" for n in range(count)
+    )
+    assert not [r for r in received if r.topic == kafka_settings.topic_dead_letter]
+    assert worker.process is not None
+    assert worker.process.poll() is None
+    # The largest record the worker wrote for this user anywhere: its state row.
+    changelog = changelog_topic(kafka_settings.app_id, TABLE_USER_STATE)
+    sizes = [
+        len(record.value or b"")
+        async for record in read(kafka_settings.bootstrap_servers, [changelog], idle_timeout_s=3.0)
+        if record.key == user.encode()
+    ]
+    assert sizes
+    assert max(sizes) < 8 * 1024
