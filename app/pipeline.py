@@ -238,6 +238,9 @@ class Pipeline:
         # partition's ledger as its latest decision left it, with that decision's event
         # time. (Latency is observed once the decisions are committed: see committed.)
         self.ledgers_read: dict[int, tuple[Ledger, int]] = {}
+        # The newest event time decided or linked: the sweep forgets nothing newer than
+        # this (see stale), so a backfill of old events keeps the state it builds.
+        self.newest_ts = 0
         # Where metric moves go while a batch is held (see holding); None: at once.
         self.held: list[Callable[[], None]] | None = None
 
@@ -379,6 +382,7 @@ class Pipeline:
     ) -> list[Output]:
         user_key = event.user_id.encode()
         key_of_ledger = ledger_key(self.engine.program.id, partition)
+        self.newest_ts = max(self.newest_ts, event.ts)
         users, ledgers = open_rows(tables, "users"), open_rows(tables, "ledgers")
         user = users.get(user_key)
         if self._expired(user.last_ts, event.ts, "user-state"):
@@ -480,8 +484,11 @@ class Pipeline:
         return LinkView(stored_states(rows), now_ms=self.clock.now_ms, expired=self._link_expired)
 
     def stale(self, table_field: str, value: bytes | None, now_ms: int) -> bool:
-        """Whether a row of ``tables.<table_field>`` can be deleted at ``now_ms``: no event
-        could read it any more without forgetting it (see :meth:`_expired`)."""
+        """Whether a row of ``tables.<table_field>`` can be deleted at ``now_ms`` (the
+        worker's clock): no event could read it any more without forgetting it (see
+        :meth:`_expired`). "Now" is never later than the newest event time this pipeline
+        saw: events of a backfill, long past, keep the state they build."""
+        now_ms = min(now_ms, self.newest_ts)
         if self.state_ttl_ms is None or not value:
             return False
         try:

@@ -566,8 +566,11 @@ def test_a_user_silent_longer_than_the_time_to_live_is_forgotten(
     assert UserState.from_bytes(state.users[b"u-1"]).events == 1
     expired = {"table": "user-state"}
     assert registry.get_sample_value("rewardstream_state_expired_total", expired) == 1
-    # What the background sweep may delete: nothing newer than the time to live.
+    # What the background sweep may delete: nothing newer than the time to live, and
+    # nothing while the newest event seen is not past it (a backfill of old events).
     row = state.users[b"u-1"]
+    assert not pipeline.stale("users", row, START + 1000 * DAY_MS)
+    pipeline.handle(state, at(3, b"u-9"), event("e-late", user="u-9", ts=START + 1000 * DAY_MS))
     assert not pipeline.stale("users", row, START + 60 * DAY_MS + 30 * DAY_MS)
     assert pipeline.stale("users", row, START + 60 * DAY_MS + 30 * DAY_MS + 1)
     assert not make_pipeline(CollectorRegistry()).stale(
@@ -598,6 +601,8 @@ def test_a_device_silent_longer_than_the_time_to_live_is_forgotten(
         registry.get_sample_value("rewardstream_state_expired_total", {"table": "link-state"}) == 1
     )
     row = state.links[b"device:d"]
+    assert not pipeline.stale("links", row, START + 31 * DAY_MS)  # nothing seen that late
+    pipeline.handle(state, at(5, b"u-9"), event("e-late", user="u-9", ts=START + 31 * DAY_MS))
     assert not pipeline.stale("links", row, START + 30 * DAY_MS)
     assert pipeline.stale("links", row, START + 30 * DAY_MS + 1)
 
