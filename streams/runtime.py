@@ -351,9 +351,12 @@ class Runtime:
             await self._drop({task.partition})
             return
         inputs = set(task.inputs)
+        failures = self.failures_in_a_row.get(task.partition, 0)
         for attempt in range(10_000):
             try:
                 await self._drop({task.partition})
+                if failures:  # the drop forgets them; a recovery counts on (for /ready)
+                    self.failures_in_a_row[task.partition] = failures
                 fresh = await self._take({task.partition: inputs})
                 await self._rewind(fresh[task.partition])
                 log.info("task.recovered task=%d", task.partition)

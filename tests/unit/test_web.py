@@ -1,9 +1,9 @@
 """The worker's web port: /ready says 200 only once the worker has its partitions and
-their state is restored; /health answers whenever the process does."""
+their state is restored (what Runtime.healthy says, as the worker serves it); /health
+answers whenever the process does."""
 
 from __future__ import annotations
 
-import inspect
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -12,14 +12,12 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
-from app.decisioning import Engine
 from app.metrics import Metrics
-from app.pipeline import Pipeline
-from app.programs import load_builtin
-from app.settings import Settings
-from streams.runtime import StageRunner
+from streams import runtime as runtime_module
+from streams.runtime import Runtime, RuntimeConfig
+from streams.topology import Stage, Topology
 from streams.web import WebServer
-from topologies import STAGES
+from tests.unit.fakekafka import FakeBroker, FakeClients
 
 
 def status(server: WebServer, path: str) -> int:
@@ -31,16 +29,36 @@ def status(server: WebServer, path: str) -> int:
 
 
 @pytest.fixture
-def runner() -> StageRunner:
-    metrics = Metrics(CollectorRegistry())
-    pipeline = Pipeline(Engine(load_builtin("retail-loyalty")), metrics, max_event_bytes=4096)
-    return StageRunner(Settings(), pipeline, STAGES)
+def metrics() -> Metrics:
+    return Metrics(CollectorRegistry())
 
 
 @pytest.fixture
-def web(runner: StageRunner) -> Iterator[WebServer]:
-    registry = runner.pipeline.metrics.registry
-    server = WebServer("127.0.0.1", 0, registry, lambda: runner.ready).start()
+def clients() -> FakeClients:
+    broker = FakeBroker()
+    for topic in ("in", "t-changelog"):
+        broker.create_topic(topic, 1)
+    return FakeClients(broker)
+
+
+@pytest.fixture
+def runner(metrics: Metrics, clients: FakeClients) -> Runtime:
+    topology = Topology(stages=(Stage("s", ("in",), ("t",), lambda batch: []),))
+    config = RuntimeConfig(
+        group_id="g",
+        transactional=True,
+        partitions=1,
+        batch_max_records=10,
+        topic_of_role={"in": "in"},
+        snapshot_dir=None,
+        snapshot_interval_s=0,
+    )
+    return Runtime(config, topology, clients, metrics)
+
+
+@pytest.fixture
+def web(runner: Runtime, metrics: Metrics) -> Iterator[WebServer]:
+    server = WebServer("127.0.0.1", 0, metrics.registry, lambda: runner.healthy).start()
     try:
         yield server
     finally:
@@ -48,28 +66,32 @@ def web(runner: StageRunner) -> Iterator[WebServer]:
 
 
 async def test_ready_only_with_partitions_assigned_and_state_restored(
-    runner: StageRunner, web: WebServer, monkeypatch: pytest.MonkeyPatch
+    runner: Runtime, clients: FakeClients, web: WebServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert (status(web, "/health"), status(web, "/ready")) == (200, 503)
-    seen_while_restoring: list[int] = []
+    await runner.start()
+    try:
+        assert (status(web, "/health"), status(web, "/ready")) == (200, 503)
+        seen_while_restoring: list[int] = []
+        restore = runtime_module.restore
 
-    async def restore(tps: set[TopicPartition]) -> None:
-        # The state is being restored: not ready yet.
-        seen_while_restoring.append(status(web, "/ready"))
-        runner.owned |= tps
+        async def restoring(*args: object, **kwargs: object) -> object:
+            # The state is being restored: not ready yet.
+            seen_while_restoring.append(status(web, "/ready"))
+            return await restore(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runner, "_take", restore)
-    await runner.on_assigned({TopicPartition(runner.topic_of_role["events"], 0)})
-    assert seen_while_restoring == [503]
-    assert status(web, "/ready") == 200
-    revoked = runner.on_revoked()  # a rebalance begins
-    if inspect.isawaitable(revoked):  # it waits for the transactions in flight
-        await revoked
-    assert (status(web, "/health"), status(web, "/ready")) == (200, 503)
+        monkeypatch.setattr(runtime_module, "restore", restoring)
+        assert clients.consumer is not None
+        await clients.consumer.rebalance({TopicPartition("in", 0)})  # the group assigns
+        assert seen_while_restoring == [503]
+        assert status(web, "/ready") == 200
+        await runner.on_revoked()  # a rebalance begins
+        assert (status(web, "/health"), status(web, "/ready")) == (200, 503)
+    finally:
+        await runner.stop()
 
 
-def test_metrics_page_serves_the_registry(runner: StageRunner, web: WebServer) -> None:
-    runner.pipeline.metrics.intake_paused.set(1)
+def test_metrics_page_serves_the_registry(metrics: Metrics, web: WebServer) -> None:
+    metrics.intake_paused.set(1)
     url = f"http://127.0.0.1:{web.port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as page:
         body = page.read().decode()
