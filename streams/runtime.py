@@ -129,6 +129,8 @@ class Runtime:
         # Since when each input partition has waited behind an open transaction, and how
         # many transactions in a row each task has failed.
         self.blocked_since: dict[TopicPartition, float] = {}
+        # Where the consumer stands on each owned input (see _refresh_positions).
+        self.read_positions: dict[TopicPartition, int] = {}
         self.failures_in_a_row: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._consumer: Any = None
@@ -490,6 +492,7 @@ class Runtime:
             self.last_sweep_s = now
             self._sweep(now)
             self._count_rows()
+            await self._refresh_positions()
             self._export_lag()
             self._watch_blocked(now)
             self.hooks.housekeeping()
@@ -526,6 +529,31 @@ class Runtime:
             rows = sum(len(task.tables[name]) for task in self.tasks.values())
             self.metrics.table_rows.labels(name).set(rows)
 
+    async def _refresh_positions(self) -> None:
+        """Where the consumer stands on each owned input: past what the loop handled, and
+        past the commit markers and aborted records it never returns (a partition whose
+        last entry is a marker is then not counted one behind), and known from the
+        assignment on, before anything was fetched (an input held behind an open
+        transaction from the start must show)."""
+        consumer = self._require(self._consumer)
+        positions: dict[TopicPartition, int] = {}
+        for task in self.tasks.values():
+            for tp in task.inputs:
+                try:
+                    position = await asyncio.wait_for(consumer.position(tp), 0.1)
+                except Exception:  # not known yet (a reset in progress): next tick
+                    continue
+                handled = task.next_offsets.get(tp)
+                positions[tp] = position if handled is None else max(position, handled)
+        self.read_positions = positions
+
+    def _position_of(self, task: Task, tp: TopicPartition) -> int | None:
+        handled = task.next_offsets.get(tp)
+        known = self.read_positions.get(tp)
+        if handled is None or known is None:
+            return known if handled is None else handled
+        return max(handled, known)
+
     def _behind(self) -> dict[TopicPartition, int]:
         """Per input partition this worker owns: how many records lie between the next one
         to handle and its end (last stable offset, or high watermark before the first
@@ -537,7 +565,7 @@ class Runtime:
                 end = consumer.last_stable_offset(tp)
                 if end is None or end < 0:
                     end = consumer.highwater(tp)
-                position = task.next_offsets.get(tp)
+                position = self._position_of(task, tp)
                 if end is not None and position is not None:
                     behind[tp] = max(end - position, 0)
         return behind
@@ -563,7 +591,7 @@ class Runtime:
         for task in self.tasks.values():
             for tp in task.inputs:
                 stable, high = consumer.last_stable_offset(tp), consumer.highwater(tp)
-                position = task.next_offsets.get(tp)
+                position = self._position_of(task, tp)
                 if stable is None or high is None or position is None:
                     continue
                 if 0 <= stable < high and position >= stable:

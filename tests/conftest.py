@@ -86,6 +86,8 @@ def test_settings(tmp_path: Path) -> Settings:
         topic_decisions=f"decisions-{suffix}",
         topic_fraud_alerts=f"fraud-alerts-{suffix}",
         topic_dead_letter=f"dead-letter-{suffix}",
+        topic_fraud_labels=f"fraud-labels-{suffix}",
+        topic_consent=f"consent-{suffix}",
         topic_model_checkpoints=f"model-checkpoints-{suffix}",
         data_dir=tmp_path / "state",
         web_port=localkafka.free_port(),
