@@ -318,7 +318,7 @@ def _add_bench(commands: Any) -> None:
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="a smaller run, under two minutes (6,000 events, 8 s per latency run, "
+        help="a smaller run, about three minutes (6,000 events, 5 s per latency run, "
         "20,000 users for the state)",
     )
     bench.add_argument("--events", type=int, help="backlog size (default 50,000)")

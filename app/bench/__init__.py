@@ -4,5 +4,8 @@
   policy and an oracle, in a closed loop of simulated users.
 - :mod:`app.bench.throughput`: throughput against a raw Kafka loop, latency under
   open-loop load, replay speed and state per user, in one run
-  (:mod:`app.bench.histogram` counts its latencies).
+  (:mod:`app.bench.histogram` counts its latencies), beside latency anchors measured
+  in the same run: plain aiokafka loops and a quixstreams app, each its own process
+  (:mod:`app.bench.anchors`, :mod:`app.bench.anchor_aiokafka`,
+  :mod:`app.bench.anchor_quix`).
 """

@@ -154,8 +154,11 @@ async def probe_decision(settings: Settings, started: float) -> float:
 
 
 def restored_records(log: str) -> int:
-    """Changelog records the worker says it restored (its partitions.assigned lines)."""
-    return sum(int(n) for n in re.findall(r"partitions\.assigned .*?restored_records=(\d+)", log))
+    """Changelog records the worker says it read back: its tables' (tasks.assigned lines)
+    and its views' (views.loaded)."""
+    tables = re.findall(r"tasks\.assigned .*?restored_records=(\d+)", log)
+    views = re.findall(r"views\.loaded records=(\d+)", log)
+    return sum(int(n) for n in tables + views)
 
 
 def restart_time(

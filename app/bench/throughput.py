@@ -6,9 +6,12 @@ On one machine, with the same simulated payloads and partitions, it measures:
    topics, with no parsing at all: what Python and this broker allow;
 2. the engine: a real worker (all three stages, the configured delivery
    guarantee) draining a backlog of the same events, counted on its /metrics;
-3. latency under open-loop load at 50, 70 and 90% of the engine's measured
-   maximum: each event's send time to the time its decision is read back
-   (read_committed), in a log-linear histogram (:mod:`app.bench.histogram`);
+3. latency under open-loop load at a fixed 200 events/s and at 50, 70 and 90% of
+   the engine's measured maximum: each event's send time to the time its decision
+   is read back (read_committed), in a log-linear histogram
+   (:mod:`app.bench.histogram`); then, at 200 events/s and at the 70% share, the same
+   events through plain Kafka programs, each its own process, measured the same way
+   (:mod:`app.bench.anchors`): every latency figure has anchors from the same run;
 4. offline replay: the same stages in-process with no broker (median of runs);
 5. state per user: many distinct users (one sign-up each) through the pipeline
    in a fresh interpreter: bytes of their rows, and resident memory growth.
@@ -28,18 +31,30 @@ import multiprocessing
 import random
 import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from app.assembly import build_engine
+from app.bench.anchors import (
+    FIXED_RATE,
+    Anchor,
+    AnchorProcess,
+    AnchorUnavailableError,
+    anchor_command,
+    anchor_rows,
+    anchors_for,
+    anchors_markdown,
+    anchors_python,
+)
 from app.bench.histogram import LatencyHistogram
 from app.bench.report import commit, machine
 from app.bench.restart import restart_time
@@ -62,6 +77,16 @@ START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, the simulator's default
 # the targets speak of the middle one.
 LATENCY_SHARES = (0.5, 0.7, 0.9)
 HEADLINE_SHARE = 0.7
+# Event types the simulator makes that belong on topics of their own (the project's
+# producers route them: kafkaio.event_routes). On the events topic the worker
+# dead-letters them, so they would never be decided: the drain would wait for them to
+# its deadline and the latency runs would count them at the grace's end.
+ROUTED_TYPES = frozenset({"fraud_label", "consent_updated"})
+# Before an anchor is measured, probe events show that it answers (its group joined, its
+# topics made): so many, at this rate, at most so many tries.
+PROBE_EVENTS = 20
+PROBE_RATE = 50.0
+PROBE_TRIES = 4
 # The state run checks the memory left every so many users, and stops below this.
 MEMORY_CHECK_EVERY = 10_000
 MIN_AVAILABLE_BYTES = 2 * 2**30
@@ -92,11 +117,12 @@ class BenchPlan:
             raise ValueError("latency seconds must be above 0")
 
 
-# Under two minutes on a shared 2-core machine where the worker decides about 700 events a
-# second, replay about 1,700 and the state run signs up about 1,300 users a second; the
-# broker and worker start-ups take another 10 s.
+# About three minutes on a shared 2-core machine where the worker decides about 700 events
+# a second, replay about 1,700 and the state run signs up about 1,300 users a second; the
+# broker and worker start-ups take another 10 s. Eleven latency runs of 5 s each (the
+# worker's four and at_least_once's, two per anchor) and their waits are half of it.
 QUICK_PLAN = BenchPlan(
-    events=6_000, latency_seconds=8.0, state_users=20_000, restart_users=100_000, quick=True
+    events=6_000, latency_seconds=5.0, state_users=20_000, restart_users=100_000, quick=True
 )
 # Sign-ups whose rows the restart phase copies for its users.
 RESTART_TEMPLATES = 256
@@ -136,6 +162,8 @@ class Traffic:
             event = orjson.loads(value)
             if event["type"].startswith("reward_"):
                 continue  # answers to rewards need live decisions; this is about load
+            if event["type"] in ROUTED_TYPES:
+                continue  # dead-lettered as unauthorized on the events topic: no decision
             messages.append(Message(event["event_id"], event["user_id"].encode(), value))
         return messages
 
@@ -169,6 +197,8 @@ class Figures:
     passthrough_events_per_s: float = 0.0
     engine_events_per_s: float = 0.0
     latency: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    latency_fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  # FIXED_RATE
+    anchors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     latency_at_least_once: dict[str, Any] = dataclasses.field(default_factory=dict)
     replay_runs: list[float] = dataclasses.field(default_factory=list)
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -227,33 +257,140 @@ def _kafka_phases(
     home: Path,
     say: Callable[[str], None],
 ) -> None:
+    anchors = anchors_for(plan.quick)
     say(f"Producing the backlog: {len(backlog):,} events, twice (engine and raw loop)...")
     with figures.phase("produce_backlog"):
-        asyncio.run(_prepare_topics(settings, backlog))
+        asyncio.run(_prepare_topics(settings, backlog, anchors))
     say("Raw aiokafka consume-produce loop over the backlog...")
     with figures.phase("passthrough"):
         figures.passthrough_events_per_s = asyncio.run(passthrough_rate(settings, len(backlog)))
-    worker = WorkerProcess(settings, home / "worker.log")
-    try:
-        with figures.phase("worker_start"):
-            worker.start().wait_ready()
-        say(f"The worker drains the backlog ({settings.processing_guarantee})...")
-        with figures.phase("engine_drain"):
-            figures.engine_events_per_s = drain_rate(worker, len(backlog))
-        for share in LATENCY_SHARES:
-            rate = share * figures.engine_events_per_s
-            say(f"Open-loop load at {share:.0%} of that: {rate:,.0f} events/s...")
-            with figures.phase(f"latency_{round(share * 100)}"):
-                messages = traffic.take(max(1, round(rate * plan.latency_seconds)))
-                result = asyncio.run(latency_at_rate(settings, messages, rate=rate, worker=worker))
-            figures.latency.append({"share": share, **result})
-    finally:
-        worker.stop()
+    points = _worker_latency(settings, plan, traffic, figures, home, say)
+    _anchor_latency(settings, anchors, points, traffic, figures, say)
     figures.latency_at_least_once = _headline_at_least_once(settings, plan, traffic, figures, say)
     say(f"Restart with {plan.restart_users:,} users' state in the changelogs...")
     with figures.phase("restart"):
         templates = signups(RESTART_TEMPLATES, plan.seed)
         figures.restart = restart_time(settings, plan.restart_users, home, templates)
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """An offered load the anchors are measured at, with the worker's very events."""
+
+    name: str  # "fixed" or "headline"
+    rate: float
+    messages: list[Message]
+    share: float | None = None
+
+
+def _worker_latency(
+    settings: Settings,
+    plan: BenchPlan,
+    traffic: Traffic,
+    figures: Figures,
+    home: Path,
+    say: Callable[[str], None],
+) -> list[Point]:
+    """The drain, then open-loop runs at the fixed rate (first, on an idle worker) and
+    at each share; the fixed and headline runs' events, for the anchors."""
+    worker = WorkerProcess(settings, home / "worker.log")
+    points: list[Point] = []
+
+    def run(rate: float) -> tuple[list[Message], dict[str, Any]]:
+        messages = traffic.take(max(1, round(rate * plan.latency_seconds)))
+        return messages, asyncio.run(latency_at_rate(settings, messages, rate=rate, worker=worker))
+
+    try:
+        with figures.phase("worker_start"):
+            worker.start().wait_ready()
+        say(f"The worker drains the backlog ({settings.processing_guarantee})...")
+        with figures.phase("engine_drain"):
+            figures.engine_events_per_s = drain_rate(worker, plan.events)
+        say(f"Open-loop load at a fixed {FIXED_RATE:,.0f} events/s...")
+        with figures.phase("latency_fixed"):
+            messages, result = run(FIXED_RATE)
+        figures.latency_fixed = {"share": None, **result}
+        points.append(Point("fixed", FIXED_RATE, messages))
+        for share in LATENCY_SHARES:
+            rate = share * figures.engine_events_per_s
+            say(f"Open-loop load at {share:.0%} of the drain rate: {rate:,.0f} events/s...")
+            with figures.phase(f"latency_{round(share * 100)}"):
+                messages, result = run(rate)
+            figures.latency.append({"share": share, **result})
+            if share == HEADLINE_SHARE:
+                points.append(Point("headline", rate, messages, share))
+    finally:
+        worker.stop()
+    return points
+
+
+def _anchor_latency(
+    settings: Settings,
+    anchors: Iterable[Anchor],
+    points: list[Point],
+    traffic: Traffic,
+    figures: Figures,
+    say: Callable[[str], None],
+) -> None:
+    """Each anchor in its own process, at the points' rates with the points' events."""
+    python = anchors_python()
+    for anchor in anchors:
+        say(f"Anchor: {anchor.label}...")
+        with figures.phase(f"anchor_{anchor.name}"):
+            figures.anchors.extend(_one_anchor(settings, anchor, python, points, traffic, say))
+
+
+def _one_anchor(
+    settings: Settings,
+    anchor: Anchor,
+    python: Path | None,
+    points: list[Point],
+    traffic: Traffic,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """The anchor's latency at each point; a row saying why for an anchor that could not
+    run or stopped answering (a measurement: the other figures still count)."""
+
+    def row(point: Point, **found: Any) -> dict[str, Any]:
+        where = {"point": point.name, "system": anchor.name, "label": anchor.label}
+        return {**where, "share": point.share, **found}
+
+    state_dir = settings.data_dir / f"anchor-{anchor.name}-state"
+    try:
+        command = anchor_command(anchor, settings, python=python, state_dir=state_dir)
+    except AnchorUnavailableError as why:
+        say(f"  not run: {why}")
+        return [row(point, error=str(why)) for point in points]
+    process = AnchorProcess(command, settings.data_dir / f"anchor-{anchor.name}.log")
+    hop = Hop(anchor.input_topic, anchor.output_topic)
+    try:
+        process.start()
+        asyncio.run(_probe(settings, hop, process, traffic))
+        rows = []
+        for point in points:
+            say(f"  at {point.rate:,.0f} events/s ({len(point.messages):,} events)...")
+            found = asyncio.run(
+                latency_at_rate(settings, point.messages, rate=point.rate, worker=process, hop=hop)
+            )
+            rows.append(row(point, **found))
+        return rows
+    except WorkerError as error:
+        say(f"  stopped: {error}")
+        reason = f"the anchor failed (see {process.log_path.name})"
+        return [row(point, error=reason) for point in points]
+    finally:
+        process.stop()
+
+
+async def _probe(settings: Settings, hop: Hop, process: Watched, traffic: Traffic) -> None:
+    """Until a whole probe is answered: the anchor has joined its group, made its topics
+    and warmed up. Raise if it never is."""
+    for _ in range(PROBE_TRIES):
+        probe = traffic.take(PROBE_EVENTS)
+        found = await latency_at_rate(settings, probe, rate=PROBE_RATE, worker=process, hop=hop)
+        if found["undecided"] == 0:
+            return
+    raise WorkerError(f"no whole probe answered in {PROBE_TRIES} tries:\n{process.log_tail()}")
 
 
 def _headline_at_least_once(
@@ -279,9 +416,14 @@ def _headline_at_least_once(
     return {"share": HEADLINE_SHARE, **result}
 
 
-async def _prepare_topics(settings: Settings, backlog: list[Message]) -> None:
-    """The engine's topics and the raw loop's, and the backlog in both input topics."""
-    raw = [TopicRequest(name, settings.partitions, 1) for name in (PASSTHROUGH_IN, PASSTHROUGH_OUT)]
+async def _prepare_topics(
+    settings: Settings, backlog: list[Message], anchors: Iterable[Anchor] = ()
+) -> None:
+    """The engine's topics, the raw loop's and the anchors', and the backlog in both
+    input topics."""
+    names = [PASSTHROUGH_IN, PASSTHROUGH_OUT]
+    names += [topic for a in anchors for topic in (a.input_topic, a.output_topic)]
+    raw = [TopicRequest(name, settings.partitions, 1) for name in names]
     await ensure_topics(settings.bootstrap_servers, [*topic_requests(settings), *raw])
     values = [m.value for m in backlog]
     for topic in (settings.topic_events, PASSTHROUGH_IN):
@@ -398,18 +540,56 @@ class SendLog:
             yield message.key, message.value
 
 
+def event_id_in_value(value: bytes | None) -> str | None:
+    """The ``event_id`` of a JSON object value: the event a decision (or an anchor's
+    output) answers; None for anything else."""
+    try:
+        document = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    found = document.get("event_id") if isinstance(document, dict) else None
+    return found if isinstance(found, str) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Hop:
+    """Where a latency run sends its events, where it reads what answers them, and how
+    an answer names its event."""
+
+    input_topic: str
+    output_topic: str
+    answers: Callable[[bytes | None], str | None] = event_id_in_value
+
+
+class Watched(Protocol):
+    """A process under load (the worker, an anchor): a run stops if it exits."""
+
+    process: subprocess.Popen[bytes] | None
+
+    def log_tail(self, lines: int = 40) -> str: ...
+
+
 async def latency_at_rate(
-    settings: Settings, messages: list[Message], *, rate: float, worker: WorkerProcess
+    settings: Settings,
+    messages: list[Message],
+    *,
+    rate: float,
+    worker: Watched,
+    hop: Hop | None = None,
 ) -> dict[str, Any]:
     """Offer ``messages`` at ``rate`` per second (open loop: the schedule never waits for
-    a decision) and time each event from its send to its decision read back."""
+    a decision) and time each event from its send to its answer read back.
+
+    ``hop`` says where: by default the worker's events and decisions topics; for an
+    anchor its own input and output topics."""
+    hop = hop or Hop(settings.topic_events, settings.topic_decisions)
     log, histogram = SendLog(), LatencyHistogram()
-    consumer = await _decisions_from_now(settings)
-    reading = asyncio.create_task(_time_decisions(consumer, log, histogram))
+    consumer = await _outputs_from_now(settings, hop.output_topic)
+    reading = asyncio.create_task(_time_answers(consumer, hop, log, histogram))
     try:
         await produce_at_rate(
             settings.bootstrap_servers,
-            settings.topic_events,
+            hop.input_topic,
             log.stamped(messages),
             rate=rate,
             total=len(messages),
@@ -425,8 +605,9 @@ async def latency_at_rate(
     return latency_entry(rate, log, histogram, undecided)
 
 
-async def _decisions_from_now(settings: Settings) -> AIOKafkaConsumer:
-    """A consumer of the decisions topic positioned at its current end."""
+async def _outputs_from_now(settings: Settings, topic: str) -> AIOKafkaConsumer:
+    """A consumer of ``topic`` (decisions, or an anchor's outputs) positioned at its
+    current end."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=None,
@@ -437,7 +618,7 @@ async def _decisions_from_now(settings: Settings) -> AIOKafkaConsumer:
         consumer_timeout_ms=5,
     )
     await consumer.start()
-    partitions = [TopicPartition(settings.topic_decisions, p) for p in range(settings.partitions)]
+    partitions = [TopicPartition(topic, p) for p in range(settings.partitions)]
     consumer.assign(partitions)
     await consumer.seek_to_end(*partitions)
     for partition in partitions:
@@ -445,26 +626,27 @@ async def _decisions_from_now(settings: Settings) -> AIOKafkaConsumer:
     return consumer
 
 
-async def _time_decisions(
-    consumer: AIOKafkaConsumer, log: SendLog, histogram: LatencyHistogram
+async def _time_answers(
+    consumer: AIOKafkaConsumer, hop: Hop, log: SendLog, histogram: LatencyHistogram
 ) -> None:
     while True:
         batches = await consumer.getmany(timeout_ms=100)
         now = time.perf_counter_ns()
         for messages in batches.values():
             for message in messages:
-                sent = log.pending.pop(orjson.loads(message.value)["event_id"], None)
+                event_id = hop.answers(message.value)
+                sent = log.pending.pop(event_id, None) if event_id is not None else None
                 if sent is not None:
                     histogram.record((now - sent) / 1e6)
 
 
-async def _until_decided(log: SendLog, worker: WorkerProcess, *, grace_s: float) -> None:
+async def _until_decided(log: SendLog, worker: Watched, *, grace_s: float) -> None:
     """Wait, at most ``grace_s`` after the last send, for the last decisions."""
     deadline = time.monotonic() + grace_s
     while log.pending and time.monotonic() < deadline:
         assert worker.process is not None
         if worker.process.poll() is not None:
-            raise WorkerError(f"the worker exited under load:\n{worker.log_tail()}")
+            raise WorkerError(f"the process exited under load:\n{worker.log_tail()}")
         await asyncio.sleep(0.05)
 
 
@@ -629,7 +811,14 @@ def build_report(
         "p99_ms": headline["p99_ms"],
         "p999_ms": headline["p999_ms"],
         "latency": figures.latency,
+        "latency_fixed_rate": figures.latency_fixed,
         "latency_at_least_once": figures.latency_at_least_once,
+        # The worker beside the anchors at the same offered rates, with its ratios to each.
+        "anchor_latency": anchor_rows(
+            {"fixed": figures.latency_fixed, "headline": headline},
+            figures.anchors,
+            label=f"rewardstream worker, {settings.processing_guarantee}",
+        ),
         "replay_events_per_s": round(statistics.median(figures.replay_runs), 1),
         "replay_runs_events_per_s": [round(r, 1) for r in figures.replay_runs],
         "state_users": figures.state["users"],
@@ -701,8 +890,19 @@ def _ms(value: float | None) -> str:
 
 
 def throughput_markdown(report: dict[str, Any]) -> str:
-    """The report as markdown: the figures beside their targets, then latency per rate."""
-    return "\n".join([_setup_line(report), "", *_figure_rows(report), "", *_latency_rows(report)])
+    """The report as markdown: the figures beside their targets, latency per rate, then
+    the worker's latency beside the anchors measured in the same run."""
+    anchors = anchors_markdown(report.get("anchor_latency", []))
+    return "\n".join(
+        [
+            _setup_line(report),
+            "",
+            *_figure_rows(report),
+            "",
+            *_latency_rows(report),
+            *(["", *anchors] if anchors else []),
+        ]
+    )
 
 
 def _figure_rows(report: dict[str, Any]) -> list[str]:
@@ -764,12 +964,15 @@ def _latency_rows(report: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     runs = [(report["processing_guarantee"], e) for e in report["latency"]]
+    if report.get("latency_fixed_rate"):
+        runs.insert(0, (report["processing_guarantee"], report["latency_fixed_rate"]))
     if report.get("latency_at_least_once"):
         runs.append(("at_least_once", report["latency_at_least_once"]))
     for guarantee, e in runs:
         achieved = "n/a" if e["achieved_rate"] is None else f"{e['achieved_rate']:,.0f}"
+        share = "fixed" if e.get("share") is None else f"{e['share']:.0%}"
         rows.append(
-            f"| {guarantee} | {e['share']:.0%} | {e['offered_rate']:,.0f} | {achieved} "
+            f"| {guarantee} | {share} | {e['offered_rate']:,.0f} | {achieved} "
             f"| {e['events']:,} | {e['undecided']:,} | {_ms(e['p50_ms'])} "
             f"| {_ms(e['p99_ms'])} | {_ms(e['p999_ms'])} | {_ms(e['max_ms'])} |"
         )

@@ -9,14 +9,37 @@ import dataclasses
 import math
 import random
 from fractions import Fraction
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
+from app.bench.anchor_aiokafka import next_offsets
+from app.bench.anchor_aiokafka import parse_args as parse_aiokafka
+from app.bench.anchor_quix import count as quix_count
+from app.bench.anchor_quix import parse_args as parse_quix
+from app.bench.anchors import (
+    ANCHORS,
+    ANCHORS_VENV,
+    FIXED_RATE,
+    QUIX_SCRIPT,
+    Anchor,
+    AnchorUnavailableError,
+    anchor_command,
+    anchor_rows,
+    anchors_for,
+    anchors_markdown,
+    anchors_python,
+    ratio,
+    worker_ratios,
+)
 from app.bench.histogram import LatencyHistogram, nearest_rank
 from app.bench.throughput import (
     QUICK_PLAN,
+    ROUTED_TYPES,
     BenchPlan,
     Figures,
     Message,
@@ -24,6 +47,7 @@ from app.bench.throughput import (
     Traffic,
     build_report,
     decisions_in,
+    event_id_in_value,
     latency_entry,
     mem_available_bytes,
     plan_for,
@@ -35,6 +59,7 @@ from app.bench.throughput import (
     vm_rss_bytes,
 )
 from app.contract.validate import Rejection, parse_event
+from app.kafkaio import event_routes
 from app.metrics import Metrics
 from app.pipeline import Tables
 from app.settings import Settings
@@ -152,11 +177,16 @@ def test_traffic_has_new_event_ids_and_no_answers_to_rewards() -> None:
     for message in messages:
         document = orjson.loads(message.value)
         assert not document["type"].startswith("reward_")
+        assert document["type"] not in ROUTED_TYPES  # no decision on the events topic
         assert message.key == document["user_id"].encode()
         assert message.event_id == document["event_id"]
     times = [orjson.loads(m.value)["ts"] for m in messages]
     assert times == sorted(times)
     assert len(set(times)) > 1
+
+
+def test_the_types_the_bench_leaves_out_are_those_routed_to_topics_of_their_own() -> None:
+    assert set(event_routes(Settings())) == ROUTED_TYPES
 
 
 def test_signups_are_valid_events_of_distinct_users() -> None:
@@ -313,3 +343,224 @@ def test_the_at_least_once_run_is_a_row_of_its_own_beside_the_headline() -> None
     markdown = throughput_markdown(report)
     assert "| at_least_once | 70% | 700 |" in markdown
     assert report["p50_ms"] != 9.0  # the headline stays the configured guarantee's
+
+
+# ---------------------------------------------------------------- anchors
+
+
+def run_entry(p50: float, *, rate: float = 200.0, share: float | None = None) -> dict[str, Any]:
+    return {
+        "share": share,
+        "offered_rate": rate,
+        "achieved_rate": rate,
+        "events": 1_600,
+        "undecided": 0,
+        "p50_ms": p50,
+        "p99_ms": p50 * 2,
+        "p999_ms": p50 * 4,
+        "max_ms": p50 * 5,
+    }
+
+
+def anchor_entry(
+    anchor: Anchor, point: str, p50: float, *, rate: float = 200.0, share: float | None = None
+) -> dict[str, Any]:
+    where = {"point": point, "system": anchor.name, "label": anchor.label}
+    return {**where, **run_entry(p50, rate=rate, share=share)}
+
+
+def with_anchors(found: Figures) -> Figures:
+    """The figures with a worker run at the fixed rate and every anchor at both points;
+    the transactional anchor stopped answering, the quixstreams one with default commits
+    was not run (no virtualenv)."""
+    plain, txn, quix, _ = ANCHORS
+    headline = found.latency[1]["offered_rate"]
+    anchors = [
+        anchor_entry(plain, "fixed", 10.0),
+        anchor_entry(plain, "headline", 20.0, rate=headline, share=0.7),
+        anchor_entry(txn, "fixed", 40.0),
+        {
+            "point": "headline",
+            "system": txn.name,
+            "label": txn.label,
+            "share": 0.7,
+            "error": "it | failed\nhere",
+        },
+        anchor_entry(quix, "fixed", 25.0),
+        anchor_entry(quix, "headline", 0.0, rate=headline, share=0.7),
+    ]
+    return dataclasses.replace(found, latency_fixed=run_entry(300.0), anchors=anchors)
+
+
+def test_the_worker_beside_each_anchor_at_the_same_rates_with_its_ratios() -> None:
+    report = report_of(with_anchors(figures(p99=20.0, state_bytes=400)))
+    assert report["latency_fixed_rate"]["offered_rate"] == FIXED_RATE
+    rows = report["anchor_latency"]
+    assert [(r["point"], r["system"]) for r in rows] == [
+        ("fixed", "worker"),
+        ("fixed", "aiokafka_one_hop"),
+        ("fixed", "aiokafka_txn_one_hop"),
+        ("fixed", "quixstreams_eos_20ms"),
+        ("headline", "worker"),
+        ("headline", "aiokafka_one_hop"),
+        ("headline", "aiokafka_txn_one_hop"),
+        ("headline", "quixstreams_eos_20ms"),
+    ]
+    assert rows[0]["label"] == "rewardstream worker, exactly_once"
+    assert "worker_ratio" not in rows[0]
+    # The worker's percentiles divided by the anchor's at the same point.
+    assert rows[1]["worker_ratio"] == {"p50": 30.0, "p99": 30.0, "p999": 30.0}
+    assert rows[3]["worker_ratio"]["p50"] == 12.0
+    worker_headline = report["latency"][1]
+    assert rows[5]["worker_ratio"]["p99"] == pytest.approx(
+        worker_headline["p99_ms"] / 40.0, abs=0.01
+    )
+    assert rows[6]["worker_ratio"] == {"p50": None, "p99": None, "p999": None}  # failed
+    assert rows[7]["worker_ratio"]["p50"] is None  # a 0 ms anchor: no ratio
+    assert orjson.loads(orjson.dumps(report))["anchor_latency"] == rows
+
+
+def test_the_side_by_side_table_in_the_markdown() -> None:
+    markdown = throughput_markdown(report_of(with_anchors(figures(p99=20.0, state_bytes=400))))
+    assert "| exactly_once | fixed | 200 | 200 | 1,600 | 0 | 300.0 | 600.0 | 1,200.0 |" in (
+        markdown
+    )
+    assert "| fixed | rewardstream worker, exactly_once | 200 | 200 | 1,600 | 0 | 300.0 " in (
+        markdown
+    )
+    assert (
+        "| fixed | aiokafka, one hop, no transactions | 200 | 200 | 1,600 | 0 | 10.0 | 20.0 "
+        "| 40.0 | 30.0x / 30.0x / 30.0x |"
+    ) in markdown
+    assert "| 70% of max | aiokafka, one hop, a transaction per fetched batch | not run: " in (
+        markdown
+    )
+    # A reason in one table cell: no pipes, no line breaks.
+    assert "not run: it / failed here |" in markdown
+    assert "| n/a / n/a / n/a |" in markdown  # the 0 ms anchor
+    assert "default 5 s commits" not in markdown  # not in a quick run's anchors
+
+
+def test_no_anchor_table_without_anchor_runs() -> None:
+    report = report_of(figures(p99=20.0, state_bytes=400))
+    assert report["anchor_latency"][0]["system"] == "worker"  # the headline alone
+    assert len(report["anchor_latency"]) == 1
+    assert anchors_markdown([]) == []
+    markdown = throughput_markdown(report)
+    assert "| exactly_once | fixed |" not in markdown
+    assert "beside anchors" not in markdown
+
+
+def test_ratios_need_both_figures() -> None:
+    assert ratio(30.0, 10.0) == 3.0
+    assert ratio(None, 10.0) is None
+    assert ratio(30.0, None) is None
+    assert ratio(30.0, 0.0) is None
+    assert worker_ratios({"p50_ms": 9.0}, {"p50_ms": 3.0}) == {
+        "p50": 3.0,
+        "p99": None,
+        "p999": None,
+    }
+
+
+def test_anchor_rows_skip_a_point_the_worker_did_not_run() -> None:
+    plain = ANCHORS[0]
+    rows = anchor_rows(
+        {"fixed": {}, "headline": run_entry(50.0, share=0.7)},
+        [anchor_entry(plain, "fixed", 5.0), anchor_entry(plain, "headline", 5.0, share=0.7)],
+        label="worker",
+    )
+    assert [(r["point"], r["system"]) for r in rows] == [
+        ("headline", "worker"),
+        ("headline", plain.name),
+    ]
+
+
+def test_anchors_of_a_quick_run_and_of_a_full_one() -> None:
+    quick = {a.name for a in anchors_for(True)}
+    full = {a.name for a in anchors_for(False)}
+    assert quick == {"aiokafka_one_hop", "aiokafka_txn_one_hop", "quixstreams_eos_20ms"}
+    assert full == quick | {"quixstreams_eos_default"}
+    # Topics and groups of their own, apart from the worker's and from each other.
+    names = [n for a in ANCHORS for n in (a.input_topic, a.output_topic, a.group)]
+    assert len(set(names)) == len(names)
+    assert not {Settings().topic_events, Settings().topic_decisions} & set(names)
+
+
+def test_anchor_commands_carry_the_worker_s_client_settings(tmp_path: Path) -> None:
+    plain, txn, quix, quix_default = ANCHORS
+    settings = dataclasses.replace(
+        Settings(), bootstrap_servers="127.0.0.1:9999", batch_max_records=500, linger_ms=3
+    )
+    command = anchor_command(plain, settings, python=None, state_dir=tmp_path)
+    assert command[1:3] == ["-m", "app.bench.anchor_aiokafka"]
+    options = parse_aiokafka(command[3:])
+    assert (options.bootstrap, options.input, options.output) == (
+        "127.0.0.1:9999",
+        plain.input_topic,
+        plain.output_topic,
+    )
+    assert (options.max_records, options.linger_ms, options.transactional) == (500, 3, False)
+    assert options.fetch_max_wait_ms == settings.fetch_max_wait_ms
+    assert "--transactional" in anchor_command(txn, settings, python=None, state_dir=tmp_path)
+
+    with pytest.raises(AnchorUnavailableError, match="make bench-anchors-venv"):
+        anchor_command(quix, settings, python=None, state_dir=tmp_path)
+    python = tmp_path / "python"
+    command = anchor_command(quix, settings, python=python, state_dir=tmp_path)
+    assert command[:3] == [str(python), "-P", str(QUIX_SCRIPT)]
+    options = parse_quix(command[3:])
+    assert (options.commit_interval, options.poll_timeout) == (0.02, 0.02)
+    assert options.state_dir == str(tmp_path)
+    default = parse_quix(
+        anchor_command(quix_default, settings, python=python, state_dir=tmp_path)[3:]
+    )
+    assert (default.commit_interval, default.poll_timeout) == (None, None)  # quixstreams' own
+
+
+def test_the_anchors_python_is_found_in_its_virtualenv(tmp_path: Path) -> None:
+    assert anchors_python(tmp_path) is None
+    python = tmp_path / ANCHORS_VENV / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    assert anchors_python(tmp_path / "elsewhere", tmp_path) == python
+
+
+def test_answers_are_matched_by_the_event_id_in_their_value() -> None:
+    assert event_id_in_value(b'{"event_id": "e1", "user_events": 3}') == "e1"
+    assert event_id_in_value(b"not json") is None
+    assert event_id_in_value(b"[1, 2]") is None
+    assert event_id_in_value(b'{"event_id": 7}') is None
+    assert event_id_in_value(None) is None
+
+
+def test_the_aiokafka_anchor_commits_one_past_each_partition_s_last_record() -> None:
+    @dataclasses.dataclass
+    class Record:
+        offset: int
+
+    batches: dict[TopicPartition, list[Any]] = {
+        TopicPartition("in", 0): [Record(4), Record(5)],
+        TopicPartition("in", 1): [],
+        TopicPartition("in", 2): [Record(0)],
+    }
+    assert next_offsets(batches) == {TopicPartition("in", 0): 6, TopicPartition("in", 2): 1}
+
+
+def test_the_quixstreams_anchor_counts_events_per_user_in_its_state() -> None:
+    class State:
+        def __init__(self) -> None:
+            self.values: dict[str, Any] = {}
+
+        def get(self, key: str, default: Any = None) -> Any:
+            return self.values.get(key, default)
+
+        def set(self, key: str, value: Any) -> None:
+            self.values[key] = value
+
+    state = State()
+    assert quix_count({"event_id": "e1", "type": "purchase"}, state) == {
+        "event_id": "e1",
+        "user_events": 1,
+    }
+    assert quix_count({"event_id": "e2"}, state)["user_events"] == 2
