@@ -93,10 +93,25 @@ class LinkView:
             del self.overlay[key]
 
 
+# How many decoded states the view keeps: a busy device or network is read by every
+# event that names it, and decoding a stored row (inflate, parse) costs tens of µs.
+DECODED_KEPT = 50_000
+
+
 def stored_states(rows: Mapping[bytes, bytes | None]) -> Callable[[bytes], LinkState]:
-    """The view's states, read from stored rows (each decoded when it is read)."""
+    """The view's states, read from stored rows; a row is decoded again only once the
+    view holds a new value for it (the stored bytes are immutable: identity says it)."""
+    decoded: dict[bytes, tuple[bytes | None, LinkState]] = {}
 
     def state_of(key: bytes) -> LinkState:
-        return LinkState.from_bytes(rows.get(key))
+        raw = rows.get(key)
+        known = decoded.get(key)
+        if known is not None and known[0] is raw:
+            return known[1]
+        state = LinkState.from_bytes(raw)
+        if len(decoded) >= DECODED_KEPT:
+            decoded.clear()
+        decoded[key] = (raw, state)
+        return state
 
     return state_of

@@ -190,3 +190,14 @@ def test_the_workers_view_forgets_by_the_pipelines_time_to_live_and_overlays_by_
     # The view's reads are not counted: the link stage counts its own expiries.
     expired = {"table": "link-state"}
     assert registry.get_sample_value("rewardstream_state_expired_total", expired) is None
+
+
+def test_a_stored_state_is_decoded_again_once_the_view_holds_a_new_value() -> None:
+    rows = stored(signup("u-1", START))
+    state_of = stored_states(rows)
+    first = state_of(DEVICE)
+    assert state_of(DEVICE) is first  # the same stored row: decoded once
+    rows.update(stored(signup("u-1", START), signup("u-2", START + 1)))
+    assert [seen.user_id for seen in state_of(DEVICE).accounts] == ["u-1", "u-2"]
+    del rows[DEVICE]
+    assert state_of(DEVICE).accounts == ()
