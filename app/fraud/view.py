@@ -33,6 +33,8 @@ from app.fraud.links import LinkFacts, LinkState, link_keys, observe_link
 # within a second; this covers a link stage that lags behind for a while.
 OVERLAY_MS = 30_000
 OVERLAY_PER_KEY = 64
+# A state the time to live has forgotten (one object, so the overlay's fold can be kept).
+_FORGOTTEN = LinkState()
 
 
 class LinkView:
@@ -56,6 +58,9 @@ class LinkView:
         self.now_ms = now_ms
         self.expired = expired
         self.overlay: dict[bytes, deque[tuple[int, Event]]] = {}
+        # Per key, the view's state the overlay was last laid over and the result: an
+        # event on a busy device or network costs one fold, not one per overlaid event.
+        self.folded: dict[bytes, tuple[LinkState, LinkState]] = {}
 
     def facts(self, event: Event) -> tuple[LinkFacts, ...]:
         """The facts of each of ``event``'s links, in :func:`link_keys` order."""
@@ -64,16 +69,29 @@ class LinkView:
         for kind, key in link_keys(event):
             state = self.state_of(key)
             if self.expired(state.last_ts, event.ts):
-                state = LinkState()
-            recent = self.overlay.get(key)
-            if recent is not None and now is not None:
-                while recent and recent[0][0] < now - OVERLAY_MS:
-                    recent.popleft()
-                for _, earlier in recent:
-                    state, _ = observe_link(state, earlier, kind)
+                state = _FORGOTTEN
+            if now is not None and key in self.overlay:
+                state = self._overlaid(key, kind, state, now)
             _, facts = observe_link(state, event, kind)
             found.append(facts)
         return tuple(found)
+
+    def _overlaid(self, key: bytes, kind: str, base: LinkState, now: int) -> LinkState:
+        """``base`` with the overlay of ``key`` laid over it (events younger than
+        :data:`OVERLAY_MS`, in the order they were decided)."""
+        recent = self.overlay[key]
+        aged = False
+        while recent and recent[0][0] < now - OVERLAY_MS:
+            recent.popleft()
+            aged = True
+        known = self.folded.get(key)
+        if known is not None and known[0] is base and not aged:
+            return known[1]
+        state = base
+        for _, earlier in recent:
+            state, _ = observe_link(state, earlier, kind)
+        self.folded[key] = (base, state)
+        return state
 
     def decided(self, event: Event) -> None:
         """``event`` was decided and goes on to its links: lay it over the view until the
@@ -81,8 +99,15 @@ class LinkView:
         if self.now_ms is None:
             return
         now = self.now_ms()
-        for _, key in link_keys(event):
-            self.overlay.setdefault(key, deque(maxlen=OVERLAY_PER_KEY)).append((now, event))
+        for kind, key in link_keys(event):
+            recent = self.overlay.setdefault(key, deque(maxlen=OVERLAY_PER_KEY))
+            full = len(recent) == recent.maxlen  # the append drops the oldest
+            recent.append((now, event))
+            known = self.folded.get(key)
+            if known is not None and not full:
+                self.folded[key] = (known[0], observe_link(known[1], event, kind)[0])
+            else:
+                self.folded.pop(key, None)
 
     def prune(self) -> None:
         """Forget overlaid events older than :data:`OVERLAY_MS` (the view holds them by now)."""
@@ -91,6 +116,7 @@ class LinkView:
         oldest = self.now_ms() - OVERLAY_MS
         for key in [key for key, recent in self.overlay.items() if recent[-1][0] < oldest]:
             del self.overlay[key]
+            self.folded.pop(key, None)
 
 
 # How many decoded states the view keeps: a busy device or network is read by every

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from app.contract.records import Event
 from app.decisioning import Engine
 from app.fraud import LinkFacts, LinkState, link_keys, observe_link
+from app.fraud import view as view_module
 from app.fraud.view import OVERLAY_MS, LinkView, stored_states
 from app.metrics import Metrics
 from app.pipeline import Pipeline
@@ -201,3 +203,26 @@ def test_a_stored_state_is_decoded_again_once_the_view_holds_a_new_value() -> No
     assert [seen.user_id for seen in state_of(DEVICE).accounts] == ["u-1", "u-2"]
     del rows[DEVICE]
     assert state_of(DEVICE).accounts == ()
+
+
+@pytest.mark.parametrize("per_key", [64, 5], ids=["ageing", "full"])
+def test_the_kept_fold_of_the_overlay_gives_the_facts_a_fresh_fold_gives(
+    monkeypatch: pytest.MonkeyPatch, per_key: int
+) -> None:
+    """The overlay's fold is kept and extended event by event; through appends, ageing,
+    a full overlay and a view that moves on, its facts are those of folding it anew."""
+    monkeypatch.setattr(view_module, "OVERLAY_PER_KEY", per_key)
+    clock = FakeClock()
+    rows: dict[bytes, bytes | None] = {}
+    view = LinkView(stored_states(rows), now_ms=clock.now_ms)
+    for n in range(80):
+        clock.now += 1000  # from the 30th on, the oldest ages out of the overlay each time
+        event = signup(f"u-{n}", START + n * 1000, ip=f"192.0.2.{n % 7}")
+        fresh = LinkView(view.state_of, now_ms=clock.now_ms)
+        fresh.overlay = {
+            key: type(recent)(recent, recent.maxlen) for key, recent in view.overlay.items()
+        }
+        assert view.facts(event) == fresh.facts(event)
+        view.decided(event)
+        if n == 10:  # the link stage catches up once: the view holds everything so far
+            rows.update(stored(*(e for _, e in view.overlay[DEVICE])))
