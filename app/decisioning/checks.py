@@ -75,7 +75,7 @@ def _grants_since(state: UserState, since: int, channel: str | None = None) -> i
 
 
 def _channel_has_room(program: Program, state: UserState, channel: str, ts: int) -> bool:
-    limit = dict(program.contact.per_channel).get(channel)
+    limit = program.contact.per_channel.get(channel)
     if limit is None:
         return True
     if (

@@ -61,6 +61,10 @@ class FrozenMap(Mapping[K, V]):
     def __getitem__(self, key: K) -> V:
         return self._items[key]
 
+    def get(self, key: K, default: V | None = None) -> V | None:  # type: ignore[override]
+        # The dict's own lookup: Mapping.get goes through __getitem__ and a KeyError.
+        return self._items.get(key, default)
+
     def __iter__(self) -> Iterator[K]:
         return iter(self._items)
 
