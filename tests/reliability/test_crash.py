@@ -1,11 +1,14 @@
 """Crashes on the real broker: a worker killed with SIGKILL mid-stream, several times, and
-restarted each time, must give every event exactly one decision, published once;
-count each event once in its user's state; and keep its budgets exact to the unit.
+restarted each time, under the whole traffic (answers to its decisions, fraud labels,
+consent changes, attacks), must give every event exactly one decision, published once;
+count each event once in its user's state; keep its budgets exact; never grant a reward
+twice; and never let its models learn an answer twice or one that was not committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +17,13 @@ import pytest
 
 from app.settings import Settings
 from app.workerproc import WorkerProcess
-from tests.reliability.helpers import assert_exactly_once, produce_paced, simulated_stream
+from tests.reliability.helpers import (
+    Lives,
+    WholeTraffic,
+    assert_whole_traffic,
+    whole_traffic_base,
+    with_own_control_topics,
+)
 
 pytestmark = [pytest.mark.kafka]
 
@@ -27,30 +36,31 @@ async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
     tmp_path: Path,
     start_worker: Callable[[Settings, Path], WorkerProcess],
 ) -> None:
-    lines = simulated_stream(kafka_settings, events=EVENTS, users=300, seed=31)
+    # Checkpoints every second: each life restores what the one before learned.
+    settings = dataclasses.replace(with_own_control_topics(kafka_settings), checkpoint_interval_s=1)
+    base = whole_traffic_base(settings, events=EVENTS, users=300, seed=31)
     rng = random.Random(5)
-    log = tmp_path / "worker.log"
-    worker = start_worker(kafka_settings, log)
+    lives = Lives(start_worker)
+    worker = lives.start(settings, tmp_path / "life-0.log")
     await asyncio.to_thread(worker.wait_ready, 120)
-    # About 65 s of stream: every kill lands while events are still arriving.
-    producing = asyncio.create_task(
-        produce_paced(
-            kafka_settings.bootstrap_servers, kafka_settings.topic_events, lines, per_second=30
-        )
-    )
-    for _ in range(KILLS):
-        await asyncio.sleep(rng.uniform(1.0, 6.0))
-        worker.kill()
-        worker = start_worker(kafka_settings, log)
-        await asyncio.to_thread(worker.wait_ready, 120)
-    assert not producing.done(), "the stream ended before the last kill; slow the pace"
-    await producing
-    try:
-        await assert_exactly_once(kafka_settings, lines)
-    finally:
-        worker.stop()
+    # About 65 s of base stream: every kill lands while events are still arriving.
+    async with WholeTraffic(settings, base, per_second=30, seed=31) as traffic:
+        for life in range(1, KILLS + 1):
+            await asyncio.sleep(rng.uniform(1.0, 6.0))
+            lives.kill(worker)
+            worker = lives.start(settings, tmp_path / f"life-{life}.log")
+            await asyncio.to_thread(worker.wait_ready, 120)
+        assert traffic.base_task is not None
+        assert not traffic.base_task.done(), "the stream ended before the last kill; slow it"
+        await traffic.settle()
+    lives.stop(worker)
+    report = await assert_whole_traffic(settings, traffic, lives)
+    print(report.summary())
     # The kills really interrupted work: each restart restored state that was committed.
     # (A rebalance that only confirms the worker's tasks logs nothing: not a restore.)
-    lines = log.read_text().splitlines()
-    restores = [line for line in lines if "tasks.assigned" in line]
+    restores = [life for life in lives.lives if "tasks.assigned" in life.log]
     assert len(restores) == KILLS + 1
+    # The traffic did what it is for: rewards held and released, answers learned.
+    assert report.releases, report.summary()
+    assert report.cancels, report.summary()
+    assert report.learned > 0, report.summary()
