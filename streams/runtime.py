@@ -64,7 +64,7 @@ class RuntimeConfig:
 
     group_id: str
     transactional: bool
-    partitions: int  # of every input topic and changelog
+    partitions: int  # of every input topic, output topic and changelog
     batch_max_records: int
     topic_of_role: Mapping[str, str]
     snapshot_dir: Any  # a Path, or None for no snapshots
@@ -75,6 +75,8 @@ class RuntimeConfig:
     pacing: frozenset[str] = frozenset()
     pause_behind: int = 5_000
     resume_behind: int = 1_000
+    # The roles a task's transactions write to (besides changelogs).
+    output_roles: frozenset[str] = frozenset()
 
 
 class Hooks:
@@ -160,6 +162,11 @@ class Runtime:
         # its topics): partition p of each is one task.
         await self._consumer.start()
         self._consumer.subscribe(list(self.stage_of_topic), listener=_Rebalance(self))
+
+    async def commit_handled(self) -> None:
+        """Commit everything handled so far and wait for it (its effects have run)."""
+        async with self._lock:
+            await self._commit_all()
 
     async def stop(self) -> None:
         """Commit what was handled, leave the group (so partitions move at once), close."""
@@ -399,10 +406,7 @@ class Runtime:
             if transactional_id is None:
                 producer = self.side_producer
             else:
-                producer = self.clients.producer(transactional_id)
-                # start() initialises the transactional id: it aborts what the previous
-                # producer with this id left open and fences that producer for good.
-                await producer.start()
+                producer = await self._fencing_producer(transactional_id, partition)
             tables = {
                 name: PartitionTable(self.topology.changelog_of(name), partition)
                 for name in self.topology.tables()
@@ -437,6 +441,44 @@ class Runtime:
                 time.monotonic() - started,
             )
         return fresh
+
+    async def _fencing_producer(self, transactional_id: str, partition: int) -> Any:
+        """A started producer for ``transactional_id`` that has fenced every earlier one and
+        closed whatever an earlier one left open.
+
+        start() initialises the transactional id: the broker aborts the previous producer's
+        open transaction and fences it for good. If the transaction coordinator failed over
+        while that transaction was open, it may not know every partition the transaction
+        wrote, and records of it stay open there; the next commit of this id would then
+        commit them too (seen after a broker restart: a decision published twice). So the
+        new producer first runs one transaction over every partition a task may write and
+        aborts it: its abort markers close anything left open there.
+        """
+        producer = self.clients.producer(transactional_id)
+        try:
+            await producer.start()
+            await producer.begin_transaction()
+            try:
+                for topic, target in self._writable(partition):
+                    await producer.send(topic, b"", key=b"rewardstream.close", partition=target)
+            finally:
+                await producer.abort_transaction()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
+        return producer
+
+    def _writable(self, partition: int) -> list[tuple[str, int]]:
+        """Every (topic, partition) a task's transaction may write: each output topic's
+        partitions (outputs are placed by key) and its own partition of each changelog."""
+        outputs = [
+            (self.config.topic_of_role[role], target)
+            for role in sorted(self.config.output_roles)
+            for target in range(self.config.partitions)
+        ]
+        changelogs = [(self.topology.changelog_of(t), partition) for t in self.topology.tables()]
+        return outputs + changelogs
 
     async def _drop(self, partitions: set[int]) -> None:
         for partition in partitions:

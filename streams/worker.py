@@ -146,6 +146,10 @@ async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry)
     finally:
         stopping.set()
         await saving
+        # What was handled is committed first, and its learning taken, so the last
+        # checkpoint holds all of it.
+        with contextlib.suppress(Exception):
+            await runner.commit_handled()
         with contextlib.suppress(Exception):
             await checkpointer.save()
         await runner.stop()

@@ -209,6 +209,7 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         snapshot_interval_s=settings.snapshot_interval_s,
         paced=frozenset({"decide"}),
         pacing=frozenset({"link"}),
+        output_roles=frozenset({"decisions", "fraud-alerts", "dead-letter", "rekeyed", "links"}),
     )
 
     def prune() -> None:

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from app.contract import decision_id_for
 from app.contract.schemas import load_schema
-from app.kafkaio import Received, produce, read
+from app.kafkaio import Received, event_routes, produce, read
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.workerproc import WorkerProcess
@@ -70,7 +70,12 @@ async def test_valid_events_become_decisions_and_invalid_ones_dead_letters(
 ) -> None:
     simulator = EventSimulator(SimulatorConfig(users=50, seed=11, program=kafka_settings.program))
     valid = [simulator.next_message() for _ in range(300)]
-    await produce(kafka_settings.bootstrap_servers, kafka_settings.topic_events, valid + MALFORMED)
+    await produce(
+        kafka_settings.bootstrap_servers,
+        kafka_settings.topic_events,
+        valid + MALFORMED,
+        routes=event_routes(kafka_settings),
+    )
 
     received = await outputs(kafka_settings, expected=len(valid) + len(MALFORMED))
     by_topic = Counter(r.topic for r in received)
@@ -92,7 +97,12 @@ async def test_valid_events_become_decisions_and_invalid_ones_dead_letters(
 async def test_each_dead_letter_points_at_its_original_message(
     kafka_settings: Settings, worker: WorkerProcess
 ) -> None:
-    await produce(kafka_settings.bootstrap_servers, kafka_settings.topic_events, MALFORMED)
+    await produce(
+        kafka_settings.bootstrap_servers,
+        kafka_settings.topic_events,
+        MALFORMED,
+        routes=event_routes(kafka_settings),
+    )
     received = await outputs(kafka_settings, expected=len(MALFORMED))
     dead = [r.document() for r in received if r.topic == kafka_settings.topic_dead_letter]
     assert len(dead) == len(received) == len(MALFORMED)
@@ -158,7 +168,12 @@ async def test_worker_keeps_deciding_after_hostile_input(
     after = orjson.dumps(
         {"event_id": "after", "user_id": "u-z", "type": "page_view", "ts": "2026-03-01T12:00:00Z"}
     )
-    await produce(kafka_settings.bootstrap_servers, kafka_settings.topic_events, [*hostile, after])
+    await produce(
+        kafka_settings.bootstrap_servers,
+        kafka_settings.topic_events,
+        [*hostile, after],
+        routes=event_routes(kafka_settings),
+    )
     received = await outputs(kafka_settings, expected=len(hostile) + 1)
     decisions = [r.document() for r in received if r.topic == kafka_settings.topic_decisions]
     assert [d["event_id"] for d in decisions] == ["after"]
@@ -187,7 +202,12 @@ async def test_a_user_sending_many_large_valid_events_is_decided_and_its_row_sta
         } | kind
         lines.append(orjson.dumps(document))
     assert all(60_000 < len(line) < 65_536 for line in lines)
-    await produce(kafka_settings.bootstrap_servers, kafka_settings.topic_events, lines)
+    await produce(
+        kafka_settings.bootstrap_servers,
+        kafka_settings.topic_events,
+        lines,
+        routes=event_routes(kafka_settings),
+    )
     received = await outputs(kafka_settings, expected=count)
     decided = [r.document() for r in received if r.topic == kafka_settings.topic_decisions]
     assert sorted(d["event_id"] for d in decided) == sorted(

@@ -16,7 +16,7 @@ import pytest
 from app.assembly import load_program_setting
 from app.bench.fraud import attack_take
 from app.decisioning import Engine
-from app.kafkaio import produce, read
+from app.kafkaio import event_routes, produce, read
 from app.settings import Settings
 from app.simulation.attacks import AttackConfig, attacker_accounts, generate
 from app.workerproc import WorkerProcess
@@ -45,6 +45,7 @@ async def test_attackers_are_flagged_and_unpaid_while_normal_users_keep_their_re
         kafka_settings.bootstrap_servers,
         kafka_settings.topic_events,
         [orjson.dumps(e.document) for e in events],
+        routes=event_routes(kafka_settings),
     )
     decisions, alerts = await _outputs(kafka_settings, decisions_expected=len(events))
     assert len(decisions) == len(events)

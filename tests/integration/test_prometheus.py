@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from app import localkafka
-from app.kafkaio import produce, read
+from app.kafkaio import event_routes, produce, read
 from app.programs.loader import BUILTIN_DIR
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
@@ -167,7 +167,12 @@ async def test_prometheus_scrapes_what_the_worker_decided(
     simulator = EventSimulator(config)
     valid = [simulator.next_message() for _ in range(EVENTS)]
     events = [orjson.loads(value) for value in valid]
-    await produce(settings.bootstrap_servers, settings.topic_events, valid + MALFORMED)
+    await produce(
+        settings.bootstrap_servers,
+        settings.topic_events,
+        valid + MALFORMED,
+        routes=event_routes(settings),
+    )
     decisions = await decisions_on_kafka(settings, expected=EVENTS)
     assert len(decisions) == EVENTS
 

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from app import localkafka
-from app.kafkaio import client_options, produce, read
+from app.kafkaio import client_options, event_routes, produce, read
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.workerproc import WorkerProcess
@@ -74,7 +74,13 @@ async def test_the_worker_and_the_cli_work_over_scram_and_log_no_personal_data(
     try:
         await asyncio.to_thread(worker.wait_ready, 120)
         client = client_options(settings)
-        await produce(settings.bootstrap_servers, settings.topic_events, lines, client=client)
+        await produce(
+            settings.bootstrap_servers,
+            settings.topic_events,
+            lines,
+            client=client,
+            routes=event_routes(settings),
+        )
         decided = set()
         async for record in read(
             settings.bootstrap_servers,
@@ -139,7 +145,13 @@ async def test_the_worker_decides_over_tls_trusting_the_configured_ca(
     try:
         await asyncio.to_thread(worker.wait_ready, 120)
         client = client_options(settings)
-        await produce(settings.bootstrap_servers, settings.topic_events, lines, client=client)
+        await produce(
+            settings.bootstrap_servers,
+            settings.topic_events,
+            lines,
+            client=client,
+            routes=event_routes(settings),
+        )
         decided = {
             orjson.loads(record.value)["event_id"]
             async for record in read(
