@@ -555,7 +555,11 @@ def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: i
             print("Limits broken: " + "; ".join(problems), file=sys.stderr)
         return 1 if problems else 0
     simulator = ClosedLoopSimulator(
-        users=args.users, seed=args.seed, start_ms=SystemClock().now_ms(), days=args.days
+        users=args.users,
+        seed=args.seed,
+        # The simulated days end now: the worker dead-letters events stamped far ahead.
+        start_ms=SystemClock().now_ms() - int(args.days * 86_400_000),
+        days=args.days,
     )
     stats = asyncio.run(
         closed_loop_on_kafka(

@@ -62,7 +62,11 @@ async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
     program = load_program_setting(settings.program)
     total = int(plan.duration_s * plan.rate)
     users = ClosedLoopSimulator(
-        users=plan.users, seed=plan.seed, start_ms=SystemClock().now_ms(), days=plan.days
+        users=plan.users,
+        seed=plan.seed,
+        # The simulated days end now: the worker dead-letters events stamped far ahead.
+        start_ms=SystemClock().now_ms() - int(plan.days * 86_400_000),
+        days=plan.days,
     )
     broken = EventSimulator(
         SimulatorConfig(users=50, seed=plan.seed, invalid_ratio=1.0, program=program.id)
