@@ -171,7 +171,12 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
                     source = first_read_at(source, message.headers)
                 value = message.value
                 outputs += pipeline.decide(
-                    tables, batch.partition, source, value, view, role=role  # type: ignore[arg-type]
+                    tables,
+                    batch.partition,
+                    source,
+                    value,
+                    view,
+                    role=role,  # type: ignore[arg-type]
                 )
         pipeline.flush(tables)
         return outputs
