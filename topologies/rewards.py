@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.contract.records import SourcePosition
+from app.fraud.view import LinkView
 from app.pipeline import Output, Pipeline, Tables, first_read_at
 from app.settings import Settings
 from streams.runtime import Hooks, RuntimeConfig
@@ -153,12 +154,14 @@ def _position(message: Message) -> SourcePosition:
 
 def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConfig, Hooks]:
     """The reward topology bound to ``pipeline``, with the runtime's settings."""
-    views: dict[str, object] = {}
+    # The worker's link view, made at the first batch (the runtime's view rows exist by
+    # then) and kept: its overlay lives across batches.
+    made: list[LinkView] = []
 
     def decide(batch: Batch) -> Sequence[Output]:
-        view = views.get("link")
-        if view is None:
-            view = views["link"] = pipeline.link_view(batch.views[TABLE_LINK_STATE])
+        if not made:
+            made.append(pipeline.link_view(batch.views[TABLE_LINK_STATE]))
+        view = made[0]
         tables = Tables(users=batch.tables[TABLE_USER_STATE], ledgers=batch.tables[TABLE_LEDGER])
         role = batch.role
         outputs: list[Output] = []
@@ -176,7 +179,7 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
                     source,
                     value,
                     view,
-                    role=role,  # type: ignore[arg-type]
+                    role=role,
                 )
         pipeline.flush(tables)
         return outputs
@@ -218,8 +221,7 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
     )
 
     def prune() -> None:
-        view = views.get("link")
-        if view is not None:
-            view.prune()  # type: ignore[attr-defined]
+        for view in made:
+            view.prune()
 
     return topology, config, RewardsHooks(pipeline, prune)
