@@ -71,27 +71,37 @@ class WorkerProcess:
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """Stop gracefully (SIGTERM), forcefully after ``timeout_s``; return the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.process.returncode
+        return stop_process(self.process, timeout_s)
 
     def kill(self) -> None:
         """SIGKILL: the crash the reliability tests inject."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10)
+        if self.process is not None:
+            kill_process(self.process)
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(FileNotFoundError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
+    """SIGTERM ``process``, SIGKILL it after ``timeout_s``; its exit code (None: never run)."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            kill_process(process)
+    return process.returncode
+
+
+def kill_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(10)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.settings import Settings
+from app.workerproc import stop_process
 
 # The fixed offered rate the worker and every anchor are measured at, besides the
 # worker's own 70% share.
@@ -161,17 +161,7 @@ class AnchorProcess:
         return self
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.process.wait(10)
-        return self.process.returncode
+        return stop_process(self.process, timeout_s)
 
     def log_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(FileNotFoundError):
