@@ -1,15 +1,12 @@
 """What every fault test does: build a stream, produce it at a pace, read back and audit.
 
-Two streams:
-
-- :func:`simulated_stream` (the three-node cluster test): ordinary user events only, no
-  answers to rewards, no control events;
-- the *whole traffic* of :class:`WholeTraffic`, which every test in tests/reliability
-  runs: a paced base stream of ordinary users, personalization consent changes and
-  attack scenarios, plus a closed loop that reads the worker's committed decisions while
-  the faults happen and answers a seeded share of them (redeemed, dismissed, opened,
-  answered twice, too late, or silence) and labels held rewards (cleared, confirmed,
-  labelled twice, or never). Everything it sends is recorded for the audit.
+Every fault test (tests/reliability and the three-node cluster test) runs the *whole
+traffic* of :class:`WholeTraffic`: a paced base stream of ordinary users, personalization
+consent changes and attack scenarios, plus a closed loop that reads the worker's
+committed decisions while the faults happen and answers a seeded share of them
+(redeemed, dismissed, opened, answered twice, too late, or silence) and labels held
+rewards (cleared, confirmed, labelled twice, or never). Everything it sends is recorded
+for the audit.
 
 :func:`assert_whole_traffic` checks, against what Kafka holds after the last worker
 stopped: one decision per event, published once; every user's state (events, repeats,
@@ -31,7 +28,6 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,11 +42,10 @@ from app.contract.records import OUTCOME_TYPES
 from app.contract.validate import Rejection, parse_event
 from app.decisioning.ledger import Ledger, ledger_key
 from app.features.state import UserState
-from app.kafkaio import event_routes, read, seek_to_first, user_key
+from app.kafkaio import event_routes, seek_to_first
 from app.models.checkpoint import checkpoint_key
 from app.programs import Program
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
 from app.simulation.attacks import AttackConfig, generate
 from app.workerproc import WorkerProcess
 from topologies import TABLE_LEDGER, TABLE_USER_STATE, changelog_topic
@@ -60,65 +55,8 @@ HOUR_MS = 3_600_000
 CONTROL_TYPES = frozenset({"fraud_label", "consent_updated"})
 
 # ======================================================================================
-# The plain stream (the three-node cluster test)
+# Reading Kafka back
 # ======================================================================================
-
-
-def simulated_stream(settings: Settings, *, events: int, users: int, seed: int) -> list[bytes]:
-    """``events`` simulated user events for the ``events`` topic: no answers to rewards
-    (those need live decisions) and no control events (they have topics of their own)."""
-    simulator = EventSimulator(
-        SimulatorConfig(users=users, seed=seed, program=settings.program, events_per_second=0.02)
-    )
-    lines: list[bytes] = []
-    while len(lines) < events:
-        line = simulator.next_message()
-        kind = orjson.loads(line)["type"]
-        if not kind.startswith("reward_") and kind not in CONTROL_TYPES:
-            lines.append(line)
-    return lines
-
-
-async def produce_paced(
-    bootstrap_servers: str, topic: str, lines: list[bytes], *, per_second: float
-) -> None:
-    """Send ``lines`` keyed by user at about ``per_second``, so faults land mid-stream."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        chunk = max(1, int(per_second / 10))
-        for start in range(0, len(lines), chunk):
-            for line in lines[start : start + chunk]:
-                await producer.send(topic, line, key=user_key(line))
-            await asyncio.sleep(chunk / per_second)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-@dataclass
-class Audit:
-    """What consumers saw, read back with read_committed."""
-
-    decisions: dict[str, dict[str, object]] = field(default_factory=dict)
-    copies: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def granted_cost(self) -> float:
-        return sum(
-            float(str(d["cost"])) for d in self.decisions.values() if d["status"] == "granted"
-        )
-
-
-async def read_decisions(settings: Settings, *, expected: int, idle_s: float = 30.0) -> Audit:
-    audit = Audit()
-    records = read(settings.bootstrap_servers, [settings.topic_decisions], idle_timeout_s=idle_s)
-    async with aclosing(records):
-        async for record in records:
-            document = orjson.loads(record.value)
-            audit.decisions.setdefault(document["decision_id"], document)
-            audit.copies[document["decision_id"]] += 1
-    return audit
 
 
 async def latest_state(settings: Settings, table: str) -> dict[bytes, bytes]:
@@ -133,33 +71,6 @@ async def latest_state(settings: Settings, table: str) -> dict[bytes, bytes]:
         else:
             latest.pop(record.key, None)
     return latest
-
-
-async def assert_exactly_once(settings: Settings, lines: list[bytes]) -> Audit:
-    """The promise of docs/reliability.md, checked against what Kafka holds.
-
-    One decision per event, each published once; every user's state counted each
-    of the user's events once; the ledgers spent exactly what the granted decisions cost.
-    """
-    documents = [orjson.loads(line) for line in lines]
-    expected = {d["event_id"] for d in documents}
-    audit = await read_decisions(settings, expected=len(expected))
-
-    decided = {str(d["event_id"]) for d in audit.decisions.values()}
-    assert decided == expected, f"{len(expected - decided)} events never decided"
-    twice = {k: n for k, n in audit.copies.items() if n > 1}
-    assert not twice, f"{len(twice)} decisions published more than once"
-
-    per_user = Counter(str(d["user_id"]) for d in documents)
-    users = await latest_state(settings, TABLE_USER_STATE)
-    counted = {key.decode(): UserState.from_bytes(value).events for key, value in users.items()}
-    miscounted = {u: (counted.get(u), n) for u, n in per_user.items() if counted.get(u) != n}
-    assert not miscounted, f"users whose state miscounted their events: {miscounted}"
-
-    ledgers = await latest_state(settings, TABLE_LEDGER)
-    spent = sum(Ledger.from_bytes(value).spent_total for value in ledgers.values())
-    assert spent == pytest.approx(audit.granted_cost, abs=1e-6)
-    return audit
 
 
 # ======================================================================================
