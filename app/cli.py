@@ -139,17 +139,38 @@ def _add_topics(commands: Any) -> None:
     topics = commands.add_parser("topics", help="manage the engine's topics")
     actions = topics.add_subparsers(title="actions", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="create missing topics; check existing ones")
+    create.add_argument(
+        "--acls",
+        action="store_true",
+        help="then grant the Kafka ACLs of REWARDSTREAM_ACL_* (who may write each input, "
+        "what the worker may do); needs a broker with an authorizer, run as its admin",
+    )
     create.set_defaults(run=_topics_create)
 
 
 def _topics_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.acls import acl_bindings, create_acls
     from app.kafkaio import client_options, ensure_topics, topic_requests
 
+    # A missing or malformed ACL setting fails here, before anything changes.
+    bindings = acl_bindings(settings) if args.acls else []
     wanted = topic_requests(settings)
     client = client_options(settings)
     result = asyncio.run(ensure_topics(settings.bootstrap_servers, wanted, client=client))
     for topic in wanted:
         print(f"{topic.name:<24} {topic.partitions} partitions  {result[topic.name]}")
+    if args.acls:
+        asyncio.run(create_acls(settings.bootstrap_servers, bindings, client=client))
+        print("ACLs granted (a name ending in * stands for every name that begins so):")
+        for binding in bindings:
+            print(f"  ALLOW {binding.describe()}")
+        for kind, producers, name in (
+            ("EVENT", settings.acl_event_producers, settings.topic_events),
+            ("LABEL", settings.acl_label_producers, settings.topic_fraud_labels),
+            ("CONSENT", settings.acl_consent_producers, settings.topic_consent),
+        ):
+            if not producers.strip():
+                print(f"REWARDSTREAM_ACL_{kind}_PRODUCERS is empty: only super users write {name}.")
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,15 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 ENV_PREFIX = "REWARDSTREAM_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# Settings that name Kafka principals for `rewardstream topics create --acls`.
+ACL_PRINCIPAL_FIELDS = (
+    "acl_event_producers",
+    "acl_label_producers",
+    "acl_consent_producers",
+    "acl_worker_principal",
+)
+_PRINCIPAL = re.compile(r"[A-Za-z][A-Za-z0-9_-]*:\S(.*\S)?")
+_PRINCIPAL_SEPARATOR = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9_-]*:)")
 
 
 class SettingsError(ValueError):
@@ -68,6 +78,15 @@ class Settings:
     ssl_cafile: str = ""
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
+    # Kafka ACLs that `rewardstream topics create --acls` grants (docs/contract.md, "Who may
+    # send what"): the principals allowed to write each kind of input, comma-separated
+    # (``User:shop,User:app``), and the worker's own principal (``User:<its SASL username>``),
+    # which reads the inputs, writes the outputs and owns the topics, consumer group and
+    # transactional ids named after app_id. Nobody else may write the inputs.
+    acl_event_producers: str = ""
+    acl_label_producers: str = ""
+    acl_consent_producers: str = ""
+    acl_worker_principal: str = ""
 
     # The reward program the worker decides for: a shipped program's id or a YAML file.
     program: str = "retail-loyalty"
@@ -161,6 +180,7 @@ class Settings:
                 f"{', '.join(GUARANTEES)}"
             )
         self._check_security()
+        self._check_acls()
         if self.state_ttl_days < 1:
             raise SettingsError("REWARDSTREAM_STATE_TTL_DAYS must be at least 1")
         if self.batch_max_records < 1:
@@ -205,6 +225,17 @@ class Settings:
                 "REWARDSTREAM_SSL_CERTFILE and REWARDSTREAM_SSL_KEYFILE go together"
             )
 
+    def _check_acls(self) -> None:
+        for name in ACL_PRINCIPAL_FIELDS:
+            for principal in split_principals(getattr(self, name)):
+                if not _PRINCIPAL.fullmatch(principal):
+                    raise SettingsError(
+                        f"REWARDSTREAM_{name.upper()}: {principal!r} is not a Kafka principal "
+                        "(<type>:<name>, such as User:shop)"
+                    )
+        if len(split_principals(self.acl_worker_principal)) > 1:
+            raise SettingsError("REWARDSTREAM_ACL_WORKER_PRINCIPAL names one principal")
+
     @property
     def max_event_ahead_ms(self) -> int:
         return self.max_event_ahead_s * 1000
@@ -235,6 +266,16 @@ class Settings:
             ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
             for f in dataclasses.fields(self)
         }
+
+
+def split_principals(raw: str) -> tuple[str, ...]:
+    """The Kafka principals in a comma-separated setting, in order, without repeats.
+
+    A comma not followed by ``<type>:`` belongs to the principal before it: a TLS
+    principal is a certificate's distinguished name (``User:CN=shop,O=Acme``).
+    """
+    found = (part.strip() for part in _PRINCIPAL_SEPARATOR.split(raw))
+    return tuple(dict.fromkeys(part for part in found if part))
 
 
 def _known(fields: Mapping[str, Any]) -> str:

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -128,6 +128,7 @@ def start(
     extra_properties: Mapping[str, str] | None = None,
     scram_users: Mapping[str, str] | None = None,
     tls: bool = False,
+    acl_super_users: Sequence[str] | None = None,
 ) -> BrokerInfo:
     """Start a broker in ``home`` (port 0 picks a free one) and wait until it answers.
 
@@ -135,6 +136,14 @@ def start(
     SCRAM-SHA-256, whose credentials are written when the storage is formatted. ``tls``
     adds an SSL listener with a self-signed certificate for 127.0.0.1, made with the
     JDK's keytool; ``BrokerInfo.ca_file`` is the certificate for clients to trust.
+
+    ``acl_super_users`` (principals, such as ``User:admin``) turns on Kafka ACLs: the
+    KRaft authorizer, and a request no ACL allows is refused. Those principals bypass the
+    ACLs (the admin that creates topics and ACLs), and so does ``User:ANONYMOUS``, the
+    principal of every connection that does not authenticate: the controller's listener
+    and the broker's own (inter-broker) one, which must be, but also the plain client
+    listener and the TLS one (no client certificates), which share it. ACLs therefore
+    bind the SASL listener only; the others stay open to this machine's processes.
     """
     running = status(home)
     if running is not None:
@@ -152,6 +161,10 @@ def start(
     if scram_users:
         listeners["SASL_PLAINTEXT"] = free_port()
         extra |= _SCRAM_PROPERTIES
+    if acl_super_users is not None:
+        if not scram_users:
+            raise BrokerError("ACLs need a listener that authenticates: pass scram_users")
+        extra |= _authorizer_properties(acl_super_users)
     if tls:
         listeners["SSL"] = free_port()
         keystore, ca_file = _self_signed(home)
@@ -319,6 +332,24 @@ _SCRAM_PROPERTIES = {
         "org.apache.kafka.common.security.scram.ScramLoginModule required;"
     ),
 }
+# The principal of a connection that does not authenticate. The controller and
+# inter-broker listeners are PLAINTEXT, so with ACLs it must be a super user.
+_UNAUTHENTICATED_PRINCIPAL = "User:ANONYMOUS"
+
+
+def _authorizer_properties(super_users: Sequence[str]) -> dict[str, str]:
+    """The KRaft authorizer, denying what no ACL allows, with ``super_users`` exempt."""
+    exempt = dict.fromkeys([_UNAUTHENTICATED_PRINCIPAL, *super_users])
+    for principal in exempt:
+        if ":" not in principal or ";" in principal:
+            raise BrokerError(f"{principal!r} is not a principal such as User:admin")
+    return {
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": ";".join(exempt),
+        "allow.everyone.if.no.acl.found": "false",
+    }
+
+
 # Protects only a throwaway keystore of a local test broker.
 _KEYSTORE_PASSWORD = "rewardstream-local"
 
