@@ -357,7 +357,11 @@ def _add_bench(commands: Any) -> None:
     )
     bench.add_argument("--seed", type=int, help="simulator seed (default 7)")
     bench.add_argument("--out", default="var/bench.json", help="JSON report path")
-    bench.add_argument("--docs", help="append the figures to this markdown file")
+    bench.add_argument(
+        "--docs",
+        help="append the figures to this markdown file, and rewrite the sizing block of "
+        "scaling.md beside it (between its bench:scaling markers)",
+    )
     bench.set_defaults(run=_bench)
 
 
@@ -393,6 +397,12 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     command = "rewardstream bench --quick" if plan.quick else "rewardstream bench"
     title = f"Throughput, latency and state (`{command}`)"
     _publish_report(args, report, throughput_markdown(report), title)
+    if args.docs:
+        from app.bench.report import update_scaling_doc
+
+        scaling = Path(args.docs).with_name("scaling.md")
+        if not update_scaling_doc(scaling, report):
+            say(f"{scaling}: no sizing block to rewrite (the file or its markers are missing)")
     print(targets_summary(report))
     return 0  # a measurement: a missed target is a finding, printed above, not a failure
 

@@ -1,12 +1,15 @@
-"""Where benchmark figures go: a JSON report and a dated section in docs/benchmarks.md."""
+"""Where benchmark figures go: a JSON report, a dated section in docs/benchmarks.md and,
+for `rewardstream bench`, the sizing block of docs/scaling.md."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 
 def machine() -> str:
@@ -58,3 +61,135 @@ def append_section(path: Path, title: str, body: str) -> None:
         path.write_text("# Benchmarks\n\nFigures written by the benchmark commands, newest last.\n")
     with path.open("a") as handle:
         handle.write(header + body.rstrip() + "\n")
+
+
+# ---------------------------------------------------------------- the sizing table
+
+# The block of docs/scaling.md that `rewardstream bench --docs` rewrites from its report.
+SCALING_START = "<!-- bench:scaling:start -->"
+SCALING_END = "<!-- bench:scaling:end -->"
+# The share of its measured drain rate a worker is sized to run at: the load the bench's
+# headline latency is measured at (app.bench.throughput.HEADLINE_SHARE). At 90% the
+# latency runs are queues.
+PLANNED_UTILISATION = 0.7
+# Partition counts with many divisors (docs/scaling.md), smallest first.
+PARTITION_COUNTS = (12, 24, 60, 120, 240, 360, 720)
+# The peak rates the sizing table is worked out for, events/s.
+SIZING_RATES = (500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000)
+GB = 10**9
+GIB = 2**30
+DAY_S = 86_400
+
+
+def workers_for(rate: float, drain_rate: float, utilisation: float = PLANNED_UTILISATION) -> int:
+    """Workers that decide ``rate`` events/s when each runs at ``utilisation`` of the
+    ``drain_rate`` one worker reaches."""
+    if drain_rate <= 0 or not 0 < utilisation <= 1:
+        raise ValueError("a drain rate above 0 and a utilisation within (0, 1] are needed")
+    return max(1, math.ceil(rate / (drain_rate * utilisation) - 1e-9))
+
+
+def partitions_for(workers: int) -> int | None:
+    """The smallest partition count of :data:`PARTITION_COUNTS` that lets ``workers``
+    workers all decide (None: more than the largest)."""
+    return next((count for count in PARTITION_COUNTS if count >= workers), None)
+
+
+def _about(count: float) -> str:
+    """A large count in words: 4.3 million, 870,000."""
+    if count >= 10**6:
+        return f"{count / 10**6:,.1f} million"
+    return f"{round(count, -3 if count >= 10_000 else 0):,.0f}"
+
+
+def scaling_markdown(report: dict[str, Any], *, utilisation: float = PLANNED_UTILISATION) -> str:
+    """The sizing block of docs/scaling.md from a `rewardstream bench` JSON report: what
+    one worker measured, and the workers and partitions a peak event rate needs."""
+    drain = report["engine_events_per_s"]
+    per_worker = drain * utilisation
+    state, restart, history = report["state"], report["restart"], report.get("history")
+    kind = "a quick run, smaller than the full benchmark" if report["quick"] else "a full run"
+    when = report.get("finished_at") or "date not recorded in its report"
+    rows = [
+        "Worked out from the JSON report of a `rewardstream bench` run by `scaling_markdown` "
+        "(`app/bench/report.py`); `rewardstream bench --docs docs/benchmarks.md` (`make "
+        f"bench`) rewrites it. This one: {kind}, commit {report['commit']}, {when}; "
+        f"{report['machine']}; {report['partitions']} partitions, "
+        f"{report['processing_guarantee']}, the broker on the same machine.",
+        "",
+        "| figure | value | per unit |",
+        "|---|---:|---|",
+        f"| decisions, one worker draining a backlog of {report['events']:,} events "
+        f"| {drain:,.0f} events/s | about {_about(drain * DAY_S)} a day |",
+        f"| state stored per user, one sign-up each ({state['users']:,} users; row values "
+        f"in the changelogs and snapshots) | {state['bytes_per_user']:,.0f} bytes "
+        f"| 1 GB holds about {_about(GB / state['bytes_per_user'])} users |",
+    ]
+    if history:
+        rows.append(
+            f"| state stored per user after {history['days']:g} simulated days of traffic "
+            f"({history['users']:,} simulated users, {history['events_per_user']:,.1f} "
+            f"events each on average) | {history['bytes_per_user']:,.0f} bytes "
+            f"| 1 GB holds about {_about(GB / history['bytes_per_user'])} users |"
+        )
+    else:
+        rows.append(
+            "| state stored per user after 30 simulated days of traffic | not in this report "
+            "(a run from before the bench measured it) | |"
+        )
+    rows += [
+        f"| resident memory per user, one sign-up each | {state['rss_bytes_per_user']:,.0f} "
+        f"bytes | 1 GiB holds about {_about(GIB / state['rss_bytes_per_user'])} users |",
+        f"| restart with {restart['users']:,} users' state from the changelogs, to deciding "
+        f"| {restart['cold_first_decision_s']:,.1f} s | |",
+        "",
+        f"Workers and partitions for a peak rate, each worker planned at "
+        f"{utilisation:.0%} of the drain rate above ({per_worker:,.0f} events/s): the load "
+        f"the bench's headline latency is measured at{_latency_at(report)}. A partition has "
+        "one owner, so `P` must be at least the workers that decide, counted with one of "
+        "them down:",
+        "",
+        "| peak events/s | workers deciding | with one down | partitions `P` |",
+        "|---:|---:|---:|---:|",
+    ]
+    for rate in SIZING_RATES:
+        workers = workers_for(rate, drain, utilisation)
+        partitions = partitions_for(workers + 1)
+        shown = f"{partitions:,}" if partitions else f"more than {PARTITION_COUNTS[-1]:,}"
+        rows.append(f"| {rate:,} | {workers:,} | {workers + 1:,} | {shown} |")
+    return "\n".join(rows)
+
+
+def _latency_at(report: dict[str, Any]) -> str:
+    """What the run measured at the headline load, for the sizing sentence."""
+    p50, p99 = report.get("p50_ms"), report.get("p99_ms")
+    if p50 is None or p99 is None:
+        return ""
+    return (
+        f", where this run measured p50 {p50:,.0f} ms and p99 {p99:,.0f} ms from an event "
+        f"sent to its decision read back ({report['processing_guarantee']})"
+    )
+
+
+def replace_block(
+    text: str, body: str, *, start: str = SCALING_START, end: str = SCALING_END
+) -> str:
+    """``text`` with what lies between its ``start`` and ``end`` markers replaced by
+    ``body``; the markers stay."""
+    first = text.find(start)
+    last = text.find(end, first + len(start)) if first >= 0 else -1
+    if first < 0 or last < 0 or text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"the text needs one {start} and, after it, one {end}")
+    return f"{text[: first + len(start)]}\n{body.strip()}\n{text[last:]}"
+
+
+def update_scaling_doc(path: Path, report: dict[str, Any]) -> bool:
+    """Rewrite the sizing block of ``path`` (docs/scaling.md) from a bench report. False,
+    and nothing written, when the file or its markers are missing."""
+    try:
+        text = path.read_text()
+        updated = replace_block(text, scaling_markdown(report))
+    except (OSError, ValueError):
+        return False
+    path.write_text(updated)
+    return True

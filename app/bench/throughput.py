@@ -14,7 +14,10 @@ On one machine, with the same simulated payloads and partitions, it measures:
    (:mod:`app.bench.anchors`): every latency figure has anchors from the same run;
 4. offline replay: the same stages in-process with no broker (median of runs);
 5. state per user: many distinct users (one sign-up each) through the pipeline
-   in a fresh interpreter: bytes of their rows, and resident memory growth.
+   in a fresh interpreter: bytes of their rows, and resident memory growth;
+6. state per user with a history: the simulator's users after 30 simulated days
+   of their traffic, replayed in-process through the same pipeline: bytes of
+   their user rows and link rows, beside the sign-up-only figure.
 
 Everything it starts (a broker of its own on a free port, a worker) it stops,
 even on errors. It is a measurement: missing a target is a finding, reported
@@ -36,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,10 +63,10 @@ from app.bench.histogram import LatencyHistogram
 from app.bench.report import commit, machine
 from app.bench.restart import restart_time
 from app.contract.records import SourcePosition
-from app.kafkaio import TopicRequest, ensure_topics, produce, topic_requests
+from app.kafkaio import TopicRequest, ensure_topics, event_routes, produce, topic_requests
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
-from app.replay import kafka_partitioner, replay
+from app.replay import BATCH_LINES, kafka_partitioner, replay
 from app.settings import Settings
 from app.simulation import EventSimulator, SimulatorConfig
 from app.simulation.events import CHANNELS, COUNTRIES
@@ -81,7 +85,7 @@ HEADLINE_SHARE = 0.7
 # producers route them: kafkaio.event_routes). On the events topic the worker
 # dead-letters them, so they would never be decided: the drain would wait for them to
 # its deadline and the latency runs would count them at the grace's end.
-ROUTED_TYPES = frozenset({"fraud_label", "consent_updated"})
+ROUTED_TYPES = frozenset(event_routes(Settings()))  # control events: topics of their own
 # Before an anchor is measured, probe events show that it answers (its group joined, its
 # topics made): so many, at this rate, at most so many tries.
 PROBE_EVENTS = 20
@@ -90,6 +94,14 @@ PROBE_TRIES = 4
 # The state run checks the memory left every so many users, and stops below this.
 MEMORY_CHECK_EVERY = 10_000
 MIN_AVAILABLE_BYTES = 2 * 2**30
+# How unevenly the simulated users are active (activity falls off as 1/rank^skew): the
+# busiest of 2,000 sends about 1% of the traffic.
+TRAFFIC_SKEW = 0.5
+# The state with a history: so many simulated days of the simulator's traffic, so many
+# events per user on average (bench-learning's traffic: 50,000 events of 2,000 users
+# over 30 days).
+HISTORY_DAYS = 30
+HISTORY_EVENTS_PER_USER = 25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +112,9 @@ class BenchPlan:
     partitions: int = 4
     latency_seconds: float = 20.0  # of traffic per offered rate
     state_users: int = 1_000_000
+    # Simulated users whose 30 days of traffic build the state with a history: 26-34 s
+    # here (50,000 events replayed in-process).
+    history_users: int = 2_000
     restart_users: int = 1_000_000  # whose state a restarted worker restores
     replay_runs: int = 3
     # Simulated users behind the throughput events. The simulator's cost per event grows
@@ -111,6 +126,8 @@ class BenchPlan:
     def check(self) -> None:
         if min(self.events, self.partitions, self.state_users, self.replay_runs) < 1:
             raise ValueError("events, partitions, state users and replay runs must be >= 1")
+        if self.history_users < 1:
+            raise ValueError("history users must be >= 1")
         if self.restart_users < 2:
             raise ValueError("restart users must be >= 2 (the probe is the second)")
         if self.latency_seconds <= 0:
@@ -119,10 +136,16 @@ class BenchPlan:
 
 # About three minutes on a shared 2-core machine where the worker decides about 700 events
 # a second, replay about 1,700 and the state run signs up about 1,300 users a second; the
-# broker and worker start-ups take another 10 s. Eleven latency runs of 5 s each (the
-# worker's four and at_least_once's, two per anchor) and their waits are half of it.
+# broker and worker start-ups take another 10 s, the state with a history (500 users'
+# 12,500 events) about 5 s. Eleven latency runs of 5 s each (the worker's four and
+# at_least_once's, two per anchor) and their waits are half of it.
 QUICK_PLAN = BenchPlan(
-    events=6_000, latency_seconds=5.0, state_users=20_000, restart_users=100_000, quick=True
+    events=6_000,
+    latency_seconds=5.0,
+    state_users=20_000,
+    history_users=500,
+    restart_users=100_000,
+    quick=True,
 )
 # Sign-ups whose rows the restart phase copies for its users.
 RESTART_TEMPLATES = 256
@@ -151,7 +174,7 @@ class Traffic:
     latency run's events, so every event id is new to the worker."""
 
     def __init__(self, users: int, seed: int) -> None:
-        self.simulator = EventSimulator(SimulatorConfig(users=users, seed=seed, skew=0.5))
+        self.simulator = EventSimulator(SimulatorConfig(users=users, seed=seed, skew=TRAFFIC_SKEW))
 
     def take(self, count: int) -> list[Message]:
         messages: list[Message] = []
@@ -202,6 +225,7 @@ class Figures:
     latency_at_least_once: dict[str, Any] = dataclasses.field(default_factory=dict)
     replay_runs: list[float] = dataclasses.field(default_factory=list)
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    history: dict[str, Any] = dataclasses.field(default_factory=dict)  # state with a history
     restart: dict[str, Any] = dataclasses.field(default_factory=dict)
     phase_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -231,7 +255,20 @@ def run_throughput_benchmark(
     say(f"State of {plan.state_users:,} distinct users, in a fresh interpreter...")
     with figures.phase("state"):
         figures.state = state_in_child(settings, plan.state_users, plan.seed)
-    return build_report(settings, plan, figures, machine_description=machine(), commit_id=commit())
+    say(
+        f"State of {plan.history_users:,} simulated users after {HISTORY_DAYS} simulated days "
+        "of their traffic, in-process..."
+    )
+    with figures.phase("state_history"):
+        figures.history = history_footprint(settings, plan.history_users, plan.seed)
+    return build_report(
+        settings,
+        plan,
+        figures,
+        machine_description=machine(),
+        commit_id=commit(),
+        finished_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
 
 
 def _on_own_broker(
@@ -725,16 +762,21 @@ def mem_available_bytes(meminfo: str) -> int:
     return proc_kib(meminfo, "MemAvailable")
 
 
-def state_footprint(settings: Settings, users: int, seed: int) -> dict[str, Any]:
-    """Build the state of ``users`` distinct users through the pipeline, as the worker
-    would; measure the bytes of their rows and the growth of resident memory."""
-    pipeline = Pipeline(
+def _state_pipeline(settings: Settings) -> Pipeline:
+    """The worker's stages in-process, users placed as Kafka's partitioner would."""
+    return Pipeline(
         build_engine(settings),
         Metrics(CollectorRegistry()),
         max_event_bytes=settings.max_event_bytes,
         partitioner=kafka_partitioner(settings.partitions),
         state_ttl_ms=settings.state_ttl_ms,
     )
+
+
+def state_footprint(settings: Settings, users: int, seed: int) -> dict[str, Any]:
+    """Build the state of ``users`` distinct users through the pipeline, as the worker
+    would; measure the bytes of their rows and the growth of resident memory."""
+    pipeline = _state_pipeline(settings)
     tables = Tables(users={}, ledgers={})
     gc.collect()
     before = vm_rss_bytes(Path("/proc/self/status").read_text())
@@ -762,21 +804,95 @@ def _value_bytes(table: Iterable[bytes | None]) -> int:
     return sum(len(value) for value in table if value)
 
 
-def state_entry(users: int, tables: Tables, rss_growth: int, *, wanted: int) -> dict[str, Any]:
-    """The state figures of ``users`` users (of ``wanted``) held in ``tables``."""
+def _bytes_per_user(tables: Tables, users: int) -> dict[str, float]:
+    """The bytes of the user rows and of the link rows (devices, networks) in ``tables``,
+    per user of ``users``; ledgers are per partition, not per user."""
     user_bytes = _value_bytes(tables.users.values())
     link_bytes = _value_bytes(tables.links.values())
+    return {
+        "user_state_bytes_per_user": round(user_bytes / users, 1),
+        "link_bytes_per_user": round(link_bytes / users, 1),
+        "bytes_per_user": round((user_bytes + link_bytes) / users, 1),
+    }
+
+
+def state_entry(users: int, tables: Tables, rss_growth: int, *, wanted: int) -> dict[str, Any]:
+    """The state figures of ``users`` users (of ``wanted``) held in ``tables``."""
     return {
         "users": users,
         "users_wanted": wanted,
         "stopped_early": users < wanted,  # memory ran short first
         "user_rows": len(tables.users),
         "link_rows": len(tables.links),
-        "user_state_bytes_per_user": round(user_bytes / users, 1),
-        "link_bytes_per_user": round(link_bytes / users, 1),
-        "bytes_per_user": round((user_bytes + link_bytes) / users, 1),
+        **_bytes_per_user(tables, users),
         "rss_growth_bytes": rss_growth,
         "rss_bytes_per_user": round(rss_growth / users, 1),
+    }
+
+
+# ---------------------------------------------------------------- 6. state with a history
+
+
+def history_events(
+    users: int,
+    seed: int,
+    *,
+    days: float = HISTORY_DAYS,
+    events_per_user: int = HISTORY_EVENTS_PER_USER,
+) -> Iterator[bytes]:
+    """The simulator's traffic of ``users`` users (the bench's skew) over ``days``
+    simulated days, ``events_per_user`` events per user on average: every type the worker
+    decides, answers to rewards and consent changes included, none malformed."""
+    total = users * events_per_user
+    simulator = EventSimulator(
+        SimulatorConfig(
+            users=users,
+            seed=seed,
+            start_ms=START_MS,
+            events_per_second=total / (days * 86_400),
+            skew=TRAFFIC_SKEW,
+        )
+    )
+    for _ in range(total):
+        yield simulator.next_message()
+
+
+def history_footprint(settings: Settings, users: int, seed: int) -> dict[str, Any]:
+    """The state the simulator's ``users`` users build in :data:`HISTORY_DAYS` simulated
+    days of their traffic, replayed through the pipeline in-process (changed rows
+    written back once per batch of lines, as replay and the worker do): the bytes of
+    their user rows and link rows."""
+    pipeline = _state_pipeline(settings)
+    tables = Tables(users={}, ledgers={})
+    events = 0
+    for number, value in enumerate(history_events(users, seed)):
+        source = SourcePosition("bench-history", 0, number)
+        pipeline.handle(tables, source, value, flush=number % BATCH_LINES == 0)
+        events += 1
+    pipeline.flush(tables)
+    return history_entry(tables, simulated_users=users, events=events, days=HISTORY_DAYS)
+
+
+def history_entry(
+    tables: Tables, *, simulated_users: int, events: int, days: float
+) -> dict[str, Any]:
+    """The state figures of the users with a row in ``tables`` after ``events`` events of
+    ``simulated_users`` simulated users over ``days`` simulated days."""
+    sizes = sorted(len(value) for value in tables.users.values() if value)
+    users = len(sizes)
+    if not users:
+        raise ValueError("no user has a row: nothing to measure")
+    return {
+        "simulated_users": simulated_users,
+        "users": users,
+        "days": days,
+        "events": events,
+        "events_per_user": round(events / users, 1),
+        "user_rows": len(tables.users),
+        "link_rows": len(tables.links),
+        **_bytes_per_user(tables, users),
+        "user_row_bytes_p50": sizes[(users - 1) // 2],
+        "user_row_bytes_max": sizes[-1],
     }
 
 
@@ -790,12 +906,14 @@ def build_report(
     *,
     machine_description: str,
     commit_id: str,
+    finished_at: str,
 ) -> dict[str, Any]:
     headline = next(e for e in figures.latency if e["share"] == HEADLINE_SHARE)
     passthrough, engine = figures.passthrough_events_per_s, figures.engine_events_per_s
     return {
         "commit": commit_id,
         "machine": machine_description,
+        "finished_at": finished_at,
         "python": sys.version.split()[0],
         "quick": plan.quick,
         "events": plan.events,
@@ -825,6 +943,10 @@ def build_report(
         "bytes_per_user": figures.state["bytes_per_user"],
         "rss_bytes_per_user": figures.state["rss_bytes_per_user"],
         "state": figures.state,
+        # The same bytes for users with a history: 30 simulated days of their traffic.
+        "history_users": figures.history["users"],
+        "history_bytes_per_user": figures.history["bytes_per_user"],
+        "history": figures.history,
         "restart_users": figures.restart["users"],
         "restart_ready_s": figures.restart["cold_ready_s"],
         "restart_first_decision_s": figures.restart["cold_first_decision_s"],
@@ -847,7 +969,9 @@ TARGETS = (
     Target("ratio", "engine / raw Kafka loop", ">= 0.15", lambda v: v >= 0.15),
     Target("p99_ms", "p99 latency at 70% of max", "<= 30 ms", lambda v: v <= 30),
     Target("replay_events_per_s", "offline replay", ">= 30,000 events/s", lambda v: v >= 30_000),
-    Target("bytes_per_user", "state per user", "<= 500 bytes", lambda v: v <= 500),
+    Target(
+        "bytes_per_user", "state per user (one sign-up each)", "<= 500 bytes", lambda v: v <= 500
+    ),
     Target(
         "restart_first_decision_s",
         "restart with 1,000,000 users to deciding",
@@ -908,7 +1032,7 @@ def throughput_markdown(report: dict[str, Any]) -> str:
 def _figure_rows(report: dict[str, Any]) -> list[str]:
     cell = {"met": "yes", "missed": "no", "not measured at its scale": "not at this size"}
     met = {t.figure: cell[_verdict(report, t, ok)] for t, ok in targets_met(report)}
-    state, restart = report["state"], report["restart"]
+    state, history, restart = report["state"], report["history"], report["restart"]
     return [
         "| figure | value | target | met |",
         "|---|---:|---:|---|",
@@ -923,10 +1047,16 @@ def _figure_rows(report: dict[str, Any]) -> list[str]:
         f"| offline replay, median of {len(report['replay_runs_events_per_s'])} "
         f"| {report['replay_events_per_s']:,.0f} events/s | >= 30,000 events/s "
         f"| {met['replay_events_per_s']} |",
-        f"| state per user at {state['users']:,} users (user row "
+        f"| state per user at {state['users']:,} users, one sign-up each (user row "
         f"{state['user_state_bytes_per_user']:,.0f} + link rows "
         f"{state['link_bytes_per_user']:,.0f}) | {report['bytes_per_user']:,.0f} bytes "
         f"| <= 500 bytes | {met['bytes_per_user']} |",
+        f"| state per user after {history['days']:g} simulated days of the simulator's "
+        f"traffic, {history['users']:,} users, {history['events_per_user']:,.1f} events each "
+        f"on average (user row {history['user_state_bytes_per_user']:,.0f} + link rows "
+        f"{history['link_bytes_per_user']:,.0f}; user rows: median "
+        f"{history['user_row_bytes_p50']:,}, largest {history['user_row_bytes_max']:,}) "
+        f"| {history['bytes_per_user']:,.0f} bytes | | |",
         f"| resident memory growth per user | {report['rss_bytes_per_user']:,.0f} bytes | | |",
         f"| restart with {restart['users']:,} users' state, from the changelogs alone "
         f"({restart['cold_records_restored']:,} records): ready / first decision "
@@ -939,7 +1069,7 @@ def _figure_rows(report: dict[str, Any]) -> list[str]:
 
 
 def _setup_line(report: dict[str, Any]) -> str:
-    state = report["state"]
+    state, history = report["state"], report["history"]
     short = (
         f" (of {state['users_wanted']:,} asked for: memory ran low)"
         if state["stopped_early"]
@@ -951,7 +1081,9 @@ def _setup_line(report: dict[str, Any]) -> str:
         f"{report['partitions']} partitions, {report['processing_guarantee']}, one worker and "
         f"a broker of its own on this machine; {report['latency_seconds']:g} s of open-loop "
         f"traffic per latency run; state from one sign-up each of {state['users']:,} "
-        f"distinct users{short}.{quick}"
+        f"distinct users{short}, and from {history['days']:g} simulated days of traffic of "
+        f"{history['simulated_users']:,} simulated users ({history['events']:,} events, "
+        f"replayed in-process).{quick}"
     )
 
 

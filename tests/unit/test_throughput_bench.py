@@ -37,7 +37,21 @@ from app.bench.anchors import (
     worker_ratios,
 )
 from app.bench.histogram import LatencyHistogram, nearest_rank
+from app.bench.report import (
+    PARTITION_COUNTS,
+    PLANNED_UTILISATION,
+    SCALING_END,
+    SCALING_START,
+    partitions_for,
+    replace_block,
+    scaling_markdown,
+    update_scaling_doc,
+    workers_for,
+)
 from app.bench.throughput import (
+    HEADLINE_SHARE,
+    HISTORY_DAYS,
+    HISTORY_EVENTS_PER_USER,
     QUICK_PLAN,
     ROUTED_TYPES,
     BenchPlan,
@@ -48,6 +62,8 @@ from app.bench.throughput import (
     build_report,
     decisions_in,
     event_id_in_value,
+    history_entry,
+    history_events,
     latency_entry,
     mem_available_bytes,
     plan_for,
@@ -196,12 +212,37 @@ def test_signups_are_valid_events_of_distinct_users() -> None:
     assert list(signups(20, seed=1)) == list(signups(20, seed=1))
 
 
+def test_a_history_is_30_simulated_days_of_every_user_s_traffic_every_type() -> None:
+    values = list(history_events(40, seed=3))
+    assert len(values) == 40 * HISTORY_EVENTS_PER_USER
+    assert values == list(history_events(40, seed=3))  # seeded
+    events = [parse_event(value, max_bytes=65_536) for value in values]
+    parsed = [e for e in events if not isinstance(e, Rejection)]
+    assert len(parsed) == len(events)  # none malformed
+    assert len({e.user_id for e in parsed}) == 40  # every user has a history
+    times = [e.ts for e in parsed]
+    assert times == sorted(times)
+    span_days = (times[-1] - times[0]) / 86_400_000
+    assert HISTORY_DAYS - 0.1 < span_days <= HISTORY_DAYS
+    types = {e.type for e in parsed}
+    # Answers to rewards and consent changes too: everything that shapes a user's row.
+    assert {"signup", "purchase", "reward_redeemed", "consent_updated"} <= types
+    first: dict[str, str] = {}
+    for event in parsed:
+        first.setdefault(event.user_id, event.type)
+    assert set(first.values()) == {"signup"}
+
+
 # ---------------------------------------------------------------- plan
 
 
 def test_plans_quick_full_and_overridden() -> None:
     assert plan_for(False) == BenchPlan()
     assert plan_for(True) == QUICK_PLAN
+    # The state with a history: a few thousand users at most (about 35 s here), fewer quick.
+    assert QUICK_PLAN.history_users < BenchPlan().history_users <= 5_000
+    with pytest.raises(ValueError, match="history"):
+        plan_for(True, history_users=0)
     plan = plan_for(True, events=1_000, partitions=None)
     assert (plan.events, plan.partitions, plan.quick) == (1_000, 4, True)
     with pytest.raises(ValueError, match="events"):
@@ -248,7 +289,27 @@ def test_state_figures_count_user_and_link_rows() -> None:
     assert state["stopped_early"] is True
 
 
-def figures(*, p99: float, state_bytes: int, restart_s: float = 10.0) -> Figures:
+def test_history_figures_are_per_user_with_a_row() -> None:
+    tables = Tables(
+        users={b"u1": b"x" * 300, b"u2": b"x" * 500, b"u3": b"x" * 1_000, b"gone": None},
+        ledgers={b"ledger": b"x" * 10_000},
+        links={b"device:1": b"x" * 150, b"net:1": b"x" * 150, b"device:2": None},
+    )
+    history = history_entry(tables, simulated_users=4, events=90, days=30)
+    assert history["users"] == 3  # the deleted row is no user's state
+    assert history["simulated_users"] == 4
+    assert history["events_per_user"] == 30
+    assert history["user_state_bytes_per_user"] == 600
+    assert history["link_bytes_per_user"] == 100
+    assert history["bytes_per_user"] == 700
+    assert (history["user_row_bytes_p50"], history["user_row_bytes_max"]) == (500, 1_000)
+    with pytest.raises(ValueError, match="no user"):
+        history_entry(Tables(users={}, ledgers={}), simulated_users=1, events=0, days=30)
+
+
+def figures(
+    *, p99: float, state_bytes: int, restart_s: float = 10.0, history_bytes: int = 600
+) -> Figures:
     latency = [
         {
             "share": share,
@@ -264,12 +325,20 @@ def figures(*, p99: float, state_bytes: int, restart_s: float = 10.0) -> Figures
         for share in (0.5, 0.7, 0.9)
     ]
     tables = Tables(users={b"u": b"x" * state_bytes}, ledgers={})
+    # Two users with a month's history: rows of history_bytes - 100 and of
+    # history_bytes + 100, and 100 bytes of link rows each.
+    lived = Tables(
+        users={b"u1": b"x" * (history_bytes - 100), b"u2": b"x" * (history_bytes + 100)},
+        ledgers={},
+        links={b"device:1": b"x" * 100, b"net:1": b"x" * 100},
+    )
     return Figures(
         passthrough_events_per_s=40_000.0,
         engine_events_per_s=12_000.0,
         latency=latency,
         replay_runs=[31_000.0, 29_000.0, 35_000.0],
         state=state_entry(1, tables, rss_growth=4_096, wanted=1),
+        history=history_entry(lived, simulated_users=2, events=50, days=30),
         restart=restart_entry(restart_s),
         phase_seconds={"engine_drain": 4.2},
     )
@@ -289,9 +358,14 @@ def restart_entry(first_decision_s: float, users: int = 1_000_000) -> dict[str, 
     }
 
 
-def report_of(found: Figures) -> dict[str, object]:
+def report_of(found: Figures) -> dict[str, Any]:
     return build_report(
-        Settings(), QUICK_PLAN, found, machine_description="2 cores (test)", commit_id="abc1234"
+        Settings(),
+        QUICK_PLAN,
+        found,
+        machine_description="2 cores (test)",
+        commit_id="abc1234",
+        finished_at="2026-12-02 12:00 UTC",
     )
 
 
@@ -302,6 +376,13 @@ def test_the_report_holds_every_figure_and_the_headline_at_70_percent() -> None:
     assert report["offered_rate"] == 700
     assert report["p99_ms"] == pytest.approx(20.0)
     assert report["bytes_per_user"] == 400
+    # Beside the sign-up-only figure, users with a month's history: 600 bytes of user row
+    # and 100 of link rows each.
+    assert report["history_bytes_per_user"] == 700
+    assert report["history_users"] == 2
+    assert report["history"]["user_state_bytes_per_user"] == 600
+    assert report["history"]["link_bytes_per_user"] == 100
+    assert report["finished_at"] == "2026-12-02 12:00 UTC"
     for key in ("commit", "machine", "events", "partitions", "p50_ms", "p999_ms"):
         assert key in report
     assert orjson.loads(orjson.dumps(report))["latency"][2]["share"] == 0.9
@@ -319,7 +400,15 @@ def test_targets_met_and_missed_are_said_beside_the_figures() -> None:
     markdown = throughput_markdown(bad)
     assert "| engine / raw loop | 0.300 | >= 0.15 | yes |" in markdown
     assert "| p99 <= 30 ms | no |" in markdown
-    assert "| 900 bytes | <= 500 bytes | no |" in markdown
+    assert "one sign-up each (user row 900 + link rows 0) | 900 bytes | <= 500 bytes | no |" in (
+        markdown
+    )
+    assert (
+        "| state per user after 30 simulated days of the simulator's traffic, 2 users, "
+        "25.0 events each on average (user row 600 + link rows 100; user rows: median 500, "
+        "largest 700) | 700 bytes | | |"
+    ) in markdown
+    assert "from 30 simulated days of traffic of 2 simulated users (50 events" in markdown
     assert "Quick mode" in markdown
     assert markdown.count("| exactly_once | 50% |") + markdown.count("| exactly_once | 70% |") == 2
     assert "| 15.0 / 16.0 s | <= 15 s at 1,000,000 users | no |" in markdown
@@ -564,3 +653,74 @@ def test_the_quixstreams_anchor_counts_events_per_user_in_its_state() -> None:
         "user_events": 1,
     }
     assert quix_count({"event_id": "e2"}, state)["user_events"] == 2
+
+
+# ---------------------------------------------------------------- the sizing block
+
+
+def test_workers_and_partitions_for_a_peak_rate() -> None:
+    # 1,000 events/s drained, planned at 70%: 700 a worker.
+    assert workers_for(700, 1_000.0) == 1
+    assert workers_for(701, 1_000.0) == 2
+    assert workers_for(1, 1_000.0) == 1
+    assert workers_for(10_000, 1_000.0, utilisation=1.0) == 10
+    with pytest.raises(ValueError, match="drain rate"):
+        workers_for(100, 0.0)
+    assert partitions_for(1) == 12
+    assert partitions_for(13) == 24
+    assert partitions_for(PARTITION_COUNTS[-1]) == PARTITION_COUNTS[-1]
+    assert partitions_for(PARTITION_COUNTS[-1] + 1) is None
+    # The planned share of the drain rate is the load the headline latency is measured at.
+    assert PLANNED_UTILISATION == HEADLINE_SHARE
+
+
+def test_the_sizing_block_is_worked_out_from_the_report() -> None:
+    report = report_of(figures(p99=20.0, state_bytes=400))
+    block = scaling_markdown(report)
+    assert "commit abc1234, 2026-12-02 12:00 UTC" in block
+    assert "a quick run" in block
+    assert "| 12,000 events/s | about 1,036.8 million a day |" in block
+    assert "one sign-up each (1 users;" in block
+    assert "| 400 bytes | 1 GB holds about 2.5 million users |" in block
+    assert (
+        "| state stored per user after 30 simulated days of traffic (2 simulated users, "
+        "25.0 events each on average) | 700 bytes | 1 GB holds about 1.4 million users |"
+    ) in block
+    # 12,000 events/s drained, 8,400 a worker at 70%.
+    assert "(8,400 events/s): the load the bench's headline latency" in block
+    assert "p50 7 ms and p99 20 ms" in block  # what the run measured at that load
+    assert "| 8,400 | 1 | 2 | 12 |" not in block  # only the listed rates
+    assert "| 10,000 | 2 | 3 | 12 |" in block
+    assert "| 50,000 | 6 | 7 | 12 |" in block
+    slow = {**report, "engine_events_per_s": 10.0}  # 7 events/s a worker
+    assert "| 50,000 | 7,143 | 7,144 | more than 720 |" in scaling_markdown(slow)
+    # A report from before the history was measured still renders, and says so.
+    older = {k: v for k, v in report.items() if k != "history"}
+    assert "| not in this report" in scaling_markdown(older)
+
+
+def test_the_sizing_block_replaces_only_what_lies_between_its_markers(tmp_path: Path) -> None:
+    text = f"# Scaling\n\nProse.\n\n{SCALING_START}\nold table\n{SCALING_END}\n\nMore prose.\n"
+    replaced = replace_block(text, "new table\n")
+    assert replaced == (
+        f"# Scaling\n\nProse.\n\n{SCALING_START}\nnew table\n{SCALING_END}\n\nMore prose.\n"
+    )
+    assert replace_block(replaced, "new table") == replaced  # idempotent
+    for broken in ("no markers", f"{SCALING_END}\n{SCALING_START}", text + SCALING_START):
+        with pytest.raises(ValueError, match="needs one"):
+            replace_block(broken, "x")
+
+    doc = tmp_path / "scaling.md"
+    doc.write_text(text)
+    report = report_of(figures(p99=20.0, state_bytes=400))
+    assert update_scaling_doc(doc, report)
+    written = doc.read_text()
+    assert written.startswith("# Scaling\n\nProse.\n\n" + SCALING_START)
+    assert written.endswith(SCALING_END + "\n\nMore prose.\n")
+    assert "old table" not in written
+    assert "| 10,000 | 2 | 3 | 12 |" in written
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not update_scaling_doc(plain, report)
+    assert plain.read_text() == "no markers\n"
+    assert not update_scaling_doc(tmp_path / "missing.md", report)
