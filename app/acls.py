@@ -120,6 +120,7 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
         "events": settings.acl_event_producers,
         "fraud-labels": settings.acl_label_producers,
         "consent": settings.acl_consent_producers,
+        "members": settings.acl_member_producers,
     }
     for role, principals in writers.items():
         for principal in split_principals(principals):

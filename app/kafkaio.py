@@ -159,7 +159,11 @@ def user_key(line: bytes, key_field: str = "user_id") -> bytes | None:
 
 def event_routes(settings: Settings) -> dict[str, str]:
     """The topic of each control event type; every other event goes to ``events``."""
-    return {"fraud_label": settings.topic_fraud_labels, "consent_updated": settings.topic_consent}
+    return {
+        "fraud_label": settings.topic_fraud_labels,
+        "consent_updated": settings.topic_consent,
+        "member_imported": settings.topic_members,
+    }
 
 
 def route(value: bytes, topic: str, routes: Mapping[str, str]) -> str:

@@ -158,6 +158,14 @@ class Metrics:
             ["program", "reward", "status"],
             registry=registry,
         )
+        self.holds = Counter(
+            f"{PREFIX}_holds_total",
+            "Held decisions, by program and why the reward is held: pending (a new "
+            "account's pending period, no suspicion) or risk (the user's risk reached the "
+            "hold threshold). Count fraud holds from hold=risk, not from status=held.",
+            ["program", "hold"],
+            registry=registry,
+        )
         self.reward_cost = Counter(
             f"{PREFIX}_reward_cost_granted_total",
             "Cost to the business of granted rewards, in the program's currency unit.",
@@ -320,6 +328,7 @@ class ProgramMetrics:
         self.events_in = Children(metrics.events_in)
         self.dead_letters = Children(metrics.dead_letters)
         self.decisions = Children(metrics.decisions, program_id)
+        self.holds = Children(metrics.holds, program_id)
         self.policy_choices = Children(metrics.policy_choices, program_id)
         self.fraud_alerts = Children(metrics.fraud_alerts, program_id)
         self.audit_decisions = Children(metrics.audit_decisions, program_id)

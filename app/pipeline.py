@@ -54,14 +54,22 @@ MAX_DEAD_LETTER_PAYLOAD = 512 * 1024
 MAX_DEAD_LETTER_KEY = 1024
 # How a decision on a trigger event was chosen (its first reason code, "policy.<mode>").
 POLICY_MODES = frozenset({"exploit", "explore", "default", "below_minimum", "nothing_eligible"})
+# The input each control event type may come from, by role (named in an unauthorized
+# event's dead letter).
+CONTROL_ROLES = {
+    "fraud_label": "fraud-labels",
+    "consent_updated": "consent",
+    "member_imported": "members",
+}
 # Which event types each input may carry (an input not named here may carry any):
 # control events come only from topics of their own, whose writers Kafka ACLs restrict,
 # and never from ``events``, which every producer of user activity may write.
-CONTROL_TYPES = frozenset({"fraud_label", "consent_updated"})
+CONTROL_TYPES = frozenset(CONTROL_ROLES)
 ALLOWED_TYPES: dict[str, Callable[[str], bool]] = {
     "events": lambda type_: type_ not in CONTROL_TYPES,
     "fraud-labels": lambda type_: type_ == "fraud_label",
     "consent": lambda type_: type_ == "consent_updated",
+    "members": lambda type_: type_ == "member_imported",
 }
 # The header of a rekeyed event that says where it was first read ("topic/partition/offset").
 SOURCE_HEADER = "rewardstream-source"
@@ -528,6 +536,8 @@ class Pipeline:
                 self._count(
                     self.metrics.exploration_ratio.add, self.by_program, mode == "explore", 1
                 )
+            if record.status == "held":
+                self._count(observed.holds(record.hold or "risk").inc)
             if record.status == "granted":
                 self._count(observed.reward_cost.inc, record.cost)
                 self._count(self.metrics.redemption_ratio.add, (record.program, reward), 0, 1)
@@ -553,7 +563,7 @@ class Pipeline:
 
 
 def _unauthorized(event: Event, role: str | None) -> Rejection:
-    where = {"fraud_label": "fraud-labels", "consent_updated": "consent"}.get(event.type)
+    where = CONTROL_ROLES.get(event.type)
     hint = f"; send it to the {where} topic" if where else ""
     return Rejection(
         "unauthorized",

@@ -27,6 +27,7 @@ ACL_PRINCIPAL_FIELDS = (
     "acl_event_producers",
     "acl_label_producers",
     "acl_consent_producers",
+    "acl_member_producers",
     "acl_worker_principal",
 )
 _PRINCIPAL = re.compile(r"[A-Za-z][A-Za-z0-9_-]*:\S(.*\S)?")
@@ -65,6 +66,8 @@ class Settings:
     # those allowed to send them (docs/contract.md, "Who may send what").
     topic_fraud_labels: str = "fraud-labels"
     topic_consent: str = "consent"
+    # member_imported events: a running program's members brought in (docs/contract.md).
+    topic_members: str = "members"
     topic_model_checkpoints: str = "model-checkpoints"
     partitions: int = 4
     replication_factor: int = 1
@@ -86,6 +89,7 @@ class Settings:
     acl_event_producers: str = ""
     acl_label_producers: str = ""
     acl_consent_producers: str = ""
+    acl_member_producers: str = ""
     acl_worker_principal: str = ""
 
     # The reward program the worker decides for: a shipped program's id or a YAML file.
@@ -253,6 +257,7 @@ class Settings:
             "dead-letter": self.topic_dead_letter,
             "fraud-labels": self.topic_fraud_labels,
             "consent": self.topic_consent,
+            "members": self.topic_members,
             "model-checkpoints": self.topic_model_checkpoints,
             # Internal, between the worker's own stages; named after the app like the
             # changelogs, so two deployments on one cluster never share them.

@@ -88,6 +88,7 @@ def test_settings(tmp_path: Path) -> Settings:
         topic_dead_letter=f"dead-letter-{suffix}",
         topic_fraud_labels=f"fraud-labels-{suffix}",
         topic_consent=f"consent-{suffix}",
+        topic_members=f"members-{suffix}",
         topic_model_checkpoints=f"model-checkpoints-{suffix}",
         data_dir=tmp_path / "state",
         web_port=localkafka.free_port(),

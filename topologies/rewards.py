@@ -20,7 +20,9 @@ stage then counts the event in the state of each device and network it names;
 the view every worker keeps of that state trails it by a commit and a fetch
 (app/fraud/view.py says what a burst within that delay can and cannot do).
 Partition ``p`` of ``events``, ``rekeyed`` and ``links`` is one task with one
-transactional producer (streams/task.py).
+transactional producer (streams/task.py). The decide stage also reads the control
+inputs ``fraud-labels``, ``consent`` and ``members``, each of which may carry one event
+type only (app.pipeline.ALLOWED_TYPES), partitioned like ``events``.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ class StageSpec:
 
 STAGES = (
     StageSpec(
-        "decide", ("events", "fraud-labels", "consent", "rekeyed"), (TABLE_USER_STATE, TABLE_LEDGER)
+        "decide",
+        ("events", "fraud-labels", "consent", "members", "rekeyed"),
+        (TABLE_USER_STATE, TABLE_LEDGER),
     ),
     StageSpec("link", ("links",), (TABLE_LINK_STATE,)),
 )
@@ -89,6 +93,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "events": "user events in, keyed by user_id",
         "fraud-labels": "analysts' fraud_label events in, keyed by user_id (ACLs: analysts only)",
         "consent": "consent_updated events in, keyed by user_id (ACLs: the consent system only)",
+        "members": "member_imported events in, keyed by user_id (ACLs: the member system only)",
         "decisions": "one decision per valid event",
         "fraud-alerts": "one alert per flagged event or pattern",
         "dead-letter": "invalid inputs with their reason and original bytes",

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import orjson
 
 DecisionStatus = Literal["granted", "held", "blocked", "none"]
+HoldKind = Literal["pending", "risk"]
 OUTCOME_TYPES = frozenset({"reward_opened", "reward_redeemed", "reward_dismissed"})
 
 
@@ -112,6 +113,9 @@ class Decision:
     kind: str = "decision"
     # The link facts the decision was given (their documents), when the event named links.
     links: tuple[dict[str, Any], ...] = ()
+    # Why a held reward is held: "pending" (a new account's pending period, no suspicion)
+    # or "risk" (the user's risk reached the program's hold threshold); None unless held.
+    hold: HoldKind | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -281,22 +281,47 @@ def _meets_type_rules(wire: Any) -> bool:
         )
     if kind == "fraud_label":
         return attributes is not None and attributes.get("label") in _FRAUD_LABELS
+    if kind == "member_imported":
+        return (
+            wire.device_id is None
+            and wire.ip is None
+            and attributes is not None
+            and _is_epoch_ms(attributes.get("member_since"))
+        )
     return True
+
+
+def _is_epoch_ms(value: Any) -> bool:
+    """The schema's integer epoch milliseconds in range (an integral float is an integer)."""
+    kind = type(value)
+    return (kind is int or (kind is float and value.is_integer())) and (
+        MIN_TS_MS <= value < MAX_TS_MS
+    )
 
 
 # ---------------------------------------------------------------- shared checks and messages
 
 
 def _bound_ahead(event: Event, now_ms: int, max_ahead_ms: int) -> Event | Rejection:
-    ahead = event.ts - now_ms
+    """``event``, or its rejection if its time (or, for an imported member, the date they
+    became one) is further ahead of the worker's clock than the bound."""
+    rejection = _ahead("ts", event.ts, event, now_ms, max_ahead_ms)
+    if rejection is None and event.type == "member_imported":
+        since = int(event.attributes["member_since"])
+        rejection = _ahead("attributes.member_since", since, event, now_ms, max_ahead_ms)
+    return event if rejection is None else rejection
+
+
+def _ahead(name: str, ms: int, event: Event, now_ms: int, max_ahead_ms: int) -> Rejection | None:
+    ahead = ms - now_ms
     if ahead <= max_ahead_ms:
-        return event
+        return None
     latest = now_ms + max_ahead_ms
     return Rejection(
         "ts_in_future",
-        f"ts {event.ts} ({_iso(event.ts)}) is {ahead} ms ahead of the worker's clock "
+        f"{name} {ms} ({_iso(ms)}) is {ahead} ms ahead of the worker's clock "
         f"{now_ms} ({_iso(now_ms)}); the bound is {max_ahead_ms} ms ahead "
-        f"(ts up to {latest}, {_iso(latest)})",
+        f"({name} up to {latest}, {_iso(latest)})",
         event.event_id,
     )
 

@@ -1,8 +1,10 @@
-"""The gates a reward must pass before it may compete: rules, consent, contact, budget, stock.
+"""The gates a reward must pass before it may be granted: rules, contact, consent, budget, stock.
 
 Each check is a small pure function returning a :class:`Verdict`. A failed
 verdict carries a reason code (for machines) and a few words (for the sentence
-in the decision), so every reward that was not chosen says why.
+in the decision), so every reward that was not chosen says why. :func:`admit`
+runs them all, in one order, for every path that grants: a fresh decision, a
+pending period's end and an analyst's release of a held reward.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from app.decisioning.ledger import Ledger, Share
 from app.features.state import DAY_MS, WEEK_MS, UserState
-from app.programs import Program, Reward, evaluate_rule
+from app.programs import Program, Reward, evaluate_rule, resolve_amount
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,66 @@ class Verdict:
 
 
 PASS = Verdict(True, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the gates made of one reward: the verdict of the first gate it failed (or
+    :data:`PASS`), and for a reward that passed the channel, value and cost to grant it
+    at. ``rule_codes`` are the codes of the eligibility rules evaluated."""
+
+    verdict: Verdict
+    channel: str | None = None
+    value: float = 0.0
+    cost: float = 0.0
+    rule_codes: tuple[str, ...] = ()
+
+
+def admit(
+    program: Program,
+    reward: Reward,
+    state: UserState,
+    ledger: Ledger,
+    share: Share,
+    *,
+    env: dict[str, Any],
+    channel: str | None,
+    marketing: bool,
+    ts: int,
+    bucket_ms: int,
+    amounts: tuple[float, float] | None = None,
+) -> Admission:
+    """Every gate, in order: eligibility rules, the user's contact policy, consent and
+    the channel's own limits, the amounts, the budgets, the stock.
+
+    ``env`` is what the rules see (:func:`app.features.derive.rule_env`); ``channel``
+    the one to prefer. ``amounts`` (value, cost) fixes the amounts of a reward decided
+    earlier (a held reward keeps the amounts it was held at); else they are resolved
+    from ``env``.
+    """
+    verdict, rule_codes = eligibility(reward, env)
+    if not verdict.passed:
+        return Admission(verdict, rule_codes=rule_codes)
+    verdict = contact(program, state, ts)
+    if not verdict.passed:
+        return Admission(verdict, rule_codes=rule_codes)
+    picked, verdict = pick_channel(program, reward, state, channel, marketing=marketing, ts=ts)
+    if not verdict.passed:
+        return Admission(verdict, rule_codes=rule_codes)
+    if amounts is None:
+        value, cost = resolve_amount(reward.value, env), resolve_amount(reward.cost, env)
+    else:
+        value, cost = amounts
+    if value is None or cost is None:
+        unknown = Verdict(False, "value:unknown", "its value is unknown")
+        return Admission(unknown, rule_codes=rule_codes)
+    for verdict in (
+        budget(program, state, ledger, share, cost=cost, ts=ts, bucket_ms=bucket_ms),
+        stock(reward, ledger, share),
+    ):
+        if not verdict.passed:
+            return Admission(verdict, rule_codes=rule_codes)
+    return Admission(PASS, picked, value, cost, rule_codes)
 
 
 def eligibility(reward: Reward, env: dict[str, Any]) -> tuple[Verdict, tuple[str, ...]]:

@@ -31,6 +31,7 @@ from app.contract.records import (
     DecisionStatus,
     Event,
     FraudAlert,
+    HoldKind,
     alert_id_for,
     decision_id_for,
 )
@@ -56,7 +57,7 @@ from app.fraud.scoring import noisy_or
 from app.fraud.signals import replay_signal
 from app.models import PropensityModels, explore_draw
 from app.models.deferral import Step as Deferred
-from app.programs import Program, Reward, resolve_amount
+from app.programs import Program, Reward
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,7 +211,9 @@ class Engine:
             return Outcome(
                 user, ledger, (decision, *self._alerts(user, event, assessment)), answers=answers
             )
-        if event.type in OUTCOME_TYPES:
+        if event.type == "member_imported":  # no reward, nor a held one's release
+            choice, notes = Choice(None, 1.0, "not_a_trigger"), (*notes, "member.imported")
+        elif event.type in OUTCOME_TYPES:
             user, answered, choice = self._outcome(user, event)
             answers += answered
         elif self._pending_due(user, event.ts, assessment):
@@ -425,6 +428,10 @@ class Engine:
             features=as_vector(chosen.features),
             learn=self._consents(user)[0],
             pending=pending,
+            earned_type=event.type,
+            earned_amount=event.amount,
+            earned_currency=event.currency,
+            earned_channel=event.channel,
         )
         return replace(user, risk=replace(user.risk, hold=hold))
 
@@ -475,18 +482,16 @@ class Engine:
         """Grant a held reward in ``event``'s decision, if the budgets still allow it."""
         decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
         user = replace(user, risk=replace(user.risk, hold=None))
-        room = checks.budget(
-            self.program, user, ledger, share, cost=hold.cost, ts=event.ts, bucket_ms=self.bucket_ms
-        )
-        stock = checks.stock(self.program.reward(hold.reward_id), ledger, share)
-        if not (room.passed and stock.passed):
-            failed = room if not room.passed else stock
+        reward = self.program.reward(hold.reward_id)
+        admission = self._admit_release(user, ledger, event, share, hold, reward)
+        if not admission.verdict.passed:
+            failed = admission.verdict
             sentence = f"Could not release {hold.reward_id} ({why}): {failed.words}."
             codes = (*codes, f"hold.not_released:{hold.decision_id}", failed.code)
             return (
                 user,
                 ledger,
-                self._plain(event, decision_id, "blocked", codes, sentence, action=hold.reward_id),
+                self._plain(event, decision_id, "none", codes, sentence),
             )
         decision = replace(
             self._plain(
@@ -497,18 +502,52 @@ class Engine:
                 f"Released {hold.reward_id} held by {hold.decision_id}: {why}.",
                 action=hold.reward_id,
             ),
-            channel=hold.channel,
+            channel=admission.channel,
             value=round(hold.value, 4),
             cost=round(hold.cost, 4),
         )
-        reward = self.program.reward(hold.reward_id)
         offer = PendingOffer(
             decision_id, reward.id, reward.kind, event.ts, hold.features, hold.learn
         )
-        grant = Grant(event.ts, hold.channel, hold.cost, decision_ref(decision_id), reward.id)
+        grant = Grant(event.ts, admission.channel, hold.cost, decision_ref(decision_id), reward.id)
         user = record_grant(user, grant, offer)
         ledger = self._charge(ledger, grant)
         return user, ledger, decision
+
+    def _admit_release(
+        self,
+        user: UserState,
+        ledger: Ledger,
+        event: Event,
+        share: Share,
+        hold: Hold,
+        reward: Reward,
+    ) -> checks.Admission:
+        """The gates of every grant, for a held reward released at ``event``: its rules as
+        they apply to the event that earned it (with the user as they are now), the
+        contact policy and consent now, the budgets and stock now, at the held amounts."""
+        earning = event
+        if hold.earned_type is not None:
+            earning = replace(
+                event,
+                type=hold.earned_type,
+                amount=hold.earned_amount,
+                currency=hold.earned_currency,
+                channel=hold.earned_channel,
+            )
+        return checks.admit(
+            self.program,
+            reward,
+            user,
+            ledger,
+            share,
+            env=rule_env(user, earning),
+            channel=hold.channel,
+            marketing=self._consents(user)[1],
+            ts=event.ts,
+            bucket_ms=self.bucket_ms,
+            amounts=(hold.value, hold.cost),
+        )
 
     def _plain(
         self,
@@ -571,33 +610,22 @@ class Engine:
         share: Share,
         risk: float = 0.0,
     ) -> Candidate | Skipped:
-        verdict, rule_codes = checks.eligibility(reward, env)
-        if not verdict.passed:
-            return Skipped(reward, verdict)
-        verdict = checks.contact(self.program, user, event.ts)
-        if not verdict.passed:
-            return Skipped(reward, verdict)
-        channel, verdict = checks.pick_channel(
+        admission = checks.admit(
             self.program,
             reward,
             user,
-            event.channel,
+            ledger,
+            share,
+            env=env,
+            channel=event.channel,
             marketing=self._consents(user)[1],
             ts=event.ts,
+            bucket_ms=self.bucket_ms,
         )
-        if not verdict.passed:
-            return Skipped(reward, verdict)
-        value, cost = resolve_amount(reward.value, env), resolve_amount(reward.cost, env)
-        if value is None or cost is None:
-            return Skipped(reward, checks.Verdict(False, "value:unknown", "its value is unknown"))
-        for verdict in (
-            checks.budget(
-                self.program, user, ledger, share, cost=cost, ts=event.ts, bucket_ms=self.bucket_ms
-            ),
-            checks.stock(reward, ledger, share),
-        ):
-            if not verdict.passed:
-                return Skipped(reward, verdict)
+        if not admission.verdict.passed:
+            return Skipped(reward, admission.verdict)
+        channel, value, cost = admission.channel, admission.value, admission.cost
+        rule_codes = admission.rule_codes
         features = model_features(user, event, kind=reward.kind, channel=channel)
         propensity = self._propensity(reward, features, user)
         lever = self.program.lever_for(reward)
@@ -759,7 +787,15 @@ class Engine:
             explanation=sentence,
             model_version=self.model_version,
             program=self.program.id,
+            hold=_hold_kind(status, verdict),
         )
+
+
+def _hold_kind(status: DecisionStatus, verdict: Verdict) -> HoldKind | None:
+    """Why a reward is held: the new account's pending period, or the user's risk."""
+    if status != "held":
+        return None
+    return "pending" if "fraud.new_account_pending" in verdict.codes else "risk"
 
 
 # How many answers the model's estimate is worth when blended with the user's own answers.

@@ -172,6 +172,9 @@ _NO_RESPONSE = KindResponse()
 def observe(state: UserState, event: Event, *, profile_fields: tuple[str, ...]) -> UserState:
     """The state after ``event`` is seen, before any reward is decided for it."""
     is_purchase = event.type == "purchase"
+    first_ts = event.ts if state.first_ts is None else min(state.first_ts, event.ts)
+    if event.type == "member_imported":
+        first_ts = min(first_ts, member_since(event))
     channel_counts = state.channel_counts
     if event.channel is not None:
         channel_counts = {**channel_counts, event.channel: channel_counts.get(event.channel, 0) + 1}
@@ -180,7 +183,7 @@ def observe(state: UserState, event: Event, *, profile_fields: tuple[str, ...]) 
         events=state.events + 1,
         purchases=state.purchases + int(is_purchase),
         spend=round(state.spend + ((event.amount or 0.0) if is_purchase else 0.0), 2),
-        first_ts=event.ts if state.first_ts is None else min(state.first_ts, event.ts),
+        first_ts=first_ts,
         last_ts=event.ts if state.last_ts is None else max(state.last_ts, event.ts),
         last_purchase_ts=event.ts if is_purchase else state.last_purchase_ts,
         engagement=state.engagement_at(event.ts) + 1.0,
@@ -193,6 +196,16 @@ def observe(state: UserState, event: Event, *, profile_fields: tuple[str, ...]) 
         personalization=_consent(event, "personalization", state.personalization),
         marketing=_consent(event, "marketing", state.marketing),
     )
+
+
+def member_since(event: Event) -> int:
+    """When the user of a (validated) ``member_imported`` event became a member, epoch ms.
+
+    An import only ever moves the user's ``first_ts`` earlier (see :func:`observe`): the
+    new-account pending period then counts from membership, and an import of someone
+    already known cannot make them look newer, nor reset anything else they built up.
+    """
+    return int(event.attributes["member_since"])
 
 
 def _profile(profile: dict[str, Any], event: Event, fields: tuple[str, ...]) -> dict[str, Any]:

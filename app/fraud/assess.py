@@ -44,6 +44,13 @@ class Hold:
     features: tuple[float, ...]
     learn: bool
     pending: bool = False  # held only because the account is new, not because it is risky
+    # What the event that earned the reward said (its type, amount, currency and channel):
+    # a release checks the reward's rules as they apply to that event, not to the one
+    # that happens to release it. None on holds stored before these were kept.
+    earned_type: str | None = None
+    earned_amount: float | None = None
+    earned_currency: str | None = None
+    earned_channel: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -418,8 +418,8 @@ def _triggers(where: _Where, value: object, allowed: Collection[str]) -> tuple[s
         for index, item in enumerate(value):
             if item in NEVER_TRIGGERS:
                 where.item(index).fail(
-                    f"{item!r} events report on rewards, consent or fraud and can never "
-                    "trigger a reward"
+                    f"{item!r} events report on rewards, consent, membership or fraud and "
+                    "can never trigger a reward"
                 )
             if item in TRIGGER_TYPES and item not in allowed:
                 where.item(index).fail(

@@ -31,14 +31,15 @@ REWARD_KINDS = (
 CHANNELS = ("web", "mobile", "email", "sms", "store")
 # Event types that may trigger a decision: things a user does.
 TRIGGER_TYPES = ("signup", "session_start", "page_view", "purchase", "referral", "survey")
-# Event types that report on rewards, consent or fraud; they feed learning and
-# state but can never trigger a reward themselves.
+# Event types that report on rewards, consent, membership or fraud; they feed learning
+# and state but can never trigger a reward themselves.
 NEVER_TRIGGERS = (
     "reward_opened",
     "reward_redeemed",
     "reward_dismissed",
     "consent_updated",
     "fraud_label",
+    "member_imported",
 )
 OPENED_POLICIES = ("ignore", "positive")
 Opened = Literal["ignore", "positive"]

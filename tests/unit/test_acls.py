@@ -33,6 +33,7 @@ PRODUCERS = {
     "events": ("User:shop", "User:app"),
     "fraud-labels": ("User:risk-team",),
     "consent": ("User:consent-service",),
+    "members": ("User:member-import",),
 }
 
 
@@ -42,6 +43,7 @@ def settings(**overrides: str) -> Settings:
         "REWARDSTREAM_ACL_EVENT_PRODUCERS": "User:shop, User:app",
         "REWARDSTREAM_ACL_LABEL_PRODUCERS": "User:risk-team",
         "REWARDSTREAM_ACL_CONSENT_PRODUCERS": "User:consent-service",
+        "REWARDSTREAM_ACL_MEMBER_PRODUCERS": "User:member-import",
         "REWARDSTREAM_ACL_WORKER_PRINCIPAL": WORKER,
     }
     return Settings.from_env(environ=environ | overrides)
@@ -113,6 +115,33 @@ def test_the_worker_may_do_what_its_topology_needs() -> None:
         )
 
 
+def test_only_the_member_system_may_write_the_members_topic_and_the_worker_reads_it() -> None:
+    """A member_imported event makes an account look old (its new-account pending period
+    counts from membership): no producer of user activity may send one."""
+    s = settings(REWARDSTREAM_TOPIC_MEMBERS="crm-members")
+    bindings = acl_bindings(s)
+    topology, config, _ = build(s, cast(Pipeline, None))
+    assert "members" in topology.input_roles()
+    assert config.topic_of_role["members"] == "crm-members"
+    assert "crm-members" in {request.name for request in topic_requests(s)}
+    writers = {
+        b.principal
+        for b in bindings
+        if b.resource_name == "crm-members" and b.operation is Operation.WRITE
+    }
+    assert writers == {"User:member-import"}
+    for principal in (*PRODUCERS["events"], *PRODUCERS["fraud-labels"], *PRODUCERS["consent"]):
+        assert not allows(bindings, principal, ResourceType.TOPIC, "crm-members", Operation.WRITE)
+    assert allows(bindings, WORKER, ResourceType.TOPIC, "crm-members", Operation.READ)
+    # Without the setting, nobody but super users writes it.
+    empty = settings(REWARDSTREAM_ACL_MEMBER_PRODUCERS="")
+    assert not [
+        b
+        for b in acl_bindings(empty)
+        if b.resource_name == empty.topic_members and b.operation is Operation.WRITE
+    ]
+
+
 def test_the_worker_may_not_write_its_inputs_nor_act_as_another_deployment() -> None:
     s = settings(REWARDSTREAM_APP_ID="loyalty")
     bindings = acl_bindings(s)
@@ -177,6 +206,7 @@ def test_principals_split_on_commas_but_keep_a_certificate_name_whole() -> None:
     [
         ("REWARDSTREAM_ACL_EVENT_PRODUCERS", "shop"),
         ("REWARDSTREAM_ACL_LABEL_PRODUCERS", "User:"),
+        ("REWARDSTREAM_ACL_MEMBER_PRODUCERS", "crm"),
         ("REWARDSTREAM_ACL_WORKER_PRINCIPAL", "User:a,User:b"),
     ],
 )

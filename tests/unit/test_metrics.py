@@ -34,6 +34,7 @@ ALLOWED_LABELS = {
     "reward",
     "status",
     "mode",
+    "hold",  # pending or risk
     "table",
     "topic",
     "partition",

@@ -611,9 +611,17 @@ def test_a_device_silent_longer_than_the_time_to_live_is_forgotten(
 
 LABEL = {"type": "fraud_label", "attributes": {"label": "cleared"}}
 CONSENT = {"type": "consent_updated", "attributes": {"marketing": True}}
+MEMBER = {"type": "member_imported", "attributes": {"member_since": START - 400 * DAY_MS}}
+HOME_TOPICS = {
+    "fraud_label": "fraud-labels",
+    "consent_updated": "consent",
+    "member_imported": "members",
+}
 
 
-@pytest.mark.parametrize("control", [LABEL, CONSENT], ids=["fraud_label", "consent_updated"])
+@pytest.mark.parametrize(
+    "control", [LABEL, CONSENT, MEMBER], ids=["fraud_label", "consent_updated", "member_imported"]
+)
 def test_a_control_event_on_events_is_dead_lettered_unauthorized_and_changes_nothing(
     pipeline: Pipeline, registry: CollectorRegistry, control: dict[str, object]
 ) -> None:
@@ -631,8 +639,10 @@ def test_a_control_event_on_events_is_dead_lettered_unauthorized_and_changes_not
         "e-1",
     )
     assert str(control["type"]) in letter["error"]
+    assert f"send it to the {HOME_TOPICS[str(control['type'])]} topic" in letter["error"]
     assert base64.b64decode(letter["payload_base64"]) == raw
-    assert state.users == before  # no verdict, no consent: the user is as before
+    # No verdict, no consent, no membership (first_ts kept): the user is as before.
+    assert state.users == before
     assert sample(registry, "rewardstream_dead_letters_total", {"reason": "unauthorized"}) == 1
 
 
@@ -643,11 +653,19 @@ def test_control_events_are_decided_from_their_own_topics_and_nothing_else_is(
     pipeline.decide(state, 2, at(0), event("e-0"), empty_view(), role="events")
     label = orjson.dumps({"event_id": "e-1", "user_id": "u-1", "ts": START + 1} | LABEL)
     consent = orjson.dumps({"event_id": "e-2", "user_id": "u-1", "ts": START + 2} | CONSENT)
+    member = orjson.dumps({"event_id": "e-6", "user_id": "u-1", "ts": START + 2} | MEMBER)
     [decided_label] = pipeline.decide(state, 2, at(1), label, empty_view(), role="fraud-labels")
     [decided_consent] = pipeline.decide(state, 2, at(2), consent, empty_view(), role="consent")
-    assert roles([decided_label, decided_consent]) == ["decisions", "decisions"]
+    [decided_member] = pipeline.decide(state, 2, at(2), member, empty_view(), role="members")
+    assert roles([decided_label, decided_consent, decided_member]) == ["decisions"] * 3
     # Each control topic carries its own type only.
-    for role, raw in (("fraud-labels", event("e-3", ts=START + 3)), ("consent", label)):
+    for role, raw in (
+        ("fraud-labels", event("e-3", ts=START + 3)),
+        ("consent", label),
+        ("members", consent),
+        ("members", event("e-7", ts=START + 3)),
+        ("consent", member),
+    ):
         [dead] = pipeline.decide(state, 2, at(3), raw, empty_view(), role=role)
         assert orjson.loads(dead.value)["reason"] == "unauthorized"
     # A trusted file (offline replay) names no topic: every type is decided.

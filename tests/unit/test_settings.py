@@ -20,6 +20,7 @@ def test_defaults_need_no_environment() -> None:
         "dead-letter": "dead-letter",
         "fraud-labels": "fraud-labels",
         "consent": "consent",
+        "members": "members",
         "model-checkpoints": "model-checkpoints",
         "links": "rewardstream-links",
         "rekeyed": "rewardstream-rekeyed",

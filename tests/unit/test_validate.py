@@ -26,6 +26,7 @@ from app.contract.validate import (
 )
 
 MAX = 65_536
+NOW = 1_772_366_400_000  # 2026-03-01T12:00:00Z, the worker's clock in the bound's tests
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -128,6 +129,19 @@ def test_oversized_is_rejected_before_parsing() -> None:
         (event(type="consent_updated", attributes={}), "attributes"),
         (event(type="consent_updated", attributes={"marketing": "no"}), "marketing"),
         (event(type="fraud_label", attributes={"label": "maybe"}), "label"),
+        (event(type="member_imported"), "attributes"),
+        (event(type="member_imported", attributes={"age": 40}), "member_since"),
+        (event(type="member_imported", attributes={"member_since": "2020-01-01"}), "member_since"),
+        (event(type="member_imported", attributes={"member_since": 1_577_836_800}), "member_since"),
+        (event(type="member_imported", attributes={"member_since": True}), "member_since"),
+        (
+            event(type="member_imported", device_id="d-1", attributes={"member_since": NOW}),
+            "device_id must not be there",
+        ),
+        (
+            event(type="member_imported", ip="10.0.0.1", attributes={"member_since": NOW}),
+            "ip must not be there",
+        ),
         (event(attributes={"nested": {"deep": 1}}), "attributes.nested"),
         (event(attributes={f"k{i}": i for i in range(65)}), "attributes"),
         (event(colour="blue"), "colour"),
@@ -195,8 +209,6 @@ def test_non_rfc3339_strings_are_rejected(ts: str) -> None:
 
 # ---------------------------------------------------------------- the event-time bound
 
-NOW = 1_772_366_400_000  # 2026-03-01T12:00:00Z, the worker's clock in these tests
-
 
 def bounded(document: Any, now_ms: int | None = NOW, ahead: int | None = 300_000) -> Any:
     return parse_event(orjson.dumps(document), max_bytes=MAX, now_ms=now_ms, max_ahead_ms=ahead)
@@ -256,6 +268,47 @@ def test_an_invalid_event_keeps_its_own_reason_under_a_bound(
     assert bounded(document, ahead=0).reason == reason
 
 
+def imported(member_since: Any, **fields: Any) -> dict[str, Any]:
+    return event(type="member_imported", attributes={"member_since": member_since}, **fields)
+
+
+def test_an_imported_members_date_beyond_the_bound_is_rejected_naming_member_since() -> None:
+    result = bounded(imported(NOW + 300_001, event_id="e-8"))
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.event_id) == ("ts_in_future", "e-8")
+    assert result.error == (
+        "attributes.member_since 1772366700001 (2026-03-01T12:05:00.001Z) is 300001 ms ahead "
+        "of the worker's clock 1772366400000 (2026-03-01T12:00:00.000Z); the bound is "
+        "300000 ms ahead (attributes.member_since up to 1772366700000, 2026-03-01T12:05:00.000Z)"
+    )
+    # The event's own time is checked first, and named.
+    late = bounded(imported(NOW + 400_000, ts=NOW + 300_001))
+    assert isinstance(late, Rejection)
+    assert late.error.startswith("ts 1772366700001 ")
+    # Both paths, and the schema path alone, agree.
+    for float_since in (False, True):
+        since: Any = float(NOW + 300_001) if float_since else NOW + 300_001
+        raw = orjson.dumps(imported(since))
+        fast = parse_event(raw, max_bytes=MAX, now_ms=NOW, max_ahead_ms=300_000)
+        direct = validate_event(imported(since), now_ms=NOW, max_ahead_ms=300_000)
+        assert isinstance(fast, Rejection)
+        assert fast == direct
+
+
+@pytest.mark.parametrize("since", [NOW + 300_000, NOW, NOW - 10 * 365 * 86_400_000, MIN_TS_MS])
+def test_an_imported_members_date_up_to_the_bound_or_in_the_past_is_accepted(since: int) -> None:
+    document = event(type="member_imported", attributes={"member_since": since, "age": 41})
+    result = bounded(document)
+    assert isinstance(result, Event)
+    assert result.type == "member_imported"
+    assert result.attributes == {"member_since": since, "age": 41}
+
+
+def test_without_a_clock_an_imported_members_date_is_not_bounded() -> None:
+    assert isinstance(bounded(imported(MAX_TS_MS - 1), None, None), Event)
+    assert isinstance(parse(imported(MAX_TS_MS - 1)), Event)
+
+
 def test_both_paths_apply_the_bound() -> None:
     # An attribute integer beyond int64 is valid but left to the schema path.
     document = event(ts=NOW + 3_600_000, attributes={"n": 2**63})
@@ -290,7 +343,7 @@ FUZZ_FACTOR = max(1, int(os.environ.get("FUZZ_FACTOR", "1")))
 def test_fast_path_was_written_for_this_event_schema() -> None:
     canonical = json.dumps(EVENT_SCHEMA, sort_keys=True).encode()
     assert hashlib.sha256(canonical).hexdigest() == (
-        "333ad4340f44855e1d31ad381ee5cc83ac9a071a99d91adb4ea59871c45be443"
+        "ef516c621354b98a9ce6af98d5bd6c3f6cc20ec96b2ce48246c1d840299a5ec3"
     ), (
         "event.schema.json changed: make _WireEvent and _meets_type_rules in "
         "app/contract/validate.py mirror it (the property tests below compare them with the "
@@ -435,8 +488,16 @@ hostile_values = st.one_of(
     st.lists(st.integers(0, 3), max_size=2),
     st.dictionaries(st.text(max_size=3), st.integers(0, 3), max_size=2),
 )
+member_since_values = st.one_of(
+    st.integers(MIN_TS_MS, MAX_TS_MS - 1),
+    st.integers(MIN_TS_MS - 2, MIN_TS_MS + 1) | st.integers(MAX_TS_MS - 2, MAX_TS_MS + 1),
+    st.sampled_from([1_772_366_400_000.0, 1_772_366_400_000.5, True, "1772366400000", None]),
+    st.sampled_from(["1772366400000.0", "1.7723664e12", "1e12", "-0"]).map(Raw),
+)
 attribute_names = st.one_of(
-    st.sampled_from(["marketing", "personalization", "label", Raw('"m\\u0061rketing"')]),
+    st.sampled_from(
+        ["marketing", "personalization", "label", "member_since", Raw('"m\\u0061rketing"')]
+    ),
     st.text(max_size=8),
     st.integers(62, 66).map(lambda n: "\u00fc" * n),
 )
@@ -483,6 +544,13 @@ def near_valid_documents(draw: st.DrawFn) -> bytes:
         _set(pairs, "attributes", {draw(st.sampled_from(["marketing", "personalization"])): True})
     if kind == "fraud_label":
         _set(pairs, "attributes", {"label": draw(st.sampled_from(["confirmed", "cleared"]))})
+    if kind == "member_imported":
+        if draw(st.integers(0, 3)):  # an import names no device nor address (mostly)
+            pairs[:] = Pairs([(k, v) for k, v in pairs if k not in ("device_id", "ip")])
+        attributes = {"member_since": draw(member_since_values)}
+        if draw(st.booleans()):
+            attributes |= draw(valid_values["attributes"])
+        _set(pairs, "attributes", attributes)
     for _ in range(draw(st.integers(0, 3))):
         mutation = draw(st.sampled_from(["drop", "set", "set", "odd", "attribute", "repeat"]))
         if mutation == "drop" and pairs:
@@ -590,6 +658,14 @@ def test_fast_path_and_schema_path_accept_the_same_documents(raw: bytes) -> None
         ),  # 65 pairs, 64 names
         (orjson.dumps(event(type="consent_updated", attributes={"marketing": [True]})), "schema"),
         (orjson.dumps(event(type="fraud_label", attributes={"label": ["cleared"]})), "schema"),
+        (orjson.dumps(imported(1_772_366_400_000)), "event"),
+        (orjson.dumps(imported(1_772_366_400_000.0)), "event"),  # an integral float
+        (orjson.dumps(imported(0)).replace(b":0}", b":1.7723664e12}"), "event"),
+        (orjson.dumps(imported(1_772_366_400_000.5)), "schema"),
+        (orjson.dumps(imported([1_772_366_400_000])), "schema"),
+        (orjson.dumps(imported(MAX_TS_MS)), "schema"),
+        (orjson.dumps(imported(MIN_TS_MS, device_id="d")), "schema"),
+        (orjson.dumps(event(attributes={"member_since": "long ago"})), "event"),  # not an import
         (orjson.dumps(event(ip="fe80::1%eth0")), "event"),
         (orjson.dumps(event(ip="010.1.1.1")), "schema"),
     ],
