@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
@@ -12,10 +13,15 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from app import localkafka
 from app.clock import SystemClock
 from app.programs import ProgramError
 from app.settings import Settings, SettingsError
+
+# What an installed package runs. The other commands (kafka, simulate, bench, bench-learning,
+# bench-fraud, demo, soak) belong to the test harness, ``harness/`` beside this package in
+# a checkout, which the wheel does not ship: each imports it through _harness(), inside
+# the command; these never import it.
+PRODUCT_COMMANDS = ("topics", "worker", "produce", "tail", "replay")
 
 TAIL_ROLES = {
     "decisions": "topic_decisions",
@@ -35,11 +41,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(bootstrap_servers=args.bootstrap)
         result: int = args.run(settings, args)
         return result
-    except (SettingsError, ProgramError, localkafka.BrokerError, RuntimeError) as error:
+    # RuntimeError covers the harness's errors too (the local broker's BrokerError).
+    except (SettingsError, ProgramError, RuntimeError) as error:
         print(f"rewardstream: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+class HarnessUnavailableError(RuntimeError):
+    """A harness command run from an installed package, away from a checkout."""
+
+
+def _harness(command: str) -> None:
+    """Make the test harness importable for ``command``, or say where it runs.
+
+    From the checkout's root it imports as it is; from elsewhere (an editable install's
+    ``rewardstream`` on PATH) it is found beside this package and its checkout goes on
+    sys.path. An installed wheel has no harness: the command stops with a message, not
+    a traceback."""
+    try:
+        importlib.import_module("harness")
+        return
+    except ModuleNotFoundError as error:
+        if error.name != "harness":
+            raise  # the harness is there but something it imports is not
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "harness" / "__init__.py").is_file():
+        sys.path.append(str(checkout))
+        importlib.invalidate_caches()
+        importlib.import_module("harness")
+        return
+    product = ", ".join(PRODUCT_COMMANDS[:-1]) + f" and {PRODUCT_COMMANDS[-1]}"
+    raise HarnessUnavailableError(
+        f"`rewardstream {command}` is part of the project's test harness and runs from a "
+        "checkout of the repository (make demo, make bench); the installed package has "
+        f"the {product} commands"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +134,9 @@ def _broker_home(settings: Settings, args: argparse.Namespace) -> Path:
 
 
 def _kafka_up(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("kafka")
+    from harness import localkafka
+
     info = localkafka.start(
         _broker_home(settings, args),
         cache_dir=settings.cache_dir,
@@ -110,18 +151,27 @@ def _kafka_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _kafka_fetch(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("kafka")
+    from harness import localkafka
+
     libs = localkafka.ensure_jars(settings.cache_dir, settings.kafka_version)
     print(f"Apache Kafka {settings.kafka_version}: {len(list(libs.glob('*.jar')))} jars cached.")
     return 0
 
 
 def _kafka_down(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("kafka")
+    from harness import localkafka
+
     stopped = localkafka.stop(_broker_home(settings, args))
     print("Kafka stopped." if stopped else "No broker was running from that home.")
     return 0
 
 
 def _kafka_status(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("kafka")
+    from harness import localkafka
+
     info = localkafka.status(_broker_home(settings, args))
     if info is None:
         print("Kafka is not running.")
@@ -366,7 +416,8 @@ def _add_bench(commands: Any) -> None:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    from app.bench.throughput import (
+    _harness("bench")
+    from harness.bench.throughput import (
         plan_for,
         run_throughput_benchmark,
         targets_summary,
@@ -398,7 +449,7 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     title = f"Throughput, latency and state (`{command}`)"
     _publish_report(args, report, throughput_markdown(report), title)
     if args.docs:
-        from app.bench.report import update_scaling_doc
+        from harness.bench.report import update_scaling_doc
 
         scaling = Path(args.docs).with_name("scaling.md")
         if not update_scaling_doc(scaling, report):
@@ -431,8 +482,8 @@ def _publish_report(
     args: argparse.Namespace, report: dict[str, Any], table: str, title: str
 ) -> None:
     """A benchmark's JSON report to ``--out``, its table to stdout and, with ``--docs``,
-    as a dated section of that markdown file."""
-    from app.bench.report import append_section
+    as a dated section of that markdown file (the caller has called _harness())."""
+    from harness.bench.report import append_section
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -457,7 +508,8 @@ def _add_bench_fraud(commands: Any) -> None:
 
 
 def _bench_fraud(settings: Settings, args: argparse.Namespace) -> int:
-    from app.bench.fraud import fraud_markdown, run_fraud_benchmark, targets_met
+    _harness("bench-fraud")
+    from harness.bench.fraud import fraud_markdown, run_fraud_benchmark, targets_met
 
     report = run_fraud_benchmark(
         seeds=tuple(args.seeds),
@@ -472,8 +524,9 @@ def _bench_fraud(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("bench-learning")
     from app.assembly import load_program_setting
-    from app.bench.learning import run_benchmark, targets_markdown
+    from harness.bench.learning import run_benchmark, targets_markdown
 
     program = load_program_setting(args.program or settings.program)
     if not 0.0 <= args.members <= 1.0:
@@ -528,10 +581,11 @@ def _add_simulate(commands: Any) -> None:
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("simulate")
     from app.assembly import load_program_setting
     from app.kafkaio import event_routes
-    from app.simulation import EventSimulator, SimulatorConfig
-    from app.simulation.live import stream_to_kafka, write_jsonl
+    from harness.simulation import EventSimulator, SimulatorConfig
+    from harness.simulation.live import stream_to_kafka, write_jsonl
 
     if not 0.0 <= args.invalid_ratio <= 1.0 or args.rate <= 0:
         raise SettingsError("--invalid-ratio must be within 0..1 and --rate above 0")
@@ -571,12 +625,12 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: int) -> int:
     from app.assembly import load_program_setting
     from app.kafkaio import event_routes
-    from app.simulation.closed_loop import ClosedLoopSimulator
-    from app.simulation.live import closed_loop_on_kafka
+    from harness.simulation.closed_loop import ClosedLoopSimulator
+    from harness.simulation.live import closed_loop_on_kafka
 
     program = load_program_setting(settings.program)
     if args.in_process:
-        from app.bench.learning import run_policy
+        from harness.bench.learning import run_policy
 
         stats, problems = run_policy(
             "engine", program, events=total, users=args.users, seed=args.seed, days=args.days
@@ -627,7 +681,8 @@ def _add_demo(commands: Any) -> None:
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
-    from app.demo import DemoPlan, run_demo
+    _harness("demo")
+    from harness.demo import DemoPlan, run_demo
 
     return run_demo(settings, DemoPlan(duration_s=args.duration, rate=args.rate))
 
@@ -645,7 +700,8 @@ def _add_soak(commands: Any) -> None:
 
 
 def _soak(settings: Settings, args: argparse.Namespace) -> int:
-    from app.soak import SoakPlan, run_soak
+    _harness("soak")
+    from harness.soak import SoakPlan, run_soak
 
     plan = SoakPlan(
         minutes=args.minutes,

@@ -146,6 +146,12 @@ class Metrics:
             "Events whose Kafka key was not their user_id (the engine re-keys them by user).",
             registry=registry,
         )
+        self.related_notes = Counter(
+            f"{PREFIX}_related_notes_total",
+            "Accounts marked for review at their next event because another user's fraud "
+            "alert named them as related (signal account.related).",
+            registry=registry,
+        )
         self.link_failures = Counter(
             f"{PREFIX}_link_failures_total",
             "Link hops that failed, and events decided before all their link facts came.",

@@ -39,6 +39,7 @@ from app.decisioning.engine import Answer, Engine
 from app.decisioning.ledger import Ledger, Share, ledger_key
 from app.features.state import UserState
 from app.fraud import LinkFacts, LinkState, link_keys, observe_link
+from app.fraud.signals import RelatedNote
 from app.fraud.view import LinkView, stored_states
 from app.metrics import NO_REWARD, Metrics
 from app.models import log_loss
@@ -73,6 +74,9 @@ ALLOWED_TYPES: dict[str, Callable[[str], bool]] = {
 }
 # The header of a rekeyed event that says where it was first read ("topic/partition/offset").
 SOURCE_HEADER = "rewardstream-source"
+# The header of an internal record on the rekeyed topic that is not an event: a note that
+# another user's fraud alert named this user as related (value: alert_id, by, ts).
+RELATED_HEADER = "rewardstream-related"
 
 
 Table = MutableMapping[bytes, bytes | None]
@@ -200,6 +204,23 @@ def link_document(event: Event) -> dict[str, Any]:
     return document
 
 
+def related_note(alert: FraudAlert, user_id: str) -> Output:
+    """The internal record that tells ``user_id``'s partition it was named in ``alert``."""
+    document = {"alert_id": alert.alert_id, "by": alert.user_id, "ts": alert.ts}
+    return Output(
+        "rekeyed",
+        user_id.encode(),
+        orjson.dumps(document),
+        timestamp_ms=alert.ts,
+        headers=((RELATED_HEADER, b"1"),),
+    )
+
+
+def is_related_note(headers: Any) -> bool:
+    """Whether a record of the rekeyed topic is a related-account note (not an event)."""
+    return any(name == RELATED_HEADER for name, _ in headers or ())
+
+
 def source_header(source: SourcePosition) -> tuple[str, bytes]:
     return (SOURCE_HEADER, f"{source.topic}/{source.partition}/{source.offset}".encode())
 
@@ -287,6 +308,8 @@ class Pipeline:
             output = pending.pop(0)
             if output.role == "links":
                 self.link(tables, output.key or b"", output.value, source)
+            elif output.role == "rekeyed" and is_related_note(output.headers):
+                self.related(tables, output.key or b"", output.value, source)
             elif output.role == "rekeyed":
                 user_key = output.key or b""
                 partition = self.partitioner(user_key) if self.partitioner else source.partition
@@ -414,7 +437,35 @@ class Pipeline:
             # What the view showed goes into the decision: replay and audit need it.
             known = replace(records[0], links=tuple(facts.to_document() for facts in links))
             records = (known, *records[1:])
-        return [self._publish(record, user_key, produced_ms) for record in records]
+        published = [self._publish(record, user_key, produced_ms) for record in records]
+        return published + [
+            related_note(alert, user)
+            for alert in records
+            if isinstance(alert, FraudAlert)
+            for user in alert.related_users
+        ]
+
+    def related(self, tables: Tables, key: bytes, value: bytes, at: SourcePosition) -> None:
+        """A note that another user's alert named user ``key`` as related (sent by the
+        decide stage that raised the alert, through the rekeyed topic to this user's
+        partition): evidence for the user's next event. Only the worker writes these; one
+        that cannot be read is logged and counted, never decided."""
+        try:
+            document = orjson.loads(value)
+            note = RelatedNote(str(document["alert_id"]), str(document["by"]), int(document["ts"]))
+            users = open_rows(tables, "users")
+            user = users.get(key)
+            if user.last_ts is None:
+                return  # an account this partition no longer (or never) knew: nothing to mark
+            noted = self.engine.note_related(user, note)
+            if noted is not user:
+                users.put(key, noted)
+                self._count(self.metrics.related_notes.inc)
+        except Exception:
+            log.exception(
+                "related.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
+            )
+            self._count(self.metrics.link_failures.inc)
 
     def _observe_decided(
         self, source: SourcePosition, event: Event, user: UserState, decision: Decision | FraudAlert
@@ -530,8 +581,11 @@ class Pipeline:
         if isinstance(record, Decision):
             reward = record.action or NO_REWARD
             self._count(observed.decisions(reward, record.status).inc)
-            mode = record.reasons[0].removeprefix("policy.") if record.reasons else ""
-            if mode in POLICY_MODES:
+            first = record.reasons[0] if record.reasons else ""
+            mode = first.removeprefix("policy.")
+            if first.startswith("policy.") and mode not in POLICY_MODES:
+                mode = "other"  # a custom policy's own word: one label, whatever it says
+            if mode in POLICY_MODES or mode == "other":
                 self._count(observed.policy_choices(mode).inc)
                 self._count(
                     self.metrics.exploration_ratio.add, self.by_program, mode == "explore", 1

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from app import localkafka
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness import localkafka
+from harness.workerproc import WorkerProcess
 
 # Settings a developer may set for the whole run; any other REWARDSTREAM_* is ignored here.
 _KEPT = {"REWARDSTREAM_CACHE_DIR", "REWARDSTREAM_KAFKA_VERSION", "REWARDSTREAM_KAFKA_HEAP"}

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from app.contract.records import SourcePosition
 from app.fraud.view import LinkView
-from app.pipeline import Output, Pipeline, Tables, first_read_at
+from app.pipeline import Output, Pipeline, Tables, first_read_at, is_related_note
 from app.settings import Settings
 from streams.runtime import Hooks, RuntimeConfig
 from streams.task import Committed
@@ -175,6 +175,9 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         with pipeline.holding(batch.effects):
             for message in batch.messages:
                 source = _position(message)
+                if role == "rekeyed" and is_related_note(message.headers):
+                    pipeline.related(tables, message.key or b"", message.value or b"", source)
+                    continue
                 if role == "rekeyed":
                     source = first_read_at(source, message.headers)
                 value = message.value

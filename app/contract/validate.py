@@ -97,7 +97,8 @@ def parse_event(
 
 def parse_event_schema(raw: bytes | None, *, max_bytes: int) -> Event | Rejection:
     """:func:`parse_event` on the schema path alone, without the fast path: the reference
-    the fast path is checked against, and the cost it saves (``bench_validate``)."""
+    the fast path is checked against, and the cost it saves
+    (``harness.bench.validate_speed``)."""
     if not raw:
         return Rejection("empty", "the message has no value")
     if len(raw) > max_bytes:

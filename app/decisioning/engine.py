@@ -38,6 +38,7 @@ from app.contract.records import (
 from app.decisioning import checks
 from app.decisioning.explain import explain, fraud_codes, fraud_words, risk_words
 from app.decisioning.ledger import Ledger, Share
+from app.decisioning.policy import Candidate, Policy, Situation, policy_for
 from app.features.derive import as_vector, from_vector, model_features, rule_env
 from app.features.state import (
     WEEK_MS,
@@ -52,10 +53,10 @@ from app.features.state import (
     record_grant,
 )
 from app.fraud import NO_RISK, Assessment, Hold, LinkFacts, RiskModels, assess, label
-from app.fraud.assess import carried_risk
+from app.fraud.assess import carried_risk, note_related
 from app.fraud.scoring import noisy_or
-from app.fraud.signals import replay_signal
-from app.models import PropensityModels, explore_draw
+from app.fraud.signals import RelatedNote, replay_signal
+from app.models import PropensityModels
 from app.models.deferral import Step as Deferred
 from app.programs import Program, Reward
 
@@ -92,21 +93,6 @@ class Outcome:
     def learned(self) -> int:
         """How many learning steps the models took."""
         return sum(1 for answer in self.answers if answer.predicted is not None)
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A reward that passed every gate, with its score."""
-
-    reward: Reward
-    channel: str | None
-    value: float
-    cost: float
-    propensity: float
-    lever: float
-    priority: float
-    features: dict[str, float]
-    rule_codes: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +136,20 @@ class Engine:
     """
 
     def __init__(
-        self, program: Program, *, seed: int = 7, partitions: int = 1, defend: bool = True
+        self,
+        program: Program,
+        *,
+        seed: int = 7,
+        partitions: int = 1,
+        policy: Policy | None = None,
     ) -> None:
-        """``defend=False`` turns the fraud layer off (no risk, no holds, no alerts): only
-        the fraud benchmark's undefended baseline wants that."""
+        """``policy`` chooses among the gated candidates (default: the one the program's
+        ``learning.exploration`` names, see :mod:`app.decisioning.policy`). The program's
+        ``fraud.enabled`` switches risk on or off; its pending period is separate."""
         self.program = program
-        self.defend = defend
+        self.defend = program.fraud.enabled
         self.seed = seed
+        self.policy = policy if policy is not None else policy_for(program, seed=seed)
         self.partitions = partitions
         learning = program.learning
         self.models = PropensityModels(prior=learning.prior, learning_rate=learning.learning_rate)
@@ -290,12 +283,10 @@ class Engine:
         allows for the chosen reward."""
         if choice.chosen is None:
             return Verdict("none")
-        if not self.defend:
-            return Verdict("granted")
         fraud = self.program.fraud
-        if assessment.score >= fraud.block:
+        if self.defend and assessment.score >= fraud.block:
             return Verdict("blocked", ("fraud.blocked",))
-        if assessment.score >= fraud.hold:
+        if self.defend and assessment.score >= fraud.hold:
             if user.risk.hold is not None:
                 return Verdict("blocked", ("fraud.hold_open",))
             return Verdict("held", ("fraud.held",))
@@ -358,10 +349,13 @@ class Engine:
     def _repeat(self, user: UserState, ledger: Ledger, event: Event) -> Outcome:
         """An event id seen before: never a second decision, always an alert.
 
-        The same bytes again are harmless (no second decision) and may be a producer's
-        retry, so they leave the user's risk alone; the same id with other content is
-        a replay made to earn twice, and the user's risk carries it. Either way the
-        state counts the copy, so that each copy's alert has an id of its own.
+        The same id with other content is a replay made to earn twice: the user's risk
+        carries its full weight. The same bytes again may be a producer's retry, or a
+        replay of an event that earned: each such copy adds :data:`REPEAT_WEIGHT` to the
+        user's carried risk (noisy-OR), so one retry only prices the user's next rewards
+        a little while a run of copies reaches the hold threshold (four copies: 0.68).
+        Either way the state counts the copy, so that each copy's alert has an id of
+        its own.
         """
         ledger = self._recharge(user, ledger, event)
         if not self.defend:
@@ -372,15 +366,24 @@ class Engine:
         risk = user.risk
         carried = carried_risk(risk, event.ts)
         assessment = Assessment(round(max(signal.weight, carried), 4), signal.weight, (signal,))
-        if altered:
-            risk = replace(
-                risk,
-                level=max(carried, signal.weight),
-                level_ts=max(event.ts, risk.level_ts or event.ts),
-                vector={signal.code: signal.weight},
-            )
-            user = replace(user, risk=risk)
+        level = max(carried, signal.weight) if altered else noisy_or((carried, REPEAT_WEIGHT))
+        risk = replace(
+            risk,
+            level=level,
+            level_ts=max(event.ts, risk.level_ts or event.ts),
+            vector={signal.code: signal.weight} if altered else risk.vector,
+        )
+        user = replace(user, risk=risk)
         return Outcome(user, ledger, self._alerts(user, event, assessment), duplicate=True)
+
+    def note_related(self, user: UserState, note: RelatedNote) -> UserState:
+        """Another user's fraud alert named ``user`` as related: evidence for the user's
+        next event (signal ``account.related``, weight
+        :data:`app.fraud.signals.RELATED_WEIGHT`). Nothing when fraud scoring is off."""
+        if not self.defend:
+            return user
+        risk = note_related(user.risk, note)
+        return user if risk is user.risk else replace(user, risk=risk)
 
     def _charge(self, ledger: Ledger, grant: Grant) -> Ledger:
         return ledger.charge(
@@ -646,22 +649,12 @@ class Engine:
     ) -> Choice:
         # Highest priority first; ties go to the reward listed first in the program.
         order = {r.id: i for i, r in enumerate(self.program.rewards)}
-        ranked = sorted(survivors, key=lambda c: (-c.priority, order[c.reward.id]))
-        best, n = ranked[0], len(ranked)
-        # With one candidate, exploring only matters below the minimum priority: it is how a
-        # reward that looks not worth it gets the answers that could prove otherwise.
-        answered = sum(r.offered for r in user.responses.values()) - len(user.pending)
-        epsilon = self.program.learning.epsilon_for(max(0, answered))
+        ranked = tuple(sorted(survivors, key=lambda c: (-c.priority, order[c.reward.id])))
         decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
-        field = (tuple(ranked), tuple(skipped))
-        below = best.priority < self.program.learning.min_priority
-        if explore_draw(self.seed, decision_id, "explore") < epsilon:
-            pick = ranked[int(explore_draw(self.seed, decision_id, "pick") * n)]
-            if below or pick is not best:
-                return Choice(pick, epsilon / n, "explore", *field)
-        if below:
-            return Choice(None, 1.0 - epsilon, "below_minimum", *field)
-        return Choice(best, 1.0 - epsilon + epsilon / n, "exploit", *field)
+        pick = self.policy.choose(ranked, Situation(event, user, decision_id, self.program))
+        if pick.chosen is not None and pick.chosen not in ranked:
+            raise ValueError(f"the policy chose {pick.chosen.reward.id}, not a gated candidate")
+        return Choice(pick.chosen, pick.probability, pick.mode, ranked, tuple(skipped))
 
     # ------------------------------------------------------------ outcomes and learning
 
@@ -797,6 +790,9 @@ def _hold_kind(status: DecisionStatus, verdict: Verdict) -> HoldKind | None:
         return None
     return "pending" if "fraud.new_account_pending" in verdict.codes else "risk"
 
+
+# What each identical copy of an event adds to its user's carried risk (noisy-OR).
+REPEAT_WEIGHT = 0.25
 
 # How many answers the model's estimate is worth when blended with the user's own answers.
 MODEL_PSEUDO_ANSWERS = 1.5

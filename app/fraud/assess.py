@@ -17,6 +17,7 @@ from app.fraud.links import LinkFacts
 from app.fraud.scoring import RiskModels, anomaly_features, decayed, noisy_or, signal_vector
 from app.fraud.signals import (
     Activity,
+    RelatedNote,
     Signal,
     activity_signals,
     count_foreign,
@@ -24,6 +25,7 @@ from app.fraud.signals import (
     observe_activity,
     redemption_signals,
     referral_signals,
+    related_signal,
 )
 
 # How fast a user's carried risk fades without new signals.
@@ -64,6 +66,9 @@ class RiskState:
     label: str | None = None  # the last analyst label: confirmed or cleared
     cleared_until: int | None = None
     hold: Hold | None = None
+    # Other users' alerts that named this account since its last event: evidence for its
+    # next event (see :func:`note_related`), then cleared.
+    related: tuple[RelatedNote, ...] = ()
 
     @classmethod
     def from_document(cls, document: dict[str, Any] | None) -> RiskState:
@@ -85,6 +90,7 @@ class RiskState:
             label=document["label"],
             cleared_until=document["cleared_until"],
             hold=None if hold is None else Hold(**{**hold, "features": tuple(hold["features"])}),
+            related=tuple(RelatedNote(**note) for note in document.get("related", ())),
         )
 
 
@@ -146,6 +152,9 @@ def assess(
     )
     signals += referral_signals(event)
     signals += link_signals(links)
+    fresh = tuple(n for n in risk.related if event.ts - n.ts <= RELATED_KEEP_MS)
+    if fresh:
+        signals.append(related_signal(fresh))
     if risk.cleared_until is not None and event.ts < risk.cleared_until:
         signals = [s for s in signals if not s.shared]
     found = models.anomaly_signal(anomaly_features(activity, links))
@@ -163,8 +172,23 @@ def assess(
         level=max(carried, event_score),
         level_ts=max(event.ts, risk.level_ts or event.ts),
         vector=signal_vector(signals) if event_score >= alert_at else risk.vector,
+        related=(),
     )
     return risk, Assessment(round(score, 4), round(event_score, 4), tuple(signals), found)
+
+
+# How long a note that another alert named this account waits for its next event, and how
+# many notes are kept (the newest).
+RELATED_KEEP_MS = 7 * 86_400_000
+MAX_RELATED_NOTES = 8
+
+
+def note_related(risk: RiskState, note: RelatedNote) -> RiskState:
+    """Another user's alert named this account: keep it for its next event's assessment.
+    The same alert noted twice (a redelivery) is kept once."""
+    if any(n.alert_id == note.alert_id for n in risk.related):
+        return risk
+    return replace(risk, related=(*risk.related, note)[-MAX_RELATED_NOTES:])
 
 
 def carried_risk(risk: RiskState, ts: int) -> float:

@@ -234,6 +234,34 @@ def referral_signals(event: Event) -> list[Signal]:
     return []
 
 
+# The weight of being named as a related account in another user's fraud alert: on its
+# own under the alert threshold (0.5) and the hold threshold (0.6) of the shipped
+# programs; with any other signal of 0.34 or more, over the hold threshold.
+RELATED_WEIGHT = 0.4
+
+
+def related_signal(notes: tuple[RelatedNote, ...]) -> Signal:
+    """This account was named as related in other users' fraud alerts since its last event."""
+    by = tuple(dict.fromkeys(note.by for note in notes))
+    alerts = ", ".join(note.alert_id for note in notes[:3])
+    return Signal(
+        "account.related",
+        RELATED_WEIGHT,
+        f"named as a related account in fraud alert {alerts} (of {', '.join(by[:3])})",
+        related=by,
+        shared=True,  # a link to others, which an analyst's "cleared" vouches for
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RelatedNote:
+    """Another user's fraud alert named this account: which alert, whose, and when."""
+
+    alert_id: str
+    by: str
+    ts: int
+
+
 def replay_signal(*, altered: bool) -> Signal:
     """An event id seen before: a replay, or (same bytes) a duplicate delivery."""
     if altered:

@@ -27,6 +27,7 @@ from app.programs.model import (
     AUDIT_OTHER,
     AUDIT_UNKNOWN,
     CHANNELS,
+    EXPLORATIONS,
     NEVER_TRIGGERS,
     OPENED_POLICIES,
     REWARD_KINDS,
@@ -37,6 +38,7 @@ from app.programs.model import (
     ChannelLimit,
     Consent,
     ContactPolicy,
+    Exploration,
     Fraud,
     FrozenMap,
     Learning,
@@ -290,9 +292,15 @@ def _flag(where: _Where, value: object) -> bool:
 
 
 def _number(
-    where: _Where, value: object, *, above: float | None = None, below: float | None = None
+    where: _Where,
+    value: object,
+    *,
+    above: float | None = None,
+    below: float | None = None,
+    at_most: float | None = None,
 ) -> float:
-    """A finite number, never negative, and within (above, below) when those are given."""
+    """A finite number, never negative, within (above, below) when those are given, and
+    not over ``at_most``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         where.fail(f"must be a number, got {_type_name(value)}")
     if not math.isfinite(value):
@@ -303,6 +311,8 @@ def _number(
         where.fail(f"must be greater than {above:g}, got {value}")
     if below is not None and value >= below:
         where.fail(f"must be less than {below:g}, got {value}")
+    if at_most is not None and value > at_most:
+        where.fail(f"must be at most {at_most:g}, got {value}")
     return float(value)
 
 
@@ -711,6 +721,7 @@ _LEARNING_KEYS = (
     "opened",
     "learning_rate",
     "min_priority",
+    "exploration",
 )
 
 
@@ -718,14 +729,14 @@ def _learning(where: _Where, value: object) -> Learning:
     fields = _fields(where, value, optional=_LEARNING_KEYS)
     defaults = Learning()
     learning = Learning(
-        epsilon=_number(where.key("epsilon"), fields.get("epsilon", defaults.epsilon), below=1.0),
+        epsilon=_number(where.key("epsilon"), fields.get("epsilon", defaults.epsilon), at_most=1.0),
         epsilon_half_after=(
             None
             if fields.get("epsilon_half_after") is None
             else _number(where.key("epsilon_half_after"), fields["epsilon_half_after"], above=0.0)
         ),
         min_epsilon=_number(
-            where.key("min_epsilon"), fields.get("min_epsilon", defaults.min_epsilon), below=1.0
+            where.key("min_epsilon"), fields.get("min_epsilon", defaults.min_epsilon), at_most=1.0
         ),
         prior=_number(
             where.key("prior"), fields.get("prior", defaults.prior), above=0.0, below=1.0
@@ -743,6 +754,9 @@ def _learning(where: _Where, value: object) -> Learning:
         min_priority=_number(
             where.key("min_priority"), fields.get("min_priority", defaults.min_priority)
         ),
+        exploration=_exploration(
+            where.key("exploration"), fields.get("exploration", defaults.exploration)
+        ),
     )
     if learning.min_epsilon > learning.epsilon:
         where.key("min_epsilon").fail(
@@ -751,7 +765,15 @@ def _learning(where: _Where, value: object) -> Learning:
     return learning
 
 
-_FRAUD_KEYS = ("alert", "hold", "block", "hold_for", "cleared_for", "new_account_pending")
+_FRAUD_KEYS = (
+    "alert",
+    "hold",
+    "block",
+    "hold_for",
+    "cleared_for",
+    "new_account_pending",
+    "enabled",
+)
 
 
 def _fraud(where: _Where, value: object) -> Fraud:
@@ -773,6 +795,7 @@ def _fraud(where: _Where, value: object) -> Fraud:
             where.key("cleared_for"), fields.get("cleared_for", defaults.cleared_for.text)
         ),
         new_account_pending=_optional(where, fields, "new_account_pending", _window),
+        enabled=_flag(where.key("enabled"), fields.get("enabled", defaults.enabled)),
     )
     if fraud.hold > fraud.block:
         where.key("hold").fail(
@@ -780,6 +803,13 @@ def _fraud(where: _Where, value: object) -> Fraud:
             "a risk between them would be both held and blocked"
         )
     return fraud
+
+
+def _exploration(where: _Where, value: object) -> Exploration:
+    exploration = _text(where, value)
+    if exploration not in EXPLORATIONS:
+        where.fail(f"must be one of {one_of(EXPLORATIONS)}, got {exploration!r}")
+    return cast(Exploration, exploration)  # the check above is what makes it one
 
 
 def _opened(where: _Where, value: object) -> Opened:

@@ -42,7 +42,9 @@ NEVER_TRIGGERS = (
     "member_imported",
 )
 OPENED_POLICIES = ("ignore", "positive")
+EXPLORATIONS = ("epsilon_greedy", "uniform")
 Opened = Literal["ignore", "positive"]
+Exploration = Literal["epsilon_greedy", "uniform"]
 
 _DURATION = re.compile(r"([1-9][0-9]{0,5})([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -221,6 +223,9 @@ class Learning:
     ``opened``: whether an opened (not yet redeemed) reward counts as positive.
     ``learning_rate``: step size of the online models.
     ``min_priority``: grant nothing when the best reward scores below this.
+    ``exploration``: the policy (:mod:`app.decisioning.policy`): ``epsilon_greedy``
+    (the best reward, or with probability epsilon a random eligible one) or
+    ``uniform`` (a random eligible reward every time: the baseline to compare with).
     """
 
     epsilon: float = 0.1
@@ -231,6 +236,7 @@ class Learning:
     opened: Opened = "ignore"
     learning_rate: float = 0.05
     min_priority: float = 0.0
+    exploration: Exploration = "epsilon_greedy"
 
     def epsilon_for(self, answers: int) -> float:
         """Exploration rate for a user who has answered ``answers`` offers."""
@@ -254,6 +260,9 @@ class Fraud:
     earns within this time of its first event is held until the period is over
     (released at the user's next event after it, unless the user turned risky); the
     account earns no other reward meanwhile. None: no pending period.
+    ``enabled``: False turns risk off (no scores, risk holds, blocks or alerts) and
+    keeps the pending period, which is a separate defence: a program without fraud
+    scoring may still want new accounts' first rewards to wait.
     """
 
     alert: float = 0.5
@@ -262,6 +271,7 @@ class Fraud:
     hold_for: Window = Window(7 * 86_400, "7d")
     cleared_for: Window = Window(30 * 86_400, "30d")
     new_account_pending: Window | None = None
+    enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app import localkafka
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness import localkafka
+from harness.workerproc import WorkerProcess
 from tests.conftest import base_settings, fail_or_skip
 from tests.reliability.helpers import (
     Lives,

@@ -25,10 +25,10 @@ import orjson
 import pytest
 from aiokafka.errors import TopicAuthorizationFailedError
 
-from app import localkafka
 from app.kafkaio import Received, client_options, event_routes, produce, read
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness import localkafka
+from harness.workerproc import WorkerProcess
 from tests.conftest import start_broker_or_fail
 
 pytestmark = pytest.mark.kafka

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness.workerproc import WorkerProcess
 from topologies import topic_specs
 
 pytestmark = pytest.mark.kafka

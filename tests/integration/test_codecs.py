@@ -25,11 +25,11 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from app import localkafka
 from app.kafkaio import read
-from app.localkafka.tools import run_tool
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness import localkafka
+from harness.localkafka.tools import run_tool
+from harness.workerproc import WorkerProcess
 from tests.conftest import fail_or_skip, required_binary
 
 pytestmark = pytest.mark.kafka

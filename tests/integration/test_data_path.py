@@ -19,8 +19,8 @@ from app.contract import decision_id_for
 from app.contract.schemas import load_schema
 from app.kafkaio import Received, event_routes, produce, read
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
-from app.workerproc import WorkerProcess
+from harness.simulation import EventSimulator, SimulatorConfig
+from harness.workerproc import WorkerProcess
 from topologies import TABLE_USER_STATE, changelog_topic
 
 pytestmark = pytest.mark.kafka

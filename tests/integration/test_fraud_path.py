@@ -14,12 +14,12 @@ import orjson
 import pytest
 
 from app.assembly import load_program_setting
-from app.bench.fraud import attack_take
 from app.decisioning import Engine
 from app.kafkaio import event_routes, produce, read
 from app.settings import Settings
-from app.simulation.attacks import AttackConfig, attacker_accounts, generate
-from app.workerproc import WorkerProcess
+from harness.bench.fraud import attack_take, undefended_program
+from harness.simulation.attacks import AttackConfig, attacker_accounts, generate
+from harness.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 
@@ -77,10 +77,9 @@ async def test_attackers_are_flagged_and_unpaid_while_normal_users_keep_their_re
     )
     undefended = attack_take(
         Engine(
-            load_program_setting(kafka_settings.program),
+            undefended_program(load_program_setting(kafka_settings.program)),
             seed=kafka_settings.seed,
             partitions=4,
-            defend=False,
         ),
         events,
     )

@@ -54,9 +54,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.partitioner import DefaultPartitioner
 
 from app.kafkaio import Received, event_routes, produce, read
-from app.localkafka.tools import run_tool
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness.localkafka.tools import run_tool
+from harness.workerproc import WorkerProcess
 from tests.conftest import fail_or_skip, required_binary
 
 pytestmark = pytest.mark.kafka

@@ -15,7 +15,7 @@ import pytest
 
 from app.kafkaio import produce, read
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 TS = 1_772_366_400_000

@@ -23,7 +23,7 @@ import pytest
 
 from app.kafkaio import Received, event_routes, produce, read
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 

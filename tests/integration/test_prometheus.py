@@ -26,12 +26,12 @@ from typing import Any
 import orjson
 import pytest
 
-from app import localkafka
 from app.kafkaio import event_routes, produce, read
 from app.programs.loader import BUILTIN_DIR
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
-from app.workerproc import WorkerProcess
+from harness import localkafka
+from harness.simulation import EventSimulator, SimulatorConfig
+from harness.workerproc import WorkerProcess
 from tests.conftest import required_binary
 
 pytestmark = pytest.mark.kafka

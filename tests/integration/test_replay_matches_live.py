@@ -28,8 +28,8 @@ from app.kafkaio import Received, event_routes, produce, read
 from app.pipeline import CONTROL_TYPES
 from app.replay import kafka_partitioner, replay_decide_log
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
-from app.workerproc import WorkerProcess
+from harness.simulation import EventSimulator, SimulatorConfig
+from harness.workerproc import WorkerProcess
 from topologies.rewards import TABLE_LINK_STATE, changelog_topic
 
 pytestmark = pytest.mark.kafka

@@ -19,11 +19,11 @@ from pathlib import Path
 import orjson
 import pytest
 
-from app import localkafka
 from app.kafkaio import client_options, event_routes, produce, read
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
-from app.workerproc import WorkerProcess
+from harness import localkafka
+from harness.simulation import EventSimulator, SimulatorConfig
+from harness.workerproc import WorkerProcess
 from tests.conftest import start_broker_or_fail
 
 pytestmark = pytest.mark.kafka

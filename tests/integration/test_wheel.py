@@ -1,11 +1,12 @@
 """What ships works from the wheel: built, installed in a fresh venv, run outside the checkout.
 
 The package is built from a copy of what the image builds from (pyproject.toml,
-README.md and the three packages), installed with the project's constraints
-into a new virtualenv in a temporary directory, and run from another temporary
-directory: nothing of the checkout is importable there, so the shipped
-programs, the JSON Schemas and every other file the runtime reads must be in
-the wheel. No broker is needed. Building and installing need the package
+README.md and the three packages) plus the test harness a checkout has beside
+them, installed with the project's constraints into a new virtualenv in a
+temporary directory, and run from another temporary directory: nothing of the
+checkout is importable there, so the shipped programs, the JSON Schemas and
+every other file the runtime reads must be in the wheel, and the harness must
+not be. No broker is needed. Building and installing need the package
 registry (pip's cache makes a second run quick); if they fail, the tests skip
 on a developer's machine and FAIL under ``CI=true``.
 """
@@ -31,7 +32,20 @@ from tests.conftest import fail_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("app", "streams", "topologies")
-SOURCES = ("pyproject.toml", "README.md", *PACKAGES)  # what the Dockerfile builds from
+HARNESS = "harness"  # beside the packages in a checkout, left out of the wheel
+# What the Dockerfile builds from, and the harness: a wheel built from a checkout sees it.
+SOURCES = ("pyproject.toml", "README.md", *PACKAGES, HARNESS)
+# The harness's modules when they lived in app/, before it became a package of its own.
+OLD_HARNESS_PATHS = (
+    "app/bench/",
+    "app/simulation/",
+    "app/localkafka/",
+    "app/demo.py",
+    "app/soak.py",
+    "app/workerproc.py",
+    "app/progress.py",
+    "app/contract/bench_validate.py",
+)
 SHIPPED_PROGRAMS = ["bank-rewards", "retail-loyalty"]
 BUILD_TIMEOUT_S = 600
 INSTALL_TIMEOUT_S = 900
@@ -139,8 +153,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 def test_the_wheel_holds_every_file_of_the_packages(installed: Installed) -> None:
     """Every file under the packages, not only the modules: a data file the runtime reads
-    (a program, a schema, the broker's pom.xml) that is not declared as package data is
-    missing from an installed wheel, though a checkout has it."""
+    (a program, a schema) that is not declared as package data is missing from an
+    installed wheel, though a checkout has it."""
     with zipfile.ZipFile(installed.wheel) as wheel:
         in_wheel = {name for name in wheel.namelist() if name.split("/")[0] in PACKAGES}
     source = installed.wheel.parents[1] / "source"
@@ -171,8 +185,7 @@ def test_the_wheel_holds_every_file_of_the_packages(installed: Installed) -> Non
                 "print(','.join(list_builtin()))",
                 "for name in list_builtin(): assert load_builtin(name).id == name",
                 "for name in SCHEMA_NAMES: assert load_schema(name)['title']",
-                "for name in ('pom.xml', 'log4j2.yaml'):",
-                "    assert resources.files('app.localkafka').joinpath(name).read_bytes()",
+                "assert resources.files('app.programs').joinpath('shipped/README.md').is_file()",
             )
         ),
     )
@@ -180,6 +193,39 @@ def test_the_wheel_holds_every_file_of_the_packages(installed: Installed) -> Non
     module_file, programs = check.stdout.splitlines()
     assert Path(module_file).resolve().is_relative_to(installed.venv.resolve()), module_file
     assert programs.split(",") == SHIPPED_PROGRAMS
+
+
+def test_the_wheel_leaves_the_test_harness_out(installed: Installed) -> None:
+    """The benchmarks, simulators, local broker, demo and soak are the test harness: the
+    wheel has none of it, and a harness command of the installed package says where it
+    runs (a checkout) instead of failing with a traceback."""
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        names = wheel.namelist()
+    assert [name for name in names if name.split("/")[0] == HARNESS] == []
+    assert [name for name in names if name.startswith(OLD_HARNESS_PATHS)] == []
+    top_level = [name for name in names if name.endswith(".dist-info/top_level.txt")]
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        packages = {line for name in top_level for line in wheel.read(name).decode().split()}
+    assert packages <= set(PACKAGES), packages
+
+    gone = installed.run(installed.python, "-c", "import harness")
+    assert gone.returncode != 0
+    assert "No module named 'harness'" in gone.stderr, _tail(gone)
+
+    script = installed.venv / "bin" / "rewardstream"
+    for command in (["bench", "--quick"], ["kafka", "up"], ["demo"]):
+        run = installed.run(script, *command)
+        assert run.returncode == 1, _tail(run)
+        assert "Traceback" not in run.stderr, _tail(run)
+        assert (
+            f"`rewardstream {command[0]}` is part of the project's test harness and runs "
+            "from a checkout of the repository (make demo, make bench)"
+        ) in run.stderr, _tail(run)
+        assert "the installed package has the topics, worker," in run.stderr, _tail(run)
+
+    # The product's commands never import the harness.
+    assert installed.run(script, "--help").returncode == 0
+    assert installed.run(script, "worker", "--help").returncode == 0
 
 
 def test_replay_with_the_default_program(installed: Installed) -> None:

@@ -46,8 +46,8 @@ from app.kafkaio import event_routes, seek_to_first
 from app.models.checkpoint import checkpoint_key
 from app.programs import Program
 from app.settings import Settings
-from app.simulation.attacks import AttackConfig, generate
-from app.workerproc import WorkerProcess
+from harness.simulation.attacks import AttackConfig, generate
+from harness.workerproc import WorkerProcess
 from topologies import TABLE_LEDGER, TABLE_USER_STATE, changelog_topic
 
 DAY_MS = 86_400_000
@@ -144,7 +144,7 @@ def whole_traffic_base(
     """The base stream, in event-time order (``days`` of it): ordinary users (sign-ups,
     visits, purchases, their own answers to sign-up rewards, marketing consent), users
     who withdraw personalization consent and some who give it back, and one instance of
-    each attack of app/simulation/attacks.py (account farm, redemption velocity,
+    each attack of harness/simulation/attacks.py (account farm, redemption velocity,
     referral ring, forged redemptions, replayed events, bot burst).
 
     Replays of an event id are kept only within 8 of the user's events of the original:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from app import localkafka
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness import localkafka
+from harness.workerproc import WorkerProcess
 from tests.conftest import base_settings, start_broker_or_fail
 from tests.reliability.helpers import (
     Lives,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness.workerproc import WorkerProcess
 from tests.reliability.helpers import (
     Lives,
     WholeTraffic,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness.workerproc import WorkerProcess
 from tests.reliability.helpers import (
     Lives,
     WholeTraffic,

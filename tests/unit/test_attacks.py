@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from app.contract import Event, decision_id_for, validate_event
-from app.simulation.attacks import (
+from harness.simulation.attacks import (
     SCENARIOS,
     AttackConfig,
     LabelledEvent,

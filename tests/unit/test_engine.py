@@ -16,6 +16,7 @@ import pytest
 from app.contract import Decision, Event, decision_id_for
 from app.contract.schemas import load_schema
 from app.decisioning import Answer, Engine
+from app.decisioning.engine import REPEAT_WEIGHT
 from app.decisioning.ledger import Ledger
 from app.features import UserState
 from app.features.derive import from_vector
@@ -376,10 +377,13 @@ def test_every_event_gets_one_decision_and_repeats_none() -> None:
     first = engine.process(state, ledger, event)
     again = engine.process(first.user, first.ledger, event)
     assert len(first.records) == 1
-    # The state only counts the copy (each copy's alert gets an id of its own).
-    assert (again.duplicate, again.user) == (True, dataclasses.replace(first.user, repeats=1))
-    # No second decision; the repeat is reported, but the same bytes again (a
-    # producer's retry, perhaps) do not make the user risky.
+    # The state counts the copy (each copy's alert gets an id of its own) and the risk it
+    # carries: a little for one copy (a producer's retry, perhaps), more with each.
+    assert again.duplicate
+    assert again.user.repeats == 1
+    assert again.user.risk.level == pytest.approx(REPEAT_WEIGHT)
+    assert dataclasses.replace(again.user, repeats=0, risk=first.user.risk) == first.user
+    # No second decision; the repeat is reported.
     assert [r.kind for r in again.records] == ["fraud_alert"]
     assert again.records[0].reasons == ("event.replayed",)
     assert first.records[0].decision_id == decision_id_for("test-program", "u", "same")

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.bench.fraud import (
+from app.decisioning.engine import Engine
+from app.programs import load_builtin
+from harness.bench.fraud import (
     HELD_OUT_SEEDS,
     TUNING_SEEDS,
     attack_take,
     fraud_markdown,
     seeds_sentence,
+    undefended_program,
+    unlimited_budgets,
+    without_pending,
 )
-from app.decisioning.engine import Engine
-from app.programs import load_builtin
-from app.simulation.attacks import AttackConfig, attacker_accounts, generate
+from harness.simulation.attacks import AttackConfig, attacker_accounts, generate
 
 
 def test_undefended_engine_pays_the_farms_their_sign_up_rewards() -> None:
@@ -25,9 +28,8 @@ def test_undefended_engine_pays_the_farms_their_sign_up_rewards() -> None:
         normal_events=3_000,
     )
     events = generate(config)
-    takes = attack_take(
-        Engine(load_builtin("retail-loyalty"), seed=7, partitions=4, defend=False), events
-    )
+    program = undefended_program(load_builtin("retail-loyalty"))
+    takes = attack_take(Engine(program, seed=7, partitions=4), events)
 
     farms = takes["account_farm"]
     assert farms.accounts == len(attacker_accounts(events)["account_farm"])
@@ -57,6 +59,15 @@ def fraud_report(seeds: list[int]) -> dict[str, Any]:
             "lost_ratio": 0.045,
             "normal_cost_defended": 9_989.53,
             "normal_cost_undefended": 17_705.11,
+            "normal_decisions_pending": 1_250,
+            "lost_without_pending": 20.5,
+            "lost_ratio_without_pending": 0.1153,
+            "normal_cost_without_pending": 10_400.0,
+            "unlimited_lost_defended": 9.0,
+            "unlimited_lost_without_pending": 30.0,
+            "unlimited_lost_undefended": 300.0,
+            "unlimited_lost_ratio": 0.03,
+            "unlimited_lost_ratio_without_pending": 0.1,
         },
     }
 
@@ -75,3 +86,24 @@ def test_the_table_says_which_seeds_chose_the_thresholds_and_which_are_held_out(
     assert held.index("held out") < held.index("| scenario |")
     mixed = seeds_sentence([2, 5])
     assert "here seed 2 is in-sample and seed 5 is held out" in mixed
+
+
+def test_the_variants_are_the_program_with_one_defence_taken_away() -> None:
+    retail = load_builtin("retail-loyalty")
+    assert retail.fraud.enabled
+    assert retail.fraud.new_account_pending is not None
+    assert without_pending(retail).fraud.new_account_pending is None
+    assert without_pending(retail).fraud.enabled
+    assert not undefended_program(retail).fraud.enabled
+    assert undefended_program(retail).fraud.new_account_pending is None
+    unlimited = unlimited_budgets(retail)
+    assert (unlimited.budgets.total, unlimited.budgets.per_user) == (None, None)
+    assert unlimited.budgets.periods == ()
+    assert all(r.stock is None for r in unlimited.rewards)
+
+
+def test_the_report_shows_what_the_pending_period_adds() -> None:
+    text = fraud_markdown(fraud_report([3, 4]))
+    assert "| the program's | 0.045 (8.00) | 0.115 (20.50) | 177.80 |" in text
+    assert "| never run out | 0.030 (9.00) | 0.100 (30.00) | 300.00 |" in text
+    assert "first rewards held for the pending period | 1250 |" in text

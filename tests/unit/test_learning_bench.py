@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from app.bench.learning import audit, run_benchmark, targets_markdown
 from app.programs import load_builtin
-from app.simulation.closed_loop import LoopStats
+from harness.bench.learning import audit, run_benchmark, targets_markdown
+from harness.simulation.closed_loop import LoopStats
 
 PROGRAM = load_builtin("retail-loyalty")
 DAY = 86_400_000
@@ -50,7 +50,7 @@ def test_audit_checks_rolling_windows_not_calendar_days() -> None:
 
 
 def test_random_and_oracle_policies_do_not_inherit_the_programs_exploration_decay() -> None:
-    from app.bench.learning import _with_epsilon
+    from harness.bench.learning import _with_epsilon
 
     program = dataclasses.replace(
         PROGRAM,

@@ -22,7 +22,7 @@ from app.fraud import LinkFacts
 from app.programs import load_builtin
 from app.replay import kafka_partitioner, replay_decide_log
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
+from harness.simulation import EventSimulator, SimulatorConfig
 
 # One event of the decide stage's log: its partition, its bytes, the facts it was given.
 Record = tuple[int, bytes, tuple[LinkFacts, ...]]

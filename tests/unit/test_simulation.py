@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from app.contract import Event, Rejection, parse_event
-from app.simulation import EventSimulator, SimulatorConfig
+from harness.simulation import EventSimulator, SimulatorConfig
 
 
 def take(config: SimulatorConfig, n: int) -> list[bytes]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,16 @@ import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, generate_latest
 
-from app.bench.anchor_aiokafka import next_offsets
-from app.bench.anchor_aiokafka import parse_args as parse_aiokafka
-from app.bench.anchor_quix import count as quix_count
-from app.bench.anchor_quix import parse_args as parse_quix
-from app.bench.anchors import (
+from app.contract.validate import Rejection, parse_event
+from app.kafkaio import event_routes
+from app.metrics import Metrics
+from app.pipeline import Tables
+from app.settings import Settings
+from harness.bench.anchor_aiokafka import next_offsets
+from harness.bench.anchor_aiokafka import parse_args as parse_aiokafka
+from harness.bench.anchor_quix import count as quix_count
+from harness.bench.anchor_quix import parse_args as parse_quix
+from harness.bench.anchors import (
     ANCHORS,
     ANCHORS_VENV,
     FIXED_RATE,
@@ -29,6 +36,7 @@ from app.bench.anchors import (
     Anchor,
     AnchorUnavailableError,
     anchor_command,
+    anchor_env,
     anchor_rows,
     anchors_for,
     anchors_markdown,
@@ -36,8 +44,8 @@ from app.bench.anchors import (
     ratio,
     worker_ratios,
 )
-from app.bench.histogram import LatencyHistogram, nearest_rank
-from app.bench.report import (
+from harness.bench.histogram import LatencyHistogram, nearest_rank
+from harness.bench.report import (
     PARTITION_COUNTS,
     PLANNED_UTILISATION,
     SCALING_END,
@@ -48,7 +56,7 @@ from app.bench.report import (
     update_scaling_doc,
     workers_for,
 )
-from app.bench.throughput import (
+from harness.bench.throughput import (
     HEADLINE_SHARE,
     HISTORY_DAYS,
     HISTORY_EVENTS_PER_USER,
@@ -74,11 +82,6 @@ from app.bench.throughput import (
     throughput_markdown,
     vm_rss_bytes,
 )
-from app.contract.validate import Rejection, parse_event
-from app.kafkaio import event_routes
-from app.metrics import Metrics
-from app.pipeline import Tables
-from app.settings import Settings
 
 # ---------------------------------------------------------------- histogram
 
@@ -582,7 +585,7 @@ def test_anchor_commands_carry_the_worker_s_client_settings(tmp_path: Path) -> N
         Settings(), bootstrap_servers="127.0.0.1:9999", batch_max_records=500, linger_ms=3
     )
     command = anchor_command(plain, settings, python=None, state_dir=tmp_path)
-    assert command[1:3] == ["-m", "app.bench.anchor_aiokafka"]
+    assert command[1:3] == ["-m", "harness.bench.anchor_aiokafka"]
     options = parse_aiokafka(command[3:])
     assert (options.bootstrap, options.input, options.output) == (
         "127.0.0.1:9999",
@@ -605,6 +608,30 @@ def test_anchor_commands_carry_the_worker_s_client_settings(tmp_path: Path) -> N
         anchor_command(quix_default, settings, python=python, state_dir=tmp_path)[3:]
     )
     assert (default.commit_interval, default.poll_timeout) == (None, None)  # quixstreams' own
+
+
+def test_the_aiokafka_anchor_starts_from_outside_the_checkout(tmp_path: Path) -> None:
+    """``python -m harness.bench.anchor_aiokafka`` finds the harness, which the wheel does
+    not ship, through the checkout its environment puts first on PYTHONPATH."""
+    plain, _, quix, _ = ANCHORS
+    checkout = Path(__file__).resolve().parents[2]
+    env = anchor_env(plain, {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": "/elsewhere"})
+    assert env is not None
+    assert env["PYTHONPATH"] == os.pathsep.join((str(checkout), "/elsewhere"))
+    assert anchor_env(quix) is None  # its own virtualenv's python, nothing of the project
+
+    command = anchor_command(plain, Settings(), python=None, state_dir=tmp_path)
+    started = subprocess.run(
+        [*command[:3], "--help"],
+        cwd=tmp_path,
+        env=anchor_env(plain),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+    assert "--bootstrap" in started.stdout
 
 
 def test_the_anchors_python_is_found_in_its_virtualenv(tmp_path: Path) -> None:

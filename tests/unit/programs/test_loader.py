@@ -324,10 +324,10 @@ ERROR_CASES: dict[str, tuple[Mutation, str, str]] = {
         "rewards[0] 'points' → triggers[0]",
         "not one of the program's triggers",
     ),
-    "epsilon of one": (
-        _set("learning", "epsilon", to=1.0),
+    "epsilon over one": (
+        _set("learning", "epsilon", to=1.5),
         "learning → epsilon",
-        "must be less than 1, got 1.0",
+        "must be at most 1, got 1.5",
     ),
     "exploration floor above epsilon": (
         _set("learning", "min_epsilon", to=0.5),

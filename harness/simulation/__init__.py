@@ -1,7 +1,7 @@
 """Synthetic users and events, seeded, for the demo, the tests and the benchmarks."""
 
-from app.simulation.attacks import AttackConfig, LabelledEvent, attacker_accounts, ground_truth
-from app.simulation.events import INVALID_KINDS, EventSimulator, SimulatorConfig
+from harness.simulation.attacks import AttackConfig, LabelledEvent, attacker_accounts, ground_truth
+from harness.simulation.events import INVALID_KINDS, EventSimulator, SimulatorConfig
 
 __all__ = [
     "INVALID_KINDS",

@@ -22,9 +22,9 @@ import orjson
 from app.clock import SystemClock
 from app.kafkaio import ensure_topics, topic_requests
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
-from app.simulation.live import produce_at_rate
-from app.workerproc import WorkerProcess, own_broker
+from harness.simulation import EventSimulator, SimulatorConfig
+from harness.simulation.live import produce_at_rate
+from harness.workerproc import WorkerProcess, own_broker
 
 DAY_MS = 86_400_000
 

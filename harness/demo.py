@@ -20,11 +20,11 @@ from app.clock import SystemClock
 from app.kafkaio import ensure_topics, event_routes, produce, read, topic_requests
 from app.render import render
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
-from app.simulation.attacks import AttackConfig, attacker_accounts, generate
-from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
-from app.simulation.live import closed_loop_on_kafka
-from app.workerproc import WorkerProcess, own_broker
+from harness.simulation import EventSimulator, SimulatorConfig
+from harness.simulation.attacks import AttackConfig, attacker_accounts, generate
+from harness.simulation.closed_loop import ClosedLoopSimulator, LoopStats
+from harness.simulation.live import closed_loop_on_kafka
+from harness.workerproc import WorkerProcess, own_broker
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
 from app.replay import kafka_partitioner
 from app.settings import Settings
-from app.workerproc import WorkerProcess
+from harness.workerproc import WorkerProcess
 from topologies import TABLE_LINK_STATE, TABLE_USER_STATE, changelog_topic
 
 # Records per produce batch; the producer's batches are sized to hold them.

@@ -1,4 +1,4 @@
-"""Time event validation: ``python -m app.contract.bench_validate [--events N] [--runs R]``.
+"""Time event validation: ``python -m harness.bench.validate_speed [--events N] [--runs R]``.
 
 Times :func:`app.contract.validate.parse_event` over N realistic valid events (the
 simulator's mix, as the tests build them: integer ``ts``, ``ip``, ``device_id``,
@@ -23,7 +23,7 @@ import orjson
 
 from app.contract import validate
 from app.contract.records import Event
-from app.simulation.events import EventSimulator, SimulatorConfig
+from harness.simulation.events import EventSimulator, SimulatorConfig
 
 
 def realistic_events(n: int, *, string_ts: bool = False) -> list[bytes]:

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.localkafka.broker import BrokerError, _classpath, _require_tool, ensure_jars
+from harness.localkafka.broker import BrokerError, _classpath, _require_tool, ensure_jars
 
 
 def run_tool(

@@ -15,9 +15,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.contract.records import Decision
 from app.kafkaio import route, user_key
-from app.progress import Progress
-from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
-from app.simulation.events import EventSimulator
+from harness.progress import Progress
+from harness.simulation.closed_loop import ClosedLoopSimulator, LoopStats
+from harness.simulation.events import EventSimulator
 
 TICK_S = 0.05  # send in small bursts this often; smooth enough at any rate
 

@@ -1,6 +1,6 @@
 """What attackers take: the budget an engine grants to attack traffic, per scenario.
 
-Replays labelled attack traffic (:mod:`app.simulation.attacks`) through the
+Replays labelled attack traffic (:mod:`harness.simulation.attacks`) through the
 same pipeline as the worker and counts, per scenario, the rewards and their cost
 granted to attacker accounts, beside what normal users got. Run against the
 engine as it is, it gives the undefended baseline that the fraud layer is
@@ -9,6 +9,7 @@ measured against.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,9 @@ from typing import Any
 import orjson
 
 from app.decisioning.engine import Engine
-from app.programs import load_builtin
+from app.programs import Program, load_builtin
 from app.replay import replay
-from app.simulation.attacks import (
+from harness.simulation.attacks import (
     SCENARIOS,
     AttackConfig,
     LabelledEvent,
@@ -175,19 +176,66 @@ def run_scenario(
         "detection": detection(events, records, scenario or "__none__"),
         "lost": _lost(records, owners, events),
         "normal_cost": _granted_cost(records, lambda user: user not in owners),
-        "held_normal": sum(
-            1
-            for r in records
-            if r.get("kind") == "decision"
-            and r["status"] in ("held", "blocked")
-            and r["user_id"] not in owners
-        ),
+        "held_normal": _normal_holds(records, owners, "risk"),
+        "pending_normal": _normal_holds(records, owners, "pending"),
     }
     if undefended:
-        plain = _records(Engine(program, seed=seed, partitions=4, defend=False), events)
-        result["undefended_lost"] = _lost(plain, owners, events)
-        result["undefended_normal_cost"] = _granted_cost(plain, lambda user: user not in owners)
+        # The same traffic under the program's variants, each from the program alone:
+        # without the pending period, with fraud scoring off too (undefended), and each
+        # of the three again with budgets that never run out (what attackers would take
+        # if nothing else stopped them).
+        for budgets in ("shipped", "unlimited"):
+            base = program if budgets == "shipped" else unlimited_budgets(program)
+            for name, variant in (
+                ("defended", base),
+                ("without_pending", without_pending(base)),
+                ("undefended", undefended_program(base)),
+            ):
+                if (budgets, name) == ("shipped", "defended"):
+                    continue  # the run above
+                plain = _records(Engine(variant, seed=seed, partitions=4), events)
+                result[f"{budgets}_{name}_lost"] = _lost(plain, owners, events)
+                result[f"{budgets}_{name}_normal_cost"] = _granted_cost(
+                    plain, lambda user: user not in owners
+                )
     return result
+
+
+def without_pending(program: Program) -> Program:
+    """``program`` with no pending period for new accounts (fraud scoring still on)."""
+    return dataclasses.replace(
+        program, fraud=dataclasses.replace(program.fraud, new_account_pending=None)
+    )
+
+
+def undefended_program(program: Program) -> Program:
+    """``program`` with no defence at all: fraud scoring off and no pending period."""
+    return dataclasses.replace(
+        program,
+        fraud=dataclasses.replace(program.fraud, enabled=False, new_account_pending=None),
+    )
+
+
+def unlimited_budgets(program: Program) -> Program:
+    """``program`` with budgets and stock that never run out."""
+    budgets = dataclasses.replace(program.budgets, total=None, per_user=None, periods=())
+    rewards = tuple(dataclasses.replace(r, stock=None) for r in program.rewards)
+    return dataclasses.replace(program, budgets=budgets, rewards=rewards)
+
+
+def _normal_holds(records: list[dict[str, Any]], owners: dict[str, str], hold: str) -> int:
+    """Normal users' decisions held for ``hold`` (risk: counted with blocks; pending)."""
+    return sum(
+        1
+        for r in records
+        if r.get("kind") == "decision"
+        and r["user_id"] not in owners
+        and (
+            r.get("hold") == hold
+            if r["status"] == "held"
+            else (hold == "risk" and r["status"] == "blocked")
+        )
+    )
 
 
 def _granted_cost(records: list[dict[str, Any]], who: Any) -> float:
@@ -255,29 +303,45 @@ def run_fraud_benchmark(
             "precision": round(total.precision, 4),
         }
     together = Detection()
-    lost = undefended_lost = normal_cost = undefended_normal_cost = 0.0
-    held_normal = 0
+    sums: Counter[str] = Counter()
     for seed in seeds:
         run = run_scenario(
             None, seed=seed, hours=hours, normal_users=normal_users, normal_events=normal_events
         )
         together.false_flags += run["detection"].false_flags
         together.normal_accounts += run["detection"].normal_accounts
-        lost += run["lost"]
-        undefended_lost += run["undefended_lost"]
-        normal_cost += run["normal_cost"]
-        undefended_normal_cost += run["undefended_normal_cost"]
-        held_normal += run["held_normal"]
+        sums.update({k: v for k, v in run.items() if isinstance(v, int | float)})
+    lost, undefended_lost = sums["lost"], sums["shipped_undefended_lost"]
+
+    def ratio(budgets: str, name: str) -> float:
+        plain = sums[f"{budgets}_undefended_lost"]
+        mine = (
+            sums["lost"]
+            if (budgets, name) == ("shipped", "defended")
+            else sums[f"{budgets}_{name}_lost"]
+        )
+        return round(mine / plain, 4) if plain else 0.0
+
     report["all_scenarios"] = {
         "normal_accounts": together.normal_accounts,
         "normal_flagged": together.false_flags,
         "false_flag_rate": round(together.false_flag_rate, 4),
-        "normal_decisions_held_or_blocked": held_normal,
+        "normal_decisions_held_or_blocked": sums["held_normal"],
+        "normal_decisions_pending": sums["pending_normal"],
         "lost_defended": round(lost, 2),
         "lost_undefended": round(undefended_lost, 2),
-        "lost_ratio": round(lost / undefended_lost, 4) if undefended_lost else 0.0,
-        "normal_cost_defended": round(normal_cost, 2),
-        "normal_cost_undefended": round(undefended_normal_cost, 2),
+        "lost_ratio": ratio("shipped", "defended"),
+        "normal_cost_defended": round(sums["normal_cost"], 2),
+        "normal_cost_undefended": round(sums["shipped_undefended_normal_cost"], 2),
+        # The pending period's share of the defence, and budgets that never run out.
+        "lost_without_pending": round(sums["shipped_without_pending_lost"], 2),
+        "lost_ratio_without_pending": ratio("shipped", "without_pending"),
+        "normal_cost_without_pending": round(sums["shipped_without_pending_normal_cost"], 2),
+        "unlimited_lost_defended": round(sums["unlimited_defended_lost"], 2),
+        "unlimited_lost_without_pending": round(sums["unlimited_without_pending_lost"], 2),
+        "unlimited_lost_undefended": round(sums["unlimited_undefended_lost"], 2),
+        "unlimited_lost_ratio": ratio("unlimited", "defended"),
+        "unlimited_lost_ratio_without_pending": ratio("unlimited", "without_pending"),
     }
     return report
 
@@ -336,7 +400,7 @@ def fraud_markdown(report: dict[str, Any]) -> str:
         [
             f"Seeds {seeds}; each run {report['hours']:g} h of {report['normal_users']:,} normal "
             f"users ({report['normal_events']:,} events) plus the attacks of "
-            "`app/simulation/attacks.py`; retail program, 4 partitions, offline replay "
+            "`harness/simulation/attacks.py`; retail program, 4 partitions, offline replay "
             f"(the same stages as the worker). {seeds_sentence(report['seeds'])} "
             "Each scenario alone:",
             "",
@@ -352,10 +416,30 @@ def fraud_markdown(report: dict[str, Any]) -> str:
             f"| budget lost to attackers, undefended | {a['lost_undefended']:.2f} | | |",
             f"| defended / undefended | {a['lost_ratio']:.3f} | at most 0.05 "
             f"| {_yes(a['lost_ratio'] <= 0.05)} |",
-            f"| normal users' decisions held or blocked | {a['normal_decisions_held_or_blocked']} "
-            "| | |",
+            f"| normal users' decisions held for risk or blocked "
+            f"| {a['normal_decisions_held_or_blocked']} | | |",
+            f"| normal users' first rewards held for the pending period "
+            f"| {a['normal_decisions_pending']} | | |",
             f"| normal users' granted cost, defended / undefended "
             f"| {a['normal_cost_defended']:.2f} / {a['normal_cost_undefended']:.2f} | | |",
+            "",
+            "What the pending period (`fraud.new_account_pending`) adds: the same traffic "
+            "without it (fraud scoring on), and with budgets and stock that never run out "
+            "(what attackers take when nothing else stops them). Lost / undefended lost:",
+            "",
+            "| budgets | with the pending period | without it | undefended lost |",
+            "|---|---:|---:|---:|",
+            f"| the program's | {a['lost_ratio']:.3f} ({a['lost_defended']:.2f}) "
+            f"| {a['lost_ratio_without_pending']:.3f} ({a['lost_without_pending']:.2f}) "
+            f"| {a['lost_undefended']:.2f} |",
+            f"| never run out | {a['unlimited_lost_ratio']:.3f} "
+            f"({a['unlimited_lost_defended']:.2f}) "
+            f"| {a['unlimited_lost_ratio_without_pending']:.3f} "
+            f"({a['unlimited_lost_without_pending']:.2f}) "
+            f"| {a['unlimited_lost_undefended']:.2f} |",
+            "",
+            f"Normal users' granted cost without the pending period: "
+            f"{a['normal_cost_without_pending']:.2f} (with it: {a['normal_cost_defended']:.2f}).",
         ]
     )
 

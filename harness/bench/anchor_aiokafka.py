@@ -1,6 +1,6 @@
 """A plain aiokafka consume-produce loop, one hop: a latency anchor for ``rewardstream bench``.
 
-Run as its own process (``python -m app.bench.anchor_aiokafka``), like the worker, so
+Run as its own process (``python -m harness.bench.anchor_aiokafka``), like the worker, so
 the bench's load generator and read-back never share its event loop. A consumer group
 reads the input topic and sends each record's value, under its key, to the output
 topic; nothing is parsed. Two ways to make the hop restartable:

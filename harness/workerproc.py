@@ -15,8 +15,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from app import localkafka
 from app.settings import Settings
+from harness import localkafka
 
 
 class WorkerError(RuntimeError):

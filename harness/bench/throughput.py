@@ -9,9 +9,9 @@ On one machine, with the same simulated payloads and partitions, it measures:
 3. latency under open-loop load at a fixed 200 events/s and at 50, 70 and 90% of
    the engine's measured maximum: each event's send time to the time its decision
    is read back (read_committed), in a log-linear histogram
-   (:mod:`app.bench.histogram`); then, at 200 events/s and at the 70% share, the same
+   (:mod:`harness.bench.histogram`); then, at 200 events/s and at the 70% share, the same
    events through plain Kafka programs, each its own process, measured the same way
-   (:mod:`app.bench.anchors`): every latency figure has anchors from the same run;
+   (:mod:`harness.bench.anchors`): every latency figure has anchors from the same run;
 4. offline replay: the same stages in-process with no broker (median of runs);
 5. state per user: many distinct users (one sign-up each) through the pipeline
    in a fresh interpreter: bytes of their rows, and resident memory growth;
@@ -48,30 +48,31 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from prometheus_client import CollectorRegistry
 
 from app.assembly import build_engine
-from app.bench.anchors import (
-    FIXED_RATE,
-    Anchor,
-    AnchorProcess,
-    AnchorUnavailableError,
-    anchor_command,
-    anchor_rows,
-    anchors_for,
-    anchors_markdown,
-    anchors_python,
-)
-from app.bench.histogram import LatencyHistogram
-from app.bench.report import commit, machine
-from app.bench.restart import restart_time
 from app.contract.records import SourcePosition
 from app.kafkaio import TopicRequest, ensure_topics, event_routes, produce, topic_requests
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
 from app.replay import BATCH_LINES, kafka_partitioner, replay
 from app.settings import Settings
-from app.simulation import EventSimulator, SimulatorConfig
-from app.simulation.events import CHANNELS, COUNTRIES
-from app.simulation.live import produce_at_rate
-from app.workerproc import WorkerError, WorkerProcess, own_broker
+from harness.bench.anchors import (
+    FIXED_RATE,
+    Anchor,
+    AnchorProcess,
+    AnchorUnavailableError,
+    anchor_command,
+    anchor_env,
+    anchor_rows,
+    anchors_for,
+    anchors_markdown,
+    anchors_python,
+)
+from harness.bench.histogram import LatencyHistogram
+from harness.bench.report import commit, machine
+from harness.bench.restart import restart_time
+from harness.simulation import EventSimulator, SimulatorConfig
+from harness.simulation.events import CHANNELS, COUNTRIES
+from harness.simulation.live import produce_at_rate
+from harness.workerproc import WorkerError, WorkerProcess, own_broker
 
 PASSTHROUGH_IN = "bench-passthrough-in"
 PASSTHROUGH_OUT = "bench-passthrough-out"
@@ -398,7 +399,8 @@ def _one_anchor(
     except AnchorUnavailableError as why:
         say(f"  not run: {why}")
         return [row(point, error=str(why)) for point in points]
-    process = AnchorProcess(command, settings.data_dir / f"anchor-{anchor.name}.log")
+    log = settings.data_dir / f"anchor-{anchor.name}.log"
+    process = AnchorProcess(command, log, env=anchor_env(anchor))
     hop = Hop(anchor.input_topic, anchor.output_topic)
     try:
         process.start()

@@ -6,7 +6,7 @@ directory, on 127.0.0.1 only. Production clusters are the operator's; this is
 never used by the worker itself.
 """
 
-from app.localkafka.broker import (
+from harness.localkafka.broker import (
     BrokerError,
     BrokerInfo,
     answers,

@@ -69,7 +69,7 @@ def append_section(path: Path, title: str, body: str) -> None:
 SCALING_START = "<!-- bench:scaling:start -->"
 SCALING_END = "<!-- bench:scaling:end -->"
 # The share of its measured drain rate a worker is sized to run at: the load the bench's
-# headline latency is measured at (app.bench.throughput.HEADLINE_SHARE). At 90% the
+# headline latency is measured at (harness.bench.throughput.HEADLINE_SHARE). At 90% the
 # latency runs are queues.
 PLANNED_UTILISATION = 0.7
 # Partition counts with many divisors (docs/scaling.md), smallest first.
@@ -112,7 +112,7 @@ def scaling_markdown(report: dict[str, Any], *, utilisation: float = PLANNED_UTI
     when = report.get("finished_at") or "date not recorded in its report"
     rows = [
         "Worked out from the JSON report of a `rewardstream bench` run by `scaling_markdown` "
-        "(`app/bench/report.py`); `rewardstream bench --docs docs/benchmarks.md` (`make "
+        "(`harness/bench/report.py`); `rewardstream bench --docs docs/benchmarks.md` (`make "
         f"bench`) rewrites it. This one: {kind}, commit {report['commit']}, {when}; "
         f"{report['machine']}; {report['partitions']} partitions, "
         f"{report['processing_guarantee']}, the broker on the same machine.",

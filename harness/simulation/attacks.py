@@ -1,6 +1,6 @@
 """Seeded reward-fraud traffic with ground truth, for the fraud benchmark and its tests.
 
-:func:`generate` mixes the ordinary users of :class:`~app.simulation.events.EventSimulator`
+:func:`generate` mixes the ordinary users of :class:`~harness.simulation.events.EventSimulator`
 with several instances of each attack in :data:`SCENARIOS`, and labels every event with
 its scenario (``None`` for normal traffic) and its actor: the name of one attack
 instance, which groups the accounts behind it (``"farm-3"``). The output is sorted by
@@ -27,7 +27,7 @@ from typing import Any, Final
 import orjson
 
 from app.contract.records import OUTCOME_TYPES, decision_id_for
-from app.simulation.events import CHANNELS, COUNTRIES, CURRENCY, EventSimulator, SimulatorConfig
+from harness.simulation.events import CHANNELS, COUNTRIES, CURRENCY, EventSimulator, SimulatorConfig
 
 Document = dict[str, Any]
 

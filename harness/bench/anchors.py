@@ -6,24 +6,25 @@ same events and the same read-back (``read_committed``, matched by the ``event_i
 the output's value), it says what the worker's own design costs. The anchors:
 
 - ``aiokafka_one_hop``: a consumer group and an idempotent producer, offsets committed
-  after each batch's delivery (:mod:`app.bench.anchor_aiokafka`);
+  after each batch's delivery (:mod:`harness.bench.anchor_aiokafka`);
 - ``aiokafka_txn_one_hop``: the same with one transaction per fetched batch;
 - ``quixstreams_eos_20ms``: a stateful quixstreams app (a counter per user) with
   exactly-once, a checkpoint every 20 ms and polls of at most 20 ms (a due checkpoint
-  commits only between polls) (:mod:`app.bench.anchor_quix`, run by the python of its
+  commits only between polls) (:mod:`harness.bench.anchor_quix`, run by the python of its
   own virtualenv, ``make bench-anchors-venv``);
 - ``quixstreams_eos_default``: the same with quixstreams' defaults, 5 s checkpoints
   and 1 s polls (the full run only).
 
 Each runs as its own process on topics of its own. This module holds what they are,
 how they are started, and the report's side-by-side rows (pure functions); the runs
-themselves are in :mod:`app.bench.throughput`.
+themselves are in :mod:`harness.bench.throughput`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,13 +32,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from app.settings import Settings
-from app.workerproc import stop_process
+from harness.workerproc import stop_process
 
 # The fixed offered rate the worker and every anchor are measured at, besides the
 # worker's own 70% share.
 FIXED_RATE = 200.0
 ANCHORS_VENV = ".venv-anchors"
 QUIX_SCRIPT = Path(__file__).with_name("anchor_quix.py")
+# The checkout this harness runs from (the wheel does not ship it).
+CHECKOUT = Path(__file__).resolve().parents[2]
 # The measurement points of the side-by-side table, in its order.
 POINTS = ("fixed", "headline")
 PERCENTILES = (("p50", "p50_ms"), ("p99", "p99_ms"), ("p999", "p999_ms"))
@@ -101,7 +104,7 @@ def anchors_for(quick: bool) -> tuple[Anchor, ...]:
 def anchors_python(*roots: Path) -> Path | None:
     """The python of the anchors' virtualenv under the first of ``roots`` that has one
     (by default the working directory, then the checkout this package is in)."""
-    for root in roots or (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for root in roots or (Path.cwd(), CHECKOUT):
         python = root / ANCHORS_VENV / "bin" / "python"
         if python.exists():
             return python
@@ -122,7 +125,7 @@ def anchor_command(
         return [
             sys.executable,
             "-m",
-            "app.bench.anchor_aiokafka",
+            "harness.bench.anchor_aiokafka",
             *where,
             f"--max-records={settings.batch_max_records}",
             f"--fetch-max-wait-ms={settings.fetch_max_wait_ms}",
@@ -140,23 +143,45 @@ def anchor_command(
         )
         if value is not None
     ]
-    # -P: the script's folder (app/bench, with a report.py and others) stays off sys.path.
+    # -P: the script's folder (harness/bench, with a report.py and others) stays off sys.path.
     return [str(python), "-P", str(QUIX_SCRIPT), *where, f"--state-dir={state_dir}", *tuned]
+
+
+def anchor_env(anchor: Anchor, environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """The environment of ``anchor``'s process. The aiokafka anchor runs as
+    ``python -m harness.bench.anchor_aiokafka``: the checkout goes first on its
+    ``PYTHONPATH``, so it starts wherever the bench runs from. The quixstreams anchor is
+    a script of its own virtualenv that imports nothing of the project: None, the
+    bench's own environment."""
+    if anchor.kind != "aiokafka":
+        return None
+    env = dict(os.environ if environ is None else environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(CHECKOUT), env.get("PYTHONPATH", "")) if part
+    )
+    return env
 
 
 class AnchorProcess:
     """One anchor's process, with its output in a log file; stopped with SIGTERM."""
 
-    def __init__(self, command: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self, command: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.command = list(command)
         self.log_path = log_path
+        self.env = None if env is None else dict(env)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AnchorProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
             )
         return self
 

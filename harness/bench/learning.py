@@ -26,7 +26,7 @@ from app.decisioning.ledger import Ledger
 from app.features.derive import CHANNELS
 from app.features.state import DAY_MS, UserState
 from app.programs import Program, Reward
-from app.simulation.closed_loop import ClosedLoopSimulator, LoopStats
+from harness.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 

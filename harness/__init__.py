@@ -1,0 +1,16 @@
+"""rewardstream's test harness: what the project runs to test, measure and show itself.
+
+Not part of the product: the wheel (and so the image) does not ship this package;
+it runs from a checkout of the repository, where ``rewardstream`` finds it (``make demo``,
+``make bench``). The product (``app``, ``streams``, ``topologies``) never imports it.
+
+- ``bench``: the benchmarks (throughput, latency and their anchors, state per user,
+  restart, learning quality, fraud detection, event validation speed) and their reports.
+- ``simulation``: seeded synthetic users and events, the closed loop of users who
+  answer their decisions, and the attack generator (labelled fraud traffic).
+- ``localkafka``: the local Apache Kafka broker launcher (jars from Maven Central,
+  one KRaft broker or a cluster on loopback) for development, the tests and the demo.
+- ``demo`` and ``soak``: ``rewardstream demo`` and ``rewardstream soak``.
+- ``workerproc``: a ``rewardstream worker`` as a child process, and a broker of its own.
+- ``progress``: a one-line progress bar for the simulator.
+"""
