@@ -7,7 +7,14 @@ Three policies face the same simulated population (same seed, same events):
 - ``random``: the same gates (rules, consent, contact, budgets, stock), then a
   uniformly random eligible reward;
 - ``oracle``: the same gates and priority formula, with the users' true
-  redemption probabilities instead of learned ones.
+  redemption probabilities instead of learned ones (a custom policy through
+  ``Engine(policy=...)``);
+- ``undefended``: the engine with fraud scoring and the new-account pending
+  period off (``fraud.enabled: false``, no ``new_account_pending``), to show
+  what the defences cost learning.
+
+Each is the program's own settings or the public policy interface: nothing
+overrides the engine's internals.
 
 Reported per policy: rewards granted, redemption rate, budget spent, and an
 independent audit of every budget, stock and contact limit against the grants.
@@ -18,38 +25,49 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from app.contract.records import Decision
 from app.decisioning.engine import Engine
 from app.decisioning.ledger import Ledger
-from app.features.derive import CHANNELS
+from app.decisioning.policy import Candidate, Pick, Situation
 from app.features.state import DAY_MS, UserState
-from app.programs import Program, Reward
+from app.programs import Program
+from app.programs.model import Exploration
+from harness.bench.fraud import undefended_program
 from harness.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+POLICIES = ("engine", "random", "oracle", "undefended")
 
 
-class OracleEngine(Engine):
-    """The engine with the users' true redemption probabilities in place of learned ones."""
+class OraclePolicy:
+    """A custom policy through the public interface (:mod:`app.decisioning.policy`): the
+    engine's gated candidates re-scored with the users' true redemption probabilities
+    instead of learned ones, the best chosen with certainty."""
 
-    def __init__(self, program: Program, simulator: ClosedLoopSimulator, *, seed: int) -> None:
-        super().__init__(program, seed=seed)
+    def __init__(self, simulator: ClosedLoopSimulator, min_priority: float) -> None:
         self.simulator = simulator
-        self.current_user = ""
+        self.min_priority = min_priority
 
-    def _propensity(self, reward: Reward, features: dict[str, float], user: UserState) -> float:
-        channel = next((c for c in CHANNELS if features.get(f"channel_{c}") == 1.0), None)
-        return self.simulator.true_probability(self.current_user, reward.kind, channel)
+    def choose(self, candidates: Sequence[Candidate], situation: Situation) -> Pick:
+        def true_priority(c: Candidate) -> float:
+            risk_cost = c.propensity * c.value * c.lever - c.priority  # the engine's risk term
+            p = self.simulator.true_probability(situation.event.user_id, c.reward.kind, c.channel)
+            return p * c.value * c.lever - risk_cost
+
+        best = max(candidates, key=true_priority)  # ties: the engine's order (first listed)
+        if true_priority(best) < self.min_priority:
+            return Pick(None, 1.0, "below_minimum")
+        return Pick(best, 1.0, "exploit")
 
 
-def _with_epsilon(program: Program, epsilon: float) -> Program:
-    """The program with a fixed exploration rate for everyone (no decay, no floor)."""
-    learning = dataclasses.replace(
-        program.learning, epsilon=epsilon, epsilon_half_after=None, min_epsilon=0.0
+def with_exploration(program: Program, exploration: Exploration) -> Program:
+    """The program with another ``learning.exploration`` (what a program file can say)."""
+    return dataclasses.replace(
+        program, learning=dataclasses.replace(program.learning, exploration=exploration)
     )
-    return dataclasses.replace(program, learning=learning)
 
 
 def run_policy(
@@ -66,18 +84,19 @@ def run_policy(
     simulator = ClosedLoopSimulator(
         users=users, seed=seed, start_ms=START_MS, days=days, members=members
     )
+    # Every policy from the program's own settings and the public policy interface.
+    custom: OraclePolicy | None = None
     if policy == "random":
-        program = _with_epsilon(program, 1.0)
+        program = with_exploration(program, "uniform")
+    elif policy == "undefended":
+        program = undefended_program(program)
     elif policy == "oracle":
-        program = _with_epsilon(program, 0.0)
-    oracle = OracleEngine(program, simulator, seed=seed) if policy == "oracle" else None
-    engine = oracle or Engine(program, seed=seed)
+        custom = OraclePolicy(simulator, program.learning.min_priority)
+    engine = Engine(program, seed=seed, policy=custom)
     kinds = {r.id: r.kind for r in program.rewards}
     states: dict[str, UserState] = {}
     ledger, stats = Ledger(), LoopStats()
     for event in simulator.events(events):
-        if oracle is not None:
-            oracle.current_user = event.user_id
         outcome = engine.process(states.get(event.user_id, UserState()), ledger, event)
         states[event.user_id], ledger = outcome.user, outcome.ledger
         stats.events += 1
@@ -168,7 +187,7 @@ def run_benchmark(
         "members": members,
         "policies": {},
     }
-    for policy in ("engine", "random", "oracle"):
+    for policy in POLICIES:
         started = time.perf_counter()
         stats, problems = run_policy(
             policy, program, events=events, users=users, seed=seed, days=days, members=members
