@@ -38,7 +38,8 @@ from app.decisioning.checks import program_budgets_left
 from app.decisioning.engine import Answer, Engine
 from app.decisioning.ledger import Ledger, Share, ledger_key
 from app.features.state import UserState
-from app.fraud import LinkFacts, LinkState, link_keys, observe_link
+from app.fraud import LinkFacts, LinkState, link_keys
+from app.fraud.links import advance_link
 from app.fraud.signals import RelatedNote
 from app.fraud.view import LinkView, stored_states
 from app.metrics import NO_REWARD, Metrics
@@ -508,8 +509,7 @@ class Pipeline:
             state = links.get(key)
             if self._expired(state.last_ts, event.ts, "link-state"):
                 state = LinkState()
-            state, _ = observe_link(state, event, kind)
-            links.put(key, state)
+            links.put(key, advance_link(state, event, kind))
         except Exception:
             log.exception(
                 "link.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset

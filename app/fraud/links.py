@@ -98,11 +98,27 @@ class LinkFacts:
     related: tuple[str, ...] = ()  # other accounts here, most recent first
 
     def to_document(self) -> dict[str, Any]:
-        return {k: v for k, v in orjson.loads(orjson.dumps(self)).items() if v not in (None, [])}
+        """The JSON form, fields at their default left out (as the decision record has it)."""
+        document: dict[str, Any] = {"kind": self.kind}
+        for name in _FACT_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value != ():
+                document[name] = list(value) if isinstance(value, tuple) else value
+        return document
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> LinkFacts:
         return cls(**{**document, "related": tuple(document.get("related", ()))})
+
+
+_FACT_FIELDS = (
+    "accounts_24h",
+    "signups_24h",
+    "same_ip_24h",
+    "referred_by",
+    "refers_linked",
+    "related",
+)
 
 
 def link_keys(event: Event) -> list[tuple[str, bytes]]:
@@ -138,11 +154,15 @@ def network_of(ip: str) -> str:
 
 def observe_link(state: LinkState, event: Event, kind: str) -> tuple[LinkState, LinkFacts]:
     """The state after ``event`` passed this device or network, and what it says."""
-    ts = event.ts
-    accounts = _seen(state.accounts, event, ts, kind)
-    referrals = _referrals(state.referrals, event, ts)
-    state = LinkState(accounts, referrals)
+    state = advance_link(state, event, kind)
     return state, _facts(state, event, kind)
+
+
+def advance_link(state: LinkState, event: Event, kind: str) -> LinkState:
+    """The state after ``event`` passed this device or network (:func:`observe_link`
+    without the facts: the link stage and the view's overlay need only the state)."""
+    ts = event.ts
+    return LinkState(_seen(state.accounts, event, ts, kind), _referrals(state.referrals, event, ts))
 
 
 def _seen(accounts: tuple[Seen, ...], event: Event, ts: int, kind: str) -> tuple[Seen, ...]:

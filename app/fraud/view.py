@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 
 from app.contract.records import Event
-from app.fraud.links import LinkFacts, LinkState, link_keys, observe_link
+from app.fraud.links import LinkFacts, LinkState, advance_link, link_keys, observe_link
 
 # How long (worker clock) an event this worker decided stays laid over the view, and
 # how many such events are kept per device or network: the view normally holds them
@@ -89,7 +89,7 @@ class LinkView:
             return known[1]
         state = base
         for _, earlier in recent:
-            state, _ = observe_link(state, earlier, kind)
+            state = advance_link(state, earlier, kind)
         self.folded[key] = (base, state)
         return state
 
@@ -105,7 +105,7 @@ class LinkView:
             recent.append((now, event))
             known = self.folded.get(key)
             if known is not None and not full:
-                self.folded[key] = (known[0], observe_link(known[1], event, kind)[0])
+                self.folded[key] = (known[0], advance_link(known[1], event, kind))
             else:
                 self.folded.pop(key, None)
 
