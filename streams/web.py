@@ -8,7 +8,7 @@ while the event loop is busy with a batch.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
@@ -21,9 +21,15 @@ class WebServer:
     """Serves the three pages on ``host:port`` from a daemon thread."""
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, ready: Callable[[], bool]
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        problems: Callable[[], Sequence[str]],
     ) -> None:
-        handler = _handler(registry, ready)
+        """``problems`` says why the worker is not ready (empty: it is); /ready answers 503
+        with them in the body, so a probe's log and an operator see the cause."""
+        handler = _handler(registry, problems)
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -42,7 +48,7 @@ class WebServer:
 
 
 def _handler(
-    registry: CollectorRegistry, ready: Callable[[], bool]
+    registry: CollectorRegistry, problems: Callable[[], Sequence[str]]
 ) -> type[BaseHTTPRequestHandler]:
     class Pages(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # the name http.server calls
@@ -52,10 +58,11 @@ def _handler(
             elif path == "/health":
                 self._json(200, {"status": "ok"})
             elif path == "/ready":
-                is_ready = ready()
-                self._json(
-                    200 if is_ready else 503, {"status": "ready" if is_ready else "starting"}
-                )
+                found = list(problems())
+                if found:
+                    self._json(503, {"status": "not ready", "problems": found})
+                else:
+                    self._json(200, {"status": "ready"})
             else:
                 self._json(404, {"status": "not found", "pages": list(PAGES)})
 

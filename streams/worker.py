@@ -132,7 +132,7 @@ async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry)
         linger_ms=settings.linger_ms,
     )
     runner = Runtime(config, topology, clients, metrics, hooks=hooks)
-    web = WebServer(settings.web_host, settings.web_port, registry, lambda: runner.healthy).start()
+    web = WebServer(settings.web_host, settings.web_port, registry, runner.problems).start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

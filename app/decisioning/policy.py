@@ -15,13 +15,19 @@ baseline), chosen by the program's ``learning.exploration``; any object with a
 ``choose`` method of the same shape can be passed to ``Engine(policy=...)``.
 Randomness comes from :func:`app.models.explore_draw`, fixed by the seed and the
 decision id, so replay and a restarted worker choose exactly as before.
+
+Evaluating a policy offline (:mod:`app.evaluation`) needs more than the probability of
+the action it took: it needs the probability of every action it could have taken. A
+policy says so with ``distribution(candidates, situation)`` (both shipped policies
+have it, and it agrees with ``choose`` to the last bit); :func:`choice_probabilities`
+asks any policy for it and says clearly when a custom policy cannot tell.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from app.contract.records import Event
 from app.features.state import UserState
@@ -71,6 +77,57 @@ class Policy(Protocol):
     def choose(self, candidates: Sequence[Candidate], situation: Situation) -> Pick: ...
 
 
+# What a decision does, as its record's ``action`` says: a reward id, or None (no reward).
+Action = str | None
+
+
+@runtime_checkable
+class DistributionPolicy(Policy, Protocol):
+    """A policy that can also say the probability of every action it could take: each
+    candidate's reward id and None (no reward), summing to 1, and for the action
+    ``choose`` takes, exactly the probability it logs. Optional for running the engine;
+    needed to evaluate the policy offline (see :func:`choice_probabilities`)."""
+
+    def distribution(
+        self, candidates: Sequence[Candidate], situation: Situation
+    ) -> dict[Action, float]: ...
+
+
+# How far from 1 a policy's probabilities may sum: float rounding, nothing more.
+SUM_TOLERANCE = 1e-9
+
+
+def choice_probabilities(
+    policy: Policy, candidates: Sequence[Candidate], situation: Situation
+) -> dict[Action, float]:
+    """The probability of every action ``policy`` could take, checked: a key for each
+    candidate's reward id and None, none negative, summing to 1. Raises TypeError for a
+    policy without ``distribution`` and ValueError for one whose probabilities are not a
+    distribution over these candidates."""
+    if not isinstance(policy, DistributionPolicy):
+        raise TypeError(
+            f"{type(policy).__name__} has no distribution(candidates, situation): "
+            "evaluating a policy offline needs the probability of every action it could "
+            "take, not only of the one it took; add the method (see "
+            "app.decisioning.policy.EpsilonGreedy.distribution)"
+        )
+    given = policy.distribution(candidates, situation)
+    actions = [*(c.reward.id for c in candidates), None]
+    if strangers := set(given) - set(actions):
+        raise ValueError(
+            f"{type(policy).__name__} gave probability to {sorted(map(str, strangers))}, "
+            "which are not among the candidates"
+        )
+    probabilities = {action: given.get(action, 0.0) for action in actions}
+    total = sum(probabilities.values())
+    if min(probabilities.values()) < 0.0 or abs(total - 1.0) > SUM_TOLERANCE:
+        raise ValueError(
+            f"{type(policy).__name__}.distribution is not a distribution: "
+            f"probabilities {probabilities} sum to {total}"
+        )
+    return probabilities
+
+
 class EpsilonGreedy:
     """The best candidate, or with probability epsilon (per user, decaying with their
     answers: ``learning.epsilon_for``) one drawn uniformly; no reward when the best
@@ -82,10 +139,7 @@ class EpsilonGreedy:
 
     def choose(self, candidates: Sequence[Candidate], situation: Situation) -> Pick:
         best, n = candidates[0], len(candidates)
-        user = situation.user
-        answered = sum(r.offered for r in user.responses.values()) - len(user.pending)
-        epsilon = self.learning.epsilon_for(max(0, answered))
-        below = best.priority < self.learning.min_priority
+        epsilon, below = self._epsilon(situation.user), self._below_minimum(best)
         # With one candidate, exploring only matters below the minimum priority: it is how
         # a reward that looks not worth it gets the answers that could prove otherwise.
         if explore_draw(self.seed, situation.decision_id, "explore") < epsilon:
@@ -95,6 +149,30 @@ class EpsilonGreedy:
         if below:
             return Pick(None, 1.0 - epsilon, "below_minimum")
         return Pick(best, 1.0 - epsilon + epsilon / n, "exploit")
+
+    def distribution(
+        self, candidates: Sequence[Candidate], situation: Situation
+    ) -> dict[Action, float]:
+        """Every candidate epsilon / n; then 1 - epsilon goes to no reward when the best
+        is below the minimum priority, and to the best otherwise."""
+        best, n = candidates[0], len(candidates)
+        epsilon, below = self._epsilon(situation.user), self._below_minimum(best)
+        actions: dict[Action, float] = {c.reward.id: epsilon / n for c in candidates}
+        # The same expressions as choose, so the logged probability matches to the bit.
+        if below:
+            actions[None] = 1.0 - epsilon
+        else:
+            actions[None] = 0.0
+            actions[best.reward.id] = 1.0 - epsilon + epsilon / n
+        return actions
+
+    def _epsilon(self, user: UserState) -> float:
+        """The user's exploration rate, decaying with the offers they have answered."""
+        answered = sum(r.offered for r in user.responses.values()) - len(user.pending)
+        return self.learning.epsilon_for(max(0, answered))
+
+    def _below_minimum(self, best: Candidate) -> bool:
+        return best.priority < self.learning.min_priority
 
 
 class Uniform:
@@ -108,6 +186,13 @@ class Uniform:
         n = len(candidates)
         pick = candidates[int(explore_draw(self.seed, situation.decision_id, "pick") * n)]
         return Pick(pick, 1.0 / n, "explore")
+
+    def distribution(
+        self, candidates: Sequence[Candidate], situation: Situation
+    ) -> dict[Action, float]:
+        """1 / n for every candidate; never no reward."""
+        n = len(candidates)
+        return {None: 0.0} | {c.reward.id: 1.0 / n for c in candidates}
 
 
 def policy_for(program: Program, *, seed: int) -> Policy:

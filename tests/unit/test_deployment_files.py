@@ -122,7 +122,7 @@ def _answered_pages() -> set[str]:
 
     from streams.web import PAGES, WebServer
 
-    server = WebServer("127.0.0.1", 0, CollectorRegistry(), lambda: True).start()
+    server = WebServer("127.0.0.1", 0, CollectorRegistry(), list).start()
     try:
         answered = set()
         for page in [*PAGES, "/not-a-page"]:

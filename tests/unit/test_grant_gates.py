@@ -48,8 +48,11 @@ class World:
     users: dict[str, UserState] = field(default_factory=dict)
     granted: list[Decision] = field(default_factory=list)
     decided: dict[str, list[Decision]] = field(default_factory=dict)
-    # (ts, marketing consent) changes per user, and dismissals per user.
+    # (order sent, marketing consent) changes per user, and dismissals per user; the order
+    # each decision was made in (consent changed at the same time as a grant counts only
+    # if it came first).
     marketing: dict[str, list[tuple[int, bool]]] = field(default_factory=dict)
+    order: dict[str, int] = field(default_factory=dict)
     dismissed: dict[str, list[int]] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
     ids: itertools.count[int] = field(default_factory=itertools.count)
@@ -65,6 +68,7 @@ class World:
         decisions = [r for r in outcome.records if isinstance(r, Decision)]
         for decision in decisions:
             check_decision(orjson.loads(decision.to_json()))
+            self.order[decision.decision_id] = len(self.order)
             self.decided.setdefault(user, []).append(decision)
             if decision.status == "granted":
                 self.granted.append(decision)
@@ -143,8 +147,8 @@ def play(world: World, script: list[tuple[int, str, int, float, str]]) -> None:
                 world.dismissed.setdefault(user, []).append(ts)
         else:
             allowed = kind == "marketing_on"
+            world.marketing.setdefault(user, []).append((len(world.order), allowed))
             world.send(user, "consent_updated", ts, attributes={"marketing": allowed})
-            world.marketing.setdefault(user, []).append((ts, allowed))
 
 
 def violations(world: World, program: Program) -> list[str]:
@@ -183,7 +187,8 @@ def violations(world: World, program: Program) -> list[str]:
                 spent = sum(g.cost for g in since(ts - window))
                 if spent > budgets.per_user + 1e-6:
                     found.append(f"{user}: spent {spent} within the per-user window")
-            changes = [allowed for at, allowed in world.marketing.get(user, []) if at <= ts]
+            made = world.order[grant.decision_id]
+            changes = [allowed for at, allowed in world.marketing.get(user, []) if at <= made]
             marketing = changes[-1] if changes else program.consent_defaults.marketing
             if grant.channel in program.marketing_channels and not marketing:
                 found.append(f"{user}: granted on {grant.channel} without marketing consent")
@@ -284,3 +289,30 @@ def test_risk_and_pending_holds_say_which_they_are() -> None:
     plain = world.send("old", "purchase", T0 + 3 * DAY, amount=5.0, currency="EUR")
     assert plain is not None
     assert plain.hold is None
+
+
+def test_a_release_checks_the_rewards_rules_again(tmp_path: Path) -> None:
+    """A rule that held when the reward was earned but no longer holds at the release (a
+    first-reward rule, after a free badge was granted meanwhile) stops the release."""
+    text = (Path(__file__).parents[1] / "fixtures" / "gates-program.yaml").read_text()
+    text = text.replace(
+        "    triggers: [signup, session_start]\n",
+        "    triggers: [signup, session_start]\n"
+        "    eligibility:\n      first: rewards_granted == 0\n",
+        1,
+    )
+    path = tmp_path / "first-reward.yaml"
+    path.write_text(text)
+    program = load_program(path)
+    world = World(engine=Engine(program, seed=3))
+    held = world.send("u", "signup", T0, channel="web", attributes={"age": 30})
+    assert held is not None
+    assert (held.status, held.action, held.hold) == ("held", "points", "pending")
+    badge = world.send("u", "session_start", T0 + MINUTE, channel="web")
+    assert badge is not None
+    assert (badge.status, badge.action) == ("granted", "badge")
+    release = world.send("u", "session_start", T0 + 2 * HOUR, channel="web")
+    assert release is not None
+    assert release.status == "none"
+    assert f"hold.not_released:{held.decision_id}" in release.reasons
+    assert "rule.first:failed" in release.reasons

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
+import orjson
 import pytest
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry
@@ -26,6 +27,14 @@ def status(server: WebServer, path: str) -> int:
             return int(page.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
+
+
+def ready_body(server: WebServer) -> dict[str, object]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/ready", timeout=5) as page:
+            return dict(orjson.loads(page.read()))
+    except urllib.error.HTTPError as error:
+        return dict(orjson.loads(error.read()))
 
 
 @pytest.fixture
@@ -58,7 +67,7 @@ def runner(metrics: Metrics, clients: FakeClients) -> Runtime:
 
 @pytest.fixture
 def web(runner: Runtime, metrics: Metrics) -> Iterator[WebServer]:
-    server = WebServer("127.0.0.1", 0, metrics.registry, lambda: runner.healthy).start()
+    server = WebServer("127.0.0.1", 0, metrics.registry, runner.problems).start()
     try:
         yield server
     finally:
@@ -71,6 +80,11 @@ async def test_ready_only_with_partitions_assigned_and_state_restored(
     await runner.start()
     try:
         assert (status(web, "/health"), status(web, "/ready")) == (200, 503)
+        # A 503 says why, for the probe's log and the operator.
+        assert ready_body(web) == {
+            "status": "not ready",
+            "problems": ["not assigned, restoring or rebalancing"],
+        }
         seen_while_restoring: list[int] = []
         restore = runtime_module.restore
 
@@ -84,6 +98,7 @@ async def test_ready_only_with_partitions_assigned_and_state_restored(
         await clients.consumer.rebalance({TopicPartition("in", 0)})  # the group assigns
         assert seen_while_restoring == [503]
         assert status(web, "/ready") == 200
+        assert ready_body(web) == {"status": "ready"}
         await runner.on_revoked()  # a rebalance begins
         assert (status(web, "/health"), status(web, "/ready")) == (200, 503)
     finally:
