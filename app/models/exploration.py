@@ -16,4 +16,6 @@ def explore_draw(seed: int, decision_id: str, purpose: str) -> float:
     digest = hashlib.blake2b(
         f"{seed}\x1f{decision_id}\x1f{purpose}".encode(), digest_size=8
     ).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    # 53 bits, a float's whole mantissa: dividing all 64 by 2**64 rounds the largest
+    # values up to exactly 1.0, and a draw must stay below 1 (it indexes a list).
+    return (int.from_bytes(digest, "big") >> 11) / 2**53

@@ -142,7 +142,8 @@ def test_the_edges_of_epsilon_greedy() -> None:
     # Always exploring: uniform over the candidates, whatever the minimum priority.
     always = dataclasses.replace(stingy, epsilon=1.0, epsilon_half_after=None)
     spread = EpsilonGreedy(always, seed=1).distribution(offered, here)
-    assert spread == {**{c.reward.id: 1 / 3 for c in offered}, None: 0.0}
+    uniform: dict[Action, float] = {c.reward.id: 1 / 3 for c in offered}
+    assert spread == {**uniform, None: 0.0}
 
 
 class CheapestFirst:
