@@ -27,7 +27,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -39,9 +39,10 @@ from app.decisioning.engine import Answer, Engine
 from app.decisioning.ledger import Ledger, Share, ledger_key
 from app.features.state import UserState
 from app.fraud import LinkFacts, LinkState, link_keys
-from app.fraud.links import advance_link
+from app.fraud.links import advance_link, link_document
 from app.fraud.signals import RelatedNote
 from app.fraud.view import LinkView, stored_states
+from app.frozen import replace
 from app.metrics import NO_REWARD, Metrics
 from app.models import log_loss
 from app.rows import expand
@@ -186,25 +187,6 @@ class Output:
     source_ms: int | None = None  # a decision's event's Kafka timestamp: latency is from it
 
 
-def link_document(event: Event) -> dict[str, Any]:
-    """What the link stage needs of an event (app.fraud.links.observe_link), and no more:
-    the copies sent to each device and network stay small whatever the event carries."""
-    document: dict[str, Any] = {
-        "event_id": event.event_id,
-        "user_id": event.user_id,
-        "type": event.type,
-        "ts": event.ts,
-    }
-    if event.device_id is not None:
-        document["device_id"] = event.device_id
-    if event.ip is not None:
-        document["ip"] = event.ip
-    referred = event.attributes.get("referred_user_id")
-    if isinstance(referred, str):
-        document["attributes"] = {"referred_user_id": referred}
-    return document
-
-
 def related_note(alert: FraudAlert, user_id: str) -> Output:
     """The internal record that tells ``user_id``'s partition it was named in ``alert``."""
     document = {"alert_id": alert.alert_id, "by": alert.user_id, "ts": alert.ts}
@@ -302,13 +284,15 @@ class Pipeline:
         With ``flush=False`` the changed rows stay decoded until the caller's
         :meth:`flush` (a replay flushes once per batch of lines, as the worker does).
         """
-        view = LinkView(open_rows(tables, "links").get, expired=self._link_expired)
+        view = LinkView(
+            open_rows(tables, "links").get, expired=self._link_expired, keep_passes=True
+        )
         published: list[Output] = []
         pending = self.decide(tables, source.partition, source, value, view)
         while pending:
             output = pending.pop(0)
             if output.role == "links":
-                self.link(tables, output.key or b"", output.value, source)
+                self.link(tables, output.key or b"", output.value, source, view=view)
             elif output.role == "rekeyed" and is_related_note(output.headers):
                 self.related(tables, output.key or b"", output.value, source)
             elif output.role == "rekeyed":
@@ -398,10 +382,11 @@ class Pipeline:
         except Exception as exc:  # a bug must cost one dead letter, never the worker
             return [self._internal_error(source, value, exc)]
         # Only a decided event goes on to its links (a repeat's alert is not a decision).
-        if outputs and outputs[0].role == "decisions" and link_keys(event):
+        keys = link_keys(event) if outputs and outputs[0].role == "decisions" else []
+        if keys:
             view.decided(event)
             document = orjson.dumps(link_document(event))
-            outputs += [Output("links", key, document) for _, key in link_keys(event)]
+            outputs += [Output("links", key, document) for _, key in keys]
         return outputs
 
     def _decide(
@@ -497,10 +482,21 @@ class Pipeline:
 
     # ------------------------------------------------------------ stage 2: link
 
-    def link(self, tables: Tables, key: bytes, value: bytes, at: SourcePosition) -> None:
+    def link(
+        self,
+        tables: Tables,
+        key: bytes,
+        value: bytes,
+        at: SourcePosition,
+        *,
+        view: LinkView | None = None,
+    ) -> None:
         """Pass one decided event (as the decide stage sent it) through the state of the
         device or network ``key``. Only the decide stage writes here: a record that cannot
-        be read is logged and counted, never decided (its event already was)."""
+        be read is logged and counted, never decided (its event already was).
+
+        ``view``: the view the event's facts were just read from over this same table
+        (in-process, see :meth:`handle`), whose work this hop can reuse."""
         try:
             document = orjson.loads(value)
             event = Event.from_document(document, int(document["ts"]))
@@ -509,7 +505,8 @@ class Pipeline:
             state = links.get(key)
             if self._expired(state.last_ts, event.ts, "link-state"):
                 state = LinkState()
-            links.put(key, advance_link(state, event, kind))
+            passed = view.passed(key, state, document) if view is not None else None
+            links.put(key, passed if passed is not None else advance_link(state, event, kind))
         except Exception:
             log.exception(
                 "link.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset

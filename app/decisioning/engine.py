@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from app.contract.records import (
@@ -56,6 +56,7 @@ from app.fraud import NO_RISK, Assessment, Hold, LinkFacts, RiskModels, assess, 
 from app.fraud.assess import carried_risk, note_related
 from app.fraud.scoring import noisy_or
 from app.fraud.signals import RelatedNote, replay_signal
+from app.frozen import replace
 from app.models import PropensityModels
 from app.models.deferral import Step as Deferred
 from app.programs import Program, Reward
@@ -162,6 +163,12 @@ class Engine:
         self.keep_grants_ms = max(WEEK_MS, per_user_window.seconds * 1000 if per_user_window else 0)
         suppression = program.contact.suppression
         self.keep_dismissals_ms = suppression.within.seconds * 1000 if suppression else 0
+        # Fixed with the program, and read by every trigger event: worked out once.
+        self.rewards_for: dict[str, tuple[Reward, ...]] = {
+            trigger: tuple(r for r in program.rewards if trigger in r.triggers)
+            for trigger in {t for r in program.rewards for t in r.triggers}
+        }
+        self.listed_order = {r.id: i for i, r in enumerate(program.rewards)}
 
     @contextlib.contextmanager
     def holding_learning(self, into: list[Deferred]) -> Iterator[None]:
@@ -586,10 +593,10 @@ class Engine:
         self, user: UserState, ledger: Ledger, event: Event, share: Share, *, risk: float = 0.0
     ) -> Choice:
         personalized = self._consents(user)[0]
-        rewards = [r for r in self.program.rewards if event.type in r.triggers]
+        rewards = self.rewards_for.get(event.type, ())
         if not personalized:
             default = self.program.non_personalized_default
-            rewards = [r for r in rewards if r.id == default]
+            rewards = tuple(r for r in rewards if r.id == default)
         env = rule_env(user, event)
         survivors: list[Candidate] = []
         skipped: list[Skipped] = []
@@ -648,7 +655,7 @@ class Engine:
         self, event: Event, user: UserState, survivors: list[Candidate], skipped: list[Skipped]
     ) -> Choice:
         # Highest priority first; ties go to the reward listed first in the program.
-        order = {r.id: i for i, r in enumerate(self.program.rewards)}
+        order = self.listed_order
         ranked = tuple(sorted(survivors, key=lambda c: (-c.priority, order[c.reward.id])))
         decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
         pick = self.policy.choose(ranked, Situation(event, user, decision_id, self.program))

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from app.contract.records import Event
 from app.fraud.assess import RiskState
+from app.frozen import replace
 from app.rows import expand, shrink
 
 DAY_MS = 86_400_000

@@ -9,7 +9,7 @@ suspect when it comes back to redeem.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.contract.records import Event
@@ -27,6 +27,7 @@ from app.fraud.signals import (
     referral_signals,
     related_signal,
 )
+from app.frozen import replace
 
 # How fast a user's carried risk fades without new signals.
 LEVEL_HALF_LIFE_MS = 3 * 86_400_000

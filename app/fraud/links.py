@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass, replace
+import operator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from app.contract.records import Event
+from app.frozen import replace
 from app.rows import expand, shrink
 
 HOUR_MS = 3_600_000
@@ -131,6 +133,25 @@ def link_keys(event: Event) -> list[tuple[str, bytes]]:
     return keys
 
 
+def link_document(event: Event) -> dict[str, Any]:
+    """What the link stage needs of an event (:func:`observe_link`), and no more:
+    the copies sent to each device and network stay small whatever the event carries."""
+    document: dict[str, Any] = {
+        "event_id": event.event_id,
+        "user_id": event.user_id,
+        "type": event.type,
+        "ts": event.ts,
+    }
+    if event.device_id is not None:
+        document["device_id"] = event.device_id
+    if event.ip is not None:
+        document["ip"] = event.ip
+    referred = event.attributes.get("referred_user_id")
+    if isinstance(referred, str):
+        document["attributes"] = {"referred_user_id": referred}
+    return document
+
+
 @functools.lru_cache(maxsize=65_536)
 def network_of(ip: str) -> str:
     """The network an address belongs to: its /24 (IPv4) or /64 (IPv6), else the text.
@@ -182,8 +203,12 @@ def _seen(accounts: tuple[Seen, ...], event: Event, ts: int, kind: str) -> tuple
     others = [
         a for a in accounts if a.user_id != event.user_id and a.last_ts > ts - KEEP_ACCOUNTS_MS
     ]
-    kept = sorted([*others, mine], key=lambda a: (a.last_ts, a.user_id))[-MAX_ACCOUNTS:]
+    kept = sorted([*others, mine], key=_LAST_SEEN)[-MAX_ACCOUNTS:]
     return tuple(kept)
+
+
+# Oldest first, ties by user id (a C-level key: every event sorts every account it meets).
+_LAST_SEEN = operator.attrgetter("last_ts", "user_id")
 
 
 def _referrals(referrals: tuple[Referral, ...], event: Event, ts: int) -> tuple[Referral, ...]:

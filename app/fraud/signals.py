@@ -14,10 +14,11 @@ tau" after a burst, and costs one float per rate whatever the traffic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from app.contract.records import Event
 from app.fraud.links import LinkFacts
+from app.frozen import replace
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS

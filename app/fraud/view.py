@@ -24,9 +24,17 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from app.contract.records import Event
-from app.fraud.links import LinkFacts, LinkState, advance_link, link_keys, observe_link
+from app.fraud.links import (
+    LinkFacts,
+    LinkState,
+    advance_link,
+    link_document,
+    link_keys,
+    observe_link,
+)
 
 # How long (worker clock) an event this worker decided stays laid over the view, and
 # how many such events are kept per device or network: the view normally holds them
@@ -44,7 +52,9 @@ class LinkView:
     ``state_of(key)`` is the view's state of a link key; ``now_ms`` is the
     worker's clock (only the overlay's age depends on it); ``expired(last_ts, ts)``
     says whether a state last touched at ``last_ts`` is forgotten by an event at ``ts``
-    (the state's time to live, as the link stage applies it).
+    (the state's time to live, as the link stage applies it). ``keep_passes`` keeps
+    what each key's last pass left, for :meth:`passed` (for a view of one message only:
+    it holds an entry per key it reads).
     """
 
     def __init__(
@@ -53,6 +63,7 @@ class LinkView:
         *,
         now_ms: Callable[[], int] | None = None,
         expired: Callable[[int | None, int], bool] = lambda last_ts, ts: False,
+        keep_passes: bool = False,
     ) -> None:
         self.state_of = state_of
         self.now_ms = now_ms
@@ -61,6 +72,10 @@ class LinkView:
         # Per key, the view's state the overlay was last laid over and the result: an
         # event on a busy device or network costs one fold, not one per overlaid event.
         self.folded: dict[bytes, tuple[LinkState, LinkState]] = {}
+        # With keep_passes (a view that lives for one message): per key, the last state an
+        # event's facts were read over, that event and the state it left (see passed).
+        self.keep_passes = keep_passes
+        self.last_pass: dict[bytes, tuple[LinkState, Event, LinkState]] = {}
 
     def facts(self, event: Event) -> tuple[LinkFacts, ...]:
         """The facts of each of ``event``'s links, in :func:`link_keys` order."""
@@ -72,9 +87,26 @@ class LinkView:
                 state = _FORGOTTEN
             if now is not None and key in self.overlay:
                 state = self._overlaid(key, kind, state, now)
-            _, facts = observe_link(state, event, kind)
+            after, facts = observe_link(state, event, kind)
+            if self.keep_passes:
+                self.last_pass[key] = (state, event, after)
             found.append(facts)
         return tuple(found)
+
+    def passed(self, key: bytes, state: LinkState, document: dict[str, Any]) -> LinkState | None:
+        """What the event of link ``document`` left of ``state`` at ``key``, if reading its
+        facts over that very state worked it out already (else None).
+
+        The in-process link hop (:meth:`app.pipeline.Pipeline.handle`) passes each
+        decided event through the same state right after its facts were read: this
+        spares it doing the same again. ``document`` must say all the link stage sees
+        (:func:`app.fraud.links.link_document` of the same event), and ``state`` must be
+        the very object the facts were read over, else the answer could differ.
+        """
+        known = self.last_pass.get(key)
+        if known is None or known[0] is not state or link_document(known[1]) != document:
+            return None
+        return known[2]
 
     def _overlaid(self, key: bytes, kind: str, base: LinkState, now: int) -> LinkState:
         """``base`` with the overlay of ``key`` laid over it (events younger than

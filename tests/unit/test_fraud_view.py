@@ -9,6 +9,7 @@ from app.contract.records import Event
 from app.decisioning import Engine
 from app.fraud import LinkFacts, LinkState, link_keys, observe_link
 from app.fraud import view as view_module
+from app.fraud.links import advance_link, link_document
 from app.fraud.view import OVERLAY_MS, LinkView, stored_states
 from app.metrics import Metrics
 from app.pipeline import Pipeline
@@ -226,3 +227,22 @@ def test_the_kept_fold_of_the_overlay_gives_the_facts_a_fresh_fold_gives(
         view.decided(event)
         if n == 10:  # the link stage catches up once: the view holds everything so far
             rows.update(stored(*(e for _, e in view.overlay[DEVICE])))
+
+
+def test_a_pass_is_reused_only_for_the_same_state_and_the_same_event() -> None:
+    """The in-process link hop reuses what reading the facts worked out, and only that."""
+    before = LinkState.from_bytes(stored(signup("a"))[DEVICE])
+    view = LinkView(lambda key: before, keep_passes=True)
+    event = signup("b", START + 1000)
+    view.facts(event)
+    reused = view.passed(DEVICE, before, link_document(event))
+    assert reused == advance_link(before, event, "device")
+    assert (
+        view.passed(DEVICE, LinkState.from_bytes(before.to_bytes()), link_document(event)) is None
+    )
+    other = signup("c", START + 1000)
+    assert view.passed(DEVICE, before, link_document(other)) is None
+    assert view.passed(NET, before, link_document(event)) is None
+    unkept = LinkView(lambda key: before)
+    unkept.facts(event)
+    assert unkept.passed(DEVICE, before, link_document(event)) is None
