@@ -189,11 +189,11 @@ class Output:
 
 def related_note(alert: FraudAlert, user_id: str) -> Output:
     """The internal record that tells ``user_id``'s partition it was named in ``alert``."""
-    document = {"alert_id": alert.alert_id, "by": alert.user_id, "ts": alert.ts}
+    note = RelatedNote(alert.alert_id, alert.user_id, alert.ts)
     return Output(
         "rekeyed",
         user_id.encode(),
-        orjson.dumps(document),
+        note.to_json(),
         timestamp_ms=alert.ts,
         headers=((RELATED_HEADER, b"1"),),
     )
@@ -419,9 +419,15 @@ class Pipeline:
             self._observe_answers(outcome.answers)
         produced_ms = source.produced_ms if source.produced_ms and source.produced_ms > 0 else None
         records = outcome.records
-        if links and not outcome.duplicate and isinstance(records[0], Decision):
-            # What the view showed goes into the decision: replay and audit need it.
-            known = replace(records[0], links=tuple(facts.to_document() for facts in links))
+        notes = user.risk.related
+        if (links or notes) and not outcome.duplicate and isinstance(records[0], Decision):
+            # What the view showed, and the notes of other users' alerts the user's risk
+            # took in, go into the decision: replay and audit need them.
+            known = replace(
+                records[0],
+                links=tuple(facts.to_document() for facts in links),
+                related=tuple(note.to_document() for note in notes),
+            )
             records = (known, *records[1:])
         published = [self._publish(record, user_key, produced_ms) for record in records]
         return published + [

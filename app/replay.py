@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import orjson
 from aiokafka.partitioner import murmur2
 from prometheus_client import CollectorRegistry
 
 from app.contract.records import Event, SourcePosition
 from app.decisioning.engine import Engine
 from app.fraud.links import LinkFacts, LinkState
+from app.fraud.signals import RelatedNote
 from app.fraud.view import LinkView
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
@@ -86,19 +88,24 @@ def replay(
 
 def replay_decide_log(
     engine: Engine,
-    records: Iterable[tuple[int, bytes, tuple[LinkFacts, ...]]],
+    records: Iterable[
+        tuple[int, bytes, tuple[LinkFacts, ...]]
+        | tuple[int, bytes, tuple[LinkFacts, ...], tuple[RelatedNote, ...]]
+    ],
     *,
     max_event_bytes: int,
     state_ttl_ms: int | None = None,
 ) -> Iterator[bytes]:
-    """The decide stage alone over what it read: ``(partition, event, links)`` for each
-    event in the order its partition decided it, with the link facts its decision
-    recorded (the decision's ``links``).
+    """The decide stage alone over what it read: ``(partition, event, links[, related])``
+    for each event in the order its partition decided it, with the link facts and the
+    related-account notes its decision recorded (the decision's ``links`` and
+    ``related``).
 
     A live decision depends on the order in which users' events met in their
-    partition and on what the link view showed at that moment; the first is in
-    the partition's log and the second in the decision. Replaying both reproduces
-    the worker's decisions byte for byte: this is the audit path.
+    partition, on what the link view showed at that moment, and on the notes of
+    other users' alerts that had reached the user; the first is in the partition's
+    log and the others in the decision. Replaying them reproduces the worker's
+    decisions byte for byte: this is the audit path.
     """
     pipeline = Pipeline(
         engine,
@@ -107,8 +114,14 @@ def replay_decide_log(
         state_ttl_ms=state_ttl_ms,
     )
     tables = Tables(users={}, ledgers={})
-    for number, (partition, value, links) in enumerate(records):
+    for number, (partition, value, links, *rest) in enumerate(records):
         position = SourcePosition("events", partition, -1)
+        notes: tuple[RelatedNote, ...] = rest[0] if rest else ()
+        if notes:
+            # Each note reached the user's partition before this event, as in the worker.
+            user_key = str(orjson.loads(value)["user_id"]).encode()
+            for note in notes:
+                pipeline.related(tables, user_key, note.to_json(), position)
         view = RecordedLinks(links)
         for output in pipeline.decide(tables, partition, position, value, view):
             if output.role not in ("links", "rekeyed"):

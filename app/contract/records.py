@@ -116,6 +116,9 @@ class Decision:
     # Why a held reward is held: "pending" (a new account's pending period, no suspicion)
     # or "risk" (the user's risk reached the program's hold threshold); None unless held.
     hold: HoldKind | None = None
+    # The notes of other users' fraud alerts that named this user as related and that
+    # this decision took in as evidence (alert_id, by, ts); empty when none.
+    related: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from app.contract.records import Event
 from app.fraud.links import LinkFacts
@@ -261,6 +264,13 @@ class RelatedNote:
     alert_id: str
     by: str
     ts: int
+
+    def to_document(self) -> dict[str, Any]:
+        return {"alert_id": self.alert_id, "by": self.by, "ts": self.ts}
+
+    def to_json(self) -> bytes:
+        """The note as the decide stage sends it on the rekeyed topic."""
+        return orjson.dumps(self.to_document())
 
 
 def replay_signal(*, altered: bool) -> Signal:

@@ -5,11 +5,12 @@ partition than their user's: none here, as every event is keyed by its user_id
 and placed by Kafka's default partitioner, as the worker places users). A live
 decision depends on the order in which users' events met in their partition,
 which is that partition's offset order, and on what the link view showed at that
-moment, which the decision records (``links``). Replaying each partition's events
-with those facts must give every live decision (ids, rewards, budgets left per
-partition, propensities, reasons, facts, sentences) byte for byte, however far
-the view trailed the link stage. Without outcome events nothing is learned, so
-how partitions interleave cannot matter.
+moment, which the decision records (``links``), and on the notes other users'
+alerts sent it (``related``: the farm below names its first accounts).
+Replaying each partition's events with those must give every live decision (ids,
+rewards, budgets left per partition, propensities, reasons, facts, sentences)
+byte for byte, however far the view trailed the link stage. Without outcome
+events nothing is learned, so how partitions interleave cannot matter.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from app.assembly import build_engine
 from app.contract.records import Event, decision_id_for
 from app.fraud import LinkFacts, LinkState, link_keys
 from app.fraud.links import network_of
+from app.fraud.signals import RelatedNote
 from app.kafkaio import Received, event_routes, produce, read
 from app.pipeline import CONTROL_TYPES
 from app.replay import kafka_partitioner, replay_decide_log
@@ -93,15 +95,17 @@ async def test_replay_reproduces_the_live_decisions(
     assert len(live) == len(lines)
 
     # What each partition decided, in its order: every event was stored on its user's
-    # partition (the worker's placement), so none was rekeyed.
+    # partition (the worker's placement), so none was rekeyed; the rekeyed topic holds
+    # only the notes the farm's alerts sent to the accounts they named.
     topics = kafka_settings.topic_names()
-    assert await read_all(kafka_settings, topics["rekeyed"]) == []
+    rekeyed = await read_all(kafka_settings, topics["rekeyed"])
+    assert all(b'"alert_id"' in record.value for record in rekeyed)
     events = await read_all(kafka_settings, kafka_settings.topic_events)
     assert len(events) == len(lines)
     events.sort(key=lambda record: (record.partition, record.offset))
     place = kafka_partitioner(kafka_settings.partitions)
     engine = build_engine(kafka_settings)
-    log: list[tuple[int, bytes, tuple[LinkFacts, ...]]] = []
+    log: list[tuple[int, bytes, tuple[LinkFacts, ...], tuple[RelatedNote, ...]]] = []
     for record in events:
         event = orjson.loads(record.value)
         assert record.partition == place(event["user_id"].encode())
@@ -109,7 +113,8 @@ async def test_replay_reproduces_the_live_decisions(
             live[decision_id_for(engine.program.id, event["user_id"], event["event_id"])]
         )
         facts = tuple(LinkFacts.from_document(document) for document in decision["links"])
-        log.append((record.partition, record.value, facts))
+        notes = tuple(RelatedNote(**document) for document in decision["related"])
+        log.append((record.partition, record.value, facts, notes))
     offline = {
         orjson.loads(value)["decision_id"]: value
         for value in replay_decide_log(

@@ -19,13 +19,17 @@ from app.assembly import build_engine
 from app.contract.schemas import load_schema
 from app.decisioning import Engine
 from app.fraud import LinkFacts
+from app.fraud.signals import RelatedNote
 from app.programs import load_builtin
 from app.replay import kafka_partitioner, replay_decide_log
 from app.settings import Settings
 from harness.simulation import EventSimulator, SimulatorConfig
 
 # One event of the decide stage's log: its partition, its bytes, the facts it was given.
-Record = tuple[int, bytes, tuple[LinkFacts, ...]]
+Record = (
+    tuple[int, bytes, tuple[LinkFacts, ...]]
+    | tuple[int, bytes, tuple[LinkFacts, ...], tuple[RelatedNote, ...]]
+)
 checks = {
     name: fastjsonschema.compile(load_schema(name))
     for name in ("decision", "dead_letter", "fraud_alert")
@@ -136,7 +140,8 @@ def test_replay_output_does_not_depend_on_how_often_changed_rows_are_written_bac
 
 def burst_on_one_device(start_ms: int) -> list[bytes]:
     """Six accounts sign up on one phone within minutes (the last ones are blocked on what
-    the device shows), and one of them sends its sign-up twice."""
+    the device shows), one of them sends its sign-up twice, and the first comes back an
+    hour later from elsewhere (with the note the others' alerts sent it)."""
     lines = [
         orjson.dumps(
             {
@@ -150,7 +155,17 @@ def burst_on_one_device(start_ms: int) -> list[bytes]:
         )
         for n in range(6)
     ]
-    return [*lines, lines[2]]
+    back = orjson.dumps(
+        {
+            "event_id": "farm-0-back",
+            "user_id": "farm-user-0",
+            "type": "session_start",
+            "ts": start_ms + 3_600_000,
+            "channel": "web",
+            "ip": "203.0.113.9",
+        }
+    )
+    return [*lines, lines[2], back]
 
 
 def replay_by_line(lines: list[bytes], **options: Any) -> list[list[bytes]]:
@@ -180,7 +195,9 @@ def decide_log(lines: list[bytes], per_line: list[list[bytes]]) -> list[Record]:
         decision = next((d for d in documents if d["kind"] == "decision"), None)
         facts = () if decision is None else decision["links"]
         links = tuple(LinkFacts.from_document(document) for document in facts)
-        log.append((place(orjson.loads(line)["user_id"].encode()), line, links))
+        noted = () if decision is None else decision["related"]
+        notes = tuple(RelatedNote(**document) for document in noted)
+        log.append((place(orjson.loads(line)["user_id"].encode()), line, links, notes))
     return log
 
 
@@ -201,8 +218,9 @@ def test_replaying_the_decide_log_with_the_recorded_facts_reproduces_every_decis
     assert {"granted", "blocked"} <= {d["status"] for d in decisions}
     assert any("fraud.device.signups" in d["reasons"] for d in decisions)
     assert all(d["links"] for d in decisions)
+    assert any(d["related"] for d in decisions)  # the burst's alert named accounts that came back
     assert len(decisions) < len(expected)  # alerts too (the repeat's among them)
-    assert len({place for place, _, _ in decide_log(lines, per_line)}) > 1
+    assert len({entry[0] for entry in decide_log(lines, per_line)}) > 1
 
     def audit(log: list[Record], batch_lines: int) -> list[bytes]:
         monkeypatch.setattr(app.replay, "BATCH_LINES", batch_lines)
@@ -214,7 +232,7 @@ def test_replaying_the_decide_log_with_the_recorded_facts_reproduces_every_decis
     assert audit(log, 1000) == expected
     assert audit(log, 7) == expected
     # The facts are what makes it so: without them, decisions on the burst differ.
-    blind: list[Record] = [(partition, line, ()) for partition, line, _ in log]
+    blind: list[Record] = [(entry[0], entry[1], ()) for entry in log]
     assert audit(blind, 1000) != expected
 
 
