@@ -489,7 +489,8 @@ class Engine:
         codes: tuple[str, ...],
         why: str,
     ) -> tuple[UserState, Ledger, Decision]:
-        """Grant a held reward in ``event``'s decision, if the budgets still allow it."""
+        """Grant a held reward in ``event``'s decision, if every gate of a grant still
+        lets it through (:meth:`_admit_release`); else end the hold without it."""
         decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
         user = replace(user, risk=replace(user.risk, hold=None))
         reward = self.program.reward(hold.reward_id)
@@ -516,12 +517,17 @@ class Engine:
             value=round(hold.value, 4),
             cost=round(hold.cost, 4),
         )
-        offer = PendingOffer(
-            decision_id, reward.id, reward.kind, event.ts, hold.features, hold.learn
+        user, ledger = self._record_grant(
+            user,
+            ledger,
+            decision_id,
+            reward,
+            ts=event.ts,
+            channel=admission.channel,
+            cost=hold.cost,
+            features=hold.features,
+            learn=hold.learn,
         )
-        grant = Grant(event.ts, admission.channel, hold.cost, decision_ref(decision_id), reward.id)
-        user = record_grant(user, grant, offer)
-        ledger = self._charge(ledger, grant)
         return user, ledger, decision
 
     def _admit_release(
@@ -723,19 +729,38 @@ class Engine:
     def _grant(
         self, user: UserState, ledger: Ledger, event: Event, decision: Decision, chosen: Candidate
     ) -> tuple[UserState, Ledger]:
-        offer = PendingOffer(
-            decision_id=decision.decision_id,
-            reward_id=chosen.reward.id,
-            kind=chosen.reward.kind,
+        return self._record_grant(
+            user,
+            ledger,
+            decision.decision_id,
+            chosen.reward,
             ts=event.ts,
+            channel=chosen.channel,
+            cost=chosen.cost,
             features=as_vector(chosen.features),
             learn=self._consents(user)[0],
         )
-        ref = decision_ref(decision.decision_id)
-        grant = Grant(event.ts, chosen.channel, chosen.cost, ref, chosen.reward.id)
+
+    def _record_grant(
+        self,
+        user: UserState,
+        ledger: Ledger,
+        decision_id: str,
+        reward: Reward,
+        *,
+        ts: int,
+        channel: str | None,
+        cost: float,
+        features: tuple[float, ...],
+        learn: bool,
+    ) -> tuple[UserState, Ledger]:
+        """What granting ``reward`` in ``decision_id`` leaves: an offer awaiting the
+        user's answer, the grant in the user's state, and its cost charged to the
+        ledger. A fresh grant and a released hold both end here."""
+        offer = PendingOffer(decision_id, reward.id, reward.kind, ts, features, learn)
+        grant = Grant(ts, channel, cost, decision_ref(decision_id), reward.id)
         user = record_grant(user, grant, offer)
-        ledger = self._charge(ledger, grant)
-        return user, ledger
+        return user, self._charge(ledger, grant)
 
     def _decision(
         self,
