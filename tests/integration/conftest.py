@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,3 +23,16 @@ def worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
         yield process
     finally:
         process.stop()
+
+
+def topics_create(settings: Settings, *flags: str) -> tuple[int, str]:
+    """`rewardstream topics create [flags]` with ``settings``: its exit code and all it
+    printed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "topics", "create", *flags],
+        env={**os.environ, **settings.env()},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    return result.returncode, (result.stdout + result.stderr).decode()

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing
@@ -30,6 +27,7 @@ from app.settings import Settings
 from harness import localkafka
 from harness.workerproc import WorkerProcess
 from tests.conftest import start_broker_or_fail
+from tests.integration.conftest import topics_create
 
 pytestmark = pytest.mark.kafka
 
@@ -66,18 +64,6 @@ def admin_settings(test_settings: Settings, acl_broker: localkafka.BrokerInfo) -
 
 def as_user(settings: Settings, name: str) -> Settings:
     return dataclasses.replace(settings, sasl_username=name, sasl_password=PASSWORDS[name])
-
-
-def topics_create(settings: Settings, *flags: str) -> tuple[int, str]:
-    """`rewardstream topics create` with ``settings``: its exit code and all it printed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "topics", "create", *flags],
-        env={**os.environ, **settings.env()},
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    return result.returncode, (result.stdout + result.stderr).decode()
 
 
 async def send(settings: Settings, documents: list[Document], topic: str | None = None) -> int:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from harness import localkafka
 from harness.simulation import EventSimulator, SimulatorConfig
 from harness.workerproc import WorkerProcess
 from tests.conftest import start_broker_or_fail
+from tests.integration.conftest import topics_create
 
 pytestmark = pytest.mark.kafka
 USER, PASSWORD = "rewardstream-worker", "correct-horse-battery-staple"
@@ -36,18 +34,6 @@ def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafk
     info = start_broker_or_fail(home, scram_users={USER: PASSWORD}, tls=True)
     yield info
     localkafka.stop(home)
-
-
-def topics_create(settings: Settings) -> tuple[int, str]:
-    """`rewardstream topics create` with ``settings``: its exit code and all it printed."""
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "topics", "create"],
-        env={**os.environ, **settings.env()},
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    return result.returncode, (result.stdout + result.stderr).decode()
 
 
 def scram_settings(test_settings: Settings, info: localkafka.BrokerInfo, password: str) -> Settings:
