@@ -154,7 +154,8 @@ class Metrics:
         )
         self.link_failures = Counter(
             f"{PREFIX}_link_failures_total",
-            "Link hops that failed, and events decided before all their link facts came.",
+            "Internal records that could not be applied (a link hop, a related-account note); "
+            "each is logged with its topic, partition and offset, and its event was decided.",
             registry=registry,
         )
         # --- decisions and what they cost
