@@ -127,6 +127,7 @@ class Runtime:
         self.last_sweep_s = time.monotonic()
         self.sweeps: dict[tuple[str, int], list[bytes]] = {}
         self.paused = False
+        self.paced_inputs: set[TopicPartition] = set()
         self.lag_shown: set[tuple[str, str]] = set()
         # Since when each input partition has waited behind an open transaction, and how
         # many transactions in a row each task has failed.
@@ -255,13 +256,12 @@ class Runtime:
         }
 
     def _fetch_wait_ms(self) -> int:
-        """Until the next commit is due, or a short poll while one is in flight."""
+        """Until the next commit is due. A task with a transaction in flight is not
+        waited for: the end of that transaction starts its next one (_commit_ended)."""
         now = time.monotonic()
         wait = IDLE_FETCH_MS
         for task in self.tasks.values():
-            if task.busy:
-                wait = min(wait, 2)
-            elif task.pending.due_s is not None:
+            if not task.busy and task.pending.due_s is not None:
                 wait = min(wait, max(int((task.pending.due_s - now) * 1000), 0))
         return wait
 
@@ -296,6 +296,19 @@ class Runtime:
             if task.due(now):
                 self._start_commit(task)
 
+    def _commit_next(self, task: Task) -> None:
+        """After a task's transaction ended: start its next one when it is due, so the
+        loop never polls for a transaction to end. Nothing starts while the group
+        rebalances (the revocation commits what is pending itself)."""
+        if self.rebalancing or self.tasks.get(task.partition) is not task:
+            return
+        now = time.monotonic()
+        if task.due(now):
+            self._start_commit(task)
+        elif task.pending.due_s is not None and not task.busy:
+            loop = asyncio.get_running_loop()
+            loop.call_later(task.pending.due_s - now, self._commit_next, task)
+
     def _start_commit(self, task: Task) -> None:
         resolve = self.config.topic_of_role.__getitem__
         commit = task.start_commit(resolve, self.config.group_id, self._commit_offsets)
@@ -329,6 +342,7 @@ class Runtime:
         self.changelog_ends.update(committed.changelog_ends)
         self.metrics.commit_seconds.observe(committed.seconds)
         self.hooks.committed(task.partition, committed)
+        self._commit_next(task)
 
     async def _commit_all(self) -> None:
         """Commit everything handled so far and wait for it (before a snapshot, a stop or a
@@ -385,6 +399,7 @@ class Runtime:
     async def _rewind(self, task: Task) -> None:
         """Read every input of ``task`` on from its committed offset."""
         consumer = self._require(self._consumer)
+        self.paced_inputs = set()  # pause anew what the pacing holds back
         for tp in task.inputs:
             committed = await consumer.committed(tp)
             if committed is None:
@@ -503,6 +518,7 @@ class Runtime:
         async with self._lock:
             self.assignments += 1
             self.rebalancing = False
+            self.paced_inputs = set()  # a new assignment reads every partition: pause anew
             wanted: dict[int, set[TopicPartition]] = {}
             for tp in assigned:
                 wanted.setdefault(tp.partition, set()).add(tp)
@@ -657,19 +673,21 @@ class Runtime:
         ]
         limit = self.config.resume_behind if self.paused else self.config.pause_behind
         paused = max(pacing, default=0) > limit
-        if paused != self.paused:
-            self.paused = paused
-            self.metrics.intake_paused.set(int(paused))
-        paced = [
+        paced = {
             tp
             for task in self.tasks.values()
             for tp in task.inputs
             if self.stage_of_topic[tp.topic][0].name in self.config.paced
-        ]
+        }
+        if paused == self.paused and paced == self.paced_inputs:
+            return  # nothing changed: no call into the client
+        self.paused = paused
+        self.paced_inputs = paced
+        self.metrics.intake_paused.set(int(paused))
         if paused:
-            consumer.pause(*paced)
+            consumer.pause(*sorted(paced))
         else:
-            consumer.resume(*paced)
+            consumer.resume(*sorted(paced))
 
     async def _snapshot(self) -> None:
         """Write every owned table partition to a local snapshot (every commit has ended
