@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_produce(commands)
     _add_tail(commands)
     _add_replay(commands)
+    _add_evaluate(commands)
     _add_bench(commands)
     _add_bench_learning(commands)
     _add_bench_fraud(commands)
@@ -316,6 +317,65 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     asyncio.run(run())
+    return 0
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _add_evaluate(commands: Any) -> None:
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="value candidate policies on a log of events, offline (IPS, SNIPS, DR)",
+    )
+    evaluate.add_argument("--program", help="the program that logged (default: setting)")
+    evaluate.add_argument("--in", dest="input", required=True, help="the events, JSONL")
+    evaluate.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        help="uniform, NAME=NUMBER (epsilon, min_priority, epsilon_half_after, "
+        "min_epsilon of the logged program), or a program file; repeatable",
+    )
+    evaluate.add_argument(
+        "--decisions", help="the decision log of those events (JSONL), to check the replay"
+    )
+    evaluate.add_argument("--seed", type=int, help="the logging seed (default: setting)")
+    evaluate.add_argument("--partitions", type=int, help="the logging partition count")
+    evaluate.set_defaults(run=_evaluate)
+
+
+def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.assembly import load_program_setting
+    from app.evaluation.offline import LogMismatchError, evaluate_events, render
+
+    program = load_program_setting(args.program or settings.program)
+    lines = [line.rstrip(b"\r\n") for line in Path(args.input).read_bytes().splitlines()]
+    decisions = None
+    if args.decisions:
+        decisions = [
+            orjson.loads(line) for line in Path(args.decisions).read_bytes().splitlines() if line
+        ]
+    try:
+        evaluation, checked = evaluate_events(
+            program,
+            lines,
+            args.candidate,
+            seed=settings.seed if args.seed is None else args.seed,
+            partitions=settings.partitions if args.partitions is None else args.partitions,
+            max_event_bytes=settings.max_event_bytes,
+            state_ttl_ms=settings.state_ttl_ms,
+            decisions=decisions,
+        )
+    except LogMismatchError as error:
+        print(f"The replay does not match the decision log: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"Cannot evaluate: {error}", file=sys.stderr)
+        return 2
+    print(render(evaluation))
+    if decisions is not None:
+        print(f"{checked:,} choices checked against the decision log, all equal.")
     return 0
 
 
@@ -577,6 +637,11 @@ def _add_simulate(commands: Any) -> None:
         action="store_true",
         help="with --closed-loop: run the engine here, no broker (as fast as it goes)",
     )
+    simulate.add_argument(
+        "--decisions-out",
+        help="with --closed-loop --in-process --out: the decisions too, JSONL (a log to "
+        "try rewardstream evaluate on)",
+    )
     simulate.set_defaults(run=_simulate)
 
 
@@ -622,6 +687,36 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_logged(settings: Settings, args: argparse.Namespace, total: int, program: Any) -> int:
+    """The closed loop through the replay path, its events (answers included) written to
+    ``--out`` and its decisions to ``--decisions-out``: what a running program leaves."""
+    from harness.simulation.logged import logged_closed_loop
+
+    run = logged_closed_loop(
+        program,
+        events=total,
+        users=args.users,
+        seed=settings.seed,
+        simulator_seed=args.seed,
+        days=args.days,
+        partitions=settings.partitions,
+        max_event_bytes=settings.max_event_bytes,
+        state_ttl_ms=settings.state_ttl_ms,
+    )
+    Path(args.out).write_bytes(b"".join(line + b"\n" for line in run.lines))
+    if args.decisions_out:
+        Path(args.decisions_out).write_bytes(
+            b"".join(orjson.dumps(d) + b"\n" for d in run.decisions)
+        )
+    granted = sum(d["status"] == "granted" for d in run.decisions)
+    print(
+        f"Wrote {len(run.lines):,} events ({args.out}) and {len(run.decisions):,} decisions, "
+        f"{granted:,} granted (engine seed {settings.seed}, {settings.partitions} partitions: "
+        "give rewardstream evaluate the same)."
+    )
+    return 0
+
+
 def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: int) -> int:
     from app.assembly import load_program_setting
     from app.kafkaio import event_routes
@@ -629,6 +724,8 @@ def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: i
     from harness.simulation.live import closed_loop_on_kafka
 
     program = load_program_setting(settings.program)
+    if args.in_process and args.out:
+        return _simulate_logged(settings, args, total, program)
     if args.in_process:
         from harness.bench.learning import run_policy
 
