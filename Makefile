@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud clean
+.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -110,6 +110,9 @@ bench-learning: install ## Learning quality: engine vs random vs oracle, 50,000 
 
 bench-fraud: install ## Fraud: precision/recall per attack scenario, false flags, budget lost; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-fraud --docs docs/benchmarks.md
+
+bench-ope: install ## Offline evaluation against the truth: DR bias and coverage, 5 candidates, 20 seeds; appends to docs/benchmarks.md
+	$(BIN)/rewardstream bench-ope --docs docs/benchmarks.md
 
 kafka-up: install ## Start the local broker on 127.0.0.1:9092 for manual use
 	$(BIN)/rewardstream kafka up

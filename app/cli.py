@@ -101,6 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_bench_learning(commands)
     _add_bench_fraud(commands)
+    _add_bench_ope(commands)
     _add_simulate(commands)
     _add_demo(commands)
     _add_soak(commands)
@@ -581,6 +582,39 @@ def _bench_fraud(settings: Settings, args: argparse.Namespace) -> int:
         args, report, fraud_markdown(report), "Fraud detection (`rewardstream bench-fraud`)"
     )
     return 0 if targets_met(report) else 1
+
+
+def _add_bench_ope(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench-ope",
+        help="offline evaluation against the truth: bias and coverage over seeds",
+    )
+    bench.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 21)))
+    bench.add_argument("--events", type=int, default=20_000, help="events per logging run")
+    bench.add_argument("--users", type=int, default=1_000)
+    bench.add_argument("--timed-events", type=int, default=50_000, help="the timed log's size")
+    bench.add_argument("--program", help="shipped program id or YAML file (default: setting)")
+    bench.add_argument("--out", default="var/bench/ope.json", help="JSON report path")
+    bench.add_argument("--docs", help="append the figures to this markdown file")
+    bench.set_defaults(run=_bench_ope)
+
+
+def _bench_ope(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("bench-ope")
+    from app.assembly import load_program_setting
+    from harness.bench.ope import OpePlan, render_markdown, run_ope_benchmark, targets_met
+
+    plan = OpePlan(
+        seeds=tuple(args.seeds),
+        events=args.events,
+        users=args.users,
+        timed_events=args.timed_events,
+    )
+    program = load_program_setting(args.program or settings.program)
+    report = run_ope_benchmark(settings, program, plan, say=print)
+    title = "Offline evaluation against the truth (`rewardstream bench-ope`)"
+    _publish_report(args, report, render_markdown(report), title)
+    return 1 if targets_met(report, len(plan.seeds)) else 0
 
 
 def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:

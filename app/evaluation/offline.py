@@ -66,11 +66,14 @@ class Round:
     there, and each reward's value to the program."""
 
     decision_id: str
+    user_id: str
     action: Action
     propensity: float
     logging: Mapping[Action, float]
     targets: tuple[Mapping[Action, float], ...]
     values: Mapping[Action, float]
+    # The channel each reward would go out on (what a simulator's answer depends on).
+    channels: Mapping[Action, str | None] = field(default_factory=dict)
 
 
 class RecordingPolicy:
@@ -90,6 +93,7 @@ class RecordingPolicy:
         self.rounds.append(
             Round(
                 decision_id=situation.decision_id,
+                user_id=situation.event.user_id,
                 action=chosen,
                 propensity=pick.probability,
                 logging=logging,
@@ -97,6 +101,7 @@ class RecordingPolicy:
                     choice_probabilities(p, candidates, situation) for p in self.candidates
                 ),
                 values={c.reward.id: c.value for c in candidates},
+                channels={c.reward.id: c.channel for c in candidates},
             )
         )
         return pick
@@ -275,10 +280,43 @@ def evaluate_events(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> tuple[Evaluation, int]:
     """Replay ``lines`` (events, as ``rewardstream replay`` reads them) through the
-    logged program, recording every choice; check the rounds against ``decisions`` (a
-    decision log of the same events) if given; value the logging policy itself (its
-    estimates must equal what it observed: a check of the whole path) and each of
-    ``specs``. Returns the evaluation and how many rounds the log confirmed."""
+    logged program, recording every choice (:func:`record_rounds`); check the rounds
+    against ``decisions`` (a decision log of the same events) if given; value the
+    logging policy itself (its estimates must equal what it observed: a check of the
+    whole path) and each of ``specs``. Returns the evaluation and how many rounds the
+    log confirmed."""
+    rounds = record_rounds(
+        logged,
+        lines,
+        specs,
+        seed=seed,
+        partitions=partitions,
+        max_event_bytes=max_event_bytes,
+        state_ttl_ms=state_ttl_ms,
+    )
+    checked = 0 if decisions is None else check_against_log(rounds, decisions)
+    evaluation = value_candidates(
+        rounds,
+        ["logged (check)", *specs],
+        set(redeemed_decisions(lines)),
+        thresholds=thresholds,
+        seed=seed,
+    )
+    return evaluation, checked
+
+
+def record_rounds(
+    logged: Program,
+    lines: Iterable[bytes],
+    specs: Sequence[str],
+    *,
+    seed: int,
+    partitions: int,
+    max_event_bytes: int,
+    state_ttl_ms: int | None,
+) -> list[Round]:
+    """Every choice the logged program makes over ``lines``, with the distribution of the
+    logging policy and (in this order) of itself and each of ``specs`` there."""
     policies = [policy_for(logged, seed=seed)]
     policies += [candidate_policy(spec, logged, seed=seed) for spec in specs]
     recorder = RecordingPolicy(policy_for(logged, seed=seed), policies)
@@ -291,15 +329,7 @@ def evaluate_events(
         state_ttl_ms=state_ttl_ms,
     ):
         pass
-    checked = 0 if decisions is None else check_against_log(recorder.rounds, decisions)
-    evaluation = value_candidates(
-        recorder.rounds,
-        ["logged (check)", *specs],
-        set(redeemed_decisions(lines)),
-        thresholds=thresholds,
-        seed=seed,
-    )
-    return evaluation, checked
+    return recorder.rounds
 
 
 def render(evaluation: Evaluation) -> str:

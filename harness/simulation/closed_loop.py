@@ -164,6 +164,11 @@ class ClosedLoopSimulator:
                 yield _event(heapq.heappop(self.answers)[2])
             yield _event(self._user_event(ts))
 
+    def next_answer(self) -> Event:
+        """The earliest answer still due (after the last event: the answers that were
+        scheduled and not yet given)."""
+        return _event(heapq.heappop(self.answers)[2])
+
     def _user_event(self, ts: int) -> dict[str, Any]:
         user = self.random.choices(self.users, self.weights)[0]
         self.sequence += 1

@@ -46,16 +46,21 @@ def logged_closed_loop(
     state_ttl_ms: int | None,
     simulator_seed: int | None = None,
     policy: Policy | None = None,
+    simulator: ClosedLoopSimulator | None = None,
+    every_answer: bool = False,
 ) -> LoggedRun:
     """Run ``program`` (with ``policy`` instead of its own, if given) over ``events`` of a
     closed loop of ``users`` simulated users; ``seed`` is the engine's exploration seed,
-    ``simulator_seed`` the users' (default: the same)."""
-    simulator = ClosedLoopSimulator(
-        users=users,
-        seed=seed if simulator_seed is None else simulator_seed,
-        start_ms=START_MS,
-        days=days,
-    )
+    ``simulator_seed`` the users' (default: the same). ``every_answer``: after the last
+    event, the answers still due come too (otherwise the grants of the run's last days
+    look unanswered)."""
+    if simulator is None:
+        simulator = ClosedLoopSimulator(
+            users=users,
+            seed=seed if simulator_seed is None else simulator_seed,
+            start_ms=START_MS,
+            days=days,
+        )
     kinds = {r.id: r.kind for r in program.rewards}
     engine = Engine(program, seed=seed, partitions=partitions, policy=policy)
     lines: list[bytes] = []
@@ -63,6 +68,10 @@ def logged_closed_loop(
     def fed() -> Iterator[bytes]:
         for event in simulator.events(events):
             line = orjson.dumps(event.to_document())
+            lines.append(line)
+            yield line
+        while every_answer and simulator.answers:
+            line = orjson.dumps(simulator.next_answer().to_document())
             lines.append(line)
             yield line
 

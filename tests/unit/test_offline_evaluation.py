@@ -103,7 +103,15 @@ def test_a_log_the_replay_does_not_reproduce_is_refused(settings: Settings, run:
     with pytest.raises(LogMismatchError, match="another program, seed or partition count"):
         _evaluate(settings, run, [], seed=SEED + 1)
     evaluation_rounds = [
-        Round("d-1", "welcome-points", 0.95, {"welcome-points": 0.95, None: 0.05}, (), {})
+        Round(
+            decision_id="d-1",
+            user_id="u-1",
+            action="welcome-points",
+            propensity=0.95,
+            logging={"welcome-points": 0.95, None: 0.05},
+            targets=(),
+            values={},
+        )
     ]
     tampered = [{"kind": "decision", "decision_id": "d-1", "action": "x", "propensity": 0.95}]
     with pytest.raises(LogMismatchError, match="d-1"):
