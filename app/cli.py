@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tail(commands)
     _add_replay(commands)
     _add_evaluate(commands)
+    _add_experiment(commands)
     _add_bench(commands)
     _add_bench_learning(commands)
     _add_bench_fraud(commands)
@@ -378,6 +379,57 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if decisions is not None:
         print(f"{checked:,} choices checked against the decision log, all equal.")
     return 0
+
+
+# ---------------------------------------------------------------- experiment
+
+
+def _add_experiment(commands: Any) -> None:
+    experiment = commands.add_parser("experiment", help="read an experiment's arms back")
+    actions = experiment.add_subparsers(dest="action", required=True, metavar="ACTION")
+    report = actions.add_parser(
+        "report",
+        help="per arm: users, decisions, grants, redemptions, cost, lift, sample ratio",
+    )
+    report.add_argument("--program", help="the program running the experiment (default: setting)")
+    report.add_argument(
+        "--decisions", required=True, help="the decisions, JSONL (rewardstream tail --jsonl)"
+    )
+    report.add_argument(
+        "--events", help="the events with the answers (reward_redeemed naming a decision), JSONL"
+    )
+    report.set_defaults(run=_experiment_report)
+
+
+def _experiment_report(settings: Settings, args: argparse.Namespace) -> int:
+    from app.assembly import load_program_setting
+    from app.evaluation.experiments import render, report
+
+    program = load_program_setting(args.program or settings.program)
+    if program.experiment is None:
+        print(f"Program {program.id} runs no experiment (no experiment block).", file=sys.stderr)
+        return 2
+
+    def lines(path: str | None) -> list[dict[str, Any]]:
+        if path is None:
+            return []
+        found = []
+        for line in Path(path).read_bytes().splitlines():
+            try:
+                document = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line, or a line that is not a record
+            if isinstance(document, dict):
+                found.append(document)
+        return found
+
+    try:
+        found = report(program.experiment, lines(args.decisions), lines(args.events))
+    except ValueError as error:
+        print(f"Cannot report: {error}", file=sys.stderr)
+        return 2
+    print(render(found))
+    return 1 if found.sample_ratio.mismatch else 0
 
 
 # ---------------------------------------------------------------- replay

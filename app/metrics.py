@@ -187,6 +187,41 @@ class Metrics:
             ["program", "partition", "budget"],
             registry=registry,
         )
+        # --- experiments (a program's ``experiment`` block)
+        self.arm_decisions = Counter(
+            f"{PREFIX}_experiment_decisions_total",
+            "Decisions on trigger events, by program, experiment arm and status.",
+            ["program", "arm", "status"],
+            registry=registry,
+        )
+        self.arm_users = Counter(
+            f"{PREFIX}_experiment_users_total",
+            "Users entering an experiment arm: their first event (or their first after "
+            "their state was forgotten). The sample-ratio check compares these with "
+            "rewardstream_experiment_arm_share.",
+            ["program", "arm"],
+            registry=registry,
+        )
+        self.arm_share = Gauge(
+            f"{PREFIX}_experiment_arm_share",
+            "The share of users an experiment arm is meant to get (the program's split).",
+            ["program", "arm"],
+            registry=registry,
+        )
+        self.srm_critical = Gauge(
+            f"{PREFIX}_experiment_srm_critical",
+            "The chi-square statistic above which the arms' user counts are a sample-ratio "
+            "mismatch at p < 0.001 (for the program's number of arms).",
+            ["program"],
+            registry=registry,
+        )
+        self.arm_budget_remaining = Gauge(
+            f"{PREFIX}_experiment_budget_remaining",
+            "As rewardstream_budget_remaining, for one experiment arm's share (arms never "
+            "spend from one budget).",
+            ["program", "arm", "partition", "budget"],
+            registry=registry,
+        )
         self.audit_decisions = Counter(
             f"{PREFIX}_audit_decisions_total",
             "Decisions on trigger events by the program's audit group (audit.group_by) and "
@@ -340,6 +375,9 @@ class ProgramMetrics:
         self.fraud_alerts = Children(metrics.fraud_alerts, program_id)
         self.audit_decisions = Children(metrics.audit_decisions, program_id)
         self.budget_remaining = Children(metrics.budget_remaining, program_id)
+        self.arm_decisions = Children(metrics.arm_decisions, program_id)
+        self.arm_users = Children(metrics.arm_users, program_id)
+        self.arm_budget_remaining = Children(metrics.arm_budget_remaining, program_id)
         self.reward_cost = metrics.reward_cost.labels(program_id)
         self.model_updates = metrics.model_updates.labels(program_id)
         self.risk_score = metrics.risk_score.labels(program_id)

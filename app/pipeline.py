@@ -37,6 +37,7 @@ from app.contract.validate import Rejection, parse_event
 from app.decisioning.checks import program_budgets_left
 from app.decisioning.engine import Answer, Engine
 from app.decisioning.ledger import Ledger, Share, ledger_key
+from app.evaluation.experiments import SRM_ALARM_P, chi2_critical
 from app.features.state import UserState
 from app.fraud import LinkFacts, LinkState, link_keys
 from app.fraud.links import advance_link, link_document
@@ -242,6 +243,13 @@ class Pipeline:
         self.clock = metrics.clock
         self.observed = metrics.for_program(engine.program.id)
         self.by_program = (engine.program.id,)  # the label values of per-program windows
+        experiment = engine.program.experiment
+        if experiment is not None:  # what the sample-ratio alert compares the users with
+            program_id = engine.program.id
+            for arm in experiment.arms:
+                metrics.arm_share.labels(program_id, arm.name).set(arm.share)
+            critical = chi2_critical(SRM_ALARM_P, len(experiment.arms) - 1)
+            metrics.srm_critical.labels(program_id).set(critical)
         self.max_event_bytes = max_event_bytes
         self.partitioner = partitioner
         self.state_ttl_ms = state_ttl_ms
@@ -249,7 +257,8 @@ class Pipeline:
         # What the batch in progress decided, observed once when it is flushed: each
         # partition's ledger as its latest decision left it, with that decision's event
         # time. (Latency is observed once the decisions are committed: see committed.)
-        self.ledgers_read: dict[int, tuple[Ledger, int]] = {}
+        # Keyed by (partition, experiment arm).
+        self.ledgers_read: dict[tuple[int, str | None], tuple[Ledger, int]] = {}
         # The newest event time decided or linked: the sweep forgets nothing newer than
         # this (see stale), so a backfill of old events keeps the state it builds.
         self.newest_ts = 0
@@ -327,13 +336,18 @@ class Pipeline:
         """What is left of each program-wide budget in each partition's share, from the
         ledger as the batch left it."""
         engine = self.engine
-        for partition, (ledger, ts) in self.ledgers_read.items():
-            share = Share(partition, engine.partitions)
+        experiment = engine.program.experiment
+        shares = {a.name: a.share for a in experiment.arms} if experiment else {}
+        for (partition, arm), (ledger, ts) in self.ledgers_read.items():
+            share = Share(partition, engine.partitions, 1.0 if arm is None else shares[arm])
             left = program_budgets_left(
                 engine.program, ledger, share, ts=ts, bucket_ms=engine.bucket_ms
             )
             for budget, amount in left:
-                self.observed.budget_remaining(str(partition), budget).set(amount)
+                if arm is None:
+                    self.observed.budget_remaining(str(partition), budget).set(amount)
+                else:
+                    self.observed.arm_budget_remaining(arm, str(partition), budget).set(amount)
         self.ledgers_read.clear()
 
     # ------------------------------------------------------------ stage 1: decide
@@ -398,7 +412,9 @@ class Pipeline:
         links: tuple[LinkFacts, ...],
     ) -> list[Output]:
         user_key = event.user_id.encode()
-        key_of_ledger = ledger_key(self.engine.program.id, partition)
+        arm = self.engine.arm_of(event.user_id)
+        arm_name = None if arm is None else arm.name
+        key_of_ledger = ledger_key(self.engine.program.id, partition, arm_name)
         self.newest_ts = max(self.newest_ts, event.ts)
         users, ledgers = open_rows(tables, "users"), open_rows(tables, "ledgers")
         user = users.get(user_key)
@@ -414,7 +430,7 @@ class Pipeline:
             self._count(self.metrics.duplicates.inc)
         else:
             self._observe_decided(source, event, outcome.user, outcome.records[0])
-            self.ledgers_read[partition] = (outcome.ledger, event.ts)
+            self.ledgers_read[partition, arm_name] = (outcome.ledger, event.ts)
         if outcome.answers:
             self._observe_answers(outcome.answers)
         produced_ms = source.produced_ms if source.produced_ms and source.produced_ms > 0 else None
@@ -465,6 +481,11 @@ class Pipeline:
         observed = self.observed
         self._count(observed.events_in(event.type).inc)
         program = self.engine.program
+        if isinstance(decision, Decision) and decision.arm is not None:
+            if user.events == 1:
+                self._count(observed.arm_users(decision.arm).inc)
+            if event.type in program.triggers:
+                self._count(observed.arm_decisions(decision.arm, decision.status).inc)
         if event.type in program.triggers and isinstance(decision, Decision):
             self._count(observed.risk_score.observe, decision.risk)
             if program.audit is not None:

@@ -119,6 +119,8 @@ class Decision:
     # The notes of other users' fraud alerts that named this user as related and that
     # this decision took in as evidence (alert_id, by, ts); empty when none.
     related: tuple[dict[str, Any], ...] = ()
+    # The experiment arm the user is in (the program's ``experiment``); None without one.
+    arm: str | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -21,6 +21,7 @@ the same engine serves the worker, offline replay and the tests.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ from app.fraud.signals import RelatedNote, replay_signal
 from app.frozen import replace
 from app.models import PropensityModels
 from app.models.deferral import Step as Deferred
-from app.programs import Program, Reward
+from app.programs import Arm, Program, Reward
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +152,13 @@ class Engine:
         self.defend = program.fraud.enabled
         self.seed = seed
         self.policy = policy if policy is not None else policy_for(program, seed=seed)
+        self.experiment = program.experiment
+        # An arm with a learning block of its own chooses with its own policy.
+        self.arm_policies: dict[str, Policy] = {
+            arm.name: policy_for(dataclasses.replace(program, learning=arm.learning), seed=seed)
+            for arm in (program.experiment.arms if program.experiment else ())
+            if arm.learning is not None
+        }
         self.partitions = partitions
         learning = program.learning
         self.models = PropensityModels(prior=learning.prior, learning_rate=learning.learning_rate)
@@ -183,6 +191,10 @@ class Engine:
 
     # ------------------------------------------------------------ one event
 
+    def arm_of(self, user_id: str) -> Arm | None:
+        """The experiment arm ``user_id`` is in; None when the program runs none."""
+        return None if self.experiment is None else self.experiment.arm_for(user_id)
+
     def process(
         self,
         user: UserState,
@@ -195,7 +207,8 @@ class Engine:
         """Decide ``event`` for ``user``; ``links`` is what the link stage found about it."""
         if user.has_seen(event.event_id):
             return self._repeat(user, ledger, event)
-        share = Share(partition, self.partitions)
+        arm = self.arm_of(event.user_id)
+        share = Share(partition, self.partitions, 1.0 if arm is None else arm.share)
         user = observe(user, event, profile_fields=self.program.profile_fields)
         user = prune(
             user,
@@ -225,11 +238,13 @@ class Engine:
             return Outcome(
                 user, ledger, (released, *self._alerts(user, event, assessment)), answers=answers
             )
+        elif event.type in self.program.triggers and arm is not None and arm.serves == "nothing":
+            choice = Choice(None, 1.0, "holdout")
         elif event.type in self.program.triggers:
             # Below the hold threshold risk prices the reward (smaller or none); at or
             # above it, the reward a clean user would get is chosen, then held or blocked.
             soft = assessment.score if assessment.score < self.program.fraud.hold else 0.0
-            choice = self._arbitrate(user, ledger, event, share, risk=soft)
+            choice = self._arbitrate(user, ledger, event, share, risk=soft, arm=arm)
         else:
             choice = Choice(None, 1.0, "not_a_trigger")
         verdict = self._verdict(choice, assessment, user, event.ts)
@@ -591,16 +606,29 @@ class Engine:
             explanation=sentence,
             model_version=self.model_version,
             program=self.program.id,
+            arm=self._arm_name(event.user_id),
         )
+
+    def _arm_name(self, user_id: str) -> str | None:
+        arm = self.arm_of(user_id)
+        return None if arm is None else arm.name
 
     # ------------------------------------------------------------ arbitration
 
     def _arbitrate(
-        self, user: UserState, ledger: Ledger, event: Event, share: Share, *, risk: float = 0.0
+        self,
+        user: UserState,
+        ledger: Ledger,
+        event: Event,
+        share: Share,
+        *,
+        risk: float = 0.0,
+        arm: Arm | None = None,
     ) -> Choice:
         personalized = self._consents(user)[0]
+        control = arm is not None and arm.serves == "default"
         rewards = self.rewards_for.get(event.type, ())
-        if not personalized:
+        if not personalized or control:
             default = self.program.non_personalized_default
             rewards = tuple(r for r in rewards if r.id == default)
         env = rule_env(user, event)
@@ -609,12 +637,14 @@ class Engine:
         for reward in rewards:
             result = self._gate(reward, user, ledger, event, env, share, risk)
             (survivors if isinstance(result, Candidate) else skipped).append(result)  # type: ignore[arg-type]
-        if not personalized:
+        if not personalized or control:
             chosen = survivors[0] if survivors else None
-            return Choice(chosen, 1.0, "default", tuple(survivors), tuple(skipped))
+            mode = "default" if not personalized else "control"
+            return Choice(chosen, 1.0, mode, tuple(survivors), tuple(skipped))
         if not survivors:
             return Choice(None, 1.0, "nothing_eligible", (), tuple(skipped))
-        return self._choose(event, user, survivors, skipped)
+        policy = self.policy if arm is None else self.arm_policies.get(arm.name, self.policy)
+        return self._choose(event, user, survivors, skipped, policy)
 
     def _gate(
         self,
@@ -658,13 +688,18 @@ class Engine:
         return personalize(model_p, user, reward.kind)
 
     def _choose(
-        self, event: Event, user: UserState, survivors: list[Candidate], skipped: list[Skipped]
+        self,
+        event: Event,
+        user: UserState,
+        survivors: list[Candidate],
+        skipped: list[Skipped],
+        policy: Policy,
     ) -> Choice:
         # Highest priority first; ties go to the reward listed first in the program.
         order = self.listed_order
         ranked = tuple(sorted(survivors, key=lambda c: (-c.priority, order[c.reward.id])))
         decision_id = decision_id_for(self.program.id, event.user_id, event.event_id)
-        pick = self.policy.choose(ranked, Situation(event, user, decision_id, self.program))
+        pick = policy.choose(ranked, Situation(event, user, decision_id, self.program))
         if pick.chosen is not None and pick.chosen not in ranked:
             raise ValueError(f"the policy chose {pick.chosen.reward.id}, not a gated candidate")
         return Choice(pick.chosen, pick.probability, pick.mode, ranked, tuple(skipped))
@@ -813,6 +848,7 @@ class Engine:
             model_version=self.model_version,
             program=self.program.id,
             hold=_hold_kind(status, verdict),
+            arm=self._arm_name(event.user_id),
         )
 
 

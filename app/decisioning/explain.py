@@ -39,6 +39,17 @@ def explain(
     currency = engine.program.currency
     skipped_codes = tuple(f"skip.{s.reward.id}:{s.verdict.code}" for s in choice.skipped)
     chosen = choice.chosen
+    if mode == "holdout":
+        return (
+            ("policy.holdout",),
+            "No reward: the user is in the experiment's holdout arm, which gets none.",
+        )
+    if chosen is None and mode == "control":
+        return (
+            ("policy.control", *skipped_codes),
+            "No reward: the user is in the experiment's control arm, which gets only the "
+            "program's standard reward, and it does not apply.",
+        )
     if chosen is None and mode == "default":
         return (
             ("policy.default", "consent.personalization:declined", *skipped_codes),
@@ -82,6 +93,8 @@ def _granted_sentence(choice: Choice, chosen: Candidate, currency: str) -> str:
         )
     elif choice.mode == "default":
         why = "the program's standard reward, since the user opted out of personalization"
+    elif choice.mode == "control":
+        why = "the program's standard reward, for the experiment's control arm"
     else:
         field = "the only eligible reward" if n == 1 else f"highest priority among {n} eligible"
         why = (

@@ -18,6 +18,7 @@ crash (the same decision id) is not charged twice.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,12 +35,17 @@ class Share:
 
     partition: int = 0
     partitions: int = 1
+    # An experiment's arm spends only its share of every limit (1: no experiment).
+    fraction: float = 1.0
 
     def of_amount(self, amount: float) -> float:
-        return amount / self.partitions
+        return amount * self.fraction / self.partitions
 
     def of_stock(self, stock: int) -> int:
-        # Integer stock: the remainder goes to the lowest partitions, so shares sum to the total.
+        # An arm gets the whole units of its share (the arms' units never sum past the
+        # stock); then the remainder goes to the lowest partitions, so shares sum to it.
+        if self.fraction < 1.0:
+            stock = math.floor(stock * self.fraction + 1e-9)
         return stock // self.partitions + int(self.partition < stock % self.partitions)
 
 
@@ -109,6 +115,8 @@ class Ledger:
         return cls(**document)
 
 
-def ledger_key(program_id: str, partition: int) -> bytes:
-    """The key of a partition's ledger in the ledger table."""
-    return f"{program_id}:{partition}".encode()
+def ledger_key(program_id: str, partition: int, arm: str | None = None) -> bytes:
+    """The key of a partition's ledger in the ledger table (one per experiment arm)."""
+    if arm is None:
+        return f"{program_id}:{partition}".encode()
+    return f"{program_id}:{arm}:{partition}".encode()

@@ -31,13 +31,16 @@ from app.programs.model import (
     NEVER_TRIGGERS,
     OPENED_POLICIES,
     REWARD_KINDS,
+    SERVES,
     TRIGGER_TYPES,
     Amount,
+    Arm,
     Audit,
     Budgets,
     ChannelLimit,
     Consent,
     ContactPolicy,
+    Experiment,
     Exploration,
     Fraud,
     FrozenMap,
@@ -47,6 +50,7 @@ from app.programs.model import (
     Program,
     Reward,
     Rule,
+    Serves,
     Suppression,
     Window,
 )
@@ -374,6 +378,7 @@ _PROGRAM_OPTIONAL = (
     "learning",
     "fraud",
     "audit",
+    "experiment",
 )
 
 
@@ -412,6 +417,12 @@ def _program(where: _Where, document: object, sha256: str) -> Program:
         learning=_learning(where.key("learning"), fields.get("learning", {})),
         fraud=_fraud(where.key("fraud"), fields.get("fraud", {})),
         audit=_optional(where, fields, "audit", lambda w, v: _audit(w, v, profile_fields)),
+        experiment=_optional(
+            where,
+            fields,
+            "experiment",
+            lambda w, v: _experiment(w, v, fields.get("learning", {})),
+        ),
         source_sha256=sha256,
     )
 
@@ -853,3 +864,53 @@ def _audit_groups(where: _Where, value: object) -> tuple[str, ...]:
             here.fail(f"{group!r} is listed twice")
         groups.append(group)
     return tuple(groups)
+
+
+# --- experiments ------------------------------------------------------------------------------
+
+_ARM_KEYS = ("name", "share", "serves", "learning")
+# Shares must sum to 1 up to this much (they are written as decimals).
+SHARE_TOLERANCE = 1e-6
+
+
+def _experiment(where: _Where, value: object, program_learning: object) -> Experiment:
+    fields = _fields(where, value, required=("id", "arms"))
+    experiment_id = _text(where.key("id"), fields["id"], form=PROGRAM_ID)
+    arms_where, raw_arms = where.key("arms"), fields["arms"]
+    if not isinstance(raw_arms, list) or len(raw_arms) < 2:
+        arms_where.fail(f"must be a list of at least two arms, got {_type_name(raw_arms)}")
+    arms: list[Arm] = []
+    for index, raw in enumerate(raw_arms):
+        arm_where = arms_where.item(index)
+        arm_fields = _fields(arm_where, raw, required=("name", "share"), optional=_ARM_KEYS)
+        name = _text(arm_where.key("name"), arm_fields["name"], form=REWARD_ID)
+        if any(arm.name == name for arm in arms):
+            arm_where.key("name").fail(f"arm {name!r} is named twice")
+        share = _number(arm_where.key("share"), arm_fields["share"], above=0.0, at_most=1.0)
+        serves = _serves(arm_where.key("serves"), arm_fields.get("serves", "program"))
+        learning = None
+        if "learning" in arm_fields:
+            if serves != "program":
+                arm_where.key("learning").fail(
+                    f"only an arm that serves the program has a learning block, not one "
+                    f"that serves {serves!r}"
+                )
+            overrides = arm_fields["learning"]
+            if not isinstance(overrides, dict):
+                arm_where.key("learning").fail(
+                    f"must be a mapping of learning settings, got {_type_name(overrides)}"
+                )
+            base = program_learning if isinstance(program_learning, dict) else {}
+            learning = _learning(arm_where.key("learning"), {**base, **overrides})
+        arms.append(Arm(name, share, serves, learning))
+    total = sum(arm.share for arm in arms)
+    if abs(total - 1.0) > SHARE_TOLERANCE:
+        arms_where.fail(f"the arms' shares must sum to 1, got {total:g}")
+    return Experiment(experiment_id, tuple(arms))
+
+
+def _serves(where: _Where, value: object) -> Serves:
+    for serves in SERVES:
+        if value == serves:
+            return serves
+    where.fail(f"must be {one_of(SERVES)}, got {value!r}")

@@ -8,6 +8,7 @@ used as a cache key.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -308,6 +309,49 @@ class Audit:
         return value if isinstance(value, str) and value in self.groups else AUDIT_OTHER
 
 
+Serves = Literal["program", "default", "nothing"]
+SERVES: tuple[Serves, ...] = ("program", "default", "nothing")
+# Where an experiment's hash of a user id falls, in [0, 1): 64 bits of it.
+_HASH_SPAN = float(2**64)
+
+
+@dataclass(frozen=True, slots=True)
+class Arm:
+    """One arm of an experiment: its share of the users and what they get.
+
+    ``serves``: ``program`` (the program's choice, with ``learning`` instead of the
+    program's when the arm is a variant), ``default`` (a control: the program's
+    ``non_personalized_default`` reward where it is eligible, else nothing) or
+    ``nothing`` (a holdout: no reward at all).
+    """
+
+    name: str
+    share: float
+    serves: Serves = "program"
+    learning: Learning | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """Users split into arms by a salted hash of their id: a user stays in one arm
+    across restarts, rebalances and replays, and changing ``id`` (the salt) draws a new
+    split. Budgets and stock are split between the arms by their shares."""
+
+    id: str
+    arms: tuple[Arm, ...]
+
+    def arm_for(self, user_id: str) -> Arm:
+        """The arm ``user_id`` is in."""
+        digest = hashlib.blake2b(f"{self.id}:{user_id}".encode(), digest_size=8).digest()
+        point = int.from_bytes(digest, "big") / _HASH_SPAN
+        bound = 0.0
+        for arm in self.arms:
+            bound += arm.share
+            if point < bound:
+                return arm
+        return self.arms[-1]  # shares sum to 1 up to rounding: the last arm takes the rest
+
+
 @dataclass(frozen=True, slots=True)
 class Program:
     """A whole reward program, validated. ``source_sha256`` versions decisions."""
@@ -327,6 +371,7 @@ class Program:
     learning: Learning = Learning()
     fraud: Fraud = Fraud()
     audit: Audit | None = None
+    experiment: Experiment | None = None
     source_sha256: str = ""
 
     def reward(self, reward_id: str) -> Reward:

@@ -47,7 +47,7 @@ from harness.simulation.logged import START_MS, logged_closed_loop
 
 # Near the logging policy (its exploration rate changed), farther (uniform), and off
 # its support (a minimum priority nothing reaches: no reward where it always grants).
-CANDIDATES = ("epsilon=0.0", "epsilon=0.2", "epsilon=0.5", "uniform", "min_priority=1000000")
+CANDIDATES = ("epsilon=0.0", "epsilon=0.1", "epsilon=0.5", "uniform", "min_priority=1000000")
 # A candidate the log cannot support; the evaluation must never give it a number.
 OFF_SUPPORT = frozenset({"min_priority=1000000"})
 TOLERANCE = 0.10

@@ -35,6 +35,7 @@ ALLOWED_LABELS = {
     "status",
     "mode",
     "hold",  # pending or risk
+    "arm",  # an experiment's arms, named in the program file
     "table",
     "topic",
     "partition",
