@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope clean
+.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -113,6 +113,9 @@ bench-fraud: install ## Fraud: precision/recall per attack scenario, false flags
 
 bench-ope: install ## Offline evaluation against the truth: DR bias and coverage, 5 candidates, 20 seeds; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-ope --docs docs/benchmarks.md
+
+bench-experiment: install ## An experiment with a 10% holdout on the closed loop: lift interval vs the truth, SRM, 20 seeds; appends to docs/benchmarks.md
+	$(BIN)/rewardstream bench-experiment --docs docs/benchmarks.md
 
 kafka-up: install ## Start the local broker on 127.0.0.1:9092 for manual use
 	$(BIN)/rewardstream kafka up

@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench_learning(commands)
     _add_bench_fraud(commands)
     _add_bench_ope(commands)
+    _add_bench_experiment(commands)
     _add_simulate(commands)
     _add_demo(commands)
     _add_soak(commands)
@@ -667,6 +668,42 @@ def _bench_ope(settings: Settings, args: argparse.Namespace) -> int:
     title = "Offline evaluation against the truth (`rewardstream bench-ope`)"
     _publish_report(args, report, render_markdown(report), title)
     return 1 if targets_met(report, len(plan.seeds)) else 0
+
+
+def _add_bench_experiment(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench-experiment",
+        help="an experiment on the closed loop: lift against the truth, sample ratio",
+    )
+    bench.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 21)))
+    bench.add_argument("--events", type=int, default=20_000, help="events per run")
+    bench.add_argument("--users", type=int, default=2_000)
+    bench.add_argument("--days", type=float, default=10.0)
+    bench.add_argument("--holdout", type=float, default=0.1, help="the holdout's share")
+    bench.add_argument("--program", help="shipped program id or YAML file (default: setting)")
+    bench.add_argument("--out", default="var/bench/experiment.json", help="JSON report path")
+    bench.add_argument("--docs", help="append the figures to this markdown file")
+    bench.set_defaults(run=_bench_experiment)
+
+
+def _bench_experiment(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("bench-experiment")
+    from app.assembly import load_program_setting
+    from harness.bench.experiment import render_markdown, run_experiment_benchmark, targets_met
+
+    found = run_experiment_benchmark(
+        settings,
+        load_program_setting(args.program or settings.program),
+        seeds=tuple(args.seeds),
+        events=args.events,
+        users=args.users,
+        days=args.days,
+        holdout=args.holdout,
+        say=print,
+    )
+    title = "An experiment on the closed loop (`rewardstream bench-experiment`)"
+    _publish_report(args, found, render_markdown(found), title)
+    return 0 if targets_met(found) else 1
 
 
 def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:

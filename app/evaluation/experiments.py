@@ -111,8 +111,9 @@ def sample_ratio(users: Mapping[str, int], experiment: Experiment) -> SampleRati
 
 @dataclass(frozen=True, slots=True)
 class Lift:
-    """An arm's redemptions per user minus the control's, with its interval, and the
-    same as a ratio to the control's (None when the control redeemed nothing)."""
+    """An arm's redemptions per user minus the baseline arm's (the control arm, else the
+    holdout), with its interval, and the same as a ratio to the baseline's (None when
+    the baseline redeemed nothing)."""
 
     difference: float
     low: float
@@ -175,7 +176,10 @@ def report(
             if decision.get("decision_id") in redeemed:
                 figures[2] += 1
                 per_user[name][user] += 1
+    # The baseline: the control arm (the standard reward), else the holdout (nothing).
     control = next((a.name for a in experiment.arms if a.serves == "default"), None)
+    if control is None:
+        control = next((a.name for a in experiment.arms if a.serves == "nothing"), None)
     outcomes = {name: [per_user[name].get(user, 0) for user in users[name]] for name in arms}
     rows = []
     for arm in experiment.arms:
@@ -221,10 +225,10 @@ def render(found: ExperimentReport) -> str:
     """The report as a table a person reads."""
     lines = [
         f"Experiment {found.experiment}"
-        + (f", control arm {found.control}" if found.control else ", no control arm"),
+        + (f", lift against arm {found.control}" if found.control else ", no control arm"),
         "",
         f"{'arm':<14} {'serves':<8} {'share':>6} {'users':>8} {'decisions':>10} {'grants':>8} "
-        f"{'redeemed':>9} {'per user':>9} {'cost/red.':>10}  lift per user vs control (95%)",
+        f"{'redeemed':>9} {'per user':>9} {'cost/red.':>10}  lift per user (95%)",
     ]
     for arm in found.arms:
         cost = "-" if arm.cost_per_redemption is None else f"{arm.cost_per_redemption:.2f}"

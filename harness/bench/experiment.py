@@ -1,0 +1,157 @@
+"""An experiment on the closed loop: does `rewardstream experiment report` find the lift
+the simulated users really give, and does its sample-ratio test stay quiet on a
+correct split?
+
+Per seed, the program runs with an experiment (a holdout that gets nothing, and the
+program itself) over
+a closed loop of simulated users (app.evaluation.experiments reads the decisions and
+answers the run left). The truth: the simulator knows each user's probability of
+redeeming each reward on each channel, so each arm's expected redemptions per user,
+given the rewards it granted, are the sum of those probabilities over its grants per
+user. Their difference between the program's arm and the holdout, averaged over the
+seeds, is the true lift the intervals should cover (the answers' own chance, and
+which users a seed puts in which arm, are what a seed's interval must allow for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from app.evaluation.experiments import report
+from app.programs import Arm, Experiment, Program
+from app.settings import Settings
+from harness.simulation.closed_loop import ClosedLoopSimulator
+from harness.simulation.logged import START_MS, logged_closed_loop
+
+TREATED = "program"
+
+
+def with_experiment(program: Program, holdout: float) -> Program:
+    """The program with a holdout arm (no reward) beside the program's own."""
+    arms = (Arm("holdout", holdout, "nothing"), Arm(TREATED, round(1.0 - holdout, 9)))
+    return dataclasses.replace(program, experiment=Experiment("bench", arms))
+
+
+def one_seed(
+    settings: Settings, program: Program, *, seed: int, events: int, users: int, days: float
+) -> dict[str, Any]:
+    experiment = program.experiment
+    assert experiment is not None
+    simulator = ClosedLoopSimulator(users=users, seed=seed, start_ms=START_MS, days=days)
+    kinds = {r.id: r.kind for r in program.rewards}
+    run = logged_closed_loop(
+        program,
+        events=events,
+        users=users,
+        seed=seed,
+        days=days,
+        partitions=settings.partitions,
+        max_event_bytes=settings.max_event_bytes,
+        state_ttl_ms=settings.state_ttl_ms,
+        simulator=simulator,
+        every_answer=True,
+    )
+    found = report(experiment, run.decisions, [orjson.loads(line) for line in run.lines])
+    expected: dict[str, float] = defaultdict(float)
+    members: dict[str, set[str]] = defaultdict(set)
+    for decision in run.decisions:
+        arm, user = str(decision["arm"]), str(decision["user_id"])
+        members[arm].add(user)
+        if decision["status"] == "granted" and decision["action"] is not None:
+            kind = kinds[str(decision["action"])]
+            channel = decision["channel"]
+            expected[arm] += simulator.true_probability(
+                user, kind, None if channel is None else str(channel)
+            )
+    per_user = {arm: expected[arm] / max(1, len(members[arm])) for arm in members}
+    treated = next(a for a in found.arms if a.arm == TREATED)
+    assert treated.lift is not None
+    return {
+        "seed": seed,
+        "expected_lift": per_user.get(TREATED, 0.0) - per_user.get("holdout", 0.0),
+        "lift": treated.lift.difference,
+        "low": treated.lift.low,
+        "high": treated.lift.high,
+        "users": {a.arm: a.users for a in found.arms},
+        "srm_p": found.sample_ratio.p_value,
+        "srm_mismatch": found.sample_ratio.mismatch,
+    }
+
+
+def run_experiment_benchmark(
+    settings: Settings,
+    program: Program,
+    *,
+    seeds: tuple[int, ...],
+    events: int,
+    users: int,
+    days: float,
+    holdout: float,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    arms = with_experiment(program, holdout)
+    rows = []
+    for seed in seeds:
+        rows.append(one_seed(settings, arms, seed=seed, events=events, users=users, days=days))
+        say(
+            f"seed {seed}: lift {rows[-1]['lift']:+.4f} [{rows[-1]['low']:+.4f}, "
+            f"{rows[-1]['high']:+.4f}], SRM p {rows[-1]['srm_p']:.3f}"
+        )
+    truth = sum(r["expected_lift"] for r in rows) / len(rows)
+    return {
+        "plan": {
+            "seeds": list(seeds),
+            "events": events,
+            "users": users,
+            "days": days,
+            "holdout": holdout,
+        },
+        "true_lift": truth,
+        "covered": sum(r["low"] <= truth <= r["high"] for r in rows),
+        "srm_passed": sum(not r["srm_mismatch"] for r in rows),
+        "rows": rows,
+    }
+
+
+def render_markdown(found: dict[str, Any]) -> str:
+    plan, rows = found["plan"], found["rows"]
+    seeds = len(rows)
+    lines = [
+        f"Seeds {plan['seeds'][0]}-{plan['seeds'][-1]}; each a closed loop of "
+        f"{plan['events']:,} events of {plan['users']:,} simulated users over {plan['days']:g} "
+        f"days, the shipped program with an experiment: a holdout ({plan['holdout']:.0%} of "
+        "the users, no reward) and the program; `experiment report`'s lift in redemptions "
+        "per user of the program's arm against the holdout, and its sample-ratio test. "
+        "The true lift: the simulator's "
+        "expected redemptions per user of each arm's grants, their difference averaged "
+        "over the seeds.",
+        "",
+        "| seed | users (holdout / program) | lift | 95% interval | covers the true lift | SRM p |",
+        "|---:|---|---:|---|---|---:|",
+    ]
+    for r in rows:
+        users = r["users"]
+        covers = "yes" if r["low"] <= found["true_lift"] <= r["high"] else "no"
+        lines.append(
+            f"| {r['seed']} | {users.get('holdout', 0):,} / {users.get(TREATED, 0):,} "
+            f"| {r['lift']:+.4f} | [{r['low']:+.4f}, {r['high']:+.4f}] "
+            f"| {covers} | {r['srm_p']:.3f} |"
+        )
+    lines += [
+        "",
+        f"True lift {found['true_lift']:+.4f} redemptions per user; covered in "
+        f"{found['covered']} of {seeds} seeds (target: at least {round(seeds * 0.9)}); the "
+        f"correct split passed the sample-ratio test in {found['srm_passed']} of {seeds} "
+        f"(target: all).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def targets_met(found: dict[str, Any]) -> bool:
+    seeds = len(found["rows"])
+    return found["covered"] >= round(seeds * 0.9) and found["srm_passed"] == seeds
