@@ -124,6 +124,9 @@ class Settings:
     # A user (or device, or network) with no event for this long is forgotten: its state
     # is treated as new at its next event and deleted from the tables in the background.
     state_ttl_days: int = 400
+    # The background sweep that deletes forgotten rows passes over every row about once
+    # in this long (a row goes within about this long after its time to live is over).
+    sweep_pass_s: int = 3_600
     # How often the worker writes its tables to local snapshots under data_dir, so that a
     # restart on the same volume reads only the changelogs' tail (0: never; always on stop).
     snapshot_interval_s: int = 300
@@ -193,6 +196,8 @@ class Settings:
             raise SettingsError(
                 "REWARDSTREAM_FETCH_MAX_WAIT_MS, _LINGER_MS and _COMMIT_INTERVAL_MS must be >= 0"
             )
+        if self.sweep_pass_s < 1:
+            raise SettingsError("REWARDSTREAM_SWEEP_PASS_S must be at least 1")
         if self.snapshot_interval_s < 0:
             raise SettingsError("REWARDSTREAM_SNAPSHOT_INTERVAL_S must be >= 0")
         if self.checkpoint_interval_s < 1:

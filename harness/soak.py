@@ -27,6 +27,7 @@ from harness.simulation.live import produce_at_rate
 from harness.workerproc import WorkerProcess, own_broker
 
 DAY_MS = 86_400_000
+SOAK_SWEEP_PASS_S = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,11 @@ class Sample:
 
 def run_soak(settings: Settings, plan: SoakPlan, *, out: Path | None) -> int:
     with own_broker(settings, "soak") as on_broker:
-        settings = dataclasses.replace(on_broker, state_ttl_days=plan.state_ttl_days)
+        # Simulated days pass in wall minutes here: the sweep passes over the rows in
+        # seconds, not the hour a deployment's wall-clock days allow it.
+        settings = dataclasses.replace(
+            on_broker, state_ttl_days=plan.state_ttl_days, sweep_pass_s=SOAK_SWEEP_PASS_S
+        )
         worker = WorkerProcess(settings, settings.data_dir / "worker.log")
         try:
             asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))

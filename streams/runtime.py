@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,9 +44,12 @@ from streams.views import Views
 
 log = logging.getLogger(__name__)
 
-# How many rows of a table partition the sweep looks at per tick, and how often it ticks.
-SWEEP_SLICE = 256
+# The sweep ticks once a second and looks at enough rows of each table partition per
+# tick to pass over all of them about once in RuntimeConfig.sweep_pass_s, and at least
+# SWEEP_MIN_SLICE. Each row it looks at is decoded, and a tick's rows are looked at in
+# one go: a larger slice than the pass needs is a stall of the loop every second.
 SWEEP_EVERY_S = 1.0
+SWEEP_MIN_SLICE = 8
 # Deletions by the sweep are committed within this long.
 SWEEP_COMMIT_WITHIN_S = 1.0
 # How long the loop waits for records when no task has anything to commit soon.
@@ -77,6 +81,8 @@ class RuntimeConfig:
     resume_behind: int = 1_000
     # The roles a task's transactions write to (besides changelogs).
     output_roles: frozenset[str] = frozenset()
+    # The time-to-live sweep passes over every row about once in this long.
+    sweep_pass_s: float = 3_600.0
 
 
 class Hooks:
@@ -564,6 +570,7 @@ class Runtime:
         (their time to live is over, by the worker's clock); the deletions commit with the
         task's next transaction."""
         now_ms = self.wall_ms()
+        share = SWEEP_EVERY_S / self.config.sweep_pass_s  # of the rows, per tick
         for task in self.tasks.values():
             if task.state is not TaskState.RUNNING:
                 continue
@@ -573,7 +580,8 @@ class Runtime:
                 keys = self.sweeps.get(key)
                 if not keys:
                     keys = self.sweeps[key] = list(table.rows)
-                slice_, self.sweeps[key] = keys[:SWEEP_SLICE], keys[SWEEP_SLICE:]
+                size = max(SWEEP_MIN_SLICE, math.ceil(len(table.rows) * share))
+                slice_, self.sweeps[key] = keys[:size], keys[size:]
                 for row in slice_:
                     if self.hooks.stale(name, table.get(row), now_ms):
                         del table[row]

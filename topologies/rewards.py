@@ -223,6 +223,7 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         topic_of_role=settings.topic_names(),
         snapshot_dir=settings.data_dir / "snapshots" / settings.app_id,
         snapshot_interval_s=settings.snapshot_interval_s,
+        sweep_pass_s=settings.sweep_pass_s,
         paced=frozenset({"decide"}),
         pacing=frozenset({"link"}),
         output_roles=frozenset({"decisions", "fraud-alerts", "dead-letter", "rekeyed", "links"}),
