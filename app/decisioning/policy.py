@@ -25,6 +25,7 @@ asks any policy for it and says clearly when a custom policy cannot tell.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -195,8 +196,62 @@ class Uniform:
         return {None: 0.0} | {c.reward.id: 1.0 / n for c in candidates}
 
 
+class Softmax:
+    """Each candidate with probability proportional to ``exp(priority / temperature)``,
+    and no reward as if it were a candidate scoring ``learning.min_priority``: rewards
+    near the best are tried often, far below it rarely, and every probability is exact
+    (what the decision logs is what the draw had)."""
+
+    def __init__(self, learning: Learning, *, seed: int) -> None:
+        self.learning = learning
+        self.seed = seed
+
+    def choose(self, candidates: Sequence[Candidate], situation: Situation) -> Pick:
+        weights = self._weights(candidates)
+        draw = explore_draw(self.seed, situation.decision_id, "softmax") * sum(weights)
+        options: list[Candidate | None] = [*candidates, None]
+        for option, weight in zip(options, weights, strict=True):
+            if draw < weight:
+                return self._pick(option, weight, weights, candidates)
+            draw -= weight
+        # Rounding left the draw past the last weight: it falls on the last option.
+        return self._pick(options[-1], weights[-1], weights, candidates)
+
+    def distribution(
+        self, candidates: Sequence[Candidate], situation: Situation
+    ) -> dict[Action, float]:
+        weights = self._weights(candidates)
+        total = sum(weights)
+        # The same expressions as choose, so the logged probability matches to the bit.
+        actions: dict[Action, float] = {
+            c.reward.id: w / total for c, w in zip(candidates, weights[:-1], strict=True)
+        }
+        actions[None] = weights[-1] / total
+        return actions
+
+    def _weights(self, candidates: Sequence[Candidate]) -> list[float]:
+        """exp((score - best score) / temperature) per candidate, then for no reward."""
+        scores = [c.priority for c in candidates] + [self.learning.min_priority]
+        top = max(scores)
+        return [math.exp((score - top) / self.learning.temperature) for score in scores]
+
+    @staticmethod
+    def _pick(
+        option: Candidate | None,
+        weight: float,
+        weights: list[float],
+        candidates: Sequence[Candidate],
+    ) -> Pick:
+        probability = weight / sum(weights)
+        if option is None:
+            return Pick(None, probability, "below_minimum")
+        return Pick(option, probability, "exploit" if option is candidates[0] else "explore")
+
+
 def policy_for(program: Program, *, seed: int) -> Policy:
     """The policy a program asks for (``learning.exploration``)."""
     if program.learning.exploration == "uniform":
         return Uniform(seed=seed)
+    if program.learning.exploration == "softmax":
+        return Softmax(program.learning, seed=seed)
     return EpsilonGreedy(program.learning, seed=seed)

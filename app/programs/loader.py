@@ -733,6 +733,7 @@ _LEARNING_KEYS = (
     "learning_rate",
     "min_priority",
     "exploration",
+    "temperature",
 )
 
 
@@ -767,6 +768,9 @@ def _learning(where: _Where, value: object) -> Learning:
         ),
         exploration=_exploration(
             where.key("exploration"), fields.get("exploration", defaults.exploration)
+        ),
+        temperature=_number(
+            where.key("temperature"), fields.get("temperature", defaults.temperature), above=0.0
         ),
     )
     if learning.min_epsilon > learning.epsilon:

@@ -43,9 +43,9 @@ NEVER_TRIGGERS = (
     "member_imported",
 )
 OPENED_POLICIES = ("ignore", "positive")
-EXPLORATIONS = ("epsilon_greedy", "uniform")
+EXPLORATIONS = ("epsilon_greedy", "uniform", "softmax")
 Opened = Literal["ignore", "positive"]
-Exploration = Literal["epsilon_greedy", "uniform"]
+Exploration = Literal["epsilon_greedy", "uniform", "softmax"]
 
 _DURATION = re.compile(r"([1-9][0-9]{0,5})([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
@@ -226,7 +226,11 @@ class Learning:
     ``min_priority``: grant nothing when the best reward scores below this.
     ``exploration``: the policy (:mod:`app.decisioning.policy`): ``epsilon_greedy``
     (the best reward, or with probability epsilon a random eligible one) or
-    ``uniform`` (a random eligible reward every time: the baseline to compare with).
+    ``uniform`` (a random eligible reward every time: the baseline to compare with) or
+    ``softmax`` (each eligible reward, and no reward, with probability proportional to
+    ``exp(priority / temperature)``, no reward scoring ``min_priority``).
+    ``temperature``: for ``softmax``, in priority units: how far below the best a reward
+    may score and still be tried often.
     """
 
     epsilon: float = 0.1
@@ -238,6 +242,7 @@ class Learning:
     learning_rate: float = 0.05
     min_priority: float = 0.0
     exploration: Exploration = "epsilon_greedy"
+    temperature: float = 0.1
 
     def epsilon_for(self, answers: int) -> float:
         """Exploration rate for a user who has answered ``answers`` offers."""

@@ -20,6 +20,7 @@ from app.decisioning.policy import (
     EpsilonGreedy,
     Pick,
     Situation,
+    Softmax,
     Uniform,
     choice_probabilities,
 )
@@ -78,16 +79,24 @@ def random_learning(rng: random.Random, *, below: bool, best: Candidate) -> Lear
 
 def random_cases(count: int, seed: int) -> list[tuple[DistributionPolicy, Sequence[Candidate]]]:
     """Random candidate sets, one policy each: in turn epsilon-greedy with the best
-    candidate above the minimum priority, epsilon-greedy with it below, and uniform."""
+    candidate above the minimum priority, epsilon-greedy with it below, uniform, and
+    softmax at a random temperature and minimum priority."""
     rng = random.Random(seed)
     cases: list[tuple[DistributionPolicy, Sequence[Candidate]]] = []
     for k in range(count):
         offered = candidates(rng, rng.randint(1, 4))
         policy: DistributionPolicy
-        if k % 3 == 2:
+        if k % 4 == 2:
             policy = Uniform(seed=rng.randrange(1000))
+        elif k % 4 == 3:
+            learning = dataclasses.replace(
+                random_learning(rng, below=rng.random() < 0.5, best=offered[0]),
+                exploration="softmax",
+                temperature=rng.choice((0.05, 0.2, 1.0, 5.0)),
+            )
+            policy = Softmax(learning, seed=rng.randrange(1000))
         else:
-            learning = random_learning(rng, below=k % 3 == 1, best=offered[0])
+            learning = random_learning(rng, below=k % 4 == 1, best=offered[0])
             policy = EpsilonGreedy(learning, seed=rng.randrange(1000))
         cases.append((policy, offered))
     return cases
@@ -108,7 +117,7 @@ def test_every_distribution_sums_to_one_and_names_every_action() -> None:
         assert choice_probabilities(policy, offered, here) == distribution
 
 
-@pytest.mark.parametrize(("policy", "offered"), random_cases(6, seed=2))
+@pytest.mark.parametrize(("policy", "offered"), random_cases(8, seed=2))
 def test_choose_takes_each_action_as_often_as_its_distribution_says(
     policy: DistributionPolicy, offered: Sequence[Candidate]
 ) -> None:
