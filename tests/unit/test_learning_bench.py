@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from app.programs import load_builtin
-from harness.bench.learning import audit, run_benchmark, targets_markdown
+from harness.bench.learning import audit, lift_share, run_benchmark, targets_markdown
 from harness.simulation.closed_loop import LoopStats
 
 PROGRAM = load_builtin("retail-loyalty")
@@ -24,7 +26,20 @@ def test_small_run_reports_all_policies_and_keeps_every_limit() -> None:
         report["policies"]["oracle"]["redemption_rate"]
         > report["policies"]["random"]["redemption_rate"]
     )
-    assert "| engine / random redemption rate >= 2.0 |" in targets_markdown(report)
+    table = targets_markdown(report)
+    assert "| engine / random redemption rate >= 2.0 |" in table
+    assert "| share of the oracle's lift over random captured >= 0.80 |" in table
+    engine, random_, oracle = (
+        report["policies"][p]["redemption_rate"] for p in ("engine", "random", "oracle")
+    )
+    assert report["lift_share"] == pytest.approx((engine - random_) / (oracle - random_), abs=1e-3)
+    assert len(report["lift_share_by_fifth"]) == 5
+
+
+def test_the_lift_share_is_none_where_the_oracle_does_not_beat_random() -> None:
+    assert lift_share(0.3, 0.2, 0.4) == 0.5
+    assert lift_share(0.1, 0.2, 0.4) == -0.5  # worse than random
+    assert lift_share(0.3, 0.2, 0.2) is None
 
 
 def test_audit_finds_each_kind_of_broken_limit() -> None:
