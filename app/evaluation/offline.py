@@ -17,6 +17,10 @@ program's gates (rules, budgets, contact limits, consent) are not what is evalua
 here; the logged program's are kept, because only the situations the log holds can
 be valued from it. Changing gates changes which situations arise at all: that is what
 replaying the events under another program compares, not this.
+
+In a program that runs an experiment, the rounds are the choices of the arms that
+choose with the program's own policy; an arm with a learning block of its own, a
+control and a holdout make no such choices, and their decisions are not valued here.
 """
 
 from __future__ import annotations
