@@ -655,7 +655,7 @@ def _add_bench_ope(commands: Any) -> None:
 def _bench_ope(settings: Settings, args: argparse.Namespace) -> int:
     _harness("bench-ope")
     from app.assembly import load_program_setting
-    from harness.bench.ope import OpePlan, render_markdown, run_ope_benchmark, targets_met
+    from harness.bench.ope import OpePlan, missed_targets, render_markdown, run_ope_benchmark
 
     plan = OpePlan(
         seeds=tuple(args.seeds),
@@ -667,7 +667,7 @@ def _bench_ope(settings: Settings, args: argparse.Namespace) -> int:
     report = run_ope_benchmark(settings, program, plan, say=print)
     title = "Offline evaluation against the truth (`rewardstream bench-ope`)"
     _publish_report(args, report, render_markdown(report), title)
-    return 1 if targets_met(report, len(plan.seeds)) else 0
+    return 1 if missed_targets(report, len(plan.seeds)) else 0
 
 
 def _add_bench_experiment(commands: Any) -> None:

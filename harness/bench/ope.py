@@ -218,7 +218,7 @@ def time_evaluation(settings: Settings, logging: Program, plan: OpePlan) -> dict
     }
 
 
-def targets_met(report: dict[str, Any], seeds: int) -> list[str]:
+def missed_targets(report: dict[str, Any], seeds: int) -> list[str]:
     """What missed its target (empty: every target met)."""
     missed = []
     need = max(1, round(COVERED_SEEDS / 20 * seeds))
@@ -283,7 +283,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{timing['seconds']:.1f} s (target <= 60 s).",
         "",
     ]
-    missed = targets_met(report, seeds)
+    missed = missed_targets(report, seeds)
     lines.append(
         "Targets: all met." if not missed else "Targets missed: " + "; ".join(missed) + "."
     )

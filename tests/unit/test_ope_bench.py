@@ -11,7 +11,13 @@ import pytest
 from app.assembly import load_program_setting
 from app.settings import Settings
 from harness.bench import experiment as bench_experiment
-from harness.bench.ope import OFF_SUPPORT, OpePlan, render_markdown, run_ope_benchmark, targets_met
+from harness.bench.ope import (
+    OFF_SUPPORT,
+    OpePlan,
+    missed_targets,
+    render_markdown,
+    run_ope_benchmark,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,7 @@ def test_a_missed_target_is_reported_as_missed(ope_report: dict[str, object]) ->
     timing = broken["timing"]
     assert isinstance(timing, dict)
     timing["seconds"] = 61.0
-    missed = " ".join(targets_met(broken, 2))
+    missed = " ".join(missed_targets(broken, 2))
     assert off in missed
     assert "uniform" in missed
     assert "60 s" in missed
