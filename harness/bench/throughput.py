@@ -967,10 +967,11 @@ class Target:
 
 
 TARGETS = (
-    Target("engine_events_per_s", "engine throughput", ">= 10,000 events/s", lambda v: v >= 10_000),
+    # Issue 14's targets ("Real time"); the ratio to the raw loop is issue 6's.
+    Target("engine_events_per_s", "engine throughput", ">= 5,000 events/s", lambda v: v >= 5_000),
     Target("ratio", "engine / raw Kafka loop", ">= 0.15", lambda v: v >= 0.15),
-    Target("p99_ms", "p99 latency at 70% of max", "<= 30 ms", lambda v: v <= 30),
-    Target("replay_events_per_s", "offline replay", ">= 30,000 events/s", lambda v: v >= 30_000),
+    Target("p99_ms", "p99 latency at 70% of max", "<= 150 ms", lambda v: v <= 150),
+    Target("replay_events_per_s", "offline replay", ">= 10,000 events/s", lambda v: v >= 10_000),
     Target(
         "bytes_per_user", "state per user (one sign-up each)", "<= 500 bytes", lambda v: v <= 500
     ),
@@ -1041,13 +1042,13 @@ def _figure_rows(report: dict[str, Any]) -> list[str]:
         f"| raw aiokafka consume-produce loop (the ceiling) "
         f"| {report['passthrough_events_per_s']:,.0f} events/s | | |",
         f"| engine, one worker draining a backlog | {report['engine_events_per_s']:,.0f} events/s "
-        f"| >= 10,000 events/s | {met['engine_events_per_s']} |",
+        f"| >= 5,000 events/s | {met['engine_events_per_s']} |",
         f"| engine / raw loop | {report['ratio']:.3f} | >= 0.15 | {met['ratio']} |",
         f"| latency at 70% of max ({report['offered_rate']:,.0f} events/s offered), "
         f"p50 / p99 / p99.9 | {_ms(report['p50_ms'])} / {_ms(report['p99_ms'])} / "
-        f"{_ms(report['p999_ms'])} ms | p99 <= 30 ms | {met['p99_ms']} |",
+        f"{_ms(report['p999_ms'])} ms | p99 <= 150 ms | {met['p99_ms']} |",
         f"| offline replay, median of {len(report['replay_runs_events_per_s'])} "
-        f"| {report['replay_events_per_s']:,.0f} events/s | >= 30,000 events/s "
+        f"| {report['replay_events_per_s']:,.0f} events/s | >= 10,000 events/s "
         f"| {met['replay_events_per_s']} |",
         f"| state per user at {state['users']:,} users, one sign-up each (user row "
         f"{state['user_state_bytes_per_user']:,.0f} + link rows "
