@@ -587,9 +587,14 @@ def _add_bench_learning(commands: Any) -> None:
         default=0.0,
         help="share of users who joined before the run (0: a launch, every user signs up)",
     )
-    bench.add_argument("--out", default="var/bench/learning.json", help="JSON report path")
-    bench.add_argument("--docs", help="append the figures to this markdown file")
+    _report_options(bench, "var/bench/learning.json")
     bench.set_defaults(run=_bench_learning)
+
+
+def _report_options(bench: Any, out: str) -> None:
+    """Where a benchmark writes its JSON report, and the markdown file it appends to."""
+    bench.add_argument("--out", default=out, help="JSON report path")
+    bench.add_argument("--docs", help="append the figures to this markdown file")
 
 
 def _publish_report(
@@ -616,8 +621,7 @@ def _add_bench_fraud(commands: Any) -> None:
     bench.add_argument("--hours", type=float, default=36.0, help="simulated time per run")
     bench.add_argument("--normal-users", type=int, default=1_000)
     bench.add_argument("--normal-events", type=int, default=30_000)
-    bench.add_argument("--out", default="var/bench/fraud.json", help="JSON report path")
-    bench.add_argument("--docs", help="append the figures to this markdown file")
+    _report_options(bench, "var/bench/fraud.json")
     bench.set_defaults(run=_bench_fraud)
 
 
@@ -647,8 +651,7 @@ def _add_bench_ope(commands: Any) -> None:
     bench.add_argument("--users", type=int, default=1_000)
     bench.add_argument("--timed-events", type=int, default=50_000, help="the timed log's size")
     bench.add_argument("--program", help="shipped program id or YAML file (default: setting)")
-    bench.add_argument("--out", default="var/bench/ope.json", help="JSON report path")
-    bench.add_argument("--docs", help="append the figures to this markdown file")
+    _report_options(bench, "var/bench/ope.json")
     bench.set_defaults(run=_bench_ope)
 
 
@@ -681,8 +684,7 @@ def _add_bench_experiment(commands: Any) -> None:
     bench.add_argument("--days", type=float, default=10.0)
     bench.add_argument("--holdout", type=float, default=0.1, help="the holdout's share")
     bench.add_argument("--program", help="shipped program id or YAML file (default: setting)")
-    bench.add_argument("--out", default="var/bench/experiment.json", help="JSON report path")
-    bench.add_argument("--docs", help="append the figures to this markdown file")
+    _report_options(bench, "var/bench/experiment.json")
     bench.set_defaults(run=_bench_experiment)
 
 
