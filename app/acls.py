@@ -126,7 +126,7 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
         for principal in split_principals(principals):
             allow(principal, literal, names[role], Operation.WRITE)
         allow(worker, literal, names[role], Operation.READ, Operation.CREATE)
-    for role in ("decisions", "fraud-alerts", "dead-letter"):
+    for role in ("decisions", "fraud-alerts", "dead-letter", "shadow-decisions"):
         allow(worker, literal, names[role], Operation.WRITE, Operation.CREATE)
     owned = (Operation.READ, Operation.WRITE, Operation.CREATE)
     allow(worker, literal, names["model-checkpoints"], *owned)

@@ -22,3 +22,11 @@ def build_engine(settings: Settings, *, program: str | None = None) -> Engine:
         seed=settings.seed,
         partitions=settings.partitions,
     )
+
+
+def build_shadow_engine(settings: Settings) -> Engine | None:
+    """The shadow program's engine (``settings.shadow_program``), or None without one.
+    Same seed and partitions as the live engine; its own models and random draws."""
+    if not settings.shadow_program:
+        return None
+    return build_engine(settings, program=settings.shadow_program)

@@ -343,6 +343,11 @@ def _add_evaluate(commands: Any) -> None:
     evaluate.add_argument(
         "--decisions", help="the decision log of those events (JSONL), to check the replay"
     )
+    evaluate.add_argument(
+        "--shadow",
+        help="a shadow program's decisions of those events (JSONL from the shadow-decisions "
+        "topic or replay --shadow), valued on the live answers",
+    )
     evaluate.add_argument("--seed", type=int, help="the logging seed (default: setting)")
     evaluate.add_argument("--partitions", type=int, help="the logging partition count")
     evaluate.set_defaults(run=_evaluate)
@@ -359,6 +364,11 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
         decisions = [
             orjson.loads(line) for line in Path(args.decisions).read_bytes().splitlines() if line
         ]
+    shadow = None
+    if args.shadow:
+        shadow = [
+            orjson.loads(line) for line in Path(args.shadow).read_bytes().splitlines() if line
+        ]
     try:
         evaluation, checked = evaluate_events(
             program,
@@ -369,6 +379,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
             max_event_bytes=settings.max_event_bytes,
             state_ttl_ms=settings.state_ttl_ms,
             decisions=decisions,
+            shadow=shadow,
         )
     except LogMismatchError as error:
         print(f"The replay does not match the decision log: {error}", file=sys.stderr)
@@ -445,6 +456,11 @@ def _add_replay(commands: Any) -> None:
     replay.add_argument("--out", default="-", help="records, JSONL (- for stdout)")
     replay.add_argument("--seed", type=int, help="exploration seed (default: setting)")
     replay.add_argument("--partitions", type=int, help="split budgets as over N partitions")
+    replay.add_argument(
+        "--shadow",
+        help="a shadow program (shipped id or YAML file) deciding beside the live one; its "
+        "decisions are written too, with kind shadow_decision (default: setting)",
+    )
     replay.set_defaults(run=_replay)
 
 
@@ -452,7 +468,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
-    from app.assembly import build_engine
+    from app.assembly import build_engine, build_shadow_engine
     from app.replay import ReplayCounts, replay
 
     settings = dataclasses.replace(
@@ -461,6 +477,9 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
         partitions=settings.partitions if args.partitions is None else args.partitions,
     )
     engine = build_engine(settings, program=args.program)
+    if args.shadow is not None:
+        settings = dataclasses.replace(settings, shadow_program=args.shadow)
+    shadow = build_shadow_engine(settings)
     counts = ReplayCounts()
     started = time.perf_counter()
     source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
@@ -475,6 +494,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
             max_event_bytes=settings.max_event_bytes,
             counts=counts,
             state_ttl_ms=settings.state_ttl_ms,
+            shadow=shadow,
         ):
             sink.write(record + b"\n")
     finally:

@@ -202,6 +202,13 @@ class Metrics:
             ["program", "arm"],
             registry=registry,
         )
+        self.shadow_decisions = Counter(
+            f"{PREFIX}_shadow_decisions_total",
+            "Decisions of a shadow program (written to shadow-decisions, never acted on), by "
+            "status; status failed counts events the shadow could not decide.",
+            ["program", "status"],
+            registry=registry,
+        )
         self.arm_share = Gauge(
             f"{PREFIX}_experiment_arm_share",
             "The share of users an experiment arm is meant to get (the program's split).",

@@ -47,6 +47,7 @@ from app.frozen import replace
 from app.metrics import NO_REWARD, Metrics
 from app.models import log_loss
 from app.rows import expand
+from app.shadow import ANSWER_TYPES, LiveFacts, Shadow
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,9 @@ class Tables:
     users: Table
     ledgers: Table
     links: Table = field(default_factory=dict)
+    # A shadow program's own user states and ledgers (app.shadow); empty without one.
+    shadow_users: Table = field(default_factory=dict)
+    shadow_ledgers: Table = field(default_factory=dict)
     # The rows decoded since the last flush, by table field (see OpenRows).
     open: dict[str, OpenRows[Any]] = field(default_factory=dict)
 
@@ -162,6 +166,8 @@ CODECS: dict[str, tuple[Callable[[bytes | None], Any], Callable[[Any], bytes | N
     "users": (UserState.from_bytes, UserState.to_bytes),
     "ledgers": (Ledger.from_bytes, Ledger.to_bytes),
     "links": (LinkState.from_bytes, LinkState.to_bytes),
+    "shadow_users": (UserState.from_bytes, UserState.to_bytes),
+    "shadow_ledgers": (Ledger.from_bytes, Ledger.to_bytes),
 }
 
 
@@ -232,12 +238,14 @@ class Pipeline:
         partitioner: Callable[[bytes], int] | None = None,
         state_ttl_ms: int | None = None,
         max_ahead_ms: int | None = None,
+        shadow: Engine | None = None,
     ) -> None:
         """``partitioner`` maps a user key to the partition its state lives on (None: the
         partition an event was read from is its user's); ``state_ttl_ms`` is how long a
         user, device or network may be silent before its state is forgotten (None:
         never); ``max_ahead_ms`` is how far ahead of the worker's clock an event may be
-        stamped (None: no bound)."""
+        stamped (None: no bound); ``shadow`` is a challenger program's engine that decides
+        every event beside the live one (app.shadow), or None."""
         self.engine = engine
         self.metrics = metrics
         self.clock = metrics.clock
@@ -264,6 +272,17 @@ class Pipeline:
         self.newest_ts = 0
         # Where metric moves go while a batch is held (see holding); None: at once.
         self.held: list[Callable[[], None]] | None = None
+        self.shadow = None if shadow is None else self._shadow(shadow)
+
+    def _shadow(self, engine: Engine) -> Shadow:
+        counted = self.metrics.shadow_decisions
+        program_id = engine.program.id
+        return Shadow(
+            engine,
+            live_program_id=self.engine.program.id,
+            expired=lambda last_ts, ts: self._expired(last_ts, ts, "shadow-user-state"),
+            count=lambda status: self._count(counted.labels(program_id, status).inc),
+        )
 
     def _count(self, move: Callable[..., Any], *args: Any) -> None:
         """Move a metric: at once, or, while a batch is held (:meth:`holding`), once the
@@ -278,8 +297,11 @@ class Pipeline:
         """Inside the block, what the batch teaches the models and every metric it moves
         are held in ``into``, for the runtime to run once the batch is committed."""
         previous, self.held = self.held, into
+        learners = [self.engine] if self.shadow is None else [self.engine, self.shadow.engine]
         try:
-            with self.engine.holding_learning(into):
+            with contextlib.ExitStack() as held:
+                for learner in learners:
+                    held.enter_context(learner.holding_learning(into))
                 yield
         finally:
             self.held = previous
@@ -446,12 +468,44 @@ class Pipeline:
             )
             records = (known, *records[1:])
         published = [self._publish(record, user_key, produced_ms) for record in records]
-        return published + [
+        published += [
             related_note(alert, user)
             for alert in records
             if isinstance(alert, FraudAlert)
             for user in alert.related_users
         ]
+        if self.shadow is not None and not outcome.duplicate and isinstance(records[0], Decision):
+            published += self._shadow_decide(tables, partition, event, links, user, records[0])
+        return published
+
+    def _shadow_decide(
+        self,
+        tables: Tables,
+        partition: int,
+        event: Event,
+        links: tuple[LinkFacts, ...],
+        user: UserState,
+        live: Decision,
+    ) -> list[Output]:
+        """The shadow program's decision on ``event``, which the live engine decided as
+        ``live`` for ``user`` (its state before the event)."""
+        assert self.shadow is not None
+        answered = None
+        if event.type in ANSWER_TYPES:
+            answered = next(
+                (p.reward_id for p in user.pending if p.decision_id == event.decision_id), None
+            )
+        shadow = self.shadow.decide(
+            open_rows(tables, "shadow_users"),
+            open_rows(tables, "shadow_ledgers"),
+            partition,
+            event,
+            links,
+            LiveFacts(live, answered),
+        )
+        if shadow is None:
+            return []
+        return [Output("shadow-decisions", event.user_id.encode(), shadow.to_json())]
 
     def related(self, tables: Tables, key: bytes, value: bytes, at: SourcePosition) -> None:
         """A note that another user's alert named user ``key`` as related (sent by the
@@ -575,7 +629,7 @@ class Pipeline:
         if self.state_ttl_ms is None or not value:
             return False
         try:
-            if table_field == "users":
+            if table_field in ("users", "shadow_users"):
                 last_ts = orjson.loads(expand(value)).get("last_ts")
             elif table_field == "links":
                 last_ts = LinkState.from_bytes(value).last_ts

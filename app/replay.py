@@ -65,8 +65,11 @@ def replay(
     max_event_bytes: int,
     counts: ReplayCounts | None = None,
     state_ttl_ms: int | None = None,
+    shadow: Engine | None = None,
 ) -> Iterator[bytes]:
-    """Yield each output record (JSON bytes) for each input line."""
+    """Yield each output record (JSON bytes) for each input line; with a ``shadow``
+    engine, its decisions too (``kind: shadow_decision``), after the live records of
+    the same line."""
     counts = counts if counts is not None else ReplayCounts()
     pipeline = Pipeline(
         engine,
@@ -74,6 +77,7 @@ def replay(
         max_event_bytes=max_event_bytes,
         partitioner=kafka_partitioner(engine.partitions),
         state_ttl_ms=state_ttl_ms,
+        shadow=shadow,
     )
     tables = Tables(users={}, ledgers={})
     for number, line in enumerate(lines):

@@ -69,6 +69,8 @@ class Settings:
     # member_imported events: a running program's members brought in (docs/contract.md).
     topic_members: str = "members"
     topic_model_checkpoints: str = "model-checkpoints"
+    # A shadow program's decisions (shadow_program below): kept apart, never acted on.
+    topic_shadow_decisions: str = "shadow-decisions"
     partitions: int = 4
     replication_factor: int = 1
     # How every client of the engine connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL;
@@ -94,6 +96,10 @@ class Settings:
 
     # The reward program the worker decides for: a shipped program's id or a YAML file.
     program: str = "retail-loyalty"
+    # A challenger that decides every event beside the live program, writes to
+    # topic_shadow_decisions, grants nothing and spends no budget (app.shadow): a shipped
+    # program's id or a YAML file, with an id other than the live program's; empty: none.
+    shadow_program: str = ""
     # Seed of every random choice (exploration), so runs and replays are reproducible.
     seed: int = 7
     # How often a worker saves what its models learned (a restart continues from it).
@@ -264,6 +270,7 @@ class Settings:
             "consent": self.topic_consent,
             "members": self.topic_members,
             "model-checkpoints": self.topic_model_checkpoints,
+            "shadow-decisions": self.topic_shadow_decisions,
             # Internal, between the worker's own stages; named after the app like the
             # changelogs, so two deployments on one cluster never share them.
             "rekeyed": f"{self.app_id}-rekeyed",

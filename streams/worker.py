@@ -10,7 +10,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from app.assembly import build_engine
+from app.assembly import build_engine, build_shadow_engine
 from app.decisioning.engine import Engine
 from app.kafkaio import client_options, ensure_topics, latest_by_key, topic_requests
 from app.metrics import Metrics
@@ -99,21 +99,28 @@ def configure_logging(settings: Settings) -> None:
         handler.addFilter(RepeatFilter())
 
 
-async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry) -> None:
-    """Create missing topics, restore the models, then run the stages until a stop signal."""
+async def serve(
+    settings: Settings,
+    engine: Engine,
+    registry: CollectorRegistry,
+    shadow: Engine | None = None,
+) -> None:
+    """Create missing topics, restore the models (the live program's, and the shadow
+    program's if there is one), then run the stages until a stop signal."""
     client = client_options(settings)
     created = await ensure_topics(
         settings.bootstrap_servers, topic_requests(settings), client=client
     )
     log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
-    program = engine.program.id
-    saved = await latest_by_key(
-        settings.bootstrap_servers,
-        settings.topic_model_checkpoints,
-        checkpoint_key(program),
-        client=client,
-    )
-    restore_into(engine.models, saved, program_id=program, risk=engine.risk_models)
+    for models_of in (engine, shadow) if shadow is not None else (engine,):
+        program = models_of.program.id
+        saved = await latest_by_key(
+            settings.bootstrap_servers,
+            settings.topic_model_checkpoints,
+            checkpoint_key(program),
+            client=client,
+        )
+        restore_into(models_of.models, saved, program_id=program, risk=models_of.risk_models)
 
     metrics = Metrics(registry)
     pipeline = Pipeline(
@@ -123,6 +130,7 @@ async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry)
         partitioner=kafka_partitioner(settings.partitions),
         state_ttl_ms=settings.state_ttl_ms,
         max_ahead_ms=settings.max_event_ahead_ms,
+        shadow=shadow,
     )
     topology, config, hooks = build(settings, pipeline)
     clients = KafkaClients(
@@ -137,21 +145,32 @@ async def serve(settings: Settings, engine: Engine, registry: CollectorRegistry)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    checkpointer = Checkpointer(engine, runner, settings.topic_model_checkpoints)
+    checkpointers = [
+        Checkpointer(learner, runner, settings.topic_model_checkpoints)
+        for learner in ((engine, shadow) if shadow is not None else (engine,))
+    ]
     await runner.start()
-    log.info("worker.started guarantee=%s", settings.processing_guarantee)
-    saving = asyncio.create_task(checkpointer.every(settings.checkpoint_interval_s, stopping))
+    log.info(
+        "worker.started guarantee=%s shadow=%s",
+        settings.processing_guarantee,
+        shadow.program.id if shadow is not None else "none",
+    )
+    saving = [
+        asyncio.create_task(checkpointer.every(settings.checkpoint_interval_s, stopping))
+        for checkpointer in checkpointers
+    ]
     try:
         await runner.run(stopping)
     finally:
         stopping.set()
-        await saving
+        await asyncio.gather(*saving)
         # What was handled is committed first, and its learning taken, so the last
         # checkpoint holds all of it.
         with contextlib.suppress(Exception):
             await runner.commit_handled()
-        with contextlib.suppress(Exception):
-            await checkpointer.save()
+        for checkpointer in checkpointers:
+            with contextlib.suppress(Exception):
+                await checkpointer.save()
         await runner.stop()
         web.stop()
         log.info("worker.stopped batches=%d", runner.batches_committed)
@@ -161,4 +180,10 @@ def run_worker(settings: Settings) -> None:
     """Check the program (a bad one fails here, before Kafka is touched), then serve."""
     configure_logging(settings)
     engine = build_engine(settings)
-    asyncio.run(serve(settings, engine, CollectorRegistry()))
+    shadow = build_shadow_engine(settings)
+    if shadow is not None and shadow.program.id == engine.program.id:
+        raise SystemExit(
+            f"REWARDSTREAM_SHADOW_PROGRAM: the shadow program has the live program's id "
+            f"{engine.program.id!r}; give it an id of its own"
+        )
+    asyncio.run(serve(settings, engine, CollectorRegistry(), shadow))

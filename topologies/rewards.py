@@ -2,7 +2,9 @@
 
     events ──▶ [decide] ──▶ decisions, fraud-alerts, dead-letter
        ▲          │  ├─ user-state table        (changelog: <app_id>-user-state-changelog)
-       │          │  ╰─ program-ledger table    (budget and stock spent, one row per partition)
+       │          │  ├─ program-ledger table    (budget and stock spent, one row per partition)
+       │          │  ╰─ shadow-user-state, shadow-program-ledger: a shadow program's own
+       │          │     state; its decisions go to shadow-decisions (app/shadow.py)
        │          │  reads the link view ◀───────────────────────────────╮
        │          ├──▶ <app>-rekeyed  (an event stored on another         │
        │          │    partition than its user's; read by [decide] too)  │
@@ -42,8 +44,17 @@ from streams.topology import Batch, Message, Stage, Topology
 TABLE_USER_STATE = "user-state"
 TABLE_LEDGER = "program-ledger"
 TABLE_LINK_STATE = "link-state"
+# A shadow program's own state (app.shadow): empty unless the worker runs one.
+TABLE_SHADOW_USER_STATE = "shadow-user-state"
+TABLE_SHADOW_LEDGER = "shadow-program-ledger"
 # Which field of app.pipeline.Tables each table fills.
-TABLE_FIELDS = {TABLE_USER_STATE: "users", TABLE_LEDGER: "ledgers", TABLE_LINK_STATE: "links"}
+TABLE_FIELDS = {
+    TABLE_USER_STATE: "users",
+    TABLE_LEDGER: "ledgers",
+    TABLE_LINK_STATE: "links",
+    TABLE_SHADOW_USER_STATE: "shadow_users",
+    TABLE_SHADOW_LEDGER: "shadow_ledgers",
+}
 # The link stage's records gather for up to this long into one transaction: they are
 # off the decision's path, and fewer transactions leave the broker more for decisions.
 LINK_COMMIT_WITHIN_MS = 50
@@ -62,7 +73,7 @@ STAGES = (
     StageSpec(
         "decide",
         ("events", "fraud-labels", "consent", "members", "rekeyed"),
-        (TABLE_USER_STATE, TABLE_LEDGER),
+        (TABLE_USER_STATE, TABLE_LEDGER, TABLE_SHADOW_USER_STATE, TABLE_SHADOW_LEDGER),
     ),
     StageSpec("link", ("links",), (TABLE_LINK_STATE,)),
 )
@@ -97,6 +108,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "decisions": "one decision per valid event",
         "fraud-alerts": "one alert per flagged event or pattern",
         "dead-letter": "invalid inputs with their reason and original bytes",
+        "shadow-decisions": "a shadow program's decisions, one per event it decides; never "
+        "acted on (empty without REWARDSTREAM_SHADOW_PROGRAM)",
     }
     described |= {
         "rekeyed": "internal: events stored on another partition than their user's, moved there",
@@ -167,7 +180,12 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         if not made:
             made.append(pipeline.link_view(batch.views[TABLE_LINK_STATE]))
         view = made[0]
-        tables = Tables(users=batch.tables[TABLE_USER_STATE], ledgers=batch.tables[TABLE_LEDGER])
+        tables = Tables(
+            users=batch.tables[TABLE_USER_STATE],
+            ledgers=batch.tables[TABLE_LEDGER],
+            shadow_users=batch.tables[TABLE_SHADOW_USER_STATE],
+            shadow_ledgers=batch.tables[TABLE_SHADOW_LEDGER],
+        )
         role = batch.role
         outputs: list[Output] = []
         # What the batch teaches the models, and the metrics it moves, take effect once it
@@ -226,7 +244,9 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         sweep_pass_s=settings.sweep_pass_s,
         paced=frozenset({"decide"}),
         pacing=frozenset({"link"}),
-        output_roles=frozenset({"decisions", "fraud-alerts", "dead-letter", "rekeyed", "links"}),
+        output_roles=frozenset(
+            {"decisions", "fraud-alerts", "dead-letter", "rekeyed", "links", "shadow-decisions"}
+        ),
     )
 
     def prune() -> None:

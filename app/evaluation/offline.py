@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.contract.records import decision_id_for
 from app.decisioning.engine import Engine
 from app.decisioning.policy import (
     Action,
@@ -57,6 +58,7 @@ from app.evaluation.estimators import (
 )
 from app.programs import Program, load_program
 from app.replay import replay
+from app.shadow import SHADOW_KIND
 
 # The decision log keeps a propensity to 6 decimals (app.decisioning.engine).
 LOGGED_PROPENSITY_DECIMALS = 6
@@ -184,6 +186,8 @@ class Evaluation:
     observed_redemption: float
     observed_value: float
     candidates: tuple[CandidateValue, ...] = field(default=())
+    # What a reader must know about what was and was not valued.
+    notes: tuple[str, ...] = ()
 
 
 def value_candidates(
@@ -271,6 +275,65 @@ def candidate_policy(spec: str, logged: Program, *, seed: int) -> Policy:
     return policy_for(load_program(path), seed=seed)
 
 
+@dataclass(frozen=True, slots=True)
+class ShadowChoices:
+    """What a shadow program chose (app.shadow), by the live decision of the same event."""
+
+    program: str
+    # The live decision id of each event the shadow decided -> the reward its policy chose
+    # there (None: no reward), whatever its verdict did with it, as the live rounds have it.
+    by_live_decision: Mapping[str, Action]
+    # Shadow records on events the live program made no choice on, with a reward chosen:
+    # the log holds no answer for them, so they are not valued (reported, not hidden).
+    unvalued: int = 0
+
+
+def shadow_choices(
+    records: Iterable[Mapping[str, Any]], *, live_program: str, valued: set[str] | None = None
+) -> ShadowChoices:
+    """The choices in a shadow program's log (its ``shadow-decisions`` records), keyed by
+    the live decision of the same event. ``valued``: the live decision ids that are
+    rounds of the live log, to count the shadow's choices outside them."""
+    chosen: dict[str, Action] = {}
+    programs = set()
+    for record in records:
+        if record.get("kind") != SHADOW_KIND:
+            raise ValueError(
+                f"a record of kind {record.get('kind')!r} in the shadow log: expected "
+                f"{SHADOW_KIND} records only (the shadow-decisions topic)"
+            )
+        programs.add(str(record["program"]))
+        live_id = decision_id_for(live_program, str(record["user_id"]), str(record["event_id"]))
+        # What its policy chose (a record names no reward when its verdict paid none).
+        action = record["chosen"] if "chosen" in record else record.get("action")
+        chosen[live_id] = None if action is None else str(action)
+    if len(programs) > 1:
+        raise ValueError(f"the shadow log mixes programs {sorted(programs)}: give one at a time")
+    if not programs:
+        raise ValueError("the shadow log holds no decisions")
+    (program,) = programs
+    if program == live_program:
+        raise ValueError(f"the shadow log is the live program's own ({program})")
+    unvalued = 0
+    if valued is not None:
+        unvalued = sum(1 for k, a in chosen.items() if a is not None and k not in valued)
+    return ShadowChoices(program, chosen, unvalued)
+
+
+def with_shadow(rounds: Sequence[Round], shadow: ShadowChoices) -> tuple[list[Round], int]:
+    """``rounds`` with the shadow's choice at each as one more target (the shadow's own
+    draw, taken as given: valuing the realised choice of a policy that drew it
+    independently of the log is unbiased for that policy's value), and how many rounds
+    had no shadow decision (dropped: the shadow failed or was not running)."""
+    kept = []
+    for r in rounds:
+        if r.decision_id not in shadow.by_live_decision:
+            continue
+        target = {shadow.by_live_decision[r.decision_id]: 1.0}
+        kept.append(dataclasses.replace(r, targets=(*r.targets, target)))
+    return kept, len(rounds) - len(kept)
+
+
 def evaluate_events(
     logged: Program,
     lines: Sequence[bytes],
@@ -282,13 +345,15 @@ def evaluate_events(
     state_ttl_ms: int | None,
     decisions: Iterable[Mapping[str, object]] | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    shadow: Iterable[Mapping[str, Any]] | None = None,
 ) -> tuple[Evaluation, int]:
     """Replay ``lines`` (events, as ``rewardstream replay`` reads them) through the
     logged program, recording every choice (:func:`record_rounds`); check the rounds
     against ``decisions`` (a decision log of the same events) if given; value the
     logging policy itself (its estimates must equal what it observed: a check of the
-    whole path) and each of ``specs``. Returns the evaluation and how many rounds the
-    log confirmed."""
+    whole path), each of ``specs``, and the choices of a ``shadow`` program's log if
+    given (named ``shadow <program>``; only the rounds it decided are valued then).
+    Returns the evaluation and how many rounds the log confirmed."""
     rounds = record_rounds(
         logged,
         lines,
@@ -299,14 +364,27 @@ def evaluate_events(
         state_ttl_ms=state_ttl_ms,
     )
     checked = 0 if decisions is None else check_against_log(rounds, decisions)
+    names = ["logged (check)", *specs]
+    notes: tuple[str, ...] = ()
+    if shadow is not None:
+        found = shadow_choices(
+            shadow, live_program=logged.id, valued={r.decision_id for r in rounds}
+        )
+        rounds, missing = with_shadow(rounds, found)
+        names.append(f"shadow {found.program}")
+        notes = (
+            f"Shadow {found.program}: {missing:,} live choices without a shadow decision "
+            f"(not valued), {found.unvalued:,} shadow choices on events the live program "
+            "made no choice on (no answer in the log: not valued).",
+        )
     evaluation = value_candidates(
         rounds,
-        ["logged (check)", *specs],
+        names,
         set(redeemed_decisions(lines)),
         thresholds=thresholds,
         seed=seed,
     )
-    return evaluation, checked
+    return dataclasses.replace(evaluation, notes=notes), checked
 
 
 def record_rounds(
@@ -362,6 +440,7 @@ def render(evaluation: Evaluation) -> str:
         "Each estimate is per choice, with its 95% interval, for the immediate answer only: "
         "the logged situations, budgets, contact limits and holds are taken as they were "
         "(see app/evaluation/estimators.py).",
+        *evaluation.notes,
     ]
     return "\n".join(lines)
 

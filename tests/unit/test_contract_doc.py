@@ -44,6 +44,8 @@ def _kind_of(document: Any) -> str | None:
     """The schema a doc example is meant to follow, or None if it is no contract record."""
     if not isinstance(document, dict):
         return None
+    if document.get("kind") == "shadow_decision":
+        return "decision"  # a shadow program's decision follows the decision schema
     if "kind" in document:
         return str(document["kind"])
     if EVENT_KEYS & document.keys():

@@ -22,6 +22,7 @@ def test_defaults_need_no_environment() -> None:
         "consent": "consent",
         "members": "members",
         "model-checkpoints": "model-checkpoints",
+        "shadow-decisions": "shadow-decisions",
         "links": "rewardstream-links",
         "rekeyed": "rewardstream-rekeyed",
     }
