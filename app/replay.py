@@ -99,6 +99,7 @@ def replay_decide_log(
     *,
     max_event_bytes: int,
     state_ttl_ms: int | None = None,
+    shadow: Engine | None = None,
 ) -> Iterator[bytes]:
     """The decide stage alone over what it read: ``(partition, event, links[, related])``
     for each event in the order its partition decided it, with the link facts and the
@@ -109,13 +110,15 @@ def replay_decide_log(
     partition, on what the link view showed at that moment, and on the notes of
     other users' alerts that had reached the user; the first is in the partition's
     log and the others in the decision. Replaying them reproduces the worker's
-    decisions byte for byte: this is the audit path.
+    decisions byte for byte: this is the audit path. With the worker's ``shadow``
+    engine, the shadow's decisions too.
     """
     pipeline = Pipeline(
         engine,
         Metrics(CollectorRegistry()),
         max_event_bytes=max_event_bytes,
         state_ttl_ms=state_ttl_ms,
+        shadow=shadow,
     )
     tables = Tables(users={}, ledgers={})
     for number, (partition, value, links, *rest) in enumerate(records):

@@ -20,6 +20,7 @@ from app.clock import SystemClock
 from app.kafkaio import ensure_topics, event_routes, produce, read, topic_requests
 from app.render import render
 from app.settings import Settings
+from harness.challenger import write_challenger
 from harness.simulation import EventSimulator, SimulatorConfig
 from harness.simulation.attacks import AttackConfig, attacker_accounts, generate
 from harness.simulation.closed_loop import ClosedLoopSimulator, LoopStats
@@ -44,6 +45,10 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
         "(the first run fetches it from Maven Central)..."
     )
     with own_broker(settings, "demo") as settings:
+        # A challenger decides beside the live program and grants nothing (app/shadow.py).
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        challenger = write_challenger(settings.program, settings.data_dir)
+        settings = dataclasses.replace(settings, shadow_program=str(challenger))
         worker = WorkerProcess(settings, settings.data_dir / "worker.log")
         try:
             say(
@@ -115,7 +120,12 @@ async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
         [orjson.dumps(event.document) for event in attacks],
         routes=event_routes(settings),
     )
-    outputs = [settings.topic_decisions, settings.topic_fraud_alerts, settings.topic_dead_letter]
+    outputs = [
+        settings.topic_decisions,
+        settings.topic_fraud_alerts,
+        settings.topic_dead_letter,
+        settings.topic_shadow_decisions,
+    ]
     records = [
         (received.document(), received.timestamp_ms)
         async for received in read(settings.bootstrap_servers, outputs, idle_timeout_s=5.0)
@@ -194,6 +204,9 @@ def print_summary(
         strongest = max(alerts, key=lambda a: (a["score"], a["alert_id"]), default=None)
         if strongest is not None:
             say("  " + render(strongest))
+    shadow = [r for r, _ in records if r.get("kind") == "shadow_decision"]
+    if shadow:
+        say_shadow(shadow, decisions)
     say("\nA few decisions (one per reward, then a refusal):")
     for record in _one_per_action(granted)[:4] + _refusals(decisions)[:1]:
         say("  " + render(record))
@@ -204,6 +217,22 @@ def print_summary(
             if record["reason"] not in seen:
                 seen.add(record["reason"])
                 say("  " + render(record))
+
+
+def say_shadow(shadow: list[dict[str, Any]], decisions: list[dict[str, Any]]) -> None:
+    """What the challenger would have done, beside what the live program did."""
+    live = {d["event_id"]: d for d in decisions}
+    granted = [d for d in shadow if d["status"] == "granted"]
+    both = [d for d in shadow if d["event_id"] in live]
+    agree = sum(1 for d in both if d["action"] == live[d["event_id"]]["action"])
+    actions = Counter(d["action"] for d in granted)
+    say(
+        f"Shadow program {shadow[0]['program']} (softmax exploration; it grants nothing): "
+        f"{len(shadow)} decisions on shadow-decisions, the same reward (or none) as the "
+        f"live program on {agree / max(len(both), 1):.0%} of events; it would have granted "
+        + (", ".join(f"{k} {v}" for k, v in actions.most_common()) or "nothing")
+        + f", cost {sum(d['cost'] for d in granted):,.2f}"
+    )
 
 
 DEMO_ATTACKS = ("account_farm", "forged_redemption", "bot_burst")
