@@ -200,6 +200,7 @@ def run_benchmark(
             "explored": stats.explored,
             "limit_violations": problems,
             "redemption_rate_by_fifth": stats.rate_by_fifth(),
+            "first_fifth_by_reward": first_fifth_by_reward(stats),
             "seconds": round(time.perf_counter() - started, 2),
         }
     policies = report["policies"]
@@ -223,6 +224,17 @@ def run_benchmark(
         )
     ]
     return report
+
+
+def first_fifth_by_reward(stats: LoopStats) -> dict[str, list[int]]:
+    """Grants and redemptions per reward over the first fifth of the grants (the part of
+    ``rate_by_fifth`` where a launch knows least), most granted first."""
+    size = len(stats.answers) // 5
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for (_, _, reward, _), redeemed in zip(stats.grants[:size], stats.answers[:size], strict=True):
+        counts[reward][0] += 1
+        counts[reward][1] += redeemed
+    return dict(sorted(counts.items(), key=lambda item: (-item[1][0], item[0])))
 
 
 def lift_share(engine: float, random: float, oracle: float) -> float | None:
@@ -274,6 +286,7 @@ def targets_markdown(report: dict[str, Any]) -> str:
     by_fifth = " ".join(
         "-" if share is None else f"{share:.2f}" for share in report.get("lift_share_by_fifth", [])
     )
+    first = _first_fifth_rows(report["policies"])
     return "\n".join(
         [
             f"Program `{report['program']}`, {report['events']:,} events, "
@@ -285,11 +298,34 @@ def targets_markdown(report: dict[str, Any]) -> str:
             "Share of the oracle's lift over random (redemption rate) that the engine "
             f"captures, by fifth of the run: {by_fifth}.",
             "",
+            *first,
             "| target | figure | met |",
             "|---|---:|---|",
             *(f"| {label} | {figure} | {_met(met)} |" for label, figure, met in targets(report)),
         ]
     )
+
+
+def _first_fifth_rows(policies: dict[str, Any]) -> list[str]:
+    """The first fifth of the grants by reward, engine beside oracle: what a launch's
+    first grants are, and how well each policy could choose them."""
+    engine = policies["engine"].get("first_fifth_by_reward")
+    oracle = policies["oracle"].get("first_fifth_by_reward")
+    if not engine or not oracle:
+        return []
+    rows = [
+        "The first fifth of the grants, by reward (granted, redemption rate):",
+        "",
+        "| reward | engine | oracle |",
+        "|---|---:|---:|",
+    ]
+    for reward in dict.fromkeys([*engine, *oracle]):
+        cells = []
+        for found in (engine, oracle):
+            granted, redeemed = found.get(reward, (0, 0))
+            cells.append(f"{granted} at {redeemed / granted:.2f}" if granted else "0")
+        rows.append(f"| {reward} | {cells[0]} | {cells[1]} |")
+    return [*rows, ""]
 
 
 def _met(condition: bool) -> str:

@@ -34,6 +34,12 @@ def test_small_run_reports_all_policies_and_keeps_every_limit() -> None:
     )
     assert report["lift_share"] == pytest.approx((engine - random_) / (oracle - random_), abs=1e-3)
     assert len(report["lift_share_by_fifth"]) == 5
+    # The first fifth by reward adds up to the first fifth's rate.
+    for policy in report["policies"].values():
+        counts = policy["first_fifth_by_reward"].values()
+        rate = sum(r for _, r in counts) / sum(g for g, _ in counts)
+        assert rate == pytest.approx(policy["redemption_rate_by_fifth"][0], abs=1e-3)
+    assert "| reward | engine | oracle |" in table
 
 
 def test_the_lift_share_is_none_where_the_oracle_does_not_beat_random() -> None:
