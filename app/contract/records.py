@@ -121,6 +121,11 @@ class Decision:
     related: tuple[dict[str, Any], ...] = ()
     # The experiment arm the user is in (the program's ``experiment``); None without one.
     arm: str | None = None
+    # The user's consent when the decision was made ({"personalization": bool,
+    # "marketing": bool}, the program's defaults where the user said nothing): without
+    # personalization a decision carries no model score. None only in records written
+    # before this field existed.
+    consent: dict[str, bool] | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(self)

@@ -260,7 +260,9 @@ class Engine:
                 ts=event.ts,
                 bucket_ms=self.bucket_ms,
             )
-        decision = self._decision(event, choice, budget_codes, assessment, verdict, notes=notes)
+        decision = self._decision(
+            event, user, choice, budget_codes, assessment, verdict, notes=notes
+        )
         if choice.chosen is not None and verdict.status == "granted":
             user, ledger = self._grant(user, ledger, event, decision, choice.chosen)
         elif choice.chosen is not None and verdict.status == "held":
@@ -483,14 +485,16 @@ class Engine:
         codes = (f"fraud.label:{verdict}", *notes)
         if hold is None or verdict not in ("confirmed", "cleared"):
             sentence = f"Recorded the analyst's label ({verdict}); no reward was on hold."
-            return user, ledger, self._plain(event, decision_id, "none", codes, sentence)
+            return user, ledger, self._plain(event, user, decision_id, "none", codes, sentence)
         if verdict == "confirmed":
             sentence = f"Cancelled {hold.reward_id} held by {hold.decision_id}: fraud confirmed."
             codes = (*codes, f"hold.cancelled:{hold.decision_id}")
             return (
                 user,
                 ledger,
-                self._plain(event, decision_id, "blocked", codes, sentence, action=hold.reward_id),
+                self._plain(
+                    event, user, decision_id, "blocked", codes, sentence, action=hold.reward_id
+                ),
             )
         return self._release(user, ledger, event, share, hold, codes, "cleared after review")
 
@@ -517,11 +521,12 @@ class Engine:
             return (
                 user,
                 ledger,
-                self._plain(event, decision_id, "none", codes, sentence),
+                self._plain(event, user, decision_id, "none", codes, sentence),
             )
         decision = replace(
             self._plain(
                 event,
+                user,
                 decision_id,
                 "granted",
                 (*codes, f"hold.released:{hold.decision_id}"),
@@ -583,6 +588,7 @@ class Engine:
     def _plain(
         self,
         event: Event,
+        user: UserState,
         decision_id: str,
         status: DecisionStatus,
         codes: tuple[str, ...],
@@ -607,6 +613,7 @@ class Engine:
             model_version=self.model_version,
             program=self.program.id,
             arm=self._arm_name(event.user_id),
+            consent=CONSENT_STATES[self._consents(user)],
         )
 
     def _arm_name(self, user_id: str) -> str | None:
@@ -635,7 +642,9 @@ class Engine:
         survivors: list[Candidate] = []
         skipped: list[Skipped] = []
         for reward in rewards:
-            result = self._gate(reward, user, ledger, event, env, share, risk)
+            result = self._gate(
+                reward, user, ledger, event, env, share, risk, scored=personalized and not control
+            )
             (survivors if isinstance(result, Candidate) else skipped).append(result)  # type: ignore[arg-type]
         if not personalized or control:
             chosen = survivors[0] if survivors else None
@@ -655,7 +664,13 @@ class Engine:
         env: dict[str, Any],
         share: Share,
         risk: float = 0.0,
+        *,
+        scored: bool = True,
     ) -> Candidate | Skipped:
+        """``reward`` through every gate, then scored by the model, or (``scored`` False:
+        the standard reward of a user without personalization, or of a control arm) given
+        the program's prior: such a choice is not the model's, and its record carries no
+        model score."""
         admission = checks.admit(
             self.program,
             reward,
@@ -673,7 +688,10 @@ class Engine:
         channel, value, cost = admission.channel, admission.value, admission.cost
         rule_codes = admission.rule_codes
         features = model_features(user, event, kind=reward.kind, channel=channel)
-        propensity = self._propensity(reward, features, user)
+        if scored:
+            propensity = self._propensity(reward, features, user)
+        else:
+            propensity = self.program.learning.prior
         lever = self.program.lever_for(reward)
         # Expected value to the program: a risky user's reward may be paying a fraudster,
         # with probability ``risk``, so its cost counts against it.
@@ -800,6 +818,7 @@ class Engine:
     def _decision(
         self,
         event: Event,
+        user: UserState,
         choice: Choice,
         budget_codes: tuple[str, ...],
         assessment: Assessment = NO_RISK,
@@ -849,7 +868,15 @@ class Engine:
             program=self.program.id,
             hold=_hold_kind(status, verdict),
             arm=self._arm_name(event.user_id),
+            consent=CONSENT_STATES[self._consents(user)],
         )
+
+
+# The consent a decision was made under, by (personalization, marketing): four shared
+# records, never changed, rather than a new dict per decision.
+CONSENT_STATES: dict[tuple[bool, bool], dict[str, bool]] = {
+    (p, m): {"personalization": p, "marketing": m} for p in (True, False) for m in (True, False)
+}
 
 
 def _hold_kind(status: DecisionStatus, verdict: Verdict) -> HoldKind | None:

@@ -63,7 +63,9 @@ def explain(
         *chosen.rule_codes,
         "budget:ok",
         *budget_codes,
-        *_feature_codes(engine, chosen),
+        # A standard reward (no personalization, or a control arm) is not the model's
+        # choice: the user's features did not move it, and the record says nothing of them.
+        *(() if mode in ("default", "control") else _feature_codes(engine, chosen)),
         *skipped_codes,
     )
     return codes, _granted_sentence(choice, chosen, currency)
