@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tail(commands)
     _add_replay(commands)
     _add_evaluate(commands)
+    _add_whatif(commands)
     _add_experiment(commands)
     _add_bench(commands)
     _add_bench_learning(commands)
@@ -391,6 +392,55 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     if decisions is not None:
         print(f"{checked:,} choices checked against the decision log, all equal.")
     return 0
+
+
+# ---------------------------------------------------------------- whatif
+
+
+def _add_whatif(commands: Any) -> None:
+    whatif = commands.add_parser(
+        "whatif",
+        help="replay the same events under two programs and compare them, group by group",
+    )
+    whatif.add_argument(
+        "--current", help="the program running now, id or YAML file (default: setting)"
+    )
+    whatif.add_argument(
+        "--candidate", required=True, help="the program to compare, id or YAML file"
+    )
+    whatif.add_argument(
+        "--in", dest="input", required=True, help="the events, JSONL (answers included)"
+    )
+    whatif.add_argument("--seed", type=int, help="exploration seed (default: setting)")
+    whatif.add_argument("--partitions", type=int, help="split budgets as over N partitions")
+    whatif.add_argument("--json", action="store_true", help="the comparison as one JSON document")
+    whatif.set_defaults(run=_whatif)
+
+
+def _whatif(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 1 when an audit group of the candidate is served under its threshold."""
+    from app.assembly import load_program_setting
+    from app.evaluation.whatif import ReplayOptions, compare, render, to_document
+
+    current = load_program_setting(args.current or settings.program)
+    candidate = load_program_setting(args.candidate)
+    lines = [line.rstrip(b"\r\n") for line in Path(args.input).read_bytes().splitlines()]
+    options = ReplayOptions(
+        seed=settings.seed if args.seed is None else args.seed,
+        partitions=settings.partitions if args.partitions is None else args.partitions,
+        max_event_bytes=settings.max_event_bytes,
+        state_ttl_ms=settings.state_ttl_ms,
+    )
+    try:
+        found = compare(current, candidate, lines, options)
+    except ValueError as error:
+        print(f"Cannot compare: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(to_document(found), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render(found))
+    return 1 if found.failed else 0
 
 
 # ---------------------------------------------------------------- experiment

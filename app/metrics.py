@@ -236,6 +236,13 @@ class Metrics:
             ["program", "group", "status"],
             registry=registry,
         )
+        self.audit_min_ratio = Gauge(
+            f"{PREFIX}_audit_min_ratio",
+            "The program's audit.min_ratio: the lowest ratio of an audit group's grant rate "
+            "to the best-served group's it accepts (the disparity alert's threshold).",
+            ["program"],
+            registry=registry,
+        )
         self.event_to_decision = Histogram(
             f"{PREFIX}_event_to_decision_seconds",
             "Time from an event's Kafka record timestamp to the commit of the transaction "

@@ -258,6 +258,9 @@ class Pipeline:
                 metrics.arm_share.labels(program_id, arm.name).set(arm.share)
             critical = chi2_critical(SRM_ALARM_P, len(experiment.arms) - 1)
             metrics.srm_critical.labels(program_id).set(critical)
+        audit = engine.program.audit
+        if audit is not None:  # the disparity alert's threshold (deploy/prometheus/alerts.yml)
+            metrics.audit_min_ratio.labels(engine.program.id).set(audit.min_ratio)
         self.max_event_bytes = max_event_bytes
         self.partitioner = partitioner
         self.state_ttl_ms = state_ttl_ms

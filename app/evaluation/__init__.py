@@ -9,6 +9,9 @@ decisions another policy took (IPS, self-normalised IPS, doubly robust, each wit
 candidate (:class:`Insufficient`). Pure functions over numpy arrays: no Kafka, no
 engine state. The estimates cover each decision's immediate answer only; the
 estimators' module says what budgets, contact limits and holds do to them.
+
+What changing a program's gates would do (grants, budgets, audit groups) is a replay of
+the same events under both programs: :mod:`app.evaluation.whatif`.
 """
 
 from app.evaluation.estimators import (

@@ -27,6 +27,7 @@ from app.programs.model import (
     AUDIT_OTHER,
     AUDIT_UNKNOWN,
     CHANNELS,
+    DEFAULT_AUDIT_MIN_RATIO,
     EXPLORATIONS,
     NEVER_TRIGGERS,
     OPENED_POLICIES,
@@ -835,7 +836,7 @@ def _opened(where: _Where, value: object) -> Opened:
 
 
 def _audit(where: _Where, value: object, profile_fields: tuple[str, ...]) -> Audit:
-    fields = _fields(where, value, required=("group_by", "groups"))
+    fields = _fields(where, value, required=("group_by", "groups"), optional=("min_ratio",))
     here = where.key("group_by")
     group_by = _text(here, fields["group_by"])
     if group_by not in profile_fields:
@@ -844,7 +845,23 @@ def _audit(where: _Where, value: object, profile_fields: tuple[str, ...]) -> Aud
             f"{did_you_mean(group_by, profile_fields)}; an audit groups users by a profile "
             f"field: {one_of(profile_fields) or 'the program has none'}"
         )
-    return Audit(group_by=group_by, groups=_audit_groups(where.key("groups"), fields["groups"]))
+    return Audit(
+        group_by=group_by,
+        groups=_audit_groups(where.key("groups"), fields["groups"]),
+        min_ratio=_audit_min_ratio(
+            where.key("min_ratio"), fields.get("min_ratio", DEFAULT_AUDIT_MIN_RATIO)
+        ),
+    )
+
+
+def _audit_min_ratio(where: _Where, value: object) -> float:
+    ratio = _number(where, value)
+    if not 0 < ratio <= 1:
+        where.fail(
+            "is the lowest ratio of a group's grant rate to the best-served group's the "
+            f"program accepts: above 0 and at most 1 (0.8 is the four-fifths rule), got {ratio:g}"
+        )
+    return ratio
 
 
 def _audit_groups(where: _Where, value: object) -> tuple[str, ...]:

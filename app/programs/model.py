@@ -292,6 +292,9 @@ class Consent:
 # a user with no value at all: with the listed groups, the only values the label takes.
 AUDIT_OTHER = "other"
 AUDIT_UNKNOWN = "unknown"
+# The four-fifths rule of US employment-selection guidelines (29 CFR 1607.4 D): a group
+# selected at under 80% of the best-served group's rate is evidence of adverse impact.
+DEFAULT_AUDIT_MIN_RATIO = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,11 +304,15 @@ class Audit:
     Only observed (the ``rewardstream_audit_decisions_total`` metric), never used to
     decide. ``groups`` are the values counted under their own name; any other value
     counts as ``other`` and a user without one as ``unknown``, so the metric has a
-    small, fixed set of labels whatever users send.
+    small, fixed set of labels whatever users send. ``min_ratio``: the lowest ratio of
+    a group's grant rate to the best-served group's that the program accepts; below
+    it ``rewardstream whatif`` fails and the live disparity alert fires
+    (docs/fairness.md).
     """
 
     group_by: str
     groups: tuple[str, ...]
+    min_ratio: float = DEFAULT_AUDIT_MIN_RATIO
 
     def group_of(self, profile: Mapping[str, object]) -> str:
         value = profile.get(self.group_by)

@@ -12,6 +12,7 @@ import pytest
 
 from app.settings import Settings
 from harness.workerproc import WorkerProcess
+from tests.unit.whatif_traffic import EXCLUDING_RULE, program, traffic, write_program
 from topologies import topic_specs
 
 pytestmark = pytest.mark.kafka
@@ -112,3 +113,42 @@ def test_closed_loop_simulation_answers_decisions_through_kafka(
     assert produced > 1500, summary  # the users' answers are events too
     assert decisions == produced, summary  # every event, answers included, was decided
     assert redeemed > 0, summary
+
+
+def test_whatif_fails_a_program_that_leaves_a_country_out_naming_its_rule(
+    test_settings: Settings, tmp_path: Path
+) -> None:
+    """No broker needed: the two programs are replayed in the command's own process."""
+    current = write_program(tmp_path / "current.yaml", program())
+    candidate = write_program(tmp_path / "candidate.yaml", program(excluding=True))
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(line + b"\n" for line in traffic()))
+    paths = ("--current", str(current), "--in", str(events))
+
+    flagged = cli(test_settings, "whatif", *paths, "--candidate", str(candidate))
+    assert flagged.returncode == 1, flagged.stderr.decode()
+    assert (
+        b"FAIL: group FR is granted at 0.00 of the rate of DE (under 0.8); "
+        b"responsible: cashback:rule." + EXCLUDING_RULE.encode() + b":failed"
+    ) in flagged.stdout
+
+    same = cli(test_settings, "whatif", *paths, "--candidate", str(current), "--json")
+    assert same.returncode == 0, same.stderr.decode()
+    document = orjson.loads(same.stdout)
+    assert document["failed"] is False
+    assert set(document["differences"].values()) == {0}
+
+
+def test_whatif_refuses_a_program_with_a_threshold_out_of_range(
+    test_settings: Settings, tmp_path: Path
+) -> None:
+    strict = program()
+    strict["audit"]["min_ratio"] = 80
+    candidate = write_program(tmp_path / "strict.yaml", strict)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"".join(line + b"\n" for line in traffic(users_per_country=2)))
+    result = cli(test_settings, "whatif", "--candidate", str(candidate), "--in", str(events))
+    assert result.returncode == 1
+    assert b"strict.yaml, line " in result.stderr
+    assert b"audit \xe2\x86\x92 min_ratio" in result.stderr
+    assert b"(0.8 is the four-fifths rule), got 80" in result.stderr

@@ -256,6 +256,8 @@ def test_audit_counts_trigger_decisions_by_group_with_other_and_unknown() -> Non
         labels = {"program": "test-program", "group": group, "status": "granted"}
         assert stream.value(audit, **labels) == 1, group
     assert stream.value(audit, program="test-program", group="DE", status="none") is None
+    # The program's threshold, for the disparity alert to compare the groups' ratios with.
+    assert stream.value("rewardstream_audit_min_ratio", program="test-program") == 0.8
 
 
 def test_a_program_without_an_audit_exports_no_audit_series() -> None:

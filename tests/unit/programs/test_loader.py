@@ -100,6 +100,18 @@ def test_an_audit_groups_users_by_a_profile_field(tmp_path: Path) -> None:
     assert load_program(write(tmp_path, minimal(), "plain.yaml")).audit is None
 
 
+def test_an_audit_accepts_groups_down_to_four_fifths_of_the_best_unless_it_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    document = minimal()
+    document["audit"] = {"group_by": "country", "groups": ["DE"]}
+    assert load_program(write(tmp_path, document, "default.yaml")).audit.min_ratio == 0.8
+    document["audit"]["min_ratio"] = 0.9
+    assert load_program(write(tmp_path, document, "strict.yaml")).audit.min_ratio == 0.9
+    document["audit"]["min_ratio"] = 1
+    assert load_program(write(tmp_path, document, "equal.yaml")).audit.min_ratio == 1.0
+
+
 def test_an_optional_key_left_empty_reads_as_left_out(tmp_path: Path) -> None:
     document = minimal()
     document["budgets"] = None
@@ -423,6 +435,27 @@ ERROR_CASES: dict[str, tuple[Mutation, str, str]] = {
         _set("audit", to={"group_by": "country", "groups": ['DE"}']}),
         "audit → groups[0]",
         "must be letters, digits",
+    ),
+    "audit min_ratio above 1": (
+        _set("audit", to={"group_by": "country", "groups": ["DE"], "min_ratio": 1.25}),
+        "audit → min_ratio",
+        "the lowest ratio of a group's grant rate to the best-served group's the program "
+        "accepts: above 0 and at most 1 (0.8 is the four-fifths rule), got 1.25",
+    ),
+    "audit min_ratio of 0": (
+        _set("audit", to={"group_by": "country", "groups": ["DE"], "min_ratio": 0}),
+        "audit → min_ratio",
+        "above 0 and at most 1 (0.8 is the four-fifths rule), got 0",
+    ),
+    "audit min_ratio as a percentage": (
+        _set("audit", to={"group_by": "country", "groups": ["DE"], "min_ratio": "80%"}),
+        "audit → min_ratio",
+        "must be a number, got string '80%'",
+    ),
+    "audit with an unknown key": (
+        _set("audit", to={"group_by": "country", "groups": ["DE"], "threshold": 0.8}),
+        "audit",
+        "threshold",
     ),
 }
 
