@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment clean
+.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-privacy test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -51,7 +51,7 @@ demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, 
 	$(BIN)/rewardstream demo
 
 test: install kafka-jars prometheus-bin kcat-bin ## The whole suite: unit, integration and fault tests on a real broker
-	$(BIN)/pytest --ignore=tests/cluster
+	$(BIN)/pytest --ignore=tests/cluster --ignore=tests/privacy
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
@@ -61,6 +61,9 @@ test-integration: install kafka-jars prometheus-bin kcat-bin ## Integration test
 
 test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restart, rebalance, model restore
 	$(BIN)/pytest tests/reliability
+
+test-privacy: install kafka-jars ## Erasure end to end: 50 users erased through a SIGKILL, then every owned topic's bytes scanned (3 min; CI runs it)
+	$(BIN)/pytest tests/privacy
 
 test-cluster: install kafka-jars ## A three-node KRaft cluster on loopback loses a node mid-stream (slow)
 	$(BIN)/pytest tests/cluster

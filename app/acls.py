@@ -121,12 +121,13 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
         "fraud-labels": settings.acl_label_producers,
         "consent": settings.acl_consent_producers,
         "members": settings.acl_member_producers,
+        "erasure-requests": settings.acl_erasure_producers,
     }
     for role, principals in writers.items():
         for principal in split_principals(principals):
             allow(principal, literal, names[role], Operation.WRITE)
         allow(worker, literal, names[role], Operation.READ, Operation.CREATE)
-    for role in ("decisions", "fraud-alerts", "dead-letter", "shadow-decisions"):
+    for role in ("decisions", "fraud-alerts", "dead-letter", "shadow-decisions", "erasures"):
         allow(worker, literal, names[role], Operation.WRITE, Operation.CREATE)
     owned = (Operation.READ, Operation.WRITE, Operation.CREATE)
     allow(worker, literal, names["model-checkpoints"], *owned)

@@ -27,6 +27,7 @@ TAIL_ROLES = {
     "decisions": "topic_decisions",
     "alerts": "topic_fraud_alerts",
     "dead-letters": "topic_dead_letter",
+    "erasures": "topic_erasures",
 }
 
 
@@ -96,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_worker(commands)
     _add_produce(commands)
     _add_tail(commands)
+    _add_erase(commands)
     _add_replay(commands)
     _add_evaluate(commands)
     _add_whatif(commands)
@@ -279,6 +281,75 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
         with open(args.file, "rb") as handle:
             count = send(handle)
     print(f"Produced {count} events to {settings.topic_events}.", file=sys.stderr)
+    return 0
+
+
+def _add_erase(commands: Any) -> None:
+    erase = commands.add_parser(
+        "erase",
+        help="forget a user on request (GDPR erasure): send an erasure_requested event and "
+        "wait for its receipt",
+    )
+    erase.add_argument("--user", required=True, help="the user id to forget")
+    erase.add_argument(
+        "--request-id",
+        help="the request's id, kept in the receipt (default: a new random one)",
+    )
+    erase.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the receipt (0: send and return)",
+    )
+    erase.set_defaults(run=_erase)
+
+
+def _erase(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+    import uuid
+
+    from app.erasure import receipt_subject
+    from app.kafkaio import client_options, produce, read
+
+    request_id = args.request_id or f"erase-{uuid.uuid4()}"
+    event = {
+        "event_id": request_id,
+        "user_id": args.user,
+        "type": "erasure_requested",
+        "ts": int(time.time() * 1000),
+    }
+    client = client_options(settings)
+    topic = settings.topic_erasure_requests
+    asyncio.run(produce(settings.bootstrap_servers, topic, [orjson.dumps(event)], client=client))
+    print(f"Sent erasure request {request_id} to {topic}.", file=sys.stderr)
+    if args.wait <= 0:
+        return 0
+    subject = receipt_subject(args.user, settings.erasure_receipt_key or settings.app_id)
+
+    async def receipt() -> dict[str, Any] | None:
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            async for received in read(
+                settings.bootstrap_servers,
+                [settings.topic_erasures],
+                idle_timeout_s=min(2.0, max(deadline - time.monotonic(), 0.1)),
+                client=client,
+            ):
+                if received.key == subject.encode():
+                    document = received.document()
+                    if document.get("request_id") == request_id:
+                        return document
+        return None
+
+    found = asyncio.run(receipt())
+    if found is None:
+        print(
+            f"No receipt within {args.wait:g} s: is a worker running? The request stays in "
+            f"{topic} and is carried out when one reads it.",
+            file=sys.stderr,
+        )
+        return 1
+    sys.stdout.buffer.write(orjson.dumps(found) + b"\n")
     return 0
 
 

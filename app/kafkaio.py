@@ -8,6 +8,7 @@ decisions, alerts and dead letters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,11 +16,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.helpers import create_ssl_context
 
 from app.settings import Settings
 
 TOPIC_ALREADY_EXISTS = 36
+# DescribeConfigs: a value set on the topic itself (not a broker default or a synonym).
+DYNAMIC_TOPIC_CONFIG = 1
 # Connection options for aiokafka clients (security protocol, SASL, TLS), from settings.
 ClientOptions = Mapping[str, Any]
 
@@ -52,14 +56,21 @@ class TopicRequest:
     partitions: int
     replication_factor: int
     compacted: bool = False
+    # Topic configs the engine needs (retention, compaction bounds); cleanup.policy follows
+    # ``compacted``.
+    configs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def all_configs(self) -> dict[str, str]:
+        return {"cleanup.policy": "compact" if self.compacted else "delete", **self.configs}
 
 
 async def ensure_topics(
     bootstrap_servers: str, wanted: Sequence[TopicRequest], *, client: ClientOptions | None = None
 ) -> dict[str, str]:
-    """Create missing topics; check existing ones have the wanted partition count.
+    """Create missing topics; check existing ones have the wanted partition count and set
+    the configs the engine needs on them (keeping any other config set on the topic).
 
-    Returns topic name -> "created" or "exists".
+    Returns topic name -> "created", "exists" or "updated" (its configs were changed).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client or {}))
     await admin.start()
@@ -69,7 +80,7 @@ async def ensure_topics(
                 t.name,
                 t.partitions,
                 t.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if t.compacted else {},
+                topic_configs=t.all_configs(),
             )
             for t in wanted
         ]
@@ -80,9 +91,54 @@ async def ensure_topics(
                 raise TopicError(f"could not create topic {name!r}: {message} (error {code})")
             result[name] = "created" if code == 0 else "exists"
         await _check_partitions(admin, wanted)
+        existing = [t for t in wanted if result[t.name] == "exists"]
+        for name in await _align_configs(admin, existing):
+            result[name] = "updated"
         return result
     finally:
         await admin.close()
+
+
+async def _align_configs(admin: AIOKafkaAdminClient, wanted: Sequence[TopicRequest]) -> list[str]:
+    """Set each topic's wanted configs where they differ; return the topics changed.
+
+    AlterConfigs replaces a topic's whole set of configs, so the configs an operator set
+    on the topic (min.insync.replicas, say) are read first and sent back with ours.
+    """
+    if not wanted:
+        return []
+    resources = [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in wanted]
+    current: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for error_code, message, _, name, entries in response.resources:
+            if error_code:
+                raise TopicError(f"could not read the configs of {name!r}: {message}")
+            current[name] = {
+                entry[0]: entry[1] for entry in entries if _set_on_topic(entry[3], entry[1])
+            }
+    changes = []
+    for topic in wanted:
+        have = current.get(topic.name, {})
+        want = topic.all_configs()
+        if any(have.get(key) != value for key, value in want.items()):
+            changes.append(ConfigResource(ConfigResourceType.TOPIC, topic.name, {**have, **want}))
+    if not changes:
+        return []
+    for response in await admin.alter_configs(changes):
+        for error_code, message, _, name in response.resources:
+            if error_code:
+                raise TopicError(f"could not set the configs of {name!r}: {message}")
+    return [change.name for change in changes]
+
+
+def _set_on_topic(source: int | bool, value: str | None) -> bool:
+    """Whether a described config was set on the topic itself (version 0 of the answer
+    says only whether it is a default)."""
+    if value is None:
+        return False
+    if isinstance(source, bool):
+        return not source
+    return source == DYNAMIC_TOPIC_CONFIG
 
 
 async def _check_partitions(
@@ -163,6 +219,7 @@ def event_routes(settings: Settings) -> dict[str, str]:
         "fraud_label": settings.topic_fraud_labels,
         "consent_updated": settings.topic_consent,
         "member_imported": settings.topic_members,
+        "erasure_requested": settings.topic_erasure_requests,
     }
 
 
@@ -279,7 +336,9 @@ def topic_requests(settings: Settings) -> list[TopicRequest]:
     from topologies import topic_specs  # the topology is the one place topics are declared
 
     return [
-        TopicRequest(spec.name, spec.partitions, spec.replication_factor, spec.compacted)
+        TopicRequest(
+            spec.name, spec.partitions, spec.replication_factor, spec.compacted, spec.configs
+        )
         for spec in topic_specs(settings)
     ]
 

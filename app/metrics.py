@@ -146,6 +146,20 @@ class Metrics:
             "Events whose Kafka key was not their user_id (the engine re-keys them by user).",
             registry=registry,
         )
+        self.erasures = Counter(
+            f"{PREFIX}_erasures_total",
+            "Erasure requests carried out: the user's rows deleted, erase orders sent to "
+            "every internal partition and one receipt published (docs/privacy.md).",
+            registry=registry,
+        )
+        self.erased_rows = Counter(
+            f"{PREFIX}_erased_rows_total",
+            "Rows of other keys that named an erased user, rewritten without the user by an "
+            "erase order: device and network rows (link-state), other users' notes "
+            "(user-state).",
+            ["table"],
+            registry=registry,
+        )
         self.related_notes = Counter(
             f"{PREFIX}_related_notes_total",
             "Accounts marked for review at their next event because another user's fraud "
@@ -154,8 +168,9 @@ class Metrics:
         )
         self.link_failures = Counter(
             f"{PREFIX}_link_failures_total",
-            "Internal records that could not be applied (a link hop, a related-account note); "
-            "each is logged with its topic, partition and offset, and its event was decided.",
+            "Internal records that could not be applied (a link hop, a related-account note, "
+            "an erase order); each is logged with its topic, partition and offset, and its "
+            "event was decided.",
             registry=registry,
         )
         # --- decisions and what they cost

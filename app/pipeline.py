@@ -37,6 +37,17 @@ from app.contract.validate import Rejection, parse_event
 from app.decisioning.checks import program_budgets_left
 from app.decisioning.engine import Answer, Engine
 from app.decisioning.ledger import Ledger, Share, ledger_key
+from app.erasure import (
+    ERASE_HEADER,
+    ERASE_ORDER_KEY,
+    ErasedMark,
+    EraseOrder,
+    ErasureReceipt,
+    link_without,
+    mentions,
+    notes_without,
+    receipt_subject,
+)
 from app.evaluation.experiments import SRM_ALARM_P, chi2_critical
 from app.features.state import UserState
 from app.fraud import LinkFacts, LinkState, link_keys
@@ -65,6 +76,7 @@ CONTROL_ROLES = {
     "fraud_label": "fraud-labels",
     "consent_updated": "consent",
     "member_imported": "members",
+    "erasure_requested": "erasure-requests",
 }
 # Which event types each input may carry (an input not named here may carry any):
 # control events come only from topics of their own, whose writers Kafka ACLs restrict,
@@ -75,6 +87,7 @@ ALLOWED_TYPES: dict[str, Callable[[str], bool]] = {
     "fraud-labels": lambda type_: type_ == "fraud_label",
     "consent": lambda type_: type_ == "consent_updated",
     "members": lambda type_: type_ == "member_imported",
+    "erasure-requests": lambda type_: type_ == "erasure_requested",
 }
 # The header of a rekeyed event that says where it was first read ("topic/partition/offset").
 SOURCE_HEADER = "rewardstream-source"
@@ -110,7 +123,7 @@ class OpenRows(Generic[T]):
     so what a flush writes is exactly what the events of the batch left.
     """
 
-    __slots__ = ("decode", "dirty", "encode", "rows", "table")
+    __slots__ = ("decode", "deleted", "dirty", "encode", "rows", "table")
 
     def __init__(
         self,
@@ -123,6 +136,7 @@ class OpenRows(Generic[T]):
         self.encode = encode
         self.rows: dict[bytes, T] = {}
         self.dirty: set[bytes] = set()
+        self.deleted: set[bytes] = set()
 
     def get(self, key: bytes) -> T:
         try:
@@ -134,16 +148,28 @@ class OpenRows(Generic[T]):
     def put(self, key: bytes, value: T) -> None:
         self.rows[key] = value
         self.dirty.add(key)
+        self.deleted.discard(key)
+
+    def delete(self, key: bytes) -> bool:
+        """Delete the row at the flush (a later :meth:`put` writes it again); until then
+        it reads as a row never written. Whether there was a row."""
+        # A row changed in this batch exists unless deleted; else the table says.
+        existed = (key not in self.deleted) if key in self.dirty else bool(self.table.get(key))
+        self.rows[key] = self.decode(None)
+        self.dirty.add(key)
+        self.deleted.add(key)
+        return existed
 
     def flush(self) -> None:
         for key in self.dirty:
-            raw = self.encode(self.rows[key])
+            raw = None if key in self.deleted else self.encode(self.rows[key])
             if raw is not None:
                 self.table[key] = compact(raw)
             elif self.table.get(key) is not None:
                 del self.table[key]
         self.rows.clear()
         self.dirty.clear()
+        self.deleted.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +183,8 @@ class Tables:
     # A shadow program's own user states and ledgers (app.shadow); empty without one.
     shadow_users: Table = field(default_factory=dict)
     shadow_ledgers: Table = field(default_factory=dict)
+    # Users erased lately, by the keyed hash of their id (app.erasure.ErasedMark).
+    erased: Table = field(default_factory=dict)
     # The rows decoded since the last flush, by table field (see OpenRows).
     open: dict[str, OpenRows[Any]] = field(default_factory=dict)
 
@@ -192,6 +220,7 @@ class Output:
     timestamp_ms: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
     source_ms: int | None = None  # a decision's event's Kafka timestamp: latency is from it
+    partition: int | None = None  # None: the partition of the key (an erase order names one)
 
 
 def related_note(alert: FraudAlert, user_id: str) -> Output:
@@ -209,6 +238,11 @@ def related_note(alert: FraudAlert, user_id: str) -> Output:
 def is_related_note(headers: Any) -> bool:
     """Whether a record of the rekeyed topic is a related-account note (not an event)."""
     return any(name == RELATED_HEADER for name, _ in headers or ())
+
+
+def is_erase_order(headers: Any) -> bool:
+    """Whether a record of an internal topic is an erase order (app.erasure)."""
+    return any(name == ERASE_HEADER for name, _ in headers or ())
 
 
 def source_header(source: SourcePosition) -> tuple[str, bytes]:
@@ -239,13 +273,17 @@ class Pipeline:
         state_ttl_ms: int | None = None,
         max_ahead_ms: int | None = None,
         shadow: Engine | None = None,
+        receipt_key: str = "",
+        erasure_bound_ms: int = 7 * 86_400_000,
     ) -> None:
         """``partitioner`` maps a user key to the partition its state lives on (None: the
         partition an event was read from is its user's); ``state_ttl_ms`` is how long a
         user, device or network may be silent before its state is forgotten (None:
         never); ``max_ahead_ms`` is how far ahead of the worker's clock an event may be
         stamped (None: no bound); ``shadow`` is a challenger program's engine that decides
-        every event beside the live one (app.shadow), or None."""
+        every event beside the live one (app.shadow), or None; ``receipt_key`` keys the
+        hash that names a user in an erasure receipt (app.erasure), and
+        ``erasure_bound_ms`` how long an erased user's mark is kept."""
         self.engine = engine
         self.metrics = metrics
         self.clock = metrics.clock
@@ -276,6 +314,8 @@ class Pipeline:
         # Where metric moves go while a batch is held (see holding); None: at once.
         self.held: list[Callable[[], None]] | None = None
         self.shadow = None if shadow is None else self._shadow(shadow)
+        self.receipt_key = receipt_key
+        self.erasure_bound_ms = erasure_bound_ms
 
     def _shadow(self, engine: Engine) -> Shadow:
         counted = self.metrics.shadow_decisions
@@ -323,9 +363,17 @@ class Pipeline:
         )
         published: list[Output] = []
         pending = self.decide(tables, source.partition, source, value, view)
+        erased: set[tuple[str, bytes]] = set()  # one table holds every partition here
         while pending:
             output = pending.pop(0)
-            if output.role == "links":
+            if is_erase_order(output.headers):
+                if (output.role, output.value) not in erased:
+                    erased.add((output.role, output.value))
+                    if output.role == "links":
+                        self.erase_links(tables, output.value, source)
+                    else:
+                        self.erase_notes(tables, output.value, source)
+            elif output.role == "links":
                 self.link(tables, output.key or b"", output.value, source, view=view)
             elif output.role == "rekeyed" and is_related_note(output.headers):
                 self.related(tables, output.key or b"", output.value, source)
@@ -416,6 +464,10 @@ class Pipeline:
                         headers=(source_header(source),),
                     )
                 ]
+            if event.type == "erasure_requested":
+                return self._erase(tables, source, event, view)
+            if tables.erased and self._sent_before_erasure(tables, source, event):
+                return [self._erased_event(source)]
             links = view.facts(event)
             outputs = self._decide(tables, partition, source, event, links)
         except Exception as exc:  # a bug must cost one dead letter, never the worker
@@ -480,6 +532,102 @@ class Pipeline:
         if self.shadow is not None and not outcome.duplicate and isinstance(records[0], Decision):
             published += self._shadow_decide(tables, partition, event, links, user, records[0])
         return published
+
+    def _sent_before_erasure(self, tables: Tables, source: SourcePosition, event: Event) -> bool:
+        """Whether ``event`` was sent before an erasure of its user that was carried out
+        already (it waited in another input's backlog): it is not decided, or the user's
+        data from before the request would live on (app.erasure.ErasedMark)."""
+        raw = tables.erased.get(receipt_subject(event.user_id, self.receipt_key).encode())
+        if not raw or not source.produced_ms or source.produced_ms < 0:
+            return False
+        return ErasedMark.from_json(raw).covers(source.produced_ms)
+
+    def _erased_event(self, source: SourcePosition) -> Output:
+        """The dead letter of an event sent before its user's erasure: where it was read
+        and nothing of what it said (no key, no payload, no event id)."""
+        rejection = Rejection(
+            "erased",
+            "the event was sent before its user's erasure request and reached the engine "
+            "after it: it is not decided, and nothing of it is kept (docs/privacy.md)",
+        )
+        return self._dead_letter(replace(source, key=None), b"", rejection)
+
+    def _erase(
+        self, tables: Tables, source: SourcePosition, event: Event, view: LinkView
+    ) -> list[Output]:
+        """Forget ``event``'s user (an ``erasure_requested`` on the user's partition): delete
+        the user's rows, take the user out of the view's overlay, order every partition of
+        the internal topics to forget the user, and publish the receipt (app.erasure)."""
+        user_key = event.user_id.encode()
+        subject = receipt_subject(event.user_id, self.receipt_key)
+        requested_ms = source.produced_ms if source.produced_ms and source.produced_ms > 0 else None
+        if requested_ms is not None:
+            mark = ErasedMark(requested_ms, requested_ms + self.erasure_bound_ms)
+            tables.erased[subject.encode()] = mark.to_json()
+        removed = {
+            "user_state": open_rows(tables, "users").delete(user_key),
+            "shadow_user_state": open_rows(tables, "shadow_users").delete(user_key),
+            "recent_links": view.forget(event.user_id) > 0,
+        }
+        order = EraseOrder(event.user_id, event.event_id, event.ts).to_json()
+        marked = ((ERASE_HEADER, b"1"),)
+        partitions = range(self.engine.partitions)
+        outputs = [
+            Output(role, ERASE_ORDER_KEY, order, headers=marked, partition=partition)
+            for role in ("links", "rekeyed")
+            for partition in partitions
+        ]
+        receipt = ErasureReceipt(
+            request_id=event.event_id,
+            subject=subject,
+            program=self.engine.program.id,
+            requested_ts=event.ts,
+            removed=removed,
+            ordered={"links": len(partitions), "rekeyed": len(partitions)},
+        )
+        outputs.append(Output("erasures", receipt.subject.encode(), receipt.to_json()))
+        self._count(self.metrics.erasures.inc)
+        return outputs
+
+    def erase_notes(self, tables: Tables, value: bytes, at: SourcePosition) -> None:
+        """An erase order on the rekeyed topic: take the erased user out of the notes other
+        users of this partition hold (an alert of the erased user named them)."""
+        try:
+            order = EraseOrder.from_json(value)
+            users = open_rows(tables, "users")
+            for key in _mentioning(tables.users, users, order.user_id):
+                user = users.get(key)
+                cleaned = notes_without(user, order.user_id)
+                if cleaned is not user:
+                    users.put(key, cleaned)
+                    self._count(self.metrics.erased_rows.labels("user-state").inc)
+        except Exception:
+            log.exception(
+                "erase.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
+            )
+            self._count(self.metrics.link_failures.inc)
+
+    def erase_links(self, tables: Tables, value: bytes, at: SourcePosition) -> None:
+        """An erase order on the links topic: take the erased user out of every device and
+        network row of this partition (a row left with nothing is deleted)."""
+        try:
+            order = EraseOrder.from_json(value)
+            links = open_rows(tables, "links")
+            for key in _mentioning(tables.links, links, order.user_id):
+                state = links.get(key)
+                cleaned = link_without(state, order.user_id)
+                if cleaned is state:
+                    continue
+                if cleaned.accounts or cleaned.referrals:
+                    links.put(key, cleaned)
+                else:
+                    links.delete(key)
+                self._count(self.metrics.erased_rows.labels("link-state").inc)
+        except Exception:
+            log.exception(
+                "erase.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
+            )
+            self._count(self.metrics.link_failures.inc)
 
     def _shadow_decide(
         self,
@@ -628,6 +776,11 @@ class Pipeline:
         worker's clock): no event could read it any more without forgetting it (see
         :meth:`_expired`). "Now" is never later than the newest event time this pipeline
         saw: events of a backfill, long past, keep the state they build."""
+        if table_field == "erased":  # kept for the erasure bound, by the worker's clock
+            try:
+                return value is not None and ErasedMark.from_json(value).until_ms < now_ms
+            except Exception:  # unreadable: kept (only the worker writes these)
+                return False
         now_ms = min(now_ms, self.newest_ts)
         if self.state_ttl_ms is None or not value:
             return False
@@ -695,6 +848,14 @@ class Pipeline:
             max_payload_bytes=MAX_DEAD_LETTER_PAYLOAD,
         )
         return Output("dead-letter", record.source.key, record.to_json())
+
+
+def _mentioning(table: Table, rows: OpenRows[Any], user_id: str) -> list[bytes]:
+    """The keys of ``table`` whose rows could name ``user_id``: stored rows that mention it
+    (app.erasure.mentions), and every row the batch in progress has decoded (their
+    changes are not in the table yet)."""
+    found = [key for key, raw in table.items() if raw and mentions(expand(raw), user_id)]
+    return list(dict.fromkeys([*found, *rows.rows]))
 
 
 def _unauthorized(event: Event, role: str | None) -> Rejection:

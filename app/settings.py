@@ -28,6 +28,7 @@ ACL_PRINCIPAL_FIELDS = (
     "acl_label_producers",
     "acl_consent_producers",
     "acl_member_producers",
+    "acl_erasure_producers",
     "acl_worker_principal",
 )
 _PRINCIPAL = re.compile(r"[A-Za-z][A-Za-z0-9_-]*:\S(.*\S)?")
@@ -71,6 +72,10 @@ class Settings:
     topic_model_checkpoints: str = "model-checkpoints"
     # A shadow program's decisions (shadow_program below): kept apart, never acted on.
     topic_shadow_decisions: str = "shadow-decisions"
+    # erasure_requested events in (a control topic: only the privacy system may write it),
+    # and one erasure receipt out per request (docs/privacy.md).
+    topic_erasure_requests: str = "erasure-requests"
+    topic_erasures: str = "erasures"
     partitions: int = 4
     replication_factor: int = 1
     # How every client of the engine connects: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL;
@@ -92,6 +97,7 @@ class Settings:
     acl_label_producers: str = ""
     acl_consent_producers: str = ""
     acl_member_producers: str = ""
+    acl_erasure_producers: str = ""
     acl_worker_principal: str = ""
 
     # The reward program the worker decides for: a shipped program's id or a YAML file.
@@ -136,6 +142,16 @@ class Settings:
     # How often the worker writes its tables to local snapshots under data_dir, so that a
     # restart on the same volume reads only the changelogs' tail (0: never; always on stop).
     snapshot_interval_s: int = 300
+    # Erasure: how long a forgotten user's data may stay anywhere the engine keeps it.
+    # `topics create` sets every topic it owns so that Kafka removes deleted and expired
+    # records within it (retention of plain topics, compaction and tombstone lifetime of
+    # compacted ones), and snapshots older than a quarter of it are not trusted
+    # (docs/privacy.md). Also how long the engine's topics keep anything at all.
+    erasure_bound_s: int = 7 * 86_400
+    # The key of the keyed hash that names a user in an erasure receipt (HMAC-SHA-256):
+    # without it, the app id. Set a secret, so a receipt cannot be matched to a guessed id
+    # by anyone who does not hold it.
+    erasure_receipt_key: str = dataclasses.field(default="", repr=False)
 
     # Worker process: web port for /metrics and health, and where local state lives.
     web_host: str = "127.0.0.1"
@@ -206,6 +222,11 @@ class Settings:
             raise SettingsError("REWARDSTREAM_SWEEP_PASS_S must be at least 1")
         if self.snapshot_interval_s < 0:
             raise SettingsError("REWARDSTREAM_SNAPSHOT_INTERVAL_S must be >= 0")
+        if self.erasure_bound_s < 60:
+            raise SettingsError(
+                "REWARDSTREAM_ERASURE_BOUND_S must be at least 60: Kafka's own cleaning "
+                "passes take tens of seconds (docs/privacy.md)"
+            )
         if self.checkpoint_interval_s < 1:
             raise SettingsError("REWARDSTREAM_CHECKPOINT_INTERVAL_S must be at least 1")
         if not 0 <= self.web_port < 65_536:
@@ -256,6 +277,10 @@ class Settings:
         return self.max_event_ahead_s * 1000
 
     @property
+    def erasure_bound_ms(self) -> int:
+        return self.erasure_bound_s * 1000
+
+    @property
     def state_ttl_ms(self) -> int:
         return self.state_ttl_days * 86_400_000
 
@@ -271,6 +296,8 @@ class Settings:
             "members": self.topic_members,
             "model-checkpoints": self.topic_model_checkpoints,
             "shadow-decisions": self.topic_shadow_decisions,
+            "erasure-requests": self.topic_erasure_requests,
+            "erasures": self.topic_erasures,
             # Internal, between the worker's own stages; named after the app like the
             # changelogs, so two deployments on one cluster never share them.
             "rekeyed": f"{self.app_id}-rekeyed",

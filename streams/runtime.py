@@ -73,6 +73,8 @@ class RuntimeConfig:
     topic_of_role: Mapping[str, str]
     snapshot_dir: Any  # a Path, or None for no snapshots
     snapshot_interval_s: int
+    # A snapshot older than this is neither trusted nor kept (streams.snapshot.prune).
+    snapshot_max_age_s: float = snapshot.MAX_AGE_S
     # Pause the inputs of ``paced`` stages while a stage of ``pacing`` on this worker is
     # more than ``pause_behind`` records behind (resume under ``resume_behind``).
     paced: frozenset[str] = frozenset()
@@ -446,6 +448,7 @@ class Runtime:
             views,
             snapshots=self.config.snapshot_dir,
             now_s=time.time(),
+            max_age_s=self.config.snapshot_max_age_s,
         )
         self.changelog_ends.update(restored.ends)
         for task in fresh.values():
@@ -715,9 +718,12 @@ class Runtime:
                     continue  # nothing committed since its last snapshot
                 jobs.append((changelog, end, dict(table.rows)))
         if not jobs:
+            await asyncio.to_thread(_prune_snapshots, directory, self.config.snapshot_max_age_s)
             return
         started = time.monotonic()
-        written = await asyncio.to_thread(_write_snapshots, directory, jobs, time.time())
+        written = await asyncio.to_thread(
+            _write_snapshots, directory, jobs, time.time(), self.config.snapshot_max_age_s
+        )
         self.snapshotted.update((tp, end) for tp, end, _ in jobs)
         log.info(
             "snapshot.written tables=%d bytes=%d seconds=%.2f",
@@ -733,9 +739,19 @@ class Runtime:
         return client
 
 
+def _prune_snapshots(directory: Any, max_age_s: float) -> int:
+    if not directory.is_dir():
+        return 0
+    return snapshot.prune(directory, max_age_s=max_age_s, now_s=time.time())
+
+
 def _write_snapshots(
-    directory: Any, jobs: list[tuple[TopicPartition, int, dict[bytes, bytes]]], now_s: float
+    directory: Any,
+    jobs: list[tuple[TopicPartition, int, dict[bytes, bytes]]],
+    now_s: float,
+    max_age_s: float,
 ) -> int:
+    _prune_snapshots(directory, max_age_s)
     return sum(
         snapshot.write(
             snapshot.path_for(directory, tp.topic, tp.partition),

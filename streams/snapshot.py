@@ -13,9 +13,10 @@ A snapshot holds one table partition's rows as of a changelog offset: the
 runner writes it when no transaction is in flight, so the rows are exactly the
 changelog up to its last stable offset. It is trusted only if that offset is
 still inside the changelog, and only while it is younger than
-:data:`MAX_AGE_S`: compaction may drop a tombstone after the topic's
-``delete.retention.ms`` (a day by default), and a snapshot older than that could
-bring back a row the changelog deleted.
+:data:`MAX_AGE_S` (or the deployment's shorter bound): compaction may drop a
+tombstone after the topic's ``delete.retention.ms``, and a snapshot older than
+that could bring back a row the changelog deleted. Snapshots past that age are
+deleted (:func:`prune`), so a deleted row, an erased user's, leaves the disk too.
 
 File layout: one JSON header line (format, topic, partition, offset, rows, body
 bytes, CRC-32 of the body, when written), then per row a 4-byte key length, the
@@ -123,7 +124,25 @@ def _rows(body: memoryview) -> dict[bytes, bytes]:
     return rows
 
 
-def usable(snapshot: Snapshot, *, start: int, end: int, now_s: float) -> bool:
+def usable(
+    snapshot: Snapshot, *, start: int, end: int, now_s: float, max_age_s: float = MAX_AGE_S
+) -> bool:
     """Whether ``snapshot`` can seed a restore of a changelog holding offsets
-    ``start``..``end`` (exclusive) at ``now_s``."""
-    return start <= snapshot.offset <= end and now_s - snapshot.written_s <= MAX_AGE_S
+    ``start``..``end`` (exclusive) at ``now_s``: it must be younger than ``max_age_s``,
+    which must stay under the changelog's ``delete.retention.ms``."""
+    return start <= snapshot.offset <= end and now_s - snapshot.written_s <= max_age_s
+
+
+def prune(directory: Path, *, max_age_s: float, now_s: float) -> int:
+    """Delete the snapshots in ``directory`` older than ``max_age_s`` (by when they were
+    written): none could seed a restore, and they hold rows that may have been deleted
+    since, an erased user's among them. How many went."""
+    removed = 0
+    for path in directory.glob("*.snapshot"):
+        try:
+            if now_s - path.stat().st_mtime > max_age_s:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:  # another worker on the same volume pruned it first
+            continue
+    return removed

@@ -122,6 +122,7 @@ async def restore(
     *,
     snapshots: Path | None = None,
     now_s: float = 0.0,
+    max_age_s: float = snapshot.MAX_AGE_S,
     batch_records: int = 10_000,
 ) -> Restored:
     """Fill ``tables`` from their changelog partitions, each from its local snapshot in
@@ -146,7 +147,10 @@ async def restore(
                 path = snapshot.path_for(snapshots, tp.topic, tp.partition)
                 # Off the event loop: a large snapshot takes a second to read.
                 found = await asyncio.to_thread(snapshot.read, path, tp.topic, tp.partition)
-            if found and snapshot.usable(found, start=starts[tp], end=ends[tp], now_s=now_s):
+            usable = found is not None and snapshot.usable(
+                found, start=starts[tp], end=ends[tp], now_s=now_s, max_age_s=max_age_s
+            )
+            if found and usable:  # (found, for the type checker)
                 table.rows = found.rows
                 consumer.seek(tp, found.offset)
                 seeded += 1

@@ -216,6 +216,7 @@ async def _send(
             resolve(output.role),
             output.value,
             key=output.key,
+            partition=output.partition,
             timestamp_ms=output.timestamp_ms,
             headers=list(output.headers) or None,
         )

@@ -25,7 +25,8 @@ class Output(Protocol):
     ``timestamp_ms`` keeps an input's time on a record copied between stages;
     ``headers`` carry what such a copy must remember of where it came from;
     ``source_ms`` (the input's Kafka timestamp) asks the runtime to measure, when the
-    record is committed, how long after its input it became visible.
+    record is committed, how long after its input it became visible; ``partition``
+    names the partition to write to (None: the producer's partitioner picks by key).
     """
 
     @property
@@ -40,6 +41,8 @@ class Output(Protocol):
     def headers(self) -> tuple[tuple[str, bytes], ...]: ...
     @property
     def source_ms(self) -> int | None: ...
+    @property
+    def partition(self) -> int | None: ...
 
 
 class Message(Protocol):

@@ -131,6 +131,8 @@ async def serve(
         state_ttl_ms=settings.state_ttl_ms,
         max_ahead_ms=settings.max_event_ahead_ms,
         shadow=shadow,
+        receipt_key=settings.erasure_receipt_key or settings.app_id,
+        erasure_bound_ms=settings.erasure_bound_ms,
     )
     topology, config, hooks = build(settings, pipeline)
     clients = KafkaClients(

@@ -23,19 +23,29 @@ the view every worker keeps of that state trails it by a commit and a fetch
 (app/fraud/view.py says what a burst within that delay can and cannot do).
 Partition ``p`` of ``events``, ``rekeyed`` and ``links`` is one task with one
 transactional producer (streams/task.py). The decide stage also reads the control
-inputs ``fraud-labels``, ``consent`` and ``members``, each of which may carry one event
-type only (app.pipeline.ALLOWED_TYPES), partitioned like ``events``.
+inputs ``fraud-labels``, ``consent``, ``members`` and ``erasure-requests``, each of which
+may carry one event type only (app.pipeline.ALLOWED_TYPES), partitioned like ``events``.
+An erasure sends erase orders to every partition of ``links`` and ``rekeyed``
+(app/erasure.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from app.contract.records import SourcePosition
 from app.fraud.view import LinkView
-from app.pipeline import Output, Pipeline, Tables, first_read_at, is_related_note
+from app.pipeline import (
+    Output,
+    Pipeline,
+    Tables,
+    first_read_at,
+    is_erase_order,
+    is_related_note,
+)
 from app.settings import Settings
+from streams import snapshot
 from streams.runtime import Hooks, RuntimeConfig
 from streams.task import Committed
 from streams.topology import Batch, Message, Stage, Topology
@@ -47,6 +57,8 @@ TABLE_LINK_STATE = "link-state"
 # A shadow program's own state (app.shadow): empty unless the worker runs one.
 TABLE_SHADOW_USER_STATE = "shadow-user-state"
 TABLE_SHADOW_LEDGER = "shadow-program-ledger"
+# Users erased lately, by a keyed hash of their id (app.erasure.ErasedMark).
+TABLE_ERASED = "erased-users"
 # Which field of app.pipeline.Tables each table fills.
 TABLE_FIELDS = {
     TABLE_USER_STATE: "users",
@@ -54,6 +66,7 @@ TABLE_FIELDS = {
     TABLE_LINK_STATE: "links",
     TABLE_SHADOW_USER_STATE: "shadow_users",
     TABLE_SHADOW_LEDGER: "shadow_ledgers",
+    TABLE_ERASED: "erased",
 }
 # The link stage's records gather for up to this long into one transaction: they are
 # off the decision's path, and fewer transactions leave the broker more for decisions.
@@ -72,8 +85,14 @@ class StageSpec:
 STAGES = (
     StageSpec(
         "decide",
-        ("events", "fraud-labels", "consent", "members", "rekeyed"),
-        (TABLE_USER_STATE, TABLE_LEDGER, TABLE_SHADOW_USER_STATE, TABLE_SHADOW_LEDGER),
+        ("events", "fraud-labels", "consent", "members", "erasure-requests", "rekeyed"),
+        (
+            TABLE_USER_STATE,
+            TABLE_LEDGER,
+            TABLE_SHADOW_USER_STATE,
+            TABLE_SHADOW_LEDGER,
+            TABLE_ERASED,
+        ),
     ),
     StageSpec("link", ("links",), (TABLE_LINK_STATE,)),
 )
@@ -96,6 +115,41 @@ class TopicSpec:
     replication_factor: int
     description: str
     compacted: bool = False
+    configs: dict[str, str] = field(default_factory=dict)
+
+
+def erasure_configs(bound_ms: int, *, compacted: bool) -> dict[str, str]:
+    """Topic configs under which Kafka removes a record within ``bound_ms`` of the moment
+    it was deleted (a tombstone, an erasure) or, on a plain topic, written.
+
+    Plain topic: a segment closes within a quarter of the bound (at the next append) and
+    is deleted once its newest record is half the bound old: a record is gone within
+    three quarters of it, plus the broker's retention check.
+    Compacted topic: a segment closes within a quarter; the cleaner must compact a record
+    that a newer one (or a tombstone) replaced within a quarter of the bound of its
+    segment closing (``max.compaction.lag.ms``); a tombstone stays readable a quarter
+    more (``delete.retention.ms``, so a restoring reader sees the delete) and goes at
+    the next cleaning, due within a quarter: within the bound, plus the cleaner's
+    backoff. A partition that gets no writes keeps its open segment (docs/privacy.md).
+    """
+    quarter = str(bound_ms // 4)
+    configs = {"segment.ms": quarter}
+    if compacted:
+        configs |= {
+            "max.compaction.lag.ms": quarter,
+            "delete.retention.ms": quarter,
+            "min.compaction.lag.ms": "0",
+        }
+    else:
+        configs["retention.ms"] = str(bound_ms // 2)
+    return configs
+
+
+def snapshot_max_age_s(bound_s: int) -> float:
+    """How old a local snapshot may be to be trusted and kept: under the changelogs'
+    ``delete.retention.ms`` (a quarter of the erasure bound), or a deleted row could come
+    back from it."""
+    return min(snapshot.MAX_AGE_S, bound_s / 4)
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -105,6 +159,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "fraud-labels": "analysts' fraud_label events in, keyed by user_id (ACLs: analysts only)",
         "consent": "consent_updated events in, keyed by user_id (ACLs: the consent system only)",
         "members": "member_imported events in, keyed by user_id (ACLs: the member system only)",
+        "erasure-requests": "erasure_requested events in, keyed by user_id (ACLs: the privacy "
+        "system only)",
+        "erasures": "one erasure receipt per request, keyed by the user's keyed hash",
         "decisions": "one decision per valid event",
         "fraud-alerts": "one alert per flagged event or pattern",
         "dead-letter": "invalid inputs with their reason and original bytes",
@@ -115,10 +172,21 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         "rekeyed": "internal: events stored on another partition than their user's, moved there",
         "links": "internal: decided events on their way to each device and network they name",
     }
+    bound_ms = settings.erasure_bound_ms
     specs = [
-        TopicSpec(role, names[role], settings.partitions, settings.replication_factor, text)
+        TopicSpec(
+            role,
+            names[role],
+            settings.partitions,
+            settings.replication_factor,
+            text,
+            configs=erasure_configs(bound_ms, compacted=False),
+        )
         for role, text in described.items()
     ]
+    # The receipts are the proof that erasures happened, and name nobody (a keyed hash):
+    # kept until the operator removes them.
+    next(spec for spec in specs if spec.role == "erasures").configs["retention.ms"] = "-1"
     # Each table's changelog: compacted, partitioned like the topic its stage reads.
     specs += [
         TopicSpec(
@@ -128,6 +196,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             settings.replication_factor,
             f"internal: the {table} table, one record per key, restored at assignment",
             compacted=True,
+            configs=erasure_configs(bound_ms, compacted=True),
         )
         for stage in STAGES
         for table in stage.tables
@@ -141,6 +210,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
             settings.replication_factor,
             "the latest learned model state per program",
             compacted=True,
+            configs=erasure_configs(bound_ms, compacted=True),
         )
     )
     return specs
@@ -185,6 +255,7 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
             ledgers=batch.tables[TABLE_LEDGER],
             shadow_users=batch.tables[TABLE_SHADOW_USER_STATE],
             shadow_ledgers=batch.tables[TABLE_SHADOW_LEDGER],
+            erased=batch.tables[TABLE_ERASED],
         )
         role = batch.role
         outputs: list[Output] = []
@@ -193,6 +264,9 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         with pipeline.holding(batch.effects):
             for message in batch.messages:
                 source = _position(message)
+                if role == "rekeyed" and is_erase_order(message.headers):
+                    pipeline.erase_notes(tables, message.value or b"", source)
+                    continue
                 if role == "rekeyed" and is_related_note(message.headers):
                     pipeline.related(tables, message.key or b"", message.value or b"", source)
                     continue
@@ -215,7 +289,10 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         with pipeline.holding(batch.effects):
             for message in batch.messages:
                 key, value = message.key or b"", message.value or b""
-                pipeline.link(tables, key, value, _position(message))
+                if is_erase_order(message.headers):
+                    pipeline.erase_links(tables, value, _position(message))
+                else:
+                    pipeline.link(tables, key, value, _position(message))
         pipeline.flush(tables)
         return []
 
@@ -241,11 +318,20 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         topic_of_role=settings.topic_names(),
         snapshot_dir=settings.data_dir / "snapshots" / settings.app_id,
         snapshot_interval_s=settings.snapshot_interval_s,
+        snapshot_max_age_s=snapshot_max_age_s(settings.erasure_bound_s),
         sweep_pass_s=settings.sweep_pass_s,
         paced=frozenset({"decide"}),
         pacing=frozenset({"link"}),
         output_roles=frozenset(
-            {"decisions", "fraud-alerts", "dead-letter", "rekeyed", "links", "shadow-decisions"}
+            {
+                "decisions",
+                "fraud-alerts",
+                "dead-letter",
+                "rekeyed",
+                "links",
+                "shadow-decisions",
+                "erasures",
+            }
         ),
     )
 

@@ -289,6 +289,8 @@ def _meets_type_rules(wire: Any) -> bool:
             and attributes is not None
             and _is_epoch_ms(attributes.get("member_since"))
         )
+    if kind == "erasure_requested":  # it names the user only: nothing to remember
+        return wire.device_id is None and wire.ip is None
     return True
 
 

@@ -213,7 +213,7 @@ _LAST_SEEN = operator.attrgetter("last_ts", "user_id")
 
 def _referrals(referrals: tuple[Referral, ...], event: Event, ts: int) -> tuple[Referral, ...]:
     kept = [r for r in referrals if r.ts > ts - KEEP_REFERRALS_MS]
-    referred = _referred_user(event)
+    referred = referred_user(event)
     if referred is not None and not any(
         r.referred == referred and r.referrer == event.user_id for r in kept
     ):
@@ -221,7 +221,7 @@ def _referrals(referrals: tuple[Referral, ...], event: Event, ts: int) -> tuple[
     return tuple(kept[-MAX_REFERRALS:])
 
 
-def _referred_user(event: Event) -> str | None:
+def referred_user(event: Event) -> str | None:
     if event.type != "referral":
         return None
     referred = event.attributes.get("referred_user_id")
@@ -232,7 +232,7 @@ def _facts(state: LinkState, event: Event, kind: str) -> LinkFacts:
     ts, user = event.ts, event.user_id
     recent = [a for a in state.accounts if a.last_ts > ts - DAY_MS]
     mine = next(a for a in state.accounts if a.user_id == user)
-    referred = _referred_user(event)
+    referred = referred_user(event)
     referrer = next(
         (r.referrer for r in state.referrals if r.referred == user and r.referrer != user), None
     )

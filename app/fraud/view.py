@@ -34,6 +34,7 @@ from app.fraud.links import (
     link_document,
     link_keys,
     observe_link,
+    referred_user,
 )
 
 # How long (worker clock) an event this worker decided stays laid over the view, and
@@ -140,6 +141,22 @@ class LinkView:
                 self.folded[key] = (known[0], advance_link(known[1], event, kind))
             else:
                 self.folded.pop(key, None)
+
+    def forget(self, user_id: str) -> int:
+        """Take ``user_id`` out of the overlay (an erasure): the events of the user, and
+        those that name the user as referred, laid over the view. How many went."""
+        gone = 0
+        for key, recent in list(self.overlay.items()):
+            kept = [(at, e) for at, e in recent if user_id not in (e.user_id, referred_user(e))]
+            if len(kept) == len(recent):
+                continue
+            gone += len(recent) - len(kept)
+            self.folded.pop(key, None)
+            if kept:
+                self.overlay[key] = deque(kept, maxlen=OVERLAY_PER_KEY)
+            else:
+                del self.overlay[key]
+        return gone
 
     def prune(self) -> None:
         """Forget overlaid events older than :data:`OVERLAY_MS` (the view holds them by now)."""

@@ -41,6 +41,7 @@ NEVER_TRIGGERS = (
     "consent_updated",
     "fraud_label",
     "member_imported",
+    "erasure_requested",
 )
 OPENED_POLICIES = ("ignore", "positive")
 EXPLORATIONS = ("epsilon_greedy", "uniform", "softmax")

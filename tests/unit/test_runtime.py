@@ -51,6 +51,7 @@ class Out:
     timestamp_ms: int | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
     source_ms: int | None = None
+    partition: int | None = None
 
 
 class Toy:

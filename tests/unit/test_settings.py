@@ -23,6 +23,8 @@ def test_defaults_need_no_environment() -> None:
         "members": "members",
         "model-checkpoints": "model-checkpoints",
         "shadow-decisions": "shadow-decisions",
+        "erasure-requests": "erasure-requests",
+        "erasures": "erasures",
         "links": "rewardstream-links",
         "rekeyed": "rewardstream-rekeyed",
     }

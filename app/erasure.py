@@ -1,0 +1,155 @@
+"""Forgetting a user on request: what is removed where, and the receipt that says so.
+
+An ``erasure_requested`` event (control topic ``erasure-requests``, or
+``rewardstream erase``) reaches the user's partition like any event. In the
+transaction that handles it, the decide stage deletes the user's row (and the
+shadow program's), takes the user out of its own link view, publishes one
+:class:`ErasureReceipt`, and sends an *erase order* to every partition of the two
+internal topics whose state can name the user although it is keyed by something
+else:
+
+- ``<app>-links`` → the link stage removes the user from every device and network
+  row (accounts seen there, referrals sent or received there);
+- ``<app>-rekeyed`` → the decide stage of every partition removes other users'
+  notes that an alert of the erased user named them (their ``by``).
+
+An order is committed with the deletion, in the same transaction, so none is
+lost; it is applied by the stage that owns those rows, exactly once like every
+record (an order applied twice finds nothing the second time). Orders from one
+user's partition travel behind everything that partition sent before them, so a
+link record or note of the user's own events cannot overtake its erasure.
+
+Everything here is a pure function; :mod:`app.pipeline` applies them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from app.features.state import UserState
+from app.fraud.links import LinkState
+from app.frozen import replace
+
+# The header that marks an erase order on an internal topic (its value: the order's
+# version), so the stages tell it from a link record or a related-account note.
+ERASE_HEADER = "rewardstream-erase"
+# The key of every erase order: orders go to every partition explicitly, and the key
+# must not name the user (it is kept in the topic until the erasure bound).
+ERASE_ORDER_KEY = b"erase"
+RECEIPT_KIND = "erasure_receipt"
+
+
+@dataclass(frozen=True, slots=True)
+class EraseOrder:
+    """What an internal stage must forget: ``user_id``, for the request ``request_id``."""
+
+    user_id: str
+    request_id: str
+    ts: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"user_id": self.user_id, "request_id": self.request_id, "ts": self.ts})
+
+    @classmethod
+    def from_json(cls, value: bytes) -> EraseOrder:
+        document = orjson.loads(value)
+        return cls(str(document["user_id"]), str(document["request_id"]), int(document["ts"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedMark:
+    """That a user was erased: kept by the keyed hash of the id, never the id.
+
+    An erasure request and the user's events come from different topics, so an event
+    sent before the request may be read after it (its topic's backlog was longer). Such
+    an event carries the user's data from before the request: it is dead-lettered
+    without its content instead of decided (a user would otherwise come back). Events
+    sent after the request are a new user's. ``requested_ms`` is the request's Kafka
+    timestamp; an event's own is compared with it, so producers' clocks must agree to
+    within what separates the two (docs/privacy.md). The mark is kept until
+    ``until_ms`` (the erasure bound later): by then the event topics hold nothing older.
+    """
+
+    requested_ms: int
+    until_ms: int
+
+    def covers(self, produced_ms: int) -> bool:
+        """Whether an event produced at ``produced_ms`` was sent before the request."""
+        return produced_ms <= self.requested_ms
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"requested_ms": self.requested_ms, "until_ms": self.until_ms})
+
+    @classmethod
+    def from_json(cls, value: bytes) -> ErasedMark:
+        document = orjson.loads(value)
+        return cls(int(document["requested_ms"]), int(document["until_ms"]))
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureReceipt:
+    """The proof an erasure happened, published once per request to ``erasures``.
+
+    ``subject`` is a keyed hash of the user id (HMAC-SHA-256 with the deployment's
+    receipt key): whoever holds the key and the id finds the receipt; the receipt
+    alone names nobody. ``removed`` says what the erasure found and removed at once;
+    ``ordered`` says where it sent erase orders (applied by those stages).
+    """
+
+    request_id: str
+    subject: str
+    program: str
+    requested_ts: int
+    removed: dict[str, bool]
+    ordered: dict[str, int]
+
+    def to_document(self) -> dict[str, Any]:
+        return {
+            "kind": RECEIPT_KIND,
+            "request_id": self.request_id,
+            "subject": self.subject,
+            "program": self.program,
+            "requested_ts": self.requested_ts,
+            "removed": self.removed,
+            "ordered": self.ordered,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_document())
+
+
+def receipt_subject(user_id: str, key: str) -> str:
+    """How a receipt names ``user_id``: the hex HMAC-SHA-256 of the id under ``key``."""
+    return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def mentions(stored: bytes, user_id: str) -> bool:
+    """Whether a stored JSON row (already expanded) could name ``user_id``: the id as a
+    JSON string occurs in it. A cheap filter before a row is decoded; it never misses a
+    row that names the user, and a false match only costs the decode."""
+    return orjson.dumps(user_id) in stored
+
+
+def link_without(state: LinkState, user_id: str) -> LinkState:
+    """``state`` with every trace of ``user_id`` gone: the account seen on this device or
+    network, and each referral it sent or received here."""
+    accounts = tuple(seen for seen in state.accounts if seen.user_id != user_id)
+    referrals = tuple(r for r in state.referrals if r.referred != user_id and r.referrer != user_id)
+    if len(accounts) == len(state.accounts) and len(referrals) == len(state.referrals):
+        return state
+    return LinkState(accounts=accounts, referrals=referrals)
+
+
+def notes_without(user: UserState, user_id: str) -> UserState:
+    """``user`` without the notes that an alert of ``user_id`` named them (the note's
+    ``by`` is the erased user)."""
+    related = user.risk.related
+    kept = tuple(note for note in related if note.by != user_id)
+    if len(kept) == len(related):
+        return user
+    return replace(user, risk=replace(user.risk, related=kept))

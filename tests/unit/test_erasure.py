@@ -1,0 +1,325 @@
+"""Erasure (app.erasure): a user forgotten on request leaves no trace in any table, other
+users keep theirs, one receipt names the user only by a keyed hash, and the topics and
+snapshots are configured so Kafka and the disk let go of what was deleted in time."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from app.assembly import build_engine
+from app.contract.records import SourcePosition
+from app.contract.validate import parse_event
+from app.erasure import RECEIPT_KIND, link_without, notes_without, receipt_subject
+from app.fraud.links import LinkState, Referral, Seen
+from app.fraud.signals import RelatedNote
+from app.fraud.view import LinkView
+from app.metrics import Metrics
+from app.pipeline import Output, Pipeline, Tables, open_rows
+from app.rows import expand
+from app.settings import Settings
+from streams import snapshot
+from topologies.rewards import erasure_configs, snapshot_max_age_s, topic_specs
+
+NOW = 1_769_860_800_000
+KEY = "a-deployment-secret"
+ERASED, OTHER = "u-erased", "u-other"
+# What must not survive the erasure: the user's id, a device and an address only they used.
+ERASED_TRACES = (b"u-erased", b"dev-erased-only", b"203.0.113.7")
+
+
+def _event(user: str, type_: str, n: int, **fields: Any) -> bytes:
+    return orjson.dumps(
+        {"event_id": f"{user}-{n}", "user_id": user, "type": type_, "ts": NOW + n * 1_000, **fields}
+    )
+
+
+def _pipeline() -> Pipeline:
+    return Pipeline(
+        build_engine(Settings()),
+        Metrics(CollectorRegistry()),
+        max_event_bytes=65_536,
+        receipt_key=KEY,
+    )
+
+
+def _handle(pipeline: Pipeline, tables: Tables, value: bytes, n: int) -> list[Output]:
+    return pipeline.handle(tables, SourcePosition("events", 0, n), value)
+
+
+def _stored(tables: Tables) -> list[bytes]:
+    """Every key and (expanded) value of every table."""
+    found = []
+    for name in ("users", "ledgers", "links", "shadow_users", "shadow_ledgers"):
+        for key, value in getattr(tables, name).items():
+            found.append(key)
+            if value:
+                found.append(expand(value))
+    return found
+
+
+def _traces(tables: Tables, needles: tuple[bytes, ...]) -> set[bytes]:
+    stored = _stored(tables)
+    return {needle for needle in needles if any(needle in blob for blob in stored)}
+
+
+@pytest.fixture
+def world() -> tuple[Pipeline, Tables]:
+    """Two users who met on a shared device; the erased one also used a device and an
+    address of their own, was referred by the other, and raised an alert that named the
+    other (the other holds its note)."""
+    pipeline, tables = _pipeline(), Tables(users={}, ledgers={})
+    lines = [
+        _event(OTHER, "signup", 1, device_id="dev-shared", ip="198.51.100.9"),
+        _event(OTHER, "referral", 2, attributes={"referred_user_id": ERASED}),
+        _event(ERASED, "signup", 3, device_id="dev-shared", ip="203.0.113.7"),
+        _event(ERASED, "page_view", 4, device_id="dev-erased-only", ip="203.0.113.7"),
+        _event(ERASED, "purchase", 5, amount=40.0, currency="EUR", device_id="dev-erased-only"),
+    ]
+    for n, line in enumerate(lines):
+        _handle(pipeline, tables, line, n)
+    note = RelatedNote("alert-1", ERASED, NOW + 6_000).to_json()
+    pipeline.related(tables, OTHER.encode(), note, SourcePosition("rekeyed", 0, 99))
+    pipeline.flush(tables)
+    assert _traces(tables, ERASED_TRACES) == set(ERASED_TRACES)  # the world names them
+    return pipeline, tables
+
+
+def _request(n: int) -> bytes:
+    # A request's id is kept as it is in the receipt: it must not be made of the user id.
+    event = {"event_id": f"req-{n}", "user_id": ERASED, "type": "erasure_requested"}
+    return orjson.dumps({**event, "ts": NOW + n * 1_000})
+
+
+def _erase(pipeline: Pipeline, tables: Tables, n: int = 50) -> list[Output]:
+    return _handle(pipeline, tables, _request(n), n)
+
+
+def test_an_erased_user_leaves_no_trace_in_any_table(world: tuple[Pipeline, Tables]) -> None:
+    pipeline, tables = world
+    _erase(pipeline, tables)
+    assert _traces(tables, ERASED_TRACES) == set()
+    assert ERASED.encode() not in tables.users
+
+
+def test_the_other_users_keep_their_own_data(world: tuple[Pipeline, Tables]) -> None:
+    pipeline, tables = world
+    _erase(pipeline, tables)
+    assert _traces(tables, (b"u-other", b"dev-shared", b"198.51.100.9")) == {
+        b"u-other",
+        b"dev-shared",
+        b"198.51.100.9",
+    }
+    other = open_rows(tables, "users").get(OTHER.encode())
+    assert other.events == 2
+    assert other.risk.related == ()  # the erased user's note went; the row stays
+    shared = LinkState.from_bytes(tables.links[b"device:dev-shared"])
+    assert [seen.user_id for seen in shared.accounts] == [OTHER]
+
+
+def test_one_receipt_names_the_user_by_a_keyed_hash_only(world: tuple[Pipeline, Tables]) -> None:
+    pipeline, tables = world
+    published = _erase(pipeline, tables)
+    assert [output.role for output in published] == ["erasures"]
+    receipt = orjson.loads(published[0].value)
+    assert receipt["kind"] == RECEIPT_KIND
+    assert receipt["request_id"] == "req-50"
+    assert receipt["subject"] == receipt_subject(ERASED, KEY)
+    assert published[0].key == receipt_subject(ERASED, KEY).encode()
+    assert receipt["removed"]["user_state"] is True
+    assert receipt["ordered"] == {"links": 4, "rekeyed": 4}
+    assert ERASED.encode() not in published[0].value
+    assert receipt_subject(ERASED, "another-key") != receipt["subject"]
+
+
+def test_the_worker_sends_an_erase_order_to_every_internal_partition(
+    world: tuple[Pipeline, Tables],
+) -> None:
+    pipeline, tables = world
+    view = LinkView(lambda key: LinkState())
+    request = _event(ERASED, "erasure_requested", 50)
+    outputs = pipeline.decide(tables, 0, SourcePosition("erasure-requests", 0, 7), request, view)
+    orders = [(o.role, o.partition) for o in outputs if o.role in ("links", "rekeyed")]
+    assert sorted(orders) == sorted((role, p) for role in ("links", "rekeyed") for p in range(4))
+    # The key of an order names nobody: it stays in the topic until the bound.
+    assert all(ERASED.encode() not in (o.key or b"") for o in outputs)
+
+
+def test_a_second_request_finds_nothing_and_still_gets_its_receipt(
+    world: tuple[Pipeline, Tables],
+) -> None:
+    pipeline, tables = world
+    _erase(pipeline, tables, 50)
+    again = _erase(pipeline, tables, 51)
+    receipt = orjson.loads(again[0].value)
+    assert receipt["request_id"] == "req-51"
+    assert receipt["removed"]["user_state"] is False
+
+
+def test_after_the_erasure_the_user_is_decided_as_new(world: tuple[Pipeline, Tables]) -> None:
+    pipeline, tables = world
+    _erase(pipeline, tables)
+    (decision, *_) = _handle(pipeline, tables, _event(ERASED, "page_view", 60), 60)
+    assert decision.role == "decisions"
+    user = open_rows(tables, "users").get(ERASED.encode())
+    assert (user.events, user.purchases, user.first_ts) == (1, 0, NOW + 60_000)
+
+
+@pytest.mark.parametrize(
+    ("role", "type_", "allowed"),
+    [
+        ("erasure-requests", "erasure_requested", True),
+        ("events", "erasure_requested", False),
+        ("fraud-labels", "erasure_requested", False),
+        ("erasure-requests", "page_view", False),
+    ],
+)
+def test_only_the_erasure_topic_may_ask_for_an_erasure(
+    world: tuple[Pipeline, Tables], role: str, type_: str, allowed: bool
+) -> None:
+    pipeline, tables = world
+    view = LinkView(lambda key: LinkState())
+    outputs = pipeline.decide(
+        tables, 0, SourcePosition(role, 0, 1), _event(ERASED, type_, 70), view, role=role
+    )
+    pipeline.flush(tables)
+    roles = {output.role for output in outputs}
+    if allowed:
+        assert "erasures" in roles
+        assert ERASED.encode() not in tables.users
+    else:
+        assert roles == {"dead-letter"}
+        assert orjson.loads(outputs[0].value)["reason"] == "unauthorized"
+        assert ERASED.encode() in tables.users
+
+
+def test_an_erasure_request_may_not_carry_a_device_or_an_address() -> None:
+    for extra in ({"device_id": "d-1"}, {"ip": "10.0.0.1"}):
+        parsed = parse_event(_event(ERASED, "erasure_requested", 1, **extra), max_bytes=65_536)
+        assert not hasattr(parsed, "user_id")
+
+
+def test_the_view_forgets_the_user_it_laid_over_itself() -> None:
+    clock = [NOW]
+    view = LinkView(lambda key: LinkState(), now_ms=lambda: clock[0])
+    for n, user in enumerate((ERASED, OTHER)):
+        parsed = parse_event(_event(user, "page_view", n, device_id="dev-shared"), max_bytes=65_536)
+        view.decided(parsed)  # type: ignore[arg-type]
+    assert view.forget(ERASED) == 1
+    laid = [event.user_id for recent in view.overlay.values() for _, event in recent]
+    assert laid == [OTHER]
+    assert view.forget(ERASED) == 0
+
+
+def test_link_without_removes_accounts_and_referrals_either_way() -> None:
+    state = LinkState(
+        accounts=(Seen(ERASED, 1, 2, ip="203.0.113.7"), Seen(OTHER, 1, 3)),
+        referrals=(Referral(ERASED, OTHER, 4), Referral(OTHER, ERASED, 5), Referral("x", "y", 6)),
+    )
+    cleaned = link_without(state, ERASED)
+    assert [seen.user_id for seen in cleaned.accounts] == [OTHER]
+    assert cleaned.referrals == (Referral("x", "y", 6),)
+    assert link_without(cleaned, ERASED) is cleaned
+
+
+def test_notes_without_keeps_other_alerts_notes(world: tuple[Pipeline, Tables]) -> None:
+    _, tables = world
+    other = open_rows(tables, "users").get(OTHER.encode())
+    assert [note.by for note in other.risk.related] == [ERASED]
+    assert notes_without(other, ERASED).risk.related == ()
+    assert notes_without(other, "someone-else") is other
+
+
+def test_a_deleted_row_reads_as_new_until_written_again() -> None:
+    table: dict[bytes, bytes | None] = {}
+    pipeline, tables = _pipeline(), Tables(users=table, ledgers={})
+    _handle(pipeline, tables, _event(ERASED, "page_view", 1), 1)
+    rows = open_rows(tables, "users")
+    assert rows.delete(ERASED.encode()) is True
+    assert rows.get(ERASED.encode()).events == 0
+    assert rows.delete(ERASED.encode()) is False  # already gone in this batch
+    pipeline.flush(tables)
+    assert ERASED.encode() not in table
+    _handle(pipeline, tables, _event(ERASED, "page_view", 2), 2)
+    assert ERASED.encode() in table
+
+
+def test_an_event_sent_before_the_request_but_read_after_it_is_not_decided() -> None:
+    """The request's topic had a shorter backlog than the events': the user's older event
+    must not bring the user back; an event sent after the request is a new user's."""
+    pipeline, tables = _pipeline(), Tables(users={}, ledgers={})
+    view = LinkView(lambda key: LinkState())
+
+    def read(value: bytes, topic: str, produced_ms: int, offset: int) -> list[Output]:
+        source = SourcePosition(topic, 0, offset, ERASED.encode(), produced_ms)
+        outputs = pipeline.decide(tables, 0, source, value, view, role=topic)
+        pipeline.flush(tables)
+        return outputs
+
+    read(_event(ERASED, "signup", 1, device_id="dev-erased-only"), "events", 1_000, 0)
+    read(_request(2), "erasure-requests", 5_000, 0)
+    late = read(_event(ERASED, "purchase", 3, amount=9.5, currency="EUR"), "events", 4_000, 1)
+    assert [output.role for output in late] == ["dead-letter"]
+    letter = orjson.loads(late[0].value)
+    assert letter["reason"] == "erased"
+    assert (letter["event_id"], letter["source"]["key_base64"], letter["payload_bytes"]) == (
+        None,
+        None,
+        0,
+    )
+    assert ERASED.encode() not in tables.users
+    after = read(_event(ERASED, "page_view", 4), "events", 6_000, 2)
+    assert after[0].role == "decisions"
+    assert open_rows(tables, "users").get(ERASED.encode()).events == 1
+    # The mark names the user only by the keyed hash, and goes after the bound.
+    (mark_key,) = tables.erased
+    assert mark_key == receipt_subject(ERASED, KEY).encode()
+    assert ERASED.encode() not in tables.erased[mark_key]
+    bound = pipeline.erasure_bound_ms
+    assert not pipeline.stale("erased", tables.erased[mark_key], 5_000 + bound)
+    assert pipeline.stale("erased", tables.erased[mark_key], 5_001 + bound)
+
+
+# ---------------------------------------------------------------- how long Kafka keeps it
+
+BOUND_S = 86_400
+
+
+def _ms(configs: dict[str, str], name: str) -> int:
+    return int(configs[name])
+
+
+def test_every_topic_lets_go_of_a_record_within_the_bound() -> None:
+    bound_ms = BOUND_S * 1000
+    for spec in topic_specs(Settings(erasure_bound_s=BOUND_S)):
+        configs = spec.configs
+        assert _ms(configs, "segment.ms") <= bound_ms // 4, spec.name
+        if spec.role == "erasures":
+            assert configs["retention.ms"] == "-1"  # receipts: the proof, naming nobody
+        elif spec.compacted:
+            closed_and_cleaned = _ms(configs, "segment.ms") + _ms(configs, "max.compaction.lag.ms")
+            tombstone_gone = _ms(configs, "delete.retention.ms") + bound_ms // 4  # next clean
+            assert closed_and_cleaned + tombstone_gone <= bound_ms, spec.name
+        else:
+            assert _ms(configs, "segment.ms") + _ms(configs, "retention.ms") < bound_ms, spec.name
+
+
+def test_a_snapshot_is_trusted_only_while_the_changelog_still_holds_its_deletes() -> None:
+    delete_retention_s = _ms(erasure_configs(BOUND_S * 1000, compacted=True), "delete.retention.ms")
+    assert snapshot_max_age_s(BOUND_S) * 1000 <= delete_retention_s
+
+
+def test_snapshots_past_their_age_are_deleted(tmp_path: Path) -> None:
+    old, fresh = tmp_path / "t-0.snapshot", tmp_path / "t-1.snapshot"
+    for path in (old, fresh):
+        path.write_bytes(b"rows")
+    now = time.time()
+    os.utime(old, (now - 100, now - 100))
+    assert snapshot.prune(tmp_path, max_age_s=60, now_s=now) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t-1.snapshot"]
