@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-privacy test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment clean
+.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-privacy test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment bench-erasure clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -113,6 +113,9 @@ bench-learning: install ## Learning quality: engine vs random vs oracle, 50,000 
 
 bench-fraud: install ## Fraud: precision/recall per attack scenario, false flags, budget lost; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-fraud --docs docs/benchmarks.md
+
+bench-erasure: install kafka-jars ## Erasure receipts under the demo's load (3 runs, a broker each); appends to docs/benchmarks.md
+	$(BIN)/rewardstream bench-erasure --docs docs/benchmarks.md
 
 bench-ope: install ## Offline evaluation against the truth: DR bias and coverage, 5 candidates, 20 seeds; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-ope --docs docs/benchmarks.md

@@ -21,7 +21,7 @@ from app.settings import Settings, SettingsError
 # bench-fraud, demo, soak) belong to the test harness, ``harness/`` beside this package in
 # a checkout, which the wheel does not ship: each imports it through _harness(), inside
 # the command; these never import it.
-PRODUCT_COMMANDS = ("topics", "worker", "produce", "tail", "replay")
+PRODUCT_COMMANDS = ("topics", "worker", "produce", "tail", "erase", "replay")
 
 TAIL_ROLES = {
     "decisions": "topic_decisions",
@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench(commands)
     _add_bench_learning(commands)
     _add_bench_fraud(commands)
+    _add_bench_erasure(commands)
     _add_bench_ope(commands)
     _add_bench_experiment(commands)
     _add_simulate(commands)
@@ -751,6 +752,35 @@ def _publish_report(
     print(table)
     if args.docs:
         append_section(Path(args.docs), title, table)
+
+
+def _add_bench_erasure(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench-erasure",
+        help="erasure receipts under the demo's load: request to receipt, beside decisions",
+    )
+    bench.add_argument("--rate", type=float, default=200.0, help="events/s (the demo's)")
+    bench.add_argument("--events", type=int, default=6_000)
+    bench.add_argument("--every", type=int, default=40, help="one erasure per this many events")
+    bench.add_argument("--runs", type=int, default=3)
+    _report_options(bench, "var/bench/erasure.json")
+    bench.set_defaults(run=_bench_erasure)
+
+
+def _bench_erasure(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("bench-erasure")
+    from harness.bench.erasure import ErasurePlan, erasure_markdown, run_erasure_benchmark
+
+    if args.rate <= 0 or args.events < args.every or args.every < 1 or args.runs < 1:
+        raise SettingsError("bench-erasure needs --rate > 0, --runs >= 1, 1 <= --every <= --events")
+    plan = ErasurePlan(rate=args.rate, events=args.events, every=args.every, runs=args.runs)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a new broker's first requests
+    report = run_erasure_benchmark(
+        settings, plan, say=lambda text: print(text, file=sys.stderr, flush=True)
+    )
+    title = "Erasure receipts under the demo's load (`rewardstream bench-erasure`)"
+    _publish_report(args, report, erasure_markdown(report), title)
+    return 0
 
 
 def _add_bench_fraud(commands: Any) -> None:

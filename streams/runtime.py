@@ -58,6 +58,10 @@ IDLE_FETCH_MS = 100
 # task's transactions keep failing this many times in a row.
 BLOCKED_NOT_READY_S = 60.0
 FAILURES_NOT_READY = 3
+# The key of the tombstones that keep quiet changelog partitions rolling: longer than any
+# key a stage can write (ids are at most 128 characters), so restoring its tombstone
+# removes nothing.
+ROLL_KEY = b"\x00rewardstream:roll:" + b"\x00" * 1024
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -75,6 +79,10 @@ class RuntimeConfig:
     snapshot_interval_s: int
     # A snapshot older than this is neither trusted nor kept (streams.snapshot.prune).
     snapshot_max_age_s: float = snapshot.MAX_AGE_S
+    # Write a tombstone of a key no row has to every changelog partition this often (0:
+    # never): Kafka closes a segment only at an append, and compacts only closed ones,
+    # so a quiet partition would keep a deleted row's last value indefinitely.
+    changelog_roll_s: float = 0.0
     # Pause the inputs of ``paced`` stages while a stage of ``pacing`` on this worker is
     # more than ``pause_behind`` records behind (resume under ``resume_behind``).
     paced: frozenset[str] = frozenset()
@@ -133,6 +141,7 @@ class Runtime:
         self.snapshotted: dict[TopicPartition, int] = {}
         self.last_snapshot_s = time.monotonic()
         self.last_sweep_s = time.monotonic()
+        self.last_roll_s = time.monotonic()
         self.sweeps: dict[tuple[str, int], list[bytes]] = {}
         self.paused = False
         self.paced_inputs: set[TopicPartition] = set()
@@ -558,6 +567,7 @@ class Runtime:
         if now - self.last_sweep_s >= SWEEP_EVERY_S:
             self.last_sweep_s = now
             self._sweep(now)
+            self._roll_changelogs(now)
             self._count_rows()
             await self._refresh_positions()
             self._export_lag()
@@ -592,6 +602,20 @@ class Runtime:
                         swept += 1
             if swept:
                 task.touched(now_s + SWEEP_COMMIT_WITHIN_S)
+
+    def _roll_changelogs(self, now_s: float) -> None:
+        """Append a tombstone of :data:`ROLL_KEY` to each owned changelog partition once per
+        ``changelog_roll_s``, with the task's next transaction (see RuntimeConfig)."""
+        every = self.config.changelog_roll_s
+        if not every or now_s - self.last_roll_s < every:
+            return
+        self.last_roll_s = now_s
+        for task in self.tasks.values():
+            if task.state is not TaskState.RUNNING:
+                continue
+            for table in task.tables.values():
+                table[ROLL_KEY] = None
+            task.touched(now_s + SWEEP_COMMIT_WITHIN_S)
 
     def _count_rows(self) -> None:
         for name in self.topology.tables():

@@ -122,22 +122,24 @@ def erasure_configs(bound_ms: int, *, compacted: bool) -> dict[str, str]:
     """Topic configs under which Kafka removes a record within ``bound_ms`` of the moment
     it was deleted (a tombstone, an erasure) or, on a plain topic, written.
 
-    Plain topic: a segment closes within a quarter of the bound (at the next append) and
-    is deleted once its newest record is half the bound old: a record is gone within
-    three quarters of it, plus the broker's retention check.
-    Compacted topic: a segment closes within a quarter; the cleaner must compact a record
-    that a newer one (or a tombstone) replaced within a quarter of the bound of its
-    segment closing (``max.compaction.lag.ms``); a tombstone stays readable a quarter
-    more (``delete.retention.ms``, so a restoring reader sees the delete) and goes at
-    the next cleaning, due within a quarter: within the bound, plus the cleaner's
-    backoff. A partition that gets no writes keeps its open segment (docs/privacy.md).
+    Plain topic: a segment closes an eighth of the bound after its first record (at the
+    next append) and is deleted once its newest record is half the bound old: a record
+    is gone within five eighths of it, plus the broker's retention check (Kafka deletes
+    an expired open segment too).
+    Compacted topic: the worker appends to every changelog partition each sixteenth of
+    the bound (RuntimeConfig.changelog_roll_s), so a segment closes within three
+    sixteenths; the cleaner must compact a replaced record (or one a tombstone deleted)
+    within an eighth more (``max.compaction.lag.ms``); the tombstone stays readable a
+    quarter of the bound (``delete.retention.ms``, so a restoring reader sees the
+    delete) and goes at the next cleaning, which the next segment makes due within five
+    sixteenths: fourteen sixteenths in all, plus the cleaner's backoff.
     """
-    quarter = str(bound_ms // 4)
-    configs = {"segment.ms": quarter}
+    eighth = str(bound_ms // 8)
+    configs = {"segment.ms": eighth}
     if compacted:
         configs |= {
-            "max.compaction.lag.ms": quarter,
-            "delete.retention.ms": quarter,
+            "max.compaction.lag.ms": eighth,
+            "delete.retention.ms": str(bound_ms // 4),
             "min.compaction.lag.ms": "0",
         }
     else:
@@ -319,6 +321,9 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         snapshot_dir=settings.data_dir / "snapshots" / settings.app_id,
         snapshot_interval_s=settings.snapshot_interval_s,
         snapshot_max_age_s=snapshot_max_age_s(settings.erasure_bound_s),
+        # A quiet changelog partition still closes a segment within three sixteenths of
+        # the erasure bound (erasure_configs), so compaction reaches its deletes too.
+        changelog_roll_s=settings.erasure_bound_s / 16,
         sweep_pass_s=settings.sweep_pass_s,
         paced=frozenset({"decide"}),
         pacing=frozenset({"link"}),
