@@ -40,6 +40,8 @@ class Operation(enum.IntEnum):
     READ = 3
     WRITE = 4
     CREATE = 5
+    DESCRIBE_CONFIGS = 10
+    ALTER_CONFIGS = 11
 
 
 class PatternType(enum.IntEnum):
@@ -105,7 +107,8 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
     - each producer of a kind may write that kind's topic, and nothing else;
     - the worker reads its inputs, writes its outputs, reads and writes the model
       checkpoints and its internal topics (prefixed ``<app_id>-``), may create each topic
-      it uses (it creates any that is missing at start-up), joins its consumer group
+      it uses (it creates any that is missing at start-up) and read and set its configs
+      (the erasure bound's retention and compaction), joins its consumer group
       (``<app_id>``) and uses its transactional ids (prefixed ``<app_id>-task-``).
     """
     worker = worker_principal(settings)
@@ -123,13 +126,15 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
         "members": settings.acl_member_producers,
         "erasure-requests": settings.acl_erasure_producers,
     }
+    # The worker sets the erasure bound's configs on every topic it owns (app.kafkaio).
+    configs = (Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS)
     for role, principals in writers.items():
         for principal in split_principals(principals):
             allow(principal, literal, names[role], Operation.WRITE)
-        allow(worker, literal, names[role], Operation.READ, Operation.CREATE)
+        allow(worker, literal, names[role], Operation.READ, Operation.CREATE, *configs)
     for role in ("decisions", "fraud-alerts", "dead-letter", "shadow-decisions", "erasures"):
-        allow(worker, literal, names[role], Operation.WRITE, Operation.CREATE)
-    owned = (Operation.READ, Operation.WRITE, Operation.CREATE)
+        allow(worker, literal, names[role], Operation.WRITE, Operation.CREATE, *configs)
+    owned = (Operation.READ, Operation.WRITE, Operation.CREATE, *configs)
     allow(worker, literal, names["model-checkpoints"], *owned)
     allow(worker, prefixed, internal_prefix(settings), *owned)
     bindings.add(AclBinding(worker, ResourceType.GROUP, literal, settings.app_id, Operation.READ))

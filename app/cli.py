@@ -226,6 +226,8 @@ def _topics_create(settings: Settings, args: argparse.Namespace) -> int:
             ("EVENT", settings.acl_event_producers, settings.topic_events),
             ("LABEL", settings.acl_label_producers, settings.topic_fraud_labels),
             ("CONSENT", settings.acl_consent_producers, settings.topic_consent),
+            ("MEMBER", settings.acl_member_producers, settings.topic_members),
+            ("ERASURE", settings.acl_erasure_producers, settings.topic_erasure_requests),
         ):
             if not producers.strip():
                 print(f"REWARDSTREAM_ACL_{kind}_PRODUCERS is empty: only super users write {name}.")

@@ -90,6 +90,8 @@ def test_settings(tmp_path: Path) -> Settings:
         topic_consent=f"consent-{suffix}",
         topic_members=f"members-{suffix}",
         topic_model_checkpoints=f"model-checkpoints-{suffix}",
+        topic_erasure_requests=f"erasure-requests-{suffix}",
+        topic_erasures=f"erasures-{suffix}",
         data_dir=tmp_path / "state",
         web_port=localkafka.free_port(),
     )

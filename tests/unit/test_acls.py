@@ -34,6 +34,7 @@ PRODUCERS = {
     "fraud-labels": ("User:risk-team",),
     "consent": ("User:consent-service",),
     "members": ("User:member-import",),
+    "erasure-requests": ("User:privacy-service",),
 }
 
 
@@ -44,6 +45,7 @@ def settings(**overrides: str) -> Settings:
         "REWARDSTREAM_ACL_LABEL_PRODUCERS": "User:risk-team",
         "REWARDSTREAM_ACL_CONSENT_PRODUCERS": "User:consent-service",
         "REWARDSTREAM_ACL_MEMBER_PRODUCERS": "User:member-import",
+        "REWARDSTREAM_ACL_ERASURE_PRODUCERS": "User:privacy-service",
         "REWARDSTREAM_ACL_WORKER_PRINCIPAL": WORKER,
     }
     return Settings.from_env(environ=environ | overrides)
@@ -108,6 +110,9 @@ def test_the_worker_may_do_what_its_topology_needs() -> None:
         assert can(topic, request.name, Operation.CREATE), request.name
         # READ or WRITE implies DESCRIBE.
         assert can(topic, request.name, Operation.READ) or can(topic, request.name, Operation.WRITE)
+        # It sets the erasure bound's configs on each (app.kafkaio.ensure_topics).
+        assert can(topic, request.name, Operation.DESCRIBE_CONFIGS), request.name
+        assert can(topic, request.name, Operation.ALTER_CONFIGS), request.name
     assert can(ResourceType.GROUP, config.group_id, Operation.READ)
     for partition in range(s.partitions):  # streams/runtime.py names them so
         assert can(

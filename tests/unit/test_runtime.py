@@ -94,6 +94,7 @@ class Worker:
         commit_within_ms: int = 0,
         hooks: Hooks | None = None,
         wall_ms: Callable[[], int] = lambda: 0,
+        changelog_roll_s: float = 0.0,
     ) -> None:
         self.toy = Toy(commit_within_ms)
         self.clients = FakeClients(broker)
@@ -106,6 +107,7 @@ class Worker:
             topic_of_role={"in": IN, "out": OUT},
             snapshot_dir=None,
             snapshot_interval_s=0,
+            changelog_roll_s=changelog_roll_s,
         )
         metrics = Metrics(self.registry)
         self.runtime = Runtime(
@@ -496,6 +498,36 @@ async def test_the_sweep_deletes_stale_rows_and_the_deletions_reach_the_changelo
         await a.stop()
         b = await w.worker().start(0)
         assert b.runtime.tasks[0].tables["counts"].rows == {b"k0": b"2"}
+
+
+async def test_every_owned_changelog_partition_gets_a_rolling_tombstone_that_deletes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kafka compacts only closed segments and closes one only at an append: a quiet
+    changelog partition would keep a deleted row forever (docs/privacy.md)."""
+    monkeypatch.setattr(runtime_module, "SWEEP_EVERY_S", 0.0)
+    monkeypatch.setattr(runtime_module, "SWEEP_COMMIT_WITHIN_S", 0.0)
+
+    def rolled(partition: int) -> list[bytes | None]:
+        return [
+            r.value
+            for r in w.broker.records(CHANGELOG)
+            if r.partition == partition and r.key == runtime_module.ROLL_KEY
+        ]
+
+    async with world(partitions=2) as w:
+        w.produce(0, 3)
+        a = await w.worker(changelog_roll_s=0.005).start(0, 1)
+        await w.until(lambda: w.committed(0) == 3)
+        # Partition 1 never had an input: it is rolled all the same, more than once.
+        await w.until(lambda: len(rolled(1)) >= 2 and len(rolled(0)) >= 2)
+        assert set(rolled(0) + rolled(1)) == {None}
+        assert w.changelog(0) == {b"k0": b"1", b"k1": b"1", b"k2": b"1"}
+        await a.stop()
+        w.check_exactly_once()
+        b = await w.worker().start(0, 1)  # a restore applies them and keeps every row
+        assert b.runtime.tasks[0].tables["counts"].rows == w.changelog(0)
+        assert b.runtime.tasks[1].tables["counts"].rows == {}
 
 
 async def test_the_lag_gauge_shows_records_behind_per_owned_partition() -> None:
