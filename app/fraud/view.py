@@ -42,6 +42,9 @@ from app.fraud.links import (
 # within a second; this covers a link stage that lags behind for a while.
 OVERLAY_MS = 30_000
 OVERLAY_PER_KEY = 64
+# How often the decoded states of changed rows are dropped (a pass over up to
+# DECODED_KEPT entries: a few ms): an erased user's decoded rows leave memory within it.
+DROP_STALE_EVERY_MS = 10_000
 # A state the time to live has forgotten (one object, so the overlay's fold can be kept).
 _FORGOTTEN = LinkState()
 
@@ -77,6 +80,7 @@ class LinkView:
         # event's facts were read over, that event and the state it left (see passed).
         self.keep_passes = keep_passes
         self.last_pass: dict[bytes, tuple[LinkState, Event, LinkState]] = {}
+        self.stale_dropped_ms = 0
 
     def facts(self, event: Event) -> tuple[LinkFacts, ...]:
         """The facts of each of ``event``'s links, in :func:`link_keys` order."""
@@ -159,10 +163,17 @@ class LinkView:
         return gone
 
     def prune(self) -> None:
-        """Forget overlaid events older than :data:`OVERLAY_MS` (the view holds them by now)."""
+        """Forget overlaid events older than :data:`OVERLAY_MS` (the view holds them by now),
+        and, every :data:`DROP_STALE_EVERY_MS`, decoded states of rows that changed since."""
         if self.now_ms is None:
             return
-        oldest = self.now_ms() - OVERLAY_MS
+        now = self.now_ms()
+        if isinstance(self.state_of, StoredStates) and now >= self.stale_dropped_ms + (
+            DROP_STALE_EVERY_MS
+        ):
+            self.stale_dropped_ms = now
+            self.state_of.drop_stale()
+        oldest = now - OVERLAY_MS
         for key in [key for key, recent in self.overlay.items() if recent[-1][0] < oldest]:
             del self.overlay[key]
             self.folded.pop(key, None)
@@ -173,20 +184,39 @@ class LinkView:
 DECODED_KEPT = 50_000
 
 
-def stored_states(rows: Mapping[bytes, bytes | None]) -> Callable[[bytes], LinkState]:
+class StoredStates:
     """The view's states, read from stored rows; a row is decoded again only once the
-    view holds a new value for it (the stored bytes are immutable: identity says it)."""
-    decoded: dict[bytes, tuple[bytes | None, LinkState]] = {}
+    view holds a new value for it (the stored bytes are immutable: identity says it).
 
-    def state_of(key: bytes) -> LinkState:
-        raw = rows.get(key)
-        known = decoded.get(key)
+    Callable as ``state_of``. :meth:`drop_stale` forgets decoded states whose row has
+    changed or gone since: without it, the decoded copy of a row rewritten by an
+    erasure would stay in memory until that row is read again.
+    """
+
+    def __init__(self, rows: Mapping[bytes, bytes | None]) -> None:
+        self.rows = rows
+        self.decoded: dict[bytes, tuple[bytes | None, LinkState]] = {}
+
+    def __call__(self, key: bytes) -> LinkState:
+        raw = self.rows.get(key)
+        known = self.decoded.get(key)
         if known is not None and known[0] is raw:
             return known[1]
         state = LinkState.from_bytes(raw)
-        if len(decoded) >= DECODED_KEPT:
-            decoded.clear()
-        decoded[key] = (raw, state)
+        if len(self.decoded) >= DECODED_KEPT:
+            self.decoded.clear()
+        self.decoded[key] = (raw, state)
         return state
 
-    return state_of
+    def drop_stale(self) -> int:
+        """Forget the decoded states of rows changed or deleted since; how many."""
+        rows, decoded = self.rows, self.decoded
+        stale = [key for key, (raw, _) in decoded.items() if rows.get(key) is not raw]
+        for key in stale:
+            del decoded[key]
+        return len(stale)
+
+
+def stored_states(rows: Mapping[bytes, bytes | None]) -> StoredStates:
+    """The view's states read from ``rows`` (see :class:`StoredStates`)."""
+    return StoredStates(rows)

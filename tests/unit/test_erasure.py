@@ -19,7 +19,7 @@ from app.contract.validate import parse_event
 from app.erasure import RECEIPT_KIND, link_without, notes_without, receipt_subject
 from app.fraud.links import LinkState, Referral, Seen
 from app.fraud.signals import RelatedNote
-from app.fraud.view import LinkView
+from app.fraud.view import DROP_STALE_EVERY_MS, LinkView, stored_states
 from app.metrics import Metrics
 from app.pipeline import Output, Pipeline, Tables, open_rows
 from app.rows import expand
@@ -224,6 +224,25 @@ def test_the_view_forgets_the_user_it_laid_over_itself() -> None:
     laid = [event.user_id for recent in view.overlay.values() for _, event in recent]
     assert laid == [OTHER]
     assert view.forget(ERASED) == 0
+
+
+def test_the_views_decoded_copy_of_a_rewritten_row_leaves_memory() -> None:
+    """Every worker's view keeps decoded rows; one rewritten by an erase order (the new
+    row arrives through the changelog) must not stay decoded until read again."""
+    before = LinkState(accounts=(Seen(ERASED, 1, 2, ip="203.0.113.7"), Seen(OTHER, 1, 3)))
+    rows: dict[bytes, bytes | None] = {b"device:d": before.to_bytes(), b"device:e": None}
+    clock = [NOW]
+    states = stored_states(rows)
+    view = LinkView(states, now_ms=lambda: clock[0])
+    assert states(b"device:d") == before
+    states(b"device:e")
+    rows[b"device:d"] = link_without(before, ERASED).to_bytes()  # the changelog's new value
+    clock[0] += DROP_STALE_EVERY_MS
+    view.prune()
+    remembered = [state for _, state in states.decoded.values()]
+    assert all(ERASED not in (seen.user_id for seen in s.accounts) for s in remembered)
+    assert set(states.decoded) == {b"device:e"}  # an unchanged row stays decoded
+    assert [seen.user_id for seen in states(b"device:d").accounts] == [OTHER]
 
 
 def test_link_without_removes_accounts_and_referrals_either_way() -> None:
