@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars prometheus-bin kcat-bin demo test test-unit test-integration test-reliability test-privacy test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment bench-erasure clean
+.PHONY: help install kafka-jars prometheus-bin kcat-bin chromium-bin demo test test-unit test-integration test-reliability test-privacy test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment bench-erasure bench-console clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -47,17 +47,29 @@ kcat-bin: ## Install kcat with apt, if missing (for the compression codec test)
 			apt-get install -y --no-install-recommends kcat; \
 	fi
 
+# Debian's chromium package for tests/integration/test_console.py, only when /usr/bin/chromium
+# is missing: Playwright drives the system browser (its own browser download cannot work here).
+chromium-bin: ## Install chromium with apt, if missing (for the console's browser tests)
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium: /usr/bin/chromium"; \
+	else \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		apt-cache show chromium >/dev/null 2>&1 || $$sudo apt-get update; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y --no-install-recommends chromium; \
+	fi
+
 demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, print a summary, stop
 	$(BIN)/rewardstream demo
 
-test: install kafka-jars prometheus-bin kcat-bin ## The whole suite: unit, integration and fault tests on a real broker
+test: install kafka-jars prometheus-bin kcat-bin chromium-bin ## The whole suite: unit, integration and fault tests on a real broker
 	$(BIN)/pytest --ignore=tests/cluster --ignore=tests/privacy
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
 
-test-integration: install kafka-jars prometheus-bin kcat-bin ## Integration tests on the real broker (no fault tests)
-	$(BIN)/pytest -m kafka --ignore=tests/reliability --ignore=tests/cluster
+test-integration: install kafka-jars prometheus-bin kcat-bin chromium-bin ## Integration tests on the real broker (no fault tests)
+	$(BIN)/pytest -m kafka --ignore=tests/reliability --ignore=tests/cluster --ignore=tests/privacy
 
 test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restart, rebalance, model restore
 	$(BIN)/pytest tests/reliability
@@ -122,6 +134,9 @@ bench-ope: install ## Offline evaluation against the truth: DR bias and coverage
 
 bench-experiment: install ## An experiment with a 10% holdout on the closed loop: lift interval vs the truth, SRM, 20 seeds; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-experiment --docs docs/benchmarks.md
+
+bench-console: install ## The console's user lookup with a million users in its index: p95 and memory per user; appends to docs/benchmarks.md
+	$(BIN)/rewardstream bench-console --docs docs/benchmarks.md
 
 kafka-up: install ## Start the local broker on 127.0.0.1:9092 for manual use
 	$(BIN)/rewardstream kafka up

@@ -21,7 +21,7 @@ from app.settings import Settings, SettingsError
 # bench-fraud, demo, soak) belong to the test harness, ``harness/`` beside this package in
 # a checkout, which the wheel does not ship: each imports it through _harness(), inside
 # the command; these never import it.
-PRODUCT_COMMANDS = ("topics", "worker", "produce", "tail", "erase", "replay")
+PRODUCT_COMMANDS = ("topics", "worker", "produce", "tail", "erase", "replay", "console")
 
 TAIL_ROLES = {
     "decisions": "topic_decisions",
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tail(commands)
     _add_erase(commands)
     _add_replay(commands)
+    _add_console(commands)
     _add_evaluate(commands)
     _add_whatif(commands)
     _add_experiment(commands)
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_bench_erasure(commands)
     _add_bench_ope(commands)
     _add_bench_experiment(commands)
+    _add_bench_console(commands)
     _add_simulate(commands)
     _add_demo(commands)
     _add_soak(commands)
@@ -244,6 +246,32 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
     run_worker(settings)
     return 0
+
+
+# ---------------------------------------------------------------- console
+
+
+def _add_console(commands: Any) -> None:
+    console = commands.add_parser(
+        "console",
+        help="serve the web console: users' decisions and why, the review queue, the program",
+    )
+    console.add_argument("--host", help="address to listen on (default: REWARDSTREAM_CONSOLE_HOST)")
+    console.add_argument("--port", type=int, help="port (default: REWARDSTREAM_CONSOLE_PORT)")
+    console.set_defaults(run=_console)
+
+
+def _console(settings: Settings, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from app.console.process import run_console
+
+    overrides = {"console_host": args.host, "console_port": args.port}
+    settings = dataclasses.replace(
+        settings, **{name: value for name, value in overrides.items() if value is not None}
+    )
+    settings.check()
+    return run_console(settings)
 
 
 # ---------------------------------------------------------------- produce and tail
@@ -846,6 +874,32 @@ def _bench_ope(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if missed_targets(report, len(plan.seeds)) else 0
 
 
+def _add_bench_console(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench-console",
+        help="the console's user lookup with a million users in its index: p95, memory per user",
+    )
+    bench.add_argument("--users", type=int, default=1_000_000)
+    bench.add_argument("--decisions", type=int, default=3, help="decisions per user")
+    bench.add_argument("--lookups", type=int, default=20_000)
+    bench.add_argument("--seed", type=int, default=7)
+    _report_options(bench, "var/bench/console.json")
+    bench.set_defaults(run=_bench_console)
+
+
+def _bench_console(settings: Settings, args: argparse.Namespace) -> int:
+    _harness("bench-console")
+    from harness.bench.console import ConsolePlan, missed_target, render_markdown, run_console_bench
+
+    plan = ConsolePlan(
+        users=args.users, decisions=args.decisions, lookups=args.lookups, seed=args.seed
+    )
+    report = run_console_bench(settings, plan, say=print)
+    title = "Console user lookup (`rewardstream bench-console`)"
+    _publish_report(args, report, render_markdown(report), title)
+    return 1 if missed_target(report) else 0
+
+
 def _add_bench_experiment(commands: Any) -> None:
     bench = commands.add_parser(
         "bench-experiment",
@@ -1072,6 +1126,11 @@ def _add_demo(commands: Any) -> None:
     )
     demo.add_argument("--duration", type=float, default=20.0, help="seconds of traffic")
     demo.add_argument("--rate", type=float, default=200.0, help="events per second")
+    demo.add_argument(
+        "--no-console",
+        action="store_true",
+        help="stop after the summary (default: serve the console until Enter)",
+    )
     demo.set_defaults(run=_demo)
 
 
@@ -1079,7 +1138,8 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     _harness("demo")
     from harness.demo import DemoPlan, run_demo
 
-    return run_demo(settings, DemoPlan(duration_s=args.duration, rate=args.rate))
+    plan = DemoPlan(duration_s=args.duration, rate=args.rate, console=not args.no_console)
+    return run_demo(settings, plan)
 
 
 def _add_soak(commands: Any) -> None:

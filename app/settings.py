@@ -161,6 +161,15 @@ class Settings:
     )
     log_level: str = "info"
 
+    # `rewardstream console`, the web page for the people who run rewards (docs/console.md):
+    # where it listens; the token it asks for (required when bound to anything but
+    # loopback: a bearer token, or the password of HTTP basic auth); how many decisions it
+    # keeps per user.
+    console_host: str = "127.0.0.1"
+    console_port: int = 6070
+    console_token: str = dataclasses.field(default="", repr=False)  # never printed or logged
+    console_history: int = 50
+
     # The local Apache Kafka broker started by `rewardstream kafka up`.
     kafka_version: str = "4.3.1"
     cache_dir: Path = dataclasses.field(
@@ -231,6 +240,10 @@ class Settings:
             raise SettingsError("REWARDSTREAM_CHECKPOINT_INTERVAL_S must be at least 1")
         if not 0 <= self.web_port < 65_536:
             raise SettingsError("REWARDSTREAM_WEB_PORT must be a TCP port")
+        if not 0 <= self.console_port < 65_536:
+            raise SettingsError("REWARDSTREAM_CONSOLE_PORT must be a TCP port")
+        if self.console_history < 1:
+            raise SettingsError("REWARDSTREAM_CONSOLE_HISTORY must be at least 1")
         topics = self.topic_names()
         if len(set(topics.values())) != len(topics):
             raise SettingsError(f"topic names must differ: {topics}")

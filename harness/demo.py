@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 import statistics
 from collections import Counter
 from collections.abc import Set as AbstractSet
@@ -17,6 +18,7 @@ import orjson
 
 from app.assembly import load_program_setting
 from app.clock import SystemClock
+from app.console.process import open_console
 from app.kafkaio import ensure_topics, event_routes, produce, read, topic_requests
 from app.render import render
 from app.settings import Settings
@@ -36,6 +38,8 @@ class DemoPlan:
     days: float = 14.0  # simulated time the run spans, so users answer and the engine learns
     invalid_ratio: float = 0.02
     seed: int = 7
+    # End with `rewardstream console` on the demo's topics until Enter (off for CI).
+    console: bool = True
 
 
 def run_demo(settings: Settings, plan: DemoPlan) -> int:
@@ -57,13 +61,40 @@ def run_demo(settings: Settings, plan: DemoPlan) -> int:
             )
             asyncio.run(ensure_topics(settings.bootstrap_servers, topic_requests(settings)))
             worker.start().wait_ready()
-            return asyncio.run(_traffic_and_summary(settings, plan))
+            code, example_user = asyncio.run(_traffic_and_summary(settings, plan))
+            if plan.console:
+                console_until_enter(settings, example_user)
+            return code
         finally:
             say("Stopping the worker and the broker...")
             worker.stop()
 
 
-async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
+def console_until_enter(settings: Settings, example_user: str | None) -> None:
+    """Serve the console on the demo's topics until Enter (or the end of standard input)."""
+    if not _port_free(settings.console_host, settings.console_port):
+        settings = dataclasses.replace(settings, console_port=0)  # any free one will do
+    with open_console(settings) as running:
+        say(f"\nThe console is up on {running.url}")
+        if example_user is not None:
+            say(f"  a user with a fraud alert: {running.url}#/users/{example_user}")
+        say(f"  the review queue: {running.url}#/queue    the program: {running.url}#/program")
+        say("Press Enter to stop the console, the worker and the broker.")
+        with contextlib.suppress(EOFError):
+            input()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> tuple[int, str | None]:
+    """The demo's traffic and its summary: the exit code, and a user worth looking up."""
     program = load_program_setting(settings.program)
     total = int(plan.duration_s * plan.rate)
     users = ClosedLoopSimulator(
@@ -136,7 +167,8 @@ async def _traffic_and_summary(settings: Settings, plan: DemoPlan) -> int:
         records, produced=produced, produced_at=produced_at, loop=loop, attackers=attackers
     )
     decided = sum(1 for r, _ in records if r.get("kind") in ("decision", "dead_letter"))
-    return 0 if decided == produced else 1
+    alerted = sorted(str(r["user_id"]) for r, _ in records if r.get("kind") == "fraud_alert")
+    return (0 if decided == produced else 1), (alerted[0] if alerted else None)
 
 
 async def _produce_times(settings: Settings) -> dict[str, int]:

@@ -168,6 +168,8 @@ def test_the_wheel_holds_every_file_of_the_packages(installed: Installed) -> Non
     for name in (
         "app/programs/shipped/retail-loyalty.yaml",
         "app/contract/schemas/event.schema.json",
+        "app/console/static/index.html",  # the console's page, script and style
+        "app/console/static/console.js",
     ):
         assert name in in_wheel
 
@@ -226,6 +228,7 @@ def test_the_wheel_leaves_the_test_harness_out(installed: Installed) -> None:
     # The product's commands never import the harness.
     assert installed.run(script, "--help").returncode == 0
     assert installed.run(script, "worker", "--help").returncode == 0
+    assert installed.run(script, "console", "--help").returncode == 0
 
 
 def test_replay_with_the_default_program(installed: Installed) -> None:
