@@ -168,22 +168,31 @@ class Task:
         started = time.monotonic()
         producer = self.producer
         if not self.transactional:
-            written = await _send(producer, pending.outputs, changes, resolve)
+            deliveries = await _send(producer, pending.outputs, changes, resolve)
             await producer.flush()
+            _require_delivered(deliveries)  # else the offsets would skip lost records
             if pending.positions:
                 await commit_offsets(dict(pending.positions))
-            return _committed(pending, written, started)
+            return _committed(pending, deliveries, started)
         await producer.begin_transaction()
         try:
-            written = await _send(producer, pending.outputs, changes, resolve)
+            deliveries = await _send(producer, pending.outputs, changes, resolve)
             if pending.positions:
                 await producer.send_offsets_to_transaction(dict(pending.positions), group_id)
+            # aiokafka ends a transaction with a commit once its batches are done, whether
+            # they were delivered or failed (a batch that expired while the broker was
+            # away): the transaction would commit its offsets without those records. So
+            # every record must be delivered before the commit is asked for; if one was
+            # not, the transaction is aborted and the task handles the batch again.
+            if deliveries.futures:
+                await asyncio.wait(deliveries.futures)
+            _require_delivered(deliveries)
             await producer.commit_transaction()
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
             raise
-        return _committed(pending, written, started)
+        return _committed(pending, deliveries, started)
 
     async def settle(self) -> Committed | BaseException | None:
         """Wait for the transaction in flight, if any: what it wrote, or why it failed."""
@@ -203,36 +212,70 @@ class Task:
             table.changed = {}
 
 
+@dataclass
+class Deliveries:
+    """The delivery futures of one commit's records."""
+
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    # The last changelog delivery per changelog partition: where its rows now end.
+    changelog_last: dict[TopicPartition, asyncio.Future[Any]] = field(default_factory=dict)
+
+
+class UndeliveredError(RuntimeError):
+    """A record of the transaction was not delivered: the transaction must not commit."""
+
+
 async def _send(
     producer: Any, outputs: Sequence[Output], changes: list[ChangelogRecord], resolve: Resolve
-) -> dict[TopicPartition, Any]:
-    """Queue the records; return the last changelog delivery per changelog partition.
+) -> Deliveries:
+    """Queue the records; return their delivery futures.
 
     send() queues a record and returns its delivery future, which is not awaited here:
     the commit (or the flush) waits for every delivery at once.
     """
+    deliveries = Deliveries()
+    futures = deliveries.futures
     for output in outputs:
-        await producer.send(
-            resolve(output.role),
-            output.value,
-            key=output.key,
-            partition=output.partition,
-            timestamp_ms=output.timestamp_ms,
-            headers=list(output.headers) or None,
+        futures.append(
+            await producer.send(
+                resolve(output.role),
+                output.value,
+                key=output.key,
+                partition=output.partition,
+                timestamp_ms=output.timestamp_ms,
+                headers=list(output.headers) or None,
+            )
         )
-    written: dict[TopicPartition, Any] = {}
+    last = deliveries.changelog_last
     for change in changes:
-        written[TopicPartition(change.topic, change.partition)] = await producer.send(
+        delivery = await producer.send(
             change.topic, change.value, key=change.key, partition=change.partition
         )
-    return written
+        futures.append(delivery)
+        last[TopicPartition(change.topic, change.partition)] = delivery
+    return deliveries
 
 
-def _committed(pending: Pending, written: dict[TopicPartition, Any], started: float) -> Committed:
+def _require_delivered(deliveries: Deliveries) -> None:
+    """Raise if any record was not delivered (its future failed or is not done)."""
+    failed = 0
+    first: BaseException | None = None
+    for delivery in deliveries.futures:
+        error = delivery.exception() if delivery.done() else UndeliveredError("not done")
+        if error is not None:
+            failed += 1
+            first = first or error
+    if failed:
+        raise UndeliveredError(
+            f"{failed} of {len(deliveries.futures)} records not delivered: {first!r}"
+        ) from first
+
+
+def _committed(pending: Pending, deliveries: Deliveries, started: float) -> Committed:
     """What a commit (or flush) wrote, and where each changelog partition's rows now end."""
     return Committed(
         len(pending.outputs),
-        {tp: delivery.result().offset + 1 for tp, delivery in written.items()},
+        {tp: delivery.result().offset + 1 for tp, delivery in deliveries.changelog_last.items()},
         time.monotonic() - started,
         [o.source_ms for o in pending.outputs if o.source_ms is not None],
         pending.effects,

@@ -22,6 +22,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import (
     IllegalStateError,
     KafkaError,
+    KafkaTimeoutError,
     ProducerFenced,
     UnknownTopicOrPartitionError,
 )
@@ -72,6 +73,7 @@ class FakeBroker:
         self.open: dict[str, Txn] = {}  # transactional id -> its open transaction
         self.failures: dict[str, int] = {}  # how many next commits of that id fail
         self.holds: dict[str, asyncio.Event] = {}  # commits of that id wait for this
+        self.undelivered: dict[str, int] = {}  # how many next sends to that topic fail
         self.history: list[tuple[str, Any]] = []  # ("record", Record) / ("offset", (tp, n))
         self.wake = asyncio.Event()
 
@@ -98,6 +100,13 @@ class FakeBroker:
         """The next ``times`` commits of ``transactional_id`` fail (the transaction stays
         open, as after a failed EndTxn: the producer has to abort it)."""
         self.failures[transactional_id] = times
+
+    def fail_next_deliveries(self, topic: str, times: int = 1) -> None:
+        """The next ``times`` records sent to ``topic`` are not written and their delivery
+        futures fail, as aiokafka fails a batch that expired while the broker was away. As
+        in aiokafka, the producer's transaction does not notice: a commit still commits
+        what was delivered."""
+        self.undelivered[topic] = times
 
     def hold_commits(self, transactional_id: str) -> asyncio.Event:
         """Commits of ``transactional_id`` wait until the returned event is set."""
@@ -336,8 +345,12 @@ class FakeProducer:
             self._check()
             if self.txn is None:
                 raise IllegalStateError("send outside a transaction")
-        record = self.broker.append(topic, partition, key, value, self.txn, timestamp_ms, headers)
         delivered: asyncio.Future[Metadata] = asyncio.get_running_loop().create_future()
+        if self.broker.undelivered.get(topic, 0) > 0:
+            self.broker.undelivered[topic] -= 1
+            delivered.set_exception(KafkaTimeoutError("batch expired before delivery"))
+            return delivered
+        record = self.broker.append(topic, partition, key, value, self.txn, timestamp_ms, headers)
         delivered.set_result(Metadata(record.topic, record.partition, record.offset))
         return delivered
 
