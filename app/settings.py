@@ -118,8 +118,10 @@ class Settings:
     processing_guarantee: str = "exactly_once"
     # The worker's loop: at most this many records per fetched batch; how long the broker
     # may hold a fetch waiting for data; how long the producer waits to fill a batch.
+    # The broker answers a held fetch as soon as data (or a commit marker) arrives, so the
+    # wait only bounds idle fetches: at 10 ms an idle worker spent 17% of a core on them.
     batch_max_records: int = 1_000
-    fetch_max_wait_ms: int = 10
+    fetch_max_wait_ms: int = 200
     linger_ms: int = 2
     # How long a decision may wait for its task's transaction to start. A task has one
     # transaction in flight at a time; what it handles meanwhile joins the next one
