@@ -112,6 +112,11 @@ class BenchPlan:
     events: int = 50_000  # the backlog both loops drain, and the replay's input
     partitions: int = 4
     latency_seconds: float = 20.0  # of traffic per offered rate
+    # Before the first recorded latency run, the worker and then each anchor take traffic at
+    # the fixed rate for this long, unrecorded: right after the drain the broker spent
+    # 6.4 ms of CPU per event on a worker's transactions, 2.3 ms a minute later (its JIT
+    # compiling the transaction paths), and the anchors, which ran later, met it warm.
+    warmup_seconds: float = 30.0
     state_users: int = 1_000_000
     # Simulated users whose 30 days of traffic build the state with a history: 26-34 s
     # here (50,000 events replayed in-process).
@@ -133,6 +138,8 @@ class BenchPlan:
             raise ValueError("restart users must be >= 2 (the probe is the second)")
         if self.latency_seconds <= 0:
             raise ValueError("latency seconds must be above 0")
+        if self.warmup_seconds < 0:
+            raise ValueError("warm-up seconds must be 0 or more")
 
 
 # About three minutes on a shared 2-core machine where the worker decides about 700 events
@@ -143,6 +150,7 @@ class BenchPlan:
 QUICK_PLAN = BenchPlan(
     events=6_000,
     latency_seconds=5.0,
+    warmup_seconds=5.0,
     state_users=20_000,
     history_users=500,
     restart_users=100_000,
@@ -303,7 +311,7 @@ def _kafka_phases(
     with figures.phase("passthrough"):
         figures.passthrough_events_per_s = asyncio.run(passthrough_rate(settings, len(backlog)))
     points = _worker_latency(settings, plan, traffic, figures, home, say)
-    _anchor_latency(settings, anchors, points, traffic, figures, say)
+    _anchor_latency(settings, anchors, points, traffic, figures, say, plan.warmup_seconds)
     figures.latency_at_least_once = _headline_at_least_once(settings, plan, traffic, figures, say)
     say(f"Restart with {plan.restart_users:,} users' state in the changelogs...")
     with figures.phase("restart"):
@@ -334,8 +342,10 @@ def _worker_latency(
     worker = WorkerProcess(settings, home / "worker.log")
     points: list[Point] = []
 
-    def run(rate: float) -> tuple[list[Message], dict[str, Any]]:
-        messages = traffic.take(max(1, round(rate * plan.latency_seconds)))
+    def run(
+        rate: float, seconds: float = plan.latency_seconds
+    ) -> tuple[list[Message], dict[str, Any]]:
+        messages = traffic.take(max(1, round(rate * seconds)))
         return messages, asyncio.run(latency_at_rate(settings, messages, rate=rate, worker=worker))
 
     try:
@@ -344,6 +354,12 @@ def _worker_latency(
         say(f"The worker drains the backlog ({settings.processing_guarantee})...")
         with figures.phase("engine_drain"):
             figures.engine_events_per_s = drain_rate(worker, plan.events)
+        if plan.warmup_seconds:
+            say(
+                f"Warm-up: {plan.warmup_seconds:g} s at {FIXED_RATE:,.0f} events/s, not recorded..."
+            )
+            with figures.phase("warmup"):
+                run(FIXED_RATE, plan.warmup_seconds)
         say(f"Open-loop load at a fixed {FIXED_RATE:,.0f} events/s...")
         with figures.phase("latency_fixed"):
             messages, result = run(FIXED_RATE)
@@ -369,13 +385,16 @@ def _anchor_latency(
     traffic: Traffic,
     figures: Figures,
     say: Callable[[str], None],
+    warmup_seconds: float,
 ) -> None:
     """Each anchor in its own process, at the points' rates with the points' events."""
     python = anchors_python()
     for anchor in anchors:
         say(f"Anchor: {anchor.label}...")
         with figures.phase(f"anchor_{anchor.name}"):
-            figures.anchors.extend(_one_anchor(settings, anchor, python, points, traffic, say))
+            figures.anchors.extend(
+                _one_anchor(settings, anchor, python, points, traffic, say, warmup_seconds)
+            )
 
 
 def _one_anchor(
@@ -385,9 +404,11 @@ def _one_anchor(
     points: list[Point],
     traffic: Traffic,
     say: Callable[[str], None],
+    warmup_seconds: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """The anchor's latency at each point; a row saying why for an anchor that could not
-    run or stopped answering (a measurement: the other figures still count)."""
+    """The anchor's latency at each point, after ``warmup_seconds`` at the fixed rate
+    unrecorded; a row saying why for an anchor that could not run or stopped answering (a
+    measurement: the other figures still count)."""
 
     def row(point: Point, **found: Any) -> dict[str, Any]:
         where = {"point": point.name, "system": anchor.name, "label": anchor.label}
@@ -405,6 +426,9 @@ def _one_anchor(
     try:
         process.start()
         asyncio.run(_probe(settings, hop, process, traffic))
+        if warmup_seconds:
+            warmup = traffic.take(max(1, round(FIXED_RATE * warmup_seconds)))
+            asyncio.run(latency_at_rate(settings, warmup, rate=FIXED_RATE, worker=process, hop=hop))
         rows = []
         for point in points:
             say(f"  at {point.rate:,.0f} events/s ({len(point.messages):,} events)...")
@@ -926,6 +950,7 @@ def build_report(
         "engine_events_per_s": round(engine, 1),
         "ratio": round(engine / passthrough, 4) if passthrough else 0.0,
         "latency_seconds": plan.latency_seconds,
+        "warmup_seconds": plan.warmup_seconds,
         "offered_rate": headline["offered_rate"],
         "p50_ms": headline["p50_ms"],
         "p99_ms": headline["p99_ms"],
@@ -1083,7 +1108,9 @@ def _setup_line(report: dict[str, Any]) -> str:
         f"{report['events']:,} simulated events ({report['simulated_users']:,} users), "
         f"{report['partitions']} partitions, {report['processing_guarantee']}, one worker and "
         f"a broker of its own on this machine; {report['latency_seconds']:g} s of open-loop "
-        f"traffic per latency run; state from one sign-up each of {state['users']:,} "
+        f"traffic per latency run, after {report.get('warmup_seconds', 0):g} s at the fixed "
+        "rate unrecorded (the worker's and each anchor's); state from one sign-up each of "
+        f"{state['users']:,} "
         f"distinct users{short}, and from {history['days']:g} simulated days of traffic of "
         f"{history['simulated_users']:,} simulated users ({history['events']:,} events, "
         f"replayed in-process).{quick}"

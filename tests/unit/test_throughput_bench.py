@@ -252,6 +252,11 @@ def test_plans_quick_full_and_overridden() -> None:
         plan_for(False, events=0)
     with pytest.raises(ValueError, match="latency"):
         plan_for(False, latency_seconds=0.0)
+    # A warm-up before the recorded runs, for the worker and the anchors alike.
+    assert BenchPlan().warmup_seconds >= 30
+    assert QUICK_PLAN.warmup_seconds > 0
+    with pytest.raises(ValueError, match="warm-up"):
+        plan_for(False, warmup_seconds=-1.0)
 
 
 # ---------------------------------------------------------------- report
@@ -388,6 +393,9 @@ def test_the_report_holds_every_figure_and_the_headline_at_70_percent() -> None:
     assert report["finished_at"] == "2026-12-02 12:00 UTC"
     for key in ("commit", "machine", "events", "partitions", "p50_ms", "p999_ms"):
         assert key in report
+    assert f"after {QUICK_PLAN.warmup_seconds:g} s at the fixed rate unrecorded" in (
+        throughput_markdown(report)
+    )
     assert orjson.loads(orjson.dumps(report))["latency"][2]["share"] == 0.9
 
 
