@@ -72,7 +72,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafk
     home = tmp_path_factory.mktemp("kafka")
     info = start_broker_or_fail(home)
     yield info
-    localkafka.stop(home)
+    localkafka.stop(home, discard=True)  # its data goes with the temporary directory
 
 
 @pytest.fixture

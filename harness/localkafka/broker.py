@@ -260,13 +260,18 @@ def status(home: Path) -> BrokerInfo | None:
     return info if _is_our_broker(info.pid, home) else None
 
 
-def stop(home: Path, *, timeout_s: float = 30.0) -> bool:
-    """Stop the broker of ``home`` by its own pid; True if one was running."""
+def stop(home: Path, *, timeout_s: float = 30.0, discard: bool = False) -> bool:
+    """Stop the broker of ``home`` by its own pid; True if one was running.
+
+    With ``discard`` (its data is thrown away next, as after a test) it is killed at
+    once: a clean shutdown flushes and closes every partition, about 20 s after a test
+    session has made a few hundred.
+    """
     info = status(home)
     (home / STATE_FILE).unlink(missing_ok=True)
     if info is None:
         return False
-    _signal(info.pid, signal.SIGTERM)
+    _signal(info.pid, signal.SIGKILL if discard else signal.SIGTERM)
     if not _wait_for_exit(info.pid, timeout_s):
         _signal(info.pid, signal.SIGKILL)
         _wait_for_exit(info.pid, 10.0)

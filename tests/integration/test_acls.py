@@ -41,7 +41,7 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafka.
     home = tmp_path_factory.mktemp("acl-kafka")
     info = start_broker_or_fail(home, scram_users=PASSWORDS, acl_super_users=[f"User:{ADMIN}"])
     yield info
-    localkafka.stop(home)
+    localkafka.stop(home, discard=True)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def scram_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localkafk
     home = tmp_path_factory.mktemp("scram-kafka")
     info = start_broker_or_fail(home, scram_users={USER: PASSWORD}, tls=True)
     yield info
-    localkafka.stop(home)
+    localkafka.stop(home, discard=True)
 
 
 def scram_settings(test_settings: Settings, info: localkafka.BrokerInfo, password: str) -> Settings:

@@ -40,7 +40,7 @@ def own_broker(tmp_path: Path) -> Iterator[tuple[Path, localkafka.BrokerInfo]]:
     home = tmp_path / "kafka"
     info = start_broker_or_fail(home)
     yield home, info
-    localkafka.stop(home)
+    localkafka.stop(home, discard=True)
 
 
 async def test_broker_restart_mid_stream_loses_nothing(
