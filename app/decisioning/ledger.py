@@ -19,6 +19,7 @@ crash (the same decision id) is not charged twice.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +28,7 @@ import orjson
 # How many recent charges a ledger remembers by decision: far more than a partition
 # grants between two offset commits, which is what a restarted worker can re-process.
 RECENT_CHARGES = 512
+_REF = operator.itemgetter(0)  # of a (decision ref, ts) charge
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,9 @@ class Ledger:
     charged: tuple[tuple[str, int], ...] = ()  # (decision ref, ts) of the latest charges
 
     def has_charged(self, ref: str) -> bool:
-        return any(seen == ref for seen, _ in self.charged)
+        # C-level iteration: a busy partition remembers RECENT_CHARGES charges, and every
+        # grant asks (a generator over them was 2% of a replay's time).
+        return ref in map(_REF, self.charged)
 
     def remembers(self, ts: int) -> bool:
         """Would a charge at ``ts`` still be among the charges this ledger remembers?"""
