@@ -98,7 +98,7 @@ format: install ## Apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: install kafka-jars bench-anchors-venv ## Throughput against the raw Kafka ceiling, latency beside plain-Kafka and quixstreams anchors, replay, state per user (about 20 min); appends to docs/benchmarks.md
+bench: install kafka-jars bench-anchors-venv ## Throughput against the raw Kafka ceiling, latency beside plain-Kafka and quixstreams anchors, replay, state per user (about 35 min here, 20 of them the state of a million users); appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench --docs docs/benchmarks.md
 
 bench-quick: install kafka-jars bench-anchors-venv ## The same benchmark, smaller: about three minutes
