@@ -141,6 +141,10 @@ class Settings:
     # The background sweep that deletes forgotten rows passes over every row about once
     # in this long (a row goes within about this long after its time to live is over).
     sweep_pass_s: int = 3_600
+    # /ready answers 503 once an input has waited this long behind a producer's open
+    # transaction (read_committed readers cannot pass it; the broker aborts it only at
+    # its timeout, up to 15 minutes).
+    ready_blocked_s: int = 60
     # How often the worker writes its tables to local snapshots under data_dir, so that a
     # restart on the same volume reads only the changelogs' tail (0: never; always on stop).
     snapshot_interval_s: int = 300
@@ -231,6 +235,8 @@ class Settings:
             )
         if self.sweep_pass_s < 1:
             raise SettingsError("REWARDSTREAM_SWEEP_PASS_S must be at least 1")
+        if self.ready_blocked_s < 1:
+            raise SettingsError("REWARDSTREAM_READY_BLOCKED_S must be at least 1")
         if self.snapshot_interval_s < 0:
             raise SettingsError("REWARDSTREAM_SNAPSHOT_INTERVAL_S must be >= 0")
         if self.erasure_bound_s < 60:

@@ -54,9 +54,8 @@ SWEEP_MIN_SLICE = 8
 SWEEP_COMMIT_WITHIN_S = 1.0
 # How long the loop waits for records when no task has anything to commit soon.
 IDLE_FETCH_MS = 100
-# /ready says 503 while an input has been held behind an open transaction this long, or a
-# task's transactions keep failing this many times in a row.
-BLOCKED_NOT_READY_S = 60.0
+# /ready says 503 while a task's transactions keep failing this many times in a row (and
+# while an input is held behind an open transaction: RuntimeConfig.blocked_not_ready_s).
 FAILURES_NOT_READY = 3
 # The key of the tombstones that keep quiet changelog partitions rolling: longer than any
 # key a stage can write (ids are at most 128 characters), so restoring its tombstone
@@ -93,6 +92,8 @@ class RuntimeConfig:
     output_roles: frozenset[str] = frozenset()
     # The time-to-live sweep passes over every row about once in this long.
     sweep_pass_s: float = 3_600.0
+    # /ready says 503 while an input has been held behind an open transaction this long.
+    blocked_not_ready_s: float = 60.0
 
 
 class Hooks:
@@ -212,7 +213,7 @@ class Runtime:
         found = [] if self.ready else ["not assigned, restoring or rebalancing"]
         now = time.monotonic()
         for tp, since in sorted(self.blocked_since.items()):
-            if now - since >= BLOCKED_NOT_READY_S:
+            if now - since >= self.config.blocked_not_ready_s:
                 found.append(
                     f"{tp.topic}[{tp.partition}] has waited {now - since:.0f} s behind an open "
                     "transaction (its last stable offset does not move)"

@@ -325,6 +325,7 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         # the erasure bound (erasure_configs), so compaction reaches its deletes too.
         changelog_roll_s=settings.erasure_bound_s / 16,
         sweep_pass_s=settings.sweep_pass_s,
+        blocked_not_ready_s=settings.ready_blocked_s,
         paced=frozenset({"decide"}),
         pacing=frozenset({"link"}),
         output_roles=frozenset(

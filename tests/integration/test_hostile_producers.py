@@ -13,10 +13,11 @@ own console producer) and aiokafka send what such a producer can:
 3. a ``fraud_label`` and a ``consent_updated`` on ``events``: dead-lettered as
    ``unauthorized``, and neither takes effect (a held reward is not released, a
    declined marketing consent stays declined);
-4. a transaction left open on one partition of ``events`` for more than 60 s, with
-   valid events behind it: the worker says so (``rewardstream_input_blocked_seconds``
-   over 60, ``/ready`` 503) while the other partitions flow on; once the transaction
-   is aborted it is ready again, the gauge is 0 and the held-back events are decided.
+4. a transaction left open on one partition of ``events`` for longer than the worker's
+   ``REWARDSTREAM_READY_BLOCKED_S`` (20 s here), with valid events behind it: the worker
+   says so (``rewardstream_input_blocked_seconds`` over it, ``/ready`` 503) while the
+   other partitions flow on; once the transaction is aborted it is ready again, the
+   gauge is 0 and the held-back events are decided.
 
 A probe reads ``/ready`` and ``/metrics`` twice a second throughout. At the end every
 record on the inputs is exactly one decision, one dead letter or one counted
@@ -67,7 +68,7 @@ DAY_MS = 24 * HOUR_MS
 # The contract's bound on event time (REWARDSTREAM_MAX_EVENT_AHEAD_S, its default), and
 # how long an input may wait behind an open transaction before /ready says 503.
 AHEAD_S = 3_600
-BLOCKED_S = 60.0
+BLOCKED_S = 20  # the worker's REWARDSTREAM_READY_BLOCKED_S in this test
 FAR_FUTURE = "2099-06-01T00:00:00Z"
 MARKETING = {"email", "sms"}  # the retail program's marketing channels
 BLOCKED_PARTITION = 1  # of events: where the transaction is left open
@@ -408,7 +409,8 @@ async def test_hostile_producers_neither_pay_themselves_nor_hide_and_the_worker_
 ) -> None:
     kcat_path = binary("kcat", "`make kcat-bin` installs it")
     binary("java", "Java 17 or newer runs Kafka's console producer")
-    settings = kafka_settings  # its topics, control topics included, are this test's alone
+    # Its topics, control topics included, are this test's alone.
+    settings = dataclasses.replace(kafka_settings, ready_blocked_s=BLOCKED_S)
     events, parts, blocked_p = settings.topic_events, settings.partitions, BLOCKED_PARTITION
     worker = start_worker(settings, tmp_path / "worker.log")
     worker.wait_ready(timeout_s=120)
@@ -632,7 +634,7 @@ async def test_hostile_producers_neither_pay_themselves_nor_hide_and_the_worker_
         await come_out(hostile_phase, "traffic on the partitions not blocked")
 
         # -------------------------------------------------------- 4: blocked, then aborted
-        await asyncio.sleep(max(0.0, opened + 30 - time.monotonic()))
+        await asyncio.sleep(max(0.0, opened + BLOCKED_S / 2 - time.monotonic()))
         await behind(2)
         await eventually(
             lambda: blocked(probe.last()) > BLOCKED_S and probe.last().ready == 503,
@@ -740,7 +742,7 @@ async def test_hostile_producers_neither_pay_themselves_nor_hide_and_the_worker_
         all(s.ready == 200 for s in not_yet),
         f"/ready before the block: {Counter(s.ready for s in not_yet)}",
     )
-    # 503 from 60 s after the transaction opened (the worker sees it within a probe or
+    # 503 from BLOCKED_S after the transaction opened (the worker sees it within a probe or
     # two), and from then on until it is aborted.
     first = next((s.at for s in samples if s.ready == 503), float("nan"))
     during = probe.between(first, aborted)

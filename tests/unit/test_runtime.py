@@ -95,6 +95,7 @@ class Worker:
         hooks: Hooks | None = None,
         wall_ms: Callable[[], int] = lambda: 0,
         changelog_roll_s: float = 0.0,
+        blocked_not_ready_s: float = 60.0,
     ) -> None:
         self.toy = Toy(commit_within_ms)
         self.clients = FakeClients(broker)
@@ -108,6 +109,7 @@ class Worker:
             snapshot_dir=None,
             snapshot_interval_s=0,
             changelog_roll_s=changelog_roll_s,
+            blocked_not_ready_s=blocked_not_ready_s,
         )
         metrics = Metrics(self.registry)
         self.runtime = Runtime(
@@ -657,10 +659,9 @@ async def test_an_input_held_behind_an_open_transaction_makes_the_worker_unready
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runtime_module, "SWEEP_EVERY_S", 0.0)
-    monkeypatch.setattr(runtime_module, "BLOCKED_NOT_READY_S", 0.0)
     async with world() as w:
         w.produce(0, 2)
-        a = await w.worker().start(0)
+        a = await w.worker(blocked_not_ready_s=0.0).start(0)
         await w.until(lambda: w.committed(0) == 2)
         assert a.runtime.problems() == []
         outsider = FakeProducer(w.broker, "outsider")
