@@ -62,7 +62,7 @@ class Ledger:
 
     def has_charged(self, ref: str) -> bool:
         # C-level iteration: a busy partition remembers RECENT_CHARGES charges, and every
-        # grant asks (a generator over them was 2% of a replay's time).
+        # grant asks (a generator over them was 2% of a profiled replay of the attack mix).
         return ref in map(_REF, self.charged)
 
     def remembers(self, ts: int) -> bool:
