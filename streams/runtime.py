@@ -198,6 +198,7 @@ class Runtime:
                 await self._consumer.stop()
             for task in self.tasks.values():
                 with contextlib.suppress(Exception):
+                    await task.close_ahead()
                     await task.producer.stop()
             if self.views is not None:
                 await self.views.stop()
@@ -531,6 +532,7 @@ class Runtime:
                 self.sweeps.pop((table.topic, partition), None)
             if self.config.transactional:
                 with contextlib.suppress(Exception):
+                    await task.close_ahead()
                     await task.producer.stop()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -569,6 +571,7 @@ class Runtime:
             self.last_sweep_s = now
             self._sweep(now)
             self._roll_changelogs(now)
+            self._end_idle_ahead(now)
             self._count_rows()
             await self._refresh_positions()
             self._export_lag()
@@ -603,6 +606,14 @@ class Runtime:
                         swept += 1
             if swept:
                 task.touched(now_s + SWEEP_COMMIT_WITHIN_S)
+
+    def _end_idle_ahead(self, now_s: float) -> None:
+        """Commit the transactions opened ahead that waited too long with nothing in them
+        (the task opens the next at once): the coordinator would abort them at its
+        timeout and fence the producer."""
+        for task in self.tasks.values():
+            if task.idle_ahead(now_s):
+                task.touched(now_s)
 
     def _roll_changelogs(self, now_s: float) -> None:
         """Append a tombstone of :data:`ROLL_KEY` to each owned changelog partition once per

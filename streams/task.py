@@ -17,6 +17,13 @@ What the task handled since its last commit (outputs, table changes, input
 positions) is committed together, in one transaction, when the first of it
 has waited its stage's ``commit_within_ms``, and only one transaction is in
 flight at a time: under load transactions grow instead of multiplying.
+
+As soon as a transaction has committed, the task opens the next one and adds to it,
+in the background, the partitions the last one wrote and the consumer group
+(:meth:`streams.clients.TransactionalProducer.add_ahead`): the next commit then
+sends its records and offsets at once and ends, two coordinator round trips
+instead of four. A transaction opened ahead and left idle is ended after
+:data:`OPEN_AHEAD_MAX_S`, long before the coordinator's timeout would abort it.
 """
 
 from __future__ import annotations
@@ -36,6 +43,11 @@ from streams.state import ChangelogRecord, PartitionTable
 from streams.topology import Effect, Output
 
 log = logging.getLogger(__name__)
+
+# How long a transaction opened ahead may stay open with nothing in it before the task
+# ends it (and opens the next): far below the transaction timeout (60 s), which would
+# fence the producer.
+OPEN_AHEAD_MAX_S = 10.0
 
 
 class TaskState(enum.Enum):
@@ -103,6 +115,13 @@ class Task:
         self.state = TaskState.RESTORING
         self.pending = Pending()
         self.committing: asyncio.Task[Committed] | None = None
+        # When the transaction opened ahead was opened (monotonic), or None when none is,
+        # and every partition the task's transactions wrote: each one opened ahead takes
+        # them all (at most the output topics' partitions and the task's changelogs).
+        # Only the last one's saved less: outputs keyed by device or network land on
+        # another partition each time, and each new one cost a round trip on the way.
+        self.opened_ahead_s: float | None = None
+        self.written: set[TopicPartition] = set()
         # The next offset the task has to handle on each input (after its last handled
         # message): a batch fetched before a rewind is cut to what comes after.
         self.next_offsets: dict[TopicPartition, int] = {}
@@ -131,6 +150,15 @@ class Task:
         """Table changes made outside a batch (the sweep): commit them by ``due_s``."""
         pending = self.pending
         pending.due_s = due_s if pending.due_s is None else min(pending.due_s, due_s)
+
+    def idle_ahead(self, now_s: float) -> bool:
+        """A transaction opened ahead has waited :data:`OPEN_AHEAD_MAX_S` with nothing in it."""
+        return (
+            self.opened_ahead_s is not None
+            and not self.busy
+            and self.pending.due_s is None
+            and now_s - self.opened_ahead_s >= OPEN_AHEAD_MAX_S
+        )
 
     @property
     def busy(self) -> bool:
@@ -174,7 +202,9 @@ class Task:
             if pending.positions:
                 await commit_offsets(dict(pending.positions))
             return _committed(pending, deliveries, started)
-        await producer.begin_transaction()
+        if self.opened_ahead_s is None:
+            await producer.begin_transaction()
+        self.opened_ahead_s = None
         try:
             deliveries = await _send(producer, pending.outputs, changes, resolve)
             if pending.positions:
@@ -192,7 +222,33 @@ class Task:
             with contextlib.suppress(Exception):
                 await producer.abort_transaction()
             raise
-        return _committed(pending, deliveries, started)
+        committed = _committed(pending, deliveries, started)
+        await self._open_ahead(deliveries, group_id)
+        return committed
+
+    async def _open_ahead(self, deliveries: Deliveries, group_id: str) -> None:
+        """Open the next transaction now, with the partitions the task writes and the
+        group already on their way into it. A failure here only leaves none open: the
+        next commit begins its own (and meets any fencing there)."""
+        self.written.update(
+            TopicPartition(d.result().topic, d.result().partition) for d in deliveries.futures
+        )
+        if self.state is not TaskState.RUNNING:
+            return
+        try:
+            await self.producer.begin_transaction()
+        except Exception as error:
+            log.info("transaction.not_opened_ahead task=%d error=%r", self.partition, error)
+            return
+        self.opened_ahead_s = time.monotonic()
+        self.producer.add_ahead(self.written, group_id)
+
+    async def close_ahead(self) -> None:
+        """Abort the transaction opened ahead, if any (before the producer stops)."""
+        if self.opened_ahead_s is not None:
+            self.opened_ahead_s = None
+            with contextlib.suppress(Exception):
+                await self.producer.abort_transaction()
 
     async def settle(self) -> Committed | BaseException | None:
         """Wait for the transaction in flight, if any: what it wrote, or why it failed."""

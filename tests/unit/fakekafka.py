@@ -52,6 +52,7 @@ class Txn:
     state: str = "open"  # open, committed, aborted
     partitions: set[TopicPartition] = field(default_factory=set)
     offsets: dict[tuple[str | None, TopicPartition], int] = field(default_factory=dict)
+    groups_ahead: set[str] = field(default_factory=set)  # added before any offsets
 
 
 @dataclass
@@ -358,6 +359,14 @@ class FakeProducer:
         self, topic: str, value: bytes | None = None, **kwargs: Any
     ) -> Metadata:
         return (await self.send(topic, value, **kwargs)).result()
+
+    def add_ahead(self, partitions: Iterable[TopicPartition], group_id: str) -> None:
+        """Partitions and a group added to the open transaction before its records."""
+        self._check()
+        if self.txn is None:
+            raise IllegalStateError("nothing to add to outside a transaction")
+        self.txn.partitions.update(partitions)  # each gets the end's marker, as in Kafka
+        self.txn.groups_ahead.add(group_id)
 
     async def send_offsets_to_transaction(
         self, offsets: dict[TopicPartition, int], group_id: str

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from app.metrics import Metrics
 from app.settings import Settings, SettingsError
 from streams import runtime as runtime_module
+from streams import task as task_module
 from streams.runtime import Hooks, Runtime, RuntimeConfig
 from streams.task import TaskState
 from streams.topology import Batch, Stage, Topology
@@ -277,6 +278,46 @@ async def test_each_input_is_one_output_committed_with_its_offset_and_table_chan
         await w.until(lambda: w.committed(0) == 5 and a.sample("commit_seconds_count") == 2)
         w.check_exactly_once()
         assert a.runtime.tasks[0].tables["counts"].rows == w.changelog(0)
+
+
+async def test_the_next_transaction_opens_ahead_with_what_the_task_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime_module, "SWEEP_EVERY_S", 0.0)
+    async with world() as w:
+        w.produce(0, 3)
+        a = await w.worker().start(0)
+        await w.until(lambda: w.committed(0) == 3 and tid(0) in w.broker.open)
+        # Committed, and the next transaction is already open with the partitions and the
+        # group in it, nothing written: the next commit skips two round trips.
+        ahead = w.broker.open[tid(0)]
+        assert ahead.partitions == {TopicPartition(OUT, 0), TopicPartition(CHANGELOG, 0)}
+        assert ahead.groups_ahead == {GROUP}
+        assert not ahead.offsets
+        assert len(w.outputs()) == 3
+        w.produce(0, 2)
+        await w.until(lambda: w.committed(0) == 5)
+        assert ahead.state == "committed"
+        assert ahead.offsets == {(GROUP, tp_in(0)): 5}
+        w.check_exactly_once()
+        # Left idle, it is ended (well before the coordinator's timeout would abort it
+        # and fence the producer) and the next one opened.
+        idle = w.broker.open[tid(0)]
+        monkeypatch.setattr(task_module, "OPEN_AHEAD_MAX_S", 0.0)
+        await w.until(lambda: idle.state == "committed" and tid(0) in w.broker.open)
+        assert w.broker.open[tid(0)].partitions == ahead.partitions
+        # Stopping aborts the one open ahead: nothing is left open for the next owner.
+        monkeypatch.setattr(task_module, "OPEN_AHEAD_MAX_S", 60.0)
+        await w.until(lambda: not busy(a, 0) and tid(0) in w.broker.open)
+        last = w.broker.open[tid(0)]
+        await a.stop()
+        assert last.state == "aborted"
+        assert tid(0) not in w.broker.open
+        w.produce(0, 1)
+        b = await w.worker().start(0)
+        await w.until(lambda: w.committed(0) == 6)
+        w.check_exactly_once()
+        assert b.toy.seen == [(0, 5)]
 
 
 # ---------------------------------------------------------------- failures
