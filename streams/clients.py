@@ -7,6 +7,7 @@ run in milliseconds without a broker.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -94,11 +95,14 @@ class KafkaClients:
 class _AheadTransactionManager(TransactionManager):
     """aiokafka's transaction manager, able to add a consumer group to the open
     transaction before there are offsets to send (aiokafka adds the group only with
-    the first offsets, one round trip before it sends them)."""
+    the first offsets, one round trip before it sends them), and to say when what was
+    added ahead is in (:attr:`settled`)."""
 
     def __init__(self, transactional_id: str, transaction_timeout_ms: int) -> None:
         super().__init__(transactional_id, transaction_timeout_ms)
         self.group_ahead: str | None = None
+        self.settled = asyncio.Event()
+        self.settled.set()
 
     def consumer_group_to_add(self) -> str | None:
         group: str | None = super().consumer_group_to_add()
@@ -106,17 +110,45 @@ class _AheadTransactionManager(TransactionManager):
             return self.group_ahead
         return group
 
+    def add_ahead(self, partitions: Iterable[TopicPartition], group_id: str) -> None:
+        if not self.is_in_transaction():
+            return  # committing or aborting already: too late to add ahead
+        for tp in partitions:
+            self.maybe_add_partition_to_txn(tp)
+        if self._txn_consumer_group is None:
+            self.group_ahead = group_id
+        self._check_settled()
+        self.notify_task_waiter()
+
+    def partition_added(self, tp: TopicPartition) -> None:
+        super().partition_added(tp)
+        self._check_settled()
+
+    def consumer_group_added(self, group_id: str) -> None:
+        super().consumer_group_added(group_id)
+        self._check_settled()
+
+    def _check_settled(self) -> None:
+        group_pending = self.group_ahead is not None and self._txn_consumer_group is None
+        if self._pending_txn_partitions or group_pending:
+            self.settled.clear()
+        else:
+            self.settled.set()
+
     def complete_transaction(self) -> None:
         self.group_ahead = None
         super().complete_transaction()
+        self.settled.set()
 
     def error_transaction(self, exc: BaseException) -> None:
         self.group_ahead = None
         super().error_transaction(exc)
+        self.settled.set()
 
     def fatal_error(self, exc: BaseException) -> None:
         self.group_ahead = None
         super().fatal_error(exc)
+        self.settled.set()
 
 
 class TransactionalProducer(AIOKafkaProducer):
@@ -125,26 +157,32 @@ class TransactionalProducer(AIOKafkaProducer):
 
     A commit of aiokafka's takes four coordinator round trips in a row: add the
     partitions, add the group, send the offsets, end the transaction (about 15 ms at
-    200 events/s here, docs/decisions.md §23). A task that opens its next transaction
-    as soon as the last one ends, and adds what it will most likely write to it while
-    it waits for events, leaves two of them on an event's way.
+    200 events/s here, docs/decisions.md §23). Worse, aiokafka sends the records as
+    soon as their partitions are in, while it still adds the group or sends the
+    offsets: the broker (since Kafka 3.6) checks each transactional write with the
+    coordinator, which refuses while the transaction changes, and the refusal reaches
+    aiokafka's old produce version as NOT_ENOUGH_REPLICAS, retried 10 ms later (on
+    hundreds of commits a minute at 200 events/s). A task that opens its next
+    transaction as soon as the last one ends and adds what it will write to it while it
+    waits for events, then, once that is in (:meth:`added_ahead`), sends the offsets
+    and then the records, leaves an event two short round trips and the end.
     """
 
     def __init__(self, *, transactional_id: str, **options: Any) -> None:
         super().__init__(transactional_id=transactional_id, **options)
         timeout_ms = options.get("transaction_timeout_ms", TRANSACTION_TIMEOUT_MS)
-        manager = _AheadTransactionManager(transactional_id, timeout_ms)
+        self._ahead = _AheadTransactionManager(transactional_id, timeout_ms)
         # The one manager the producer, its accumulator and its sender share.
-        self._txn_manager = manager
-        self._message_accumulator._txn_manager = manager
-        self._sender._txn_manager = manager
+        self._txn_manager = self._ahead
+        self._message_accumulator._txn_manager = self._ahead
+        self._sender._txn_manager = self._ahead
 
     def add_ahead(self, partitions: Iterable[TopicPartition], group_id: str) -> None:
         """Add ``partitions`` and ``group_id`` to the open transaction now, in the
         background. A partition added and never written costs the broker one marker when
-        the transaction ends; records and offsets sent later go straight out."""
-        manager = self._txn_manager
-        for tp in partitions:
-            manager.maybe_add_partition_to_txn(tp)
-        manager.group_ahead = group_id
-        manager.notify_task_waiter()
+        the transaction ends."""
+        self._ahead.add_ahead(partitions, group_id)
+
+    async def added_ahead(self) -> None:
+        """Until what :meth:`add_ahead` asked for is in the transaction (or it ended)."""
+        await self._ahead.settled.wait()

@@ -368,6 +368,10 @@ class FakeProducer:
         self.txn.partitions.update(partitions)  # each gets the end's marker, as in Kafka
         self.txn.groups_ahead.add(group_id)
 
+    async def added_ahead(self) -> None:
+        """What add_ahead asked for is in at once here."""
+        self._check()
+
     async def send_offsets_to_transaction(
         self, offsets: dict[TopicPartition, int], group_id: str
     ) -> None:

@@ -29,7 +29,14 @@ from streams import task as task_module
 from streams.runtime import Hooks, Runtime, RuntimeConfig
 from streams.task import TaskState
 from streams.topology import Batch, Stage, Topology
-from tests.unit.fakekafka import FakeBroker, FakeClients, FakeConsumer, FakeProducer, Record
+from tests.unit.fakekafka import (
+    FakeBroker,
+    FakeClients,
+    FakeConsumer,
+    FakeProducer,
+    Record,
+    Txn,
+)
 
 GROUP = "toy"
 IN, OUT, CHANGELOG = "toy-in", "toy-out", "toy-counts-changelog"
@@ -280,6 +287,11 @@ async def test_each_input_is_one_output_committed_with_its_offset_and_table_chan
         assert a.runtime.tasks[0].tables["counts"].rows == w.changelog(0)
 
 
+def opened_ahead(w: World) -> Txn:
+    """The transaction of task 0 open now (an empty one if none is)."""
+    return w.broker.open.get(tid(0)) or Txn(tid(0))
+
+
 async def test_the_next_transaction_opens_ahead_with_what_the_task_writes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -287,9 +299,9 @@ async def test_the_next_transaction_opens_ahead_with_what_the_task_writes(
     async with world() as w:
         w.produce(0, 3)
         a = await w.worker().start(0)
-        await w.until(lambda: w.committed(0) == 3 and tid(0) in w.broker.open)
         # Committed, and the next transaction is already open with the partitions and the
         # group in it, nothing written: the next commit skips two round trips.
+        await w.until(lambda: w.committed(0) == 3 and bool(opened_ahead(w).groups_ahead))
         ahead = w.broker.open[tid(0)]
         assert ahead.partitions == {TopicPartition(OUT, 0), TopicPartition(CHANGELOG, 0)}
         assert ahead.groups_ahead == {GROUP}
@@ -304,11 +316,14 @@ async def test_the_next_transaction_opens_ahead_with_what_the_task_writes(
         # and fence the producer) and the next one opened.
         idle = w.broker.open[tid(0)]
         monkeypatch.setattr(task_module, "OPEN_AHEAD_MAX_S", 0.0)
-        await w.until(lambda: idle.state == "committed" and tid(0) in w.broker.open)
+        await w.until(lambda: idle.state == "committed" and bool(opened_ahead(w).groups_ahead))
         assert w.broker.open[tid(0)].partitions == ahead.partitions
         # Stopping aborts the one open ahead: nothing is left open for the next owner.
         monkeypatch.setattr(task_module, "OPEN_AHEAD_MAX_S", 60.0)
-        await w.until(lambda: not busy(a, 0) and tid(0) in w.broker.open)
+        task = a.runtime.tasks[0]
+        await w.until(
+            lambda: not busy(a, 0) and task.pending.due_s is None and tid(0) in w.broker.open
+        )
         last = w.broker.open[tid(0)]
         await a.stop()
         assert last.state == "aborted"
@@ -355,7 +370,8 @@ async def test_a_record_not_delivered_aborts_its_transaction_and_the_batch_comes
         a = await w.worker().start(0)
         w.broker.fail_next_deliveries(topic)  # after the start's fencing transaction
         w.produce(0, 5)
-        await w.until(lambda: w.committed(0) == 5)
+        # Effects run once the commit's task has ended, a moment after the broker took it.
+        await w.until(lambda: w.committed(0) == 5 and len(a.toy.effects) == 5)
         w.check_exactly_once()
         assert a.sample("commit_failures_total") == 1
         assert len(a.toy.seen) == 10  # the whole batch handled again after the rewind
