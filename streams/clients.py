@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.producer.transaction_manager import TransactionManager
 
 # Retry backoff of the transactional producers: the broker refuses to add partitions to
@@ -24,6 +25,10 @@ TRANSACTION_RETRY_BACKOFF_MS = 10
 # once added up to 200 ms to a hop); each wake-up walks every assigned partition, so 10 ms
 # cost an idle worker about 4% of a core more than this.
 FETCHER_IDLE_MS = 50
+# How long a commit waits for what its transaction was given ahead to be in it before
+# it gives up (and aborts, and the task starts over): the coordinator answers within
+# milliseconds when it can; this is for one that keeps refusing.
+ADDED_AHEAD_TIMEOUT_S = 30.0
 # aiokafka's transaction timeout (its default): the coordinator aborts a transaction
 # open longer. A task ends a transaction it opened ahead well before (streams.task).
 TRANSACTION_TIMEOUT_MS = 60_000
@@ -183,6 +188,22 @@ class TransactionalProducer(AIOKafkaProducer):
         the transaction ends."""
         self._ahead.add_ahead(partitions, group_id)
 
-    async def added_ahead(self) -> None:
-        """Until what :meth:`add_ahead` asked for is in the transaction (or it ended)."""
-        await self._ahead.settled.wait()
+    async def added_ahead(self, timeout_s: float = ADDED_AHEAD_TIMEOUT_S) -> None:
+        """Until what :meth:`add_ahead` asked for is in the transaction (or it ended, or
+        the producer's sender stopped: the next send raises why). Raise
+        ``KafkaTimeoutError`` after ``timeout_s``, so the caller aborts and starts over."""
+        settled = self._ahead.settled
+        if settled.is_set():
+            return
+        waiting = asyncio.ensure_future(settled.wait())
+        sender = self._sender.sender_task
+        try:
+            done, _ = await asyncio.wait(
+                {waiting} if sender is None else {waiting, sender},
+                timeout=timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            waiting.cancel()
+        if not done:
+            raise KafkaTimeoutError(f"partitions not added to the transaction in {timeout_s} s")
