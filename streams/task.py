@@ -32,12 +32,14 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.partitioner import murmur2
 
 from streams.state import ChangelogRecord, PartitionTable
 from streams.topology import Effect, Output
@@ -247,9 +249,7 @@ class Task:
         """Open the next transaction now, with the partitions the task writes and the
         group already on their way into it. A failure here only leaves none open: the
         next commit begins its own (and meets any fencing there)."""
-        self.written.update(
-            TopicPartition(d.result().topic, d.result().partition) for d in deliveries.futures
-        )
+        self.written.update(deliveries.written)
         if self.state is not TaskState.RUNNING:
             return
         try:
@@ -293,50 +293,116 @@ class Task:
 
 @dataclass
 class Deliveries:
-    """The delivery futures of one commit's records."""
+    """The delivery futures of one commit's records: one per batch of one partition."""
 
     futures: list[asyncio.Future[Any]] = field(default_factory=list)
-    # The last changelog delivery per changelog partition: where its rows now end.
-    changelog_last: dict[TopicPartition, asyncio.Future[Any]] = field(default_factory=dict)
+    # Where each changelog partition's rows now end: the last batch written to it, and
+    # how many records that batch holds (its future gives the first one's offset).
+    changelog_last: dict[TopicPartition, tuple[asyncio.Future[Any], int]] = field(
+        default_factory=dict
+    )
+    written: set[TopicPartition] = field(default_factory=set)  # every partition written
 
 
 class UndeliveredError(RuntimeError):
     """A record of the transaction was not delivered: the transaction must not commit."""
 
 
+class _Batches:
+    """A commit's records gathered into one batch per partition, handed to the producer
+    a batch at a time.
+
+    aiokafka's ``send()`` costs a coroutine, a metadata lookup, a partitioner call and
+    a delivery future per record, and resolving thousands of futures costs as much
+    again: most of the producer's share of a drain (docs/benchmarks.md). Its batch
+    interface (``create_batch``, ``send_batch``) costs that once per batch. Records keep
+    their order within a partition, which is all Kafka keeps; a record without a
+    partition goes where the producer's default partitioner would put it (murmur2 of its
+    key, as Kafka's Java client does), so a key stays on one partition whichever way it
+    was sent.
+    """
+
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.open: dict[TopicPartition, Any] = {}
+        self.deliveries = Deliveries()
+        self.partitions: dict[str, list[int]] = {}
+
+    async def partition_of(self, topic: str, key: bytes | None) -> int:
+        partitions = self.partitions.get(topic)
+        if partitions is None:
+            partitions = self.partitions[topic] = sorted(await self.producer.partitions_for(topic))
+        if key is None:
+            return random.choice(partitions)
+        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+    async def add(
+        self,
+        tp: TopicPartition,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+        headers: Sequence[tuple[str, bytes]],
+    ) -> None:
+        headers = list(headers)  # aiokafka's compiled batch builder takes a list only
+        batch = self.open.get(tp)
+        if batch is None:
+            batch = self.open[tp] = self.producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+            await self._send(tp, batch)  # full: send it, start the next
+            batch = self.open[tp] = self.producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=timestamp_ms, headers=headers) is None:
+                raise ValueError(f"a record for {tp.topic} does not fit an empty batch")
+
+    async def _send(self, tp: TopicPartition, batch: Any) -> None:
+        batch.close()
+        delivery = await self.producer.send_batch(batch, tp.topic, partition=tp.partition)
+        self.deliveries.futures.append(delivery)
+        self.deliveries.written.add(tp)
+        self.deliveries.changelog_last[tp] = (delivery, batch.record_count())
+
+    async def send_all(self) -> Deliveries:
+        open_batches, self.open = self.open, {}
+        for tp, batch in open_batches.items():
+            await self._send(tp, batch)
+        return self.deliveries
+
+
 async def _send(
     producer: Any, outputs: Sequence[Output], changes: list[ChangelogRecord], resolve: Resolve
 ) -> Deliveries:
-    """Queue the records; return their delivery futures.
+    """Hand the records to the producer; return their delivery futures.
 
-    send() queues a record and returns its delivery future, which is not awaited here:
-    the commit (or the flush) waits for every delivery at once.
+    The futures are not awaited here: the commit (or the flush) waits for every
+    delivery at once.
     """
-    deliveries = Deliveries()
-    futures = deliveries.futures
+    batches = _Batches(producer)
+    changelogs: set[TopicPartition] = set()
     for output in outputs:
-        futures.append(
-            await producer.send(
-                resolve(output.role),
-                output.value,
-                key=output.key,
-                partition=output.partition,
-                timestamp_ms=output.timestamp_ms,
-                headers=list(output.headers) or None,
-            )
+        topic = resolve(output.role)
+        partition = output.partition
+        if partition is None:
+            partition = await batches.partition_of(topic, output.key)
+        await batches.add(
+            TopicPartition(topic, partition),
+            output.key,
+            output.value,
+            output.timestamp_ms,
+            output.headers,
         )
-    last = deliveries.changelog_last
     for change in changes:
-        delivery = await producer.send(
-            change.topic, change.value, key=change.key, partition=change.partition
-        )
-        futures.append(delivery)
-        last[TopicPartition(change.topic, change.partition)] = delivery
+        tp = TopicPartition(change.topic, change.partition)
+        changelogs.add(tp)
+        await batches.add(tp, change.key, change.value, None, ())
+    deliveries = await batches.send_all()
+    deliveries.changelog_last = {
+        tp: last for tp, last in deliveries.changelog_last.items() if tp in changelogs
+    }
     return deliveries
 
 
 def _require_delivered(deliveries: Deliveries) -> None:
-    """Raise if any record was not delivered (its future failed or is not done)."""
+    """Raise if any batch was not delivered (its future failed or is not done)."""
     failed = 0
     first: BaseException | None = None
     for delivery in deliveries.futures:
@@ -346,7 +412,7 @@ def _require_delivered(deliveries: Deliveries) -> None:
             first = first or error
     if failed:
         raise UndeliveredError(
-            f"{failed} of {len(deliveries.futures)} records not delivered: {first!r}"
+            f"{failed} of {len(deliveries.futures)} batches not delivered: {first!r}"
         ) from first
 
 
@@ -354,7 +420,10 @@ def _committed(pending: Pending, deliveries: Deliveries, started: float) -> Comm
     """What a commit (or flush) wrote, and where each changelog partition's rows now end."""
     return Committed(
         len(pending.outputs),
-        {tp: delivery.result().offset + 1 for tp, delivery in deliveries.changelog_last.items()},
+        {
+            tp: delivery.result().offset + records
+            for tp, (delivery, records) in deliveries.changelog_last.items()
+        },
         time.monotonic() - started,
         [o.source_ms for o in pending.outputs if o.source_ms is not None],
         pending.effects,

@@ -75,6 +75,9 @@ class FakeBroker:
         self.failures: dict[str, int] = {}  # how many next commits of that id fail
         self.holds: dict[str, asyncio.Event] = {}  # commits of that id wait for this
         self.undelivered: dict[str, int] = {}  # how many next sends to that topic fail
+        # Records a producer's batch holds: small, so a commit spans several batches of a
+        # partition and the runtime's batching is exercised as with aiokafka's byte limit.
+        self.batch_records = 3
         self.history: list[tuple[str, Any]] = []  # ("record", Record) / ("offset", (tp, n))
         self.wake = asyncio.Event()
 
@@ -103,10 +106,10 @@ class FakeBroker:
         self.failures[transactional_id] = times
 
     def fail_next_deliveries(self, topic: str, times: int = 1) -> None:
-        """The next ``times`` records sent to ``topic`` are not written and their delivery
-        futures fail, as aiokafka fails a batch that expired while the broker was away. As
-        in aiokafka, the producer's transaction does not notice: a commit still commits
-        what was delivered."""
+        """The next ``times`` records (or batches) sent to ``topic`` are not written and
+        their delivery futures fail, as aiokafka fails a batch that expired while the
+        broker was away. As in aiokafka, the producer's transaction does not notice: a
+        commit still commits what was delivered."""
         self.undelivered[topic] = times
 
     def hold_commits(self, transactional_id: str) -> asyncio.Event:
@@ -294,6 +297,33 @@ class FakeConsumer:
         return batches
 
 
+class FakeBatch:
+    """aiokafka's BatchBuilder: records for one partition, full at ``capacity`` records."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.records: list[tuple[bytes | None, bytes | None, int | None, Any]] = []
+        self.closed = False
+
+    def append(
+        self, *, timestamp: int | None, key: bytes | None, value: bytes | None, headers: Any
+    ) -> object | None:
+        if not isinstance(headers, list):  # as aiokafka's compiled builder
+            raise TypeError(
+                f"Argument 'headers' has incorrect type (expected list, got {headers!r})"
+            )
+        if self.closed or len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value, timestamp, headers))
+        return object()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
 class FakeProducer:
     """A transactional producer (``transactional_id``) or a plain one (None)."""
 
@@ -353,6 +383,37 @@ class FakeProducer:
             return delivered
         record = self.broker.append(topic, partition, key, value, self.txn, timestamp_ms, headers)
         delivered.set_result(Metadata(record.topic, record.partition, record.offset))
+        return delivered
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        if topic not in self.broker.logs:
+            raise UnknownTopicOrPartitionError(topic)
+        return set(range(len(self.broker.logs[topic])))
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.broker.batch_records)
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, *, partition: int
+    ) -> asyncio.Future[Metadata]:
+        """Appends the batch's records in order; its future gives the first one's offset."""
+        if self.transactional_id is not None:
+            self._check()
+            if self.txn is None:
+                raise IllegalStateError("send outside a transaction")
+        delivered: asyncio.Future[Metadata] = asyncio.get_running_loop().create_future()
+        if self.broker.undelivered.get(topic, 0) > 0:
+            self.broker.undelivered[topic] -= 1
+            delivered.set_exception(KafkaTimeoutError("batch expired before delivery"))
+            return delivered
+        first: Record | None = None
+        for key, value, timestamp_ms, headers in batch.records:
+            record = self.broker.append(
+                topic, partition, key, value, self.txn, timestamp_ms, headers
+            )
+            first = first or record
+        assert first is not None, "an empty batch sent"
+        delivered.set_result(Metadata(topic, partition, first.offset))
         return delivered
 
     async def send_and_wait(
