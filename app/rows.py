@@ -16,6 +16,10 @@ as long as their users; a better dictionary is a new version byte.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Mapping
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
 
 VERSION_1 = b"\x01"
 # 4 KiB window: the dictionary and a whole typical row stay within reach.
@@ -80,3 +84,59 @@ def expand(stored: bytes) -> bytes:
     if stored[:1] == b"{":
         return stored
     raise RowError(f"a stored row has an unknown format (first byte {stored[:1]!r})")
+
+
+class DecodedRows(Generic[T]):
+    """Values decoded from a table's rows, kept across batches and reused while the row
+    is the very bytes object they were decoded from.
+
+    A stored row is immutable and a table replaces it with a new object when it
+    changes (a write, a restore, an erasure), so identity says whether a kept value is
+    still the row's: no copy is compared and nothing is decoded twice while a row stays
+    as it was. Values must be immutable (frozen dataclasses, tuples, dicts never
+    changed in place): one is handed out again to the next batch.
+
+    At most ``kept`` values are kept; the oldest written or decoded goes first.
+    :meth:`forget` drops one key at once (an erasure must not leave a decoded copy in
+    memory); :meth:`drop_stale` drops every value whose row has changed or gone since.
+    """
+
+    __slots__ = ("decode", "kept", "rows", "values")
+
+    def __init__(
+        self, rows: Mapping[bytes, bytes | None], decode: Callable[[bytes | None], T], kept: int
+    ) -> None:
+        self.rows = rows
+        self.decode = decode
+        self.kept = kept
+        self.values: dict[bytes, tuple[bytes | None, T]] = {}
+
+    def get(self, key: bytes) -> T:
+        """The decoded value of ``key``'s row (a row never written decodes from None)."""
+        raw = self.rows.get(key)
+        known = self.values.get(key)
+        if known is not None and known[0] is raw:
+            return known[1]
+        value = self.decode(raw)
+        self.keep(key, raw, value)
+        return value
+
+    def keep(self, key: bytes, raw: bytes | None, value: T) -> None:
+        """Remember that ``raw``, the row now stored at ``key``, decodes to ``value``."""
+        values = self.values
+        if values.pop(key, None) is None and len(values) >= self.kept:
+            if not values:
+                return  # keeps none
+            del values[next(iter(values))]
+        values[key] = (raw, value)
+
+    def forget(self, key: bytes) -> None:
+        self.values.pop(key, None)
+
+    def drop_stale(self) -> int:
+        """Forget the values of rows changed or deleted since; how many."""
+        rows, values = self.rows, self.values
+        stale = [key for key, (raw, _) in values.items() if rows.get(key) is not raw]
+        for key in stale:
+            del values[key]
+        return len(stale)

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -43,6 +44,9 @@ class PartitionTable(MutableMapping[bytes, bytes | None]):
         self.partition = partition
         self.rows: dict[bytes, bytes] = {}
         self.changed: dict[bytes, bytes | None] = {}
+        # What a handler derives from these rows and keeps beside them between batches
+        # (decoded rows, say): it lives and goes with this partition's table.
+        self.memo: dict[str, Any] = {}
 
     def __getitem__(self, key: bytes) -> bytes | None:
         return self.rows[key]

@@ -36,6 +36,7 @@ from app.fraud.links import (
     observe_link,
     referred_user,
 )
+from app.rows import DecodedRows
 
 # How long (worker clock) an event this worker decided stays laid over the view, and
 # how many such events are kept per device or network: the view normally holds them
@@ -184,37 +185,22 @@ class LinkView:
 DECODED_KEPT = 50_000
 
 
-class StoredStates:
+class StoredStates(DecodedRows[LinkState]):
     """The view's states, read from stored rows; a row is decoded again only once the
-    view holds a new value for it (the stored bytes are immutable: identity says it).
+    view holds a new value for it (:class:`app.rows.DecodedRows`).
 
     Callable as ``state_of``. :meth:`drop_stale` forgets decoded states whose row has
     changed or gone since: without it, the decoded copy of a row rewritten by an
     erasure would stay in memory until that row is read again.
     """
 
+    __slots__ = ()
+
     def __init__(self, rows: Mapping[bytes, bytes | None]) -> None:
-        self.rows = rows
-        self.decoded: dict[bytes, tuple[bytes | None, LinkState]] = {}
+        super().__init__(rows, LinkState.from_bytes, DECODED_KEPT)
 
     def __call__(self, key: bytes) -> LinkState:
-        raw = self.rows.get(key)
-        known = self.decoded.get(key)
-        if known is not None and known[0] is raw:
-            return known[1]
-        state = LinkState.from_bytes(raw)
-        if len(self.decoded) >= DECODED_KEPT:
-            self.decoded.clear()
-        self.decoded[key] = (raw, state)
-        return state
-
-    def drop_stale(self) -> int:
-        """Forget the decoded states of rows changed or deleted since; how many."""
-        rows, decoded = self.rows, self.decoded
-        stale = [key for key, (raw, _) in decoded.items() if rows.get(key) is not raw]
-        for key in stale:
-            del decoded[key]
-        return len(stale)
+        return self.get(key)
 
 
 def stored_states(rows: Mapping[bytes, bytes | None]) -> StoredStates:

@@ -112,9 +112,11 @@ def _erase(pipeline: Pipeline, tables: Tables, n: int = 50) -> list[Output]:
 
 def test_an_erased_user_leaves_no_trace_in_any_table(world: tuple[Pipeline, Tables]) -> None:
     pipeline, tables = world
+    assert ERASED.encode() in tables.decoded["users"].values  # kept decoded for reuse
     _erase(pipeline, tables)
     assert _traces(tables, ERASED_TRACES) == set()
     assert ERASED.encode() not in tables.users
+    assert ERASED.encode() not in tables.decoded["users"].values  # nor in memory
 
 
 def test_the_other_users_keep_their_own_data(world: tuple[Pipeline, Tables]) -> None:
@@ -239,9 +241,9 @@ def test_the_views_decoded_copy_of_a_rewritten_row_leaves_memory() -> None:
     rows[b"device:d"] = link_without(before, ERASED).to_bytes()  # the changelog's new value
     clock[0] += DROP_STALE_EVERY_MS
     view.prune()
-    remembered = [state for _, state in states.decoded.values()]
+    remembered = [state for _, state in states.values.values()]
     assert all(ERASED not in (seen.user_id for seen in s.accounts) for s in remembered)
-    assert set(states.decoded) == {b"device:e"}  # an unchanged row stays decoded
+    assert set(states.values) == {b"device:e"}  # an unchanged row stays decoded
     assert [seen.user_id for seen in states(b"device:d").accounts] == [OTHER]
 
 

@@ -14,6 +14,7 @@ import fastjsonschema
 import orjson
 import pytest
 
+import app.pipeline
 import app.replay
 from app.assembly import build_engine
 from app.contract.schemas import load_schema
@@ -136,6 +137,30 @@ def test_replay_output_does_not_depend_on_how_often_changed_rows_are_written_bac
     assert len(every_line) >= 1200
     assert per_batch == every_line
     assert outputs(7) == every_line
+
+
+def test_decisions_do_not_depend_on_which_rows_were_kept_decoded_between_batches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A row decoded in an earlier batch is reused while it is unchanged
+    (app.rows.DecodedRows): what the engine sees must be exactly what decoding the stored
+    row gives, whether every row, a few or none were kept."""
+    simulator = EventSimulator(SimulatorConfig(users=40, seed=12, events_per_second=0.05))
+    lines = [simulator.next_message() for _ in range(1500)] + burst_on_one_device(10**12)
+    monkeypatch.setattr(app.replay, "BATCH_LINES", 7)
+
+    def outputs(kept: int | None) -> list[bytes]:
+        if kept is not None:
+            monkeypatch.setattr(
+                app.pipeline, "DECODED_KEPT", dict.fromkeys(app.pipeline.DECODED_KEPT, kept)
+            )
+        engine = build_engine(Settings.from_env({}), program="retail-loyalty")
+        return list(app.replay.replay(engine, lines, source_name="t", max_event_bytes=65536))
+
+    kept_all = outputs(None)
+    assert len(kept_all) >= len(lines)
+    assert outputs(0) == kept_all
+    assert outputs(3) == kept_all
 
 
 def burst_on_one_device(start_ms: int) -> list[bytes]:

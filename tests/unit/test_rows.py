@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.features.state import UserState
-from app.rows import DICTIONARY_V1, RowError, expand, shrink
+from app.rows import DICTIONARY_V1, DecodedRows, RowError, expand, shrink
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=30),
@@ -57,3 +57,50 @@ def test_the_version_1_dictionary_never_changes() -> None:
     # a different dictionary needs a new version byte, not an edit.
     digest = hashlib.sha256(DICTIONARY_V1).hexdigest()
     assert digest == "c1603038acab388878192ea81783bd6f7c34e042d9ce31289e1b1d87a860ae05"
+
+
+def counting_decoder() -> tuple[list[bytes | None], DecodedRows[str], dict[bytes, bytes | None]]:
+    decoded: list[bytes | None] = []
+
+    def decode(raw: bytes | None) -> str:
+        decoded.append(raw)
+        return "none" if raw is None else raw.decode()
+
+    table: dict[bytes, bytes | None] = {}
+    return decoded, DecodedRows(table, decode, 2), table
+
+
+def test_a_row_is_decoded_again_only_once_it_is_another_bytes_object() -> None:
+    decoded, rows, table = counting_decoder()
+    table[b"a"] = b"one"
+    assert rows.get(b"a") == "one"
+    assert rows.get(b"a") == "one"
+    assert decoded == [b"one"]
+    table[b"a"] = bytes(bytearray(b"one"))  # equal bytes, a new row: decoded again
+    assert rows.get(b"a") == "one"
+    assert len(decoded) == 2
+    del table[b"a"]
+    assert rows.get(b"a") == "none"
+
+
+def test_a_value_kept_at_a_write_is_reused_and_the_oldest_goes_first() -> None:
+    decoded, rows, table = counting_decoder()
+    for key in (b"a", b"b", b"c"):
+        stored = table[key] = key * 2
+        rows.keep(key, stored, key.decode())
+    assert list(rows.values) == [b"b", b"c"]  # two kept: a went
+    assert rows.get(b"c") == "c"
+    assert decoded == []
+    assert rows.get(b"a") == "aa"
+    assert decoded == [b"aa"]
+
+
+def test_forget_and_drop_stale_leave_no_decoded_copy_behind() -> None:
+    _, rows, table = counting_decoder()
+    table[b"a"], table[b"b"] = b"x", b"y"
+    rows.get(b"a"), rows.get(b"b")
+    rows.forget(b"a")
+    assert list(rows.values) == [b"b"]
+    del table[b"b"]  # gone from the table (a time to live, a restore)
+    assert rows.drop_stale() == 1
+    assert rows.values == {}
