@@ -53,6 +53,7 @@ def admit(
     ts: int,
     bucket_ms: int,
     amounts: tuple[float, float] | None = None,
+    counts: ContactCounts | None = None,
 ) -> Admission:
     """Every gate, in order: eligibility rules, the user's contact policy, consent and
     the channel's own limits, the amounts, the budgets, the stock.
@@ -60,15 +61,20 @@ def admit(
     ``env`` is what the rules see (:func:`app.features.derive.rule_env`); ``channel``
     the one to prefer. ``amounts`` (value, cost) fixes the amounts of a reward decided
     earlier (a held reward keeps the amounts it was held at); else they are resolved
-    from ``env``.
+    from ``env``. ``counts`` are the user's grants counted at ``ts``
+    (:func:`contact_counts`): an event's rewards share them; counted here if None.
     """
     verdict, rule_codes = eligibility(reward, env)
     if not verdict.passed:
         return Admission(verdict, rule_codes=rule_codes)
-    verdict = contact(program, state, ts)
+    if counts is None:
+        counts = contact_counts(state, ts)
+    verdict = contact(program, state, ts, counts)
     if not verdict.passed:
         return Admission(verdict, rule_codes=rule_codes)
-    picked, verdict = pick_channel(program, reward, state, channel, marketing=marketing, ts=ts)
+    picked, verdict = pick_channel(
+        program, reward, state, channel, marketing=marketing, ts=ts, counts=counts
+    )
     if not verdict.passed:
         return Admission(verdict, rule_codes=rule_codes)
     if amounts is None:
@@ -110,6 +116,7 @@ def pick_channel(
     *,
     marketing: bool,
     ts: int,
+    counts: ContactCounts | None = None,
 ) -> tuple[str | None, Verdict]:
     """The channel to deliver on: the event's, else the user's preferred, else the reward's first.
 
@@ -119,7 +126,9 @@ def pick_channel(
     allowed = [c for c in reward.channels if marketing or c not in program.marketing_channels]
     if not allowed:
         return None, Verdict(False, "consent.marketing", "only marketing channels, and no consent")
-    open_channels = [c for c in allowed if _channel_has_room(program, state, c, ts)]
+    if counts is None:
+        counts = contact_counts(state, ts)
+    open_channels = [c for c in allowed if _channel_has_room(program, counts, c)]
     if not open_channels:
         return None, Verdict(
             False, "contact.channel_limit", "every channel is at its contact limit"
@@ -130,36 +139,58 @@ def pick_channel(
     return open_channels[0], PASS
 
 
-def _grants_since(state: UserState, since: int, channel: str | None = None) -> int:
-    return sum(
-        1 for g in state.grants if g.ts > since and (channel is None or g.channel == channel)
-    )
+@dataclass(frozen=True, slots=True)
+class ContactCounts:
+    """A user's grants within the day and the week before a moment, in all and per
+    channel: what every contact limit compares with. Counted once per event, in one pass
+    over the user's grants, and shared by all of its rewards' gates."""
+
+    day: int
+    week: int
+    day_by_channel: dict[str | None, int]
+    week_by_channel: dict[str | None, int]
 
 
-def _channel_has_room(program: Program, state: UserState, channel: str, ts: int) -> bool:
+def contact_counts(state: UserState, ts: int) -> ContactCounts:
+    """The user's grants counted at ``ts``: a grant counts within a window ending at
+    ``ts`` if it was made after the window's start."""
+    day_since, week_since = ts - DAY_MS, ts - WEEK_MS
+    day = week = 0
+    day_by_channel: dict[str | None, int] = {}
+    week_by_channel: dict[str | None, int] = {}
+    for grant in state.grants:
+        if grant.ts > week_since:  # a day is within the week
+            week += 1
+            week_by_channel[grant.channel] = week_by_channel.get(grant.channel, 0) + 1
+            if grant.ts > day_since:
+                day += 1
+                day_by_channel[grant.channel] = day_by_channel.get(grant.channel, 0) + 1
+    return ContactCounts(day, week, day_by_channel, week_by_channel)
+
+
+def _channel_has_room(program: Program, counts: ContactCounts, channel: str) -> bool:
     limit = program.contact.per_channel.get(channel)
     if limit is None:
         return True
-    if (
-        limit.max_per_day is not None
-        and _grants_since(state, ts - DAY_MS, channel) >= limit.max_per_day
-    ):
+    day = limit.max_per_day
+    if day is not None and counts.day_by_channel.get(channel, 0) >= day:
         return False
     week = limit.max_per_week
-    return week is None or _grants_since(state, ts - WEEK_MS, channel) < week
+    return week is None or counts.week_by_channel.get(channel, 0) < week
 
 
-def contact(program: Program, state: UserState, ts: int) -> Verdict:
+def contact(
+    program: Program, state: UserState, ts: int, counts: ContactCounts | None = None
+) -> Verdict:
     """The user-level contact policy: suppression, then the daily and weekly caps."""
     if state.suppressed_until is not None and state.suppressed_until > ts:
         return Verdict(False, "contact.suppressed", "suppressed after repeated dismissals")
     policy = program.contact
-    if policy.max_per_day is not None and _grants_since(state, ts - DAY_MS) >= policy.max_per_day:
+    if counts is None:
+        counts = contact_counts(state, ts)
+    if policy.max_per_day is not None and counts.day >= policy.max_per_day:
         return Verdict(False, "contact.daily_limit", f"{policy.max_per_day} rewards today already")
-    if (
-        policy.max_per_week is not None
-        and _grants_since(state, ts - WEEK_MS) >= policy.max_per_week
-    ):
+    if policy.max_per_week is not None and counts.week >= policy.max_per_week:
         return Verdict(False, "contact.weekly_limit", f"{policy.max_per_week} rewards this week")
     return PASS
 

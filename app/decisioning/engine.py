@@ -641,9 +641,18 @@ class Engine:
         env = rule_env(user, event)
         survivors: list[Candidate] = []
         skipped: list[Skipped] = []
+        counts = checks.contact_counts(user, event.ts)
         for reward in rewards:
             result = self._gate(
-                reward, user, ledger, event, env, share, risk, scored=personalized and not control
+                reward,
+                user,
+                ledger,
+                event,
+                env,
+                share,
+                risk,
+                scored=personalized and not control,
+                counts=counts,
             )
             (survivors if isinstance(result, Candidate) else skipped).append(result)  # type: ignore[arg-type]
         if not personalized or control:
@@ -666,6 +675,7 @@ class Engine:
         risk: float = 0.0,
         *,
         scored: bool = True,
+        counts: checks.ContactCounts | None = None,
     ) -> Candidate | Skipped:
         """``reward`` through every gate, then scored by the model, or (``scored`` False:
         the standard reward of a user without personalization, or of a control arm) given
@@ -682,6 +692,7 @@ class Engine:
             marketing=self._consents(user)[1],
             ts=event.ts,
             bucket_ms=self.bucket_ms,
+            counts=counts,
         )
         if not admission.verdict.passed:
             return Skipped(reward, admission.verdict)

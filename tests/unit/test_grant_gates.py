@@ -24,8 +24,10 @@ from hypothesis import strategies as st
 from app.contract import Decision, Event
 from app.contract.schemas import load_schema
 from app.decisioning import Engine
+from app.decisioning.checks import contact_counts
 from app.decisioning.ledger import Ledger
 from app.features import UserState
+from app.features.state import Grant
 from app.fraud import LinkFacts
 from app.programs import Program, load_program
 
@@ -316,3 +318,30 @@ def test_a_release_checks_the_rewards_rules_again(tmp_path: Path) -> None:
     assert release.status == "none"
     assert f"hold.not_released:{held.decision_id}" in release.reasons
     assert "rule.first:failed" in release.reasons
+
+
+ANY: str | None = "any channel"
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 9 * DAY), st.sampled_from([None, "email", "push", "in_app"])),
+        max_size=30,
+    ),
+    st.integers(0, 9 * DAY),
+)
+def test_contact_counts_are_the_grants_made_after_each_windows_start(
+    grants: list[tuple[int, str | None]], ts: int
+) -> None:
+    """Counted once per event for all of its rewards: each count is exactly the grants
+    strictly after the start of the day or week that ends at ``ts``."""
+    state = UserState(grants=tuple(Grant(at, channel, 1.0) for at, channel in grants))
+    counts = contact_counts(state, ts)
+
+    def made_after(since: int, channel: str | None = ANY) -> int:
+        return sum(1 for at, c in grants if at > since and (channel is ANY or c == channel))
+
+    assert (counts.day, counts.week) == (made_after(ts - DAY), made_after(ts - 7 * DAY))
+    for channel in (None, "email", "push", "in_app"):
+        assert counts.day_by_channel.get(channel, 0) == made_after(ts - DAY, channel)
+        assert counts.week_by_channel.get(channel, 0) == made_after(ts - 7 * DAY, channel)
