@@ -38,6 +38,19 @@ class Record(NamedTuple):
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
+@dataclass(frozen=True)
+class Out:
+    """An output of a handler (the shape streams.topology.Output asks for)."""
+
+    role: str
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    source_ms: int | None = None
+    partition: int | None = None
+
+
 class Metadata(NamedTuple):
     topic: str
     partition: int
@@ -372,18 +385,7 @@ class FakeProducer:
         timestamp_ms: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[Metadata]:
-        if self.transactional_id is not None:
-            self._check()
-            if self.txn is None:
-                raise IllegalStateError("send outside a transaction")
-        delivered: asyncio.Future[Metadata] = asyncio.get_running_loop().create_future()
-        if self.broker.undelivered.get(topic, 0) > 0:
-            self.broker.undelivered[topic] -= 1
-            delivered.set_exception(KafkaTimeoutError("batch expired before delivery"))
-            return delivered
-        record = self.broker.append(topic, partition, key, value, self.txn, timestamp_ms, headers)
-        delivered.set_result(Metadata(record.topic, record.partition, record.offset))
-        return delivered
+        return self._write(topic, partition, [(key, value, timestamp_ms, headers)])
 
     async def partitions_for(self, topic: str) -> set[int]:
         if topic not in self.broker.logs:
@@ -396,7 +398,13 @@ class FakeProducer:
     async def send_batch(
         self, batch: FakeBatch, topic: str, *, partition: int
     ) -> asyncio.Future[Metadata]:
-        """Appends the batch's records in order; its future gives the first one's offset."""
+        return self._write(topic, partition, batch.records)
+
+    def _write(
+        self, topic: str, partition: int | None, records: list[tuple[Any, Any, Any, Any]]
+    ) -> asyncio.Future[Metadata]:
+        """Appends ``records`` in order (a record or a batch); the future gives the first
+        one's offset, or fails as a batch that expired (``fail_next_deliveries``)."""
         if self.transactional_id is not None:
             self._check()
             if self.txn is None:
@@ -406,14 +414,12 @@ class FakeProducer:
             self.broker.undelivered[topic] -= 1
             delivered.set_exception(KafkaTimeoutError("batch expired before delivery"))
             return delivered
-        first: Record | None = None
-        for key, value, timestamp_ms, headers in batch.records:
-            record = self.broker.append(
-                topic, partition, key, value, self.txn, timestamp_ms, headers
-            )
-            first = first or record
-        assert first is not None, "an empty batch sent"
-        delivered.set_result(Metadata(topic, partition, first.offset))
+        assert records, "nothing to send"
+        written = [
+            self.broker.append(topic, partition, key, value, self.txn, timestamp_ms, headers)
+            for key, value, timestamp_ms, headers in records
+        ]
+        delivered.set_result(Metadata(topic, written[0].partition, written[0].offset))
         return delivered
 
     async def send_and_wait(

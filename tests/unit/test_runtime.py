@@ -15,7 +15,6 @@ import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 
 import pytest
 from aiokafka import TopicPartition
@@ -34,6 +33,7 @@ from tests.unit.fakekafka import (
     FakeClients,
     FakeConsumer,
     FakeProducer,
+    Out,
     Record,
     Txn,
 )
@@ -49,17 +49,6 @@ def tid(partition: int) -> str:
 
 def tp_in(partition: int) -> TopicPartition:
     return TopicPartition(IN, partition)
-
-
-@dataclass(frozen=True)
-class Out:
-    role: str
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
-    source_ms: int | None = None
-    partition: int | None = None
 
 
 class Toy:

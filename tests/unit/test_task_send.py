@@ -11,26 +11,13 @@ offset after its last row, however many batches the rows took.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from streams.state import ChangelogRecord
 from streams.task import UndeliveredError, _require_delivered, _send
-from tests.unit.fakekafka import FakeBroker, FakeProducer
-
-
-@dataclass(frozen=True)
-class Out:
-    role: str
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
-    source_ms: int | None = None
-    partition: int | None = None
+from tests.unit.fakekafka import FakeBroker, FakeProducer, Out
 
 
 async def producer_on(broker: FakeBroker) -> FakeProducer:
