@@ -186,6 +186,25 @@ def advance_link(state: LinkState, event: Event, kind: str) -> LinkState:
     return LinkState(_seen(state.accounts, event, ts, kind), _referrals(state.referrals, event, ts))
 
 
+def holds(state: LinkState, event: Event, kind: str) -> bool:
+    """Whether ``state`` already shows everything ``event`` would add to it here: its
+    account's span covers the event's time (with its sign-up, and at that very time its
+    address), and its referral is kept. Passing such an event again changes nothing the
+    facts read (it could only drop an account unseen for 30 days a little earlier)."""
+    ts, user = event.ts, event.user_id
+    mine = next((a for a in state.accounts if a.user_id == user), None)
+    if mine is None or not mine.first_ts <= ts <= mine.last_ts:
+        return False
+    if event.type == "signup" and mine.signup_ts is None:
+        return False
+    if kind == "net" and ts == mine.last_ts and mine.ip != event.ip:
+        return False
+    referred = referred_user(event)
+    return referred is None or any(
+        r.referred == referred and r.referrer == user for r in state.referrals
+    )
+
+
 def _seen(accounts: tuple[Seen, ...], event: Event, ts: int, kind: str) -> tuple[Seen, ...]:
     ip = event.ip if kind == "net" else None
     signup = ts if event.type == "signup" else None

@@ -31,6 +31,7 @@ from app.fraud.links import (
     LinkFacts,
     LinkState,
     advance_link,
+    holds,
     link_document,
     link_keys,
     observe_link,
@@ -125,6 +126,16 @@ class LinkView:
         known = self.folded.get(key)
         if known is not None and known[0] is base and not aged:
             return known[1]
+        # The view moved on (or events aged out). What it holds now leaves the overlay:
+        # laying it over again would change nothing, and on a busy device or network
+        # every move of the view would otherwise fold up to OVERLAY_PER_KEY events anew.
+        # Only a prefix goes, so the fold of the rest is the fold of them all.
+        while recent and holds(base, recent[0][1], kind):
+            recent.popleft()
+        if not recent:
+            del self.overlay[key]
+            self.folded.pop(key, None)
+            return base
         state = base
         for _, earlier in recent:
             state = advance_link(state, earlier, kind)

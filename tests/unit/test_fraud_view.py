@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from app.contract.records import Event
 from app.decisioning import Engine
 from app.fraud import LinkFacts, LinkState, link_keys, observe_link
 from app.fraud import view as view_module
-from app.fraud.links import advance_link, link_document
+from app.fraud.links import advance_link, holds, link_document
 from app.fraud.view import OVERLAY_MS, LinkView, stored_states
 from app.metrics import Metrics
 from app.pipeline import Pipeline
@@ -133,6 +135,98 @@ def test_an_event_the_view_already_holds_changes_nothing_when_laid_over_it() -> 
     assert overlaid == LinkView(stored_states(stored(first, second))).facts(third)
     assert overlaid[0].accounts_24h == 3  # not 5: no account counted twice
     assert overlaid[1].same_ip_24h == 2
+
+
+def test_what_the_view_holds_leaves_the_overlay_and_the_facts_stay_the_same() -> None:
+    """Once the link stage has passed the first two events, the view holds them: they
+    leave the overlay at the next read (a busy device would otherwise fold up to
+    OVERLAY_PER_KEY events at every move of the view), the third stays."""
+    clock = FakeClock()
+    rows: dict[bytes, bytes | None] = {}
+    view = LinkView(stored_states(rows), now_ms=clock.now_ms)
+    events = [signup(f"u-{n}", START + n * 1000, ip=f"192.0.2.{n}") for n in range(3)]
+    for event in events:
+        decide(view, event)
+    rows.update(stored(*events[:2]))
+    fourth = signup("u-9", START + 5000, ip="192.0.2.1")
+    assert view.facts(fourth) == LinkView(stored_states(stored(*events))).facts(fourth)
+    assert [e.user_id for _, e in view.overlay[DEVICE]] == ["u-2"]
+    assert [e.user_id for _, e in view.overlay[NET]] == ["u-2"]
+    rows.update(stored(*events))
+    view.facts(fourth)
+    assert view.overlay == {}  # everything held: the keys go, and prune has nothing to do
+    view.prune()
+
+
+def test_an_event_is_held_only_when_passing_it_again_would_change_nothing() -> None:
+    first = signup("u-1", START, ip="192.0.2.1")
+    state = LinkState.from_bytes(stored(first)[NET])
+    assert holds(state, first, "net")
+    later = Event("e-2", "u-1", "page_view", START + 10, device_id="d", ip="192.0.2.1")
+    assert not holds(state, later, "net")  # after the span
+    assert holds(advance_link(state, later, "net"), first, "net")  # within the span
+    moved = Event("e-3", "u-1", "page_view", START, device_id="d", ip="192.0.2.7")
+    assert not holds(state, moved, "net")  # the same time from another address
+    assert holds(state, moved, "device")  # which a device does not keep
+    assert not holds(state, signup("u-2", START), "net")  # another account
+    visit = Event("e-4", "u-1", "page_view", START, device_id="d", ip="192.0.2.1")
+    assert not holds(LinkState.from_bytes(stored(visit)[NET]), first, "net")  # no sign-up
+    referral = Event(
+        "e-5", "u-1", "referral", START, device_id="d", ip="192.0.2.1",
+        attributes={"referred_user_id": "u-7"},
+    )
+    assert not holds(state, referral, "net")
+    assert holds(advance_link(state, referral, "net"), referral, "net")
+
+
+_USERS = [f"u-{n}" for n in range(6)]
+
+
+@st.composite
+def _worker_runs(draw: st.DrawFn) -> tuple[list[Event], list[int]]:
+    """Events one worker decides on one device and network (accounts, sign-ups,
+    referrals, addresses, times out of order), and after each how far the link stage
+    has got (a prefix of them, never going back)."""
+    events: list[Event] = []
+    caught_up: list[int] = []
+    done = 0
+    for n in range(draw(st.integers(1, 40))):
+        user = draw(st.sampled_from(_USERS))
+        kind = draw(st.sampled_from(["signup", "page_view", "referral"]))
+        attributes = {"referred_user_id": draw(st.sampled_from(_USERS))} if kind == "referral" else {}
+        ts = START + draw(st.integers(0, 3 * DAY_MS))
+        ip = f"192.0.2.{draw(st.integers(1, 3))}"
+        events.append(Event(f"e-{n}", user, kind, ts, device_id="d", ip=ip, attributes=attributes))
+        done = draw(st.integers(done, len(events)))
+        caught_up.append(done)
+    return events, caught_up
+
+
+@settings(max_examples=300, deadline=None)
+@given(_worker_runs())
+def test_dropping_what_the_view_holds_gives_the_facts_of_laying_everything_over(
+    run: tuple[list[Event], list[int]],
+) -> None:
+    """Whatever the link stage has passed when, the facts read over the view with its
+    overlay pruned are those of laying every event this worker decided over the view
+    (what the overlay did before it dropped anything)."""
+    events, caught_up = run
+    clock = FakeClock()
+    rows: dict[bytes, bytes | None] = {}
+    view = LinkView(stored_states(rows), now_ms=clock.now_ms)
+    for n, event in enumerate(events):
+        clock.now += 1
+        everything = []
+        for kind, key in link_keys(event):
+            state = LinkState.from_bytes(rows.get(key))
+            for earlier in events[:n]:
+                if key in dict((k, kind) for kind, k in link_keys(earlier)):
+                    state = advance_link(state, earlier, kind)
+            everything.append(observe_link(state, event, kind)[1])
+        assert list(view.facts(event)) == everything
+        view.decided(event)
+        rows.clear()
+        rows.update(stored(*events[: caught_up[n]]))
 
 
 def test_overlaid_events_age_out_by_the_workers_clock_and_prune_drops_them() -> None:
