@@ -2,10 +2,12 @@
 
 One consumer group reads every input of the topology. Partition ``p`` of all
 inputs forms a task (:mod:`streams.task`): the loop hands each fetched batch to
-its stage's handler at once, and each task commits what it handled (outputs,
-table changes, input offsets) in one transaction of its own producer, in the
+its stage's handler, and each task commits what it handled (outputs, table
+changes, input offsets) in one transaction of its own producer, in the
 background, when the oldest of it has waited its stage's ``commit_within_ms``.
-The loop never waits for a commit: it fetches and handles on. If a transaction
+The loop never waits for a commit: it fetches on, and what a task's records
+fetched meanwhile wait for is the end of its transaction, when they are handled
+in one batch. If a transaction
 fails, the task drops everything not committed, restores its tables from their
 changelogs and reads on from its committed offsets.
 
@@ -287,13 +289,16 @@ class Runtime:
     # ------------------------------------------------------------ handling
 
     def _handle(self, batches: Mapping[TopicPartition, list[Any]]) -> None:
+        """Hand each batch to its stage, or keep it waiting while its task commits."""
         now = time.monotonic()
         views = self.views.rows if self.views is not None else {}
         for tp, messages in batches.items():
             task = self.tasks.get(tp.partition)
             if task is None or task.state is not TaskState.RUNNING or tp not in task.inputs:
                 continue  # not ours (any more): it is fetched again by its owner
-            messages = task.fresh(tp, messages)
+            messages = task.wait(tp, messages, self.config.batch_max_records)
+            if messages:
+                messages = task.fresh(tp, messages)
             if not messages:
                 continue
             stage, role = self.stage_of_topic[tp.topic]
@@ -308,6 +313,12 @@ class Runtime:
             outputs = stage.handler(batch)
             due_s = now + stage.commit_within_ms / 1000
             task.handled(tp, messages[-1].offset + 1, outputs, due_s, batch.effects)
+
+    def _handle_waiting(self, task: Task) -> None:
+        """Handle what waited for the task's transaction to end (a task no longer owned or
+        failed drops it: its inputs are read again from the committed offsets)."""
+        if task.waiting and not task.busy and self.tasks.get(task.partition) is task:
+            self._handle(task.take_waiting())
 
     def _commit_due(self) -> None:
         now = time.monotonic()
@@ -361,6 +372,7 @@ class Runtime:
         self.changelog_ends.update(committed.changelog_ends)
         self.metrics.commit_seconds.observe(committed.seconds)
         self.hooks.committed(task.partition, committed)
+        self._handle_waiting(task)
         self._commit_next(task)
 
     async def _commit_all(self) -> None:
@@ -368,6 +380,7 @@ class Runtime:
         revocation); recover the tasks whose commit fails."""
         for task in list(self.tasks.values()):
             await task.settle()
+            self._handle_waiting(task)
             if task.state is TaskState.RUNNING and task.pending.due_s is not None:
                 self._start_commit(task)
             await task.settle()

@@ -17,6 +17,10 @@ What the task handled since its last commit (outputs, table changes, input
 positions) is committed together, in one transaction, when the first of it
 has waited its stage's ``commit_within_ms``, and only one transaction is in
 flight at a time: under load transactions grow instead of multiplying.
+Records fetched while a transaction is in flight wait (:meth:`Task.wait`) and are
+handled together when it ends: they could not be committed any sooner, and one
+batch costs less than the many small ones a busy fetch loop brings (each batch
+encodes the rows it changed once).
 
 As soon as a transaction has committed, the task opens the next one and adds to it,
 in the background, the partitions the last one wrote and the consumer group
@@ -136,6 +140,9 @@ class Task:
         # The next offset the task has to handle on each input (after its last handled
         # message): a batch fetched before a rewind is cut to what comes after.
         self.next_offsets: dict[TopicPartition, int] = {}
+        # Records fetched while a transaction was in flight, per input, in offset order:
+        # handled when it ends (Runtime._commit_ended), or dropped with what was pending.
+        self.waiting: dict[TopicPartition, list[Any]] = {}
 
     # ------------------------------------------------------------ handling
 
@@ -145,6 +152,23 @@ class Task:
         if expected is None or messages[0].offset >= expected:
             return messages
         return [m for m in messages if m.offset >= expected]
+
+    def wait(self, tp: TopicPartition, messages: list[Any], most: int) -> list[Any]:
+        """Keep ``messages`` of ``tp`` until :meth:`take_waiting` while a transaction is
+        in flight (or records of ``tp`` wait already: order is kept). What to handle now
+        instead: nothing, or, once ``tp`` has ``most`` records waiting, all of them."""
+        if not self.busy and tp not in self.waiting:
+            return messages
+        waiting = self.waiting.setdefault(tp, [])
+        waiting.extend(messages)
+        if len(waiting) < most:
+            return []
+        return self.waiting.pop(tp)
+
+    def take_waiting(self) -> dict[TopicPartition, list[Any]]:
+        """The records that waited for the transaction in flight to end."""
+        waiting, self.waiting = self.waiting, {}
+        return waiting
 
     def handled(
         self,
@@ -287,6 +311,7 @@ class Task:
     def drop_pending(self) -> None:
         """Forget what was handled and not committed (a rewind reads it again)."""
         self.pending = Pending()
+        self.waiting = {}
         self.next_offsets.clear()
         for table in self.tables.values():
             table.changed = {}

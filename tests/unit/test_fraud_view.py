@@ -172,7 +172,12 @@ def test_an_event_is_held_only_when_passing_it_again_would_change_nothing() -> N
     visit = Event("e-4", "u-1", "page_view", START, device_id="d", ip="192.0.2.1")
     assert not holds(LinkState.from_bytes(stored(visit)[NET]), first, "net")  # no sign-up
     referral = Event(
-        "e-5", "u-1", "referral", START, device_id="d", ip="192.0.2.1",
+        "e-5",
+        "u-1",
+        "referral",
+        START,
+        device_id="d",
+        ip="192.0.2.1",
         attributes={"referred_user_id": "u-7"},
     )
     assert not holds(state, referral, "net")
@@ -193,7 +198,8 @@ def _worker_runs(draw: st.DrawFn) -> tuple[list[Event], list[int]]:
     for n in range(draw(st.integers(1, 40))):
         user = draw(st.sampled_from(_USERS))
         kind = draw(st.sampled_from(["signup", "page_view", "referral"]))
-        attributes = {"referred_user_id": draw(st.sampled_from(_USERS))} if kind == "referral" else {}
+        referred = draw(st.sampled_from(_USERS))
+        attributes = {"referred_user_id": referred} if kind == "referral" else {}
         ts = START + draw(st.integers(0, 3 * DAY_MS))
         ip = f"192.0.2.{draw(st.integers(1, 3))}"
         events.append(Event(f"e-{n}", user, kind, ts, device_id="d", ip=ip, attributes=attributes))
@@ -220,7 +226,7 @@ def test_dropping_what_the_view_holds_gives_the_facts_of_laying_everything_over(
         for kind, key in link_keys(event):
             state = LinkState.from_bytes(rows.get(key))
             for earlier in events[:n]:
-                if key in dict((k, kind) for kind, k in link_keys(earlier)):
+                if key in {passed for _, passed in link_keys(earlier)}:
                     state = advance_link(state, earlier, kind)
             everything.append(observe_link(state, event, kind)[1])
         assert list(view.facts(event)) == everything

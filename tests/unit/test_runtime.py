@@ -56,6 +56,7 @@ class Toy:
 
     def __init__(self, commit_within_ms: int) -> None:
         self.seen: list[tuple[int, int]] = []  # (partition, offset) of every record handled
+        self.batches: list[int] = []  # how many records each batch handed to the stage had
         self.effects: list[tuple[int, int]] = []  # (partition, offset) of every effect run
         self.explode: set[int] = set()  # offsets whose effect raises
         stage = Stage("count", ("in",), ("counts",), self.count, commit_within_ms)
@@ -63,6 +64,7 @@ class Toy:
 
     def count(self, batch: Batch) -> Sequence[Out]:
         table = batch.tables["counts"]
+        self.batches.append(len(batch.messages))
         outputs = []
         for message in batch.messages:
             self.seen.append((message.partition, message.offset))
@@ -304,7 +306,9 @@ async def test_the_next_transaction_opens_ahead_with_what_the_task_writes(
         # Left idle, it is ended (well before the coordinator's timeout would abort it
         # and fence the producer) and the next one opened.
         idle = w.broker.open[tid(0)]
-        monkeypatch.setattr(task_module, "OPEN_AHEAD_MAX_S", 0.0)
+        # Longer than the add-ahead delay: a limit of 0 would end each one opened before
+        # its partitions could be added, and the test would wait for a state never seen.
+        monkeypatch.setattr(task_module, "OPEN_AHEAD_MAX_S", 0.05)
         await w.until(lambda: idle.state == "committed" and bool(opened_ahead(w).groups_ahead))
         assert w.broker.open[tid(0)].partitions == ahead.partitions
         # Stopping aborts the one open ahead: nothing is left open for the next owner.
@@ -378,14 +382,23 @@ async def test_at_least_once_commits_no_offset_past_a_record_not_delivered() -> 
         assert {_parse(r)[:2] for r in w.broker.records(OUT)} == {(0, n) for n in range(5)}
 
 
-async def test_records_handled_while_a_commit_is_in_flight_go_in_the_next_one() -> None:
+def waiting(worker: Worker, partition: int) -> int:
+    """How many records of task ``partition`` wait for its transaction in flight."""
+    task = worker.runtime.tasks.get(partition)
+    return 0 if task is None else sum(len(m) for m in task.waiting.values())
+
+
+async def test_records_fetched_while_a_commit_is_in_flight_wait_and_go_in_the_next_one() -> None:
     async with world() as w:
         held = w.broker.hold_commits(tid(0))
         w.produce(0, 5)
         a = await w.worker().start(0)
         await w.until(lambda: busy(a, 0))
-        w.produce(0, 5)
-        await w.until(lambda: len(a.toy.seen) == 10)  # handled while 0-4 commit
+        w.produce(0, 3)
+        await w.until(lambda: waiting(a, 0) == 3)
+        w.produce(0, 2)
+        await w.until(lambda: waiting(a, 0) == 5)  # two fetches, while 0-4 commit
+        assert a.toy.seen == [(0, n) for n in range(5)]  # not handled yet
         assert w.outputs() == []
         held.set()
         await w.until(lambda: w.committed(0) == 10)
@@ -393,9 +406,39 @@ async def test_records_handled_while_a_commit_is_in_flight_go_in_the_next_one() 
         offsets = [item[1] for kind, item in w.broker.history if kind == "offset"]
         assert offsets == [5, 10]  # two transactions: 0-4, then 5-9
         assert a.toy.seen == [(0, n) for n in range(10)]
+        assert a.toy.batches == [5, 5]  # what waited went to the stage as one batch
 
 
-async def test_records_handled_while_a_commit_fails_are_handled_again_once() -> None:
+async def test_records_waiting_are_handled_at_once_when_a_full_batch_has_come() -> None:
+    """However long a transaction takes, at most a batch of records waits per input."""
+    async with world() as w:
+        held = w.broker.hold_commits(tid(0))
+        w.produce(0, 5)
+        a = await w.worker().start(0)
+        await w.until(lambda: busy(a, 0))
+        w.produce(0, 150)  # batch_max_records is 100
+        await w.until(lambda: len(a.toy.seen) == 105 and waiting(a, 0) == 50)
+        assert a.toy.seen == [(0, n) for n in range(105)]
+        held.set()
+        await w.until(lambda: w.committed(0) == 155)
+        w.check_exactly_once()
+        assert a.toy.seen == [(0, n) for n in range(155)]
+
+
+def test_records_come_after_those_already_waiting_even_once_the_commit_has_ended() -> None:
+    """Between a transaction's end and the callback that hands on what waited, a fetch may
+    bring more: they queue behind, so no record is handled before an earlier one."""
+    task = task_module.Task(0, inputs=[tp_in(0)], tables={}, producer=None, transactional=True)
+    assert task.wait(tp_in(0), ["a"], most=3) == ["a"]  # nothing in flight: at once
+    task.waiting[tp_in(0)] = ["b"]  # left by a transaction that has just ended
+    assert task.wait(tp_in(0), ["c"], most=3) == []
+    assert task.wait(tp_in(0), ["d"], most=3) == ["b", "c", "d"]  # a full batch: all now
+    task.waiting[tp_in(0)] = ["e"]
+    assert task.take_waiting() == {tp_in(0): ["e"]}
+    assert task.waiting == {}
+
+
+async def test_records_waiting_when_a_commit_fails_are_dropped_and_handled_once() -> None:
     async with world() as w:
         held = w.broker.hold_commits(tid(0))
         w.broker.fail_next_commit(tid(0))
@@ -403,11 +446,11 @@ async def test_records_handled_while_a_commit_fails_are_handled_again_once() -> 
         a = await w.worker().start(0)
         await w.until(lambda: busy(a, 0))
         w.produce(0, 5)
-        await w.until(lambda: len(a.toy.seen) == 10)  # handled while 0-4 commit
-        held.set()  # ... and that commit fails: 5-9 go with it
+        await w.until(lambda: waiting(a, 0) == 5)  # waiting while 0-4 commit
+        held.set()  # ... and that commit fails: the task rewinds to 0 and reads all again
         await w.until(lambda: w.committed(0) == 10)
         w.check_exactly_once()
-        assert sorted(a.toy.seen) == sorted([(0, n) for n in range(10)] * 2)
+        assert a.toy.seen == [(0, n) for n in range(5)] + [(0, n) for n in range(10)]
 
 
 # ---------------------------------------------------------------- rebalances
@@ -421,7 +464,7 @@ async def test_revocation_commits_what_was_handled_and_a_new_owner_takes_over() 
         a = await w.worker().start(0, 1)
         await w.until(lambda: busy(a, 1) and w.committed(0) == 4)
         w.produce(1, 3)
-        await w.until(lambda: len(a.toy.seen) == 12)  # 5-7 handled while 0-4 commit
+        await w.until(lambda: waiting(a, 1) == 3)  # 5-7 wait while 0-4 commit
         producer = a.clients.producer_of(tid(1))
         # The group moves partition 1 away; the revocation waits for the commit in flight.
         moving = asyncio.create_task(a.assign(0))
@@ -429,7 +472,7 @@ async def test_revocation_commits_what_was_handled_and_a_new_owner_takes_over() 
         assert not moving.done()
         held.set()
         await asyncio.wait_for(moving, 1)
-        assert w.committed(1) == 8  # what was handled during the commit is committed too
+        assert w.committed(1) == 8  # what waited for that commit is handled and committed too
         w.check_exactly_once()
         assert set(a.runtime.tasks) == {0}
         assert producer.stopped
