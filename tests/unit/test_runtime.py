@@ -388,12 +388,19 @@ def waiting(worker: Worker, partition: int) -> int:
     return 0 if task is None else sum(len(m) for m in task.waiting.values())
 
 
+async def first_commit_held(w: World) -> tuple[Worker, asyncio.Event]:
+    """A worker on partition 0 whose first transaction, of records 0-4, stays in flight
+    until the returned event is set."""
+    held = w.broker.hold_commits(tid(0))
+    w.produce(0, 5)
+    a = await w.worker().start(0)
+    await w.until(lambda: busy(a, 0))
+    return a, held
+
+
 async def test_records_fetched_while_a_commit_is_in_flight_wait_and_go_in_the_next_one() -> None:
     async with world() as w:
-        held = w.broker.hold_commits(tid(0))
-        w.produce(0, 5)
-        a = await w.worker().start(0)
-        await w.until(lambda: busy(a, 0))
+        a, held = await first_commit_held(w)
         w.produce(0, 3)
         await w.until(lambda: waiting(a, 0) == 3)
         w.produce(0, 2)
@@ -412,10 +419,7 @@ async def test_records_fetched_while_a_commit_is_in_flight_wait_and_go_in_the_ne
 async def test_records_waiting_are_handled_at_once_when_a_full_batch_has_come() -> None:
     """However long a transaction takes, at most a batch of records waits per input."""
     async with world() as w:
-        held = w.broker.hold_commits(tid(0))
-        w.produce(0, 5)
-        a = await w.worker().start(0)
-        await w.until(lambda: busy(a, 0))
+        a, held = await first_commit_held(w)
         w.produce(0, 150)  # batch_max_records is 100
         await w.until(lambda: len(a.toy.seen) == 105 and waiting(a, 0) == 50)
         assert a.toy.seen == [(0, n) for n in range(105)]
@@ -508,10 +512,7 @@ async def test_a_zombie_owner_is_fenced_and_its_transaction_never_shows() -> Non
 
 async def test_a_batch_fetched_before_a_recovery_rewind_is_not_handled() -> None:
     async with world() as w:
-        held = w.broker.hold_commits(tid(0))
-        w.produce(0, 5)
-        a = await w.worker().start(0)
-        await w.until(lambda: busy(a, 0))
+        a, held = await first_commit_held(w)
 
         async def fail_the_commit(batches: dict[TopicPartition, list[Record]]) -> None:
             # 5-9 are fetched; before the loop handles them, the commit of 0-4 fails.
@@ -529,10 +530,7 @@ async def test_a_batch_fetched_before_a_recovery_rewind_is_not_handled() -> None
 
 async def test_a_batch_fetched_before_a_reassignment_is_not_handled() -> None:
     async with world() as w:
-        held = w.broker.hold_commits(tid(0))
-        w.produce(0, 5)
-        a = await w.worker().start(0)
-        await w.until(lambda: busy(a, 0))
+        a, held = await first_commit_held(w)
 
         async def rebalance(batches: dict[TopicPartition, list[Record]]) -> None:
             # 5-9 are fetched; before the loop handles them the group rebalances, and the
