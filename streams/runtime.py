@@ -5,11 +5,10 @@ inputs forms a task (:mod:`streams.task`): the loop hands each fetched batch to
 its stage's handler, and each task commits what it handled (outputs, table
 changes, input offsets) in one transaction of its own producer, in the
 background, when the oldest of it has waited its stage's ``commit_within_ms``.
-The loop never waits for a commit: it fetches on, and what a task's records
-fetched meanwhile wait for is the end of its transaction, when they are handled
-in one batch. If a transaction
-fails, the task drops everything not committed, restores its tables from their
-changelogs and reads on from its committed offsets.
+The loop never waits for a commit: it fetches on, and a task's records fetched
+meanwhile wait for the end of its transaction, when they are handled in one
+batch. If a transaction fails, the task drops everything not committed, restores
+its tables from their changelogs and reads on from its committed offsets.
 
 With ``at_least_once`` one plain idempotent producer writes everything and the
 offsets are committed after delivery; a crash may then decide an event again
