@@ -316,8 +316,16 @@ class Runtime:
     def _handle_waiting(self, task: Task) -> None:
         """Handle what waited for the task's transaction to end (a task no longer owned or
         failed drops it: its inputs are read again from the committed offsets)."""
-        if task.waiting and not task.busy and self.tasks.get(task.partition) is task:
+        if not task.waiting or task.busy or self.tasks.get(task.partition) is not task:
+            return
+        try:
             self._handle(task.take_waiting())
+        except Exception:
+            # Here, in a commit's callback, a stage's error would vanish with the records
+            # taken, and later records would commit past them. The task fails instead: it
+            # is recovered from its committed offsets, and the loop meets the error again.
+            log.exception("waiting.handle_failed task=%d", task.partition)
+            task.state = TaskState.FAILED
 
     def _commit_due(self) -> None:
         now = time.monotonic()

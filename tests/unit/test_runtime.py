@@ -59,6 +59,7 @@ class Toy:
         self.batches: list[int] = []  # how many records each batch handed to the stage had
         self.effects: list[tuple[int, int]] = []  # (partition, offset) of every effect run
         self.explode: set[int] = set()  # offsets whose effect raises
+        self.broken: set[int] = set()  # offsets the stage itself raises on (a bug)
         stage = Stage("count", ("in",), ("counts",), self.count, commit_within_ms)
         self.topology = Topology(stages=(stage,), changelog_of=lambda t: f"toy-{t}-changelog")
 
@@ -67,6 +68,8 @@ class Toy:
         self.batches.append(len(batch.messages))
         outputs = []
         for message in batch.messages:
+            if message.offset in self.broken:
+                raise RuntimeError(f"a stage's bug at offset {message.offset}")
             self.seen.append((message.partition, message.offset))
             assert message.key is not None
             n = int(table.get(message.key) or 0) + 1
@@ -427,6 +430,21 @@ async def test_records_waiting_are_handled_at_once_when_a_full_batch_has_come() 
         await w.until(lambda: w.committed(0) == 155)
         w.check_exactly_once()
         assert a.toy.seen == [(0, n) for n in range(155)]
+
+
+async def test_a_stage_error_on_waiting_records_commits_nothing_past_them() -> None:
+    """A stage that raises on records that waited must not lose them: nothing after them
+    is committed, and the error stops the loop as it does when met there."""
+    async with world() as w:
+        a, held = await first_commit_held(w)
+        w.produce(0, 5)
+        await w.until(lambda: waiting(a, 0) == 5)
+        a.toy.broken.add(7)
+        held.set()
+        with pytest.raises(RuntimeError, match="offset 7"):
+            await w.until(lambda: False)
+        assert w.committed(0) == 5
+        assert (0, 8) not in a.toy.seen
 
 
 def test_records_come_after_those_already_waiting_even_once_the_commit_has_ended() -> None:
