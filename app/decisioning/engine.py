@@ -40,7 +40,14 @@ from app.decisioning import checks
 from app.decisioning.explain import explain, fraud_codes, fraud_words, risk_words
 from app.decisioning.ledger import Ledger, Share
 from app.decisioning.policy import Candidate, Policy, Situation, policy_for
-from app.features.derive import as_vector, from_vector, model_features, rule_env
+from app.features.derive import (
+    as_vector,
+    from_vector,
+    model_features,
+    profile_codes,
+    profile_inputs,
+    rule_env,
+)
 from app.features.state import (
     WEEK_MS,
     Grant,
@@ -452,7 +459,7 @@ class Engine:
             value=chosen.value,
             cost=chosen.cost,
             ts=event.ts,
-            features=as_vector(chosen.features),
+            features=as_vector(chosen.features, chosen.profile_codes, self.program.model_profile),
             learn=self._consents(user)[0],
             pending=pending,
             earned_type=event.type,
@@ -699,6 +706,10 @@ class Engine:
         channel, value, cost = admission.channel, admission.value, admission.cost
         rule_codes = admission.rule_codes
         features = model_features(user, event, kind=reward.kind, channel=channel)
+        fields = self.program.model_profile
+        codes = profile_codes(user.profile, fields) if fields else ()
+        if codes:
+            features.update(profile_inputs(codes, fields))
         if scored:
             propensity = self._propensity(reward, features, user)
         else:
@@ -708,7 +719,7 @@ class Engine:
         # with probability ``risk``, so its cost counts against it.
         priority = propensity * value * lever - risk * cost
         return Candidate(
-            reward, channel, value, cost, propensity, lever, priority, features, rule_codes
+            reward, channel, value, cost, propensity, lever, priority, features, rule_codes, codes
         )
 
     def _propensity(self, reward: Reward, features: dict[str, float], user: UserState) -> float:
@@ -765,7 +776,10 @@ class Engine:
         # Users who opted out of personalization (then or now) train no model.
         if not offer.learn or not self._consents(user)[0]:
             return Answer(offer.reward_id, redeemed, None)
-        features = {**from_vector(offer.features), f"reward={offer.reward_id}": 1.0}
+        features = {
+            **from_vector(offer.features, self.program.model_profile),
+            f"reward={offer.reward_id}": 1.0,
+        }
         predicted = self.models.predict_one(offer.kind, features)
         self.models.learn_one(offer.kind, features, redeemed)
         return Answer(offer.reward_id, redeemed, predicted)
@@ -801,7 +815,7 @@ class Engine:
             ts=event.ts,
             channel=chosen.channel,
             cost=chosen.cost,
-            features=as_vector(chosen.features),
+            features=as_vector(chosen.features, chosen.profile_codes, self.program.model_profile),
             learn=self._consents(user)[0],
         )
 

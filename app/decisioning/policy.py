@@ -47,8 +47,9 @@ class Candidate:
     propensity: float  # the model's P(redeemed | offered now), blended with the user's answers
     lever: float
     priority: float
-    features: dict[str, float]
+    features: dict[str, float]  # the model's inputs, the profile's among them
     rule_codes: tuple[str, ...]
+    profile_codes: tuple[float, ...] = ()  # the profile's groups, stored with an offer
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,18 +6,23 @@ Two views of the same user:
   (``purchases``, ``days_since_signup``, ``age`` ...), with ``None`` where a
   value is unknown;
 - :func:`model_features`: the numeric context the propensity models learn
-  from. It is purely behavioural: no profile attribute (age, country, segment)
-  ever enters a model, so no protected attribute can shape a learned score.
+  from: the user's behaviour, and (:func:`profile_inputs`) the profile fields a
+  program names in ``model_profile``, each as a few fixed groups. A program can
+  never name a protected attribute as a profile field, nor ``age`` as a model
+  input (the loader refuses both), the models score only users who consented to
+  personalization, and the fairness audit (docs/fairness.md) watches what a
+  profile-aware model does to each group.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Any
 
 from app.contract.records import Event
 from app.features.state import DAY_MS, UserState
-from app.programs import REWARD_KINDS
+from app.programs import REWARD_KINDS, ModelProfileField
 
 CHANNELS = ("web", "mobile", "email", "sms", "store")
 TRIGGER_TYPES = ("signup", "session_start", "page_view", "purchase", "referral", "survey")
@@ -123,10 +128,65 @@ def _tastes(state: UserState) -> dict[str, float]:
     return tastes
 
 
-def as_vector(features: dict[str, float]) -> tuple[float, ...]:
-    """Compact, ordered form for storing with a pending offer (4 decimals are plenty)."""
-    return tuple(round(features[name], 4) for name in MODEL_FEATURES)
+NO_GROUP = -1.0  # a profile code for a user without a value (or one of the wrong type)
 
 
-def from_vector(vector: tuple[float, ...]) -> dict[str, float]:
-    return dict(zip(MODEL_FEATURES, vector, strict=True))
+def profile_codes(
+    profile: dict[str, Any], fields: tuple[ModelProfileField, ...]
+) -> tuple[float, ...]:
+    """The group of each of ``fields`` the user's profile falls in, by index."""
+    codes = []
+    for field in fields:
+        code = field.code(profile.get(field.name))
+        codes.append(NO_GROUP if code is None else float(code))
+    return tuple(codes)
+
+
+def profile_inputs(
+    codes: tuple[float, ...], fields: tuple[ModelProfileField, ...]
+) -> dict[str, float]:
+    """The model inputs of these codes: an indicator per group of each field, 1 for
+    the user's group and 0 for the others (all 0 without a value). Every indicator is
+    always there: the models' scaler learns a feature's spread from the values it sees,
+    and an indicator sent only when it is 1 would have none, and be scaled to nothing."""
+    inputs: dict[str, float] = {}
+    for field, code in zip(fields, codes, strict=True):
+        for index, name in enumerate(field.inputs()):
+            inputs[name] = 1.0 if index == code else 0.0
+    return inputs
+
+
+def fingerprint(fields: tuple[ModelProfileField, ...]) -> float:
+    """A number that changes when the fields, their order or their groups do (an exact
+    float: 24 bits)."""
+    described = "|".join(f"{field.name}:{','.join(field.groups)}" for field in fields)
+    return float(zlib.crc32(described.encode()) & 0xFFFFFF)
+
+
+def as_vector(
+    features: dict[str, float],
+    codes: tuple[float, ...] = (),
+    fields: tuple[ModelProfileField, ...] = (),
+) -> tuple[float, ...]:
+    """Compact, ordered form for storing with a pending offer (4 decimals are plenty):
+    the behavioural features, then (with ``codes`` of ``fields``) the fields'
+    :func:`fingerprint` and the codes."""
+    behaviour = (round(features[name], 4) for name in MODEL_FEATURES)
+    if not codes:
+        return tuple(behaviour)
+    return (*behaviour, fingerprint(fields), *codes)
+
+
+def from_vector(
+    vector: tuple[float, ...], fields: tuple[ModelProfileField, ...] = ()
+) -> dict[str, float]:
+    """The features stored by :func:`as_vector`. Profile codes are read only when they
+    were stored under the same ``fields``, in the same order and with the same groups:
+    an offer made under a program that named other fields (or none) is learned from
+    its behaviour alone, never with a code read as another field's or group's."""
+    width = len(MODEL_FEATURES)
+    features = dict(zip(MODEL_FEATURES, vector[:width], strict=True))
+    stored = vector[width:]
+    if fields and len(stored) == len(fields) + 1 and stored[0] == fingerprint(fields):
+        features.update(profile_inputs(stored[1:], fields))
+    return features

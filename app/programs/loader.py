@@ -46,6 +46,7 @@ from app.programs.model import (
     Fraud,
     FrozenMap,
     Learning,
+    ModelProfileField,
     Opened,
     PeriodBudget,
     Program,
@@ -76,6 +77,10 @@ RULE_NAME = REWARD_ID
 CURRENCY = (re.compile(r"[A-Z]{3}"), "a three-letter currency code such as 'EUR'")
 MIN_SUPPRESSION_SECONDS = 60
 # Audit groups become metric labels: a short list of plain values keeps them few and safe.
+MODEL_VALUE = (
+    re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,39}"),
+    "letters, digits, '.', '-' and '_', starting with a letter or digit, at most 40",
+)
 AUDIT_GROUP = (
     re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}"),
     "letters, digits, ' ', '.', '-' and '_', starting with a letter or digit",
@@ -370,6 +375,7 @@ def _choices(where: _Where, value: object, allowed: Collection[str], what: str) 
 _PROGRAM_REQUIRED = ("id", "name", "currency", "triggers", "rewards")
 _PROGRAM_OPTIONAL = (
     "profile_fields",
+    "model_profile",
     "budgets",
     "contact",
     "levers",
@@ -415,6 +421,9 @@ def _program(where: _Where, document: object, sha256: str) -> Program:
             where.key("non_personalized_default"), fields.get("non_personalized_default"), rewards
         ),
         profile_fields=profile_fields,
+        model_profile=_model_profile(
+            where.key("model_profile"), fields.get("model_profile", []), profile_fields
+        ),
         learning=_learning(where.key("learning"), fields.get("learning", {})),
         fraud=_fraud(where.key("fraud"), fields.get("fraud", {})),
         audit=_optional(where, fields, "audit", lambda w, v: _audit(w, v, profile_fields)),
@@ -475,6 +484,83 @@ def _check_profile_field(where: _Where, name: str) -> None:
         where.fail(f"{name!r} must be a lower-case name of letters, digits and '_'")
     if name in ENGINE_NAMES or name in FUNCTIONS:
         where.fail(f"{name!r} is already a name the engine provides; choose another name")
+
+
+MAX_MODEL_GROUPS = 16  # a field's groups each become a model input; a few are plenty
+
+
+def _model_profile(
+    where: _Where, value: object, profile_fields: tuple[str, ...]
+) -> tuple[ModelProfileField, ...]:
+    if not isinstance(value, list):
+        where.fail(
+            f"must be a list of profile fields with their bands or values, got {_type_name(value)}"
+        )
+    chosen: list[ModelProfileField] = []
+    for index, item in enumerate(value):
+        here = where.item(index)
+        fields = _fields(here, item, required=("field",), optional=("bands", "values"))
+        name = _text(here.key("field"), fields["field"])
+        if name not in profile_fields:
+            here.key("field").fail(
+                f"{name!r} is not one of the program's profile_fields"
+                f"{did_you_mean(name, profile_fields)}; a model learns only from fields the "
+                f"program keeps: {one_of(profile_fields) or 'the program has none'}"
+            )
+        if name in ELIGIBILITY_ONLY:
+            here.key("field").fail(
+                f"{name!r} may be used only in eligibility rules (legal suitability), "
+                "never by the learned models"
+            )
+        if any(field.name == name for field in chosen):
+            here.key("field").fail(f"{name!r} is listed twice")
+        if ("bands" in fields) == ("values" in fields):
+            here.fail(
+                "needs either 'bands' (ascending bounds, for a number) or 'values' (the "
+                "values to tell apart, for text), not "
+                + ("both" if "bands" in fields else "neither")
+            )
+        if "bands" in fields:
+            chosen.append(ModelProfileField(name, bands=_bands(here.key("bands"), fields["bands"])))
+        else:
+            values = _model_values(here.key("values"), fields["values"])
+            chosen.append(ModelProfileField(name, values=values))
+    return tuple(chosen)
+
+
+def _bands(where: _Where, value: object) -> tuple[float, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) < MAX_MODEL_GROUPS:
+        where.fail(
+            f"must be a list of 1 to {MAX_MODEL_GROUPS - 1} ascending bounds, "
+            f"got {_type_name(value) if not isinstance(value, list) else len(value)}"
+        )
+    bounds: list[float] = []
+    for index, item in enumerate(value):
+        here = where.item(index)
+        if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
+            here.fail(f"must be a finite number, got {_type_name(item)}")
+        if bounds and item <= bounds[-1]:
+            here.fail(f"must be greater than the bound before it ({bounds[-1]:g}), got {item:g}")
+        bounds.append(float(item))
+    return tuple(bounds)
+
+
+def _model_values(where: _Where, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) < MAX_MODEL_GROUPS:
+        where.fail(
+            f"must be a list of 1 to {MAX_MODEL_GROUPS - 1} values (any other value "
+            f"is grouped as 'other'), "
+            f"got {_type_name(value) if not isinstance(value, list) else len(value)}"
+        )
+    values: list[str] = []
+    for index, item in enumerate(value):
+        text = _text(where.item(index), item, form=MODEL_VALUE)
+        if text == "other":
+            where.item(index).fail("'other' is reserved: it groups every value not listed")
+        if text in values:
+            where.item(index).fail(f"{text!r} is listed twice")
+        values.append(text)
+    return tuple(values)
 
 
 # --- rewards ----------------------------------------------------------------------------------

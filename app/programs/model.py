@@ -9,6 +9,7 @@ used as a cache key.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from collections.abc import Iterator, Mapping
@@ -366,6 +367,53 @@ class Experiment:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelProfileField:
+    """A profile field the propensity models may learn from, as a few named groups.
+
+    ``bands``: for a number, the ascending bounds of its bands (``[25, 35]`` makes
+    ``<25``, ``25-35`` and ``>=35``); ``values``: for text, the values it may take,
+    anything else falling in ``other``. Exactly one of the two is set, so a model's
+    inputs stay few and known whatever values producers send.
+    """
+
+    name: str
+    bands: tuple[float, ...] = ()
+    values: tuple[str, ...] = ()
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The labels of this field's groups, in order (a group's index is its code):
+        ``lt25``, ``25-35``, ``ge35`` for bands; the values and ``other`` for text."""
+        if self.bands:
+            edges = [f"{bound:g}" for bound in self.bands]
+            inner = [f"{low}-{high}" for low, high in itertools.pairwise(edges)]
+            return (f"lt{edges[0]}", *inner, f"ge{edges[-1]}")
+        return (*self.values, "other")
+
+    def inputs(self) -> tuple[str, ...]:
+        """The model input of each group, by code: ``profile_<field>.<group>``."""
+        return tuple(f"profile_{self.name}.{group}" for group in self.groups)
+
+    def code(self, value: object) -> int | None:
+        """The index of the group ``value`` falls in; None for no value or the wrong type."""
+        if value is None:
+            return None
+        if self.bands:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return None
+            if not math.isfinite(value):
+                return None
+            return sum(1 for bound in self.bands if value >= bound)
+        text = value if isinstance(value, str) else None
+        if text is None:
+            return None
+        try:
+            return self.values.index(text)
+        except ValueError:
+            return len(self.values)
+
+
+@dataclass(frozen=True, slots=True)
 class Program:
     """A whole reward program, validated. ``source_sha256`` versions decisions."""
 
@@ -381,6 +429,7 @@ class Program:
     marketing_channels: tuple[str, ...] = ("email", "sms")
     non_personalized_default: str | None = None
     profile_fields: tuple[str, ...] = ()
+    model_profile: tuple[ModelProfileField, ...] = ()
     learning: Learning = Learning()
     fraud: Fraud = Fraud()
     audit: Audit | None = None

@@ -20,7 +20,7 @@ from app.decisioning.engine import REPEAT_WEIGHT
 from app.decisioning.ledger import Ledger
 from app.features import UserState
 from app.features.derive import from_vector
-from app.programs import Program, load_builtin, load_program
+from app.programs import Budgets, ModelProfileField, Program, load_builtin, load_program
 
 check_decision = fastjsonschema.compile(load_schema("decision"))
 T0 = 1_772_366_400_000
@@ -358,6 +358,114 @@ def test_outcomes_change_the_decisions_that_follow() -> None:
     assert after.action == "points"
     assert engine.models.updates > 40
     assert any(r.startswith("feature.") for r in after.reasons)
+
+
+def taught_by_tenure(program: Program) -> tuple[str | None, str | None]:
+    """Customers of few years redeem cashback and dismiss points, long-standing ones
+    the reverse; then what a new and an old customer are offered at their first
+    purchase here."""
+    program = dataclasses.replace(program, profile_fields=(*program.profile_fields, "tenure"))
+    engine = Engine(dataclasses.replace(tuned(program, min_priority=0.0), budgets=Budgets()))
+    for n in range(60):
+        run = Run(engine, user=f"u{n}")
+        young = n % 2 == 0
+        run.send("consent_updated", ts=T0 + n * DAY, attributes={"tenure": 1 if young else 12})
+        for step in range(2):
+            ts = T0 + n * DAY + (2 * step + 1) * HOUR
+            event = run.send("purchase", ts=ts, amount=30.0, currency="EUR", channel="web")
+            if event.action is None:
+                continue
+            liked = "cashback" if young else "points"
+            outcome = "reward_redeemed" if event.action == liked else "reward_dismissed"
+            run.send(outcome, ts=ts + HOUR, decision_id=event.decision_id)
+
+    def first_offer(user: str, tenure: int) -> str | None:
+        run = Run(engine, user=user)
+        run.send("consent_updated", ts=T0 + 70 * DAY, attributes={"tenure": tenure})
+        decision = run.send(
+            "purchase", ts=T0 + 70 * DAY + HOUR, amount=30.0, currency="EUR", channel="web"
+        )
+        return decision.action
+
+    return first_offer("new", 2), first_offer("old", 9)
+
+
+def test_a_model_learns_from_the_profile_fields_the_program_names() -> None:
+    by_tenure = dataclasses.replace(
+        PROGRAM, model_profile=(ModelProfileField("tenure", bands=(3.0, 8.0)),)
+    )
+    assert taught_by_tenure(by_tenure) == ("cashback", "points")
+    # Without model_profile the models see behaviour only: two users who have done
+    # nothing here yet look the same to them, whatever their profile.
+    new, old = taught_by_tenure(PROGRAM)
+    assert new == old
+
+
+def test_an_explanation_names_the_profile_group_that_moved_the_score() -> None:
+    engine = Engine(
+        dataclasses.replace(
+            tuned(min_priority=0.0),
+            budgets=Budgets(),
+            model_profile=(ModelProfileField("country", values=("DE", "FR")),),
+        )
+    )
+    for n in range(30):
+        run = Run(engine, user=f"u{n}")
+        run.send("consent_updated", ts=T0 + n * DAY, attributes={"country": "DE"})
+        granted = run.send("purchase", ts=T0 + n * DAY + HOUR, amount=30.0, currency="EUR")
+        if granted.action is not None:
+            answered = T0 + n * DAY + 2 * HOUR
+            run.send("reward_dismissed", ts=answered, decision_id=granted.decision_id)
+        other = Run(engine, user=f"v{n}")
+        other.send("consent_updated", ts=T0 + n * DAY, attributes={"country": "NL"})
+        granted = other.send("purchase", ts=T0 + n * DAY + HOUR, amount=30.0, currency="EUR")
+        if granted.action is not None:
+            answered = T0 + n * DAY + 2 * HOUR
+            other.send("reward_redeemed", ts=answered, decision_id=granted.decision_id)
+    run = Run(engine, user="probe")
+    run.send("consent_updated", ts=T0 + 40 * DAY, attributes={"country": "IT"})
+    decision = run.send("purchase", ts=T0 + 40 * DAY + HOUR, amount=30.0, currency="EUR")
+    codes = [r for r in decision.reasons if r.startswith("feature.profile_country.")]
+    # IT counts as "other", the group that redeemed: being in it, and not in DE, raised
+    # the score.
+    assert any(code.startswith("feature.profile_country.other:+") for code in codes)
+    assert not any(code.startswith("feature.profile_country.DE:-") for code in codes)
+
+
+def test_an_offer_stores_its_profile_groups_and_reads_them_only_under_the_same_fields() -> None:
+    tenure = ModelProfileField("tenure", bands=(30.0,))
+    country = ModelProfileField("country", values=("DE",))
+    program = dataclasses.replace(
+        PROGRAM, profile_fields=("country", "tenure"), model_profile=(tenure, country)
+    )
+    run = Run(Engine(program))
+    run.send("consent_updated", attributes={"tenure": 41})  # no country
+    granted = run.send("purchase", ts=T0 + HOUR, amount=30.0, currency="EUR", channel="web")
+    [offer] = [p for p in run.state.pending if p.decision_id == granted.decision_id]
+    assert offer.features[-2:] == (1.0, -1.0)  # tenure 41: the second band; country: none
+    inputs = {k: v for k, v in from_vector(offer.features, (tenure, country)).items() if "." in k}
+    assert inputs == {
+        "profile_tenure.lt30": 0.0,
+        "profile_tenure.ge30": 1.0,
+        "profile_country.DE": 0.0,
+        "profile_country.other": 0.0,
+    }
+    # Under a program that names other fields (or none), the codes are not read as
+    # theirs: the offer is learned from its behaviour alone.
+    others = (
+        (),
+        (tenure,),
+        (country, tenure),  # the same fields in another order
+        (tenure, ModelProfileField("country", values=("DE", "FR"))),  # other groups
+        (tenure, country, ModelProfileField("segment", values=("a",))),
+    )
+    for fields in others:
+        assert not any(k.startswith("profile_") for k in from_vector(offer.features, fields))
+    # An offer stored before the program named any field has no codes.
+    assert (
+        from_vector(offer.features[:-3], (tenure, country)).keys()
+        == from_vector(offer.features).keys()
+    )
 
 
 def test_no_answer_within_the_window_counts_as_not_redeemed() -> None:

@@ -100,6 +100,27 @@ def test_an_audit_groups_users_by_a_profile_field(tmp_path: Path) -> None:
     assert load_program(write(tmp_path, minimal(), "plain.yaml")).audit is None
 
 
+def test_a_program_names_the_profile_fields_its_models_learn_from(tmp_path: Path) -> None:
+    document = minimal()
+    document["profile_fields"].append("tenure")
+    document["model_profile"] = [
+        {"field": "tenure", "bands": [25, 40.5]},
+        {"field": "country", "values": ["DE", "FR"]},
+    ]
+    tenure, country = load_program(write(tmp_path, document, "ok.yaml")).model_profile
+    assert tenure.groups == ("lt25", "25-40.5", "ge40.5")
+    assert [tenure.code(v) for v in (18, 25, 40, 40.5, 90, None, "31", True)] == [
+        0, 1, 1, 2, 2, None, None, None,
+    ]  # fmt: skip
+    assert country.inputs() == (
+        "profile_country.DE",
+        "profile_country.FR",
+        "profile_country.other",
+    )
+    assert [country.code(v) for v in ("FR", "NL", None, 7)] == [1, 2, None, None]
+    assert load_program(write(tmp_path, minimal(), "plain.yaml")).model_profile == ()
+
+
 def test_an_audit_accepts_groups_down_to_four_fifths_of_the_best_unless_it_says_otherwise(
     tmp_path: Path,
 ) -> None:
@@ -150,6 +171,16 @@ def _delete(*path: str | int) -> Mutation:
 
 def _append_reward(reward: Document) -> Mutation:
     return lambda document: document["rewards"].append(reward)
+
+
+def _model_profile(*fields: Document) -> Mutation:
+    """``model_profile`` set to ``fields``, the program keeping a numeric ``tenure`` too."""
+
+    def mutate(document: Document) -> None:
+        document["profile_fields"] = [*document["profile_fields"], "tenure"]
+        document["model_profile"] = list(fields)
+
+    return mutate
 
 
 CARD_RULE = ("rewards", 2, "eligibility", "adult")
@@ -395,6 +426,48 @@ ERROR_CASES: dict[str, tuple[Mutation, str, str]] = {
         _set("currency", to="euro"),
         "currency",
         "must be a three-letter currency code such as 'EUR', got 'euro'",
+    ),
+    "model input from a field the program does not keep": (
+        _set("model_profile", to=[{"field": "contry", "values": ["DE"]}]),
+        "model_profile[0] → field",
+        "'contry' is not one of the program's profile_fields (did you mean 'country'?)",
+    ),
+    "model input from age": (
+        _set("model_profile", to=[{"field": "age", "bands": [30]}]),
+        "model_profile[0] → field",
+        "'age' may be used only in eligibility rules (legal suitability), never by the "
+        "learned models",
+    ),
+    "model input with both bands and values": (
+        _set("model_profile", to=[{"field": "country", "bands": [30], "values": ["DE"]}]),
+        "model_profile[0]",
+        "needs either 'bands' (ascending bounds, for a number) or 'values' (the values to "
+        "tell apart, for text), not both",
+    ),
+    "model input with neither bands nor values": (
+        _set("model_profile", to=[{"field": "country"}]),
+        "model_profile[0]",
+        "not neither",
+    ),
+    "model input bands out of order": (
+        _model_profile({"field": "tenure", "bands": [30, 30]}),
+        "model_profile[0] → bands[1]",
+        "must be greater than the bound before it (30), got 30",
+    ),
+    "model input value 'other'": (
+        _set("model_profile", to=[{"field": "country", "values": ["DE", "other"]}]),
+        "model_profile[0] → values[1]",
+        "'other' is reserved: it groups every value not listed",
+    ),
+    "model input field listed twice": (
+        _model_profile({"field": "tenure", "bands": [3]}, {"field": "tenure", "bands": [4]}),
+        "model_profile[1] → field",
+        "'tenure' is listed twice",
+    ),
+    "model inputs not a list": (
+        _set("model_profile", to={"field": "age"}),
+        "model_profile",
+        "must be a list of profile fields with their bands or values, got mapping",
     ),
     "audit by a field the program does not keep": (
         _set("audit", to={"group_by": "contry", "groups": ["DE"]}),
