@@ -184,6 +184,7 @@ class Engine:
             for trigger in {t for r in program.rewards for t in r.triggers}
         }
         self.listed_order = {r.id: i for i, r in enumerate(program.rewards)}
+        self.reward_indicators = _reward_indicators(program.rewards)
 
     @contextlib.contextmanager
     def holding_learning(self, into: list[Deferred]) -> Iterator[None]:
@@ -724,7 +725,9 @@ class Engine:
 
     def _propensity(self, reward: Reward, features: dict[str, float], user: UserState) -> float:
         """P(user redeems ``reward`` if offered now): the model, then the user's own answers."""
-        model_p = self.models.predict_one(reward.kind, {**features, f"reward={reward.id}": 1.0})
+        model_p = self.models.predict_one(
+            reward.kind, {**features, **self.reward_indicators.get(reward.id, {})}
+        )
         return personalize(model_p, user, reward.kind)
 
     def _choose(
@@ -776,13 +779,18 @@ class Engine:
         # Users who opted out of personalization (then or now) train no model.
         if not offer.learn or not self._consents(user)[0]:
             return Answer(offer.reward_id, redeemed, None)
-        features = {
-            **from_vector(offer.features, self.program.model_profile),
-            f"reward={offer.reward_id}": 1.0,
-        }
+        features = self.offer_inputs(offer)
         predicted = self.models.predict_one(offer.kind, features)
         self.models.learn_one(offer.kind, features, redeemed)
         return Answer(offer.reward_id, redeemed, predicted)
+
+    def offer_inputs(self, offer: PendingOffer) -> dict[str, float]:
+        """What the model of the offer's kind learns from when the offer is answered: the
+        features stored with it and its reward's indicators."""
+        return {
+            **from_vector(offer.features, self.program.model_profile),
+            **self.reward_indicators.get(offer.reward_id, {}),
+        }
 
     def _dismissed(self, user: UserState, ts: int) -> UserState:
         suppression = self.program.contact.suppression
@@ -939,3 +947,20 @@ def _bucket_ms(program: Program) -> int:
     """Bucket width for period budgets: a 24th of the shortest window, at least a minute."""
     shortest = min((p.window.seconds for p in program.budgets.periods), default=3600)
     return max(60, shortest // 24) * 1000
+
+
+def _reward_indicators(rewards: tuple[Reward, ...]) -> dict[str, dict[str, float]]:
+    """Per reward, the inputs that tell it from the other rewards of its kind (which
+    share a model): ``reward.<id>`` for each of them, 1 for this one and 0 for the
+    others. All are sent every time: the models' scaler learns a feature's spread from
+    the values it sees, and an indicator sent only as 1 would have none and be scaled
+    to nothing. A reward alone in its kind needs none."""
+    indicators: dict[str, dict[str, float]] = {}
+    for reward in rewards:
+        siblings = [other.id for other in rewards if other.kind == reward.kind]
+        indicators[reward.id] = (
+            {f"reward.{other}": float(other == reward.id) for other in siblings}
+            if len(siblings) > 1
+            else {}
+        )
+    return indicators

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from app.decisioning import Answer, Engine
 from app.decisioning.engine import REPEAT_WEIGHT
 from app.decisioning.ledger import Ledger
 from app.features import UserState
-from app.features.derive import from_vector
+from app.features.derive import from_vector, model_features
 from app.programs import Budgets, ModelProfileField, Program, load_builtin, load_program
 
 check_decision = fastjsonschema.compile(load_schema("decision"))
@@ -268,8 +269,7 @@ def test_personalization_opt_out_gets_only_the_default_and_trains_nothing() -> N
 def offer_prediction(engine: Engine, state: UserState, decision: Decision) -> float:
     """What the model predicts now for the offer ``decision`` made the user."""
     [offer] = [p for p in state.pending if p.decision_id == decision.decision_id]
-    features = {**from_vector(offer.features), f"reward={offer.reward_id}": 1.0}
-    return engine.models.predict_one(offer.kind, features)
+    return engine.models.predict_one(offer.kind, engine.offer_inputs(offer))
 
 
 def test_an_answer_carries_the_prediction_the_model_made_before_learning_from_it() -> None:
@@ -466,6 +466,36 @@ def test_an_offer_stores_its_profile_groups_and_reads_them_only_under_the_same_f
         from_vector(offer.features[:-3], (tenure, country)).keys()
         == from_vector(offer.features).keys()
     )
+
+
+def test_a_model_tells_apart_two_rewards_of_its_kind() -> None:
+    points = PROGRAM.reward("points")
+    twin = dataclasses.replace(points, id="points-twin")
+    program = dataclasses.replace(
+        tuned(min_priority=0.0, epsilon=0.5), rewards=(points, twin), budgets=Budgets()
+    )
+    engine = Engine(program)
+    # Users dismiss the first and redeem its twin: one model scores both, and must
+    # learn which is which from the reward alone.
+    offered: Counter[str | None] = Counter()
+    for n in range(60):
+        run = Run(engine, user=f"u{n}")
+        for step in range(3):
+            ts = T0 + n * DAY + 2 * step * HOUR
+            decision = run.send("session_start", ts=ts, channel="web")
+            offered[decision.action] += 1
+            if decision.action is not None:
+                redeemed = decision.action == "points-twin"
+                answer = "reward_redeemed" if redeemed else "reward_dismissed"
+                run.send(answer, ts=ts + HOUR, decision_id=decision.decision_id)
+    assert min(offered["points"], offered["points-twin"]) >= 20
+
+    def score(reward: str) -> float:
+        event = Event(event_id="probe", user_id="probe", type="session_start", ts=T0, channel="web")
+        features = model_features(UserState(), event, kind="points", channel="web")
+        return engine.models.predict_one("points", {**features, **engine.reward_indicators[reward]})
+
+    assert score("points-twin") > 0.7 > 0.3 > score("points")
 
 
 def test_no_answer_within_the_window_counts_as_not_redeemed() -> None:

@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from app.contract import SourcePosition
 from app.decisioning import Engine
 from app.features import UserState
-from app.features.derive import from_vector
 from app.metrics import ROLLING_WINDOW_S, Children, Metrics, RollingGauge, metric_names
 from app.models import log_loss
 from app.pipeline import Pipeline, Tables
@@ -206,8 +205,8 @@ def test_log_loss_scores_the_prediction_the_model_made_before_learning() -> None
     assert stream.value(loss, program="test-program") == pytest.approx(math.log(2))
     second = stream.send("u-2", "signup")
     offer = UserState.from_bytes(stream.tables.users[b"u-2"]).pending[0]
-    features = {**from_vector(offer.features), f"reward={offer.reward_id}": 1.0}
-    before = stream.pipeline.engine.models.predict_one(offer.kind, features)
+    engine = stream.pipeline.engine
+    before = engine.models.predict_one(offer.kind, engine.offer_inputs(offer))
     assert before > 0.5  # it learned from the first redemption
     stream.answer(second, "reward_dismissed")
     expected = (math.log(2) + log_loss(before, redeemed=False)) / 2
