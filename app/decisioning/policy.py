@@ -185,8 +185,13 @@ class Uniform:
         self.seed = seed
 
     def choose(self, candidates: Sequence[Candidate], situation: Situation) -> Pick:
-        n = len(candidates)
-        pick = candidates[int(explore_draw(self.seed, situation.decision_id, "pick") * n)]
+        # Drawn among the candidates in the program's order, not ranked by score: the
+        # same event picks the same reward whatever the models have learned, so two
+        # runs of the baseline differ only where their gates do.
+        listed = {reward.id: i for i, reward in enumerate(situation.program.rewards)}
+        ordered = sorted(candidates, key=lambda c: listed.get(c.reward.id, len(listed)))
+        n = len(ordered)
+        pick = ordered[int(explore_draw(self.seed, situation.decision_id, "pick") * n)]
         return Pick(pick, 1.0 / n, "explore")
 
     def distribution(

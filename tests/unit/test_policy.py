@@ -13,7 +13,7 @@ import pytest
 from app.contract import Decision, Event
 from app.decisioning import Engine
 from app.decisioning.ledger import Ledger
-from app.decisioning.policy import Candidate, Pick, Situation
+from app.decisioning.policy import Candidate, Pick, Situation, Uniform
 from app.features import UserState
 from app.fraud import LinkFacts
 from app.programs import ProgramError, load_builtin, load_program
@@ -73,6 +73,31 @@ def test_exploration_uniform_in_the_program_file_is_the_random_baseline(tmp_path
     assert all(d.reasons[0] == "policy.explore" for d in decisions)
     assert {d.propensity for d in decisions} <= {0.5, 1.0}
     assert picked["points"] > 100
+
+
+def test_the_uniform_pick_does_not_depend_on_the_scores() -> None:
+    program = load_program(FIXTURES / "test-program.yaml")
+    uniform = Uniform(seed=5)
+    event = Event(event_id="e", user_id="u", type="session_start", ts=T0, channel="web")
+
+    def candidates(scores: Sequence[float]) -> list[Candidate]:
+        ranked = [
+            Candidate(reward, "web", 1.0, 1.0, score, 1.0, score, {}, ())
+            for reward, score in zip(program.rewards, scores, strict=True)
+        ]
+        return sorted(ranked, key=lambda c: -c.priority)  # as the engine hands them over
+
+    picks = []
+    for n in range(200):
+        situation = Situation(event, UserState(), f"d-{n}", program)
+        one = uniform.choose(candidates([0.9, 0.5, 0.1]), situation)
+        other = uniform.choose(candidates([0.1, 0.5, 0.9]), situation)
+        assert one.chosen is not None
+        assert other.chosen is not None
+        assert one.chosen.reward.id == other.chosen.reward.id
+        assert one.probability == other.probability == 1 / 3
+        picks.append(one.chosen.reward.id)
+    assert set(picks) == {r.id for r in program.rewards}
 
 
 def test_epsilon_one_is_allowed_and_over_one_is_not(tmp_path: Path) -> None:
