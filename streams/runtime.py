@@ -38,7 +38,6 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from app.kafkaio import seek_to_first
 from streams import snapshot
 from streams.clients import Clients
-from streams.offsets import OffsetCommits
 from streams.state import PartitionTable, restore
 from streams.task import Committed, Task, TaskState
 from streams.topology import Batch, Stage, Topology
@@ -157,7 +156,6 @@ class Runtime:
         self.failures_in_a_row: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._consumer: Any = None
-        self._offsets: OffsetCommits | None = None  # at_least_once: the tasks' offset commits
         self._restorer: Any = None
         self._plain: Any = None
         self.views: Views | None = None
@@ -180,7 +178,6 @@ class Runtime:
             log.info("views.loaded records=%d seconds=%.2f", records, time.monotonic() - started)
         self.views.follow()
         self._consumer = self.clients.group_consumer(self.config.group_id)
-        self._offsets = OffsetCommits(self._consumer.commit)
         # Every input has ``config.partitions`` partitions (the worker's start-up checks
         # its topics): partition p of each is one task.
         await self._consumer.start()
@@ -355,7 +352,7 @@ class Runtime:
         commit.add_done_callback(functools.partial(self._commit_ended, task))
 
     async def _commit_offsets(self, offsets: dict[TopicPartition, int]) -> None:
-        await self._require(self._offsets).commit(offsets)
+        await self._require(self._consumer).commit(offsets)
 
     def _commit_ended(self, task: Task, done: asyncio.Task[Committed]) -> None:
         if done.cancelled() or done.exception() is not None:

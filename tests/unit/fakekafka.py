@@ -90,7 +90,6 @@ class FakeBroker:
         # Sends to a partition in here are written, and their futures resolved, once the
         # event is set: a slow partition leader.
         self.slow: dict[TopicPartition, asyncio.Event] = {}
-        self.offset_holds: dict[str | None, asyncio.Event] = {}  # a group's offset commits
         self.undelivered: dict[str, int] = {}  # how many next sends to that topic fail
         # Records a producer's batch holds: small, so a commit spans several batches of a
         # partition and the runtime's batching is exercised as with aiokafka's byte limit.
@@ -133,11 +132,6 @@ class FakeBroker:
         """Sends to ``tp`` are written, and delivered, when the returned event is set."""
         self.slow[tp] = asyncio.Event()
         return self.slow[tp]
-
-    def hold_offset_commits(self, group_id: str) -> asyncio.Event:
-        """Offset commits of the group's consumers wait until the returned event is set."""
-        self.offset_holds[group_id] = asyncio.Event()
-        return self.offset_holds[group_id]
 
     def hold_commits(self, transactional_id: str) -> asyncio.Event:
         """Commits of ``transactional_id`` wait until the returned event is set."""
@@ -211,8 +205,6 @@ class FakeConsumer:
         self.positions: dict[TopicPartition, int] = {}  # the assignment, with positions
         self.paused: set[TopicPartition] = set()
         self.stopped = False
-        self.commit_lock = asyncio.Lock()
-        self.commit_requests: list[dict[TopicPartition, int]] = []
         # Awaited with the batches getmany() is about to return: the test acts there as if
         # it happened between the fetch and the moment the runtime handles its result.
         self.before_return: (
@@ -258,12 +250,6 @@ class FakeConsumer:
         return self.broker.committed.get((self.group_id, tp))
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
-        """One OffsetCommit request; as in aiokafka, a consumer sends one at a time."""
-        async with self.commit_lock:
-            self.commit_requests.append(dict(offsets))
-            held = self.broker.offset_holds.get(self.group_id)
-            if held is not None:
-                await held.wait()
         for tp, offset in offsets.items():
             self.broker.committed[(self.group_id, tp)] = offset
             self.broker.history.append(("offset", ((self.group_id, tp), offset)))
