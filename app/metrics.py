@@ -339,7 +339,7 @@ class Metrics:
         )
         self.commit_failures = Counter(
             f"{PREFIX}_commit_failures_total",
-            "Transactions (or at_least_once commits) that failed; the task drops what it "
+            "Transactions (or at_least_once flushes) that failed; the task drops what it "
             "handled since its last commit and is restored and rewound.",
             registry=registry,
         )

@@ -232,10 +232,7 @@ class Task:
         producer = self.producer
         if not self.transactional:
             deliveries = await _send(producer, pending.outputs, changes, resolve)
-            # The tasks share this producer: its flush() would wait for every task's
-            # records, so a commit waits for its own deliveries only.
-            if deliveries.futures:
-                await asyncio.wait(deliveries.futures)
+            await producer.flush()
             _require_delivered(deliveries)  # else the offsets would skip lost records
             if pending.positions:
                 await commit_offsets(dict(pending.positions))
@@ -410,7 +407,8 @@ async def _send(
 ) -> Deliveries:
     """Hand the records to the producer; return their delivery futures.
 
-    The futures are not awaited here: the commit waits for them all at once.
+    The futures are not awaited here: the commit (or the flush) waits for every
+    delivery at once.
     """
     batches = _Batches(producer)
     changelogs: set[TopicPartition] = set()
@@ -453,7 +451,7 @@ def _require_delivered(deliveries: Deliveries) -> None:
 
 
 def _committed(pending: Pending, deliveries: Deliveries, started: float) -> Committed:
-    """What a commit wrote, and where each changelog partition's rows now end."""
+    """What a commit (or flush) wrote, and where each changelog partition's rows now end."""
     return Committed(
         len(pending.outputs),
         {

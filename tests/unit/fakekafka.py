@@ -87,9 +87,6 @@ class FakeBroker:
         self.open: dict[str, Txn] = {}  # transactional id -> its open transaction
         self.failures: dict[str, int] = {}  # how many next commits of that id fail
         self.holds: dict[str, asyncio.Event] = {}  # commits of that id wait for this
-        # Sends to a partition in here are written, and their futures resolved, once the
-        # event is set: a slow partition leader.
-        self.slow: dict[TopicPartition, asyncio.Event] = {}
         self.undelivered: dict[str, int] = {}  # how many next sends to that topic fail
         # Records a producer's batch holds: small, so a commit spans several batches of a
         # partition and the runtime's batching is exercised as with aiokafka's byte limit.
@@ -127,11 +124,6 @@ class FakeBroker:
         broker was away. As in aiokafka, the producer's transaction does not notice: a
         commit still commits what was delivered."""
         self.undelivered[topic] = times
-
-    def hold_deliveries(self, tp: TopicPartition) -> asyncio.Event:
-        """Sends to ``tp`` are written, and delivered, when the returned event is set."""
-        self.slow[tp] = asyncio.Event()
-        return self.slow[tp]
 
     def hold_commits(self, transactional_id: str) -> asyncio.Event:
         """Commits of ``transactional_id`` wait until the returned event is set."""
@@ -354,8 +346,6 @@ class FakeProducer:
         self.epoch = 0
         self.txn: Txn | None = None
         self.started = self.stopped = False
-        self.in_flight: set[asyncio.Future[Metadata]] = set()  # sent, not yet delivered
-        self.writers: set[asyncio.Future[None]] = set()  # what writes them when released
 
     async def start(self) -> None:
         """Takes the transactional id: aborts what an older producer left open, fences it."""
@@ -425,27 +415,11 @@ class FakeProducer:
             delivered.set_exception(KafkaTimeoutError("batch expired before delivery"))
             return delivered
         assert records, "nothing to send"
-        txn = self.txn
-
-        def write() -> None:
-            written = [
-                self.broker.append(topic, partition, key, value, txn, timestamp_ms, headers)
-                for key, value, timestamp_ms, headers in records
-            ]
-            delivered.set_result(Metadata(topic, written[0].partition, written[0].offset))
-
-        slow = None if partition is None else self.broker.slow.get(TopicPartition(topic, partition))
-        if slow is None or slow.is_set():
-            write()
-            return delivered
-
-        async def write_when_released() -> None:
-            await slow.wait()
-            write()
-
-        self.in_flight.add(delivered)
-        delivered.add_done_callback(self.in_flight.discard)
-        self.writers.add(asyncio.ensure_future(write_when_released()))
+        written = [
+            self.broker.append(topic, partition, key, value, self.txn, timestamp_ms, headers)
+            for key, value, timestamp_ms, headers in records
+        ]
+        delivered.set_result(Metadata(topic, written[0].partition, written[0].offset))
         return delivered
 
     async def send_and_wait(
@@ -492,9 +466,7 @@ class FakeProducer:
             self.txn = None
 
     async def flush(self) -> None:
-        """As aiokafka's: waits for every record this producer has sent, whoever sent it."""
-        if self.in_flight:
-            await asyncio.wait(set(self.in_flight))
+        pass
 
 
 class FakeClients:
