@@ -1,9 +1,13 @@
 """The worker's runtime: moves bytes between Kafka and the pipeline in ``app/``.
 
-- ``runtime``: the consume-process-produce loop, one Kafka transaction per
-  partition and batch, per-partition producers that fence zombies;
-- ``packing``: many keyed records in one, for the topics between stages;
-- ``state``: changelog-backed tables kept in memory per partition;
+- ``runtime``: the fetch/commit loop, rebalances, restores and housekeeping;
+- ``task``: partition ``p`` of every input, its tables and its transactions
+  (one transactional producer per task, which fences zombies);
+- ``topology``: what a topology declares (stages, inputs, tables, views);
+- ``state``: changelog-backed tables kept in memory per partition, and restore;
+- ``views``: read-only copies of whole tables, followed from their changelogs;
+- ``snapshot``: local snapshots of tables, so a restart reads only the tail;
+- ``clients``: the seam to Kafka (aiokafka; a fake in the unit tests);
 - ``web``: ``/metrics``, ``/health`` and ``/ready``;
 - ``worker``: start-up (topics, model checkpoints, signals) and shutdown.
 
