@@ -528,14 +528,17 @@ def _model_profile(
     return tuple(chosen)
 
 
-def _bands(where: _Where, value: object) -> tuple[float, ...]:
+def _group_list(where: _Where, value: object, what: str) -> list[object]:
+    """A list that makes 2 to :data:`MAX_MODEL_GROUPS` groups of a model input."""
     if not isinstance(value, list) or not 1 <= len(value) < MAX_MODEL_GROUPS:
-        where.fail(
-            f"must be a list of 1 to {MAX_MODEL_GROUPS - 1} ascending bounds, "
-            f"got {_type_name(value) if not isinstance(value, list) else len(value)}"
-        )
+        got = len(value) if isinstance(value, list) else _type_name(value)
+        where.fail(f"must be a list of 1 to {MAX_MODEL_GROUPS - 1} {what}, got {got}")
+    return value
+
+
+def _bands(where: _Where, value: object) -> tuple[float, ...]:
     bounds: list[float] = []
-    for index, item in enumerate(value):
+    for index, item in enumerate(_group_list(where, value, "ascending bounds")):
         here = where.item(index)
         if isinstance(item, bool) or not isinstance(item, int | float) or not math.isfinite(item):
             here.fail(f"must be a finite number, got {_type_name(item)}")
@@ -546,14 +549,9 @@ def _bands(where: _Where, value: object) -> tuple[float, ...]:
 
 
 def _model_values(where: _Where, value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not 1 <= len(value) < MAX_MODEL_GROUPS:
-        where.fail(
-            f"must be a list of 1 to {MAX_MODEL_GROUPS - 1} values (any other value "
-            f"is grouped as 'other'), "
-            f"got {_type_name(value) if not isinstance(value, list) else len(value)}"
-        )
     values: list[str] = []
-    for index, item in enumerate(value):
+    listed = _group_list(where, value, "values (any other value is grouped as 'other')")
+    for index, item in enumerate(listed):
         text = _text(where.item(index), item, form=MODEL_VALUE)
         if text == "other":
             where.item(index).fail("'other' is reserved: it groups every value not listed")

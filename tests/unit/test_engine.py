@@ -410,18 +410,14 @@ def test_an_explanation_names_the_profile_group_that_moved_the_score() -> None:
         )
     )
     for n in range(30):
-        run = Run(engine, user=f"u{n}")
-        run.send("consent_updated", ts=T0 + n * DAY, attributes={"country": "DE"})
-        granted = run.send("purchase", ts=T0 + n * DAY + HOUR, amount=30.0, currency="EUR")
-        if granted.action is not None:
-            answered = T0 + n * DAY + 2 * HOUR
-            run.send("reward_dismissed", ts=answered, decision_id=granted.decision_id)
-        other = Run(engine, user=f"v{n}")
-        other.send("consent_updated", ts=T0 + n * DAY, attributes={"country": "NL"})
-        granted = other.send("purchase", ts=T0 + n * DAY + HOUR, amount=30.0, currency="EUR")
-        if granted.action is not None:
-            answered = T0 + n * DAY + 2 * HOUR
-            other.send("reward_redeemed", ts=answered, decision_id=granted.decision_id)
+        # Users in DE dismiss what they are offered; users elsewhere redeem it.
+        for user, country, answer in ((f"u{n}", "DE", "dismissed"), (f"v{n}", "NL", "redeemed")):
+            run = Run(engine, user=user)
+            run.send("consent_updated", ts=T0 + n * DAY, attributes={"country": country})
+            granted = run.send("purchase", ts=T0 + n * DAY + HOUR, amount=30.0, currency="EUR")
+            if granted.action is not None:
+                answered = T0 + n * DAY + 2 * HOUR
+                run.send(f"reward_{answer}", ts=answered, decision_id=granted.decision_id)
     run = Run(engine, user="probe")
     run.send("consent_updated", ts=T0 + 40 * DAY, attributes={"country": "IT"})
     decision = run.send("purchase", ts=T0 + 40 * DAY + HOUR, amount=30.0, currency="EUR")
