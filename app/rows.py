@@ -8,10 +8,10 @@ about a sixth of its size. Rows are decoded once and encoded once per batch
 
 Format: one version byte, then the compressed document. Version 2 (written now) is
 a Zstandard frame against :data:`DICTIONARY_V1` as raw content, at level 1: about
-4 µs a sign-up row, against 12 µs for version 1 (raw deflate with the same
-dictionary as zlib's ``zdict``, which is still read), for about 20 more bytes
-(``python -m harness.bench.rows``). A row that starts with ``{`` is plain JSON (rows
-written before compression) and is read as it is. A dictionary can never change:
+4.5 µs to store a sign-up row, against 12 µs for version 1 (raw deflate with the same
+dictionary as zlib's ``zdict``, which is still read), for 20-30 more bytes
+(``python -m harness.bench.rows``, docs/benchmarks.md). A row that starts with ``{``
+is plain JSON (rows written before compression) and is read as it is. A dictionary can never change:
 rows written with it live in compacted changelogs for as long as their users; a
 better dictionary is a new version byte.
 """

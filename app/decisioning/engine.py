@@ -647,6 +647,7 @@ class Engine:
             default = self.program.non_personalized_default
             rewards = tuple(r for r in rewards if r.id == default)
         env = rule_env(user, event)
+        profile = self._profile_inputs(user)
         survivors: list[Candidate] = []
         skipped: list[Skipped] = []
         counts = checks.contact_counts(user, event.ts)
@@ -661,6 +662,7 @@ class Engine:
                 risk,
                 scored=personalized and not control,
                 counts=counts,
+                profile=profile,
             )
             (survivors if isinstance(result, Candidate) else skipped).append(result)  # type: ignore[arg-type]
         if not personalized or control:
@@ -684,6 +686,7 @@ class Engine:
         *,
         scored: bool = True,
         counts: checks.ContactCounts | None = None,
+        profile: tuple[tuple[float, ...], dict[str, float]] = ((), {}),
     ) -> Candidate | Skipped:
         """``reward`` through every gate, then scored by the model, or (``scored`` False:
         the standard reward of a user without personalization, or of a control arm) given
@@ -707,10 +710,8 @@ class Engine:
         channel, value, cost = admission.channel, admission.value, admission.cost
         rule_codes = admission.rule_codes
         features = model_features(user, event, kind=reward.kind, channel=channel)
-        fields = self.program.model_profile
-        codes = profile_codes(user.profile, fields) if fields else ()
-        if codes:
-            features.update(profile_inputs(codes, fields))
+        codes, inputs = profile
+        features.update(inputs)
         if scored:
             propensity = self._propensity(reward, features, user)
         else:
@@ -722,6 +723,15 @@ class Engine:
         return Candidate(
             reward, channel, value, cost, propensity, lever, priority, features, rule_codes, codes
         )
+
+    def _profile_inputs(self, user: UserState) -> tuple[tuple[float, ...], dict[str, float]]:
+        """The groups of the profile fields the program's models learn from, and their
+        model inputs: the same for every reward of the event, worked out once."""
+        fields = self.program.model_profile
+        if not fields:
+            return (), {}
+        codes = profile_codes(user.profile, fields)
+        return codes, profile_inputs(codes, fields)
 
     def _propensity(self, reward: Reward, features: dict[str, float], user: UserState) -> float:
         """P(user redeems ``reward`` if offered now): the model, then the user's own answers."""

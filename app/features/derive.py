@@ -16,6 +16,7 @@ Two views of the same user:
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from typing import Any
@@ -156,6 +157,7 @@ def profile_inputs(
     return inputs
 
 
+@functools.lru_cache(maxsize=64)  # a program's fields: worked out at every grant and answer
 def fingerprint(fields: tuple[ModelProfileField, ...]) -> float:
     """A number that changes when the fields, their order or their groups do (an exact
     float: 24 bits)."""
