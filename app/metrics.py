@@ -357,6 +357,14 @@ class Metrics:
             "failed; logged with its traceback.",
             registry=registry,
         )
+        self.transactions_reverted = Counter(
+            f"{PREFIX}_transactions_reverted_total",
+            "Input partitions whose committed offset was found below one Kafka had "
+            "acknowledged to this worker: a transaction acknowledged, then aborted (a lone "
+            "broker shutting down mid-commit skips its markers). The records in between are "
+            "handled again for their outputs, without their effects.",
+            registry=registry,
+        )
         self.recovery_failures = Counter(
             f"{PREFIX}_recovery_failures_total",
             "Attempts to restore and rewind a failed task that failed themselves (retried).",

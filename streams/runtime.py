@@ -154,6 +154,10 @@ class Runtime:
         # Where the consumer stands on each owned input (see _refresh_positions).
         self.read_positions: dict[TopicPartition, int] = {}
         self.failures_in_a_row: dict[int, int] = {}
+        # The next offset of each input after the last commit Kafka acknowledged to this
+        # worker. Committed offsets only move forward; one found lower means Kafka aborted
+        # a transaction after acknowledging its commit (_note_reverted).
+        self.acknowledged: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
         self._consumer: Any = None
         self._restorer: Any = None
@@ -300,18 +304,42 @@ class Runtime:
                 messages = task.fresh(tp, messages)
             if not messages:
                 continue
-            stage, role = self.stage_of_topic[tp.topic]
-            batch = Batch(
-                stage.name,
-                role,
-                tp.partition,
-                messages,
-                {name: task.tables[name] for name in stage.tables},
-                views,
-            )
-            outputs = stage.handler(batch)
-            due_s = now + stage.commit_within_ms / 1000
-            task.handled(tp, messages[-1].offset + 1, outputs, due_s, batch.effects)
+            before = task.effects_taken_before.get(tp)
+            if before is not None:
+                again = [m for m in messages if m.offset < before]
+                if again:
+                    self._handle_batch(task, tp, again, views, now, effects=False)
+                if len(again) < len(messages):
+                    del task.effects_taken_before[tp]  # past the reverted records
+                messages = messages[len(again) :]
+                if not messages:
+                    continue
+            self._handle_batch(task, tp, messages, views, now)
+
+    def _handle_batch(
+        self,
+        task: Task,
+        tp: TopicPartition,
+        messages: list[Any],
+        views: Mapping[str, Any],
+        now: float,
+        *,
+        effects: bool = True,
+    ) -> None:
+        """Hand ``messages`` to their stage; what it asked to run after the commit is kept
+        only with ``effects`` (records whose effects ran already are handled without)."""
+        stage, role = self.stage_of_topic[tp.topic]
+        batch = Batch(
+            stage.name,
+            role,
+            tp.partition,
+            messages,
+            {name: task.tables[name] for name in stage.tables},
+            views,
+        )
+        outputs = stage.handler(batch)
+        due_s = now + stage.commit_within_ms / 1000
+        task.handled(tp, messages[-1].offset + 1, outputs, due_s, batch.effects if effects else ())
 
     def _handle_waiting(self, task: Task) -> None:
         """Handle what waited for the task's transaction to end (a task no longer owned or
@@ -369,6 +397,7 @@ class Runtime:
             return
         self.failures_in_a_row.pop(task.partition, None)
         committed = done.result()
+        self.acknowledged.update(committed.positions)
         for effect in committed.effects:
             try:
                 effect()
@@ -441,11 +470,41 @@ class Runtime:
         self.paced_inputs = set()  # pause anew what the pacing holds back
         for tp in task.inputs:
             committed = await consumer.committed(tp)
+            self._note_reverted(task, tp, committed)
             if committed is None:
                 await seek_to_first(consumer, [tp])
             else:
                 consumer.seek(tp, committed)
                 task.next_offsets[tp] = committed
+
+    def _note_reverted(self, task: Task, tp: TopicPartition, committed: int | None) -> None:
+        """If ``tp``'s committed offset is below one Kafka acknowledged to this worker,
+        its records in between are handled again without their effects.
+
+        Kafka can abort a transaction after acknowledging its commit: a lone broker that
+        shuts down while it writes a commit's markers finds its partitions without a
+        leader, takes them for deleted and skips their markers (KAFKA-5202); the records
+        stay open until the next marker of the same transactional id on each partition,
+        and the abort that fences a recovered task's old producer (_fencing_producer)
+        aborts them. The records are read again from the older committed offset: their
+        outputs and table changes are made again, but the models learned their answers
+        when the commit was acknowledged, and must not learn them twice.
+        """
+        acknowledged = self.acknowledged.get(tp)
+        if acknowledged is None or (committed or 0) >= acknowledged:
+            return
+        task.effects_taken_before[tp] = acknowledged
+        self.metrics.transactions_reverted.inc()
+        log.warning(
+            "transaction.reverted task=%d input=%s[%d] committed=%s acknowledged=%d: Kafka "
+            "aborted a transaction whose commit it had acknowledged; its records are "
+            "handled again without their effects",
+            task.partition,
+            tp.topic,
+            tp.partition,
+            committed,
+            acknowledged,
+        )
 
     # ------------------------------------------------------------ tasks
 
@@ -569,7 +628,12 @@ class Runtime:
             await self._drop(set(self.tasks) - kept)
             # Positions are reset to the committed offsets, which are a kept task's next
             # offsets (everything it handled was committed at the revocation).
-            await self._take({p: tps for p, tps in wanted.items() if p not in kept})
+            fresh = await self._take({p: tps for p, tps in wanted.items() if p not in kept})
+            if self.acknowledged:
+                consumer = self._require(self._consumer)
+                for task in fresh.values():
+                    for tp in task.inputs & self.acknowledged.keys():
+                        self._note_reverted(task, tp, await consumer.committed(tp))
             self.ready = True
 
     async def on_revoked(self) -> None:

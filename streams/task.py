@@ -104,6 +104,7 @@ class Committed:
     seconds: float
     source_ms: list[int]  # the input timestamps of the outputs that asked for them
     effects: list[Effect]  # what the committed batches asked to run after their commit
+    positions: dict[TopicPartition, int]  # the next offset of each input it committed
 
 
 Resolve = Callable[[str], str]  # an output role to its topic name
@@ -143,6 +144,10 @@ class Task:
         # Records fetched while a transaction was in flight, per input, in offset order:
         # handled when it ends (Runtime._commit_ended), or dropped with what was pending.
         self.waiting: dict[TopicPartition, list[Any]] = {}
+        # Per input, the offset below which the records' effects already ran, in a
+        # transaction Kafka acknowledged and then aborted (Runtime._note_reverted): they
+        # are handled again for their outputs and table changes, without their effects.
+        self.effects_taken_before: dict[TopicPartition, int] = {}
 
     # ------------------------------------------------------------ handling
 
@@ -461,4 +466,5 @@ def _committed(pending: Pending, deliveries: Deliveries, started: float) -> Comm
         time.monotonic() - started,
         [o.source_ms for o in pending.outputs if o.source_ms is not None],
         pending.effects,
+        dict(pending.positions),
     )

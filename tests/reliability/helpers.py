@@ -87,14 +87,17 @@ class Record:
     value: bytes | None
 
 
-async def read_to_end(bootstrap_servers: str, topic: str) -> list[Record]:
-    """Every committed record of ``topic`` (read_committed), from its first offset to its
-    end as of now, in partition and offset order. No idle wait: the end is known."""
+async def read_to_end(
+    bootstrap_servers: str, topic: str, *, isolation_level: str = "read_committed"
+) -> list[Record]:
+    """Every committed record of ``topic`` (read_committed; or, read_uncommitted, every
+    record written, aborted ones too), from its first offset to its end as of now, in
+    partition and offset order. No idle wait: the end is known."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
         enable_auto_commit=False,
-        isolation_level="read_committed",
+        isolation_level=isolation_level,
     )
     await consumer.start()
     try:
@@ -452,6 +455,22 @@ ASSIGNED = re.compile(
     r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ \S+ tasks\.assigned count=\d+ tasks=([\d,]+)"
 )
 RESTORED = re.compile(r"checkpoint\.restored updates=(\d+)")
+REVERTED = re.compile(
+    r"transaction\.reverted task=(\d+) input=(\S+)\[(\d+)\] committed=(\w+) acknowledged=(\d+)"
+)
+
+
+@dataclass(frozen=True)
+class Revert:
+    """Input records a worker handled again without their effects (streams/runtime.py,
+    ``_note_reverted``): offsets ``committed`` to ``acknowledged`` of ``topic[partition]``,
+    whose transaction Kafka acknowledged and then aborted."""
+
+    task: int
+    topic: str
+    partition: int
+    committed: int
+    acknowledged: int
 
 
 @dataclass
@@ -474,6 +493,12 @@ class Life:
         found = RESTORED.findall(self.log)
         assert len(found) <= 1, found
         return int(found[0]) if found else 0
+
+    def reverts(self) -> list[Revert]:
+        return [
+            Revert(int(task), topic, int(p), 0 if low == "None" else int(low), int(high))
+            for task, topic, p, low, high in REVERTED.findall(self.log)
+        ]
 
     def assignments(self) -> list[tuple[int, set[int]]]:
         """(epoch ms of the log line, partitions) of each assignment that gave it tasks.
@@ -668,6 +693,17 @@ def _grant(user: _User, offer: _Offer) -> None:
     user.pending = [*user.pending, offer][-MAX_PENDING_OFFERS:]
 
 
+def _transaction_context(chain: list[Decided], start: int, d: Decided) -> str:
+    """Where ``d`` sits in its partition, for a learning problem's message: the decision
+    before its transaction and the transaction's decisions up to ``d`` as
+    offset/timestamp/steps (two transactions with no marker between them read as one;
+    a wall clock that went back shows as a timestamp lower than the one before)."""
+    shown = chain[max(start - 1, 0) : chain.index(d) + 1][-12:]
+    return "around it (offset/sent ms/steps): " + ", ".join(
+        f"{x.offset}/{x.timestamp}/{x.steps}" for x in shown
+    )
+
+
 def model_steps(decision: dict[str, Any]) -> int:
     """The learning steps the models had taken when they made ``decision``
     (``<program>@<sha>/lr+<steps>``)."""
@@ -692,6 +728,14 @@ class Decided:
     transaction: int = 0  # index of its transaction among its partition's, in offset order
     life: Life | None = None
     steps: int = 0  # learning steps its event caused (the oracle)
+    # When its steps were taken, if before it was sent: its event was first decided in a
+    # transaction Kafka acknowledged and then aborted (see _credit_reverted).
+    learned_early: int | None = None
+    run: int = 0  # index of its run of decisions sent together (see check_learning)
+
+    @property
+    def learned_at(self) -> int:
+        return self.timestamp if self.learned_early is None else self.learned_early
 
 
 @dataclass
@@ -709,13 +753,18 @@ class Report:
     # life -> (steps restored at start, steps its committed decisions caused, ending)
     lost_at_clean_stop: dict[str, int] = field(default_factory=dict)
     replies: Counter[str] = field(default_factory=Counter)
+    # The longest time between the first and the last decision of one transaction as the
+    # audit reads them (a commit sends its records at once: far more than a commit's
+    # time would mean two transactions with no marker between them).
+    widest_transaction_ms: int = 0
 
     def summary(self) -> str:
         return (
             f"{self.decisions} decisions {dict(self.statuses)}; holds released "
             f"{self.releases}, cancelled {self.cancels}, expired {self.expiries}; "
             f"learned {self.learned}, checkpoint {self.checkpoint}; lives {self.per_life}; "
-            f"lost at a clean stop {self.lost_at_clean_stop}; replies {dict(self.replies)}"
+            f"lost at a clean stop {self.lost_at_clean_stop}; replies {dict(self.replies)}; "
+            f"widest transaction {self.widest_transaction_ms} ms"
         )
 
 
@@ -863,6 +912,60 @@ async def assert_whole_traffic(
     return report
 
 
+# Decisions of one partition sent this far apart are never of one commit's run of sends
+# unless the broker was away in the middle of it (the bound is then only looser). Kafka
+# writes a commit's markers after acknowledging it; a lone broker that shuts down right
+# then skips them (streams/runtime.py, _note_reverted), and the records stay open until
+# the same producer's next commit after the restart marks them with its own: two
+# transactions with no marker between them, the second sent seconds after the first.
+RUN_GAP_MS = 1_000
+
+
+async def _credit_reverted(settings: Settings, decided: list[Decided], lives: Lives) -> None:
+    """Date the learning of decisions whose events a worker handled again without their
+    effects (its log's ``transaction.reverted``): their steps were taken when the first
+    decision of the same event was committed, as Kafka acknowledged, before it aborted
+    that transaction; that first decision is in the log, aborted, sent earlier."""
+    reverts = [(life, revert) for life in lives.lives for revert in life.reverts()]
+    if not reverts:
+        return
+    visible = {(d.partition, d.offset) for d in decided}
+    aborted: dict[str, int] = {}  # event id -> when its first aborted decision was sent
+    for record in await read_to_end(
+        settings.bootstrap_servers, settings.topic_decisions, isolation_level="read_uncommitted"
+    ):
+        if (record.partition, record.offset) in visible or not record.value:
+            continue  # committed, or a fencing producer's empty record
+        event_id = str(orjson.loads(record.value)["event_id"])
+        aborted[event_id] = min(aborted.get(event_id, record.timestamp), record.timestamp)
+    by_event = {d.document["event_id"]: d for d in decided}
+    inputs: dict[str, list[Record]] = {}
+    for life, revert in reverts:
+        if revert.topic not in inputs:
+            inputs[revert.topic] = await read_to_end(settings.bootstrap_servers, revert.topic)
+        for record in inputs[revert.topic]:
+            if record.partition != revert.partition or not (
+                revert.committed <= record.offset < revert.acknowledged
+            ):
+                continue
+            d = by_event.get(_event_id(record.value))
+            if d is None or d.life is not life or d.partition != revert.task:
+                continue  # not an event, or decided by another task (it was rekeyed)
+            first = aborted.get(d.document["event_id"])
+            assert first is not None, f"no aborted decision before {d.document} ({revert})"
+            assert first <= d.timestamp, (revert, d.document)
+            d.learned_early = first
+
+
+def _event_id(value: bytes | None) -> str:
+    """The event id of an input record ("" for one that is not an event)."""
+    try:
+        document = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return ""
+    return str(document.get("event_id", "")) if isinstance(document, dict) else ""
+
+
 async def check_learning(
     settings: Settings,
     decided: list[Decided],
@@ -915,13 +1018,27 @@ async def check_learning(
         by_partition[d.partition].append(d)
     for partition_decisions in by_partition.values():
         partition_decisions.sort(key=lambda d: d.offset)
-        transaction = 0
+        transaction = run = 0
         for previous, d in zip([None, *partition_decisions], partition_decisions, strict=False):
             if previous is not None and (
                 d.offset != previous.offset + 1 or d.life is not previous.life
             ):
                 transaction += 1
             d.transaction = transaction
+            if previous is not None and (
+                d.transaction != previous.transaction
+                or d.timestamp - previous.timestamp >= RUN_GAP_MS
+            ):
+                run += 1
+            d.run = run
+        spans: dict[int, list[int]] = {}
+        for d in partition_decisions:
+            first_last = spans.setdefault(d.transaction, [d.timestamp, d.timestamp])
+            first_last[1] = d.timestamp
+        widest = max((last - first for first, last in spans.values()), default=0)
+        report.widest_transaction_ms = max(report.widest_transaction_ms, widest)
+
+    await _credit_reverted(settings, decided, lives)
 
     by_life: dict[str, list[Decided]] = defaultdict(list)
     for d in decided:
@@ -929,9 +1046,9 @@ async def check_learning(
         by_life[d.life.name].append(d)
     problems: list[str] = []
     for life in lives.lives:
-        own = sorted(by_life.get(life.name, []), key=lambda d: d.timestamp)
+        own = sorted(by_life.get(life.name, []), key=lambda d: d.learned_at)
         restored = life.restored
-        times = [d.timestamp for d in own]
+        times = [d.learned_at for d in own]
         prefix = [0]
         for d in own:
             prefix.append(prefix[-1] + d.steps)
@@ -949,23 +1066,25 @@ async def check_learning(
             steps_by_rank: Counter[int] = Counter()
             for d in chain:
                 steps_by_rank[rank[d.transaction]] += d.steps
-            starts: dict[int, int] = {}  # transaction -> index of its first decision
+            starts: dict[int, int] = {}  # run -> index of its first decision
             for index, d in enumerate(chain):
-                starts.setdefault(d.transaction, index)
+                starts.setdefault(d.run, index)
             last = None
             for d in chain:
                 n = model_steps(d.document)
                 own_and_later = 0  # T's and later transactions' steps sent by d's time
-                for x in chain[starts[d.transaction] :]:
+                for x in chain[starts[d.run] :]:
                     if x.timestamp > d.timestamp:
                         break  # one producer per partition: later offsets, later times
-                    own_and_later += x.steps
+                    if x.learned_early is None:  # (else taken before, at its first commit)
+                        own_and_later += x.steps
                 upper = restored + before(d.timestamp) - own_and_later
                 lower = restored + sum(steps_by_rank[r] for r in range(rank[d.transaction] - 1))
                 if not lower <= n <= upper:
                     problems.append(
                         f"{life.name} p{partition}@{d.offset} {d.document['decision_id']}: "
-                        f"model at lr+{n}, committed learning allows [{lower}, {upper}]"
+                        f"model at lr+{n}, committed learning allows [{lower}, {upper}]; "
+                        + _transaction_context(chain, starts[d.transaction], d)
                     )
                 if last is not None and n < last:
                     problems.append(f"{life.name} p{partition}@{d.offset}: lr+{n} after lr+{last}")
@@ -988,7 +1107,7 @@ async def check_learning(
         if len(alive) != 1:
             continue  # two workers at once: either could have written it
         life = alive[0]
-        own = [d for d in by_life.get(life.name, []) if d.timestamp <= at]
+        own = [d for d in by_life.get(life.name, []) if d.learned_at <= at]
         allowed = life.restored + sum(d.steps for d in own)
         if not life.restored <= updates <= allowed:
             problems.append(
@@ -1005,8 +1124,13 @@ async def check_learning(
             report.lost_at_clean_stop[earlier.name] = restored + learned - later.restored
     assert checkpoints, "no checkpoint was ever written"
     report.checkpoint = int(checkpoints[-1][1]["state"]["updates"])
-    assert not problems, f"{len(problems)} learning problems:\n" + "\n".join(problems[:20])
     final = lives.lives[-1]
+    assert not problems, (
+        f"{len(problems)} learning problems:\n"
+        + "\n".join(problems[:20])
+        + f"\nfinal checkpoint {report.checkpoint} steps; restored, learned, ending of each "
+        f"life: {report.per_life}"
+    )
     assert final.ending == "stopped", "the last worker must be stopped cleanly before the audit"
     restored, learned, _ = report.per_life[final.name]
     if exact_final:

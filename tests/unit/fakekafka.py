@@ -87,6 +87,8 @@ class FakeBroker:
         self.open: dict[str, Txn] = {}  # transactional id -> its open transaction
         self.failures: dict[str, int] = {}  # how many next commits of that id fail
         self.holds: dict[str, asyncio.Event] = {}  # commits of that id wait for this
+        self.unmarked: dict[str, int] = {}  # how many next commits of that id skip markers
+        self.hanging: dict[str, list[Txn]] = {}  # acknowledged, never marked, per id
         self.undelivered: dict[str, int] = {}  # how many next sends to that topic fail
         # Records a producer's batch holds: small, so a commit spans several batches of a
         # partition and the runtime's batching is exercised as with aiokafka's byte limit.
@@ -124,6 +126,17 @@ class FakeBroker:
         broker was away. As in aiokafka, the producer's transaction does not notice: a
         commit still commits what was delivered."""
         self.undelivered[topic] = times
+
+    def skip_markers_of_next_commit(self, transactional_id: str, times: int = 1) -> None:
+        """The next ``times`` commits of ``transactional_id`` are acknowledged and no marker
+        is written, as a lone Kafka broker does when it shuts down mid-commit (its
+        partitions have no leader; it takes them for deleted and skips them, KAFKA-5202).
+        Their records stay open (unseen by read_committed readers, holding the last stable
+        offset) and their offsets pending, until the id's next marker decides them:
+        committed by its next commit, aborted by an abort (a new producer's fencing abort).
+        Kafka decides each partition by the marker that reaches it; here the next marker
+        decides the whole transaction (the runtime writes the same partitions each time)."""
+        self.unmarked[transactional_id] = times
 
     def hold_commits(self, transactional_id: str) -> asyncio.Event:
         """Commits of ``transactional_id`` wait until the returned event is set."""
@@ -165,12 +178,22 @@ class FakeBroker:
         log = self.log(tp)
         return next((e.record.offset for e in log if e.txn and e.txn.state == "open"), len(log))
 
+    def leave_open(self, txn: Txn) -> None:
+        """An acknowledged commit whose markers were skipped (skip_markers_of_next_commit)."""
+        self.open.pop(txn.transactional_id, None)
+        self.hanging.setdefault(txn.transactional_id, []).append(txn)
+
     def end(self, txn: Txn, state: str) -> None:
-        txn.state = state
+        for left in self.hanging.pop(txn.transactional_id, []):
+            self._decide(left, state)  # this marker closes what was left open, too
         self.open.pop(txn.transactional_id, None)
         for tp in txn.partitions:
             log = self.log(tp)
             log.append(Entry(Record(tp.topic, tp.partition, len(log), None, None, 0), txn, True))
+        self._decide(txn, state)
+
+    def _decide(self, txn: Txn, state: str) -> None:
+        txn.state = state
         if state == "committed":
             self.committed.update(txn.offsets)
             self.history += [
@@ -456,7 +479,11 @@ class FakeProducer:
         if self.broker.failures.get(self.tid, 0) > 0:
             self.broker.failures[self.tid] -= 1
             raise KafkaError("injected commit failure")
-        self.broker.end(self.txn, "committed")
+        if self.broker.unmarked.get(self.tid, 0) > 0:
+            self.broker.unmarked[self.tid] -= 1
+            self.broker.leave_open(self.txn)
+        else:
+            self.broker.end(self.txn, "committed")
         self.txn = None
 
     async def abort_transaction(self) -> None:

@@ -741,6 +741,51 @@ async def test_effects_run_once_after_their_commit_and_never_for_a_failed_one() 
         assert a.toy.effects == [(0, 0), (0, 1), (0, 2)]
 
 
+async def test_a_commit_kafka_acknowledged_then_aborted_is_handled_again_without_its_effects(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A lone broker shutting down mid-commit acknowledges it without writing its markers;
+    the fencing abort of the task's recovery then aborts its records. They are handled
+    again (exactly once visible), but their effects (the models' learning) ran at the
+    acknowledgement and do not run a second time."""
+    async with world() as w:
+        w.produce(0, 5)
+        a = await w.worker().start(0)
+        await w.until(lambda: w.committed(0) == 5)
+        w.broker.skip_markers_of_next_commit(tid(0))
+        w.produce(0, 3)
+        await w.until(lambda: (0, 7) in a.toy.effects)  # offsets 5-7 acknowledged
+        assert w.committed(0) == 5  # ... and their offsets pending
+        assert len(w.outputs()) == 5  # ... and their records open
+        w.broker.fail_next_commit(tid(0))  # the next commit fails: the task recovers
+        w.produce(0, 2)
+        with caplog.at_level(logging.WARNING, logger="streams.runtime"):
+            await w.until(lambda: w.committed(0) == 10 and (0, 9) in a.toy.effects)
+        w.check_exactly_once()
+        assert a.toy.seen.count((0, 6)) == 2  # handled again after the fencing abort
+        await asyncio.sleep(0.01)  # (were any effect to run twice)
+        assert a.toy.effects == [(0, offset) for offset in range(10)]
+        assert a.sample("transactions_reverted_total") == 1
+        assert "transaction.reverted task=0 input=toy-in[0] committed=5 acknowledged=8" in (
+            caplog.text
+        )
+
+
+async def test_a_commit_acknowledged_without_markers_shows_with_the_next_commit() -> None:
+    async with world() as w:
+        w.produce(0, 5)
+        a = await w.worker().start(0)
+        await w.until(lambda: w.committed(0) == 5)
+        w.broker.skip_markers_of_next_commit(tid(0))
+        w.produce(0, 3)
+        await w.until(lambda: (0, 7) in a.toy.effects)
+        w.produce(0, 2)  # the next commit's markers commit what was left open
+        await w.until(lambda: w.committed(0) == 10 and (0, 9) in a.toy.effects)
+        w.check_exactly_once()
+        assert a.toy.effects == [(0, offset) for offset in range(10)]
+        assert a.sample("transactions_reverted_total") == 0
+
+
 async def test_a_failing_effect_is_counted_and_the_others_run() -> None:
     async with world() as w:
         w.produce(0, 3)
