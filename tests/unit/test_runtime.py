@@ -741,6 +741,19 @@ async def test_effects_run_once_after_their_commit_and_never_for_a_failed_one() 
         assert a.toy.effects == [(0, 0), (0, 1), (0, 2)]
 
 
+async def acknowledged_without_markers(w: World) -> Worker:
+    """A worker on task 0 whose commit of offsets 5-7 Kafka acknowledged and left open."""
+    w.produce(0, 5)
+    a = await w.worker().start(0)
+    await w.until(lambda: w.committed(0) == 5)
+    w.broker.skip_markers_of_next_commit(tid(0))
+    w.produce(0, 3)
+    await w.until(lambda: (0, 7) in a.toy.effects)  # acknowledged: their effects ran
+    assert w.committed(0) == 5  # ... their offsets pending
+    assert len(w.outputs()) == 5  # ... their records open
+    return a
+
+
 async def test_a_commit_kafka_acknowledged_then_aborted_is_handled_again_without_its_effects(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -749,14 +762,7 @@ async def test_a_commit_kafka_acknowledged_then_aborted_is_handled_again_without
     again (exactly once visible), but their effects (the models' learning) ran at the
     acknowledgement and do not run a second time."""
     async with world() as w:
-        w.produce(0, 5)
-        a = await w.worker().start(0)
-        await w.until(lambda: w.committed(0) == 5)
-        w.broker.skip_markers_of_next_commit(tid(0))
-        w.produce(0, 3)
-        await w.until(lambda: (0, 7) in a.toy.effects)  # offsets 5-7 acknowledged
-        assert w.committed(0) == 5  # ... and their offsets pending
-        assert len(w.outputs()) == 5  # ... and their records open
+        a = await acknowledged_without_markers(w)
         w.broker.fail_next_commit(tid(0))  # the next commit fails: the task recovers
         w.produce(0, 2)
         with caplog.at_level(logging.WARNING, logger="streams.runtime"):
@@ -773,12 +779,7 @@ async def test_a_commit_kafka_acknowledged_then_aborted_is_handled_again_without
 
 async def test_a_commit_acknowledged_without_markers_shows_with_the_next_commit() -> None:
     async with world() as w:
-        w.produce(0, 5)
-        a = await w.worker().start(0)
-        await w.until(lambda: w.committed(0) == 5)
-        w.broker.skip_markers_of_next_commit(tid(0))
-        w.produce(0, 3)
-        await w.until(lambda: (0, 7) in a.toy.effects)
+        a = await acknowledged_without_markers(w)
         w.produce(0, 2)  # the next commit's markers commit what was left open
         await w.until(lambda: w.committed(0) == 10 and (0, 9) in a.toy.effects)
         w.check_exactly_once()
