@@ -235,6 +235,22 @@ class Runtime:
         transaction for long, no task whose transactions keep failing."""
         return not self.problems()
 
+    def learned_through(self) -> dict[str, int]:
+        """Per input (``"<topic>/<partition>"``), the next offset after the last commit
+        Kafka acknowledged to this worker: whose effects a snapshot of their state,
+        taken now, holds."""
+        return {f"{tp.topic}/{tp.partition}": n for tp, n in self.acknowledged.items()}
+
+    def resume_from(self, learned: Mapping[str, int]) -> None:
+        """Take ``learned`` (from :meth:`learned_through`, saved with the state the effects
+        built) as acknowledged: should Kafka hold a lower committed offset, the records up
+        to it are handled without their effects (:meth:`_note_reverted`)."""
+        for name, offset in learned.items():
+            topic, _, partition = name.rpartition("/")
+            if topic and partition.isdigit():
+                tp = TopicPartition(topic, int(partition))
+                self.acknowledged[tp] = max(self.acknowledged.get(tp, 0), offset)
+
     @property
     def side_producer(self) -> Any:
         """A non-transactional producer for records outside the stages (model checkpoints)."""

@@ -14,7 +14,7 @@ from app.assembly import build_engine, build_shadow_engine
 from app.decisioning.engine import Engine
 from app.kafkaio import client_options, ensure_topics, latest_by_key, topic_requests
 from app.metrics import Metrics
-from app.models.checkpoint import checkpoint_key, encode, restore_into
+from app.models.checkpoint import checkpoint_key, encode, learned_through, restore_into
 from app.pipeline import Pipeline
 from app.replay import kafka_partitioner
 from app.settings import Settings
@@ -44,7 +44,11 @@ class Checkpointer:
             return False
         program = self.engine.program
         value = encode(
-            program.id, program.source_sha256, self.engine.models, self.engine.risk_models
+            program.id,
+            program.source_sha256,
+            self.engine.models,
+            self.engine.risk_models,
+            self.runner.learned_through(),  # read with the models: nothing runs between
         )
         await self.runner.side_producer.send_and_wait(
             self.topic, value, key=checkpoint_key(program.id)
@@ -112,6 +116,7 @@ async def serve(
         settings.bootstrap_servers, topic_requests(settings), client=client
     )
     log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
+    learned: dict[str, int] = {}  # the inputs whose learning the live models hold
     for models_of in (engine, shadow) if shadow is not None else (engine,):
         program = models_of.program.id
         saved = await latest_by_key(
@@ -120,7 +125,11 @@ async def serve(
             checkpoint_key(program),
             client=client,
         )
-        restore_into(models_of.models, saved, program_id=program, risk=models_of.risk_models)
+        restored = restore_into(
+            models_of.models, saved, program_id=program, risk=models_of.risk_models
+        )
+        if restored and models_of is engine:
+            learned = learned_through(saved, program_id=program)
 
     metrics = Metrics(registry)
     pipeline = Pipeline(
@@ -142,6 +151,7 @@ async def serve(
         linger_ms=settings.linger_ms,
     )
     runner = Runtime(config, topology, clients, metrics, hooks=hooks)
+    runner.resume_from(learned)
     web = WebServer(settings.web_host, settings.web_port, registry, runner.problems).start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,11 +9,18 @@ so the newest checkpoint of any worker is a good start for every worker.
 
 The record is plain JSON, never a pickle: reading it back must not be able to
 run code, whoever could write to the topic.
+
+It also names the input positions whose learning the models hold (``learned_through``,
+``"<topic>/<partition>"`` to the next offset, as the runtime saw its commits
+acknowledged): should Kafka abort a commit it had acknowledged, the worker that reads
+this checkpoint handles those records again without learning them a second time
+(streams.runtime, ``Runtime._note_reverted``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -34,8 +41,10 @@ def encode(
     program_sha256: str,
     models: PropensityModels,
     risk: RiskModels | None = None,
+    learned_through: Mapping[str, int] | None = None,
 ) -> bytes:
-    """The checkpoint record: the propensity models and the fraud model trained by labels."""
+    """The checkpoint record: the propensity models, the fraud model trained by labels,
+    and the input positions whose learning they hold."""
     return orjson.dumps(
         {
             "format": FORMAT,
@@ -43,8 +52,22 @@ def encode(
             "program_sha256": program_sha256,
             "state": models.snapshot(),
             "risk": None if risk is None else risk.snapshot(),
+            "learned_through": dict(learned_through or {}),
         }
     )
+
+
+def learned_through(raw: bytes | None, *, program_id: str) -> dict[str, int]:
+    """The input positions whose learning a checkpoint holds (none for one without them,
+    of another program, or unreadable: then nothing is taken for learned)."""
+    try:
+        record = orjson.loads(raw or b"")
+        if not isinstance(record, dict) or record.get("program") != program_id:
+            return {}
+        positions = record.get("learned_through") or {}
+        return {str(k): int(v) for k, v in positions.items()}
+    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return {}
 
 
 def restore_into(

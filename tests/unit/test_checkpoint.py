@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from app.fraud import RiskModels
-from app.models.checkpoint import FORMAT, encode, restore_into
+from app.models.checkpoint import FORMAT, encode, learned_through, restore_into
 from app.models.propensity import PropensityModels
 
 
@@ -79,3 +79,15 @@ def test_the_fraud_model_trained_by_labels_comes_back_too() -> None:
     vector = {"device.signups": 0.9}
     assert target.label_counts == source.label_counts
     assert target.labelled_signal(vector) == source.labelled_signal(vector)
+
+
+def test_a_checkpoint_names_the_inputs_whose_learning_it_holds() -> None:
+    raw = encode("p", "sha", trained(), learned_through={"events/0": 120, "events/3": 7})
+    assert learned_through(raw, program_id="p") == {"events/0": 120, "events/3": 7}
+    assert learned_through(raw, program_id="other") == {}  # another program's models
+    assert learned_through(encode("p", "sha", trained()), program_id="p") == {}
+    before = orjson.loads(raw)
+    del before["learned_through"]  # written before checkpoints carried positions
+    assert learned_through(orjson.dumps(before), program_id="p") == {}
+    for unusable in (None, b"", b"{", b"[1]", b'{"program": "p", "learned_through": [1]}'):
+        assert learned_through(unusable, program_id="p") == {}

@@ -787,6 +787,30 @@ async def test_a_commit_acknowledged_without_markers_shows_with_the_next_commit(
         assert a.sample("transactions_reverted_total") == 0
 
 
+@pytest.mark.parametrize("resumed", [True, False])
+async def test_a_worker_resumed_from_what_its_predecessor_learned_does_not_learn_it_again(
+    resumed: bool,
+) -> None:
+    """The predecessor died after Kafka acknowledged a commit it then left open; the
+    successor's fencing aborts it. Resumed from the positions the predecessor's models
+    had learned through (a checkpoint carries them), the successor handles those records
+    again without their effects; without them, it cannot know, and runs them again."""
+    async with world() as w:
+        a = await acknowledged_without_markers(w)
+        await a.halt()  # killed: nothing more of it commits
+        b = w.worker()
+        if resumed:
+            b.runtime.resume_from(a.runtime.learned_through())
+        assert a.runtime.learned_through() == {"toy-in/0": 8}
+        await b.start(0)
+        w.produce(0, 2)
+        await w.until(lambda: w.committed(0) == 10 and (0, 9) in b.toy.effects)
+        w.check_exactly_once()
+        assert [offset for _, offset in b.toy.seen] == [5, 6, 7, 8, 9]
+        assert b.toy.effects == [(0, offset) for offset in ((8, 9) if resumed else range(5, 10))]
+        assert b.sample("transactions_reverted_total") == (1 if resumed else 0)
+
+
 async def test_a_failing_effect_is_counted_and_the_others_run() -> None:
     async with world() as w:
         w.produce(0, 3)
