@@ -158,6 +158,8 @@ class Runtime:
         # worker. Committed offsets only move forward; one found lower means Kafka aborted
         # a transaction after acknowledging its commit (_note_reverted).
         self.acknowledged: dict[TopicPartition, int] = {}
+        # The same, as saved with the effects' state by an earlier worker (resume_from).
+        self.resumed: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
         self._consumer: Any = None
         self._restorer: Any = None
@@ -239,17 +241,19 @@ class Runtime:
         """Per input (``"<topic>/<partition>"``), the next offset after the last commit
         Kafka acknowledged to this worker: whose effects a snapshot of their state,
         taken now, holds."""
-        return {f"{tp.topic}/{tp.partition}": n for tp, n in self.acknowledged.items()}
+        learned = self.resumed | self.acknowledged
+        return {f"{tp.topic}/{tp.partition}": n for tp, n in learned.items()}
 
     def resume_from(self, learned: Mapping[str, int]) -> None:
         """Take ``learned`` (from :meth:`learned_through`, saved with the state the effects
-        built) as acknowledged: should Kafka hold a lower committed offset, the records up
-        to it are handled without their effects (:meth:`_note_reverted`)."""
+        built): should Kafka hold a lower committed offset, the records up to it are
+        handled without their effects (:meth:`_note_reverted`). Only where the group has
+        a committed offset: a topic deleted and created again loses its offsets, and its
+        records are all new."""
         for name, offset in learned.items():
             topic, _, partition = name.rpartition("/")
             if topic and partition.isdigit():
-                tp = TopicPartition(topic, int(partition))
-                self.acknowledged[tp] = max(self.acknowledged.get(tp, 0), offset)
+                self.resumed[TopicPartition(topic, int(partition))] = offset
 
     @property
     def side_producer(self) -> Any:
@@ -507,6 +511,8 @@ class Runtime:
         when the commit was acknowledged, and must not learn them twice.
         """
         acknowledged = self.acknowledged.get(tp)
+        if acknowledged is None and committed is not None:
+            acknowledged = self.resumed.get(tp)
         if acknowledged is None or (committed or 0) >= acknowledged:
             return
         task.effects_taken_before[tp] = acknowledged
@@ -645,10 +651,11 @@ class Runtime:
             # Positions are reset to the committed offsets, which are a kept task's next
             # offsets (everything it handled was committed at the revocation).
             fresh = await self._take({p: tps for p, tps in wanted.items() if p not in kept})
-            if self.acknowledged:
+            known = self.acknowledged.keys() | self.resumed.keys()
+            if known:
                 consumer = self._require(self._consumer)
                 for task in fresh.values():
-                    for tp in task.inputs & self.acknowledged.keys():
+                    for tp in task.inputs & known:
                         self._note_reverted(task, tp, await consumer.committed(tp))
             self.ready = True
 

@@ -811,6 +811,19 @@ async def test_a_worker_resumed_from_what_its_predecessor_learned_does_not_learn
         assert b.sample("transactions_reverted_total") == (1 if resumed else 0)
 
 
+async def test_positions_resumed_for_an_input_with_no_committed_offset_are_ignored() -> None:
+    """A topic deleted and created again loses its committed offsets: a checkpoint's
+    positions for it must not keep its new records from having their effects."""
+    async with world() as w:
+        w.produce(0, 3)
+        a = w.worker()
+        a.runtime.resume_from({"toy-in/0": 50})
+        await a.start(0)
+        await w.until(lambda: w.committed(0) == 3 and (0, 2) in a.toy.effects)
+        assert a.toy.effects == [(0, 0), (0, 1), (0, 2)]
+        assert a.sample("transactions_reverted_total") == 0
+
+
 async def test_a_failing_effect_is_counted_and_the_others_run() -> None:
     async with world() as w:
         w.produce(0, 3)
