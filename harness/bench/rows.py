@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import orjson
 
@@ -24,6 +23,7 @@ from app.decisioning.ledger import Ledger
 from app.features import UserState
 from app.programs import load_builtin
 from app.rows import expand, shrink, shrink_v1
+from harness.bench.timing import median_us_each
 from harness.simulation.events import EventSimulator, SimulatorConfig
 
 USERS = 2_000
@@ -61,18 +61,6 @@ def sign_ups() -> list[bytes]:
     ]
 
 
-def per_row_us(work: Callable[[bytes], object], rows: Sequence[bytes], runs: int) -> float:
-    for row in rows[:200]:
-        work(row)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for row in rows:
-            work(row)
-        timings.append((time.perf_counter() - start) / len(rows) * 1e6)
-    return statistics.median(timings)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -93,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             stored = [store(d) for d in documents]
             assert all(expand(s) == d for s, d in zip(stored, documents, strict=True))
             size = statistics.mean(len(s) for s in stored)
-            write = per_row_us(store, documents, args.runs)
-            read = per_row_us(expand, stored, args.runs)
+            write = median_us_each(store, documents, args.runs, warm=200)
+            read = median_us_each(expand, stored, args.runs, warm=200)
             print(
                 f"| {name} | {json_bytes:,.0f} | {version} | {size:,.0f} | "
                 f"{write:.1f} | {read:.1f} |"

@@ -13,9 +13,7 @@ machine and on what else runs on it.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +21,7 @@ import orjson
 
 from app.contract import validate
 from app.contract.records import Event
+from harness.bench.timing import median_us_each
 from harness.simulation.events import EventSimulator, SimulatorConfig
 
 
@@ -36,18 +35,6 @@ def realistic_events(n: int, *, string_ts: bool = False) -> list[bytes]:
         moment = datetime.fromtimestamp(document["ts"] / 1000, UTC)
         document["ts"] = moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return [orjson.dumps(document) for document in documents]
-
-
-def per_event_us(parse: Callable[[bytes], object], values: Sequence[bytes], runs: int) -> float:
-    for value in values[:1000]:  # warm caches and compiled regexes
-        parse(value)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for value in values:
-            parse(value)
-        timings.append((time.perf_counter() - start) / len(values) * 1e6)
-    return statistics.median(timings)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -68,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not all(isinstance(current(v), Event) for v in values):
             raise SystemExit("the simulator's events should all be valid")
         for name, parse in (("parse_event", current), ("schema path", schema_path)):
-            us = per_event_us(parse, values, args.runs)
+            us = median_us_each(parse, values, args.runs, warm=1000)
             print(f"{label:12} {name:12} {us:7.2f} us/event (median of {args.runs} runs)")
 
 
