@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from msgspec.structs import replace
 
 from app.features.state import UserState
 from app.fraud.links import LinkState
-from app.frozen import replace
 
 # The header that marks an erase order on an internal topic (its value: the order's
 # version), so the stages tell it from a link record or a related-account note.

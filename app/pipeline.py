@@ -30,7 +30,9 @@ from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import msgspec
 import orjson
+from msgspec.structs import replace
 
 from app.contract.records import DeadLetter, Decision, Event, FraudAlert, SourcePosition
 from app.contract.validate import Rejection, parse_event
@@ -54,7 +56,6 @@ from app.fraud import LinkFacts, LinkState, link_keys
 from app.fraud.links import advance_link, link_document
 from app.fraud.signals import RelatedNote
 from app.fraud.view import LinkView, stored_states
-from app.frozen import replace
 from app.metrics import NO_REWARD, Metrics
 from app.models import log_loss
 from app.rows import DecodedRows, expand
@@ -240,8 +241,7 @@ def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
     return rows
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(msgspec.Struct, frozen=True):
     """A record to publish: the topic role, the Kafka key and the value bytes; a record
     copied between stages keeps its input's timestamp and says where it was read
     (the shape :class:`streams.topology.Output` asks for)."""

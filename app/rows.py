@@ -130,7 +130,7 @@ class DecodedRows(Generic[T]):
     A stored row is immutable and a table replaces it with a new object when it
     changes (a write, a restore, an erasure), so identity says whether a kept value is
     still the row's: no copy is compared and nothing is decoded twice while a row stays
-    as it was. Values must be immutable (frozen dataclasses, tuples, dicts never
+    as it was. Values must be immutable (frozen records, tuples, dicts never
     changed in place): one is handed out again to the next batch.
 
     At most ``kept`` values are kept; the oldest written or decoded goes first.

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import orjson
+from msgspec.structs import replace
 
 from app.contract.records import Decision, Event, decision_id_for
 from app.decisioning.engine import Engine
@@ -51,7 +52,6 @@ from app.decisioning.policy import (
 )
 from app.features.state import PendingOffer, UserState
 from app.fraud.links import LinkFacts
-from app.frozen import replace
 
 log = logging.getLogger(__name__)
 

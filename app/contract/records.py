@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+import msgspec
 import orjson
 
 DecisionStatus = Literal["granted", "held", "blocked", "none"]
@@ -47,8 +47,7 @@ def dead_letter_id_for(topic: str, partition: int, offset: int) -> str:
     return _stable_id("x", topic, str(partition), str(offset))
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(msgspec.Struct, frozen=True):
     """A validated user event. ``ts`` is epoch milliseconds whatever the producer sent."""
 
     event_id: str
@@ -61,7 +60,7 @@ class Event:
     device_id: str | None = None
     ip: str | None = None
     decision_id: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @classmethod
     def from_document(cls, document: dict[str, Any], ts_ms: int) -> Event:
@@ -88,11 +87,10 @@ class Event:
         return {k: v for k, v in document.items() if v is not None and v != {}}
 
 
-_EVENT_FIELDS = tuple(f.name for f in fields(Event))
+_EVENT_FIELDS = Event.__struct_fields__
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True):
     """The engine's one answer to one valid event."""
 
     decision_id: str
@@ -128,11 +126,10 @@ class Decision:
     consent: dict[str, bool] | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self)
+        return msgspec.json.encode(self)
 
 
-@dataclass(frozen=True, slots=True)
-class FraudAlert:
+class FraudAlert(msgspec.Struct, frozen=True):
     """One flagged event or pattern, with the evidence an analyst needs."""
 
     alert_id: str
@@ -147,11 +144,10 @@ class FraudAlert:
     kind: str = "fraud_alert"
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self)
+        return msgspec.json.encode(self)
 
 
-@dataclass(frozen=True, slots=True)
-class SourcePosition:
+class SourcePosition(msgspec.Struct, frozen=True):
     """Where a message was read: enough to find the original in Kafka. ``produced_ms`` is
     the record's Kafka timestamp (when it was produced), if known: latency is measured
     from it."""
@@ -163,8 +159,7 @@ class SourcePosition:
     produced_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetter(msgspec.Struct, frozen=True):
     """An input that could not be decided, with its reason and its original bytes."""
 
     dead_letter_id: str

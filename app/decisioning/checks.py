@@ -9,16 +9,16 @@ pending period's end and an analyst's release of a held reward.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from app.decisioning.ledger import Ledger, Share
 from app.features.state import DAY_MS, WEEK_MS, UserState
 from app.programs import Program, Reward, evaluate_rule, resolve_amount
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(msgspec.Struct, frozen=True):
     passed: bool
     code: str
     words: str = ""
@@ -27,8 +27,7 @@ class Verdict:
 PASS = Verdict(True, "")
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(msgspec.Struct, frozen=True):
     """What the gates made of one reward: the verdict of the first gate it failed (or
     :data:`PASS`), and for a reward that passed the channel, value and cost to grant it
     at. ``rule_codes`` are the codes of the eligibility rules evaluated."""
@@ -139,8 +138,7 @@ def pick_channel(
     return open_channels[0], PASS
 
 
-@dataclass(frozen=True, slots=True)
-class ContactCounts:
+class ContactCounts(msgspec.Struct, frozen=True):
     """A user's grants within the day and the week before a moment, in all and per
     channel: what every contact limit compares with. Counted once per event, in one pass
     over the user's grants, and shared by all of its rewards' gates."""

@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
+from msgspec.structs import replace
 
 from app.contract.records import (
     OUTCOME_TYPES,
@@ -64,14 +66,12 @@ from app.fraud import NO_RISK, Assessment, Hold, LinkFacts, RiskModels, assess, 
 from app.fraud.assess import carried_risk, note_related
 from app.fraud.scoring import noisy_or
 from app.fraud.signals import RelatedNote, replay_signal
-from app.frozen import replace
 from app.models import PropensityModels
 from app.models.deferral import Step as Deferred
 from app.programs import Arm, Program, Reward
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(msgspec.Struct, frozen=True):
     """A user's answer to one offer: redeemed (or opened, when the program counts that),
     or not (dismissed, or silent until the response window closed).
 
@@ -86,8 +86,7 @@ class Answer:
     predicted: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """What processing one event produced. A ``duplicate`` (an event id seen before) is
     not decided again: the user's state only counts it (and its risk rises if the
     content differs)."""
@@ -104,16 +103,14 @@ class Outcome:
         return sum(1 for answer in self.answers if answer.predicted is not None)
 
 
-@dataclass(frozen=True, slots=True)
-class Skipped:
+class Skipped(msgspec.Struct, frozen=True):
     """A reward that could not be offered, and why."""
 
     reward: Reward
     verdict: checks.Verdict
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(msgspec.Struct, frozen=True):
     """The arbitration's answer: a candidate (or None), how it was chosen, and the field."""
 
     chosen: Candidate | None
@@ -123,12 +120,14 @@ class Choice:
     skipped: tuple[Skipped, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(msgspec.Struct, frozen=True):
     """What risk made of a choice: the status, and any fraud reason codes beyond the signals."""
 
     status: DecisionStatus
     codes: tuple[str, ...] = ()
+
+
+NO_VERDICT = Verdict("none")  # an event no reward was chosen for
 
 
 class Engine:
@@ -314,7 +313,7 @@ class Engine:
         """Granted, held or blocked: what the risk (and a new account's pending period)
         allows for the chosen reward."""
         if choice.chosen is None:
-            return Verdict("none")
+            return NO_VERDICT
         fraud = self.program.fraud
         if self.defend and assessment.score >= fraud.block:
             return Verdict("blocked", ("fraud.blocked",))
@@ -865,7 +864,7 @@ class Engine:
         choice: Choice,
         budget_codes: tuple[str, ...],
         assessment: Assessment = NO_RISK,
-        verdict: Verdict = Verdict("none"),
+        verdict: Verdict = NO_VERDICT,
         *,
         notes: tuple[str, ...] = (),
     ) -> Decision:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
 import orjson
+from msgspec.structs import replace
 
 # How many recent charges a ledger remembers by decision: far more than a partition
 # grants between two offset commits, which is what a restarted worker can re-process.
@@ -31,8 +32,7 @@ RECENT_CHARGES = 512
 _REF = operator.itemgetter(0)  # of a (decision ref, ts) charge
 
 
-@dataclass(frozen=True, slots=True)
-class Share:
+class Share(msgspec.Struct, frozen=True):
     """Which part of the program-wide limits this partition may spend."""
 
     partition: int = 0
@@ -51,13 +51,12 @@ class Share:
         return stock // self.partitions + int(self.partition < stock % self.partitions)
 
 
-@dataclass(frozen=True, slots=True)
-class Ledger:
+class Ledger(msgspec.Struct, frozen=True):
     """Spend and stock used by one partition of one program."""
 
     spent_total: float = 0.0
     buckets: tuple[tuple[int, float], ...] = ()  # (bucket start ms, cost), oldest first
-    stock_used: dict[str, int] = field(default_factory=dict)
+    stock_used: dict[str, int] = msgspec.field(default_factory=dict)
     charged: tuple[tuple[str, int], ...] = ()  # (decision ref, ts) of the latest charges
 
     def has_charged(self, ref: str) -> bool:
@@ -107,7 +106,7 @@ class Ledger:
         )
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(self)
+        return msgspec.json.encode(self)
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> Ledger:

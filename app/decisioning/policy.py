@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+import msgspec
 
 from app.contract.records import Event
 from app.features.state import UserState
@@ -36,8 +37,7 @@ from app.models import explore_draw
 from app.programs import Learning, Program, Reward
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(msgspec.Struct, frozen=True):
     """A reward that passed every gate, with its score."""
 
     reward: Reward
@@ -52,8 +52,7 @@ class Candidate:
     profile_codes: tuple[float, ...] = ()  # the profile's groups, stored with an offer
 
 
-@dataclass(frozen=True, slots=True)
-class Situation:
+class Situation(msgspec.Struct, frozen=True):
     """What a policy may know of one decision besides its candidates."""
 
     event: Event
@@ -62,8 +61,7 @@ class Situation:
     program: Program
 
 
-@dataclass(frozen=True, slots=True)
-class Pick:
+class Pick(msgspec.Struct, frozen=True):
     """A policy's answer: the candidate to offer (None: no reward), the probability the
     policy had of this very answer, and how it chose (a reason code word:
     ``exploit``, ``explore``, ``below_minimum``, or a custom policy's own)."""

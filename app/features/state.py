@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
+from msgspec.structs import replace
 
 from app.contract.records import Event
 from app.fraud.assess import RiskState
-from app.frozen import replace
 from app.rows import expand, shrink
 
 DAY_MS = 86_400_000
@@ -30,8 +30,7 @@ ENGAGEMENT_HALF_LIFE_MS = WEEK_MS
 MAX_PENDING_OFFERS = 8
 
 
-@dataclass(frozen=True, slots=True)
-class KindResponse:
+class KindResponse(msgspec.Struct, frozen=True):
     """How a user has answered rewards of one kind."""
 
     offered: int = 0
@@ -39,8 +38,7 @@ class KindResponse:
     dismissed: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
+class Grant(msgspec.Struct, frozen=True):
     """A reward granted to the user: what the contact policy and per-user budget count."""
 
     ts: int
@@ -54,8 +52,7 @@ def decision_ref(decision_id: str) -> str:
     return decision_id[2:18]
 
 
-@dataclass(frozen=True, slots=True)
-class PendingOffer:
+class PendingOffer(msgspec.Struct, frozen=True):
     """A granted reward still waiting for its outcome, with what the model saw then."""
 
     decision_id: str
@@ -66,8 +63,7 @@ class PendingOffer:
     learn: bool  # False when the user had opted out of personalization at the time
 
 
-@dataclass(frozen=True, slots=True)
-class UserState:
+class UserState(msgspec.Struct, frozen=True):
     """Everything the engine knows about one user. Absent timestamps mean "never"."""
 
     events: int = 0
@@ -77,11 +73,11 @@ class UserState:
     last_ts: int | None = None
     last_purchase_ts: int | None = None
     engagement: float = 0.0
-    channel_counts: dict[str, int] = field(default_factory=dict)
-    profile: dict[str, Any] = field(default_factory=dict)
+    channel_counts: dict[str, int] = msgspec.field(default_factory=dict)
+    profile: dict[str, Any] = msgspec.field(default_factory=dict)
     personalization: bool | None = None  # None: the program's default
     marketing: bool | None = None
-    responses: dict[str, KindResponse] = field(default_factory=dict)
+    responses: dict[str, KindResponse] = msgspec.field(default_factory=dict)
     rewards_granted: int = 0
     rewards_redeemed: int = 0
     rewards_dismissed: int = 0
@@ -141,7 +137,7 @@ class UserState:
 
     def to_bytes(self) -> bytes:
         """The stored form (see :mod:`app.rows`)."""
-        return shrink(orjson.dumps(self))
+        return shrink(msgspec.json.encode(self))
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> UserState:
@@ -164,7 +160,7 @@ class UserState:
 
 def content_digest(event: Event) -> int:
     """A checksum of everything the event says: tells a replay from a retried delivery."""
-    return zlib.crc32(orjson.dumps(event))
+    return zlib.crc32(msgspec.json.encode(event))
 
 
 _NO_RESPONSE = KindResponse()

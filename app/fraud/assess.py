@@ -9,8 +9,10 @@ suspect when it comes back to redeem.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
+from msgspec.structs import replace
 
 from app.contract.records import Event
 from app.fraud.links import LinkFacts
@@ -27,14 +29,12 @@ from app.fraud.signals import (
     referral_signals,
     related_signal,
 )
-from app.frozen import replace
 
 # How fast a user's carried risk fades without new signals.
 LEVEL_HALF_LIFE_MS = 3 * 86_400_000
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(msgspec.Struct, frozen=True):
     """A reward chosen for a risky user and held for review."""
 
     decision_id: str
@@ -56,14 +56,15 @@ class Hold:
     earned_channel: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RiskState:
+class RiskState(msgspec.Struct, frozen=True):
     """What the engine keeps about one user's risk."""
 
     activity: Activity = Activity()
     level: float = 0.0  # the risk carried to the next event, before decay
     level_ts: int | None = None
-    vector: dict[str, float] = field(default_factory=dict)  # signals of the last flagged event
+    vector: dict[str, float] = msgspec.field(
+        default_factory=dict
+    )  # signals of the last flagged event
     label: str | None = None  # the last analyst label: confirmed or cleared
     cleared_until: int | None = None
     hold: Hold | None = None
@@ -95,8 +96,7 @@ class RiskState:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Assessment:
+class Assessment(msgspec.Struct, frozen=True):
     """The risk of one event: ``score`` decides, ``event_score`` (its own signals) alerts.
 
     ``anomaly`` is the unsupervised detector's signal. It raises an alert's score and

@@ -18,13 +18,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import operator
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
+from msgspec.structs import replace
 
 from app.contract.records import Event
-from app.frozen import replace
 from app.rows import expand, shrink
 
 HOUR_MS = 3_600_000
@@ -39,8 +39,7 @@ MAX_RELATED = 10
 LINK_KINDS = ("device", "net")
 
 
-@dataclass(frozen=True, slots=True)
-class Seen:
+class Seen(msgspec.Struct, frozen=True):
     """One account seen on a device or network."""
 
     user_id: str
@@ -50,8 +49,7 @@ class Seen:
     ip: str | None = None  # the address last used, for per-address counts in a network
 
 
-@dataclass(frozen=True, slots=True)
-class Referral:
+class Referral(msgspec.Struct, frozen=True):
     """A referral sent from this device or network: who, by whom, when."""
 
     referred: str
@@ -59,8 +57,7 @@ class Referral:
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class LinkState:
+class LinkState(msgspec.Struct, frozen=True):
     """What one device or network has seen."""
 
     accounts: tuple[Seen, ...] = ()
@@ -74,7 +71,7 @@ class LinkState:
 
     def to_bytes(self) -> bytes:
         """The stored form (see :mod:`app.rows`)."""
-        return shrink(orjson.dumps(self))
+        return shrink(msgspec.json.encode(self))
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> LinkState:
@@ -87,8 +84,7 @@ class LinkState:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class LinkFacts:
+class LinkFacts(msgspec.Struct, frozen=True):
     """What one device or network says about one event's user, as the event passed."""
 
     kind: str  # device or net

@@ -14,14 +14,14 @@ tau" after a burst, and costs one float per rate whatever the traffic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
+from msgspec.structs import replace
 
 from app.contract.records import Event
 from app.fraud.links import LinkFacts
-from app.frozen import replace
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
@@ -54,8 +54,7 @@ SAME_IP_ACCOUNTS = 5  # accounts on one address within 24 h
 DEVICE_ACCOUNTS = 5  # accounts active on one device within 24 h
 
 
-@dataclass(frozen=True, slots=True)
-class Signal:
+class Signal(msgspec.Struct, frozen=True):
     """One reason to suspect an event.
 
     ``shared``: the signal only says the user shares a device or network with
@@ -70,8 +69,7 @@ class Signal:
     shared: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Activity:
+class Activity(msgspec.Struct, frozen=True):
     """The per-user numbers the signals are computed from, kept in the user's state."""
 
     ts: int | None = None
@@ -257,8 +255,7 @@ def related_signal(notes: tuple[RelatedNote, ...]) -> Signal:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class RelatedNote:
+class RelatedNote(msgspec.Struct, frozen=True):
     """Another user's fraud alert named this account: which alert, whose, and when."""
 
     alert_id: str

@@ -14,6 +14,7 @@ import argparse
 import statistics
 from collections.abc import Sequence
 
+import msgspec
 import orjson
 
 from app.contract import Event
@@ -40,7 +41,7 @@ def rows_after(messages: Sequence[bytes]) -> list[bytes]:
             continue
         outcome = engine.process(states.get(event.user_id, UserState()), ledger, event)
         states[event.user_id], ledger = outcome.user, outcome.ledger
-    return [orjson.dumps(state) for state in states.values()]
+    return [msgspec.json.encode(state) for state in states.values()]
 
 
 def sign_ups() -> list[bytes]:

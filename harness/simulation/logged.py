@@ -94,6 +94,6 @@ def logged_closed_loop(
 
 
 def _decision(document: dict[str, object]) -> Decision:
-    fields = {name: document[name] for name in Decision.__dataclass_fields__ if name in document}
+    fields = {name: document[name] for name in Decision.__struct_fields__ if name in document}
     fields["reasons"] = tuple(fields.get("reasons", ()))  # type: ignore[arg-type]
     return Decision(**fields)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import msgspec
 import orjson
 
 from app.contract import Event, FraudAlert
@@ -112,7 +113,7 @@ def test_the_count_behind_the_ids_survives_the_stored_state() -> None:
 
 
 def test_a_row_stored_before_the_count_reads_as_none_counted() -> None:
-    document = orjson.loads(orjson.dumps(UserState(events=3)))
+    document = orjson.loads(msgspec.json.encode(UserState(events=3)))
     del document["repeats"]
     state = UserState.from_bytes(orjson.dumps(document))
     assert (state.events, state.repeats, state.messages) == (3, 0, 3)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
+import msgspec
 import orjson
 import pytest
 
@@ -516,7 +517,7 @@ def test_every_event_gets_one_decision_and_repeats_none() -> None:
     assert again.duplicate
     assert again.user.repeats == 1
     assert again.user.risk.level == pytest.approx(REPEAT_WEIGHT)
-    assert dataclasses.replace(again.user, repeats=0, risk=first.user.risk) == first.user
+    assert msgspec.structs.replace(again.user, repeats=0, risk=first.user.risk) == first.user
     # No second decision; the repeat is reported.
     assert [r.kind for r in again.records] == ["fraud_alert"]
     assert again.records[0].reasons == ("event.replayed",)

@@ -11,11 +11,11 @@ holds or history.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from typing import Any
 
 import fastjsonschema
+import msgspec
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
@@ -250,7 +250,7 @@ def test_an_import_changes_nothing_but_first_ts_and_profile_beyond_what_any_even
     ]
     at = START
     view = event("page_view", at)
-    member = dataclasses.replace(
+    member = msgspec.structs.replace(
         view, type="member_imported", attributes={"member_since": YEARS_AGO, "age": 31}
     )
     after_view, _ = engine_run(*history, view)
@@ -259,9 +259,9 @@ def test_an_import_changes_nothing_but_first_ts_and_profile_beyond_what_any_even
     assert after_import.first_ts == YEARS_AGO
     assert after_import.profile == {**after_view.profile, "age": 31}
     ignored = {"first_ts", "profile", "recent_event_digests"}
-    for field in dataclasses.fields(UserState):
-        if field.name not in ignored:
-            assert getattr(after_import, field.name) == getattr(after_view, field.name), field.name
+    for name in UserState.__struct_fields__:
+        if name not in ignored:
+            assert getattr(after_import, name) == getattr(after_view, name), name
     assert after_import.rewards_granted == after_view.rewards_granted > 0
     assert after_import.purchases == 1
 

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from app.contract import Decision, Event
@@ -157,7 +158,7 @@ class Rogue:
     """A policy that invents a reward the gates never let through."""
 
     def choose(self, candidates: Sequence[Candidate], situation: Situation) -> Pick:
-        invented = dataclasses.replace(candidates[0], cost=0.0, priority=99.0)
+        invented = msgspec.structs.replace(candidates[0], cost=0.0, priority=99.0)
         return Pick(invented, 1.0, "rogue")
 
 
