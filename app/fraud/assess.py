@@ -16,7 +16,14 @@ from msgspec.structs import replace
 
 from app.contract.records import Event
 from app.fraud.links import LinkFacts
-from app.fraud.scoring import RiskModels, anomaly_features, decayed, noisy_or, signal_vector
+from app.fraud.scoring import (
+    RiskModels,
+    anomaly_can_alert,
+    anomaly_features,
+    decayed,
+    noisy_or,
+    signal_vector,
+)
 from app.fraud.signals import (
     Activity,
     RelatedNote,
@@ -158,11 +165,13 @@ def assess(
         signals.append(related_signal(fresh))
     if risk.cleared_until is not None and event.ts < risk.cleared_until:
         signals = [s for s in signals if not s.shared]
-    found = models.anomaly_signal(anomaly_features(activity, links))
     learned = models.labelled_signal(signal_vector(signals))
     if learned is not None:
         signals.append(learned)
     event_score = noisy_or(s.weight for s in signals)
+    found = models.anomaly_signal(
+        anomaly_features(activity, links), wanted=anomaly_can_alert(event_score, alert_at)
+    )
     carried = carried_risk(risk, event.ts)
     # The larger, not the noisy-OR, of now and before: a burst still under way is seen
     # again at every event, and the same evidence must not compound into certainty.

@@ -52,6 +52,14 @@ def noisy_or(weights: Iterable[float]) -> float:
     return 1.0 - clear
 
 
+def anomaly_can_alert(event_score: float, alert_at: float) -> bool:
+    """Whether the detector's signal could change what an event's alert says: it speaks
+    only in alerts (:class:`app.fraud.assess.Assessment`), at a fixed weight, so where
+    even that weight cannot lift the event's own score to the alert threshold, the
+    event has no alert with or without it. The same sum as ``Assessment.alert_score``."""
+    return round(noisy_or((round(event_score, 4), ANOMALY_WEIGHT)), 4) >= alert_at
+
+
 def anomaly_features(activity: Activity, facts: tuple[LinkFacts, ...]) -> dict[str, float]:
     features = dict(zip(RATE_NAMES, activity.rates, strict=True))
     for kind in ("device", "net"):
@@ -73,9 +81,13 @@ class RiskModels:
         # The worker holds learning steps until their batch commits (app.models.deferral).
         self.deferral = Deferral()
 
-    def anomaly_signal(self, features: dict[str, float]) -> Signal | None:
-        """Score the event against recent traffic, then learn from it."""
-        score = float(self.detector.score_one(features))
+    def anomaly_signal(self, features: dict[str, float], *, wanted: bool = True) -> Signal | None:
+        """Score the event against recent traffic (only if ``wanted``), then learn from it.
+
+        Scoring changes nothing in the detector, so an event whose score could not
+        matter (:func:`anomaly_can_alert`) skips it; every event is learned from, so the
+        detector's window is the same either way."""
+        score = float(self.detector.score_one(features)) if wanted else 0.0
         self.deferral.run(functools.partial(self.detector.learn_one, dict(features)))
         if score < ANOMALY_QUANTILE_SCORE:
             return None
