@@ -131,6 +131,28 @@ async def _align_configs(admin: AIOKafkaAdminClient, wanted: Sequence[TopicReque
     return [change.name for change in changes]
 
 
+async def message_limits(
+    bootstrap_servers: str, names: Sequence[str], *, client: ClientOptions | None = None
+) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker applies it (the topic's own value,
+    else the broker's default): the largest record batch it accepts."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client or {}))
+    await admin.start()
+    try:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        limits: dict[str, int] = {}
+        for response in await admin.describe_configs(resources):
+            for error_code, message, _, name, entries in response.resources:
+                if error_code:
+                    raise TopicError(f"could not read the configs of {name!r}: {message}")
+                for entry in entries:
+                    if entry[0] == "max.message.bytes" and entry[1] is not None:
+                        limits[name] = int(entry[1])
+        return limits
+    finally:
+        await admin.close()
+
+
 def _set_on_topic(source: int | bool, value: str | None) -> bool:
     """Whether a described config was set on the topic itself (version 0 of the answer
     says only whether it is a default)."""

@@ -123,6 +123,11 @@ class Settings:
     batch_max_records: int = 1_000
     fetch_max_wait_ms: int = 200
     linger_ms: int = 2
+    # The largest record batch a task's producer sends to one partition. aiokafka sends a
+    # partition's next batch only once the one before it is answered, so a commit's
+    # records in 16 KiB batches (its default) cost a round trip each. Lowered at start to
+    # what the smallest max.message.bytes of the worker's topics allows.
+    produce_batch_bytes: int = 524_288
     # How long a decision may wait for its task's transaction to start. A task has one
     # transaction in flight at a time; what it handles meanwhile joins the next one
     # (whatever this is). Longer: fewer, larger transactions, less work for the broker per
@@ -229,6 +234,8 @@ class Settings:
             raise SettingsError("REWARDSTREAM_STATE_TTL_DAYS must be at least 1")
         if self.batch_max_records < 1:
             raise SettingsError("REWARDSTREAM_BATCH_MAX_RECORDS must be at least 1")
+        if self.produce_batch_bytes < 16_384:
+            raise SettingsError("REWARDSTREAM_PRODUCE_BATCH_BYTES must be at least 16384")
         if min(self.fetch_max_wait_ms, self.linger_ms, self.commit_interval_ms) < 0:
             raise SettingsError(
                 "REWARDSTREAM_FETCH_MAX_WAIT_MS, _LINGER_MS and _COMMIT_INTERVAL_MS must be >= 0"

@@ -40,6 +40,18 @@ class Clients(Protocol):
     def producer(self, transactional_id: str | None) -> Any: ...
 
 
+# Room left in a batch for what Kafka adds around the records (the batch header).
+BATCH_OVERHEAD_BYTES = 1_024
+
+
+def batch_bytes_within(wanted: int, limits: Mapping[str, int]) -> int:
+    """The producer's batch size: ``wanted``, or less where a topic's ``max.message.bytes``
+    (``limits``) would refuse a batch that large (aiokafka never splits a refused batch:
+    the commit would fail again at every retry). Never below aiokafka's default."""
+    smallest = min(limits.values(), default=wanted + BATCH_OVERHEAD_BYTES)
+    return max(16_384, min(wanted, smallest - BATCH_OVERHEAD_BYTES))
+
+
 class KafkaClients:
     """aiokafka clients for one worker, with the deployment's connection options."""
 
@@ -50,10 +62,12 @@ class KafkaClients:
         *,
         fetch_max_wait_ms: int,
         linger_ms: int,
+        batch_bytes: int = 16_384,
     ) -> None:
         self.common = {"bootstrap_servers": bootstrap_servers, **options}
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.linger_ms = linger_ms
+        self.batch_bytes = batch_bytes
 
     def group_consumer(self, group_id: str) -> AIOKafkaConsumer:
         """The consumer of every stage's inputs. The range assignor gives one member the
@@ -91,6 +105,7 @@ class KafkaClients:
         return TransactionalProducer(
             transactional_id=transactional_id,
             linger_ms=self.linger_ms,
+            max_batch_size=self.batch_bytes,
             retry_backoff_ms=TRANSACTION_RETRY_BACKOFF_MS,
             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             **self.common,

@@ -12,13 +12,19 @@ from prometheus_client import CollectorRegistry
 
 from app.assembly import build_engine, build_shadow_engine
 from app.decisioning.engine import Engine
-from app.kafkaio import client_options, ensure_topics, latest_by_key, topic_requests
+from app.kafkaio import (
+    client_options,
+    ensure_topics,
+    latest_by_key,
+    message_limits,
+    topic_requests,
+)
 from app.metrics import Metrics
 from app.models.checkpoint import checkpoint_key, encode, learned_through, restore_into
 from app.pipeline import Pipeline
 from app.replay import kafka_partitioner
 from app.settings import Settings
-from streams.clients import KafkaClients
+from streams.clients import KafkaClients, batch_bytes_within
 from streams.runtime import Runtime
 from streams.web import WebServer
 from topologies import build
@@ -116,6 +122,16 @@ async def serve(
         settings.bootstrap_servers, topic_requests(settings), client=client
     )
     log.info("topics.ready %s", ", ".join(f"{k}={v}" for k, v in created.items()))
+    limits = await message_limits(settings.bootstrap_servers, list(created), client=client)
+    batch_bytes = batch_bytes_within(settings.produce_batch_bytes, limits)
+    if batch_bytes < settings.produce_batch_bytes:
+        smallest = min(limits, key=limits.__getitem__)
+        log.warning(
+            "producer.batch_lowered bytes=%d topic=%s max_message_bytes=%d",
+            batch_bytes,
+            smallest,
+            limits[smallest],
+        )
     learned: dict[str, int] = {}  # the inputs whose learning the live models hold
     for models_of in (engine, shadow) if shadow is not None else (engine,):
         program = models_of.program.id
@@ -149,6 +165,7 @@ async def serve(
         client,
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         linger_ms=settings.linger_ms,
+        batch_bytes=batch_bytes,
     )
     runner = Runtime(config, topology, clients, metrics, hooks=hooks)
     runner.resume_from(learned)

@@ -14,7 +14,7 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
-from streams.clients import TransactionalProducer
+from streams.clients import BATCH_OVERHEAD_BYTES, TransactionalProducer, batch_bytes_within
 
 GROUP = "workers"
 OUT = [TopicPartition("out", 0), TopicPartition("out", 1)]
@@ -93,3 +93,14 @@ async def test_the_end_of_a_transaction_releases_whoever_waits_for_it(
     manager.error_transaction(KafkaTimeoutError("the broker went away"))
     await asyncio.wait_for(waiting, 1)
     assert manager.group_ahead is None
+
+
+def test_batches_stay_within_the_smallest_limit_of_the_topics_written() -> None:
+    wanted = 524_288
+    roomy = {"decisions": 1_048_588, "links": 1_048_588}
+    assert batch_bytes_within(wanted, roomy) == wanted
+    assert batch_bytes_within(wanted, {}) == wanted
+    tight = {**roomy, "decisions": 65_536}
+    assert batch_bytes_within(wanted, tight) == 65_536 - BATCH_OVERHEAD_BYTES
+    # Never below aiokafka's own default, which any broker takes.
+    assert batch_bytes_within(wanted, {"decisions": 4_096}) == 16_384
