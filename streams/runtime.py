@@ -55,6 +55,10 @@ SWEEP_MIN_SLICE = 8
 SWEEP_COMMIT_WITHIN_S = 1.0
 # How long the loop waits for records when no task has anything to commit soon.
 IDLE_FETCH_MS = 100
+# The loop hands at most about this much work to the stages between two turns of the
+# event loop: a transaction in flight advances one step (a request sent, a response
+# read) per turn, so a turn spent on a thousand records would hold every commit back.
+HANDLE_SLICE_S = 0.02
 # /ready says 503 while a task's transactions keep failing this many times in a row (and
 # while an input is held behind an open transaction: RuntimeConfig.blocked_not_ready_s).
 FAILURES_NOT_READY = 3
@@ -139,6 +143,8 @@ class Runtime:
         self.rebalancing = False
         self.assignments = 0
         self.batches_committed = 0
+        # Seconds of handling per record, smoothed: how many records fit a slice.
+        self.seconds_per_record = 0.0
         self.changelog_ends: dict[TopicPartition, int] = {}
         self.snapshotted: dict[TopicPartition, int] = {}
         self.last_snapshot_s = time.monotonic()
@@ -267,7 +273,7 @@ class Runtime:
             self._pace(consumer)
             assignments = self.assignments
             batches = await consumer.getmany(
-                timeout_ms=self._fetch_wait_ms(), max_records=self.config.batch_max_records
+                timeout_ms=self._fetch_wait_ms(), max_records=self._slice_records()
             )
             async with self._lock:
                 if self.rebalancing:
@@ -282,6 +288,24 @@ class Runtime:
                     self._handle(batches)
                 self._commit_due()
                 await self._housekeeping()
+            # getmany returns at once while records are buffered: without this the loop
+            # would never let a commit in flight move on.
+            await asyncio.sleep(0)
+
+    def _slice_records(self) -> int:
+        """How many records to take in one turn: about :data:`HANDLE_SLICE_S` of handling."""
+        most = self.config.batch_max_records
+        if self.seconds_per_record <= 0.0:
+            return most
+        return max(1, min(most, int(HANDLE_SLICE_S / self.seconds_per_record)))
+
+    def _handled_in(self, started: float, records: int) -> None:
+        """A stage took from ``started`` until now over ``records`` records."""
+        per_record = (time.perf_counter() - started) / records
+        previous = self.seconds_per_record
+        self.seconds_per_record = (
+            per_record if previous <= 0.0 else 0.8 * previous + 0.2 * per_record
+        )
 
     async def _fetched_since(
         self, batches: Mapping[TopicPartition, list[Any]]
@@ -315,11 +339,14 @@ class Runtime:
         """Hand each batch to its stage, or keep it waiting while its task commits."""
         now = time.monotonic()
         views = self.views.rows if self.views is not None else {}
+        # What waits for a transaction is handled as one batch when it ends (in its
+        # callback, between two turns of the loop): a slice at most.
+        most_waiting = self._slice_records()
         for tp, messages in batches.items():
             task = self.tasks.get(tp.partition)
             if task is None or task.state is not TaskState.RUNNING or tp not in task.inputs:
                 continue  # not ours (any more): it is fetched again by its owner
-            messages = task.wait(tp, messages, self.config.batch_max_records)
+            messages = task.wait(tp, messages, most_waiting)
             if messages:
                 messages = task.fresh(tp, messages)
             if not messages:
@@ -357,7 +384,9 @@ class Runtime:
             {name: task.tables[name] for name in stage.tables},
             views,
         )
+        started = time.perf_counter()
         outputs = stage.handler(batch)
+        self._handled_in(started, len(messages))
         due_s = now + stage.commit_within_ms / 1000
         task.handled(tp, messages[-1].offset + 1, outputs, due_s, batch.effects if effects else ())
 

@@ -225,6 +225,13 @@ class FakeConsumer:
         self.before_return: (
             Callable[[dict[TopicPartition, list[Record]]], Awaitable[None]] | None
         ) = None
+        # The max_records of each getmany() call, in order.
+        self.asked: list[int | None] = []
+        # Whether getmany() lets the event loop turn once before it returns what it has.
+        # aiokafka does not: while it has records buffered, getmany() returns without
+        # suspending, and a loop of nothing else never lets another task run. False: as
+        # aiokafka (it still suspends while it waits for records).
+        self.turns_when_buffered = True
 
     async def start(self) -> None:
         pass
@@ -297,9 +304,11 @@ class FakeConsumer:
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[Record]]:
+        self.asked.append(max_records)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_ms / 1000
-        await asyncio.sleep(0)
+        if self.turns_when_buffered:
+            await asyncio.sleep(0)
         while True:
             before = dict(self.positions)
             batches = self._fetch(partitions, max_records)

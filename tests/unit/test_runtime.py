@@ -14,7 +14,9 @@ import dataclasses
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -26,7 +28,7 @@ from app.settings import Settings, SettingsError
 from streams import runtime as runtime_module
 from streams import task as task_module
 from streams.runtime import Hooks, Runtime, RuntimeConfig
-from streams.task import TaskState
+from streams.task import Committed, TaskState
 from streams.topology import Batch, Stage, Topology
 from tests.unit.fakekafka import (
     FakeBroker,
@@ -51,6 +53,23 @@ def tp_in(partition: int) -> TopicPartition:
     return TopicPartition(IN, partition)
 
 
+class HandlingClock:
+    """What streams.runtime sees as its ``time`` module (see :func:`handling_costs`):
+    ``perf_counter()`` moves only as the toy stage handles records, ``per_record_s`` for
+    each, so the runtime measures its handling at exactly that cost whatever the machine's
+    speed. Everything else is the real module: commit deadlines run on the real clock."""
+
+    def __init__(self, per_record_s: float) -> None:
+        self.per_record_s = per_record_s
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 class Toy:
     """A counter stage: table ``counts`` holds each key's count on the partition."""
 
@@ -60,6 +79,7 @@ class Toy:
         self.effects: list[tuple[int, int]] = []  # (partition, offset) of every effect run
         self.explode: set[int] = set()  # offsets whose effect raises
         self.broken: set[int] = set()  # offsets the stage itself raises on (a bug)
+        self.clock: HandlingClock | None = None  # advanced by each record handled
         stage = Stage("count", ("in",), ("counts",), self.count, commit_within_ms)
         self.topology = Topology(stages=(stage,), changelog_of=lambda t: f"toy-{t}-changelog")
 
@@ -68,6 +88,8 @@ class Toy:
         self.batches.append(len(batch.messages))
         outputs = []
         for message in batch.messages:
+            if self.clock is not None:
+                self.clock.now += self.clock.per_record_s
             if message.offset in self.broken:
                 raise RuntimeError(f"a stage's bug at offset {message.offset}")
             self.seen.append((message.partition, message.offset))
@@ -473,6 +495,145 @@ async def test_records_waiting_when_a_commit_fails_are_dropped_and_handled_once(
         await w.until(lambda: w.committed(0) == 10)
         w.check_exactly_once()
         assert a.toy.seen == [(0, n) for n in range(5)] + [(0, n) for n in range(10)]
+
+
+# ---------------------------------------------------------------- handling a slice per turn
+
+# A slice (HANDLE_SLICE_S) of handling is 20 records at this cost per record (20.5 rather
+# than 20: the measure's rounding must not make it 19).
+SLICE_OF_20_S = runtime_module.HANDLE_SLICE_S / 20.5
+
+
+def handling_costs(monkeypatch: pytest.MonkeyPatch, worker: Worker, per_record_s: float) -> None:
+    """The runtime measures ``worker``'s handling at ``per_record_s`` a record, exactly.
+
+    It times its handling with ``time.perf_counter()`` of the ``time`` module it imported:
+    replacing that name in streams.runtime alone (not ``time.perf_counter`` itself) leaves
+    asyncio, pytest and the other modules on the real clocks."""
+    clock = HandlingClock(per_record_s)
+    monkeypatch.setattr(runtime_module, "time", clock)
+    worker.toy.clock = clock
+
+
+@pytest.mark.parametrize(
+    ("per_record_s", "slice_records"),
+    [
+        (SLICE_OF_20_S, 20),
+        (runtime_module.HANDLE_SLICE_S / 1_000, 100),  # never more than batch_max_records
+        (runtime_module.HANDLE_SLICE_S * 3, 1),  # longer than a slice: one record a turn
+    ],
+    ids=["20-a-slice", "cheap", "dear"],
+)
+async def test_the_loop_takes_about_a_slice_of_handling_per_turn(
+    monkeypatch: pytest.MonkeyPatch, per_record_s: float, slice_records: int
+) -> None:
+    """Between two turns of the event loop the stages get about HANDLE_SLICE_S of work:
+    once the runtime has measured what a record costs, it asks the consumer for that many
+    records at most (at least one, at most batch_max_records)."""
+    records = 100 + 3 * slice_records
+    async with world() as w:
+        w.produce(0, records)
+        # Nothing commits before the stop: no record waits, each fetch goes to the stage.
+        a = w.worker(commit_within_ms=60_000)
+        handling_costs(monkeypatch, a, per_record_s)
+        await a.start(0)
+        await w.until(lambda: len(a.toy.seen) == records)
+        asked = a.consumer.asked
+        assert asked[0] == 100  # nothing measured yet: batch_max_records
+        assert set(asked[1:]) == {slice_records}
+        assert a.toy.batches == [100] + [slice_records] * 3
+        await a.stop()
+        w.check_exactly_once()
+
+
+class CommitWatch(Hooks):
+    """What had been handled, and what was visible, when each commit ended."""
+
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.handled: Callable[[], int] = lambda: 0
+        self.at_commit: list[tuple[int, int]] = []  # (records handled, outputs visible)
+
+    def committed(self, partition: int, done: Committed) -> None:
+        self.at_commit.append((self.handled(), len(self.w.outputs())))
+
+
+async def test_a_commit_in_flight_shows_while_a_large_backlog_is_still_being_handled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transaction moves on one step per turn of the event loop, and aiokafka's
+    getmany() returns without suspending while it has records buffered: a loop that only
+    fetched and handled would hold every commit back until the backlog was gone (seconds
+    under load). The loop lets the event loop turn after each slice instead."""
+    backlog = 2_000  # a hundred slices
+    async with world() as w:
+        w.produce(0, backlog)
+        watch = CommitWatch(w)
+        a = w.worker(hooks=watch)
+        watch.handled = lambda: len(a.toy.seen)
+        handling_costs(monkeypatch, a, SLICE_OF_20_S)
+        await a.start(0)
+        a.consumer.turns_when_buffered = False  # as aiokafka (the loop has not run yet)
+        await w.until(lambda: w.committed(0) == backlog)
+        handled, visible = watch.at_commit[0]
+        assert visible > 0
+        assert handled < backlog, "the first commit waited for the whole backlog"
+        w.check_exactly_once()
+
+
+async def test_records_fetched_while_a_commit_is_in_flight_go_to_the_stage_a_slice_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What is fetched while a transaction is in flight goes to the stage a slice at a time,
+    and what waits for its end, handed on in one batch when it ends (in its callback,
+    between two turns of the event loop), is less than a slice, not up to
+    batch_max_records."""
+    async with world() as w:
+        held = w.broker.hold_commits(tid(0))
+        w.produce(0, 5)
+        a = w.worker()
+        handling_costs(monkeypatch, a, SLICE_OF_20_S)
+        await a.start(0)
+        await w.until(lambda: busy(a, 0))  # 0-4 handled: a slice is 20 records now
+        w.produce(0, 150)
+        await w.until(lambda: len(a.toy.seen) + waiting(a, 0) == 155)
+        waited = waiting(a, 0)
+        handed = len(a.toy.batches)
+        assert 0 < waited < 20
+        assert a.toy.batches[1:] == [20] * 7
+        held.set()
+        await w.until(lambda: w.committed(0) == 155)
+        assert a.toy.batches[handed:] == [waited]  # all that waited, in one batch
+        assert a.toy.seen == [(0, n) for n in range(155)]
+        w.check_exactly_once()
+
+
+async def test_records_trickling_in_while_a_commit_is_in_flight_wait_a_slice_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with world() as w:
+        held = w.broker.hold_commits(tid(0))
+        w.produce(0, 5)
+        a = w.worker()
+        handling_costs(monkeypatch, a, SLICE_OF_20_S)
+        await a.start(0)
+        await w.until(lambda: busy(a, 0))  # 0-4 handled: a slice is 20 records now
+
+        def all_fetched() -> bool:
+            return a.consumer.positions[tp_in(0)] == len(w.broker.logs[IN][0])
+
+        for _ in range(30):
+            w.produce(0, 3)  # a few records a fetch, while 0-4 commit
+            await w.until(all_fetched)
+        held.set()
+        await w.until(lambda: w.committed(0) == 95)
+        w.check_exactly_once()
+        # The handling is measured where the stage runs, not per record fetched: records
+        # that went to wait cost nothing at the fetch, and the slice must not grow from it.
+        # What waits is handed over once a slice has come: a slice and the fetch that
+        # filled it, at most.
+        assert set(a.consumer.asked[1:]) == {20}
+        assert max(a.toy.batches) <= 20 + 3, f"batches {a.toy.batches}"
 
 
 # ---------------------------------------------------------------- rebalances
