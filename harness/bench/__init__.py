@@ -17,5 +17,6 @@
 - :mod:`harness.bench.console`: the console's user lookup with a million users.
 - By hand, not in a report: :mod:`harness.bench.rows` (stored form of user rows) and
   :mod:`harness.bench.validate_speed` (event validation), both timed by
-  :mod:`harness.bench.timing`.
+  :mod:`harness.bench.timing`; :mod:`harness.bench.steady` (latency and CPU per event
+  under steady load, settings compared in alternated runs).
 """
