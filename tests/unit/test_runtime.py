@@ -413,12 +413,16 @@ def waiting(worker: Worker, partition: int) -> int:
     return 0 if task is None else sum(len(m) for m in task.waiting.values())
 
 
-async def first_commit_held(w: World) -> tuple[Worker, asyncio.Event]:
+async def first_commit_held(
+    w: World, on_start: Callable[[Worker], None] = lambda worker: None
+) -> tuple[Worker, asyncio.Event]:
     """A worker on partition 0 whose first transaction, of records 0-4, stays in flight
-    until the returned event is set."""
+    until the returned event is set (``on_start`` sees the worker before it starts)."""
     held = w.broker.hold_commits(tid(0))
     w.produce(0, 5)
-    a = await w.worker().start(0)
+    a = w.worker()
+    on_start(a)
+    await a.start(0)
     await w.until(lambda: busy(a, 0))
     return a, held
 
@@ -589,12 +593,10 @@ async def test_records_fetched_while_a_commit_is_in_flight_go_to_the_stage_a_sli
     between two turns of the event loop), is less than a slice, not up to
     batch_max_records."""
     async with world() as w:
-        held = w.broker.hold_commits(tid(0))
-        w.produce(0, 5)
-        a = w.worker()
-        handling_costs(monkeypatch, a, SLICE_OF_20_S)
-        await a.start(0)
-        await w.until(lambda: busy(a, 0))  # 0-4 handled: a slice is 20 records now
+        # 0-4 handled: a slice is 20 records now.
+        a, held = await first_commit_held(
+            w, lambda a: handling_costs(monkeypatch, a, SLICE_OF_20_S)
+        )
         w.produce(0, 150)
         await w.until(lambda: len(a.toy.seen) + waiting(a, 0) == 155)
         waited = waiting(a, 0)
@@ -611,13 +613,14 @@ async def test_records_fetched_while_a_commit_is_in_flight_go_to_the_stage_a_sli
 async def test_records_trickling_in_while_a_commit_is_in_flight_wait_a_slice_at_most(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Records that go to wait for a transaction in flight cost nothing where they are
+    fetched: the slice is measured where the stage runs, so a commit during which records
+    come a few at a time does not let the slice, or what may wait, grow."""
     async with world() as w:
-        held = w.broker.hold_commits(tid(0))
-        w.produce(0, 5)
-        a = w.worker()
-        handling_costs(monkeypatch, a, SLICE_OF_20_S)
-        await a.start(0)
-        await w.until(lambda: busy(a, 0))  # 0-4 handled: a slice is 20 records now
+        # 0-4 handled: a slice is 20 records now.
+        a, held = await first_commit_held(
+            w, lambda a: handling_costs(monkeypatch, a, SLICE_OF_20_S)
+        )
 
         def all_fetched() -> bool:
             return a.consumer.positions[tp_in(0)] == len(w.broker.logs[IN][0])
@@ -628,8 +631,6 @@ async def test_records_trickling_in_while_a_commit_is_in_flight_wait_a_slice_at_
         held.set()
         await w.until(lambda: w.committed(0) == 95)
         w.check_exactly_once()
-        # The handling is measured where the stage runs, not per record fetched: records
-        # that went to wait cost nothing at the fetch, and the slice must not grow from it.
         # What waits is handed over once a slice has come: a slice and the fetch that
         # filled it, at most.
         assert set(a.consumer.asked[1:]) == {20}
