@@ -69,9 +69,8 @@ class RiskState(msgspec.Struct, frozen=True):
     activity: Activity = Activity()
     level: float = 0.0  # the risk carried to the next event, before decay
     level_ts: int | None = None
-    vector: dict[str, float] = msgspec.field(
-        default_factory=dict
-    )  # signals of the last flagged event
+    # The signals of the last flagged event.
+    vector: dict[str, float] = msgspec.field(default_factory=dict)
     label: str | None = None  # the last analyst label: confirmed or cleared
     cleared_until: int | None = None
     hold: Hold | None = None
