@@ -107,15 +107,10 @@ async def _align_configs(admin: AIOKafkaAdminClient, wanted: Sequence[TopicReque
     """
     if not wanted:
         return []
-    resources = [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in wanted]
-    current: dict[str, dict[str, str]] = {}
-    for response in await admin.describe_configs(resources):
-        for error_code, message, _, name, entries in response.resources:
-            if error_code:
-                raise TopicError(f"could not read the configs of {name!r}: {message}")
-            current[name] = {
-                entry[0]: entry[1] for entry in entries if _set_on_topic(entry[3], entry[1])
-            }
+    current = {
+        name: {entry[0]: entry[1] for entry in entries if _set_on_topic(entry[3], entry[1])}
+        for name, entries in (await _described(admin, [t.name for t in wanted])).items()
+    }
     changes = []
     for topic in wanted:
         have = current.get(topic.name, {})
@@ -139,18 +134,26 @@ async def message_limits(
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client or {}))
     await admin.start()
     try:
-        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
-        limits: dict[str, int] = {}
-        for response in await admin.describe_configs(resources):
-            for error_code, message, _, name, entries in response.resources:
-                if error_code:
-                    raise TopicError(f"could not read the configs of {name!r}: {message}")
-                for entry in entries:
-                    if entry[0] == "max.message.bytes" and entry[1] is not None:
-                        limits[name] = int(entry[1])
-        return limits
+        return {
+            name: int(entry[1])
+            for name, entries in (await _described(admin, names)).items()
+            for entry in entries
+            if entry[0] == "max.message.bytes" and entry[1] is not None
+        }
     finally:
         await admin.close()
+
+
+async def _described(admin: AIOKafkaAdminClient, names: Sequence[str]) -> dict[str, list[Any]]:
+    """Each topic's described config entries (name, value, read-only, source, ...)."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    described: dict[str, list[Any]] = {}
+    for response in await admin.describe_configs(resources):
+        for error_code, message, _, name, entries in response.resources:
+            if error_code:
+                raise TopicError(f"could not read the configs of {name!r}: {message}")
+            described[name] = list(entries)
+    return described
 
 
 def _set_on_topic(source: int | bool, value: str | None) -> bool:
