@@ -82,6 +82,48 @@ class Children:
         return child
 
 
+class Tally:
+    """Counter increments and rolling-ratio additions of one batch, summed per child and
+    applied at once (:meth:`apply`).
+
+    A decision moves five or six metrics, and each move of a prometheus_client child
+    takes a lock (about a microsecond, a few percent of an event); a batch moves each
+    child once. The sums are exact: counters and ratio windows only ever add.
+    """
+
+    __slots__ = ("counts", "ratios")
+
+    def __init__(self) -> None:
+        self.counts: dict[Any, float] = {}
+        self.ratios: dict[tuple[RollingGauge, tuple[str, ...]], tuple[float, float]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.counts or self.ratios)
+
+    def inc(self, counter: Any, amount: float = 1.0) -> None:
+        """Add ``amount`` to ``counter`` (a counter or one of its labelled children)."""
+        counts = self.counts
+        counts[counter] = counts.get(counter, 0.0) + amount
+
+    def ratio(
+        self, gauge: RollingGauge, labels: tuple[str, ...], numerator: float, denominator: float
+    ) -> None:
+        """Add to ``gauge``'s window at ``labels`` (see :meth:`RollingGauge.add`)."""
+        known = self.ratios.get((gauge, labels))
+        if known is not None:
+            numerator, denominator = known[0] + numerator, known[1] + denominator
+        self.ratios[(gauge, labels)] = (numerator, denominator)
+
+    def apply(self) -> None:
+        """Move every metric by what was added, and start over."""
+        for counter, amount in self.counts.items():
+            counter.inc(amount)
+        for (gauge, labels), (numerator, denominator) in self.ratios.items():
+            gauge.add(labels, numerator, denominator)
+        self.counts = {}
+        self.ratios = {}
+
+
 class RollingGauge:
     """A gauge whose value per label set is a :class:`RollingRatio`, computed when
     Prometheus scrapes (so it falls back as the window moves on, even with no traffic).

@@ -56,7 +56,7 @@ from app.fraud import LinkFacts, LinkState, link_keys
 from app.fraud.links import advance_link, link_document
 from app.fraud.signals import RelatedNote
 from app.fraud.view import LinkView, stored_states
-from app.metrics import NO_REWARD, Metrics
+from app.metrics import NO_REWARD, Metrics, Tally
 from app.models import log_loss
 from app.rows import DecodedRows, expand
 from app.shadow import ANSWER_TYPES, LiveFacts, Shadow
@@ -345,6 +345,9 @@ class Pipeline:
         self.newest_ts = 0
         # Where metric moves go while a batch is held (see holding); None: at once.
         self.held: list[Callable[[], None]] | None = None
+        # The counters and ratio windows the batch in progress moves, summed: applied once
+        # it is committed (holding), or at the next flush when nothing is held.
+        self.tally = Tally()
         self.shadow = None if shadow is None else self._shadow(shadow)
         self.receipt_key = receipt_key
         self.erasure_bound_ms = erasure_bound_ms
@@ -356,12 +359,13 @@ class Pipeline:
             engine,
             live_program_id=self.engine.program.id,
             expired=lambda last_ts, ts: self._expired(last_ts, ts, "shadow-user-state"),
-            count=lambda status: self._count(counted.labels(program_id, status).inc),
+            count=lambda status: self.tally.inc(counted.labels(program_id, status)),
         )
 
     def _count(self, move: Callable[..., Any], *args: Any) -> None:
         """Move a metric: at once, or, while a batch is held (:meth:`holding`), once the
-        batch is committed, so counters count only what readers can see."""
+        batch is committed, so counters count only what readers can see. (Counters and
+        ratio windows, which only add, go through :attr:`tally` instead.)"""
         if self.held is None:
             move(*args)
         else:
@@ -380,6 +384,9 @@ class Pipeline:
                 yield
         finally:
             self.held = previous
+            if self.tally:
+                into.append(self.tally.apply)
+                self.tally = Tally()
 
     def handle(
         self, tables: Tables, source: SourcePosition, value: bytes | None, *, flush: bool = True
@@ -426,6 +433,8 @@ class Pipeline:
         the budgets the batch's decisions left."""
         for rows in tables.open.values():
             rows.flush()
+        if self.held is None and self.tally:
+            self.tally.apply()
         if self.ledgers_read:
             self._observe_budgets()
 
@@ -484,7 +493,7 @@ class Pipeline:
                 return [self._dead_letter(source, value or b"", _unauthorized(event, role))]
             user_key = event.user_id.encode()
             if source.key != user_key:
-                self._count(self.metrics.rekeyed.inc)
+                self.tally.inc(self.metrics.rekeyed)
             home = self.partitioner(user_key) if self.partitioner else partition
             if home != partition:
                 return [
@@ -505,7 +514,7 @@ class Pipeline:
         except Exception as exc:  # a bug must cost one dead letter, never the worker
             return [self._internal_error(source, value, exc)]
         # Only a decided event goes on to its links (a repeat's alert is not a decision).
-        keys = link_keys(event) if outputs and outputs[0].role == "decisions" else []
+        keys = link_keys(event) if outputs and outputs[0].role == "decisions" else ()
         if keys:
             view.decided(event)
             document = orjson.dumps(link_document(event))
@@ -536,7 +545,7 @@ class Pipeline:
         if outcome.ledger is not ledger:
             ledgers.put(key_of_ledger, outcome.ledger)
         if outcome.duplicate:
-            self._count(self.metrics.duplicates.inc)
+            self.tally.inc(self.metrics.duplicates)
         else:
             self._observe_decided(source, event, outcome.user, outcome.records[0])
             self.ledgers_read[partition, arm_name] = (outcome.ledger, event.ts)
@@ -618,7 +627,7 @@ class Pipeline:
             ordered={"links": len(partitions), "rekeyed": len(partitions)},
         )
         outputs.append(Output("erasures", receipt.subject.encode(), receipt.to_json()))
-        self._count(self.metrics.erasures.inc)
+        self.tally.inc(self.metrics.erasures)
         return outputs
 
     def erase_notes(self, tables: Tables, value: bytes, at: SourcePosition) -> None:
@@ -632,12 +641,12 @@ class Pipeline:
                 cleaned = notes_without(user, order.user_id)
                 if cleaned is not user:
                     users.put(key, cleaned)
-                    self._count(self.metrics.erased_rows.labels("user-state").inc)
+                    self.tally.inc(self.metrics.erased_rows.labels("user-state"))
         except Exception:
             log.exception(
                 "erase.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
             )
-            self._count(self.metrics.link_failures.inc)
+            self.tally.inc(self.metrics.link_failures)
 
     def erase_links(self, tables: Tables, value: bytes, at: SourcePosition) -> None:
         """An erase order on the links topic: take the erased user out of every device and
@@ -654,12 +663,12 @@ class Pipeline:
                     links.put(key, cleaned)
                 else:
                     links.delete(key)
-                self._count(self.metrics.erased_rows.labels("link-state").inc)
+                self.tally.inc(self.metrics.erased_rows.labels("link-state"))
         except Exception:
             log.exception(
                 "erase.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
             )
-            self._count(self.metrics.link_failures.inc)
+            self.tally.inc(self.metrics.link_failures)
 
     def _shadow_decide(
         self,
@@ -705,29 +714,29 @@ class Pipeline:
             noted = self.engine.note_related(user, note)
             if noted is not user:
                 users.put(key, noted)
-                self._count(self.metrics.related_notes.inc)
+                self.tally.inc(self.metrics.related_notes)
         except Exception:
             log.exception(
                 "related.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
             )
-            self._count(self.metrics.link_failures.inc)
+            self.tally.inc(self.metrics.link_failures)
 
     def _observe_decided(
         self, source: SourcePosition, event: Event, user: UserState, decision: Decision | FraudAlert
     ) -> None:
         observed = self.observed
-        self._count(observed.events_in(event.type).inc)
+        self.tally.inc(observed.events_in(event.type))
         program = self.engine.program
         if isinstance(decision, Decision) and decision.arm is not None:
             if user.events == 1:
-                self._count(observed.arm_users(decision.arm).inc)
+                self.tally.inc(observed.arm_users(decision.arm))
             if event.type in program.triggers:
-                self._count(observed.arm_decisions(decision.arm, decision.status).inc)
+                self.tally.inc(observed.arm_decisions(decision.arm, decision.status))
         if event.type in program.triggers and isinstance(decision, Decision):
             self._count(observed.risk_score.observe, decision.risk)
             if program.audit is not None:
                 group = program.audit.group_of(user.profile)
-                self._count(observed.audit_decisions(group, decision.status).inc)
+                self.tally.inc(observed.audit_decisions(group, decision.status))
 
     def _observe_answers(self, answers: tuple[Answer, ...]) -> None:
         """Redemptions (against grants, see :meth:`_publish`) and the model's log loss on
@@ -736,13 +745,13 @@ class Pipeline:
         for answer in answers:
             if answer.redeemed:
                 reward = (self.engine.program.id, answer.reward_id)
-                self._count(self.metrics.redemption_ratio.add, reward, 1, 0)
+                self.tally.ratio(self.metrics.redemption_ratio, reward, 1, 0)
             if answer.predicted is not None:
                 loss = log_loss(answer.predicted, answer.redeemed)
-                self._count(self.metrics.model_log_loss.add, self.by_program, loss, 1)
+                self.tally.ratio(self.metrics.model_log_loss, self.by_program, loss, 1)
                 learned += 1
         if learned:
-            self._count(self.observed.model_updates.inc, learned)
+            self.tally.inc(self.observed.model_updates, learned)
 
     # ------------------------------------------------------------ stage 2: link
 
@@ -775,7 +784,7 @@ class Pipeline:
             log.exception(
                 "link.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
             )
-            self._count(self.metrics.link_failures.inc)
+            self.tally.inc(self.metrics.link_failures)
 
     # ------------------------------------------------------------ time to live
 
@@ -787,7 +796,7 @@ class Pipeline:
         """
         if self.state_ttl_ms is None or last_ts is None or ts - last_ts <= self.state_ttl_ms:
             return False
-        self._count(self.metrics.state_expired.labels(table).inc)
+        self.tally.inc(self.metrics.state_expired.labels(table))
         return True
 
     def _link_expired(self, last_ts: int | None, ts: int) -> bool:
@@ -846,27 +855,27 @@ class Pipeline:
         observed = self.observed
         if isinstance(record, Decision):
             reward = record.action or NO_REWARD
-            self._count(observed.decisions(reward, record.status).inc)
+            self.tally.inc(observed.decisions(reward, record.status))
             first = record.reasons[0] if record.reasons else ""
             mode = first.removeprefix("policy.")
             if first.startswith("policy.") and mode not in POLICY_MODES:
                 mode = "other"  # a custom policy's own word: one label, whatever it says
             if mode in POLICY_MODES or mode == "other":
-                self._count(observed.policy_choices(mode).inc)
-                self._count(
-                    self.metrics.exploration_ratio.add, self.by_program, mode == "explore", 1
+                self.tally.inc(observed.policy_choices(mode))
+                self.tally.ratio(
+                    self.metrics.exploration_ratio, self.by_program, mode == "explore", 1
                 )
             if record.status == "held":
-                self._count(observed.holds(record.hold or "risk").inc)
+                self.tally.inc(observed.holds(record.hold or "risk"))
             if record.status == "granted":
-                self._count(observed.reward_cost.inc, record.cost)
-                self._count(self.metrics.redemption_ratio.add, (record.program, reward), 0, 1)
+                self.tally.inc(observed.reward_cost, record.cost)
+                self.tally.ratio(self.metrics.redemption_ratio, (record.program, reward), 0, 1)
             return Output("decisions", user_key, record.to_json(), source_ms=produced_ms)
-        self._count(observed.fraud_alerts(record.reasons[0]).inc)
+        self.tally.inc(observed.fraud_alerts(record.reasons[0]))
         return Output("fraud-alerts", user_key, record.to_json())
 
     def _dead_letter(self, source: SourcePosition, value: bytes, rejection: Rejection) -> Output:
-        self._count(self.observed.dead_letters(rejection.reason).inc)
+        self.tally.inc(self.observed.dead_letters(rejection.reason))
         if source.key is not None and len(source.key) > MAX_DEAD_LETTER_KEY:
             # A key may be as large as the broker's record limit; the dead letter (its key
             # and its body) must fit under it. The original stays at its offset.

@@ -19,6 +19,7 @@ better dictionary is a new version byte.
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
@@ -146,7 +147,7 @@ class DecodedRows(Generic[T]):
         self.rows = rows
         self.decode = decode
         self.kept = kept
-        self.values: dict[bytes, tuple[bytes | None, T]] = {}
+        self.values: OrderedDict[bytes, tuple[bytes | None, T]] = OrderedDict()
 
     def get(self, key: bytes) -> T:
         """The decoded value of ``key``'s row (a row never written decodes from None)."""
@@ -161,10 +162,16 @@ class DecodedRows(Generic[T]):
     def keep(self, key: bytes, raw: bytes | None, value: T) -> None:
         """Remember that ``raw``, the row now stored at ``key``, decodes to ``value``."""
         values = self.values
-        if values.pop(key, None) is None and len(values) >= self.kept:
+        if key in values:
+            values[key] = (raw, value)
+            values.move_to_end(key)
+            return
+        if len(values) >= self.kept:
             if not values:
                 return  # keeps none
-            del values[next(iter(values))]
+            # An OrderedDict: dropping the oldest of a plain dict scans the slots its
+            # earlier deletions left at the front, again and again.
+            values.popitem(last=False)
         values[key] = (raw, value)
 
     def forget(self, key: bytes) -> None:

@@ -105,10 +105,10 @@ def model_features(
         "amount_log": math.log1p(event.amount or 0.0),
     }
     features.update(_tastes(state))
-    for name in CHANNELS:
-        features[f"channel_{name}"] = 1.0 if channel == name else 0.0
-    for name in TRIGGER_TYPES:
-        features[f"event_{name}"] = 1.0 if event.type == name else 0.0
+    for name, feature in _CHANNEL_FEATURES:
+        features[feature] = 1.0 if channel == name else 0.0
+    for name, feature in _EVENT_FEATURES:
+        features[feature] = 1.0 if event.type == name else 0.0
     return features
 
 
@@ -121,12 +121,19 @@ def _tastes(state: UserState) -> dict[str, float]:
     waiting: dict[str, int] = {}
     for offer in state.pending:
         waiting[offer.kind] = waiting.get(offer.kind, 0) + 1
-    tastes = dict.fromkeys((f"taste_{k}" for k in REWARD_KINDS), 0.0)
+    tastes = dict.fromkeys(_TASTE_FEATURES.values(), 0.0)
     for kind, response in state.responses.items():
         answered = max(0, response.offered - waiting.get(kind, 0))
-        if answered and f"taste_{kind}" in tastes:
-            tastes[f"taste_{kind}"] = (response.redeemed + 0.5) / (answered + 1.0) - 0.5
+        feature = _TASTE_FEATURES.get(kind)
+        if answered and feature is not None:
+            tastes[feature] = (response.redeemed + 0.5) / (answered + 1.0) - 0.5
     return tastes
+
+
+# Feature names built once (in the order the features are listed), not per event.
+_CHANNEL_FEATURES = tuple((name, f"channel_{name}") for name in CHANNELS)
+_EVENT_FEATURES = tuple((name, f"event_{name}") for name in TRIGGER_TYPES)
+_TASTE_FEATURES = {kind: f"taste_{kind}" for kind in REWARD_KINDS}
 
 
 NO_GROUP = -1.0  # a profile code for a user without a value (or one of the wrong type)

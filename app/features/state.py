@@ -123,7 +123,9 @@ class UserState(msgspec.Struct, frozen=True):
         if not self.channel_counts:
             return None
         # Most used; ties go to the alphabetically first so the answer is deterministic.
-        return min(self.channel_counts, key=lambda c: (-self.channel_counts[c], c))
+        counts = self.channel_counts
+        most = max(counts.values())
+        return min(channel for channel, count in counts.items() if count == most)
 
     def engagement_at(self, ts: int) -> float:
         """Engagement decayed to ``ts``."""

@@ -66,8 +66,11 @@ class LinkState(msgspec.Struct, frozen=True):
     @property
     def last_ts(self) -> int | None:
         """When anything was last seen here."""
-        times = [seen.last_ts for seen in self.accounts] + [r.ts for r in self.referrals]
-        return max(times) if times else None
+        last = max(map(_LAST_TS, self.accounts), default=None)
+        if self.referrals:
+            referred = max(map(_REFERRAL_TS, self.referrals))
+            return referred if last is None or referred > last else last
+        return last
 
     def to_bytes(self) -> bytes:
         """The stored form (see :mod:`app.rows`)."""
@@ -119,14 +122,21 @@ _FACT_FIELDS = (
 )
 
 
-def link_keys(event: Event) -> list[tuple[str, bytes]]:
+def link_keys(event: Event) -> tuple[tuple[str, bytes], ...]:
     """The (kind, key) of every link state this event passes through, in order."""
+    return _link_keys(event.device_id, event.ip)
+
+
+# Cached: each event asks four times (the view, the overlay, the link copies, the link
+# stage), and users keep their devices and addresses.
+@functools.lru_cache(maxsize=65_536)
+def _link_keys(device_id: str | None, ip: str | None) -> tuple[tuple[str, bytes], ...]:
     keys: list[tuple[str, bytes]] = []
-    if event.device_id:
-        keys.append(("device", b"device:" + event.device_id.encode()))
-    if event.ip:
-        keys.append(("net", b"net:" + network_of(event.ip).encode()))
-    return keys
+    if device_id:
+        keys.append(("device", b"device:" + device_id.encode()))
+    if ip:
+        keys.append(("net", b"net:" + network_of(ip).encode()))
+    return tuple(keys)
 
 
 def link_document(event: Event) -> dict[str, Any]:
@@ -224,6 +234,9 @@ def _seen(accounts: tuple[Seen, ...], event: Event, ts: int, kind: str) -> tuple
 
 # Oldest first, ties by user id (a C-level key: every event sorts every account it meets).
 _LAST_SEEN = operator.attrgetter("last_ts", "user_id")
+_LAST_TS = operator.attrgetter("last_ts")
+_USER_ID = operator.attrgetter("user_id")
+_REFERRAL_TS = operator.attrgetter("ts")
 
 
 def _referrals(referrals: tuple[Referral, ...], event: Event, ts: int) -> tuple[Referral, ...]:
@@ -245,19 +258,23 @@ def referred_user(event: Event) -> str | None:
 
 def _facts(state: LinkState, event: Event, kind: str) -> LinkFacts:
     ts, user = event.ts, event.user_id
-    recent = [a for a in state.accounts if a.last_ts > ts - DAY_MS]
-    mine = next(a for a in state.accounts if a.user_id == user)
+    accounts = state.accounts
+    day_ago = ts - DAY_MS
+    recent = [a for a in accounts if a.last_ts > day_ago]
+    mine = next(a for a in accounts if a.user_id == user)
     referred = referred_user(event)
     referrer = next(
         (r.referrer for r in state.referrals if r.referred == user and r.referrer != user), None
     )
-    others = sorted(
-        (a for a in state.accounts if a.user_id != user), key=lambda a: (-a.last_ts, a.user_id)
-    )
+    # Most recent first, ties by user id: two stable sorts on C-level keys.
+    others = [a for a in accounts if a.user_id != user]
+    if len(others) > 1:
+        others.sort(key=_USER_ID)
+        others.sort(key=_LAST_TS, reverse=True)
     return LinkFacts(
         kind=kind,
         accounts_24h=len(recent),
-        signups_24h=sum(1 for a in state.accounts if (a.signup_ts or 0) > ts - DAY_MS),
+        signups_24h=sum(1 for a in accounts if (a.signup_ts or 0) > day_ago),
         same_ip_24h=(
             sum(1 for a in recent if a.ip is not None and a.ip == mine.ip) if kind == "net" else 0
         ),
@@ -266,7 +283,7 @@ def _facts(state: LinkState, event: Event, kind: str) -> LinkFacts:
             referred
             if referred is not None
             and referred != user
-            and any(a.user_id == referred for a in state.accounts)
+            and any(a.user_id == referred for a in accounts)
             else None
         ),
         related=tuple(a.user_id for a in others[:MAX_RELATED]),

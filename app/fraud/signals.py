@@ -36,6 +36,7 @@ RATES: dict[str, int] = {
     "foreign_1d": 24 * HOUR_MS,  # answers to decisions that are not this user's
 }
 RATE_NAMES = tuple(RATES)
+_SCALES = tuple(RATES.values())
 EARNING_TYPES = frozenset({"signup", "purchase", "session_start", "survey", "referral"})
 
 TINY_PURCHASE = 5.0  # in the program's currency: below this a purchase is "tiny"
@@ -96,21 +97,26 @@ def observe_activity(activity: Activity, event: Event) -> Activity:
     # An event older than the newest one seen (it took another path, or came late) counts
     # for what it weighs now, decayed by its age: never as if it had just happened.
     late = now - event.ts
-    bumps = {
-        "events_1m": 1.0,
-        "events_1h": 1.0,
-        "earning_1h": float(event.type in EARNING_TYPES),
-        "redemptions_10m": float(event.type == "reward_redeemed"),
-        "tiny_purchases_30m": float(
-            event.type == "purchase" and (event.amount or 0.0) < TINY_PURCHASE
-        ),
-        "purchases_10m": float(event.type == "purchase"),
-        "foreign_1d": 0.0,  # counted by :func:`count_foreign`, which knows the decisions
-    }
-    rates = tuple(
-        value * math.exp(-elapsed / RATES[name]) + bumps[name] * math.exp(-late / RATES[name])
-        for name, value in zip(RATE_NAMES, activity.rates, strict=True)
+    is_purchase = event.type == "purchase"
+    bumps = (  # in RATE_NAMES order
+        1.0,
+        1.0,
+        float(event.type in EARNING_TYPES),
+        float(event.type == "reward_redeemed"),
+        float(is_purchase and (event.amount or 0.0) < TINY_PURCHASE),
+        float(is_purchase),
+        0.0,  # foreign_1d: counted by :func:`count_foreign`, which knows the decisions
     )
+    if late == 0:  # the usual case: the bump weighs exp(0) = 1
+        rates = tuple(
+            value * math.exp(-elapsed / scale) + bump
+            for value, scale, bump in zip(activity.rates, _SCALES, bumps, strict=True)
+        )
+    else:
+        rates = tuple(
+            value * math.exp(-elapsed / scale) + bump * math.exp(-late / scale)
+            for value, scale, bump in zip(activity.rates, _SCALES, bumps, strict=True)
+        )
     activity = replace(activity, ts=now, rates=rates)
     if event.type == "purchase" and event.amount is not None:
         x = math.log1p(event.amount)

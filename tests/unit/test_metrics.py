@@ -264,3 +264,36 @@ def test_a_program_without_an_audit_exports_no_audit_series() -> None:
     stream.send("u-1", "signup", attributes={"country": "DE"})
     page = [s for f in stream.registry.collect() for s in f.samples]
     assert not [s for s in page if s.name.startswith("rewardstream_audit")]
+
+
+def test_what_a_batch_counts_shows_when_it_is_flushed_summed_per_counter() -> None:
+    stream = Stream()
+    events = "rewardstream_events_total"
+    for user in ("u-1", "u-2", "u-3"):
+        stream.send(user, "signup", flush=False)
+    assert stream.value(events, type="signup") == 0
+    stream.pipeline.flush(stream.tables)
+    assert stream.value(events, type="signup") == 3
+    total = "rewardstream_decisions_total"
+    granted = stream.value(total, program="test-program", reward="points", status="granted")
+    assert granted == 3  # each decision once, whatever the batch summed
+
+
+def test_a_held_batch_moves_its_counters_and_ratios_only_once_committed() -> None:
+    stream = Stream()
+    effects: list[Any] = []
+    with stream.pipeline.holding(effects):
+        first = stream.send("u-1", "signup", flush=False)
+        stream.send("u-2", "signup", flush=False)
+        stream.answer(first)
+    stream.pipeline.flush(stream.tables)
+    events = "rewardstream_events_total"
+    assert stream.value(events, type="signup") == 0
+    ratio = "rewardstream_redemption_ratio"
+    assert not stream.value(ratio, program="test-program", reward=first["action"])
+    for effect in effects:  # the runtime runs them once the transaction has committed
+        effect()
+    assert stream.value(events, type="signup") == 2
+    assert stream.value(events, type="reward_redeemed") == 1
+    redeemed = stream.value(ratio, program="test-program", reward=first["action"])
+    assert redeemed == 0.5  # one grant of that reward, redeemed

@@ -417,6 +417,7 @@ def test_a_repeated_event_goes_to_no_link(pipeline: Pipeline, registry: Collecto
     altered = pipeline.decide(state, 2, at(2), event("e-1", device_id="other"), empty_view())
     assert roles(exact) == ["fraud-alerts"]
     assert roles(altered) == ["fraud-alerts"]
+    pipeline.flush(state)  # what a batch counts shows once the batch is flushed
     assert registry.get_sample_value("rewardstream_duplicate_events_total") == 2
 
 
