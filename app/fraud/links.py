@@ -214,9 +214,18 @@ def holds(state: LinkState, event: Event, kind: str) -> bool:
 def _seen(accounts: tuple[Seen, ...], event: Event, ts: int, kind: str) -> tuple[Seen, ...]:
     ip = event.ip if kind == "net" else None
     signup = ts if event.type == "signup" else None
-    mine = next((a for a in accounts if a.user_id == event.user_id), None)
+    user = event.user_id
+    kept_after = ts - KEEP_ACCOUNTS_MS
+    mine = None
+    others = []
+    for account in accounts:  # one pass: every event walks every account it meets
+        if account.user_id == user:
+            if mine is None:
+                mine = account
+        elif account.last_ts > kept_after:
+            others.append(account)
     if mine is None:
-        mine = Seen(event.user_id, ts, ts, signup, ip)
+        mine = Seen(user, ts, ts, signup, ip)
     else:
         mine = replace(
             mine,
@@ -225,11 +234,9 @@ def _seen(accounts: tuple[Seen, ...], event: Event, ts: int, kind: str) -> tuple
             signup_ts=mine.signup_ts if mine.signup_ts is not None else signup,
             ip=ip if ip is not None and ts >= mine.last_ts else mine.ip,
         )
-    others = [
-        a for a in accounts if a.user_id != event.user_id and a.last_ts > ts - KEEP_ACCOUNTS_MS
-    ]
-    kept = sorted([*others, mine], key=_LAST_SEEN)[-MAX_ACCOUNTS:]
-    return tuple(kept)
+    others.append(mine)
+    others.sort(key=_LAST_SEEN)
+    return tuple(others[-MAX_ACCOUNTS:])
 
 
 # Oldest first, ties by user id (a C-level key: every event sorts every account it meets).
@@ -258,34 +265,43 @@ def referred_user(event: Event) -> str | None:
 
 def _facts(state: LinkState, event: Event, kind: str) -> LinkFacts:
     ts, user = event.ts, event.user_id
-    accounts = state.accounts
     day_ago = ts - DAY_MS
-    recent = [a for a in accounts if a.last_ts > day_ago]
-    mine = next(a for a in accounts if a.user_id == user)
     referred = referred_user(event)
+    mine = None
+    recent = []
+    others = []
+    signups = 0
+    referred_here = False
+    for account in state.accounts:  # one pass: every event walks every account it meets
+        if account.last_ts > day_ago:
+            recent.append(account)
+        if (account.signup_ts or 0) > day_ago:
+            signups += 1
+        if account.user_id == user:
+            if mine is None:
+                mine = account
+        else:
+            others.append(account)
+            referred_here = referred_here or account.user_id == referred
+    # The event's own account, unless an event far older than the accounts kept here
+    # fell off the end at once (then the address it came from stands for it).
+    my_ip = mine.ip if mine is not None else event.ip if kind == "net" else None
     referrer = next(
         (r.referrer for r in state.referrals if r.referred == user and r.referrer != user), None
     )
     # Most recent first, ties by user id: two stable sorts on C-level keys.
-    others = [a for a in accounts if a.user_id != user]
     if len(others) > 1:
         others.sort(key=_USER_ID)
         others.sort(key=_LAST_TS, reverse=True)
     return LinkFacts(
         kind=kind,
         accounts_24h=len(recent),
-        signups_24h=sum(1 for a in accounts if (a.signup_ts or 0) > day_ago),
+        signups_24h=signups,
         same_ip_24h=(
-            sum(1 for a in recent if a.ip is not None and a.ip == mine.ip) if kind == "net" else 0
+            sum(1 for a in recent if a.ip is not None and a.ip == my_ip) if kind == "net" else 0
         ),
         referred_by=referrer,
-        refers_linked=(
-            referred
-            if referred is not None
-            and referred != user
-            and any(a.user_id == referred for a in accounts)
-            else None
-        ),
+        refers_linked=referred if referred is not None and referred_here else None,
         related=tuple(a.user_id for a in others[:MAX_RELATED]),
     )
 

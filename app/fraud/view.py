@@ -75,9 +75,17 @@ class LinkView:
         self.now_ms = now_ms
         self.expired = expired
         self.overlay: dict[bytes, deque[tuple[int, Event]]] = {}
-        # Per key, the view's state the overlay was last laid over and the result: an
-        # event on a busy device or network costs one fold, not one per overlaid event.
-        self.folded: dict[bytes, tuple[LinkState, LinkState]] = {}
+        # Per key, the view's state the overlay was last laid over and the state after
+        # each overlaid event in turn (the last: the whole fold). An event on a busy
+        # device or network costs one step, not one per overlaid event; and when the view
+        # moves on to a state the fold passed through, the rest of the fold still holds.
+        self.folded: dict[bytes, tuple[LinkState, list[LinkState]]] = {}
+        # What the last event's facts were read over, and the state each key's pass left
+        # (see decided): deciding an event lays it over the very state it was read over.
+        self.last_read: tuple[Event | None, dict[bytes, tuple[LinkState, LinkState]]] = (
+            None,
+            {},
+        )
         # With keep_passes (a view that lives for one message): per key, the last state an
         # event's facts were read over, that event and the state it left (see passed).
         self.keep_passes = keep_passes
@@ -88,6 +96,7 @@ class LinkView:
         """The facts of each of ``event``'s links, in :func:`link_keys` order."""
         found = []
         now = self.now_ms() if self.now_ms is not None else None
+        read: dict[bytes, tuple[LinkState, LinkState]] = {}
         for kind, key in link_keys(event):
             state = self.state_of(key)
             if self.expired(state.last_ts, event.ts):
@@ -95,9 +104,11 @@ class LinkView:
             if now is not None and key in self.overlay:
                 state = self._overlaid(key, kind, state, now)
             after, facts = observe_link(state, event, kind)
+            read[key] = (state, after)
             if self.keep_passes:
                 self.last_pass[key] = (state, event, after)
             found.append(facts)
+        self.last_read = (event, read)
         return tuple(found)
 
     def passed(self, key: bytes, state: LinkState, document: dict[str, Any]) -> LinkState | None:
@@ -125,21 +136,35 @@ class LinkView:
             aged = True
         known = self.folded.get(key)
         if known is not None and known[0] is base and not aged:
-            return known[1]
+            return known[1][-1]
         # The view moved on (or events aged out). What it holds now leaves the overlay:
         # laying it over again would change nothing, and on a busy device or network
         # every move of the view would otherwise fold up to OVERLAY_PER_KEY events anew.
         # Only a prefix goes, so the fold of the rest is the fold of them all.
+        held = 0
         while recent and holds(base, recent[0][1], kind):
             recent.popleft()
+            held += 1
         if not recent:
             del self.overlay[key]
             self.folded.pop(key, None)
             return base
+        if known is not None and not aged and len(known[1]) == held + len(recent):
+            # The view usually moves on to the very state the fold reached after the
+            # events it now holds (the link stage passed them in the same order): then
+            # the rest of the fold is the fold of the rest over it (advance_link is a
+            # function of the state's value), and nothing is folded again.
+            passed = known[1][held - 1] if held else known[0]
+            if passed == base:
+                steps = known[1][held:]
+                self.folded[key] = (base, steps)
+                return steps[-1]
         state = base
+        steps = []
         for _, earlier in recent:
             state = advance_link(state, earlier, kind)
-        self.folded[key] = (base, state)
+            steps.append(state)
+        self.folded[key] = (base, steps)
         return state
 
     def decided(self, event: Event) -> None:
@@ -148,13 +173,18 @@ class LinkView:
         if self.now_ms is None:
             return
         now = self.now_ms()
+        read_for, read = self.last_read
         for kind, key in link_keys(event):
             recent = self.overlay.setdefault(key, deque(maxlen=OVERLAY_PER_KEY))
             full = len(recent) == recent.maxlen  # the append drops the oldest
             recent.append((now, event))
             known = self.folded.get(key)
             if known is not None and not full:
-                self.folded[key] = (known[0], advance_link(known[1], event, kind))
+                fold = known[1][-1]
+                passed = read.get(key) if read_for is event else None
+                # The facts were read over this very fold: their pass is the next step.
+                after = passed[1] if passed is not None and passed[0] is fold else None
+                known[1].append(after if after is not None else advance_link(fold, event, kind))
             else:
                 self.folded.pop(key, None)
 
@@ -162,6 +192,7 @@ class LinkView:
         """Take ``user_id`` out of the overlay (an erasure): the events of the user, and
         those that name the user as referred, laid over the view. How many went."""
         gone = 0
+        self.last_read = (None, {})
         for key, recent in list(self.overlay.items()):
             kept = [(at, e) for at, e in recent if user_id not in (e.user_id, referred_user(e))]
             if len(kept) == len(recent):

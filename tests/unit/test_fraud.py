@@ -181,6 +181,22 @@ def test_the_same_event_twice_counts_once() -> None:
     assert first == second
 
 
+def test_an_event_older_than_every_account_a_full_network_keeps_still_has_its_facts() -> None:
+    """A network keeps its 64 most recent accounts: a late event of a 65th account falls
+    off at once, and its facts are read all the same (it used to end as an internal
+    error, a dead letter)."""
+    state = LinkState()
+    for n in range(64):
+        user = f"u-{n}"
+        state, _ = observe_link(state, event("page_view", T0 + n, user, ip="198.51.100.7"), "net")
+    late = event("page_view", T0 - 24 * HOUR, "u-late", ip="198.51.100.9")
+    after, facts = observe_link(state, late, "net")
+    assert "u-late" not in {seen.user_id for seen in after.accounts}
+    # The 64 kept (a day ahead of it, so within its 24 h); none on its address.
+    assert (facts.accounts_24h, facts.same_ip_24h) == (64, 0)
+    assert len(facts.related) == 10
+
+
 def test_a_friend_who_joins_on_the_referrers_device_is_linked_and_a_ring_closing_too() -> None:
     linker = Linker()
     linker.link(event("signup", T0, user="a", device_id="dev-r"))
