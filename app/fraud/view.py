@@ -41,9 +41,13 @@ from app.rows import DecodedRows
 
 # How long (worker clock) an event this worker decided stays laid over the view, and
 # how many such events are kept per device or network: the view normally holds them
-# within a second; this covers a link stage that lags behind for a while.
+# within a second; this covers a link stage that lags behind for a while. A full
+# overlay drops its oldest event and is folded again whole: while a backlog drains, a
+# busy network's overlay reached 64 events again and again (one fold of 25 events on
+# average per read of a network); with 256, about one read in a thousand refolds. All
+# keys together hold at most the events decided in OVERLAY_MS, whatever this bound.
 OVERLAY_MS = 30_000
-OVERLAY_PER_KEY = 64
+OVERLAY_PER_KEY = 256
 # How often the decoded states of changed rows are dropped (a pass over up to
 # DECODED_KEPT entries: a few ms): an erased user's decoded rows leave memory within it.
 DROP_STALE_EVERY_MS = 10_000
@@ -179,12 +183,16 @@ class LinkView:
             full = len(recent) == recent.maxlen  # the append drops the oldest
             recent.append((now, event))
             known = self.folded.get(key)
+            passed = read.get(key) if read_for is event else None
             if known is not None and not full:
                 fold = known[1][-1]
-                passed = read.get(key) if read_for is event else None
                 # The facts were read over this very fold: their pass is the next step.
                 after = passed[1] if passed is not None and passed[0] is fold else None
                 known[1].append(after if after is not None else advance_link(fold, event, kind))
+            elif len(recent) == 1 and passed is not None:
+                # The key's first overlaid event: its facts were read over the view's state
+                # itself, and their pass is the fold of the overlay over that state.
+                self.folded[key] = (passed[0], [passed[1]])
             else:
                 self.folded.pop(key, None)
 

@@ -346,3 +346,34 @@ def test_a_pass_is_reused_only_for_the_same_state_and_the_same_event() -> None:
     unkept = LinkView(lambda key: before)
     unkept.facts(event)
     assert unkept.passed(DEVICE, before, link_document(event)) is None
+
+
+def test_the_overlay_is_folded_one_step_an_event_while_the_link_stage_catches_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deciding an event on a device costs one step of the device's fold (the pass its
+    facts were read with), and a view that moves on to a state the fold passed through
+    keeps the rest of it: a busy device is never folded again from its view's state,
+    and its facts are those of laying the overlay over the view."""
+    steps = []
+
+    def counted(state: LinkState, event: Event, kind: str) -> LinkState:
+        steps.append(event.event_id)
+        return advance_link(state, event, kind)
+
+    monkeypatch.setattr(view_module, "advance_link", counted)
+    clock = FakeClock()
+    rows: dict[bytes, bytes | None] = {}
+    view = LinkView(stored_states(rows), now_ms=clock.now_ms)
+    events = [signup(f"u-{n}", START + n * 1000) for n in range(30)]
+    for n, event in enumerate(events):
+        clock.now += 10
+        if n % 5 == 4:  # the link stage passes all but the last three
+            rows.update(stored(*events[: n - 3]))
+        fresh = LinkView(view.state_of, now_ms=clock.now_ms)
+        fresh.overlay = {k: type(r)(r, r.maxlen) for k, r in view.overlay.items()}
+        expected = fresh.facts(event)  # a fold of the whole overlay, from the view's state
+        steps.clear()
+        assert view.facts(event) == expected
+        view.decided(event)
+        assert steps == []  # read over the kept fold, laid over it with that very pass
