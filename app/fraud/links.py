@@ -247,13 +247,17 @@ _REFERRAL_TS = operator.attrgetter("ts")
 
 
 def _referrals(referrals: tuple[Referral, ...], event: Event, ts: int) -> tuple[Referral, ...]:
-    kept = [r for r in referrals if r.ts > ts - KEEP_REFERRALS_MS]
+    kept_after = ts - KEEP_REFERRALS_MS
+    kept = referrals
+    # Most events expire none (a C-level check): only then is the list walked in Python.
+    if referrals and min(map(_REFERRAL_TS, referrals)) <= kept_after:
+        kept = tuple(r for r in referrals if r.ts > kept_after)
     referred = referred_user(event)
     if referred is not None and not any(
         r.referred == referred and r.referrer == event.user_id for r in kept
     ):
-        kept.append(Referral(referred, event.user_id, ts))
-    return tuple(kept[-MAX_REFERRALS:])
+        kept = (*kept, Referral(referred, event.user_id, ts))
+    return kept[-MAX_REFERRALS:]
 
 
 def referred_user(event: Event) -> str | None:
