@@ -241,7 +241,7 @@ def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
     return rows
 
 
-class Output(msgspec.Struct, frozen=True):
+class Output(msgspec.Struct, frozen=True, gc=False):
     """A record to publish: the topic role, the Kafka key and the value bytes; a record
     copied between stages keeps its input's timestamp and says where it was read
     (the shape :class:`streams.topology.Output` asks for)."""

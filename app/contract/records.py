@@ -47,7 +47,7 @@ def dead_letter_id_for(topic: str, partition: int, offset: int) -> str:
     return _stable_id("x", topic, str(partition), str(offset))
 
 
-class Event(msgspec.Struct, frozen=True):
+class Event(msgspec.Struct, frozen=True, gc=False):
     """A validated user event. ``ts`` is epoch milliseconds whatever the producer sent."""
 
     event_id: str
@@ -90,7 +90,7 @@ class Event(msgspec.Struct, frozen=True):
 _EVENT_FIELDS = Event.__struct_fields__
 
 
-class Decision(msgspec.Struct, frozen=True):
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """The engine's one answer to one valid event."""
 
     decision_id: str
@@ -129,7 +129,7 @@ class Decision(msgspec.Struct, frozen=True):
         return msgspec.json.encode(self)
 
 
-class FraudAlert(msgspec.Struct, frozen=True):
+class FraudAlert(msgspec.Struct, frozen=True, gc=False):
     """One flagged event or pattern, with the evidence an analyst needs."""
 
     alert_id: str
@@ -147,7 +147,7 @@ class FraudAlert(msgspec.Struct, frozen=True):
         return msgspec.json.encode(self)
 
 
-class SourcePosition(msgspec.Struct, frozen=True):
+class SourcePosition(msgspec.Struct, frozen=True, gc=False):
     """Where a message was read: enough to find the original in Kafka. ``produced_ms`` is
     the record's Kafka timestamp (when it was produced), if known: latency is measured
     from it."""
@@ -159,7 +159,7 @@ class SourcePosition(msgspec.Struct, frozen=True):
     produced_ms: int | None = None
 
 
-class DeadLetter(msgspec.Struct, frozen=True):
+class DeadLetter(msgspec.Struct, frozen=True, gc=False):
     """An input that could not be decided, with its reason and its original bytes."""
 
     dead_letter_id: str

@@ -18,7 +18,7 @@ from app.features.state import DAY_MS, WEEK_MS, UserState
 from app.programs import Program, Reward, evaluate_rule, resolve_amount
 
 
-class Verdict(msgspec.Struct, frozen=True):
+class Verdict(msgspec.Struct, frozen=True, gc=False):
     passed: bool
     code: str
     words: str = ""
@@ -27,7 +27,7 @@ class Verdict(msgspec.Struct, frozen=True):
 PASS = Verdict(True, "")
 
 
-class Admission(msgspec.Struct, frozen=True):
+class Admission(msgspec.Struct, frozen=True, gc=False):
     """What the gates made of one reward: the verdict of the first gate it failed (or
     :data:`PASS`), and for a reward that passed the channel, value and cost to grant it
     at. ``rule_codes`` are the codes of the eligibility rules evaluated."""
@@ -138,7 +138,7 @@ def pick_channel(
     return open_channels[0], PASS
 
 
-class ContactCounts(msgspec.Struct, frozen=True):
+class ContactCounts(msgspec.Struct, frozen=True, gc=False):
     """A user's grants within the day and the week before a moment, in all and per
     channel: what every contact limit compares with. Counted once per event, in one pass
     over the user's grants, and shared by all of its rewards' gates."""

@@ -71,7 +71,7 @@ from app.models.deferral import Step as Deferred
 from app.programs import Arm, Program, Reward
 
 
-class Answer(msgspec.Struct, frozen=True):
+class Answer(msgspec.Struct, frozen=True, gc=False):
     """A user's answer to one offer: redeemed (or opened, when the program counts that),
     or not (dismissed, or silent until the response window closed).
 
@@ -86,7 +86,7 @@ class Answer(msgspec.Struct, frozen=True):
     predicted: float | None
 
 
-class Outcome(msgspec.Struct, frozen=True):
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """What processing one event produced. A ``duplicate`` (an event id seen before) is
     not decided again: the user's state only counts it (and its risk rises if the
     content differs)."""
@@ -103,14 +103,14 @@ class Outcome(msgspec.Struct, frozen=True):
         return sum(1 for answer in self.answers if answer.predicted is not None)
 
 
-class Skipped(msgspec.Struct, frozen=True):
+class Skipped(msgspec.Struct, frozen=True, gc=False):
     """A reward that could not be offered, and why."""
 
     reward: Reward
     verdict: checks.Verdict
 
 
-class Choice(msgspec.Struct, frozen=True):
+class Choice(msgspec.Struct, frozen=True, gc=False):
     """The arbitration's answer: a candidate (or None), how it was chosen, and the field."""
 
     chosen: Candidate | None
@@ -120,7 +120,7 @@ class Choice(msgspec.Struct, frozen=True):
     skipped: tuple[Skipped, ...] = ()
 
 
-class Verdict(msgspec.Struct, frozen=True):
+class Verdict(msgspec.Struct, frozen=True, gc=False):
     """What risk made of a choice: the status, and any fraud reason codes beyond the signals."""
 
     status: DecisionStatus

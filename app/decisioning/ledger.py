@@ -32,7 +32,7 @@ RECENT_CHARGES = 512
 _REF = operator.itemgetter(0)  # of a (decision ref, ts) charge
 
 
-class Share(msgspec.Struct, frozen=True):
+class Share(msgspec.Struct, frozen=True, gc=False):
     """Which part of the program-wide limits this partition may spend."""
 
     partition: int = 0
@@ -51,7 +51,7 @@ class Share(msgspec.Struct, frozen=True):
         return stock // self.partitions + int(self.partition < stock % self.partitions)
 
 
-class Ledger(msgspec.Struct, frozen=True):
+class Ledger(msgspec.Struct, frozen=True, gc=False):
     """Spend and stock used by one partition of one program."""
 
     spent_total: float = 0.0

@@ -37,7 +37,7 @@ from app.models import explore_draw
 from app.programs import Learning, Program, Reward
 
 
-class Candidate(msgspec.Struct, frozen=True):
+class Candidate(msgspec.Struct, frozen=True, gc=False):
     """A reward that passed every gate, with its score."""
 
     reward: Reward
@@ -52,7 +52,7 @@ class Candidate(msgspec.Struct, frozen=True):
     profile_codes: tuple[float, ...] = ()  # the profile's groups, stored with an offer
 
 
-class Situation(msgspec.Struct, frozen=True):
+class Situation(msgspec.Struct, frozen=True, gc=False):
     """What a policy may know of one decision besides its candidates."""
 
     event: Event
@@ -61,7 +61,7 @@ class Situation(msgspec.Struct, frozen=True):
     program: Program
 
 
-class Pick(msgspec.Struct, frozen=True):
+class Pick(msgspec.Struct, frozen=True, gc=False):
     """A policy's answer: the candidate to offer (None: no reward), the probability the
     policy had of this very answer, and how it chose (a reason code word:
     ``exploit``, ``explore``, ``below_minimum``, or a custom policy's own)."""

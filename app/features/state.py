@@ -30,7 +30,7 @@ ENGAGEMENT_HALF_LIFE_MS = WEEK_MS
 MAX_PENDING_OFFERS = 8
 
 
-class KindResponse(msgspec.Struct, frozen=True):
+class KindResponse(msgspec.Struct, frozen=True, gc=False):
     """How a user has answered rewards of one kind."""
 
     offered: int = 0
@@ -38,7 +38,7 @@ class KindResponse(msgspec.Struct, frozen=True):
     dismissed: int = 0
 
 
-class Grant(msgspec.Struct, frozen=True):
+class Grant(msgspec.Struct, frozen=True, gc=False):
     """A reward granted to the user: what the contact policy and per-user budget count."""
 
     ts: int
@@ -52,7 +52,7 @@ def decision_ref(decision_id: str) -> str:
     return decision_id[2:18]
 
 
-class PendingOffer(msgspec.Struct, frozen=True):
+class PendingOffer(msgspec.Struct, frozen=True, gc=False):
     """A granted reward still waiting for its outcome, with what the model saw then."""
 
     decision_id: str
@@ -63,7 +63,7 @@ class PendingOffer(msgspec.Struct, frozen=True):
     learn: bool  # False when the user had opted out of personalization at the time
 
 
-class UserState(msgspec.Struct, frozen=True):
+class UserState(msgspec.Struct, frozen=True, gc=False):
     """Everything the engine knows about one user. Absent timestamps mean "never"."""
 
     events: int = 0

@@ -41,7 +41,7 @@ from app.fraud.signals import (
 LEVEL_HALF_LIFE_MS = 3 * 86_400_000
 
 
-class Hold(msgspec.Struct, frozen=True):
+class Hold(msgspec.Struct, frozen=True, gc=False):
     """A reward chosen for a risky user and held for review."""
 
     decision_id: str
@@ -63,7 +63,7 @@ class Hold(msgspec.Struct, frozen=True):
     earned_channel: str | None = None
 
 
-class RiskState(msgspec.Struct, frozen=True):
+class RiskState(msgspec.Struct, frozen=True, gc=False):
     """What the engine keeps about one user's risk."""
 
     activity: Activity = Activity()
@@ -102,7 +102,7 @@ class RiskState(msgspec.Struct, frozen=True):
         )
 
 
-class Assessment(msgspec.Struct, frozen=True):
+class Assessment(msgspec.Struct, frozen=True, gc=False):
     """The risk of one event: ``score`` decides, ``event_score`` (its own signals) alerts.
 
     ``anomaly`` is the unsupervised detector's signal. It raises an alert's score and

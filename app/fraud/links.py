@@ -39,7 +39,7 @@ MAX_RELATED = 10
 LINK_KINDS = ("device", "net")
 
 
-class Seen(msgspec.Struct, frozen=True):
+class Seen(msgspec.Struct, frozen=True, gc=False):
     """One account seen on a device or network."""
 
     user_id: str
@@ -49,7 +49,7 @@ class Seen(msgspec.Struct, frozen=True):
     ip: str | None = None  # the address last used, for per-address counts in a network
 
 
-class Referral(msgspec.Struct, frozen=True):
+class Referral(msgspec.Struct, frozen=True, gc=False):
     """A referral sent from this device or network: who, by whom, when."""
 
     referred: str
@@ -57,7 +57,7 @@ class Referral(msgspec.Struct, frozen=True):
     ts: int
 
 
-class LinkState(msgspec.Struct, frozen=True):
+class LinkState(msgspec.Struct, frozen=True, gc=False):
     """What one device or network has seen."""
 
     accounts: tuple[Seen, ...] = ()
@@ -87,7 +87,7 @@ class LinkState(msgspec.Struct, frozen=True):
         )
 
 
-class LinkFacts(msgspec.Struct, frozen=True):
+class LinkFacts(msgspec.Struct, frozen=True, gc=False):
     """What one device or network says about one event's user, as the event passed."""
 
     kind: str  # device or net

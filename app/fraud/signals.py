@@ -55,7 +55,7 @@ SAME_IP_ACCOUNTS = 5  # accounts on one address within 24 h
 DEVICE_ACCOUNTS = 5  # accounts active on one device within 24 h
 
 
-class Signal(msgspec.Struct, frozen=True):
+class Signal(msgspec.Struct, frozen=True, gc=False):
     """One reason to suspect an event.
 
     ``shared``: the signal only says the user shares a device or network with
@@ -70,7 +70,7 @@ class Signal(msgspec.Struct, frozen=True):
     shared: bool = False
 
 
-class Activity(msgspec.Struct, frozen=True):
+class Activity(msgspec.Struct, frozen=True, gc=False):
     """The per-user numbers the signals are computed from, kept in the user's state."""
 
     ts: int | None = None
@@ -261,7 +261,7 @@ def related_signal(notes: tuple[RelatedNote, ...]) -> Signal:
     )
 
 
-class RelatedNote(msgspec.Struct, frozen=True):
+class RelatedNote(msgspec.Struct, frozen=True, gc=False):
     """Another user's fraud alert named this account: which alert, whose, and when."""
 
     alert_id: str

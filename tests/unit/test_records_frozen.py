@@ -1,8 +1,16 @@
 """The engine's records are frozen: decoded rows are shared between batches
 (app.rows.DecodedRows) and a copy made with ``replace`` shares its unchanged fields,
-which is only safe if nobody can change a record in place."""
+which is only safe if nobody can change a record in place.
+
+They are also left out of the cyclic garbage collector (``gc=False``): a worker keeps
+hundreds of thousands of them decoded, and with every one tracked, a full collection
+took about 90 ms and the collector 13% of a drain's CPU (measured by hand with
+``gc.callbacks``). Records built from values, frozen, can hold no reference cycle.
+"""
 
 from __future__ import annotations
+
+import gc
 
 import msgspec
 import pytest
@@ -38,6 +46,18 @@ RECORDS = (
 @pytest.mark.parametrize("record", RECORDS, ids=lambda cls: cls.__name__)
 def test_every_record_refuses_changes_in_place(record: type[msgspec.Struct]) -> None:
     assert record.__struct_config__.frozen
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda cls: cls.__name__)
+def test_every_record_is_left_out_of_the_cycle_collector(record: type[msgspec.Struct]) -> None:
+    assert record.__struct_config__.gc is False
+
+
+def test_a_user_state_with_its_history_is_not_tracked() -> None:
+    grant = Grant(ts=1, channel="web", cost=1.0, ref="r", reward="points")
+    state = UserState(events=3, profile={"age": 30}, grants=(grant,))
+    assert not gc.is_tracked(state)
+    assert not gc.is_tracked(grant)
 
 
 def test_a_copy_with_changes_leaves_the_original_as_it_was() -> None:
