@@ -45,7 +45,10 @@ from app.rows import DecodedRows
 # overlay drops its oldest event and is folded again whole: while a backlog drains, a
 # busy network's overlay reached 64 events again and again (one fold of 25 events on
 # average per read of a network); with 256, about one read in a thousand refolds. All
-# keys together hold at most the events decided in OVERLAY_MS, whatever this bound.
+# keys together hold at most the events decided in OVERLAY_MS, whatever this bound, and
+# the fold's steps one state per overlaid event (a tuple of up to MAX_ACCOUNTS accounts
+# shared with the states before it): normally a second's worth, since the view's moves
+# trim them; more only while the link stage lags.
 OVERLAY_MS = 30_000
 OVERLAY_PER_KEY = 256
 # How often the decoded states of changed rows are dropped (a pass over up to
@@ -53,6 +56,7 @@ OVERLAY_PER_KEY = 256
 DROP_STALE_EVERY_MS = 10_000
 # A state the time to live has forgotten (one object, so the overlay's fold can be kept).
 _FORGOTTEN = LinkState()
+_NOTHING_READ: tuple[Event | None, dict[bytes, tuple[LinkState, LinkState]]] = (None, {})
 
 
 class LinkView:
@@ -86,9 +90,10 @@ class LinkView:
         self.folded: dict[bytes, tuple[LinkState, list[LinkState]]] = {}
         # What the last event's facts were read over, and the state each key's pass left
         # (see decided): deciding an event lays it over the very state it was read over.
+        # Kept from an event's facts to its decision only (an event in memory no longer
+        # than the overlay keeps it).
         self.last_read: tuple[Event | None, dict[bytes, tuple[LinkState, LinkState]]] = (
-            None,
-            {},
+            _NOTHING_READ
         )
         # With keep_passes (a view that lives for one message): per key, the last state an
         # event's facts were read over, that event and the state it left (see passed).
@@ -195,12 +200,13 @@ class LinkView:
                 self.folded[key] = (passed[0], [passed[1]])
             else:
                 self.folded.pop(key, None)
+        self.last_read = _NOTHING_READ
 
     def forget(self, user_id: str) -> int:
         """Take ``user_id`` out of the overlay (an erasure): the events of the user, and
         those that name the user as referred, laid over the view. How many went."""
         gone = 0
-        self.last_read = (None, {})
+        self.last_read = _NOTHING_READ
         for key, recent in list(self.overlay.items()):
             kept = [(at, e) for at, e in recent if user_id not in (e.user_id, referred_user(e))]
             if len(kept) == len(recent):
@@ -216,6 +222,7 @@ class LinkView:
     def prune(self) -> None:
         """Forget overlaid events older than :data:`OVERLAY_MS` (the view holds them by now),
         and, every :data:`DROP_STALE_EVERY_MS`, decoded states of rows that changed since."""
+        self.last_read = _NOTHING_READ  # an event read but never decided
         if self.now_ms is None:
             return
         now = self.now_ms()

@@ -377,3 +377,17 @@ def test_the_overlay_is_folded_one_step_an_event_while_the_link_stage_catches_up
         assert view.facts(event) == expected
         view.decided(event)
         assert steps == []  # read over the kept fold, laid over it with that very pass
+
+
+def test_an_event_is_held_from_its_facts_to_its_decision_only() -> None:
+    """The pass kept for ``decided`` does not keep the event in memory longer than the
+    overlay would (docs/privacy.md): it goes with the decision, or with the next prune
+    for an event read and never decided."""
+    clock = FakeClock()
+    view = LinkView(stored_states({}), now_ms=clock.now_ms)
+    decided = signup("u-1")
+    decide(view, decided)
+    assert view.last_read[0] is None
+    view.facts(signup("u-2"))  # a repeat or a dead letter: read, never decided
+    view.prune()
+    assert view.last_read[0] is None
