@@ -145,7 +145,16 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
     def from_bytes(cls, raw: bytes | None) -> UserState:
         if not raw:
             return cls()
-        document: dict[str, Any] = orjson.loads(expand(raw))
+        document = expand(raw)
+        try:
+            return _decode_user_state(document)
+        except msgspec.ValidationError:
+            # A row of an older shape (a null where a record now is): field by field.
+            return cls.from_document(orjson.loads(document))
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> UserState:
+        """The state from a row's parsed JSON, of this shape or an older one."""
         document["responses"] = {
             kind: KindResponse(**counts) for kind, counts in document["responses"].items()
         }
@@ -158,6 +167,13 @@ class UserState(msgspec.Struct, frozen=True, gc=False):
         document["recent_event_digests"] = tuple(document.get("recent_event_digests", ()))
         document["risk"] = RiskState.from_document(document.get("risk"))
         return cls(**document)
+
+
+# Decoding straight into the records: 7 us for a user row at the 90th percentile of
+# size after 60,000 events of the bench's traffic, against 12 us through dicts and
+# keyword arguments (timeit). A worker decodes a user's row each time it is not among
+# the rows it keeps decoded: with many users, at most events.
+_decode_user_state = msgspec.json.Decoder(UserState).decode
 
 
 def content_digest(event: Event) -> int:

