@@ -21,22 +21,21 @@ import re
 import subprocess
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from app.kafkaio import ensure_topics, produce, topic_requests
 from app.settings import Settings
-from harness.bench.throughput import FIXED_RATE, Traffic, drain_rate, latency_at_rate
+from harness.bench.throughput import (
+    FIXED_RATE,
+    Traffic,
+    cpu_seconds,
+    drain_rate,
+    latency_at_rate,
+)
 from harness.workerproc import WorkerProcess, own_broker
 
 WARMUP_S = 10.0
 COMMITS = "rewardstream_commit_seconds_count"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def metric_sum(page: str, name: str) -> float:

@@ -343,6 +343,9 @@ def figures(
     return Figures(
         passthrough_events_per_s=40_000.0,
         engine_events_per_s=12_000.0,
+        engine_cpu_ms=0.075,
+        engine_warm_events_per_s=9_000.0,
+        engine_warm_cpu_ms=0.1,
         latency=latency,
         replay_runs=[31_000.0, 29_000.0, 35_000.0],
         state=state_entry(1, tables, rss_growth=4_096, wanted=1),
@@ -397,6 +400,12 @@ def test_the_report_holds_every_figure_and_the_headline_at_70_percent() -> None:
         throughput_markdown(report)
     )
     assert orjson.loads(orjson.dumps(report))["latency"][2]["share"] == 0.9
+    # Beside the first drain (empty tables), the second one over the state the runs left.
+    assert report["engine_warm_events_per_s"] == 9_000
+    assert report["engine_warm_cpu_ms_per_event"] == 0.1
+    markdown = throughput_markdown(report)
+    assert "over the state they left | 9,000 events/s | | |" in markdown
+    assert "| worker CPU per event, first / second drain | 0.075 / 0.100 ms | | |" in markdown
 
 
 def test_targets_met_and_missed_are_said_beside_the_figures() -> None:
