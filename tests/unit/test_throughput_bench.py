@@ -51,6 +51,7 @@ from harness.bench.report import (
     SCALING_END,
     SCALING_START,
     partitions_for,
+    planned_load,
     replace_block,
     scaling_markdown,
     update_scaling_doc,
@@ -703,19 +704,35 @@ def test_the_quixstreams_anchor_counts_events_per_user_in_its_state() -> None:
 
 
 def test_workers_and_partitions_for_a_peak_rate() -> None:
-    # 1,000 events/s drained, planned at 70%: 700 a worker.
-    assert workers_for(700, 1_000.0) == 1
-    assert workers_for(701, 1_000.0) == 2
-    assert workers_for(1, 1_000.0) == 1
-    assert workers_for(10_000, 1_000.0, utilisation=1.0) == 10
-    with pytest.raises(ValueError, match="drain rate"):
+    assert workers_for(700, 700.0) == 1
+    assert workers_for(701, 700.0) == 2
+    assert workers_for(1, 700.0) == 1
+    assert workers_for(10_000, 1_000.0) == 10
+    with pytest.raises(ValueError, match="per worker"):
         workers_for(100, 0.0)
     assert partitions_for(1) == 12
     assert partitions_for(13) == 24
     assert partitions_for(PARTITION_COUNTS[-1]) == PARTITION_COUNTS[-1]
     assert partitions_for(PARTITION_COUNTS[-1] + 1) is None
-    # The planned share of the drain rate is the load the headline latency is measured at.
+    # Without a latency run to go by, a worker is planned where the headline is measured.
     assert PLANNED_UTILISATION == HEADLINE_SHARE
+
+
+def test_a_worker_is_planned_at_the_highest_load_measured_in_real_time() -> None:
+    # p99 at 500 / 700 / 900 events/s offered: 14 / 20 / 26 ms, all within 150 ms.
+    fast = report_of(figures(p99=20.0, state_bytes=400))
+    assert planned_load(fast)[0] == 900
+    # 129 / 180 / 231 ms: only the run at 500 events/s is within.
+    slow = report_of(figures(p99=180.0, state_bytes=400))
+    rate, basis = planned_load(slow)
+    assert rate == 500
+    assert basis.startswith("the highest load this run measured with p99 within 150 ms (50%")
+    # A run whose every event was not decided does not count, whatever its p99.
+    lost = {**slow, "latency": [{**run, "undecided": 3} for run in slow["latency"]]}
+    # Within at no load: 70% of the drain rate (12,000 events/s), and the sentence says so.
+    rate, basis = planned_load(lost)
+    assert rate == pytest.approx(8_400)
+    assert basis.startswith("70% of the drain rate, as no latency run of this report kept")
 
 
 def test_the_sizing_block_is_worked_out_from_the_report() -> None:
@@ -724,19 +741,20 @@ def test_the_sizing_block_is_worked_out_from_the_report() -> None:
     assert "commit abc1234, 2026-12-02 12:00 UTC" in block
     assert "a quick run" in block
     assert "| 12,000 events/s | about 1,036.8 million a day |" in block
+    assert "over the state the latency runs left | 9,000 events/s |" in block
     assert "one sign-up each (1 users;" in block
     assert "| 400 bytes | 1 GB holds about 2.5 million users |" in block
     assert (
         "| state stored per user after 30 simulated days of traffic (2 simulated users, "
         "25.0 events each on average) | 700 bytes | 1 GB holds about 1.4 million users |"
     ) in block
-    # 12,000 events/s drained, 8,400 a worker at 70%.
-    assert "(8,400 events/s): the load the bench's headline latency" in block
-    assert "p50 7 ms and p99 20 ms" in block  # what the run measured at that load
-    assert "| 8,400 | 1 | 2 | 12 |" not in block  # only the listed rates
-    assert "| 10,000 | 2 | 3 | 12 |" in block
-    assert "| 50,000 | 6 | 7 | 12 |" in block
-    slow = {**report, "engine_events_per_s": 10.0}  # 7 events/s a worker
+    # Planned at 900 events/s a worker: the 90% run kept p99 at 26 ms.
+    assert "each worker planned at 900 events/s: the highest load" in block
+    assert "(90% of the drain rate: p50 7 ms, p99 26 ms" in block
+    assert "| 900 | 1 | 2 | 12 |" not in block  # only the listed rates
+    assert "| 1,000 | 2 | 3 | 12 |" in block
+    assert "| 50,000 | 56 | 57 | 60 |" in block
+    slow = {**report, "latency": [], "engine_events_per_s": 10.0}  # 7 events/s a worker
     assert "| 50,000 | 7,143 | 7,144 | more than 720 |" in scaling_markdown(slow)
     # A report from before the history was measured still renders, and says so.
     older = {k: v for k, v in report.items() if k != "history"}
@@ -762,7 +780,7 @@ def test_the_sizing_block_replaces_only_what_lies_between_its_markers(tmp_path: 
     assert written.startswith("# Scaling\n\nProse.\n\n" + SCALING_START)
     assert written.endswith(SCALING_END + "\n\nMore prose.\n")
     assert "old table" not in written
-    assert "| 10,000 | 2 | 3 | 12 |" in written
+    assert "| 10,000 | 12 | 13 | 24 |" in written
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not update_scaling_doc(plain, report)
