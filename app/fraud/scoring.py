@@ -26,6 +26,7 @@ from river import anomaly, linear_model, optim
 from app.fraud.links import LinkFacts
 from app.fraud.signals import RATE_NAMES, Activity, Signal
 from app.models.deferral import Deferral
+from app.models.propensity import load_weights
 
 ANOMALY_QUANTILE_SCORE = 0.95
 ANOMALY_WEIGHT = 0.25
@@ -112,14 +113,13 @@ class RiskModels:
     def snapshot(self) -> dict[str, Any]:
         """The labelled model as JSON-ready data (the anomaly window re-learns in 250 events)."""
         return {
-            "weights": dict(self.labelled._weights),
+            "weights": self.labelled.weights,
             "intercept": self.labelled.intercept,
             "label_counts": dict(self.label_counts),
         }
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        for name, weight in snapshot["weights"].items():
-            self.labelled._weights[name] = float(weight)
+        load_weights(self.labelled, snapshot["weights"])
         self.labelled.intercept = float(snapshot["intercept"])
         self.label_counts = {k: int(snapshot["label_counts"][k]) for k in self.label_counts}
 

@@ -118,10 +118,19 @@ def _classifier(model: compose.Pipeline) -> linear_model.LogisticRegression:
     return model["LogisticRegression"]
 
 
+def load_weights(classifier: linear_model.LogisticRegression, weights: dict[str, Any]) -> None:
+    """Give ``classifier`` the ``weights`` a checkpoint holds (read from its public
+    ``weights``). River reads its ``weights`` but offers no way to set them other than
+    pickling the whole model, and a checkpoint read back from Kafka must not be a
+    pickle: this is the one place that writes River's private weight vector."""
+    for name, weight in weights.items():
+        classifier._weights[name] = float(weight)
+
+
 def _snapshot_one(model: compose.Pipeline) -> dict[str, Any]:
     scaler, classifier = _scaler(model), _classifier(model)
     return {
-        "weights": dict(classifier._weights),
+        "weights": classifier.weights,
         "intercept": classifier.intercept,
         "steps": classifier.optimizer.n_iterations,
         "scaler": {
@@ -133,8 +142,7 @@ def _snapshot_one(model: compose.Pipeline) -> dict[str, Any]:
 
 def _restore_one(model: compose.Pipeline, state: dict[str, Any]) -> None:
     scaler, classifier = _scaler(model), _classifier(model)
-    for name, weight in state["weights"].items():
-        classifier._weights[name] = float(weight)
+    load_weights(classifier, state["weights"])
     classifier.intercept = float(state["intercept"])
     classifier.optimizer.n_iterations = int(state["steps"])
     scaler.counts = Counter()
