@@ -354,8 +354,7 @@ def _worker_latency(
     def run(
         rate: float, seconds: float = plan.latency_seconds
     ) -> tuple[list[Message], dict[str, Any]]:
-        messages = traffic.take(max(1, round(rate * seconds)))
-        return messages, asyncio.run(latency_at_rate(settings, messages, rate=rate, worker=worker))
+        return open_loop(settings, worker, traffic, rate, seconds)
 
     try:
         with figures.phase("worker_start"):
@@ -393,6 +392,15 @@ def _worker_latency(
     finally:
         worker.stop()
     return points
+
+
+def open_loop(
+    settings: Settings, worker: WorkerProcess, traffic: Traffic, rate: float, seconds: float
+) -> tuple[list[Message], dict[str, Any]]:
+    """``seconds`` of the traffic's next events at ``rate``, open-loop, to ``worker``: the
+    events sent and their latency entry."""
+    messages = traffic.take(max(1, round(rate * seconds)))
+    return messages, asyncio.run(latency_at_rate(settings, messages, rate=rate, worker=worker))
 
 
 def worker_cpu_seconds(worker: WorkerProcess) -> float:
@@ -525,17 +533,12 @@ def _headline_at_least_once(
     rate = HEADLINE_SHARE * figures.engine_events_per_s
     say(f"The same {rate:,.0f} events/s on a worker with at_least_once...")
     worker = WorkerProcess(relaxed, settings.data_dir / "worker-at-least-once.log")
-
-    def run(rate: float, seconds: float) -> dict[str, Any]:
-        messages = traffic.take(max(1, round(rate * seconds)))
-        return asyncio.run(latency_at_rate(relaxed, messages, rate=rate, worker=worker))
-
     try:
         with figures.phase("latency_at_least_once"):
             worker.start().wait_ready()
             if plan.warmup_seconds:
-                run(FIXED_RATE, plan.warmup_seconds)
-            result = run(rate, plan.latency_seconds)
+                open_loop(relaxed, worker, traffic, FIXED_RATE, plan.warmup_seconds)
+            _, result = open_loop(relaxed, worker, traffic, rate, plan.latency_seconds)
     finally:
         worker.stop()
     return {"share": HEADLINE_SHARE, **result}
