@@ -25,7 +25,6 @@ from app.features import UserState
 from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
 from app.programs import Program
-from app.programs.loader import BUILTIN_DIR
 from app.replay import replay
 from app.settings import Settings
 from app.shadow import SHADOW_KIND, Shadow
@@ -247,34 +246,14 @@ def test_a_shadow_spends_nothing_of_the_live_budgets(
 
 
 def test_evaluate_values_a_shadow_log_on_the_live_answers(
-    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    settings: Settings,
+    live: Program,
+    run: LoggedRun,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A shadow of the same program (its own draws) is worth what the live program
-    observed: the interval of its doubly robust estimate covers that.
-
-    At a learning rate of 0.2. Two copies that learn apart disagree more the faster they
-    learn, and where one's best reward is just above the minimum priority and the other's
-    just below, one grants and the other never grants (epsilon-greedy gives no reward no
-    probability while the best is above the minimum): over this log the shadow's support
-    on the live choices is 0.98 at 0.2 and 0.94 at the shipped 0.4, where evaluate rightly
-    refuses a number (at most 5% unsupported)."""
-    shipped = (BUILTIN_DIR / f"{settings.program}.yaml").read_text(encoding="utf-8")
-    assert "learning_rate: 0.4" in shipped
-    text = shipped.replace("learning_rate: 0.4", "learning_rate: 0.2")
-    program_file = tmp_path / "retail-loyalty.yaml"
-    program_file.write_text(text, encoding="utf-8")
-    live = load_program_setting(str(program_file))
-    assert live.learning.learning_rate == 0.2
-    run = logged_closed_loop(
-        live,
-        events=3_000,
-        users=300,
-        seed=SEED,
-        days=3,
-        partitions=settings.partitions,
-        max_event_bytes=settings.max_event_bytes,
-        state_ttl_ms=settings.state_ttl_ms,
-    )
+    observed: the interval of its doubly robust estimate covers that."""
     _, shadow = _split(
         _replay(settings, run.lines, _engine(live, settings), _engine(_same_id(live), settings))
     )
@@ -297,8 +276,7 @@ def test_evaluate_values_a_shadow_log_on_the_live_answers(
     events, log = tmp_path / "events.jsonl", tmp_path / "shadow.jsonl"
     events.write_bytes(b"\n".join(run.lines) + b"\n")
     log.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in shadow))
-    arguments = ["--program", str(program_file), "--in", str(events), "--shadow", str(log)]
-    assert cli.main(["evaluate", *arguments]) == 0
+    assert cli.main(["evaluate", "--in", str(events), "--shadow", str(log)]) == 0
     printed = capsys.readouterr().out
     assert "shadow retail-loyalty-again" in printed
     assert "live choices without a shadow decision" in printed
