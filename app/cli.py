@@ -759,6 +759,13 @@ def _add_bench_learning(commands: Any) -> None:
         default=0.0,
         help="share of users who joined before the run (0: a launch, every user signs up)",
     )
+    bench.add_argument(
+        "--world",
+        default="default",
+        help="how users' hidden tastes follow from what they do: default (the world the "
+        "engine was developed on), or mild, rotated, individual (worlds to check a change "
+        "on that it was not tuned on; harness/simulation/closed_loop.py)",
+    )
     _report_options(bench, "var/bench/learning.json")
     bench.set_defaults(run=_bench_learning)
 
@@ -943,6 +950,10 @@ def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
     program = load_program_setting(args.program or settings.program)
     if not 0.0 <= args.members <= 1.0:
         raise SettingsError("--members must be within 0..1")
+    from harness.simulation.closed_loop import WORLDS
+
+    if args.world not in WORLDS:
+        raise SettingsError(f"--world must be one of {', '.join(WORLDS)}, not {args.world!r}")
     report = run_benchmark(
         program,
         events=args.events,
@@ -950,6 +961,7 @@ def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         days=args.days,
         members=args.members,
+        world=args.world,
     )
     title = "Learning quality (`rewardstream bench-learning`)"
     _publish_report(args, report, targets_markdown(report), title)

@@ -79,10 +79,11 @@ def run_policy(
     seed: int,
     days: float,
     members: float = 0.0,
+    world: str = "default",
 ) -> tuple[LoopStats, list[str]]:
     """Run one policy over the closed loop; return its stats and any limit violations."""
     simulator = ClosedLoopSimulator(
-        users=users, seed=seed, start_ms=START_MS, days=days, members=members
+        users=users, seed=seed, start_ms=START_MS, days=days, members=members, world=world
     )
     # Every policy from the program's own settings and the public policy interface.
     custom: OraclePolicy | None = None
@@ -175,7 +176,14 @@ def _max_window_count(grants: list[tuple[int, str, str, float]], window_ms: int)
 
 
 def run_benchmark(
-    program: Program, *, events: int, users: int, seed: int, days: float, members: float = 0.0
+    program: Program,
+    *,
+    events: int,
+    users: int,
+    seed: int,
+    days: float,
+    members: float = 0.0,
+    world: str = "default",
 ) -> dict[str, Any]:
     """All three policies on the same loop; the report as a dict."""
     report: dict[str, Any] = {
@@ -185,12 +193,20 @@ def run_benchmark(
         "seed": seed,
         "days": days,
         "members": members,
+        "world": world,
         "policies": {},
     }
     for policy in POLICIES:
         started = time.perf_counter()
         stats, problems = run_policy(
-            policy, program, events=events, users=users, seed=seed, days=days, members=members
+            policy,
+            program,
+            events=events,
+            users=users,
+            seed=seed,
+            days=days,
+            members=members,
+            world=world,
         )
         report["policies"][policy] = {
             "granted": stats.granted,
@@ -291,7 +307,8 @@ def targets_markdown(report: dict[str, Any]) -> str:
         [
             f"Program `{report['program']}`, {report['events']:,} events, "
             f"{report['users']:,} users over {report['days']:g} simulated days, "
-            f"seed {report['seed']}, {_population(report.get('members', 0.0))}.",
+            f"seed {report['seed']}, {_population(report.get('members', 0.0))}"
+            f"{_world(report.get('world', 'default'))}.",
             "",
             *rows,
             "",
@@ -330,6 +347,15 @@ def _first_fifth_rows(policies: dict[str, Any]) -> list[str]:
 
 def _met(condition: bool) -> str:
     return "yes" if condition else "no"
+
+
+def _world(world: str) -> str:
+    if world == "default":
+        return ""
+    return (
+        f"; world `{world}` (tastes other than the default world's: "
+        "harness/simulation/closed_loop.py, WORLDS)"
+    )
 
 
 def _population(members: float) -> str:

@@ -7,11 +7,20 @@ learn). A granted reward is redeemed with the user's true probability, else
 dismissed or ignored; the answer comes back later, as an outcome event, and
 the engine learns from it. The simulator also knows the true probabilities,
 which gives the oracle of the learning benchmark.
+
+A *world* says how tastes follow from personas (:data:`WORLDS`). The default is the
+one the engine's learning was developed against; the others keep every user and every
+event the same (same seed, same behaviour) and change only the hidden tastes, so that
+a change to the engine can be checked on worlds it was not tuned on: tastes that
+differ less between personas, tastes that behaviour points to wrongly (each persona
+has another persona's tastes), and tastes that vary from user to user within a
+persona.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -79,6 +88,53 @@ CHANNEL_PENALTY = 0.5  # a reward on a channel the user does not use is half as 
 EVENT_TYPES = ("session_start", "page_view", "survey", "referral")
 
 
+@dataclass(frozen=True)
+class World:
+    """How hidden tastes follow from personas.
+
+    ``contrast``: each taste is ``mean + contrast x (taste - mean)`` with ``mean`` the
+    population's taste for the kind (1: as the persona says; below 1: personas differ
+    less). ``rotate``: persona ``i`` has the tastes of persona ``i + rotate`` (behaviour
+    then points to other tastes than in the default world). ``spread``: each user's
+    taste for each kind is moved by a normal draw with this standard deviation in
+    logits (0: every user of a persona alike).
+    """
+
+    name: str
+    contrast: float = 1.0
+    rotate: int = 0
+    spread: float = 0.0
+
+
+WORLDS: dict[str, World] = {
+    world.name: world
+    for world in (
+        World("default"),
+        World("mild", contrast=0.35),
+        World("rotated", rotate=1),
+        World("individual", spread=1.2),
+    )
+}
+
+
+def world_tastes(world: World) -> dict[str, dict[str, float]]:
+    """Per persona name, its tastes in ``world`` (before each user's own spread)."""
+    kinds = sorted({kind for persona in PERSONAS for kind in persona.taste})
+    mean = {
+        kind: sum(p.share * p.taste.get(kind, UNKNOWN_KIND_TASTE) for p in PERSONAS)
+        / sum(p.share for p in PERSONAS)
+        for kind in kinds
+    }
+    tastes = {}
+    for index, persona in enumerate(PERSONAS):
+        source = PERSONAS[(index + world.rotate) % len(PERSONAS)]
+        own = {kind: source.taste.get(kind, UNKNOWN_KIND_TASTE) for kind in kinds}
+        if world.contrast != 1.0:  # else exactly the persona's (not rounded through the mean)
+            own = {k: mean[k] + world.contrast * (v - mean[k]) for k, v in own.items()}
+        tastes[persona.name] = own
+    return tastes
+
+
 @dataclass
 class LoopUser:
     user_id: str
@@ -122,10 +178,22 @@ class ClosedLoopSimulator:
     """Seeded users, their events in time order, and their answers to decisions."""
 
     def __init__(
-        self, *, users: int, seed: int, start_ms: int, days: float, members: float = 0.0
+        self,
+        *,
+        users: int,
+        seed: int,
+        start_ms: int,
+        days: float,
+        members: float = 0.0,
+        world: str = "default",
     ) -> None:
         """``members``: share of users who joined before the run (they never sign up in it):
-        0 simulates a program's launch, 0.8 one that has been running for a while."""
+        0 simulates a program's launch, 0.8 one that has been running for a while.
+        ``world``: a name in :data:`WORLDS`."""
+        if world not in WORLDS:
+            raise ValueError(f"no world {world!r}; worlds: {', '.join(WORLDS)}")
+        self.world = WORLDS[world]
+        self.tastes = world_tastes(self.world)
         self.random = random.Random(seed)
         self.seed = seed
         self.start_ms = start_ms
@@ -138,6 +206,16 @@ class ClosedLoopSimulator:
         self.answers: list[tuple[int, int, dict[str, Any]]] = []  # heap of (ts, seq, event)
         self.sequence = 0
         self.by_id = {u.user_id: u for u in self.users}
+        # Each user's own taste, in logits from the persona's: drawn from a generator of
+        # its own, so every world has the very users and events of the default one.
+        self.shifts: dict[str, dict[str, float]] = {}
+        if self.world.spread:
+            draws = random.Random(f"{seed}-tastes")
+            kinds = sorted(next(iter(self.tastes.values())))
+            for user in self.users:
+                self.shifts[user.user_id] = {
+                    kind: draws.gauss(0.0, self.world.spread) for kind in kinds
+                }
 
     def _user(self, index: int) -> LoopUser:
         persona = self.random.choices(PERSONAS, [p.share for p in PERSONAS])[0]
@@ -152,7 +230,10 @@ class ClosedLoopSimulator:
     def true_probability(self, user_id: str, kind: str, channel: str | None) -> float:
         """The hidden chance that this user redeems a reward of ``kind`` on ``channel``."""
         persona = self.by_id[user_id].persona
-        p = persona.taste.get(kind, UNKNOWN_KIND_TASTE)
+        p = self.tastes[persona.name].get(kind, UNKNOWN_KIND_TASTE)
+        shift = self.shifts.get(user_id, {}).get(kind)
+        if shift is not None:
+            p = 1.0 / (1.0 + math.exp(-(math.log(p / (1.0 - p)) + shift)))
         return p if channel is None or channel in persona.channels else p * CHANNEL_PENALTY
 
     def events(self, total: int) -> Iterator[Event]:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
 from app.programs import load_builtin
 from harness.bench.learning import audit, lift_share, run_benchmark, targets_markdown
-from harness.simulation.closed_loop import LoopStats
+from harness.simulation.closed_loop import (
+    CHANNEL_PENALTY,
+    PERSONAS,
+    WORLDS,
+    ClosedLoopSimulator,
+    LoopStats,
+)
 
 PROGRAM = load_builtin("retail-loyalty")
 DAY = 86_400_000
@@ -129,3 +136,74 @@ def test_closed_loop_runs_in_process_from_the_cli() -> None:
     assert "rewards granted" in summary
     granted = int(summary.split(" rewards granted")[0].rsplit(" ", 1)[1])
     assert granted > 0
+
+
+def _world(name: str, seed: int = 5) -> ClosedLoopSimulator:
+    return ClosedLoopSimulator(users=400, seed=seed, start_ms=0, days=3, world=name)
+
+
+def test_every_world_has_the_default_worlds_users_and_events() -> None:
+    """A world changes hidden tastes only: the same seed gives the same users doing the
+    same things, so two worlds compare the engine on the same traffic."""
+    default = [e.to_document() for e in _world("default").events(1_500)]
+    for name in WORLDS:
+        assert [e.to_document() for e in _world(name).events(1_500)] == default
+
+
+def test_the_default_world_is_the_personas_tastes_exactly() -> None:
+    simulator = _world("default")
+    for user in simulator.users:
+        for kind, taste in user.persona.taste.items():
+            assert simulator.true_probability(user.user_id, kind, None) == taste
+
+
+def test_each_other_world_moves_the_tastes_as_it_says() -> None:
+    users = _world("default").users
+    default, mild, rotated, individual = (
+        _world(name) for name in ("default", "mild", "rotated", "individual")
+    )
+
+    def spread(simulator: ClosedLoopSimulator, kind: str) -> float:
+        tastes = [simulator.true_probability(u.user_id, kind, None) for u in users]
+        return max(tastes) - min(tastes)
+
+    # Personas differ less in the mild world: the gap between the fondest and the least
+    # fond persona shrinks to the world's contrast.
+    for kind in ("cashback", "points", "free_shipping"):
+        assert spread(mild, kind) == pytest.approx(WORLDS["mild"].contrast * spread(default, kind))
+    # In the rotated world a persona's behaviour comes with the next persona's tastes.
+    names = [p.name for p in PERSONAS]
+    for user in users:
+        following = PERSONAS[(names.index(user.persona.name) + 1) % len(PERSONAS)]
+        assert rotated.true_probability(user.user_id, "points", None) == pytest.approx(
+            following.taste["points"]
+        )
+    # In the individual world users of one persona differ, around the persona's taste.
+    hunters = [u for u in users if u.persona.name == "bargain_hunter"]
+    own = [individual.true_probability(u.user_id, "cashback", None) for u in hunters]
+    assert len(set(own)) == len(hunters) > 50
+    logits = [math.log(p / (1 - p)) for p in own]
+    assert sum(logits) / len(logits) == pytest.approx(math.log(0.65 / 0.35), abs=0.3)
+    # The channel penalty applies in every world.
+    user = hunters[0]
+    assert individual.true_probability(user.user_id, "cashback", "store") == pytest.approx(
+        individual.true_probability(user.user_id, "cashback", None) * CHANNEL_PENALTY
+    )
+
+
+def test_an_unknown_world_is_refused_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="no world 'flat'; worlds: default, mild"):
+        _world("flat")
+
+
+def test_the_report_names_a_world_other_than_the_default() -> None:
+    report = run_benchmark(PROGRAM, events=1_500, users=150, seed=3, days=3, world="rotated")
+    assert report["world"] == "rotated"
+    assert "world `rotated`" in targets_markdown(report)
+    default = run_benchmark(PROGRAM, events=1_500, users=150, seed=3, days=3)
+    assert "world `" not in targets_markdown(default)
+    # The same traffic, other tastes: the oracle grants by them, so its grants differ.
+    assert (
+        report["policies"]["oracle"]["redemption_rate"]
+        != default["policies"]["oracle"]["redemption_rate"]
+    )
