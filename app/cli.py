@@ -766,6 +766,16 @@ def _add_bench_learning(commands: Any) -> None:
         "engine was developed on), or mild, rotated, individual (worlds to check a change "
         "on that it was not tuned on; harness/simulation/closed_loop.py)",
     )
+    bench.add_argument(
+        "--blind-oracles",
+        type=int,
+        nargs="*",
+        default=[1, 3, 5],
+        metavar="K",
+        help="also run the oracle blind to each user's tastes for their first K events, "
+        "for each K (default: 1 3 5; none: no such rows): how fast a learner must know a "
+        "user to capture a given share of the oracle's lift",
+    )
     _report_options(bench, "var/bench/learning.json")
     bench.set_defaults(run=_bench_learning)
 
@@ -954,6 +964,8 @@ def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.world not in WORLDS:
         raise SettingsError(f"--world must be one of {', '.join(WORLDS)}, not {args.world!r}")
+    if any(k < 1 for k in args.blind_oracles):
+        raise SettingsError("--blind-oracles takes event counts of 1 or more")
     report = run_benchmark(
         program,
         events=args.events,
@@ -962,6 +974,7 @@ def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
         days=args.days,
         members=args.members,
         world=args.world,
+        blind_oracles=tuple(dict.fromkeys(args.blind_oracles)),
     )
     title = "Learning quality (`rewardstream bench-learning`)"
     _publish_report(args, report, targets_markdown(report), title)

@@ -9,6 +9,11 @@ Three policies face the same simulated population (same seed, same events):
 - ``oracle``: the same gates and priority formula, with the users' true
   redemption probabilities instead of learned ones (a custom policy through
   ``Engine(policy=...)``);
+- ``oracle_blind_<k>``: the oracle blind to each user's tastes for the user's first
+  ``k`` events: until then it knows only the population's average for the reward's
+  kind and channel. How many events a learner may take to know a user decides how
+  much of the oracle's lift it can capture; these rows say it in the benchmark's own
+  figures (a yardstick, not a target);
 - ``undefended``: the engine with fraud scoring and the new-account pending
   period off (``fraud.enabled: false``, no ``new_account_pending``), to show
   what the defences cost learning.
@@ -45,16 +50,30 @@ POLICIES = ("engine", "random", "oracle", "undefended")
 class OraclePolicy:
     """A custom policy through the public interface (:mod:`app.decisioning.policy`): the
     engine's gated candidates re-scored with the users' true redemption probabilities
-    instead of learned ones, the best chosen with certainty."""
+    instead of learned ones, the best chosen with certainty.
 
-    def __init__(self, simulator: ClosedLoopSimulator, min_priority: float) -> None:
+    ``blind_events``: for a user's first this many events (the one decided included),
+    the oracle knows only the population's average probability for the reward's kind
+    and channel, not the user's own; 0 knows every user from their first event."""
+
+    def __init__(
+        self, simulator: ClosedLoopSimulator, min_priority: float, *, blind_events: int = 0
+    ) -> None:
         self.simulator = simulator
         self.min_priority = min_priority
+        self.blind_events = blind_events
 
     def choose(self, candidates: Sequence[Candidate], situation: Situation) -> Pick:
+        blind = situation.user.events <= self.blind_events
+        user_id = situation.event.user_id
+
         def true_priority(c: Candidate) -> float:
             risk_cost = c.propensity * c.value * c.lever - c.priority  # the engine's risk term
-            p = self.simulator.true_probability(situation.event.user_id, c.reward.kind, c.channel)
+            p = (
+                self.simulator.mean_probability(c.reward.kind, c.channel)
+                if blind
+                else self.simulator.true_probability(user_id, c.reward.kind, c.channel)
+            )
             return p * c.value * c.lever - risk_cost
 
         best = max(candidates, key=true_priority)  # ties: the engine's order (first listed)
@@ -80,8 +99,10 @@ def run_policy(
     days: float,
     members: float = 0.0,
     world: str = "default",
+    blind_events: int = 0,
 ) -> tuple[LoopStats, list[str]]:
-    """Run one policy over the closed loop; return its stats and any limit violations."""
+    """Run one policy over the closed loop; return its stats and any limit violations.
+    ``blind_events`` is the oracle's (see :class:`OraclePolicy`)."""
     simulator = ClosedLoopSimulator(
         users=users, seed=seed, start_ms=START_MS, days=days, members=members, world=world
     )
@@ -92,7 +113,7 @@ def run_policy(
     elif policy == "undefended":
         program = undefended_program(program)
     elif policy == "oracle":
-        custom = OraclePolicy(simulator, program.learning.min_priority)
+        custom = OraclePolicy(simulator, program.learning.min_priority, blind_events=blind_events)
     engine = Engine(program, seed=seed, policy=custom)
     kinds = {r.id: r.kind for r in program.rewards}
     states: dict[str, UserState] = {}
@@ -184,8 +205,10 @@ def run_benchmark(
     days: float,
     members: float = 0.0,
     world: str = "default",
+    blind_oracles: Sequence[int] = (),
 ) -> dict[str, Any]:
-    """All three policies on the same loop; the report as a dict."""
+    """Every policy on the same loop, and an oracle blind for a user's first ``k``
+    events for each ``k`` in ``blind_oracles``; the report as a dict."""
     report: dict[str, Any] = {
         "program": program.id,
         "events": events,
@@ -196,7 +219,9 @@ def run_benchmark(
         "world": world,
         "policies": {},
     }
-    for policy in POLICIES:
+    runs = [(policy, policy, 0) for policy in POLICIES]
+    runs += [(f"oracle_blind_{k}", "oracle", k) for k in blind_oracles]
+    for name, policy, blind_events in runs:
         started = time.perf_counter()
         stats, problems = run_policy(
             policy,
@@ -207,8 +232,9 @@ def run_benchmark(
             days=days,
             members=members,
             world=world,
+            blind_events=blind_events,
         )
-        report["policies"][policy] = {
+        report["policies"][name] = {
             "granted": stats.granted,
             "redeemed": stats.redeemed,
             "redemption_rate": round(stats.redemption_rate, 4),
@@ -239,6 +265,14 @@ def run_benchmark(
             strict=True,
         )
     ]
+    report["blind_oracles_lift_share"] = {
+        str(k): lift_share(
+            policies[f"oracle_blind_{k}"]["redemption_rate"],
+            policies["random"]["redemption_rate"],
+            policies["oracle"]["redemption_rate"],
+        )
+        for k in blind_oracles
+    }
     return report
 
 
@@ -303,6 +337,7 @@ def targets_markdown(report: dict[str, Any]) -> str:
         "-" if share is None else f"{share:.2f}" for share in report.get("lift_share_by_fifth", [])
     )
     first = _first_fifth_rows(report["policies"])
+    blind = _blind_oracles_line(report)
     return "\n".join(
         [
             f"Program `{report['program']}`, {report['events']:,} events, "
@@ -315,6 +350,7 @@ def targets_markdown(report: dict[str, Any]) -> str:
             "Share of the oracle's lift over random (redemption rate) that the engine "
             f"captures, by fifth of the run: {by_fifth}.",
             "",
+            *blind,
             *first,
             "| target | figure | met |",
             "|---|---:|---|",
@@ -343,6 +379,27 @@ def _first_fifth_rows(policies: dict[str, Any]) -> list[str]:
             cells.append(f"{granted} at {redeemed / granted:.2f}" if granted else "0")
         rows.append(f"| {reward} | {cells[0]} | {cells[1]} |")
     return [*rows, ""]
+
+
+def _blind_oracles_line(report: dict[str, Any]) -> list[str]:
+    """What an oracle blind to each user for their first k events captures: how fast a
+    learner must know a user to capture a given share."""
+    shares = report.get("blind_oracles_lift_share") or {}
+    if not shares:
+        return []
+    policies = report["policies"]
+    parts = [
+        f"{k} events: {'-' if share is None else f'{share:.2f}'} "
+        f"(first fifth {policies[f'oracle_blind_{k}']['redemption_rate_by_fifth'][0]:.2f})"
+        for k, share in shares.items()
+    ]
+    return [
+        "Share of the oracle's lift over random captured by the oracle when it is blind to "
+        "each user's tastes for their first k events (it knows the population's average "
+        "per reward kind and channel until then; rows `oracle_blind_k`): "
+        f"{'; '.join(parts)}.",
+        "",
+    ]
 
 
 def _met(condition: bool) -> str:

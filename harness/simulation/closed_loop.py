@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,6 +207,7 @@ class ClosedLoopSimulator:
         self.answers: list[tuple[int, int, dict[str, Any]]] = []  # heap of (ts, seq, event)
         self.sequence = 0
         self.by_id = {u.user_id: u for u in self.users}
+        self._means: dict[tuple[str, str | None], float] = {}
         # Each user's own taste, in logits from the persona's: drawn from a generator of
         # its own, so every world has the very users and events of the default one.
         self.shifts: dict[str, dict[str, float]] = {}
@@ -235,6 +237,16 @@ class ClosedLoopSimulator:
         if shift is not None:
             p = 1.0 / (1.0 + math.exp(-(math.log(p / (1.0 - p)) + shift)))
         return p if channel is None or channel in persona.channels else p * CHANNEL_PENALTY
+
+    def mean_probability(self, kind: str, channel: str | None) -> float:
+        """The average of :meth:`true_probability` over every simulated user: what is
+        known of a reward's appeal before anything is known of the user."""
+        key = (kind, channel)
+        if key not in self._means:
+            self._means[key] = statistics.fmean(
+                self.true_probability(user.user_id, kind, channel) for user in self.users
+            )
+        return self._means[key]
 
     def events(self, total: int) -> Iterator[Event]:
         """``total`` user events in time order, with outcome events interleaved when due."""

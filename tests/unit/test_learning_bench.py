@@ -207,3 +207,74 @@ def test_the_report_names_a_world_other_than_the_default() -> None:
         report["policies"]["oracle"]["redemption_rate"]
         != default["policies"]["oracle"]["redemption_rate"]
     )
+
+
+def _persona_user(simulator: ClosedLoopSimulator, persona: str) -> str:
+    return next(u.user_id for u in simulator.users if u.persona.name == persona)
+
+
+def test_a_blind_oracle_knows_only_the_average_until_the_users_kth_event() -> None:
+    """Blind for a user's first k events, the oracle scores every user alike (the
+    population's average for the kind and channel); from event k + 1 on, each user by
+    their own tastes."""
+    from app.contract.records import Event
+    from app.decisioning.policy import Candidate, Situation
+    from app.features.state import UserState
+    from harness.bench.learning import OraclePolicy
+
+    simulator = _world("default")
+    rewards = {r.id: r for r in PROGRAM.rewards}
+    offered = [
+        Candidate(rewards[name], "web", 5.0, 1.0, 0.2, 1.0, 1.0, {}, ())
+        for name in ("welcome-points", "cashback")
+    ]
+    hunter = _persona_user(simulator, "bargain_hunter")  # cashback 0.65, points 0.03
+    collector = _persona_user(simulator, "points_collector")  # points 0.70, cashback 0.04
+
+    def picked(user_id: str, events: int, blind_events: int) -> str | None:
+        oracle = OraclePolicy(simulator, 0.5, blind_events=blind_events)
+        event = Event(event_id="e", user_id=user_id, type="session_start", ts=0, channel="web")
+        situation = Situation(event, UserState(events=events), "d", PROGRAM)
+        chosen = oracle.choose(offered, situation).chosen
+        return None if chosen is None else chosen.reward.id
+
+    assert picked(hunter, 3, blind_events=3) == picked(collector, 3, blind_events=3)
+    assert picked(hunter, 4, blind_events=3) == "cashback"
+    assert picked(collector, 4, blind_events=3) == "welcome-points"
+    assert picked(hunter, 1, blind_events=0) == "cashback"  # 0: never blind
+    # What it knows while blind is the mean of every user's true probability.
+    for kind, channel in (("points", "web"), ("cashback", "mobile")):
+        probabilities = [
+            simulator.true_probability(u.user_id, kind, channel) for u in simulator.users
+        ]
+        assert simulator.mean_probability(kind, channel) == pytest.approx(
+            sum(probabilities) / len(probabilities)
+        )
+
+
+def test_the_report_adds_blind_oracles_and_the_share_each_captures() -> None:
+    report = run_benchmark(
+        PROGRAM, events=3_000, users=200, seed=3, days=5, blind_oracles=(1, 1_000_000)
+    )
+    policies = report["policies"]
+    assert {"oracle_blind_1", "oracle_blind_1000000"} <= set(policies)
+    for k in ("1", "1000000"):
+        assert report["blind_oracles_lift_share"][k] == pytest.approx(
+            lift_share(
+                policies[f"oracle_blind_{k}"]["redemption_rate"],
+                policies["random"]["redemption_rate"],
+                policies["oracle"]["redemption_rate"],
+            )
+        )
+        assert policies[f"oracle_blind_{k}"]["limit_violations"] == []
+    # Never told a user's tastes, the oracle captures less of its own lift.
+    assert (
+        policies["oracle_blind_1000000"]["redemption_rate"] < policies["oracle"]["redemption_rate"]
+    )
+    table = targets_markdown(report)
+    assert "| oracle_blind_1 |" in table
+    assert "blind to each user's tastes for their first k events" in table
+    assert "1000000 events: " in table
+    assert "blind to each user" not in targets_markdown(
+        run_benchmark(PROGRAM, events=1_500, users=150, seed=3, days=3)
+    )
