@@ -955,7 +955,7 @@ def _bench_experiment(settings: Settings, args: argparse.Namespace) -> int:
 def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
     _harness("bench-learning")
     from app.assembly import load_program_setting
-    from harness.bench.learning import run_benchmark, targets, targets_markdown
+    from harness.bench.learning import Loop, run_benchmark, targets, targets_markdown
 
     program = load_program_setting(args.program or settings.program)
     if not 0.0 <= args.members <= 1.0:
@@ -966,16 +966,15 @@ def _bench_learning(settings: Settings, args: argparse.Namespace) -> int:
         raise SettingsError(f"--world must be one of {', '.join(WORLDS)}, not {args.world!r}")
     if any(k < 1 for k in args.blind_oracles):
         raise SettingsError("--blind-oracles takes event counts of 1 or more")
-    report = run_benchmark(
-        program,
+    loop = Loop(
         events=args.events,
         users=args.users,
         seed=args.seed,
         days=args.days,
         members=args.members,
         world=args.world,
-        blind_oracles=tuple(dict.fromkeys(args.blind_oracles)),
     )
+    report = run_benchmark(program, loop, blind_oracles=tuple(dict.fromkeys(args.blind_oracles)))
     title = "Learning quality (`rewardstream bench-learning`)"
     _publish_report(args, report, targets_markdown(report), title)
     met = all(found for _, _, found in targets(report))
@@ -1104,11 +1103,10 @@ def _simulate_closed_loop(settings: Settings, args: argparse.Namespace, total: i
     if args.in_process and args.out:
         return _simulate_logged(settings, args, total, program)
     if args.in_process:
-        from harness.bench.learning import run_policy
+        from harness.bench.learning import Loop, run_policy
 
-        stats, problems = run_policy(
-            "engine", program, events=total, users=args.users, seed=args.seed, days=args.days
-        )
+        loop = Loop(events=total, users=args.users, seed=args.seed, days=args.days)
+        stats, problems = run_policy("engine", program, loop)
         _print_loop_summary(stats)
         if problems:
             print("Limits broken: " + "; ".join(problems), file=sys.stderr)

@@ -89,23 +89,34 @@ def with_exploration(program: Program, exploration: Exploration) -> Program:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Loop:
+    """The closed loop a benchmark runs every policy on: the same users and events."""
+
+    events: int
+    users: int
+    seed: int
+    days: float
+    members: float = 0.0  # share of users who joined before the run (0: a launch)
+    world: str = "default"  # a name in harness.simulation.closed_loop.WORLDS
+
+    def simulator(self) -> ClosedLoopSimulator:
+        return ClosedLoopSimulator(
+            users=self.users,
+            seed=self.seed,
+            start_ms=START_MS,
+            days=self.days,
+            members=self.members,
+            world=self.world,
+        )
+
+
 def run_policy(
-    policy: str,
-    program: Program,
-    *,
-    events: int,
-    users: int,
-    seed: int,
-    days: float,
-    members: float = 0.0,
-    world: str = "default",
-    blind_events: int = 0,
+    policy: str, program: Program, loop: Loop, *, blind_events: int = 0
 ) -> tuple[LoopStats, list[str]]:
     """Run one policy over the closed loop; return its stats and any limit violations.
     ``blind_events`` is the oracle's (see :class:`OraclePolicy`)."""
-    simulator = ClosedLoopSimulator(
-        users=users, seed=seed, start_ms=START_MS, days=days, members=members, world=world
-    )
+    simulator = loop.simulator()
     # Every policy from the program's own settings and the public policy interface.
     custom: OraclePolicy | None = None
     if policy == "random":
@@ -114,11 +125,11 @@ def run_policy(
         program = undefended_program(program)
     elif policy == "oracle":
         custom = OraclePolicy(simulator, program.learning.min_priority, blind_events=blind_events)
-    engine = Engine(program, seed=seed, policy=custom)
+    engine = Engine(program, seed=loop.seed, policy=custom)
     kinds = {r.id: r.kind for r in program.rewards}
     states: dict[str, UserState] = {}
     ledger, stats = Ledger(), LoopStats()
-    for event in simulator.events(events):
+    for event in simulator.events(loop.events):
         outcome = engine.process(states.get(event.user_id, UserState()), ledger, event)
         states[event.user_id], ledger = outcome.user, outcome.ledger
         stats.events += 1
@@ -197,43 +208,20 @@ def _max_window_count(grants: list[tuple[int, str, str, float]], window_ms: int)
 
 
 def run_benchmark(
-    program: Program,
-    *,
-    events: int,
-    users: int,
-    seed: int,
-    days: float,
-    members: float = 0.0,
-    world: str = "default",
-    blind_oracles: Sequence[int] = (),
+    program: Program, loop: Loop, *, blind_oracles: Sequence[int] = ()
 ) -> dict[str, Any]:
     """Every policy on the same loop, and an oracle blind for a user's first ``k``
     events for each ``k`` in ``blind_oracles``; the report as a dict."""
     report: dict[str, Any] = {
         "program": program.id,
-        "events": events,
-        "users": users,
-        "seed": seed,
-        "days": days,
-        "members": members,
-        "world": world,
+        **dataclasses.asdict(loop),
         "policies": {},
     }
     runs = [(policy, policy, 0) for policy in POLICIES]
     runs += [(f"oracle_blind_{k}", "oracle", k) for k in blind_oracles]
     for name, policy, blind_events in runs:
         started = time.perf_counter()
-        stats, problems = run_policy(
-            policy,
-            program,
-            events=events,
-            users=users,
-            seed=seed,
-            days=days,
-            members=members,
-            world=world,
-            blind_events=blind_events,
-        )
+        stats, problems = run_policy(policy, program, loop, blind_events=blind_events)
         report["policies"][name] = {
             "granted": stats.granted,
             "redeemed": stats.redeemed,
@@ -389,7 +377,7 @@ def _blind_oracles_line(report: dict[str, Any]) -> list[str]:
         return []
     policies = report["policies"]
     parts = [
-        f"{k} events: {'-' if share is None else f'{share:.2f}'} "
+        f"k = {k}: {'-' if share is None else f'{share:.2f}'} "
         f"(first fifth {policies[f'oracle_blind_{k}']['redemption_rate_by_fifth'][0]:.2f})"
         for k, share in shares.items()
     ]

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from app.programs import load_builtin
-from harness.bench.learning import audit, lift_share, run_benchmark, targets_markdown
+from harness.bench.learning import Loop, audit, lift_share, run_benchmark, targets_markdown
 from harness.simulation.closed_loop import (
     CHANNEL_PENALTY,
     PERSONAS,
@@ -22,7 +22,7 @@ DAY = 86_400_000
 
 
 def test_small_run_reports_all_policies_and_keeps_every_limit() -> None:
-    report = run_benchmark(PROGRAM, events=3_000, users=200, seed=3, days=5)
+    report = run_benchmark(PROGRAM, Loop(3_000, 200, seed=3, days=5))
     assert set(report["policies"]) == {"engine", "random", "oracle", "undefended"}
     for policy in report["policies"].values():
         assert policy["granted"] > 0
@@ -89,20 +89,17 @@ def test_every_baseline_comes_from_program_settings_or_the_public_policy_interfa
         learning=dataclasses.replace(PROGRAM.learning, epsilon_half_after=2.0, min_epsilon=0.01),
     )
     assert with_exploration(program, "uniform").learning.exploration == "uniform"
-    random_stats, random_problems = run_policy(
-        "random", program, events=2_000, users=150, seed=4, days=4
-    )
+    loop = Loop(2_000, 150, seed=4, days=4)
+    random_stats, random_problems = run_policy("random", program, loop)
     assert random_problems == []
     assert random_stats.granted > 0
     # Fresh grants are uniform draws (the others release pending holds, or are the
     # standard reward of users who declined personalization); tests/unit/test_policy.py
     # checks the draw itself.
     assert random_stats.explored > 0.6 * random_stats.granted
-    undefended, problems = run_policy(
-        "undefended", program, events=2_000, users=150, seed=4, days=4
-    )
+    undefended, problems = run_policy("undefended", program, loop)
     assert problems == []
-    defended, _ = run_policy("engine", program, events=2_000, users=150, seed=4, days=4)
+    defended, _ = run_policy("engine", program, loop)
     # Without the pending period new users' first rewards are paid at once: more grants.
     assert undefended.granted > defended.granted
     assert OraclePolicy.choose is not None  # a plain class: no engine internals overridden
@@ -197,10 +194,10 @@ def test_an_unknown_world_is_refused_with_the_known_ones() -> None:
 
 
 def test_the_report_names_a_world_other_than_the_default() -> None:
-    report = run_benchmark(PROGRAM, events=1_500, users=150, seed=3, days=3, world="rotated")
+    report = run_benchmark(PROGRAM, Loop(1_500, 150, seed=3, days=3, world="rotated"))
     assert report["world"] == "rotated"
     assert "world `rotated`" in targets_markdown(report)
-    default = run_benchmark(PROGRAM, events=1_500, users=150, seed=3, days=3)
+    default = run_benchmark(PROGRAM, Loop(1_500, 150, seed=3, days=3))
     assert "world `" not in targets_markdown(default)
     # The same traffic, other tastes: the oracle grants by them, so its grants differ.
     assert (
@@ -253,9 +250,8 @@ def test_a_blind_oracle_knows_only_the_average_until_the_users_kth_event() -> No
 
 
 def test_the_report_adds_blind_oracles_and_the_share_each_captures() -> None:
-    report = run_benchmark(
-        PROGRAM, events=3_000, users=200, seed=3, days=5, blind_oracles=(1, 1_000_000)
-    )
+    loop = Loop(3_000, 200, seed=3, days=5)
+    report = run_benchmark(PROGRAM, loop, blind_oracles=(1, 1_000_000))
     policies = report["policies"]
     assert {"oracle_blind_1", "oracle_blind_1000000"} <= set(policies)
     for k in ("1", "1000000"):
@@ -274,7 +270,7 @@ def test_the_report_adds_blind_oracles_and_the_share_each_captures() -> None:
     table = targets_markdown(report)
     assert "| oracle_blind_1 |" in table
     assert "blind to each user's tastes for their first k events" in table
-    assert "1000000 events: " in table
+    assert "k = 1000000: " in table
     assert "blind to each user" not in targets_markdown(
-        run_benchmark(PROGRAM, events=1_500, users=150, seed=3, days=3)
+        run_benchmark(PROGRAM, Loop(1_500, 150, seed=3, days=3))
     )
