@@ -274,3 +274,15 @@ def test_the_report_adds_blind_oracles_and_the_share_each_captures() -> None:
     assert "blind to each user" not in targets_markdown(
         run_benchmark(PROGRAM, Loop(1_500, 150, seed=3, days=3))
     )
+
+
+def test_the_cli_help_names_every_world(capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI lists the worlds in its help without importing the simulator; a world
+    added to WORLDS must be named there too."""
+    from app.cli import _parser
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["bench-learning", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for name in WORLDS:
+        assert name in shown.split("--world", 1)[1]
