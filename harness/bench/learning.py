@@ -1,6 +1,6 @@
 """Learning-quality benchmark: does the engine learn what users want, within budget?
 
-Three policies face the same simulated population (same seed, same events):
+Every policy below faces the same simulated population (same seed, same events):
 
 - ``engine``: the real engine, learning online from outcomes, exploring with
   the program's epsilon;
