@@ -48,7 +48,7 @@ from app.programs import Program
 from app.settings import Settings
 from harness.simulation.attacks import AttackConfig, generate
 from harness.workerproc import WorkerProcess
-from topologies import TABLE_LEDGER, TABLE_USER_STATE, changelog_topic
+from topologies import STAGES, TABLE_LEDGER, TABLE_USER_STATE, changelog_topic
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -926,7 +926,18 @@ async def _credit_reverted(settings: Settings, decided: list[Decided], lives: Li
     effects (its log's ``transaction.reverted``): their steps were taken when the first
     decision of the same event was committed, as Kafka acknowledged, before it aborted
     that transaction; that first decision is in the log, aborted, sent earlier."""
-    reverts = [(life, revert) for life in lives.lives for revert in life.reverts()]
+    # Only the decide stage's inputs are decided again when handled again. A reverted
+    # range of the link stage's input holds copies of decided events on their way to
+    # their devices and networks: handling them again decides nothing.
+    names = settings.topic_names()
+    decide = next(stage for stage in STAGES if stage.name == "decide")
+    decided_from = {names[role] for role in decide.reads}
+    reverts = [
+        (life, revert)
+        for life in lives.lives
+        for revert in life.reverts()
+        if revert.topic in decided_from
+    ]
     if not reverts:
         return
     visible = {(d.partition, d.offset) for d in decided}
