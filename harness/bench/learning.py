@@ -42,8 +42,8 @@ from app.programs import Program
 from app.programs.model import Exploration
 from harness.bench.fraud import undefended_program
 from harness.simulation.closed_loop import ClosedLoopSimulator, LoopStats
+from harness.simulation.logged import START_MS
 
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 POLICIES = ("engine", "random", "oracle", "undefended")
 
 
