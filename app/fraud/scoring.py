@@ -5,7 +5,8 @@ the event is fraud, so ``1 - prod(1 - weight)``. Two weak signals add up to
 more than either; no pile of weak ones reaches certainty. Two learned parts
 join as signals of their own:
 
-- an unsupervised River ``HalfSpaceTrees`` over the user's scaled activity
+- unsupervised half-space trees (:mod:`app.fraud.halfspace`, River's algorithm and
+  trees) over the user's scaled activity
   rates and link counts (weight 0.25 when it finds the event more isolated
   than 95% of the recent window). It speaks in alerts only, never in a
   decision's risk (see :class:`app.fraud.assess.Assessment`);
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from river import anomaly, linear_model, optim
+from river import linear_model, optim
 
+from app.fraud.halfspace import WindowedHalfSpaceTrees
 from app.fraud.links import LinkFacts
 from app.fraud.signals import RATE_NAMES, Activity, Signal
 from app.models.deferral import Deferral
@@ -31,7 +33,7 @@ from app.models.propensity import load_weights
 ANOMALY_QUANTILE_SCORE = 0.95
 ANOMALY_WEIGHT = 0.25
 # Upper ends of the detector's inputs (it expects features in known ranges).
-ANOMALY_LIMITS: dict[Hashable, tuple[float, float]] = {
+ANOMALY_LIMITS: dict[str, tuple[float, float]] = {
     "events_1m": (0.0, 30.0),
     "events_1h": (0.0, 150.0),
     "earning_1h": (0.0, 15.0),
@@ -74,7 +76,7 @@ class RiskModels:
     """The learned parts of the risk score, shared by every user of a worker."""
 
     def __init__(self, *, seed: int) -> None:
-        self.detector = anomaly.HalfSpaceTrees(
+        self.detector = WindowedHalfSpaceTrees(
             n_trees=10, height=8, window_size=250, limits=ANOMALY_LIMITS, seed=seed
         )
         self.labelled = linear_model.LogisticRegression(optimizer=optim.SGD(0.1), l2=1e-3)
@@ -89,7 +91,8 @@ class RiskModels:
         matter (:func:`anomaly_can_alert`) skips it; every event is learned from, so the
         detector's window is the same either way."""
         score = float(self.detector.score_one(features)) if wanted else 0.0
-        self.deferral.run(functools.partial(self.detector.learn_one, dict(features)))
+        # ``features`` is built for this event alone and never changed after.
+        self.deferral.run(functools.partial(self.detector.learn_one, features))
         if score < ANOMALY_QUANTILE_SCORE:
             return None
         return Signal("anomaly.isolated", ANOMALY_WEIGHT, f"anomaly score {score:.2f}")

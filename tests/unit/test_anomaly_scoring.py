@@ -7,10 +7,10 @@ import importlib
 
 import orjson
 import pytest
-from river import anomaly
 
 from app.assembly import build_engine
 from app.fraud.assess import Assessment
+from app.fraud.halfspace import WindowedHalfSpaceTrees
 from app.fraud.scoring import ANOMALY_WEIGHT, anomaly_can_alert
 from app.fraud.signals import Signal
 from app.replay import replay
@@ -39,13 +39,13 @@ def _replayed(lines: list[bytes]) -> list[bytes]:
 def test_alerts_are_what_scoring_every_event_gives(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = _attack_lines()
     scored: list[int] = []
-    real_score = anomaly.HalfSpaceTrees.score_one
+    real_score = WindowedHalfSpaceTrees.score_one
 
-    def counted(self: anomaly.HalfSpaceTrees, x: dict[str, float]) -> float:
+    def counted(self: WindowedHalfSpaceTrees, x: dict[str, float]) -> float:
         scored.append(1)
         return float(real_score(self, x))
 
-    monkeypatch.setattr(anomaly.HalfSpaceTrees, "score_one", counted)
+    monkeypatch.setattr(WindowedHalfSpaceTrees, "score_one", counted)
     skipping = _replayed(lines)
     scored_when_skipping = len(scored)
     monkeypatch.setattr(assess_module, "anomaly_can_alert", lambda score, at: True)

@@ -1,0 +1,160 @@
+"""Half-space trees whose window masses are counted once per window, not once per event.
+
+River's ``HalfSpaceTrees`` (Tan, Ting and Liu, 2011) walks every tree for every
+event it learns, adding one to the mass of each node on the path; at the end of a
+window the masses move to the reference side, and scoring reads only those. Since
+a score never reads the masses of the window being filled (every feature is always
+present, so no walk falls back on them), nothing observable happens between the
+ends of two windows but the counting. This detector keeps the window's points
+instead and counts them in one vectorised pass when the window closes: the same
+trees (River builds them, from the same seeded generator), the same reference
+masses, the same scores to the bit, at about a tenth of the cost of learning an event.
+
+It speaks River's interface (``learn_one``, ``score_one``) and is seeded.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from random import Random
+from typing import Any
+
+import numpy as np
+from river.base import AnomalyDetector
+from river.tree.padded import PaddedBranch, make_padded_tree
+
+# River's padding of each split away from the edges of its range (HalfSpaceTrees' own).
+PADDING = 0.15
+# Scoring stops below this share of the window in a node (the paper's constant).
+SIZE_LIMIT_SHARE = 0.1
+
+
+class WindowedHalfSpaceTrees(AnomalyDetector):
+    """Half-space trees over a fixed set of features, each in its ``limits``.
+
+    Every point learned and scored must carry every feature named in ``limits``
+    (a missing one raises ``KeyError``): River would walk it by masses the window has
+    not finished counting, which this detector does not keep.
+    """
+
+    def __init__(
+        self,
+        n_trees: int = 10,
+        height: int = 8,
+        window_size: int = 250,
+        limits: Mapping[str, tuple[float, float]] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if not limits:
+            raise ValueError("limits must name every feature with its (low, high) range")
+        self.n_trees = n_trees
+        self.height = height
+        self.window_size = window_size
+        self.limits = dict(limits)
+        self.seed = seed
+        self.features: tuple[str, ...] = tuple(sorted(self.limits))
+        splits, thresholds = _flat_trees(
+            self.limits, self.features, n_trees=n_trees, height=height, seed=seed
+        )
+        # Per tree, in heap order (node k's children are 2k+1 and 2k+2): the split's
+        # feature (an index into ``features``) and threshold; leaves have neither.
+        self._splits = splits
+        self._thresholds = thresholds
+        self._split_lists: list[list[int]] = splits.tolist()
+        self._threshold_lists: list[list[float]] = thresholds.tolist()
+        nodes = 2 ** (height + 1) - 1
+        # The last full window's mass per node; None until a window has closed.
+        self._reference: list[list[int]] | None = None
+        self._window: list[tuple[float, ...]] = []
+        self._nodes = nodes
+
+    @property
+    def windows_closed(self) -> bool:
+        """Whether a whole window has been learned (until then every score is 0)."""
+        return self._reference is not None
+
+    @property
+    def max_score(self) -> int:
+        """The largest mass sum a point can reach: scores are 1 minus their share of it."""
+        return self.n_trees * self.window_size * self._nodes
+
+    def learn_one(self, x: Mapping[Any, float]) -> None:
+        self._window.append(tuple(x[name] for name in self.features))
+        if len(self._window) == self.window_size:
+            self._reference = self._count(np.array(self._window, dtype=np.float64)).tolist()
+            self._window.clear()
+
+    def score_one(self, x: Mapping[Any, float]) -> float:
+        reference = self._reference
+        if reference is None:
+            return 0.0
+        point = [x[name] for name in self.features]
+        size_limit = SIZE_LIMIT_SHARE * self.window_size
+        internal = 2**self.height - 1
+        score = 0.0
+        for masses, splits, thresholds in zip(
+            reference, self._split_lists, self._threshold_lists, strict=True
+        ):
+            node, weight, total = 0, 1, 0
+            while True:
+                mass = masses[node]
+                total += mass * weight
+                if node >= internal or mass < size_limit:
+                    break
+                node = 2 * node + (1 if point[splits[node]] < thresholds[node] else 2)
+                weight <<= 1
+            score += total
+        return 1.0 - score / self.max_score
+
+    def _count(self, points: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Each node's mass over ``points`` (one row each), per tree."""
+        trees, count = self.n_trees, len(points)
+        masses = np.zeros((trees, self._nodes), dtype=np.int64)
+        rows = np.arange(trees)[:, None]
+        node = np.zeros((trees, count), dtype=np.int64)
+        for _ in range(self.height):
+            np.add.at(masses, (np.broadcast_to(rows, node.shape), node), 1)
+            feature = self._splits[rows, node]
+            values = points[np.arange(count)[None, :], feature]
+            # River goes left when ``value < threshold`` and right otherwise (NaN too).
+            left = values < self._thresholds[rows, node]
+            node = 2 * node + np.where(left, 1, 2)
+        np.add.at(masses, (np.broadcast_to(rows, node.shape), node), 1)
+        return masses
+
+
+def _flat_trees(
+    limits: Mapping[str, tuple[float, float]],
+    features: tuple[str, ...],
+    *,
+    n_trees: int,
+    height: int,
+    seed: int | None,
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """River's trees, built as ``HalfSpaceTrees`` builds them on its first point (the
+    same generator, the same calls), laid out flat in heap order."""
+    rng = Random(seed)
+    index = {name: i for i, name in enumerate(features)}
+    internal = 2**height - 1
+    splits = np.full((n_trees, internal), -1, dtype=np.int64)
+    thresholds = np.zeros((n_trees, internal), dtype=np.float64)
+    for tree in range(n_trees):
+        root = make_padded_tree(
+            limits={name: limits[name] for name in features},
+            height=height,
+            padding=PADDING,
+            rng=rng,
+            r_mass=0,
+            l_mass=0,
+        )
+        level: collections.deque[tuple[int, Any]] = collections.deque([(0, root)])
+        while level:
+            position, node = level.popleft()
+            if not isinstance(node, PaddedBranch):
+                continue
+            splits[tree, position] = index[node.feature]
+            thresholds[tree, position] = node.threshold
+            level.append((2 * position + 1, node.children[0]))
+            level.append((2 * position + 2, node.children[1]))
+    return splits, thresholds

@@ -1,0 +1,73 @@
+"""The windowed half-space trees score every point as River's HalfSpaceTrees does, to the
+bit, while learning a window's points at once. Pure code."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from river import anomaly
+
+from app.fraud.halfspace import WindowedHalfSpaceTrees
+from app.fraud.scoring import ANOMALY_LIMITS
+
+
+def _points(seed: int, count: int) -> list[dict[str, float]]:
+    """Mostly quiet activity with bursts, values at the limits, on split-like round
+    numbers and the odd NaN (River sends NaN right, as every ``value < t`` is false)."""
+    rng = random.Random(seed)
+    points = []
+    for _ in range(count):
+        burst = rng.random() < 0.05
+        point = {}
+        for name, (low, high) in ANOMALY_LIMITS.items():
+            value = rng.expovariate(1.0) * (high / 2 if burst else 1.0)
+            roll = rng.random()
+            if roll < 0.02:
+                value = high
+            elif roll < 0.04:
+                value = float(round(value))
+            elif roll < 0.045:
+                value = math.nan
+            point[name] = min(max(value, low), high) if not math.isnan(value) else value
+        points.append(point)
+    return points
+
+
+@pytest.mark.parametrize("seed", [0, 7, 42])
+def test_scores_match_rivers_at_every_step(seed: int) -> None:
+    kwargs = {"n_trees": 10, "height": 8, "window_size": 250, "limits": ANOMALY_LIMITS}
+    river_trees = anomaly.HalfSpaceTrees(**kwargs, seed=seed)
+    windowed = WindowedHalfSpaceTrees(**kwargs, seed=seed)
+    scores = []
+    for point in _points(seed, 1_300):  # five windows and part of a sixth
+        expected = float(river_trees.score_one(point))
+        assert windowed.score_one(point) == expected
+        scores.append(expected)
+        river_trees.learn_one(point)
+        windowed.learn_one(point)
+    # The comparison means something: scores are 0 for the first window only, then spread.
+    assert set(scores[:250]) == {0.0}
+    assert len(set(scores[250:])) > 100
+    assert windowed.windows_closed
+
+
+def test_smaller_trees_and_windows_match_too() -> None:
+    limits = {"a": (0.0, 1.0), "b": (-5.0, 5.0)}
+    river_trees = anomaly.HalfSpaceTrees(n_trees=3, height=3, window_size=7, limits=limits, seed=1)
+    windowed = WindowedHalfSpaceTrees(n_trees=3, height=3, window_size=7, limits=limits, seed=1)
+    rng = random.Random(5)
+    for _ in range(100):
+        point = {"a": rng.random(), "b": rng.uniform(-5, 5)}
+        assert windowed.score_one(point) == float(river_trees.score_one(point))
+        river_trees.learn_one(point)
+        windowed.learn_one(point)
+
+
+def test_a_point_without_every_feature_is_refused() -> None:
+    windowed = WindowedHalfSpaceTrees(limits={"a": (0.0, 1.0), "b": (0.0, 1.0)}, seed=1)
+    with pytest.raises(KeyError):
+        windowed.learn_one({"a": 0.5})
+    with pytest.raises(ValueError, match="limits"):
+        WindowedHalfSpaceTrees(limits={})
