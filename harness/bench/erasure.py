@@ -27,6 +27,7 @@ from app.kafkaio import event_routes
 from app.settings import Settings
 from harness import localkafka
 from harness.simulation.attacks import AttackConfig, generate
+from harness.simulation.events import START_MS
 from harness.workerproc import WorkerProcess
 
 DAY_MS = 86_400_000
@@ -49,7 +50,7 @@ def _quantile(values: list[float], q: float) -> float:
 async def _one_run(settings: Settings, plan: ErasurePlan, seed: int) -> dict[str, Any]:
     config = AttackConfig(
         seed=seed,
-        start_ms=1_767_225_600_000,
+        start_ms=START_MS,
         duration_ms=2 * DAY_MS,
         normal_users=max(50, plan.events // 15),
         normal_events=plan.events,

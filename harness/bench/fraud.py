@@ -26,6 +26,7 @@ from harness.simulation.attacks import (
     attacker_accounts,
     generate,
 )
+from harness.simulation.events import START_MS
 
 
 @dataclass
@@ -75,7 +76,6 @@ def _scenario_by_account(events: list[LabelledEvent]) -> dict[str, str]:
 
 # --- the attack benchmark -------------------------------------------------------------
 
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 HOUR_MS = 3_600_000
 REPLAY_CODES = ("event.replayed", "event.replayed_altered")
 # The seeds the fraud layer's signals, weights and thresholds were set against, by hand,

@@ -32,12 +32,12 @@ from app.metrics import Metrics
 from app.pipeline import Pipeline, Tables
 from app.replay import kafka_partitioner
 from app.settings import Settings
+from harness.simulation.events import START_MS
 from harness.workerproc import WorkerProcess
 from topologies import TABLE_LINK_STATE, TABLE_USER_STATE, changelog_topic
 
 # Records per produce batch; the producer's batches are sized to hold them.
 BATCH_BYTES = 1024 * 1024
-START_MS = 1_767_225_600_000
 PROBE_USER = "u-restart-0000001"
 
 

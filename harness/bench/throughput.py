@@ -72,14 +72,13 @@ from harness.bench.histogram import LatencyHistogram
 from harness.bench.report import commit, machine
 from harness.bench.restart import restart_time
 from harness.simulation import EventSimulator, SimulatorConfig
-from harness.simulation.events import CHANNELS, COUNTRIES
+from harness.simulation.events import CHANNELS, COUNTRIES, START_MS
 from harness.simulation.live import produce_at_rate
 from harness.workerproc import WorkerError, WorkerProcess, own_broker
 
 PASSTHROUGH_IN = "bench-passthrough-in"
 PASSTHROUGH_OUT = "bench-passthrough-out"
 METRICS_POLL_S = 0.2
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, the simulator's default
 # The offered rates of the latency runs, as shares of the engine's measured maximum; the
 # targets speak of 70%. The lower ones are what a worker can be planned at
 # (harness.bench.report.planned_load): the highest whose p99 stays in real time.

@@ -58,11 +58,15 @@ class SimulatedUser:
     rewardable_event_ids: list[str] = field(default_factory=list)
 
 
+# Where every simulated run's clock starts (2026-01-01T00:00:00Z), benchmarks included.
+START_MS = 1_767_225_600_000
+
+
 @dataclass(frozen=True)
 class SimulatorConfig:
     users: int = 1_000
     seed: int = 7
-    start_ms: int = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    start_ms: int = START_MS
     events_per_second: float = 100.0  # spacing of event timestamps
     invalid_ratio: float = 0.0
     program: str = "retail-loyalty"

@@ -22,8 +22,7 @@ from app.decisioning.policy import Policy
 from app.programs import Program
 from app.replay import replay
 from harness.simulation.closed_loop import ClosedLoopSimulator
-
-START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z, as the learning benchmark
+from harness.simulation.events import START_MS
 
 
 @dataclass(frozen=True)
