@@ -109,19 +109,20 @@ class WindowedHalfSpaceTrees(AnomalyDetector):
 
     def _count(self, points: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Each node's mass over ``points`` (one row each), per tree."""
-        trees, count = self.n_trees, len(points)
-        masses = np.zeros((trees, self._nodes), dtype=np.int64)
+        trees, count, nodes = self.n_trees, len(points), self._nodes
         rows = np.arange(trees)[:, None]
+        columns = np.arange(count)[None, :]
         node = np.zeros((trees, count), dtype=np.int64)
+        # Every point visits one node per level of every tree: the visits, numbered across
+        # trees (tree * nodes + node), counted with one bincount at the end.
+        visits = [node.copy()]
         for _ in range(self.height):
-            np.add.at(masses, (np.broadcast_to(rows, node.shape), node), 1)
-            feature = self._splits[rows, node]
-            values = points[np.arange(count)[None, :], feature]
+            values = points[columns, self._splits[rows, node]]
             # River goes left when ``value < threshold`` and right otherwise (NaN too).
-            left = values < self._thresholds[rows, node]
-            node = 2 * node + np.where(left, 1, 2)
-        np.add.at(masses, (np.broadcast_to(rows, node.shape), node), 1)
-        return masses
+            node = 2 * node + np.where(values < self._thresholds[rows, node], 1, 2)
+            visits.append(node)
+        numbered = (np.stack(visits) + rows * nodes).ravel()
+        return np.bincount(numbered, minlength=trees * nodes).reshape(trees, nodes)
 
 
 def _flat_trees(

@@ -44,6 +44,8 @@ ANOMALY_LIMITS: dict[str, tuple[float, float]] = {
     "device_accounts_24h": (0.0, 10.0),
     "net_accounts_24h": (0.0, 10.0),
 }
+_ANOMALY_NAMES = (*RATE_NAMES, "device_accounts_24h", "net_accounts_24h")
+_ANOMALY_HIGHS = tuple(ANOMALY_LIMITS[name][1] for name in _ANOMALY_NAMES)
 MIN_LABELS_EACH = 3  # the labelled model speaks after this many of each label
 
 
@@ -64,12 +66,19 @@ def anomaly_can_alert(event_score: float, alert_at: float) -> bool:
 
 
 def anomaly_features(activity: Activity, facts: tuple[LinkFacts, ...]) -> dict[str, float]:
-    features = dict(zip(RATE_NAMES, activity.rates, strict=True))
-    for kind in ("device", "net"):
-        features[f"{kind}_accounts_24h"] = float(
-            max((f.accounts_24h for f in facts if f.kind == kind), default=0)
-        )
-    return {name: min(value, ANOMALY_LIMITS[name][1]) for name, value in features.items()}
+    """The detector's inputs: the user's activity rates and the most accounts a device
+    or a network of the event saw in a day, each clipped to its upper end."""
+    device = net = 0
+    for f in facts:
+        if f.kind == "device":
+            device = max(device, f.accounts_24h)
+        elif f.kind == "net":
+            net = max(net, f.accounts_24h)
+    values = (*activity.rates, float(device), float(net))
+    return {
+        name: high if high < value else value  # min(value, high), NaN kept as min keeps it
+        for name, value, high in zip(_ANOMALY_NAMES, values, _ANOMALY_HIGHS, strict=True)
+    }
 
 
 class RiskModels:
