@@ -25,7 +25,7 @@ from app.features import UserState
 from app.programs import load_builtin
 from app.rows import expand, shrink, shrink_v1
 from harness.bench.timing import median_us_each
-from harness.simulation.events import EventSimulator, SimulatorConfig
+from harness.simulation.events import START_MS, EventSimulator, SimulatorConfig
 
 USERS = 2_000
 
@@ -51,7 +51,7 @@ def sign_ups() -> list[bytes]:
                 "event_id": f"e-{n}",
                 "user_id": f"user-{n:07d}",
                 "type": "signup",
-                "ts": 1_767_225_600_000 + n,
+                "ts": START_MS + n,
                 "channel": "web",
                 "device_id": f"dev-{n:012x}",
                 "ip": f"10.1.{n % 250}.{n % 200}",

@@ -19,11 +19,11 @@ from app.kafkaio import event_routes, produce, read
 from app.settings import Settings
 from harness.bench.fraud import attack_take, undefended_program
 from harness.simulation.attacks import AttackConfig, attacker_accounts, generate
+from harness.simulation.events import START_MS
 from harness.workerproc import WorkerProcess
 
 pytestmark = pytest.mark.kafka
 
-START_MS = 1_767_225_600_000
 HOUR_MS = 3_600_000
 
 

@@ -47,6 +47,7 @@ from app.models.checkpoint import checkpoint_key
 from app.programs import Program
 from app.settings import Settings
 from harness.simulation.attacks import AttackConfig, generate
+from harness.simulation.events import START_MS
 from harness.workerproc import WorkerProcess
 from topologies import STAGES, TABLE_LEDGER, TABLE_USER_STATE, changelog_topic
 
@@ -155,7 +156,7 @@ def whole_traffic_base(
     loop's answers and labels interleave; a replay beyond the window is a new event by
     design, not a fault, and would blur the audit's "one decision per event".
     """
-    start_ms = 1_767_225_600_000
+    start_ms = START_MS
     config = AttackConfig(
         seed=seed,
         start_ms=start_ms,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from app.settings import Settings
+from harness.simulation.events import START_MS
 from harness.workerproc import WorkerProcess
 from tests.reliability.helpers import (
     Lives,
@@ -61,7 +62,7 @@ async def test_models_predict_after_a_sigkill_what_they_predicted_before(
     lives = Lives(start_worker)
     worker = lives.start(settings, tmp_path / "before.log")
     await asyncio.to_thread(worker.wait_ready, 120)
-    last_ts = 1_767_225_600_000 + (days + 6) * 86_400_000  # after every answer and label
+    last_ts = START_MS + (days + 6) * 86_400_000  # after every answer and label
     async with WholeTraffic(settings, base, per_second=150, seed=47) as traffic:
         # Users who answer their rewards: the models learn from every answer.
         await traffic.settle()

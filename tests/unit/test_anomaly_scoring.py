@@ -16,6 +16,7 @@ from app.fraud.signals import Signal
 from app.replay import replay
 from app.settings import Settings
 from harness.simulation.attacks import AttackConfig, generate
+from harness.simulation.events import START_MS
 
 DAY_MS = 86_400_000
 # The module, not the function app.fraud exports under the same name.
@@ -24,7 +25,7 @@ assess_module = importlib.import_module("app.fraud.assess")
 
 def _attack_lines() -> list[bytes]:
     config = AttackConfig(
-        seed=1, start_ms=1_767_225_600_000, duration_ms=4 * DAY_MS,
+        seed=1, start_ms=START_MS, duration_ms=4 * DAY_MS,
         normal_users=400, normal_events=6_000,
     )  # fmt: skip
     return [orjson.dumps(e.document) for e in generate(config)]

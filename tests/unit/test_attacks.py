@@ -23,6 +23,7 @@ from harness.simulation.attacks import (
     ground_truth,
     write_jsonl,
 )
+from harness.simulation.events import START_MS
 
 Document = dict[str, Any]
 MINUTE = 60_000
@@ -30,7 +31,7 @@ HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 CONFIG = AttackConfig(
     seed=11,
-    start_ms=1_767_225_600_000,  # 2026-01-01T00:00:00Z
+    start_ms=START_MS,
     duration_ms=36 * HOUR,
     normal_users=400,
     normal_events=12_000,

@@ -17,12 +17,13 @@ from harness.bench.fraud import (
     without_pending,
 )
 from harness.simulation.attacks import AttackConfig, attacker_accounts, generate
+from harness.simulation.events import START_MS
 
 
 def test_undefended_engine_pays_the_farms_their_sign_up_rewards() -> None:
     config = AttackConfig(
         seed=3,
-        start_ms=1_767_225_600_000,
+        start_ms=START_MS,
         duration_ms=24 * 3_600_000,
         normal_users=200,
         normal_events=3_000,
