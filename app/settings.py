@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 GUARANTEES = ("exactly_once", "at_least_once")
+PRODUCERS = ("task", "worker")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
 ENV_PREFIX = "REWARDSTREAM_"
@@ -116,6 +117,14 @@ class Settings:
     # "at_least_once" (no transactions; a crash may decide an event again, and the
     # contract's dedupe by decision_id does not undo that: docs/reliability.md).
     processing_guarantee: str = "exactly_once"
+    # With exactly_once: one transactional producer per task ("task", one per partition,
+    # fenced by its transactional id) or one per worker ("worker", every task in one
+    # transaction a round, fenced through the consumer group's generation: about half
+    # the tail latency under load, docs/decisions.md §35). A worker's id names its
+    # producer: keep it stable across the worker's restarts (a StatefulSet's pod name) so
+    # a restart fences its predecessor at once; empty: the host name and process id.
+    transactional_producers: str = "task"
+    worker_id: str = ""
     # The worker's loop: at most this many records a turn (it takes about 20 ms of work a
     # turn, streams.runtime.HANDLE_SLICE_S); how long the broker may hold a fetch waiting
     # for data; how long the producer waits to fill a batch.
@@ -228,6 +237,11 @@ class Settings:
             raise SettingsError(
                 f"REWARDSTREAM_PROCESSING_GUARANTEE={self.processing_guarantee!r} is not one of "
                 f"{', '.join(GUARANTEES)}"
+            )
+        if self.transactional_producers not in PRODUCERS:
+            raise SettingsError(
+                f"REWARDSTREAM_TRANSACTIONAL_PRODUCERS={self.transactional_producers!r} is not "
+                f"one of {', '.join(PRODUCERS)}"
             )
         self._check_security()
         self._check_acls()

@@ -16,6 +16,8 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.producer.transaction_manager import TransactionManager
 
+from streams.fencing import Member, committers, send_offsets_with_generation, stable_offsets
+
 # Retry backoff of the transactional producers: the broker refuses to add partitions to
 # a transaction while the previous commit of the same producer is still completing, and
 # the producer retries after this backoff (aiokafka's 100 ms default was most of the
@@ -37,7 +39,13 @@ TRANSACTION_TIMEOUT_MS = 60_000
 class Clients(Protocol):
     def group_consumer(self, group_id: str) -> Any: ...
     def reader(self) -> Any: ...
-    def producer(self, transactional_id: str | None) -> Any: ...
+    def producer(self, transactional_id: str | None, *, member: Member | None = None) -> Any: ...
+    async def stable_offsets(
+        self, consumer: Any, group_id: str, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int | None]: ...
+    async def committers(
+        self, consumer: Any, group_id: str, partitions: Iterable[TopicPartition]
+    ) -> set[str]: ...
 
 
 # Room left in a batch for what Kafka adds around the records (the batch header).
@@ -96,13 +104,17 @@ class KafkaClients:
             **self.common,
         )
 
-    def producer(self, transactional_id: str | None) -> AIOKafkaProducer:
-        """A transactional producer with ``transactional_id``, or (None) a plain idempotent one."""
+    def producer(
+        self, transactional_id: str | None, *, member: Member | None = None
+    ) -> AIOKafkaProducer:
+        """A transactional producer with ``transactional_id``, or (None) a plain idempotent
+        one. With ``member``, its transactions' offsets carry that group member's
+        generation (streams.fencing): the producer of a worker's every task."""
         if transactional_id is None:
             return AIOKafkaProducer(
                 acks="all", enable_idempotence=True, linger_ms=self.linger_ms, **self.common
             )
-        return TransactionalProducer(
+        producer = TransactionalProducer(
             transactional_id=transactional_id,
             linger_ms=self.linger_ms,
             max_batch_size=self.batch_bytes,
@@ -110,6 +122,23 @@ class KafkaClients:
             transaction_timeout_ms=TRANSACTION_TIMEOUT_MS,
             **self.common,
         )
+        if member is not None:
+            # The committer's id beside each offset says whom a new owner may fence.
+            send_offsets_with_generation(producer, member, metadata=transactional_id)
+        return producer
+
+    async def stable_offsets(
+        self, consumer: Any, group_id: str, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets of ``partitions`` once no transaction's offsets
+        for them are pending (streams.fencing)."""
+        return await stable_offsets(consumer, group_id, partitions)
+
+    async def committers(
+        self, consumer: Any, group_id: str, partitions: Iterable[TopicPartition]
+    ) -> set[str]:
+        """The transactional ids that committed the offsets of ``partitions`` last."""
+        return await committers(consumer, group_id, partitions)
 
 
 class _AheadTransactionManager(TransactionManager):

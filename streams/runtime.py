@@ -38,6 +38,7 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from app.kafkaio import seek_to_first
 from streams import snapshot
 from streams.clients import Clients
+from streams.fencing import group_member
 from streams.state import PartitionTable, restore
 from streams.task import Committed, Task, TaskState
 from streams.topology import Batch, Stage, Topology
@@ -66,6 +67,10 @@ FAILURES_NOT_READY = 3
 # key a stage can write (ids are at most 128 characters), so restoring its tombstone
 # removes nothing.
 ROLL_KEY = b"\x00rewardstream:roll:" + b"\x00" * 1024
+# With one producer per worker: how long a new owner waits for a transaction's pending
+# offsets to end before it fences their committer (a transaction ends within tens of
+# milliseconds; one open this long most likely belongs to a worker that died).
+FENCE_AFTER_S = 2.0
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -99,6 +104,11 @@ class RuntimeConfig:
     sweep_pass_s: float = 3_600.0
     # /ready says 503 while an input has been held behind an open transaction this long.
     blocked_not_ready_s: float = 60.0
+    # One transactional producer for every task of the worker, ``<group_id>-worker-
+    # <worker_id>``, its transactions' offsets fenced through the group
+    # (streams.fencing), instead of one producer per task (docs/decisions.md §35).
+    one_producer: bool = False
+    worker_id: str = "0"
 
 
 class Hooks:
@@ -171,6 +181,13 @@ class Runtime:
         self._restorer: Any = None
         self._plain: Any = None
         self.views: Views | None = None
+        # With config.one_producer: the worker's producer and the transaction it opened
+        # ahead, held by a task of no partition whose commits carry every task's work
+        # (Task.start_round); and whether a commit of everything is under way.
+        self.rounds = config.one_producer and config.transactional
+        self._shared: Task | None = None
+        self._committing_all = False
+        self._closing: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -210,9 +227,14 @@ class Runtime:
             if self._consumer is not None:
                 await self._consumer.stop()
             for task in self.tasks.values():
+                if self._shared is None:
+                    with contextlib.suppress(Exception):
+                        await task.close_ahead()
+                        await task.producer.stop()
+            if self._shared is not None:
                 with contextlib.suppress(Exception):
-                    await task.close_ahead()
-                    await task.producer.stop()
+                    await self._shared.close_ahead()
+                    await self._shared.producer.stop()
             if self.views is not None:
                 await self.views.stop()
                 with contextlib.suppress(Exception):
@@ -346,7 +368,7 @@ class Runtime:
             task = self.tasks.get(tp.partition)
             if task is None or task.state is not TaskState.RUNNING or tp not in task.inputs:
                 continue  # not ours (any more): it is fetched again by its owner
-            messages = task.wait(tp, messages, most_waiting)
+            messages = task.wait(tp, messages, most_waiting, hold=self._round_in_flight())
             if messages:
                 messages = task.fresh(tp, messages)
             if not messages:
@@ -405,10 +427,63 @@ class Runtime:
             task.state = TaskState.FAILED
 
     def _commit_due(self) -> None:
+        if self.rounds:
+            self._round_over()
+            return
         now = time.monotonic()
         for task in self.tasks.values():
             if task.due(now):
                 self._start_commit(task)
+
+    # With one producer (config.one_producer) the tasks commit in rounds: one transaction
+    # carries every task's pending work, records fetched meanwhile wait for its end (as a
+    # task's own do for its own transaction), and the next round starts when it ends.
+
+    def _round_in_flight(self) -> bool:
+        shared = self._shared
+        return shared is not None and shared.busy
+
+    def _round_over(self) -> None:
+        """No round in flight: handle what waited, then start the next round if a task's
+        work is due, or call back when the first will be."""
+        if not self.rounds or self._round_in_flight() or self._committing_all:
+            return
+        for task in list(self.tasks.values()):
+            self._handle_waiting(task)
+        if self.rebalancing:
+            return
+        now = time.monotonic()
+        running = [t for t in self.tasks.values() if t.state is TaskState.RUNNING]
+        if any(task.due(now) for task in running):
+            self._start_round([t for t in running if t.pending.due_s is not None])
+            return
+        first = min((t.pending.due_s for t in running if t.pending.due_s is not None), default=None)
+        if first is not None:
+            asyncio.get_running_loop().call_later(max(first - now, 0.0), self._round_over)
+
+    def _start_round(self, tasks: list[Task]) -> None:
+        shared = self._require(self._shared)
+        resolve = self.config.topic_of_role.__getitem__
+        commit = shared.start_round(tasks, resolve, self.config.group_id, self._commit_offsets)
+        commit.add_done_callback(functools.partial(self._round_ended, tasks))
+
+    def _round_ended(self, tasks: list[Task], done: asyncio.Task[Committed]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            error = None if done.cancelled() else done.exception()
+            partitions = ",".join(str(t.partition) for t in tasks)
+            log.warning("transaction.aborted tasks=%s error=%r", partitions, error, exc_info=error)
+            self.metrics.commit_failures.inc()
+            for task in tasks:
+                if task.state is TaskState.RUNNING:
+                    task.state = TaskState.FAILED
+                self.failures_in_a_row[task.partition] = (
+                    self.failures_in_a_row.get(task.partition, 0) + 1
+                )
+        else:
+            for task in tasks:
+                self.failures_in_a_row.pop(task.partition, None)
+            self._took_effect(done.result(), ",".join(str(t.partition) for t in tasks))
+        self._round_over()
 
     def _commit_next(self, task: Task) -> None:
         """After a task's transaction ended: start its next one when it is due, so the
@@ -445,24 +520,37 @@ class Runtime:
             )
             return
         self.failures_in_a_row.pop(task.partition, None)
-        committed = done.result()
+        self._took_effect(done.result(), str(task.partition))
+        self._handle_waiting(task)
+        self._commit_next(task)
+
+    def _took_effect(self, committed: Committed, tasks: str) -> None:
+        """What follows a commit Kafka acknowledged: its effects run, its counts move."""
         self.acknowledged.update(committed.positions)
         for effect in committed.effects:
             try:
                 effect()
             except Exception:  # an effect's bug must not cost the task; it is counted
-                log.exception("effect.failed task=%d", task.partition)
+                log.exception("effect.failed tasks=%s", tasks)
                 self.metrics.effect_failures.inc()
         self.batches_committed += 1
         self.changelog_ends.update(committed.changelog_ends)
         self.metrics.commit_seconds.observe(committed.seconds)
-        self.hooks.committed(task.partition, committed)
-        self._handle_waiting(task)
-        self._commit_next(task)
+        # Tasks of one round share the commit; the hook learns it once.
+        self.hooks.committed(int(tasks) if tasks.isdigit() else -1, committed)
 
     async def _commit_all(self) -> None:
         """Commit everything handled so far and wait for it (before a snapshot, a stop or a
         revocation); recover the tasks whose commit fails."""
+        if self.rounds:
+            self._committing_all = True
+            try:
+                await self._commit_all_in_a_round()
+            finally:
+                self._committing_all = False
+            if not self.rebalancing:
+                await self._recover_failed()
+            return
         for task in list(self.tasks.values()):
             await task.settle()
             self._handle_waiting(task)
@@ -472,11 +560,32 @@ class Runtime:
         if not self.rebalancing:
             await self._recover_failed()
 
+    async def _commit_all_in_a_round(self) -> None:
+        if self._shared is not None:
+            await self._shared.settle()
+        for task in list(self.tasks.values()):
+            await task.settle()
+            self._handle_waiting(task)
+        pending = [
+            t
+            for t in self.tasks.values()
+            if t.state is TaskState.RUNNING and t.pending.due_s is not None
+        ]
+        if pending:
+            self._start_round(pending)
+            await self._require(self._shared).settle()
+            for task in pending:
+                await task.settle()
+
     # ------------------------------------------------------------ recovery
 
     async def _recover_failed(self) -> set[int]:
         """Recover the tasks whose transaction failed; return their partitions."""
         failed = [t for t in self.tasks.values() if t.state is TaskState.FAILED]
+        if failed and self._shared is not None:
+            # Whatever failed the round may have left the producer fenced or in error: the
+            # next one takes the same id, aborting what the last left open.
+            await self._renew_shared()
         for task in failed:
             await self._recover(task)
         return {task.partition for task in failed}
@@ -569,6 +678,8 @@ class Runtime:
             )
             if transactional_id is None:
                 producer = self.side_producer
+            elif self.rounds:
+                producer = (await self._shared_unit()).producer
             else:
                 producer = await self._fencing_producer(transactional_id, partition)
             tables = {
@@ -581,6 +692,13 @@ class Runtime:
                 tables=tables,
                 producer=producer,
                 transactional=self.config.transactional,
+            )
+        stable: dict[TopicPartition, int | None] = {}
+        if self.rounds and fresh:
+            # Before the changelogs are read: a zombie's last transaction over these
+            # partitions has ended (committed or aborted) once their offsets are stable.
+            stable = await self._stable_offsets(
+                [tp for task in fresh.values() for tp in task.inputs]
             )
         views = [table for task in fresh.values() for table in task.tables.values()]
         started = time.monotonic()
@@ -595,6 +713,8 @@ class Runtime:
         for task in fresh.values():
             task.state = TaskState.RUNNING
         self.tasks.update(fresh)
+        if stable or (self.rounds and fresh):
+            await self._seek_to(fresh.values(), stable)
         if fresh:
             log.info(
                 "tasks.assigned count=%d tasks=%s restored_records=%d from_snapshots=%d "
@@ -607,7 +727,86 @@ class Runtime:
             )
         return fresh
 
-    async def _fencing_producer(self, transactional_id: str, partition: int) -> Any:
+    async def _stable_offsets(
+        self, inputs: list[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        """The committed offsets of ``inputs`` once no transaction's offsets for them are
+        pending. One still pending after :data:`FENCE_AFTER_S` most likely belongs to a
+        worker that died mid-round: its producer's id (written beside the offsets it last
+        committed) is taken, which aborts that transaction at once instead of at the
+        coordinator's timeout. A live worker fenced so only recovers its tasks."""
+        consumer = self._require(self._consumer)
+        group = self.config.group_id
+        waiting = asyncio.ensure_future(self.clients.stable_offsets(consumer, group, inputs))
+        done, _ = await asyncio.wait({waiting}, timeout=FENCE_AFTER_S)
+        if not done:
+            own = self._shared_id()
+            for committer in sorted(await self.clients.committers(consumer, group, inputs)):
+                if committer != own:
+                    await self._fence(committer)
+        return await waiting
+
+    async def _fence(self, transactional_id: str) -> None:
+        log.warning(
+            "producer.fenced id=%s: its open transaction held offsets this worker takes",
+            transactional_id,
+        )
+        producer = self.clients.producer(transactional_id)
+        try:
+            await producer.start()  # takes the id: the coordinator aborts its open transaction
+        finally:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    def _shared_id(self) -> str:
+        return f"{self.config.group_id}-worker-{self.config.worker_id}"
+
+    async def _seek_to(self, tasks: Any, offsets: Mapping[TopicPartition, int | None]) -> None:
+        """Read each input of ``tasks`` on from its offset in ``offsets`` (absent or None:
+        its first record)."""
+        consumer = self._require(self._consumer)
+        for task in tasks:
+            for tp in task.inputs:
+                offset = offsets.get(tp)
+                if offset is None:
+                    await seek_to_first(consumer, [tp])
+                else:
+                    consumer.seek(tp, offset)
+                    task.next_offsets[tp] = offset
+
+    async def _shared_unit(self) -> Task:
+        """The worker's one producer (config.one_producer), started and fenced at first use."""
+        if self._shared is None:
+            transactional_id = self._shared_id()
+            everything = self._writable(None)
+            producer = await self._fencing_producer(
+                transactional_id, everything, member=self._member
+            )
+            self._shared = Task(-1, inputs=(), tables={}, producer=producer, transactional=True)
+            self._shared.state = TaskState.RUNNING
+        return self._shared
+
+    def _member(self) -> tuple[int, str]:
+        return group_member(self._require(self._consumer))()
+
+    async def _renew_shared(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            await shared.settle()
+            with contextlib.suppress(Exception):
+                await shared.close_ahead()
+                await shared.producer.stop()
+        unit = await self._shared_unit()
+        for task in self.tasks.values():
+            task.producer = unit.producer
+
+    async def _fencing_producer(
+        self,
+        transactional_id: str,
+        writable: list[tuple[str, int]] | int,
+        *,
+        member: Any = None,
+    ) -> Any:
         """A started producer for ``transactional_id`` that has fenced every earlier one and
         closed whatever an earlier one left open.
 
@@ -619,12 +818,18 @@ class Runtime:
         new producer first runs one transaction over every partition a task may write and
         aborts it: its abort markers close anything left open there.
         """
-        producer = self.clients.producer(transactional_id)
+        if isinstance(writable, int):
+            writable = self._writable(writable)
+        producer = (
+            self.clients.producer(transactional_id)
+            if member is None
+            else self.clients.producer(transactional_id, member=member)
+        )
         try:
             await producer.start()
             await producer.begin_transaction()
             try:
-                for topic, target in self._writable(partition):
+                for topic, target in writable:
                     await producer.send(topic, b"", key=b"rewardstream.close", partition=target)
             finally:
                 await producer.abort_transaction()
@@ -634,15 +839,19 @@ class Runtime:
             raise
         return producer
 
-    def _writable(self, partition: int) -> list[tuple[str, int]]:
+    def _writable(self, partition: int | None) -> list[tuple[str, int]]:
         """Every (topic, partition) a task's transaction may write: each output topic's
-        partitions (outputs are placed by key) and its own partition of each changelog."""
+        partitions (outputs are placed by key) and its own partition of each changelog
+        (None: every partition of each, for the worker's one producer)."""
         outputs = [
             (self.config.topic_of_role[role], target)
             for role in sorted(self.config.output_roles)
             for target in range(self.config.partitions)
         ]
-        changelogs = [(self.topology.changelog_of(t), partition) for t in self.topology.tables()]
+        partitions = range(self.config.partitions) if partition is None else (partition,)
+        changelogs = [
+            (self.topology.changelog_of(t), p) for t in self.topology.tables() for p in partitions
+        ]
         return outputs + changelogs
 
     async def _drop(self, partitions: set[int]) -> None:
@@ -660,7 +869,7 @@ class Runtime:
                 self.changelog_ends.pop(changelog, None)
                 self.snapshotted.pop(changelog, None)
                 self.sweeps.pop((table.topic, partition), None)
-            if self.config.transactional:
+            if self.config.transactional and not self.rounds:
                 with contextlib.suppress(Exception):
                     await task.close_ahead()
                     await task.producer.stop()
@@ -750,6 +959,13 @@ class Runtime:
         for task in self.tasks.values():
             if task.idle_ahead(now_s):
                 task.touched(now_s)
+        shared = self._shared
+        if shared is not None and shared.idle_ahead(now_s):
+            running = [t for t in self.tasks.values() if t.state is TaskState.RUNNING]
+            if running:
+                running[0].touched(now_s)  # a round, empty or not, ends it and opens the next
+            else:
+                self._closing = asyncio.ensure_future(shared.close_ahead())
 
     def _roll_changelogs(self, now_s: float) -> None:
         """Append a tombstone of :data:`ROLL_KEY` to each owned changelog partition once per

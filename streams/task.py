@@ -158,11 +158,15 @@ class Task:
             return messages
         return [m for m in messages if m.offset >= expected]
 
-    def wait(self, tp: TopicPartition, messages: list[Any], most: int) -> list[Any]:
+    def wait(
+        self, tp: TopicPartition, messages: list[Any], most: int, *, hold: bool = False
+    ) -> list[Any]:
         """Keep ``messages`` of ``tp`` until :meth:`take_waiting` while a transaction is
-        in flight (or records of ``tp`` wait already: order is kept). What to handle now
-        instead: nothing, or, once ``tp`` has ``most`` records waiting, all of them."""
-        if not self.busy and tp not in self.waiting:
+        in flight, or while ``hold`` (another task's is: the worker's one producer commits
+        every task at once), or records of ``tp`` wait already (order is kept). What to
+        handle now instead: nothing, or, once ``tp`` has ``most`` records waiting, all of
+        them."""
+        if not self.busy and not hold and tp not in self.waiting:
             return messages
         waiting = self.waiting.setdefault(tp, [])
         waiting.extend(messages)
@@ -223,6 +227,32 @@ class Task:
         self.committing = asyncio.ensure_future(
             self._commit(pending, changes, resolve, group_id, commit_offsets)
         )
+        return self.committing
+
+    def start_round(
+        self,
+        tasks: Sequence[Task],
+        resolve: Resolve,
+        group_id: str,
+        commit_offsets: CommitOffsets,
+    ) -> asyncio.Task[Committed]:
+        """Commit everything ``tasks`` handled, in one transaction of this task's
+        producer, in the background (the worker's one producer: this task owns no
+        partition, only the producer and the transaction it opened ahead). Each of
+        ``tasks`` is busy until it ends."""
+        merged = Pending()
+        changes: list[ChangelogRecord] = []
+        for task in tasks:
+            pending, task.pending = task.pending, Pending()
+            merged.outputs.extend(pending.outputs)
+            merged.effects.extend(pending.effects)
+            merged.positions.update(pending.positions)
+            changes += [record for table in task.tables.values() for record in table.drain()]
+        self.committing = asyncio.ensure_future(
+            self._commit(merged, changes, resolve, group_id, commit_offsets)
+        )
+        for task in tasks:
+            task.committing = self.committing
         return self.committing
 
     async def _commit(

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
+import os
 import signal
+import socket
 import time
 
 from prometheus_client import CollectorRegistry
@@ -169,6 +172,10 @@ async def serve(
         receipt_key=settings.erasure_receipt_key or settings.app_id,
         erasure_bound_ms=settings.erasure_bound_ms,
     )
+    if not settings.worker_id:
+        # Unique among live workers; a stable one (REWARDSTREAM_WORKER_ID) lets a restart
+        # fence its predecessor's producer at once (app.settings).
+        settings = dataclasses.replace(settings, worker_id=f"{socket.gethostname()}-{os.getpid()}")
     topology, config, hooks = build(settings, pipeline)
     clients = KafkaClients(
         settings.bootstrap_servers,

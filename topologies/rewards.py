@@ -326,6 +326,8 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
         changelog_roll_s=settings.erasure_bound_s / 16,
         sweep_pass_s=settings.sweep_pass_s,
         blocked_not_ready_s=settings.ready_blocked_s,
+        one_producer=settings.transactional_producers == "worker",
+        worker_id=settings.worker_id or "0",  # the worker names itself (streams.worker)
         paced=frozenset({"decide"}),
         pacing=frozenset({"link"}),
         output_roles=frozenset(

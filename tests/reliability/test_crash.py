@@ -31,13 +31,22 @@ EVENTS = 2_000
 KILLS = 3
 
 
+# One producer per task, or one per worker (its id kept across restarts, as a
+# StatefulSet's pod name keeps it, so each life fences the one before at once).
+@pytest.mark.parametrize("producers", ["task", "worker"])
 async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
     kafka_settings: Settings,
     tmp_path: Path,
     start_worker: Callable[[Settings, Path], WorkerProcess],
+    producers: str,
 ) -> None:
     # Checkpoints every second: each life restores what the one before learned.
-    settings = dataclasses.replace(with_own_control_topics(kafka_settings), checkpoint_interval_s=1)
+    settings = dataclasses.replace(
+        with_own_control_topics(kafka_settings),
+        checkpoint_interval_s=1,
+        transactional_producers=producers,
+        worker_id="crashing",
+    )
     base = whole_traffic_base(settings, events=EVENTS, users=300, seed=31)
     rng = random.Random(5)
     lives = Lives(start_worker)

@@ -27,19 +27,31 @@ from tests.reliability.helpers import (
 pytestmark = [pytest.mark.kafka]
 
 
+# One producer per task, or one per worker: then the killed worker's open transaction
+# is ended by the survivor fencing its producer's id, read beside the offsets it
+# committed (streams.runtime.Runtime._stable_offsets).
+@pytest.mark.parametrize("producers", ["task", "worker"])
 async def test_rebalance_mid_stream_keeps_every_decision_once(
     kafka_settings: Settings,
     tmp_path: Path,
     start_worker: Callable[[Settings, Path], WorkerProcess],
+    producers: str,
 ) -> None:
-    settings = dataclasses.replace(with_own_control_topics(kafka_settings), checkpoint_interval_s=1)
+    settings = dataclasses.replace(
+        with_own_control_topics(kafka_settings),
+        checkpoint_interval_s=1,
+        transactional_producers=producers,
+        worker_id="first",
+    )
     base = whole_traffic_base(settings, events=2_000, users=250, seed=43)
     lives = Lives(start_worker)
     first = lives.start(settings, tmp_path / "first.log")
     await asyncio.to_thread(first.wait_ready, 120)
     async with WholeTraffic(settings, base, per_second=40, seed=43) as traffic:
         await asyncio.sleep(5)
-        second_settings = dataclasses.replace(settings, web_port=localkafka.free_port())
+        second_settings = dataclasses.replace(
+            settings, web_port=localkafka.free_port(), worker_id="second"
+        )
         second = lives.start(second_settings, tmp_path / "second.log")
         await asyncio.to_thread(second.wait_ready, 120)
         await asyncio.sleep(8)

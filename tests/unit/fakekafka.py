@@ -378,6 +378,7 @@ class FakeProducer:
         self.epoch = 0
         self.txn: Txn | None = None
         self.started = self.stopped = False
+        self.member: Any = None  # FakeClients.producer(member=...)
 
     async def start(self) -> None:
         """Takes the transactional id: aborts what an older producer left open, fences it."""
@@ -520,9 +521,23 @@ class FakeClients:
     def reader(self) -> FakeConsumer:
         return FakeConsumer(self.broker, None)
 
-    def producer(self, transactional_id: str | None) -> FakeProducer:
+    def producer(self, transactional_id: str | None, *, member: Any = None) -> FakeProducer:
+        # The fake broker fences by transactional id only: ``member`` (whose generation a
+        # worker's one producer sends with its offsets) is kept for the tests to read.
         self.producers.append(FakeProducer(self.broker, transactional_id))
+        self.producers[-1].member = member
         return self.producers[-1]
+
+    async def stable_offsets(
+        self, consumer: FakeConsumer, group_id: str, partitions: Any
+    ) -> dict[TopicPartition, int | None]:
+        """Committed offsets: the fake broker makes a transaction's offsets visible at its
+        commit, so none is ever pending."""
+        return {tp: self.broker.committed.get((group_id, tp)) for tp in partitions}
+
+    async def committers(self, consumer: FakeConsumer, group_id: str, partitions: Any) -> set[str]:
+        """The fake broker keeps no offset metadata: nobody to fence by it."""
+        return set()
 
     def producer_of(self, transactional_id: str) -> FakeProducer:
         """The latest producer made with ``transactional_id``."""
