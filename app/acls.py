@@ -83,10 +83,13 @@ def internal_prefix(settings: Settings) -> str:
     return f"{settings.app_id}-"
 
 
-def transactional_id_prefix(settings: Settings) -> str:
-    """What the worker's transactional ids begin with: one per task, ``<app_id>-task-<p>``
-    (streams/runtime.py, its consumer group id then ``-task-``)."""
-    return f"{settings.app_id}-task-"
+def transactional_id_prefixes(settings: Settings) -> tuple[str, str]:
+    """What the worker's transactional ids begin with (streams/runtime.py, its consumer
+    group id first): one per worker, ``<app_id>-worker-<id>``, or one per task,
+    ``<app_id>-task-<p>`` (``REWARDSTREAM_TRANSACTIONAL_PRODUCERS``). Both are granted,
+    so a deployment can move from one to the other, and a worker may take (fence) the
+    id of another worker that died holding offsets it takes over."""
+    return f"{settings.app_id}-task-", f"{settings.app_id}-worker-"
 
 
 def worker_principal(settings: Settings) -> str:
@@ -109,7 +112,8 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
       checkpoints and its internal topics (prefixed ``<app_id>-``), may create each topic
       it uses (it creates any that is missing at start-up) and read and set its configs
       (the erasure bound's retention and compaction), joins its consumer group
-      (``<app_id>``) and uses its transactional ids (prefixed ``<app_id>-task-``).
+      (``<app_id>``) and uses its transactional ids (prefixed ``<app_id>-worker-`` or
+      ``<app_id>-task-``).
     """
     worker = worker_principal(settings)
     names = settings.topic_names()
@@ -138,15 +142,10 @@ def acl_bindings(settings: Settings) -> list[AclBinding]:
     allow(worker, literal, names["model-checkpoints"], *owned)
     allow(worker, prefixed, internal_prefix(settings), *owned)
     bindings.add(AclBinding(worker, ResourceType.GROUP, literal, settings.app_id, Operation.READ))
-    bindings.add(
-        AclBinding(
-            worker,
-            ResourceType.TRANSACTIONAL_ID,
-            prefixed,
-            transactional_id_prefix(settings),
-            Operation.WRITE,
+    for prefix in transactional_id_prefixes(settings):
+        bindings.add(
+            AclBinding(worker, ResourceType.TRANSACTIONAL_ID, prefixed, prefix, Operation.WRITE)
         )
-    )
     return sorted(bindings)
 
 

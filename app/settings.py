@@ -123,7 +123,7 @@ class Settings:
     # the tail latency under load, docs/decisions.md §35). A worker's id names its
     # producer: keep it stable across the worker's restarts (a StatefulSet's pod name) so
     # a restart fences its predecessor at once; empty: the host name and process id.
-    transactional_producers: str = "task"
+    transactional_producers: str = "worker"
     worker_id: str = ""
     # The worker's loop: at most this many records a turn (it takes about 20 ms of work a
     # turn, streams.runtime.HANDLE_SLICE_S); how long the broker may hold a fetch waiting

@@ -2,9 +2,11 @@
 
 One consumer group reads every input of the topology. Partition ``p`` of all
 inputs forms a task (:mod:`streams.task`): the loop hands each fetched batch to
-its stage's handler, and each task commits what it handled (outputs, table
-changes, input offsets) in one transaction of its own producer, in the
-background, when the oldest of it has waited its stage's ``commit_within_ms``.
+its stage's handler, and what the tasks handled (outputs, table changes, input
+offsets) is committed in the background, when the oldest of it has waited its
+stage's ``commit_within_ms``: all tasks together, in one transaction a round of
+the worker's one producer (``RuntimeConfig.one_producer``, fenced through the
+group: :mod:`streams.fencing`), or each task in a transaction of its own.
 The loop never waits for a commit: it fetches on, and a task's records fetched
 meanwhile wait for the end of its transaction, when they are handled in one
 batch. If a transaction fails, the task drops everything not committed, restores

@@ -1,12 +1,12 @@
 """One task: partition ``p`` of every input of the topology, its tables, its transactions.
 
 A task is the unit of ownership and of exactly-once. It holds partition ``p`` of
-each stage's tables and has one transactional producer, ``<app_id>-task-<p>``:
+each stage's tables. With one producer per task, its own, ``<app_id>-task-<p>``:
 when the partitions move to another worker (or a killed worker restarts), the
 new owner's producer fences the old one, so a zombie can never commit for a
-task it lost. (aiokafka sends offsets to a transaction without the consumer
-group's generation, so one producer per worker could not be fenced that way:
-docs/decisions.md, entry 15.)
+task it lost. With one producer per worker (the default, docs/decisions.md §35),
+the worker's tasks commit together in rounds (:meth:`Task.start_round`) and a
+zombie is fenced through the consumer group's generation (streams.fencing).
 
 States, in order: ``RESTORING`` (tables being read back), ``RUNNING`` (handles
 messages; a transaction may be committing in the background while it handles

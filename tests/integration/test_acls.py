@@ -115,6 +115,7 @@ async def test_each_principal_writes_only_its_own_inputs_and_the_worker_applies_
         f"WRITE  topic {admin_settings.topic_fraud_labels}",
         f"WRITE  topic {admin_settings.topic_consent}",
         f"WRITE  transactional id {admin_settings.app_id}-task-*",
+        f"WRITE  transactional id {admin_settings.app_id}-worker-*",
         f"READ   group {admin_settings.app_id}",
     ):
         assert line in output, output

@@ -21,7 +21,7 @@ from app.acls import (
     ResourceType,
     acl_bindings,
     internal_prefix,
-    transactional_id_prefix,
+    transactional_id_prefixes,
 )
 from app.kafkaio import topic_requests
 from app.pipeline import Pipeline
@@ -118,6 +118,9 @@ def test_the_worker_may_do_what_its_topology_needs() -> None:
         assert can(
             ResourceType.TRANSACTIONAL_ID, f"{config.group_id}-task-{partition}", Operation.WRITE
         )
+    worker_id = f"{config.group_id}-worker-{config.worker_id}"  # one producer per worker
+    assert worker_id.startswith(f"{config.group_id}-worker-")
+    assert can(ResourceType.TRANSACTIONAL_ID, worker_id, Operation.WRITE)
 
 
 def test_only_the_member_system_may_write_the_members_topic_and_the_worker_reads_it() -> None:
@@ -155,12 +158,11 @@ def test_the_worker_may_not_write_its_inputs_nor_act_as_another_deployment() -> 
             bindings, WORKER, ResourceType.TOPIC, s.topic_names()[role], Operation.WRITE
         )
     assert not allows(bindings, WORKER, ResourceType.GROUP, "loyalty-eu", Operation.READ)
-    assert not allows(
-        bindings, WORKER, ResourceType.TRANSACTIONAL_ID, "other-task-0", Operation.WRITE
-    )
+    for other in ("other-task-0", "other-worker-0"):
+        assert not allows(bindings, WORKER, ResourceType.TRANSACTIONAL_ID, other, Operation.WRITE)
     assert not allows(bindings, WORKER, ResourceType.TOPIC, "other-rekeyed", Operation.WRITE)
     assert internal_prefix(s) == "loyalty-"
-    assert transactional_id_prefix(s) == "loyalty-task-"
+    assert transactional_id_prefixes(s) == ("loyalty-task-", "loyalty-worker-")
 
 
 def test_patterns_are_prefixed_only_for_names_made_from_the_app_id() -> None:
@@ -173,6 +175,7 @@ def test_patterns_are_prefixed_only_for_names_made_from_the_app_id() -> None:
     assert prefixed == {
         (ResourceType.TOPIC, "rewardstream-"),
         (ResourceType.TRANSACTIONAL_ID, "rewardstream-task-"),
+        (ResourceType.TRANSACTIONAL_ID, "rewardstream-worker-"),
     }
 
 

@@ -194,7 +194,9 @@ def _worker_env(k8s: Resources, dockerfile: Dockerfile) -> dict[str, str]:
     ConfigMap (envFrom), then the container's own ``env``."""
     env = dict(_rewardstream_env(dockerfile.env))
     env.update(_settings_configmap(k8s)["data"])
-    env.update({item["name"]: item["value"] for item in _container(k8s).get("env", [])})
+    for item in _container(k8s).get("env", []):
+        # A value from the pod's own fields stands for one: its name, here.
+        env[item["name"]] = item.get("value", "rewardstream-0")
     return _rewardstream_env(env)
 
 
@@ -299,6 +301,17 @@ def test_settings_configmap_holds_valid_settings(k8s: Resources, dockerfile: Doc
 
 
 # ---------------------------------------------------------------- image, ports, probes
+
+
+def test_each_worker_is_named_by_its_pod_so_a_restart_fences_its_predecessor(
+    k8s: Resources,
+) -> None:
+    """A pod of the StatefulSet keeps its name across restarts: the worker's one
+    transactional producer, named after it, fences the last life's at once."""
+    assert k8s.one("StatefulSet")["metadata"]["name"] == "rewardstream-worker"
+    named = {item["name"]: item for item in _container(k8s).get("env", [])}
+    source = named["REWARDSTREAM_WORKER_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert source == "metadata.name"
 
 
 def test_worker_runs_the_projects_released_image(k8s: Resources) -> None:
