@@ -484,7 +484,7 @@ class Runtime:
         else:
             for task in tasks:
                 self.failures_in_a_row.pop(task.partition, None)
-            self._took_effect(done.result(), ",".join(str(t.partition) for t in tasks))
+            self._took_effect(done.result(), [t.partition for t in tasks])
         self._round_over()
 
     def _commit_next(self, task: Task) -> None:
@@ -522,24 +522,24 @@ class Runtime:
             )
             return
         self.failures_in_a_row.pop(task.partition, None)
-        self._took_effect(done.result(), str(task.partition))
+        self._took_effect(done.result(), [task.partition])
         self._handle_waiting(task)
         self._commit_next(task)
 
-    def _took_effect(self, committed: Committed, tasks: str) -> None:
+    def _took_effect(self, committed: Committed, partitions: list[int]) -> None:
         """What follows a commit Kafka acknowledged: its effects run, its counts move."""
         self.acknowledged.update(committed.positions)
         for effect in committed.effects:
             try:
                 effect()
             except Exception:  # an effect's bug must not cost the task; it is counted
-                log.exception("effect.failed tasks=%s", tasks)
+                log.exception("effect.failed tasks=%s", ",".join(map(str, partitions)))
                 self.metrics.effect_failures.inc()
         self.batches_committed += 1
         self.changelog_ends.update(committed.changelog_ends)
         self.metrics.commit_seconds.observe(committed.seconds)
-        # Tasks of one round share the commit; the hook learns it once.
-        self.hooks.committed(int(tasks) if tasks.isdigit() else -1, committed)
+        # Tasks of one round share the commit; the hook learns it once (-1: several).
+        self.hooks.committed(partitions[0] if len(partitions) == 1 else -1, committed)
 
     async def _commit_all(self) -> None:
         """Commit everything handled so far and wait for it (before a snapshot, a stop or a
