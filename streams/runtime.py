@@ -670,10 +670,44 @@ class Runtime:
 
     # ------------------------------------------------------------ tasks
 
+    async def _take_until_taken(self, wanted: Mapping[int, set[TopicPartition]]) -> dict[int, Task]:
+        """:meth:`_take`, tried again until it works. An assignment that fails to take its
+        tasks (a broker restarting while the group settles: a producer that cannot start,
+        a restore that cannot read) would otherwise leave partitions assigned to this
+        worker that nobody handles until the next rebalance."""
+        for attempt in range(10_000):
+            try:
+                return await self._take(wanted)
+            except Exception as error:
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                log.warning(
+                    "tasks.take_failed tasks=%s error=%r retry_in=%.1f",
+                    ",".join(str(p) for p in sorted(wanted)),
+                    error,
+                    delay,
+                    exc_info=error,
+                )
+                self.metrics.recovery_failures.inc()
+                await asyncio.sleep(delay)
+        raise RuntimeError(f"tasks {sorted(wanted)} could not be taken")
+
     async def _take(self, wanted: Mapping[int, set[TopicPartition]]) -> dict[int, Task]:
         """Own the tasks ``wanted`` (partition -> its input partitions): fence their
-        previous writers, then restore their tables."""
+        previous writers, then restore their tables. If that fails, the producers it
+        started for them are stopped (the worker's one producer stays)."""
         fresh: dict[int, Task] = {}
+        try:
+            return await self._take_into(wanted, fresh)
+        except BaseException:
+            if self.config.transactional and not self.rounds:
+                for task in fresh.values():
+                    with contextlib.suppress(Exception):
+                        await task.producer.stop()
+            raise
+
+    async def _take_into(
+        self, wanted: Mapping[int, set[TopicPartition]], fresh: dict[int, Task]
+    ) -> dict[int, Task]:
         for partition, inputs in sorted(wanted.items()):
             transactional_id = (
                 f"{self.config.group_id}-task-{partition}" if self.config.transactional else None
@@ -792,13 +826,32 @@ class Runtime:
         return group_member(self._require(self._consumer))()
 
     async def _renew_shared(self) -> None:
+        """Replace the worker's producer with one that takes the same id. A failed round
+        is often a broker going away: the new producer cannot start until it answers, so
+        this waits and retries, as a task's recovery does."""
         shared, self._shared = self._shared, None
         if shared is not None:
             await shared.settle()
             with contextlib.suppress(Exception):
                 await shared.close_ahead()
                 await shared.producer.stop()
-        unit = await self._shared_unit()
+        for attempt in range(10_000):
+            try:
+                unit = await self._shared_unit()
+                break
+            except Exception as error:
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                log.warning(
+                    "producer.renew_failed id=%s error=%r retry_in=%.1f",
+                    self._shared_id(),
+                    error,
+                    delay,
+                    exc_info=error,
+                )
+                self.metrics.recovery_failures.inc()
+                await asyncio.sleep(delay)
+        else:
+            raise RuntimeError(f"the producer {self._shared_id()} could not be renewed")
         for task in self.tasks.values():
             task.producer = unit.producer
 
@@ -890,7 +943,9 @@ class Runtime:
             await self._drop(set(self.tasks) - kept)
             # Positions are reset to the committed offsets, which are a kept task's next
             # offsets (everything it handled was committed at the revocation).
-            fresh = await self._take({p: tps for p, tps in wanted.items() if p not in kept})
+            fresh = await self._take_until_taken(
+                {p: tps for p, tps in wanted.items() if p not in kept}
+            )
             known = self.acknowledged.keys() | self.resumed.keys()
             if known:
                 consumer = self._require(self._consumer)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from aiokafka import TopicPartition
 from aiokafka.errors import (
     IllegalStateError,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     ProducerFenced,
@@ -90,6 +91,7 @@ class FakeBroker:
         self.unmarked: dict[str, int] = {}  # how many next commits of that id skip markers
         self.hanging: dict[str, list[Txn]] = {}  # acknowledged, never marked, per id
         self.undelivered: dict[str, int] = {}  # how many next sends to that topic fail
+        self.unreachable_starts = 0  # how many next transactional producer starts fail
         # Records a producer's batch holds: small, so a commit spans several batches of a
         # partition and the runtime's batching is exercised as with aiokafka's byte limit.
         self.batch_records = 3
@@ -119,6 +121,11 @@ class FakeBroker:
         """The next ``times`` commits of ``transactional_id`` fail (the transaction stays
         open, as after a failed EndTxn: the producer has to abort it)."""
         self.failures[transactional_id] = times
+
+    def fail_next_starts(self, times: int = 1) -> None:
+        """The next ``times`` starts of a transactional producer fail as aiokafka's start
+        fails while the broker is away (its bootstrap finds no broker that answers)."""
+        self.unreachable_starts = times
 
     def fail_next_deliveries(self, topic: str, times: int = 1) -> None:
         """The next ``times`` records (or batches) sent to ``topic`` are not written and
@@ -382,8 +389,11 @@ class FakeProducer:
 
     async def start(self) -> None:
         """Takes the transactional id: aborts what an older producer left open, fences it."""
-        self.started = True
         tid = self.transactional_id
+        if tid is not None and self.broker.unreachable_starts > 0:
+            self.broker.unreachable_starts -= 1
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 9092)]")
+        self.started = True
         if tid is not None:
             left_open = self.broker.open.get(tid)
             if left_open is not None:

@@ -450,6 +450,53 @@ async def test_a_failed_commit_shows_nothing_and_the_task_is_restored_and_rewoun
         assert a.clients.producer_of(tid(0)) is not first
 
 
+async def test_a_failed_commit_while_the_broker_is_away_is_recovered_once_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A broker restart fails the commit in flight, and the producer that takes the id
+    # again cannot start until the broker answers: the worker waits and retries (it is
+    # a fault of the cluster, not of the input), then commits every record once.
+    monkeypatch.setattr(runtime_module, "RETRY_DELAYS_S", (0.01,))
+    async with world(2) as w:
+        w.produce(0, 3)
+        w.produce(1, 3)
+        a = await w.worker().start(0, 1)
+        await w.until(lambda: w.committed(0) == 3 and w.committed(1) == 3)
+        held = w.broker.hold_commits(tid(0))
+        w.broker.fail_next_commit(tid(0))
+        w.broker.fail_next_starts(3)
+        w.produce(0, 4)
+        await w.until(lambda: busy(a, 0))
+        held.set()
+        await w.until(lambda: w.broker.unreachable_starts == 0)
+        w.produce(1, 2)
+        await w.until(lambda: w.committed(0) == 7 and w.committed(1) == 5)
+        assert a.loop is not None
+        assert not a.loop.done()  # the loop never gave up
+        assert a.sample("recovery_failures_total") == 3
+        w.check_exactly_once()
+
+
+async def test_an_assignment_taken_while_the_broker_is_away_is_taken_once_it_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The group assigns partitions while the broker restarts: taking their tasks fails
+    # until it answers. The worker keeps trying instead of leaving them unhandled.
+    monkeypatch.setattr(runtime_module, "RETRY_DELAYS_S", (0.01,))
+    async with world(2) as w:
+        w.produce(0, 3)
+        w.produce(1, 3)
+        w.broker.fail_next_starts(2)
+        a = await w.worker().start(0, 1)
+        await w.until(lambda: w.committed(0) == 3 and w.committed(1) == 3 and a.runtime.healthy)
+        assert a.sample("recovery_failures_total") == 2
+        # What a failed try started is stopped: only the producers in use are left running.
+        running = [p for p in a.clients.producers if p.started and not p.stopped]
+        in_use = {id(t.producer) for t in a.runtime.tasks.values()}
+        assert {id(p) for p in running if p.transactional_id is not None} == in_use
+        w.check_exactly_once()
+
+
 @pytest.mark.parametrize("topic", [OUT, CHANGELOG])
 async def test_a_record_not_delivered_aborts_its_transaction_and_the_batch_comes_again(
     topic: str,
