@@ -33,7 +33,9 @@ KILLS = 3
 
 # One producer per task, or one per worker (its id kept across restarts, as a
 # StatefulSet's pod name keeps it, so each life fences the one before at once).
-@pytest.mark.parametrize("producers", ["task", "worker"])
+@pytest.mark.parametrize(
+    "producers", [pytest.param("task", marks=pytest.mark.producers_per_task), "worker"]
+)
 async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
     kafka_settings: Settings,
     tmp_path: Path,

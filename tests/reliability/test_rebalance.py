@@ -30,7 +30,9 @@ pytestmark = [pytest.mark.kafka]
 # One producer per task, or one per worker: then the killed worker's open transaction
 # is ended by the survivor fencing its producer's id, read beside the offsets it
 # committed (streams.runtime.Runtime._stable_offsets).
-@pytest.mark.parametrize("producers", ["task", "worker"])
+@pytest.mark.parametrize(
+    "producers", [pytest.param("task", marks=pytest.mark.producers_per_task), "worker"]
+)
 async def test_rebalance_mid_stream_keeps_every_decision_once(
     kafka_settings: Settings,
     tmp_path: Path,
