@@ -31,9 +31,9 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
@@ -45,6 +45,8 @@ from streams.state import PartitionTable, restore
 from streams.task import Committed, Task, TaskState
 from streams.topology import Batch, Stage, Topology
 from streams.views import Views
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,9 @@ class Runtime:
         # Where the consumer stands on each owned input (see _refresh_positions).
         self.read_positions: dict[TopicPartition, int] = {}
         self.failures_in_a_row: dict[int, int] = {}
+        # What the worker keeps trying and cannot do yet (a producer to renew, tasks to
+        # take while the broker is away): since when, and the last error (for /ready).
+        self.retrying: dict[str, tuple[float, str]] = {}
         # The next offset of each input after the last commit Kafka acknowledged to this
         # worker. Committed offsets only move forward; one found lower means Kafka aborted
         # a transaction after acknowledging its commit (_note_reverted).
@@ -256,6 +261,8 @@ class Runtime:
                     f"{tp.topic}[{tp.partition}] has waited {now - since:.0f} s behind an open "
                     "transaction (its last stable offset does not move)"
                 )
+        for what, (since, error) in sorted(self.retrying.items()):
+            found.append(f"{what} has failed for {now - since:.0f} s (last: {error})")
         for partition, failures in sorted(self.failures_in_a_row.items()):
             if failures >= FAILURES_NOT_READY:
                 found.append(f"task {partition}: {failures} transactions in a row failed")
@@ -603,6 +610,7 @@ class Runtime:
             return
         inputs = set(task.inputs)
         failures = self.failures_in_a_row.get(task.partition, 0)
+        what = f"recovering task {task.partition}"
         for attempt in range(10_000):
             try:
                 await self._drop({task.partition})
@@ -610,9 +618,12 @@ class Runtime:
                     self.failures_in_a_row[task.partition] = failures
                 fresh = await self._take({task.partition: inputs})
                 await self._rewind(fresh[task.partition])
+                self.retrying.pop(what, None)
                 log.info("task.recovered task=%d", task.partition)
                 return
             except Exception as error:
+                since = self.retrying.get(what, (time.monotonic(), ""))[0]
+                self.retrying[what] = (since, repr(error))
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 log.warning(
                     "task.recovery_failed task=%d error=%r retry_in=%.1f",
@@ -675,21 +686,28 @@ class Runtime:
         tasks (a broker restarting while the group settles: a producer that cannot start,
         a restore that cannot read) would otherwise leave partitions assigned to this
         worker that nobody handles until the next rebalance."""
-        for attempt in range(10_000):
+        tasks = ",".join(str(p) for p in sorted(wanted))
+        return await self._retrying(f"taking tasks {tasks}", lambda: self._take(wanted))
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """``attempt()`` until it works, waiting longer after each failure (RETRY_DELAYS_S);
+        meanwhile /ready says what fails (:meth:`problems`)."""
+        for tried in range(10_000):
             try:
-                return await self._take(wanted)
+                done = await attempt()
             except Exception as error:
-                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                delay = RETRY_DELAYS_S[min(tried, len(RETRY_DELAYS_S) - 1)]
                 log.warning(
-                    "tasks.take_failed tasks=%s error=%r retry_in=%.1f",
-                    ",".join(str(p) for p in sorted(wanted)),
-                    error,
-                    delay,
-                    exc_info=error,
+                    "retrying what=%r error=%r retry_in=%.1f", what, error, delay, exc_info=error
                 )
+                since = self.retrying.get(what, (time.monotonic(), ""))[0]
+                self.retrying[what] = (since, repr(error))
                 self.metrics.recovery_failures.inc()
                 await asyncio.sleep(delay)
-        raise RuntimeError(f"tasks {sorted(wanted)} could not be taken")
+            else:
+                self.retrying.pop(what, None)
+                return done
+        raise RuntimeError(f"gave up {what}")
 
     async def _take(self, wanted: Mapping[int, set[TopicPartition]]) -> dict[int, Task]:
         """Own the tasks ``wanted`` (partition -> its input partitions): fence their
@@ -835,23 +853,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await shared.close_ahead()
                 await shared.producer.stop()
-        for attempt in range(10_000):
-            try:
-                unit = await self._shared_unit()
-                break
-            except Exception as error:
-                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
-                log.warning(
-                    "producer.renew_failed id=%s error=%r retry_in=%.1f",
-                    self._shared_id(),
-                    error,
-                    delay,
-                    exc_info=error,
-                )
-                self.metrics.recovery_failures.inc()
-                await asyncio.sleep(delay)
-        else:
-            raise RuntimeError(f"the producer {self._shared_id()} could not be renewed")
+        unit = await self._retrying(f"renewing the producer {self._shared_id()}", self._shared_unit)
         for task in self.tasks.values():
             task.producer = unit.producer
 

@@ -490,10 +490,33 @@ async def test_an_assignment_taken_while_the_broker_is_away_is_taken_once_it_ans
         a = await w.worker().start(0, 1)
         await w.until(lambda: w.committed(0) == 3 and w.committed(1) == 3 and a.runtime.healthy)
         assert a.sample("recovery_failures_total") == 2
+        assert a.runtime.problems() == []
         # What a failed try started is stopped: only the producers in use are left running.
         running = [p for p in a.clients.producers if p.started and not p.stopped]
         in_use = {id(t.producer) for t in a.runtime.tasks.values()}
         assert {id(p) for p in running if p.transactional_id is not None} == in_use
+        w.check_exactly_once()
+
+
+async def test_the_worker_is_unready_and_says_why_while_the_broker_stays_away(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime_module, "RETRY_DELAYS_S", (0.05,))
+    async with world(1) as w:
+        w.produce(0, 2)
+        a = await w.worker().start(0)
+        await w.until(lambda: w.committed(0) == 2)
+        w.broker.fail_next_commit(tid(0))
+        w.broker.fail_next_starts(1_000)
+        w.produce(0, 2)
+        await w.until(lambda: not a.runtime.healthy and w.broker.unreachable_starts < 998)
+        [problem] = [p for p in a.runtime.problems() if "has failed for" in p]
+        assert "Unable to bootstrap" in problem
+        assert re.match(
+            r"(renewing the producer \S+|recovering task 0) has failed for \d+ s", problem
+        )
+        w.broker.unreachable_starts = 0  # the broker answers again
+        await w.until(lambda: w.committed(0) == 4 and a.runtime.healthy)
         w.check_exactly_once()
 
 
