@@ -31,11 +31,13 @@ import functools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import ProducerFenced
 
 from app.kafkaio import seek_to_first
 from streams import snapshot
@@ -67,6 +69,11 @@ HANDLE_SLICE_S = 0.02
 # /ready says 503 while a task's transactions keep failing this many times in a row (and
 # while an input is held behind an open transaction: RuntimeConfig.blocked_not_ready_s).
 FAILURES_NOT_READY = 3
+# The worker's one producer fenced this often within FENCED_WINDOW_S by a producer that
+# took the same transactional id: two live workers share a worker id, and each start of
+# one fences the other (/ready says so).
+FENCED_NOT_READY = 3
+FENCED_WINDOW_S = 60.0
 # The key of the tombstones that keep quiet changelog partitions rolling: longer than any
 # key a stage can write (ids are at most 128 characters), so restoring its tombstone
 # removes nothing.
@@ -177,6 +184,8 @@ class Runtime:
         # What the worker keeps trying and cannot do yet (a producer to renew, tasks to
         # take while the broker is away): since when, and the last error (for /ready).
         self.retrying: dict[str, tuple[float, str]] = {}
+        # When the worker's one producer was fenced by another that took its id.
+        self.fenced_at: deque[float] = deque(maxlen=FENCED_NOT_READY)
         # The next offset of each input after the last commit Kafka acknowledged to this
         # worker. Committed offsets only move forward; one found lower means Kafka aborted
         # a transaction after acknowledging its commit (_note_reverted).
@@ -263,6 +272,12 @@ class Runtime:
                 )
         for what, (since, error) in sorted(self.retrying.items()):
             found.append(f"{what} has failed for {now - since:.0f} s (last: {error})")
+        if len(self.fenced_at) == FENCED_NOT_READY and now - self.fenced_at[0] < FENCED_WINDOW_S:
+            found.append(
+                f"the producer {self._shared_id()} was fenced {FENCED_NOT_READY} times in the "
+                f"last {now - self.fenced_at[0]:.0f} s by another producer of the same id: is this "
+                f"worker id ({self.config.worker_id}) given to another live worker too?"
+            )
         for partition, failures in sorted(self.failures_in_a_row.items()):
             if failures >= FAILURES_NOT_READY:
                 found.append(f"task {partition}: {failures} transactions in a row failed")
@@ -481,6 +496,8 @@ class Runtime:
             error = None if done.cancelled() else done.exception()
             partitions = ",".join(str(t.partition) for t in tasks)
             log.warning("transaction.aborted tasks=%s error=%r", partitions, error, exc_info=error)
+            if _fenced(error):
+                self.fenced_at.append(time.monotonic())
             self.metrics.commit_failures.inc()
             for task in tasks:
                 if task.state is TaskState.RUNNING:
@@ -1210,6 +1227,15 @@ def _write_snapshots(
         )
         for tp, end, rows in jobs
     )
+
+
+def _fenced(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) says a newer producer took the same id."""
+    while error is not None:
+        if isinstance(error, ProducerFenced):
+            return True
+        error = error.__cause__
+    return False
 
 
 class _Rebalance(ConsumerRebalanceListener):

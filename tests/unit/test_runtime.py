@@ -520,6 +520,41 @@ async def test_the_worker_is_unready_and_says_why_while_the_broker_stays_away(
         w.check_exactly_once()
 
 
+@one_producer_only
+async def test_two_live_workers_given_one_worker_id_are_unready_and_told_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each start of one producer fences the other's: both keep failing their rounds. The
+    # outputs stay exactly once (each failed round is aborted), and /ready names the cause
+    # until a while without fencing has passed.
+    monkeypatch.setattr(runtime_module, "FENCED_WINDOW_S", 1.0)
+    async with world(2) as w:
+        a = await w.worker().start(0)
+        b = await w.worker().start(1)
+        for _ in range(40):
+            w.produce(0, 1)
+            w.produce(1, 1)
+            await asyncio.sleep(0.01)
+            if any("given to another live worker" in p for p in a.runtime.problems()):
+                break
+        problems = a.runtime.problems() + b.runtime.problems()
+        assert any(
+            re.fullmatch(
+                r"the producer toy-worker-0 was fenced 3 times in the last \d+ s by another "
+                r"producer of "
+                r"the same id: is this worker id \(0\) given to another live worker too\?",
+                p,
+            )
+            for p in problems
+        ), problems
+        await b.stop()  # the duplicate goes: the other takes its partition and catches up
+        await a.assign(0, 1)
+        sent = len(w.broker.logs[IN][0])
+        await w.until(lambda: w.committed(0) == sent and w.committed(1) == sent, timeout_s=5)
+        await w.until(lambda: a.runtime.healthy)
+        w.check_exactly_once()
+
+
 @pytest.mark.parametrize("topic", [OUT, CHANGELOG])
 async def test_a_record_not_delivered_aborts_its_transaction_and_the_batch_comes_again(
     topic: str,
