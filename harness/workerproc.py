@@ -65,7 +65,8 @@ class WorkerProcess:
             with urllib.request.urlopen(self.url + path, timeout=2) as response:
                 return int(response.status), bytes(response.read())
         except urllib.error.HTTPError as error:
-            return int(error.code), b""
+            with error:
+                return int(error.code), bytes(error.read())
         except (urllib.error.URLError, OSError):
             return 0, b""
 

@@ -6,14 +6,22 @@ committed offsets only once no transaction's offsets for them are pending."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
+from app.kafkaio import event_routes, produce
 from app.settings import Settings
+from harness import localkafka
+from harness.simulation import EventSimulator, SimulatorConfig
+from harness.workerproc import WorkerProcess
 from streams.clients import KafkaClients
 from streams.fencing import OffsetsRefused, committers, group_member, stable_offsets
 
@@ -108,3 +116,37 @@ async def test_offsets_of_an_old_generation_are_refused_and_a_new_owner_waits_fo
         await first.stop()
         if second is not None:
             await second.stop()
+
+
+async def test_two_live_workers_given_one_worker_id_say_so_on_ready(
+    kafka_settings: Settings,
+    tmp_path: Path,
+    start_worker: Callable[[Settings, Path], WorkerProcess],
+) -> None:
+    # A misconfiguration (REWARDSTREAM_WORKER_ID copied to two live workers): each renewal
+    # of one's producer fences the other's. /ready names it instead of only failing.
+    twin = dataclasses.replace(kafka_settings, worker_id="twin")
+    first = start_worker(twin, tmp_path / "first.log")
+    await asyncio.to_thread(first.wait_ready, 90)
+    second_settings = dataclasses.replace(
+        twin, web_port=localkafka.free_port(), data_dir=tmp_path / "state-second"
+    )
+    second = start_worker(second_settings, tmp_path / "second.log")
+    simulator = EventSimulator(SimulatorConfig(users=200, seed=5, program=twin.program))
+    told = "is this worker id (twin) given to another live worker too?"
+    deadline = time.monotonic() + 120
+    answers: list[tuple[int, bytes]] = []
+    while time.monotonic() < deadline:
+        await produce(
+            twin.bootstrap_servers,
+            twin.topic_events,
+            [simulator.next_message() for _ in range(20)],
+            routes=event_routes(twin),
+        )
+        answers = [worker.get("/ready") for worker in (first, second)]
+        if any(status == 503 and told.encode() in body for status, body in answers):
+            break
+        await asyncio.sleep(0.5)
+    assert any(told.encode() in body for _, body in answers), (
+        f"{answers}\n{first.log_tail()}\n{second.log_tail()}"
+    )
