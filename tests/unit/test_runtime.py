@@ -308,6 +308,12 @@ def quick_idle_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime_module, "IDLE_FETCH_MS", 5)
 
 
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the runtime retries (a producer that cannot start yet) is tried again soon."""
+    monkeypatch.setattr(runtime_module, "RETRY_DELAYS_S", (0.02,))
+
+
 def busy(worker: Worker, partition: int) -> bool:
     task = worker.runtime.tasks.get(partition)
     return task is not None and task.busy
@@ -451,12 +457,11 @@ async def test_a_failed_commit_shows_nothing_and_the_task_is_restored_and_rewoun
 
 
 async def test_a_failed_commit_while_the_broker_is_away_is_recovered_once_it_answers(
-    monkeypatch: pytest.MonkeyPatch,
+    quick_retries: None,
 ) -> None:
     # A broker restart fails the commit in flight, and the producer that takes the id
     # again cannot start until the broker answers: the worker waits and retries (it is
     # a fault of the cluster, not of the input), then commits every record once.
-    monkeypatch.setattr(runtime_module, "RETRY_DELAYS_S", (0.01,))
     async with world(2) as w:
         w.produce(0, 3)
         w.produce(1, 3)
@@ -478,11 +483,10 @@ async def test_a_failed_commit_while_the_broker_is_away_is_recovered_once_it_ans
 
 
 async def test_an_assignment_taken_while_the_broker_is_away_is_taken_once_it_answers(
-    monkeypatch: pytest.MonkeyPatch,
+    quick_retries: None,
 ) -> None:
     # The group assigns partitions while the broker restarts: taking their tasks fails
     # until it answers. The worker keeps trying instead of leaving them unhandled.
-    monkeypatch.setattr(runtime_module, "RETRY_DELAYS_S", (0.01,))
     async with world(2) as w:
         w.produce(0, 3)
         w.produce(1, 3)
@@ -499,9 +503,8 @@ async def test_an_assignment_taken_while_the_broker_is_away_is_taken_once_it_ans
 
 
 async def test_the_worker_is_unready_and_says_why_while_the_broker_stays_away(
-    monkeypatch: pytest.MonkeyPatch,
+    quick_retries: None,
 ) -> None:
-    monkeypatch.setattr(runtime_module, "RETRY_DELAYS_S", (0.05,))
     async with world(1) as w:
         w.produce(0, 2)
         a = await w.worker().start(0)
