@@ -627,30 +627,16 @@ class Runtime:
             return
         inputs = set(task.inputs)
         failures = self.failures_in_a_row.get(task.partition, 0)
-        what = f"recovering task {task.partition}"
-        for attempt in range(10_000):
-            try:
-                await self._drop({task.partition})
-                if failures:  # the drop forgets them; a recovery counts on (for /ready)
-                    self.failures_in_a_row[task.partition] = failures
-                fresh = await self._take({task.partition: inputs})
-                await self._rewind(fresh[task.partition])
-                self.retrying.pop(what, None)
-                log.info("task.recovered task=%d", task.partition)
-                return
-            except Exception as error:
-                since = self.retrying.get(what, (time.monotonic(), ""))[0]
-                self.retrying[what] = (since, repr(error))
-                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
-                log.warning(
-                    "task.recovery_failed task=%d error=%r retry_in=%.1f",
-                    task.partition,
-                    error,
-                    delay,
-                    exc_info=error,
-                )
-                self.metrics.recovery_failures.inc()
-                await asyncio.sleep(delay)
+
+        async def take_again() -> None:
+            await self._drop({task.partition})
+            if failures:  # the drop forgets them; a recovery counts on (for /ready)
+                self.failures_in_a_row[task.partition] = failures
+            fresh = await self._take({task.partition: inputs})
+            await self._rewind(fresh[task.partition])
+
+        await self._retrying(f"recovering task {task.partition}", take_again)
+        log.info("task.recovered task=%d", task.partition)
 
     async def _rewind(self, task: Task) -> None:
         """Read every input of ``task`` on from its committed offset."""
