@@ -18,5 +18,6 @@
 - By hand, not in a report: :mod:`harness.bench.rows` (stored form of user rows) and
   :mod:`harness.bench.validate_speed` (event validation), both timed by
   :mod:`harness.bench.timing`; :mod:`harness.bench.steady` (latency and CPU per event
-  under steady load, settings compared in alternated runs).
+  under steady load, settings compared in alternated runs); :mod:`harness.bench.aging`
+  (replay's CPU per event, chunk by chunk, as the state fills).
 """
