@@ -1,5 +1,5 @@
 """Steady load by hand: ``python -m harness.bench.steady [--rates 200,3000] [--variant
-NAME:SETTING=VALUE,...] [--rounds N]``.
+NAME:SETTING=VALUE,...] [--rounds N] [--event-rate R]``.
 
 For each round and each variant (alternated, so that a shared machine's drift falls on
 every variant alike): a broker of its own, a backlog drained by one worker with the
@@ -9,6 +9,9 @@ each offered rate for ``--seconds`` open-loop, timed as ``rewardstream bench`` t
 the drain rate, p50 / p99, the worker's and the broker's CPU per event (from
 /proc/<pid>/stat) and commits per second. Not a test, and not the benchmark of record
 (``rewardstream bench`` is): for A/B comparisons of runtime changes under steady load.
+``--event-rate`` spaces the events' times (events per second of event time): the
+bench's traffic puts 2,000 users' events within minutes, where at 0.05 they span weeks,
+pending periods end and rewards are granted (docs/decisions.md, entry 36).
 """
 
 from __future__ import annotations
@@ -65,10 +68,15 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
 
 
 def run_variant(
-    name: str, env: dict[str, str], rates: Sequence[float], seconds: float, backlog_size: int
+    name: str,
+    env: dict[str, str],
+    rates: Sequence[float],
+    seconds: float,
+    backlog_size: int,
+    event_rate: float | None = None,
 ) -> list[dict[str, Any]]:
     base = Settings.from_env({**os.environ, **env})
-    traffic = Traffic(2_000, 7)
+    traffic = Traffic(2_000, 7, events_per_second=event_rate)
     backlog = traffic.take(backlog_size)
     rows: list[dict[str, Any]] = []
     with own_broker(base, "steady") as settings:
@@ -100,6 +108,7 @@ def run_variant(
                 rows.append(
                     {
                         "variant": name,
+                        "event_rate": event_rate,
                         "rate": rate,
                         "drain": round(drain),
                         "p50_ms": found["p50_ms"],
@@ -122,6 +131,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--backlog", type=int, default=20_000, help="events drained first")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument(
+        "--event-rate",
+        type=float,
+        help="events per second of event time (default: the bench's traffic, 100)",
+    )
+    parser.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -132,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     variants = [parse_variant(v) for v in args.variant] or [("as-set", {})]
     for _ in range(args.rounds):
         for name, env in variants:
-            run_variant(name, env, rates, args.seconds, args.backlog)
+            run_variant(name, env, rates, args.seconds, args.backlog, args.event_rate)
 
 
 if __name__ == "__main__":

@@ -185,8 +185,13 @@ class Traffic:
     """The bench's events, from one seeded simulator: the backlog first, then each
     latency run's events, so every event id is new to the worker."""
 
-    def __init__(self, users: int, seed: int) -> None:
-        self.simulator = EventSimulator(SimulatorConfig(users=users, seed=seed, skew=TRAFFIC_SKEW))
+    def __init__(self, users: int, seed: int, *, events_per_second: float | None = None) -> None:
+        # events_per_second spaces the events' times (the simulator's 100 by default: the
+        # bench's traffic, 2,000 users' events within minutes of event time).
+        config = SimulatorConfig(users=users, seed=seed, skew=TRAFFIC_SKEW)
+        if events_per_second is not None:
+            config = dataclasses.replace(config, events_per_second=events_per_second)
+        self.simulator = EventSimulator(config)
 
     def take(self, count: int) -> list[Message]:
         messages: list[Message] = []

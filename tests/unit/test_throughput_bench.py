@@ -6,6 +6,7 @@ The phases themselves need a broker and a worker; they run in ``rewardstream ben
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import random
@@ -786,3 +787,15 @@ def test_the_sizing_block_replaces_only_what_lies_between_its_markers(tmp_path: 
     assert not update_scaling_doc(plain, report)
     assert plain.read_text() == "no markers\n"
     assert not update_scaling_doc(tmp_path / "missing.md", report)
+
+
+def test_traffic_spaces_event_times_as_asked() -> None:
+    def gaps(traffic: Traffic) -> set[int]:
+        times = [orjson.loads(m.value)["ts"] for m in traffic.take(50)]
+        return {b - a for a, b in itertools.pairwise(times)}
+
+    # The bench's traffic: the simulator's 100 events a second of event time.
+    assert max(gaps(Traffic(20, 1))) <= 1_000
+    # Spread at 0.05 a second: 20 s or more between one event and the next.
+    spread = gaps(Traffic(20, 1, events_per_second=0.05))
+    assert min(spread) >= 20_000
