@@ -1,11 +1,13 @@
 """How the engine's cost per event grows with the state it holds, by hand:
 ``python -m harness.bench.aging [--chunk 20000] [--chunks 7] [--users 2000] [--seed 7]
-[--days D]``.
+[--days D | --event-rate R]``.
 
-Replays the bench's traffic (or, with ``--days``, the same users' traffic spread over so
-many simulated days, as the bench's state with a history is built: pending periods
-end, rewards are granted and answered) in-process (the worker's two stages, as offline replay runs
-them) in consecutive chunks over the same tables, and prints one markdown row per chunk:
+Replays the bench's traffic (with ``--event-rate``, its events spaced so many a second
+of event time, as ``harness.bench.steady --event-rate`` offers them; with ``--days``, the
+same users' traffic spread over so many simulated days as the bench's state with a
+history is built: pending periods end, rewards are granted and answered) in-process
+(the worker's two stages, as offline replay runs them) in consecutive chunks over the
+same tables, and prints one markdown row per chunk:
 CPU microseconds an event, the share of decisions that grant, and, at the chunk's end,
 the users' and the links' mean stored row size. ``rewardstream bench`` takes the 70%
 load from a drain that starts with empty tables; this shows what the same events cost
@@ -110,14 +112,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--chunks", type=int, default=7)
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--days", type=float, help="spread the events over so many days")
+    spacing = parser.add_mutually_exclusive_group()
+    spacing.add_argument("--days", type=float, help="spread the events over so many days")
+    spacing.add_argument("--event-rate", type=float, help="events a second of event time")
     args = parser.parse_args(argv)
     if args.chunk < 1 or args.chunks < 1 or args.users < 1:
         parser.error("--chunk, --chunks and --users take 1 or more")
     total = args.chunk * args.chunks
     if args.days is None:
-        lines = [m.value for m in Traffic(args.users, args.seed).take(total)]
+        if args.event_rate is not None and args.event_rate <= 0:
+            parser.error("--event-rate takes a rate > 0")
+        traffic = Traffic(args.users, args.seed, events_per_second=args.event_rate)
+        lines = [m.value for m in traffic.take(total)]
         span = "the bench's traffic"
+        if args.event_rate is not None:
+            span += f", {args.event_rate:g} events a second of event time"
     else:
         if total % args.users or args.days <= 0:
             parser.error("--days takes a span > 0, and --chunk * --chunks a multiple of --users")
