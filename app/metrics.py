@@ -208,6 +208,15 @@ class Metrics:
             "alert named them as related (signal account.related).",
             registry=registry,
         )
+        self.link_records = Counter(
+            f"{PREFIX}_link_records_total",
+            "Decided events' copies for the link stage, by step: sent to a device's or "
+            "network's state (by the decide stage), and handled there (by the link stage of "
+            "the worker that owns that device or network). Summed over the workers, sent "
+            "minus handled is what the link view has yet to show.",
+            ["step"],
+            registry=registry,
+        )
         self.link_failures = Counter(
             f"{PREFIX}_link_failures_total",
             "Internal records that could not be applied (a link hop, a related-account note, "

@@ -348,6 +348,8 @@ class Pipeline:
         # The counters and ratio windows the batch in progress moves, summed: applied once
         # it is committed (holding), or at the next flush when nothing is held.
         self.tally = Tally()
+        self._links_sent = self.metrics.link_records.labels("sent")
+        self._links_handled = self.metrics.link_records.labels("handled")
         self.shadow = None if shadow is None else self._shadow(shadow)
         self.receipt_key = receipt_key
         self.erasure_bound_ms = erasure_bound_ms
@@ -519,6 +521,7 @@ class Pipeline:
             view.decided(event)
             document = orjson.dumps(link_document(event))
             outputs += [Output("links", key, document) for _, key in keys]
+            self.tally.inc(self._links_sent, len(keys))
         return outputs
 
     def _decide(
@@ -785,6 +788,7 @@ class Pipeline:
                 "link.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
             )
             self.tally.inc(self.metrics.link_failures)
+        self.tally.inc(self._links_handled)  # a failed record is handled too: logged, counted
 
     # ------------------------------------------------------------ time to live
 

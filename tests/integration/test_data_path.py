@@ -6,7 +6,10 @@ producer and a consumer of the engine's topics.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import re
+import time
 from collections import Counter
 from contextlib import aclosing
 
@@ -65,11 +68,24 @@ async def outputs(settings: Settings, *, expected: int) -> list[Received]:
     return got
 
 
+def link_records(
+    worker: WorkerProcess, *, since: tuple[float, float] = (0.0, 0.0)
+) -> tuple[float, float]:
+    """The worker's link records (sent, handled) so far, less ``since``."""
+    page = worker.get("/metrics")[1].decode()
+    found = dict.fromkeys(("sent", "handled"), 0.0)
+    pattern = r'^rewardstream_link_records_total\{step="(sent|handled)"\} (\S+)$'
+    for step, value in re.findall(pattern, page, re.M):
+        found[step] = float(value)
+    return found["sent"] - since[0], found["handled"] - since[1]
+
+
 async def test_valid_events_become_decisions_and_invalid_ones_dead_letters(
     kafka_settings: Settings, worker: WorkerProcess
 ) -> None:
     simulator = EventSimulator(SimulatorConfig(users=50, seed=11, program=kafka_settings.program))
     valid = [simulator.next_message() for _ in range(300)]
+    links_before = link_records(worker)
     await produce(
         kafka_settings.bootstrap_servers,
         kafka_settings.topic_events,
@@ -92,6 +108,13 @@ async def test_valid_events_become_decisions_and_invalid_ones_dead_letters(
         assert decision["decision_id"] == decision_id_for(
             kafka_settings.program, event["user_id"], event["event_id"]
         )
+    # Each decided event went on to its device and its network, and the worker's link
+    # stage handled every copy (what `rewardstream bench` waits for to end a drain).
+    copies = sum(("device_id" in e) + ("ip" in e) for e in produced.values())
+    deadline = time.monotonic() + 30
+    while (moved := link_records(worker, since=links_before)) != (copies, copies):
+        assert time.monotonic() < deadline, f"link records (sent, handled): {moved}"
+        await asyncio.sleep(0.2)
 
 
 async def test_each_dead_letter_points_at_its_original_message(

@@ -40,6 +40,7 @@ ALLOWED_LABELS = {
     "partition",
     "budget",
     "group",
+    "step",  # sent or handled (link records)
 }
 
 
@@ -297,3 +298,34 @@ def test_a_held_batch_moves_its_counters_and_ratios_only_once_committed() -> Non
     assert stream.value(events, type="reward_redeemed") == 1
     redeemed = stream.value(ratio, program="test-program", reward=first["action"])
     assert redeemed == 0.5  # one grant of that reward, redeemed
+
+
+def test_link_records_are_counted_when_sent_and_when_handled() -> None:
+    stream = Stream()
+    sent = ("rewardstream_link_records_total", {"step": "sent"})
+    handled = ("rewardstream_link_records_total", {"step": "handled"})
+    # One event with a device and an address: a copy to each, each passed through.
+    stream.send("u-1", "signup", device_id="d-1", ip="10.0.0.1")
+    assert stream.value(sent[0], **sent[1]) == 2
+    assert stream.value(handled[0], **handled[1]) == 2
+    # Without either, nothing goes to the link stage.
+    stream.send("u-1", "page_view")
+    assert stream.value(sent[0], **sent[1]) == 2
+    # The worker's decide stage alone: sent, not yet handled (the view is behind)...
+    pipeline, tables = stream.pipeline, stream.tables
+    view = pipeline.link_view({})
+    event = {"event_id": "e-x", "user_id": "u-2", "type": "page_view", "ts": T0 + 60_000}
+    event |= {"channel": "web", "device_id": "d-2"}
+    source = SourcePosition("events", 0, 99, b"u-2")
+    outputs = pipeline.decide(tables, 0, source, orjson.dumps(event), view)
+    pipeline.flush(tables)
+    links = [o for o in outputs if o.role == "links"]
+    assert len(links) == 1
+    assert stream.value(sent[0], **sent[1]) == 3
+    assert stream.value(handled[0], **handled[1]) == 2
+    # ...until its link stage handles the copy; one it cannot read is handled too.
+    pipeline.link(tables, links[0].key or b"", links[0].value, source)
+    pipeline.link(tables, b"device:d-3", b"not json", source)
+    pipeline.flush(tables)
+    assert stream.value(handled[0], **handled[1]) == 4
+    assert stream.value("rewardstream_link_failures_total") == 1

@@ -75,6 +75,7 @@ from harness.bench.throughput import (
     history_entry,
     history_events,
     latency_entry,
+    links_behind,
     mem_available_bytes,
     plan_for,
     signups,
@@ -799,3 +800,15 @@ def test_traffic_spaces_event_times_as_asked() -> None:
     # Spread at 0.05 a second: 20 s or more between one event and the next.
     spread = gaps(Traffic(20, 1, events_per_second=0.05))
     assert min(spread) >= 20_000
+
+
+def test_links_behind_is_what_the_link_stage_has_yet_to_handle() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    page = generate_latest(registry).decode()
+    assert links_behind(page) == 0
+    metrics.link_records.labels("sent").inc(5)
+    metrics.link_records.labels("handled").inc(3)
+    assert links_behind(generate_latest(registry).decode()) == 2
+    metrics.link_records.labels("handled").inc(2)
+    assert links_behind(generate_latest(registry).decode()) == 0
