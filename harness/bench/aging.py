@@ -24,15 +24,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import orjson
-from prometheus_client import CollectorRegistry
 
-from app.assembly import build_engine
 from app.contract.records import SourcePosition
-from app.metrics import Metrics
-from app.pipeline import Pipeline, Tables
-from app.replay import BATCH_LINES, kafka_partitioner
+from app.pipeline import Tables
+from app.replay import BATCH_LINES
 from app.settings import Settings
-from harness.bench.throughput import Traffic, history_events
+from harness.bench.throughput import Traffic, history_events, in_process_pipeline
 
 
 @dataclass(frozen=True)
@@ -52,14 +49,7 @@ class Chunk:
 
 def chunks(settings: Settings, lines: Sequence[bytes], size: int) -> Iterator[Chunk]:
     """Replay ``lines`` in chunks of ``size``, one :class:`Chunk` each."""
-    engine = build_engine(settings)
-    pipeline = Pipeline(
-        engine,
-        Metrics(CollectorRegistry()),
-        max_event_bytes=settings.max_event_bytes,
-        partitioner=kafka_partitioner(engine.partitions),
-        state_ttl_ms=settings.state_ttl_ms,
-    )
+    pipeline = in_process_pipeline(settings)
     tables = Tables(users={}, ledgers={})
     for first in range(0, len(lines), size):
         decisions = granted = 0

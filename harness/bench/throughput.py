@@ -623,13 +623,19 @@ def decisions_in(metrics_page: str) -> float:
     return sum(float(v) for v in re.findall(pattern, metrics_page, re.M))
 
 
-def links_behind(metrics_page: str) -> float:
-    """Decided events' copies the link stage has yet to handle (sent minus handled)."""
+def link_records(metrics_page: str) -> tuple[float, float]:
+    """Decided events' copies for the link stage: (sent, handled) so far."""
     steps = dict.fromkeys(("sent", "handled"), 0.0)
     pattern = r'^rewardstream_link_records_total\{step="(sent|handled)"\} (\S+)$'
     for step, value in re.findall(pattern, metrics_page, re.M):
         steps[step] += float(value)
-    return steps["sent"] - steps["handled"]
+    return steps["sent"], steps["handled"]
+
+
+def links_behind(metrics_page: str) -> float:
+    """Decided events' copies the link stage has yet to handle (sent minus handled)."""
+    sent, handled = link_records(metrics_page)
+    return sent - handled
 
 
 def _decided(worker: WorkerProcess) -> float | None:
@@ -885,7 +891,7 @@ def mem_available_bytes(meminfo: str) -> int:
     return proc_kib(meminfo, "MemAvailable")
 
 
-def _state_pipeline(settings: Settings) -> Pipeline:
+def in_process_pipeline(settings: Settings) -> Pipeline:
     """The worker's stages in-process, users placed as Kafka's partitioner would."""
     return Pipeline(
         build_engine(settings),
@@ -899,7 +905,7 @@ def _state_pipeline(settings: Settings) -> Pipeline:
 def state_footprint(settings: Settings, users: int, seed: int) -> dict[str, Any]:
     """Build the state of ``users`` distinct users through the pipeline, as the worker
     would; measure the bytes of their rows and the growth of resident memory."""
-    pipeline = _state_pipeline(settings)
+    pipeline = in_process_pipeline(settings)
     tables = Tables(users={}, ledgers={})
     gc.collect()
     before = vm_rss_bytes(Path("/proc/self/status").read_text())
@@ -985,7 +991,7 @@ def history_footprint(settings: Settings, users: int, seed: int) -> dict[str, An
     days of their traffic, replayed through the pipeline in-process (changed rows
     written back once per batch of lines, as replay and the worker do): the bytes of
     their user rows and link rows."""
-    pipeline = _state_pipeline(settings)
+    pipeline = in_process_pipeline(settings)
     tables = Tables(users={}, ledgers={})
     events = 0
     for number, value in enumerate(history_events(users, seed)):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
 import time
 from collections import Counter
 from contextlib import aclosing
@@ -22,6 +21,7 @@ from app.contract import decision_id_for
 from app.contract.schemas import load_schema
 from app.kafkaio import Received, event_routes, produce, read
 from app.settings import Settings
+from harness.bench.throughput import link_records as link_records_in
 from harness.simulation import EventSimulator, SimulatorConfig
 from harness.workerproc import WorkerProcess
 from topologies import TABLE_USER_STATE, changelog_topic
@@ -72,12 +72,8 @@ def link_records(
     worker: WorkerProcess, *, since: tuple[float, float] = (0.0, 0.0)
 ) -> tuple[float, float]:
     """The worker's link records (sent, handled) so far, less ``since``."""
-    page = worker.get("/metrics")[1].decode()
-    found = dict.fromkeys(("sent", "handled"), 0.0)
-    pattern = r'^rewardstream_link_records_total\{step="(sent|handled)"\} (\S+)$'
-    for step, value in re.findall(pattern, page, re.M):
-        found[step] = float(value)
-    return found["sent"] - since[0], found["handled"] - since[1]
+    sent, handled = link_records_in(worker.get("/metrics")[1].decode())
+    return sent - since[0], handled - since[1]
 
 
 async def test_valid_events_become_decisions_and_invalid_ones_dead_letters(
