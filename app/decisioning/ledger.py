@@ -18,6 +18,7 @@ crash (the same decision id) is not charged twice.
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from typing import Any
@@ -30,6 +31,8 @@ from msgspec.structs import replace
 # grants between two offset commits, which is what a restarted worker can re-process.
 RECENT_CHARGES = 512
 _REF = operator.itemgetter(0)  # of a (decision ref, ts) charge
+_START = operator.itemgetter(0)  # of a (bucket start ms, cost) bucket
+_COST = operator.itemgetter(1)
 
 
 class Share(msgspec.Struct, frozen=True, gc=False):
@@ -70,8 +73,11 @@ class Ledger(msgspec.Struct, frozen=True, gc=False):
 
     def spent_within(self, ts: int, window_ms: int, bucket_ms: int) -> float:
         """Cost granted in the window ending at ``ts`` (buckets overlapping it count whole)."""
-        since = ts - window_ms - bucket_ms
-        return sum(cost for start, cost in self.buckets if start > since)
+        # The buckets are oldest first: the window is a tail of them, found by bisection
+        # and summed in C (a week of hourly buckets walked in Python was 3% of a replay).
+        buckets = self.buckets
+        first = bisect.bisect_right(buckets, ts - window_ms - bucket_ms, key=_START)
+        return sum(map(_COST, buckets[first:]))
 
     def stock_taken(self, reward_id: str) -> int:
         return self.stock_used.get(reward_id, 0)

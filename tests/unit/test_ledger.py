@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from app.decisioning.ledger import RECENT_CHARGES, Ledger, Share, ledger_key
@@ -40,6 +42,23 @@ def test_window_never_undercounts_spend_inside_it() -> None:
     )
     # The grant at 1:59 is inside a window of 1 h ending at 2:30 and must be counted.
     assert ledger.spent_within(2 * HOUR + 30 * 60_000, HOUR, HOUR) == 5.0
+
+
+def test_window_counts_exactly_the_buckets_it_overlaps_whatever_order_charges_came_in() -> None:
+    rng = random.Random(5)
+    ledger = Ledger()
+    charged: list[tuple[int, float]] = []
+    for _ in range(300):  # late charges among them: a bucket before the newest one
+        ts = rng.randrange(0, 30 * 24 * HOUR)
+        cost = rng.choice((0.5, 1.0, 2.5))
+        ledger = ledger.charge(
+            ts=ts, cost=cost, reward_id="r", bucket_ms=HOUR, keep_ms=60 * 24 * HOUR
+        )
+        charged.append((ts - ts % HOUR, cost))
+    for _ in range(200):
+        end, window = rng.randrange(0, 31 * 24 * HOUR), rng.choice((HOUR, 24 * HOUR, 7 * 24 * HOUR))
+        inside = sum(cost for start, cost in charged if end - window - HOUR < start)
+        assert ledger.spent_within(end, window, HOUR) == pytest.approx(inside)
 
 
 def test_old_buckets_are_dropped_but_total_is_kept() -> None:
