@@ -13,7 +13,8 @@ batch. If a transaction fails, the task drops everything not committed, restores
 its tables from their changelogs and reads on from its committed offsets.
 
 With ``at_least_once`` one plain idempotent producer writes everything and the
-offsets are committed after delivery; a crash may then decide an event again
+offsets are committed after delivery, for all tasks together in rounds as the one
+transactional producer's are; a crash may then decide an event again
 (docs/reliability.md).
 
 Around the loop: views (:mod:`streams.views`) every handler can read;
@@ -199,8 +200,12 @@ class Runtime:
         self.views: Views | None = None
         # With config.one_producer: the worker's producer and the transaction it opened
         # ahead, held by a task of no partition whose commits carry every task's work
-        # (Task.start_round); and whether a commit of everything is under way.
-        self.rounds = config.one_producer and config.transactional
+        # (Task.start_round); and whether a commit of everything is under way. Without
+        # transactions the tasks commit in rounds too, through the one plain producer:
+        # each commit flushes the producer and commits offsets, and a commit a task four
+        # times as often cost a third of a drain's rate (docs/decisions.md §37).
+        self.rounds = config.one_producer or not config.transactional
+        self.fenced_rounds = self.rounds and config.transactional
         self._shared: Task | None = None
         self._committing_all = False
         self._closing: asyncio.Future[None] | None = None
@@ -211,6 +216,9 @@ class Runtime:
         """Start the clients, read every view to its end, then join the group."""
         self._plain = self.clients.producer(None)
         await self._plain.start()
+        if self.rounds and not self.fenced_rounds:
+            self._shared = Task(-1, inputs=(), tables={}, producer=self._plain, transactional=False)
+            self._shared.state = TaskState.RUNNING
         self._restorer = self.clients.reader()
         await self._restorer.start()
         changelogs = {name: self.topology.changelog_of(name) for name in self.topology.views}
@@ -608,7 +616,7 @@ class Runtime:
     async def _recover_failed(self) -> set[int]:
         """Recover the tasks whose transaction failed; return their partitions."""
         failed = [t for t in self.tasks.values() if t.state is TaskState.FAILED]
-        if failed and self._shared is not None:
+        if failed and self.fenced_rounds:
             # Whatever failed the round may have left the producer fenced or in error: the
             # next one takes the same id, aborting what the last left open.
             await self._renew_shared()
@@ -751,7 +759,7 @@ class Runtime:
                 transactional=self.config.transactional,
             )
         stable: dict[TopicPartition, int | None] = {}
-        if self.rounds and fresh:
+        if self.fenced_rounds and fresh:
             # Before the changelogs are read: a zombie's last transaction over these
             # partitions has ended (committed or aborted) once their offsets are stable.
             stable = await self._stable_offsets(
@@ -770,7 +778,7 @@ class Runtime:
         for task in fresh.values():
             task.state = TaskState.RUNNING
         self.tasks.update(fresh)
-        if stable or (self.rounds and fresh):
+        if stable or (self.fenced_rounds and fresh):
             await self._seek_to(fresh.values(), stable)
         if fresh:
             log.info(

@@ -96,6 +96,8 @@ class FakeBroker:
         # partition and the runtime's batching is exercised as with aiokafka's byte limit.
         self.batch_records = 3
         self.history: list[tuple[str, Any]] = []  # ("record", Record) / ("offset", (tp, n))
+        # Each plain offset commit a consumer sent (at least once), as the partitions it named.
+        self.offset_commits: list[set[TopicPartition]] = []
         self.wake = asyncio.Event()
 
     # ------------------------------------------------------------ what tests use
@@ -279,6 +281,7 @@ class FakeConsumer:
         return self.broker.committed.get((self.group_id, tp))
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.broker.offset_commits.append(set(offsets))
         for tp, offset in offsets.items():
             self.broker.committed[(self.group_id, tp)] = offset
             self.broker.history.append(("offset", ((self.group_id, tp), offset)))

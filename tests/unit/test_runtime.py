@@ -1063,6 +1063,24 @@ async def test_at_least_once_commits_the_offsets_after_the_outputs() -> None:
                 assert {(tp.partition, n) for n in range(offset)} <= out
 
 
+async def test_at_least_once_commits_every_task_in_one_round() -> None:
+    async with world(partitions=3) as w:
+        for partition in range(3):
+            w.produce(partition, 4)
+        a = await w.worker(transactional=False).start(0, 1, 2)
+        await w.until(lambda: all(w.committed(p) == 4 for p in range(3)))
+        w.produce(1, 2)
+        w.produce(2, 3)
+        await w.until(lambda: w.committed(1) == 6 and w.committed(2) == 7)
+        w.check_exactly_once()
+        # The tasks' work is flushed and its offsets committed together, a round at a
+        # time, as the one transactional producer's rounds do: not one commit per task.
+        commits = w.broker.offset_commits
+        assert len(commits) == a.sample("commit_seconds_count")
+        assert {tp_in(p) for p in range(3)} in commits
+        assert len(commits) < 3 + 2  # a commit a task would take at least this many
+
+
 async def test_stop_commits_what_was_handled() -> None:
     async with world() as w:
         w.produce(0, 3)
