@@ -202,8 +202,8 @@ class Runtime:
         # ahead, held by a task of no partition whose commits carry every task's work
         # (Task.start_round); and whether a commit of everything is under way. Without
         # transactions the tasks commit in rounds too, through the one plain producer:
-        # each commit flushes the producer and commits offsets, and a commit a task four
-        # times as often cost a third of a drain's rate (docs/decisions.md §37).
+        # each commit flushes the producer and commits offsets, and a commit a task made
+        # three times as many, at a fifth more CPU an event (docs/decisions.md §37).
         self.rounds = config.one_producer or not config.transactional
         self.fenced_rounds = self.rounds and config.transactional
         self._shared: Task | None = None
