@@ -203,7 +203,8 @@ class Runtime:
         # (Task.start_round); and whether a commit of everything is under way. Without
         # transactions the tasks commit in rounds too, through the one plain producer:
         # each commit flushes the producer and commits offsets, and a commit a task made
-        # three times as many, at a fifth more CPU an event (docs/decisions.md §37).
+        # two to three times as many, at about 15% more CPU an event (docs/decisions.md
+        # §37, the same batches either way).
         self.rounds = config.one_producer or not config.transactional
         self.fenced_rounds = self.rounds and config.transactional
         self._shared: Task | None = None

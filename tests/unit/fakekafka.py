@@ -24,6 +24,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    ProducerClosed,
     ProducerFenced,
     UnknownTopicOrPartitionError,
 )
@@ -451,6 +452,8 @@ class FakeProducer:
     ) -> asyncio.Future[Metadata]:
         """Appends ``records`` in order (a record or a batch); the future gives the first
         one's offset, or fails as a batch that expired (``fail_next_deliveries``)."""
+        if self.stopped:  # as aiokafka refuses a send once its producer is stopped
+            raise ProducerClosed()
         if self.transactional_id is not None:
             self._check()
             if self.txn is None:

@@ -1081,6 +1081,24 @@ async def test_at_least_once_commits_every_task_in_one_round() -> None:
         assert len(commits) < 3 + 2  # a commit a task would take at least this many
 
 
+async def test_at_least_once_revocation_commits_the_round_and_both_owners_go_on() -> None:
+    async with world(partitions=2) as w:
+        w.produce(0, 4)
+        w.produce(1, 5)
+        a = await w.worker(transactional=False).start(0, 1)
+        await w.until(lambda: w.committed(0) == 4 and w.committed(1) == 5)
+        w.produce(1, 3)
+        await a.assign(0)  # partition 1 moves away: what was handled of it is committed
+        assert set(a.runtime.tasks) == {0}
+        b = await w.worker(transactional=False).start(1)
+        w.produce(0, 2)
+        w.produce(1, 4)
+        # Both owners commit on: the revocation's round left the shared producer running.
+        await w.until(lambda: w.committed(0) == 6 and w.committed(1) == 12)
+        w.check_exactly_once()  # no crash: each input is one output, the counts go on
+        assert all(p == 1 and offset >= 5 for p, offset in b.toy.seen)
+
+
 async def test_stop_commits_what_was_handled() -> None:
     async with world() as w:
         w.produce(0, 3)
