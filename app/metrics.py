@@ -330,6 +330,13 @@ class Metrics:
             ["program"],
             registry=registry,
         )
+        self.offers_timed_out = Counter(
+            f"{PREFIX}_offers_timed_out_total",
+            "Waiting offers closed as not redeemed because their partition's event time "
+            "passed the end of their response window while their user sent nothing.",
+            ["program"],
+            registry=registry,
+        )
         self.redemption_ratio = RollingGauge(
             Gauge(
                 f"{PREFIX}_redemption_ratio",
@@ -468,6 +475,7 @@ class ProgramMetrics:
         self.arm_budget_remaining = Children(metrics.arm_budget_remaining, program_id)
         self.reward_cost = metrics.reward_cost.labels(program_id)
         self.model_updates = metrics.model_updates.labels(program_id)
+        self.offers_timed_out = metrics.offers_timed_out.labels(program_id)
         self.risk_score = metrics.risk_score.labels(program_id)
 
 

@@ -60,6 +60,7 @@ from app.metrics import NO_REWARD, Metrics, Tally
 from app.models import log_loss
 from app.rows import DecodedRows, expand
 from app.shadow import ANSWER_TYPES, LiveFacts, Shadow
+from app.timers import Timers
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,12 @@ class Tables:
     shadow_ledgers: Table = field(default_factory=dict)
     # Users erased lately, by the keyed hash of their id (app.erasure.ErasedMark).
     erased: Table = field(default_factory=dict)
+    # When waiting offers of users who send nothing more are due, and each partition's
+    # event time (app.timers).
+    timers: Table = field(default_factory=dict)
+    # What the pipeline derives from tables that keep nothing of their own (a worker's
+    # tables keep it in their ``memo``): the timers' index.
+    memo: dict[str, Any] = field(default_factory=dict)
     # The rows decoded since the last flush, by table field (see OpenRows).
     open: dict[str, OpenRows[Any]] = field(default_factory=dict)
     # Rows decoded in earlier batches, by table field, for tables that keep none of their
@@ -225,6 +232,23 @@ DECODED_KEPT: dict[str, int] = {
     "shadow_users": 2048,
     "shadow_ledgers": 256,
 }
+
+
+# Whose offers a timer closes: the live program's user (then the user key) or the shadow's.
+LIVE_SUBJECT = b"L"
+SHADOW_SUBJECT = b"S"
+
+
+def offer_timers(tables: Tables) -> Timers:
+    """The index of ``tables.timers``, made once per table (and again for a table restored
+    anew, as a worker's tables are at each assignment)."""
+    table = tables.timers
+    memo = getattr(table, "memo", tables.memo)
+    timers = memo.get("timers")
+    if timers is None or timers.table is not table:
+        timers = memo["timers"] = Timers(table)
+    assert isinstance(timers, Timers)
+    return timers
 
 
 def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
@@ -508,7 +532,7 @@ class Pipeline:
                     )
                 ]
             if event.type == "erasure_requested":
-                return self._erase(tables, source, event, view)
+                return self._erase(tables, partition, source, event, view)
             if tables.erased and self._sent_before_erasure(tables, source, event):
                 return [self._erased_event(source)]
             links = view.facts(event)
@@ -537,6 +561,9 @@ class Pipeline:
         arm_name = None if arm is None else arm.name
         key_of_ledger = ledger_key(self.engine.program.id, partition, arm_name)
         self.newest_ts = max(self.newest_ts, event.ts)
+        timers = offer_timers(tables)
+        if timers.advance(partition, event.ts):
+            self._time_out_offers(tables, timers, partition)
         users, ledgers = open_rows(tables, "users"), open_rows(tables, "ledgers")
         user = users.get(user_key)
         if self._expired(user.last_ts, event.ts, "user-state"):
@@ -545,6 +572,8 @@ class Pipeline:
         outcome = self.engine.process(user, ledger, event, partition=partition, links=links)
         if outcome.user is not user:
             users.put(user_key, outcome.user)
+        if outcome.user.pending:
+            self._arm(timers, partition, LIVE_SUBJECT + user_key, self.engine, outcome.user)
         if outcome.ledger is not ledger:
             ledgers.put(key_of_ledger, outcome.ledger)
         if outcome.duplicate:
@@ -577,6 +606,64 @@ class Pipeline:
             published += self._shadow_decide(tables, partition, event, links, user, records[0])
         return published
 
+    def _arm(
+        self, timers: Timers, partition: int, subject: bytes, engine: Engine, user: UserState
+    ) -> None:
+        """Make sure a timer of ``subject`` is due no later than ``user``'s first waiting
+        offer; one due earlier stays (it fires, closes what is due, and sets the next)."""
+        due = engine.offers_due_at(user)
+        if due is not None and not timers.covers(partition, subject, due):
+            timers.add(partition, due, subject)
+
+    def _time_out_offers(self, tables: Tables, timers: Timers, partition: int) -> None:
+        """Close, as not redeemed, the waiting offers whose response window the
+        partition's event time has passed, of users who sent nothing since, and learn that
+        (as their next event would have): so the models learn from the users who never
+        come back, not only from those who do."""
+        clock = timers.clock(partition)
+        assert clock is not None
+        for subject in timers.pop_due(partition):
+            if subject[:1] == LIVE_SUBJECT:
+                answers = self._time_out(tables, "users", self.engine, subject, clock)
+                if answers:
+                    self._observe_answers(answers)
+                    self.tally.inc(self.observed.offers_timed_out, len(answers))
+                self._rearm(tables, timers, partition, "users", self.engine, subject)
+            elif self.shadow is not None:
+                try:  # the live decisions must not depend on the shadow
+                    self._time_out(tables, "shadow_users", self.shadow.engine, subject, clock)
+                    engine = self.shadow.engine
+                    self._rearm(tables, timers, partition, "shadow_users", engine, subject)
+                except Exception:
+                    log.exception("shadow.timer_failed program=%s", self.shadow.program_id)
+                    self.shadow.count("failed")
+
+    def _time_out(
+        self, tables: Tables, name: str, engine: Engine, subject: bytes, clock: int
+    ) -> tuple[Answer, ...]:
+        rows = open_rows(tables, name)
+        user_key = subject[1:]
+        user = rows.get(user_key)
+        if user.last_ts is None or self._forgotten(user.last_ts, clock):
+            return ()  # erased, or past its time to live: its next event starts afresh
+        after, answers = engine.expire_offers(user, clock)
+        if after is not user:
+            rows.put(user_key, after)
+        return answers
+
+    def _rearm(
+        self,
+        tables: Tables,
+        timers: Timers,
+        partition: int,
+        name: str,
+        engine: Engine,
+        subject: bytes,
+    ) -> None:
+        user = open_rows(tables, name).get(subject[1:])
+        if user.pending and user.last_ts is not None:
+            self._arm(timers, partition, subject, engine, user)
+
     def _sent_before_erasure(self, tables: Tables, source: SourcePosition, event: Event) -> bool:
         """Whether ``event`` was sent before an erasure of its user that was carried out
         already (it waited in another input's backlog): it is not decided, or the user's
@@ -597,7 +684,7 @@ class Pipeline:
         return self._dead_letter(replace(source, key=None), b"", rejection)
 
     def _erase(
-        self, tables: Tables, source: SourcePosition, event: Event, view: LinkView
+        self, tables: Tables, partition: int, source: SourcePosition, event: Event, view: LinkView
     ) -> list[Output]:
         """Forget ``event``'s user (an ``erasure_requested`` on the user's partition): delete
         the user's rows, take the user out of the view's overlay, order every partition of
@@ -612,6 +699,11 @@ class Pipeline:
             "user_state": open_rows(tables, "users").delete(user_key),
             "shadow_user_state": open_rows(tables, "shadow_users").delete(user_key),
             "recent_links": view.forget(event.user_id) > 0,
+            "offer_timers": sum(
+                offer_timers(tables).cancel(partition, kind + user_key)
+                for kind in (LIVE_SUBJECT, SHADOW_SUBJECT)
+            )
+            > 0,
         }
         order = EraseOrder(event.user_id, event.event_id, event.ts).to_json()
         marked = ((ERASE_HEADER, b"1"),)
@@ -700,7 +792,16 @@ class Pipeline:
         )
         if shadow is None:
             return []
-        return [Output("shadow-decisions", event.user_id.encode(), shadow.to_json())]
+        user_key = event.user_id.encode()
+        after = open_rows(tables, "shadow_users").get(user_key)
+        if after.pending:
+            try:  # the live decisions must not depend on the shadow
+                timers, engine = offer_timers(tables), self.shadow.engine
+                self._arm(timers, partition, SHADOW_SUBJECT + user_key, engine, after)
+            except Exception:
+                log.exception("shadow.timer_failed program=%s", self.shadow.program_id)
+                self.shadow.count("failed")
+        return [Output("shadow-decisions", user_key, shadow.to_json())]
 
     def related(self, tables: Tables, key: bytes, value: bytes, at: SourcePosition) -> None:
         """A note that another user's alert named user ``key`` as related (sent by the
@@ -802,6 +903,11 @@ class Pipeline:
             return False
         self.tally.inc(self.metrics.state_expired.labels(table))
         return True
+
+    def _forgotten(self, last_ts: int, ts: int) -> bool:
+        """Whether state last touched at ``last_ts`` is past its time to live at ``ts``
+        (as :meth:`_expired`, without counting: the event that reads it counts)."""
+        return self.state_ttl_ms is not None and ts - last_ts > self.state_ttl_ms
 
     def _link_expired(self, last_ts: int | None, ts: int) -> bool:
         """Whether the view's state of a link is forgotten by an event at ``ts`` (as the

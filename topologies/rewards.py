@@ -3,8 +3,9 @@
     events ──▶ [decide] ──▶ decisions, fraud-alerts, dead-letter
        ▲          │  ├─ user-state table        (changelog: <app_id>-user-state-changelog)
        │          │  ├─ program-ledger table    (budget and stock spent, one row per partition)
-       │          │  ╰─ shadow-user-state, shadow-program-ledger: a shadow program's own
-       │          │     state; its decisions go to shadow-decisions (app/shadow.py)
+       │          │  ├─ shadow-user-state, shadow-program-ledger: a shadow program's own
+       │          │  │  state; its decisions go to shadow-decisions (app/shadow.py)
+       │          │  ╰─ offer-timers: when waiting offers are due, on event time (app/timers.py)
        │          │  reads the link view ◀───────────────────────────────╮
        │          ├──▶ <app>-rekeyed  (an event stored on another         │
        │          │    partition than its user's; read by [decide] too)  │
@@ -59,6 +60,9 @@ TABLE_SHADOW_USER_STATE = "shadow-user-state"
 TABLE_SHADOW_LEDGER = "shadow-program-ledger"
 # Users erased lately, by a keyed hash of their id (app.erasure.ErasedMark).
 TABLE_ERASED = "erased-users"
+# When waiting offers of users who send nothing more are due, and each partition's event
+# time (app.timers).
+TABLE_OFFER_TIMERS = "offer-timers"
 # Which field of app.pipeline.Tables each table fills.
 TABLE_FIELDS = {
     TABLE_USER_STATE: "users",
@@ -67,6 +71,7 @@ TABLE_FIELDS = {
     TABLE_SHADOW_USER_STATE: "shadow_users",
     TABLE_SHADOW_LEDGER: "shadow_ledgers",
     TABLE_ERASED: "erased",
+    TABLE_OFFER_TIMERS: "timers",
 }
 # The link stage's records gather for up to this long into one transaction: they are
 # off the decision's path, and fewer transactions leave the broker more for decisions.
@@ -92,6 +97,7 @@ STAGES = (
             TABLE_SHADOW_USER_STATE,
             TABLE_SHADOW_LEDGER,
             TABLE_ERASED,
+            TABLE_OFFER_TIMERS,
         ),
     ),
     StageSpec("link", ("links",), (TABLE_LINK_STATE,)),
@@ -258,6 +264,7 @@ def build(settings: Settings, pipeline: Pipeline) -> tuple[Topology, RuntimeConf
             shadow_users=batch.tables[TABLE_SHADOW_USER_STATE],
             shadow_ledgers=batch.tables[TABLE_SHADOW_LEDGER],
             erased=batch.tables[TABLE_ERASED],
+            timers=batch.tables[TABLE_OFFER_TIMERS],
         )
         role = batch.role
         outputs: list[Output] = []

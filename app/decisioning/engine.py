@@ -223,7 +223,7 @@ class Engine:
             keep_grants_ms=self.keep_grants_ms,
             keep_dismissals_ms=self.keep_dismissals_ms,
         )
-        user, answers = self._expire_offers(user, event.ts)
+        user, answers = self.expire_offers(user, event.ts)
         user, notes = self._expire_hold(user, event.ts)
         user, assessment = self._assess(user, event, links)
         if event.type == "fraud_label":
@@ -776,13 +776,26 @@ class Engine:
         mode = f"outcome_{event.type.removeprefix('reward_')}"
         return user, (answer,), Choice(None, 1.0, mode)
 
-    def _expire_offers(self, user: UserState, ts: int) -> tuple[UserState, tuple[Answer, ...]]:
-        wait_ms = self.program.learning.response_window.seconds * 1000
+    def expire_offers(self, user: UserState, ts: int) -> tuple[UserState, tuple[Answer, ...]]:
+        """Close the user's offers whose response window is over at ``ts`` as not redeemed,
+        and learn that from each: at the user's next event, or when the partition's event
+        time passes :meth:`offers_due_at` though the user sent nothing (app.timers)."""
+        wait_ms = self.response_window_ms
         answers: tuple[Answer, ...] = ()
         for offer in [p for p in user.pending if p.ts + wait_ms <= ts]:
             answers += (self._learn(user, offer, redeemed=False),)
             user = close_offer(user, offer.decision_id, redeemed=False, dismissed=False)
         return user, answers
+
+    @property
+    def response_window_ms(self) -> int:
+        return self.program.learning.response_window.seconds * 1000
+
+    def offers_due_at(self, user: UserState) -> int | None:
+        """When the user's first waiting offer's response window ends (None: none waits)."""
+        if not user.pending:
+            return None
+        return min(offer.ts for offer in user.pending) + self.response_window_ms
 
     def _learn(self, user: UserState, offer: PendingOffer, redeemed: bool) -> Answer:
         # Users who opted out of personalization (then or now) train no model.

@@ -589,7 +589,7 @@ HOLD_CODES = ("hold.released:", "hold.cancelled:", "hold.not_released:", "hold.e
 
 def learning_oracle(
     program: Program,
-    decisions: list[dict[str, Any]],
+    decisions: list[tuple[int, dict[str, Any]]],
     events: dict[str, dict[str, Any]],
 ) -> tuple[dict[str, int], dict[str, _User]]:
     """How many learning steps each committed decision's event made the models take, from
@@ -598,12 +598,15 @@ def learning_oracle(
 
     It follows app/decisioning/engine.py, ``Engine.process``, step by step:
 
-    1. the event's consent change counts first (``observe``);
-    2. every open offer whose response window (``learning.response_window``) has passed
-       by the event's ``ts`` closes as "not redeemed" (silence) and is one step if it
-       was made with personalization consent and the user still consents now
-       (``_expire_offers``, ``_learn``); a hold older than ``fraud.hold_for`` ends
-       (``hold.expired:<id>`` in the reasons);
+    0. ``decisions`` come as (partition, decision) in each partition's order; an event
+       newer than any its partition decided before moves the partition's clock, and
+       every open offer of any user of the partition whose response window that clock
+       has passed closes as "not redeemed" (a timer, app.timers), one step if it was
+       made with personalization consent and its user still consents (``_learn``);
+    1. the event's consent change counts next (``observe``);
+    2. every open offer of the user whose response window has passed by the event's
+       ``ts`` closes the same way (``expire_offers``); a hold older than
+       ``fraud.hold_for`` ends (``hold.expired:<id>`` in the reasons);
     3. a ``fraud_label`` ends the hold; ``hold.released:<id>`` opens an offer (learning
        as the hold was made) under the label's decision id;
     4. an outcome: ``outcome.redeemed`` and ``outcome.dismissed`` close the open offer
@@ -626,16 +629,26 @@ def learning_oracle(
     ignore_opened = program.learning.opened == "ignore"
     users: dict[str, _User] = defaultdict(_User)
     steps: dict[str, int] = {}
-    for decision in decisions:
+    clocks: dict[int, int] = {}
+    on_partition: dict[int, set[str]] = defaultdict(set)
+    for partition, decision in decisions:
         event = events[decision["event_id"]]
         user = users[decision["user_id"]]
+        on_partition[partition].add(decision["user_id"])
         reasons: list[str] = list(decision["reasons"])
         ts, decision_id, status = int(decision["ts"]), decision["decision_id"], decision["status"]
         where = f"decision {decision_id} ({event['type']}, reasons {reasons[:4]}...)"
+        learned = 0
+        if partition not in clocks or ts > clocks[partition]:
+            clocks[partition] = ts
+            for other in (users[u] for u in on_partition[partition]):
+                agrees = default_consent if other.personalization is None else other.personalization
+                for silent in [o for o in other.pending if o.ts + window <= ts]:
+                    learned += silent.learn and agrees
+                    other.pending.remove(silent)
         if event["type"] == "consent_updated" and "personalization" in event["attributes"]:
             user.personalization = bool(event["attributes"]["personalization"])
         consents = default_consent if user.personalization is None else user.personalization
-        learned = 0
         for silent in [o for o in user.pending if o.ts + window <= ts]:
             learned += silent.learn and consents
             user.pending.remove(silent)
@@ -853,7 +866,7 @@ async def assert_whole_traffic(
 
     # ------------------------------------------------ the oracle, in each user's order
     decided.sort(key=lambda d: (d.partition, d.offset))
-    steps, oracle = learning_oracle(program, [d.document for d in decided], first)
+    steps, oracle = learning_oracle(program, [(d.partition, d.document) for d in decided], first)
     for d in decided:
         d.steps = steps[d.document["decision_id"]]
     report.learned = sum(steps.values())

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from app.replay import kafka_partitioner
 from app.settings import Settings
 from harness.simulation.events import START_MS
 from harness.workerproc import WorkerProcess
@@ -46,6 +47,22 @@ def probes(prefix: str, ts: int) -> list[dict[str, Any]]:
     ]
 
 
+def clock_ticks(partitions: int, ts: int) -> list[dict[str, Any]]:
+    """A page view at ``ts`` on every partition: each partition's event time reaches ``ts``,
+    so the offers whose response window is over by then time out (and are learned from,
+    app.timers) before the probes come, not at the first of them."""
+    place = kafka_partitioner(partitions)
+    users: dict[int, str] = {}
+    n = 0
+    while len(users) < partitions:
+        users.setdefault(place(f"tick-user-{n}".encode()), f"tick-user-{n}")
+        n += 1
+    return [
+        {"event_id": f"tick-{p}", "user_id": user, "type": "page_view", "ts": ts}
+        for p, user in sorted(users.items())
+    ]
+
+
 def scores(decision: dict[str, Any]) -> tuple[object, ...]:
     features = tuple(r for r in decision["reasons"] if r.startswith("feature."))
     return (decision["action"], decision["propensity"], features)
@@ -67,6 +84,8 @@ async def test_models_predict_after_a_sigkill_what_they_predicted_before(
         # Users who answer their rewards: the models learn from every answer.
         await traffic.settle()
         traffic.answering = False  # the probes are only looked at
+        await traffic.send(clock_ticks(settings.partitions, last_ts))
+        await traffic.settle()
         await traffic.send(probes("before", last_ts))
         await traffic.settle()
         before = {n: traffic.decisions[f"before-{n}"] for n in range(PROBES)}

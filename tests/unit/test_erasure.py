@@ -65,10 +65,10 @@ def _handle(pipeline: Pipeline, tables: Tables, value: bytes, n: int) -> list[Ou
 def _stored(tables: Tables) -> list[bytes]:
     """Every key and (expanded) value of every table."""
     found = []
-    for name in ("users", "ledgers", "links", "shadow_users", "shadow_ledgers"):
+    for name in ("users", "ledgers", "links", "shadow_users", "shadow_ledgers", "timers"):
         for key, value in getattr(tables, name).items():
             found.append(key)
-            if value:
+            if value and name != "timers":  # a timer is all key (app.timers)
                 found.append(expand(value))
     return found
 
