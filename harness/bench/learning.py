@@ -19,7 +19,10 @@ Every policy below faces the same simulated population (same seed, same events):
   what the defences cost learning.
 
 Each is the program's own settings or the public policy interface: nothing
-overrides the engine's internals.
+overrides the engine's internals. Every policy runs as the worker runs it: each event
+through :class:`app.pipeline.Pipeline` (validation, the user's row, the link facts of
+their device, the timers that close offers of users who never answer), on one
+partition.
 
 Reported per policy: rewards granted, redemption rate, budget spent, and an
 independent audit of every budget, stock and contact limit against the grants.
@@ -33,11 +36,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from app.contract.records import Decision
+import msgspec
+import orjson
+from prometheus_client import CollectorRegistry
+
+from app.contract.records import Decision, SourcePosition
 from app.decisioning.engine import Engine
-from app.decisioning.ledger import Ledger
 from app.decisioning.policy import Candidate, Pick, Situation
-from app.features.state import DAY_MS, UserState
+from app.features.state import DAY_MS
+from app.metrics import Metrics
+from app.pipeline import Pipeline, Tables
 from app.programs import Program
 from app.programs.model import Exploration
 from harness.bench.fraud import undefended_program
@@ -45,6 +53,9 @@ from harness.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 from harness.simulation.logged import START_MS
 
 POLICIES = ("engine", "random", "oracle", "undefended")
+# Changed rows are written back once per this many events, as replay does (app.replay).
+FLUSH_EVERY = 1000
+DECISION = msgspec.json.Decoder(Decision)
 
 
 class OraclePolicy:
@@ -126,16 +137,20 @@ def run_policy(
     elif policy == "oracle":
         custom = OraclePolicy(simulator, program.learning.min_priority, blind_events=blind_events)
     engine = Engine(program, seed=loop.seed, policy=custom)
+    pipeline = Pipeline(engine, Metrics(CollectorRegistry()), max_event_bytes=65_536)
+    tables = Tables(users={}, ledgers={})
     kinds = {r.id: r.kind for r in program.rewards}
-    states: dict[str, UserState] = {}
-    ledger, stats = Ledger(), LoopStats()
-    for event in simulator.events(loop.events):
-        outcome = engine.process(states.get(event.user_id, UserState()), ledger, event)
-        states[event.user_id], ledger = outcome.user, outcome.ledger
+    stats = LoopStats()
+    for number, event in enumerate(simulator.events(loop.events)):
+        source = SourcePosition("closed-loop", 0, number, event.user_id.encode())
+        value = orjson.dumps(event.to_document())
+        outputs = pipeline.handle(tables, source, value, flush=number % FLUSH_EVERY == 0)
         stats.events += 1
-        for record in outcome.records:
-            if isinstance(record, Decision):
-                _count(stats, simulator, record, kinds)
+        for output in outputs:
+            if output.role == "decisions":
+                _count(stats, simulator, DECISION.decode(output.value), kinds)
+            elif output.role == "dead-letter":  # the simulator's events are all valid
+                raise RuntimeError(f"the pipeline dead-lettered {value!r}: {output.value!r}")
     return stats, audit(program, stats)
 
 

@@ -934,14 +934,17 @@ def _value_bytes(table: Iterable[bytes | None]) -> int:
 
 
 def _bytes_per_user(tables: Tables, users: int) -> dict[str, float]:
-    """The bytes of the user rows and of the link rows (devices, networks) in ``tables``,
-    per user of ``users``; ledgers are per partition, not per user."""
+    """The bytes of the user rows, of the link rows (devices, networks) and of the offer
+    timers in ``tables``, per user of ``users``; ledgers are per partition, not per user.
+    A timer is all key (app.timers): its key and value are counted; a row's value."""
     user_bytes = _value_bytes(tables.users.values())
     link_bytes = _value_bytes(tables.links.values())
+    timer_bytes = sum(len(key) + len(value or b"") for key, value in tables.timers.items())
     return {
         "user_state_bytes_per_user": round(user_bytes / users, 1),
         "link_bytes_per_user": round(link_bytes / users, 1),
-        "bytes_per_user": round((user_bytes + link_bytes) / users, 1),
+        "timer_bytes_per_user": round(timer_bytes / users, 1),
+        "bytes_per_user": round((user_bytes + link_bytes + timer_bytes) / users, 1),
     }
 
 
