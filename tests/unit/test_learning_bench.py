@@ -273,7 +273,7 @@ def test_the_report_adds_blind_oracles_and_the_share_each_captures() -> None:
     assert "blind to each user's tastes for their first k events" in table
     assert "k = 1000000: " in table
     assert "blind to each user" not in targets_markdown(
-        run_benchmark(PROGRAM, Loop(1_500, 150, seed=3, days=3))
+        run_benchmark(PROGRAM, Loop(300, 40, seed=3, days=1))
     )
 
 
