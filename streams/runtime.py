@@ -1082,20 +1082,28 @@ class Runtime:
             return known if handled is None else handled
         return max(handled, known)
 
+    def _still_assigned(self, consumer: Any) -> list[tuple[TopicPartition, Task]]:
+        """Each input of each task, with its task, that the consumer still holds: the group
+        can take a partition from the consumer (a lost generation, a fenced twin) before the
+        revocation reaches the tasks, and aiokafka refuses to say anything of a partition it
+        does not hold (an assertion, or an IllegalStateError from pause and resume, either of
+        which would end the worker)."""
+        held = consumer.assignment()
+        return [(tp, task) for task in self.tasks.values() for tp in task.inputs if tp in held]
+
     def _behind(self) -> dict[TopicPartition, int]:
         """Per input partition this worker owns: how many records lie between the next one
         to handle and its end (last stable offset, or high watermark before the first
         read_committed fetch says it)."""
         consumer = self._require(self._consumer)
         behind = {}
-        for task in self.tasks.values():
-            for tp in task.inputs:
-                end = consumer.last_stable_offset(tp)
-                if end is None or end < 0:
-                    end = consumer.highwater(tp)
-                position = self._position_of(task, tp)
-                if end is not None and position is not None:
-                    behind[tp] = max(end - position, 0)
+        for tp, task in self._still_assigned(consumer):
+            end = consumer.last_stable_offset(tp)
+            if end is None or end < 0:
+                end = consumer.highwater(tp)
+            position = self._position_of(task, tp)
+            if end is not None and position is not None:
+                behind[tp] = max(end - position, 0)
         return behind
 
     def _export_lag(self) -> None:
@@ -1116,14 +1124,13 @@ class Runtime:
         consumer = self._require(self._consumer)
         gauge = self.metrics.input_blocked_seconds
         blocked: dict[TopicPartition, float] = {}
-        for task in self.tasks.values():
-            for tp in task.inputs:
-                stable, high = consumer.last_stable_offset(tp), consumer.highwater(tp)
-                position = self._position_of(task, tp)
-                if stable is None or high is None or position is None:
-                    continue
-                if 0 <= stable < high and position >= stable:
-                    blocked[tp] = self.blocked_since.get(tp, now_s)
+        for tp, task in self._still_assigned(consumer):
+            stable, high = consumer.last_stable_offset(tp), consumer.highwater(tp)
+            position = self._position_of(task, tp)
+            if stable is None or high is None or position is None:
+                continue
+            if 0 <= stable < high and position >= stable:
+                blocked[tp] = self.blocked_since.get(tp, now_s)
         for tp in self.blocked_since.keys() - blocked.keys():
             gauge.labels(tp.topic, str(tp.partition)).set(0)
         for tp, since in blocked.items():
@@ -1145,8 +1152,7 @@ class Runtime:
         paused = max(pacing, default=0) > limit
         paced = {
             tp
-            for task in self.tasks.values()
-            for tp in task.inputs
+            for tp, _ in self._still_assigned(consumer)
             if self.stage_of_topic[tp.topic][0].name in self.config.paced
         }
         if paused == self.paused and paced == self.paced_inputs:

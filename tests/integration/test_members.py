@@ -11,6 +11,7 @@ first purchases are held for the pending period.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Callable
@@ -22,6 +23,7 @@ import orjson
 import pytest
 
 from app.kafkaio import Received, event_routes, produce, read
+from app.programs.loader import BUILTIN_DIR
 from app.settings import Settings
 from harness.workerproc import WorkerProcess
 
@@ -71,8 +73,17 @@ async def test_imported_members_first_rewards_are_not_held_and_new_users_are(
     tmp_path: Path,
 ) -> None:
     suffix = kafka_settings.topic_events.rsplit("-", 1)[-1]
+    # The members never answer: with the shipped 3-day response window the models would
+    # learn from their silence (app.timers) that nobody redeems, and later members would
+    # get nothing for that reason. This test is about pending holds, so the window is
+    # made longer than the purchases' spread.
+    shipped = (BUILTIN_DIR / f"{kafka_settings.program}.yaml").read_text()
+    program = tmp_path / "retail-loyalty-silent-members.yaml"
+    program.write_text(re.sub(r"response_window: \S+", "response_window: 30d", shipped, count=1))
     # A members topic of this test alone: what it imports is no other test's worker's.
-    settings = dataclasses.replace(kafka_settings, topic_members=f"members-{suffix}")
+    settings = dataclasses.replace(
+        kafka_settings, topic_members=f"members-{suffix}", program=str(program)
+    )
     worker = start_worker(settings, tmp_path / "worker.log")
     worker.wait_ready(timeout_s=120)
     started = time.monotonic()

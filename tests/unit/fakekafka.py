@@ -288,16 +288,29 @@ class FakeConsumer:
             self.broker.history.append(("offset", ((self.group_id, tp), offset)))
 
     def pause(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self._owned(tp)
         self.paused |= set(tps)
 
     def resume(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self._owned(tp)
         self.paused -= set(tps)
 
     def last_stable_offset(self, tp: TopicPartition) -> int | None:
-        return self.broker.stable(tp) if tp in self.positions else None
+        # As aiokafka: asking of a partition the consumer does not hold is an assertion.
+        assert tp in self.positions, "Partition is not assigned"
+        return self.broker.stable(tp)
 
     def highwater(self, tp: TopicPartition) -> int | None:
-        return len(self.broker.log(tp)) if tp in self.positions else None
+        assert tp in self.positions, "Partition is not assigned"
+        return len(self.broker.log(tp))
+
+    def lose(self, *tps: TopicPartition) -> None:
+        """The group takes ``tps`` from this consumer before any callback has said so (a
+        lost generation, a fenced twin): aiokafka's subscription changes first."""
+        for tp in tps:
+            self.positions.pop(tp, None)
 
     def partitions_for_topic(self, topic: str) -> set[int] | None:
         log = self.broker.logs.get(topic)

@@ -1040,6 +1040,35 @@ async def test_the_lag_gauge_shows_records_behind_per_owned_partition() -> None:
         assert (lag(0), lag(1), lag(2)) == (None, 0, None)
 
 
+async def test_a_partition_the_group_took_before_saying_so_is_not_asked_about() -> None:
+    """The group can take a partition from the consumer before the revocation reaches the
+    tasks (a lost generation; two workers given one id fence each other): the lag gauge,
+    the blocked-input watch and the pacing ask nothing of it (aiokafka would assert, and
+    the worker would end) and go on for the partitions still held."""
+    async with world(partitions=2) as w:
+        for p in range(2):
+            w.produce(p, 3)
+        a = await w.worker().start(0, 1)
+        await w.until(lambda: w.committed(0) == w.committed(1) == 3)
+        await a.halt()
+        w.produce(1, 2)
+        a.consumer.lose(tp_in(0))
+        a.runtime._export_lag()
+        a.runtime._watch_blocked(0.0)
+        lag = [a.sample("consumer_lag_records", topic=IN, partition=str(p)) for p in range(2)]
+        assert lag == [None, 2]
+        # Pacing the stage on itself: 2 records behind is past a limit of 1, so it pauses
+        # the input it still holds, and only that one.
+        a.runtime.config = dataclasses.replace(
+            a.runtime.config,
+            paced=frozenset({"count"}),
+            pacing=frozenset({"count"}),
+            pause_behind=1,
+        )
+        a.runtime._pace(a.consumer)
+        assert a.consumer.paused == {tp_in(1)}
+
+
 # ---------------------------------------------------------------- at least once
 
 
