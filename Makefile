@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka-jars prometheus-bin kcat-bin chromium-bin demo test test-unit test-integration test-reliability test-producers-task test-privacy test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment bench-erasure bench-console clean
+.PHONY: help install kafka-jars prometheus-bin kcat-bin chromium-bin demo test test-unit test-integration test-reliability test-producers-task test-at-least-once test-privacy test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment bench-erasure bench-console clean
 
 help: ## List the targets
 	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -63,7 +63,7 @@ demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, 
 	$(BIN)/rewardstream demo
 
 test: install kafka-jars prometheus-bin kcat-bin chromium-bin ## The whole suite: unit, integration and fault tests on a real broker
-	$(BIN)/pytest --ignore=tests/cluster --ignore=tests/privacy -m "not producers_per_task"
+	$(BIN)/pytest --ignore=tests/cluster --ignore=tests/privacy -m "not producers_per_task and not at_least_once"
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
@@ -76,6 +76,9 @@ test-reliability: install kafka-jars ## Fault tests only: SIGKILL, broker restar
 
 test-producers-task: install kafka-jars ## The SIGKILL and rebalance fault tests with one producer per task, the mode that is not the default (2.5 min; CI runs it)
 	$(BIN)/pytest -m producers_per_task tests/reliability
+
+test-at-least-once: install kafka-jars ## The SIGKILL fault test with REWARDSTREAM_PROCESSING_GUARANTEE=at_least_once, the guarantee that is not the default (1.5 min; CI runs it)
+	$(BIN)/pytest -m at_least_once tests/reliability
 
 test-privacy: install kafka-jars ## Erasure end to end: 50 users erased through a SIGKILL, then every owned topic's bytes scanned (3 min; CI runs it)
 	$(BIN)/pytest tests/privacy

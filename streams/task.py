@@ -266,9 +266,19 @@ class Task:
         started = time.monotonic()
         producer = self.producer
         if not self.transactional:
-            deliveries = await _send(producer, pending.outputs, changes, resolve)
+            # Outputs first, table changes once every output is delivered, offsets last.
+            # A crash or a lost batch between two of them leaves tables behind the outputs,
+            # never ahead: the input handled again from state that lacks it is decided
+            # again (a duplicate), where state that already held it would take it for a
+            # repeat and publish nothing for it (a loss).
+            deliveries = await _send(producer, pending.outputs, [], resolve)
             await producer.flush()
             _require_delivered(deliveries)  # else the offsets would skip lost records
+            if changes:
+                rows = await _send(producer, [], changes, resolve)
+                await producer.flush()
+                _require_delivered(rows)
+                deliveries.merge(rows)
             if pending.positions:
                 await commit_offsets(dict(pending.positions))
             return _committed(pending, deliveries, started)
@@ -363,6 +373,12 @@ class Deliveries:
         default_factory=dict
     )
     written: set[TopicPartition] = field(default_factory=set)  # every partition written
+
+    def merge(self, later: Deliveries) -> None:
+        """Add the deliveries of records sent after these (they end the changelogs)."""
+        self.futures += later.futures
+        self.changelog_last.update(later.changelog_last)
+        self.written |= later.written
 
 
 class UndeliveredError(RuntimeError):

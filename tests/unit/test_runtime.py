@@ -587,6 +587,26 @@ async def test_at_least_once_commits_no_offset_past_a_record_not_delivered() -> 
         assert {_parse(r)[:2] for r in w.broker.records(OUT)} == {(0, n) for n in range(5)}
 
 
+async def test_at_least_once_writes_no_table_change_before_the_outputs_are_delivered() -> None:
+    # Tables ahead of the outputs would make an input handled again look like one the
+    # stage has seen (the engine's repeat check publishes nothing for it): a lost output.
+    async with world() as w:
+        a = await w.worker(transactional=False).start(0)
+        w.broker.fail_next_deliveries(OUT)  # the first of the round's two output batches
+        w.produce(0, 5)
+        await w.until(lambda: w.committed(0) == 5)
+        assert a.sample("commit_failures_total") == 1
+        # The failed round wrote no row, so the rewind counted from what was there before:
+        # the outputs are the exactly-once ones, some twice, and the counts agree with them.
+        assert set(w.outputs()) == set(w.expected())
+        assert w.changelog(0) == {key: str(n).encode() for _, _, n, key in w._counted()}
+        # In the broker's order: the first row written follows all five outputs.
+        records = [item for kind, item in w.broker.history if kind == "record"]
+        first_row = next(n for n, r in enumerate(records) if r.topic == CHANGELOG)
+        outputs = {_parse(r)[:2] for r in records[:first_row] if r.topic == OUT}
+        assert outputs == {(0, n) for n in range(5)}
+
+
 def waiting(worker: Worker, partition: int) -> int:
     """How many records of task ``partition`` wait for its transaction in flight."""
     task = worker.runtime.tasks.get(partition)
