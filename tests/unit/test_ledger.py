@@ -104,3 +104,16 @@ def test_a_ledger_remembers_a_bounded_number_of_charges() -> None:
     assert len(ledger.charged) == RECENT_CHARGES
     assert not ledger.remembers(5)  # too old to know: never charged again
     assert ledger.remembers(RECENT_CHARGES + 9)
+
+
+def test_a_row_written_with_the_charges_as_pairs_is_read_with_them() -> None:
+    # Ledgers written before the charges were a mapping keep them as [ref, ts] pairs; a
+    # worker upgraded over such a changelog must still refuse to charge them again.
+    row = (
+        b'{"spent_total":4.0,"buckets":[[0,4.0]],"stock_used":{"r":1},"charged":[["a",5],["b",7]]}'
+    )
+    ledger = Ledger.from_bytes(row)
+    assert [ledger.has_charged(ref) for ref in "abc"] == [True, True, False]
+    again = ledger.charge(ts=9, cost=4.0, reward_id="r", bucket_ms=HOUR, keep_ms=HOUR, ref="b")
+    assert again == ledger
+    assert Ledger.from_bytes(ledger.to_bytes()) == ledger
