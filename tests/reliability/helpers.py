@@ -556,6 +556,35 @@ class Lives:
         return owners
 
 
+async def killed_under_whole_traffic(
+    settings: Settings,
+    base: list[bytes],
+    lives: Lives,
+    logs: Path,
+    *,
+    kills: int,
+    seed: int,
+    pauses_seed: int,
+) -> WholeTraffic:
+    """Run the whole traffic (30 messages a second) while the worker is SIGKILLed
+    ``kills`` times, 1 to 6 s apart, and started again each time; return the traffic once
+    every message sent has its committed decision and the last life stopped cleanly."""
+    rng = random.Random(pauses_seed)
+    worker = lives.start(settings, logs / "life-0.log")
+    await asyncio.to_thread(worker.wait_ready, 120)
+    async with WholeTraffic(settings, base, per_second=30, seed=seed) as traffic:
+        for life in range(1, kills + 1):
+            await asyncio.sleep(rng.uniform(1.0, 6.0))
+            lives.kill(worker)
+            worker = lives.start(settings, logs / f"life-{life}.log")
+            await asyncio.to_thread(worker.wait_ready, 120)
+        assert traffic.base_task is not None
+        assert not traffic.base_task.done(), "the stream ended before the last kill; slow it"
+        await traffic.settle()
+    lives.stop(worker)
+    return traffic
+
+
 # ======================================================================================
 # The learning oracle
 # ======================================================================================

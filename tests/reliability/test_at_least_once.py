@@ -8,9 +8,7 @@ Run by ``make test-at-least-once`` (CI runs it).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import random
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ from app.settings import Settings
 from harness.workerproc import WorkerProcess
 from tests.reliability.helpers import (
     Lives,
-    WholeTraffic,
+    killed_under_whole_traffic,
     latest_state,
     read_to_end,
     whole_traffic_base,
@@ -51,21 +49,11 @@ async def test_sigkill_at_least_once_decides_every_event_and_charges_no_decision
         worker_id="crashing",
     )
     base = whole_traffic_base(settings, events=EVENTS, users=300, seed=37)
-    rng = random.Random(7)
     lives = Lives(start_worker)
-    worker = lives.start(settings, tmp_path / "life-0.log")
-    await asyncio.to_thread(worker.wait_ready, 120)
-    async with WholeTraffic(settings, base, per_second=30, seed=37) as traffic:
-        for life in range(1, KILLS + 1):
-            await asyncio.sleep(rng.uniform(1.0, 6.0))
-            lives.kill(worker)
-            worker = lives.start(settings, tmp_path / f"life-{life}.log")
-            await asyncio.to_thread(worker.wait_ready, 120)
-        assert traffic.base_task is not None
-        assert not traffic.base_task.done(), "the stream ended before the last kill; slow it"
-        # Every message sent (base, answers, labels) has a decision: none lost.
-        await traffic.settle()
-    lives.stop(worker)
+    # Every message sent (base, answers, labels) has a decision once this returns: none lost.
+    traffic = await killed_under_whole_traffic(
+        settings, base, lives, tmp_path, kills=KILLS, seed=37, pauses_seed=7
+    )
 
     dead = await read_to_end(settings.bootstrap_servers, settings.topic_dead_letter)
     assert not dead, Counter(orjson.loads(r.value or b"{}").get("reason") for r in dead)

@@ -7,9 +7,7 @@ twice; and never let its models learn an answer twice or one that was not commit
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +17,8 @@ from app.settings import Settings
 from harness.workerproc import WorkerProcess
 from tests.reliability.helpers import (
     Lives,
-    WholeTraffic,
     assert_whole_traffic,
+    killed_under_whole_traffic,
     whole_traffic_base,
     with_own_control_topics,
 )
@@ -50,21 +48,11 @@ async def test_sigkill_mid_stream_loses_no_decision_and_double_spends_nothing(
         worker_id="crashing",
     )
     base = whole_traffic_base(settings, events=EVENTS, users=300, seed=31)
-    rng = random.Random(5)
     lives = Lives(start_worker)
-    worker = lives.start(settings, tmp_path / "life-0.log")
-    await asyncio.to_thread(worker.wait_ready, 120)
     # About 65 s of base stream: every kill lands while events are still arriving.
-    async with WholeTraffic(settings, base, per_second=30, seed=31) as traffic:
-        for life in range(1, KILLS + 1):
-            await asyncio.sleep(rng.uniform(1.0, 6.0))
-            lives.kill(worker)
-            worker = lives.start(settings, tmp_path / f"life-{life}.log")
-            await asyncio.to_thread(worker.wait_ready, 120)
-        assert traffic.base_task is not None
-        assert not traffic.base_task.done(), "the stream ended before the last kill; slow it"
-        await traffic.settle()
-    lives.stop(worker)
+    traffic = await killed_under_whole_traffic(
+        settings, base, lives, tmp_path, kills=KILLS, seed=31, pauses_seed=5
+    )
     report = await assert_whole_traffic(settings, traffic, lives)
     print(report.summary())
     # The kills really interrupted work: each restart restored state that was committed.
