@@ -774,6 +774,8 @@ class Runtime:
             snapshots=self.config.snapshot_dir,
             now_s=time.time(),
             max_age_s=self.config.snapshot_max_age_s,
+            # The first tasks' tables that a view read at start-up: not read twice.
+            seeds=self.views.take_seeds() if self.views is not None else None,
         )
         self.changelog_ends.update(restored.ends)
         for task in fresh.values():
@@ -784,12 +786,13 @@ class Runtime:
         if fresh:
             log.info(
                 "tasks.assigned count=%d tasks=%s restored_records=%d from_snapshots=%d "
-                "seconds=%.2f",
+                "seconds=%.2f from_views=%d",
                 len(fresh),
                 ",".join(str(p) for p in sorted(fresh)),
                 restored.records,
                 restored.from_snapshots,
                 time.monotonic() - started,
+                restored.from_views,
             )
         return fresh
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,7 @@ class Unavailable(MutableMapping[bytes, bytes | None]):
 class Restored:
     records: int  # changelog records read
     from_snapshots: int  # tables seeded from a local snapshot
+    from_views: int  # tables seeded from the rows a view read at start-up
     ends: dict[TopicPartition, int]  # each changelog partition's offset its rows end at
 
 
@@ -128,14 +129,19 @@ async def restore(
     now_s: float = 0.0,
     max_age_s: float = snapshot.MAX_AGE_S,
     batch_records: int = 10_000,
+    seeds: Mapping[TopicPartition, tuple[dict[bytes, bytes], int]] | None = None,
 ) -> Restored:
     """Fill ``tables`` from their changelog partitions, each from its local snapshot in
     ``snapshots`` if it has a usable one (then only the changelog after it is read).
 
+    ``seeds`` are rows a view read of the same changelog partitions, with the offset
+    they are complete up to (streams.views.Views.take_seeds): a partition seeded by them
+    reads only the changelog after it, and its snapshot is not read.
+
     ``consumer`` has no group and reads committed records only; it is left unassigned.
     """
     if not tables:
-        return Restored(0, 0, {})
+        return Restored(0, 0, 0, {})
     by_partition = {TopicPartition(t.topic, t.partition): t for t in tables}
     partitions = list(by_partition)
     consumer.assign(partitions)
@@ -144,8 +150,14 @@ async def restore(
         # transaction is read, and the caller fenced the previous writer beforehand.
         ends = await consumer.end_offsets(partitions)
         starts = await seek_to_first(consumer, partitions)
-        seeded = 0
+        seeded = from_views = 0
         for tp, table in by_partition.items():
+            seed = (seeds or {}).get(tp)
+            if seed is not None and starts[tp] <= seed[1] <= ends[tp]:
+                table.rows = seed[0]
+                consumer.seek(tp, seed[1])
+                from_views += 1
+                continue
             found = None
             if snapshots is not None:
                 path = snapshot.path_for(snapshots, tp.topic, tp.partition)
@@ -171,6 +183,6 @@ async def restore(
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
-        return Restored(read, seeded, dict(ends))
+        return Restored(read, seeded, from_views, dict(ends))
     finally:
         consumer.assign([])
