@@ -120,6 +120,18 @@ class FakeBroker:
             if not entry.marker and (entry.visible or not committed)
         ]
 
+    def compacted(self, topic: str, partition: int) -> dict[bytes, bytes]:
+        """What a restore of ``partition`` of ``topic`` reads back: the latest committed
+        value per key, a tombstone removing it."""
+        rows: dict[bytes, bytes] = {}
+        for record in self.records(topic):
+            if record.partition == partition and record.key is not None:
+                if record.value is None:
+                    rows.pop(record.key, None)
+                else:
+                    rows[record.key] = record.value
+        return rows
+
     def fail_next_commit(self, transactional_id: str, times: int = 1) -> None:
         """The next ``times`` commits of ``transactional_id`` fail (the transaction stays
         open, as after a failed EndTxn: the producer has to abort it)."""

@@ -240,14 +240,7 @@ class World:
 
     def changelog(self, partition: int) -> dict[bytes, bytes]:
         """What a restore of ``partition`` reads back: the latest committed value per key."""
-        rows: dict[bytes, bytes] = {}
-        for record in self.broker.records(CHANGELOG):
-            if record.partition == partition and record.key is not None:
-                if record.value is None:
-                    rows.pop(record.key, None)
-                else:
-                    rows[record.key] = record.value
-        return rows
+        return self.broker.compacted(CHANGELOG, partition)
 
     def check_exactly_once(self) -> None:
         """Each input in one visible output, its offset committed, its count in the changelog."""

@@ -12,17 +12,6 @@ from tests.unit.fakekafka import FakeBroker, FakeConsumer
 TOPIC = "links-changelog"
 
 
-def _compacted(broker: FakeBroker, partition: int) -> dict[bytes, bytes]:
-    rows: dict[bytes, bytes] = {}
-    for record in broker.records(TOPIC):
-        if record.partition == partition and record.key is not None:
-            if record.value is None:
-                rows.pop(record.key, None)
-            else:
-                rows[record.key] = record.value
-    return rows
-
-
 def _broker() -> FakeBroker:
     broker = FakeBroker()
     broker.create_topic(TOPIC, 2)
@@ -43,7 +32,7 @@ async def test_the_first_tasks_read_only_what_the_view_had_not() -> None:
     # Each partition apart, as compaction would keep it, and where it ends.
     for tp in tps:
         assert seeds[tp] == (
-            _compacted(broker, tp.partition),
+            broker.compacted(TOPIC, tp.partition),
             len(broker.logs[TOPIC][tp.partition]),
         )
     assert views.take_seeds() == {}  # given once: a later rebalance reads the changelog
@@ -54,7 +43,7 @@ async def test_the_first_tasks_read_only_what_the_view_had_not() -> None:
     restored = await restore(FakeConsumer(broker, None), tables, seeds=seeds)
     assert (restored.records, restored.from_views, restored.from_snapshots) == (2, 2, 0)
     for table in tables:
-        assert dict(table.rows) == _compacted(broker, table.partition)
+        assert dict(table.rows) == broker.compacted(TOPIC, table.partition)
 
 
 async def test_a_seed_past_the_changelog_is_not_trusted() -> None:
@@ -66,4 +55,4 @@ async def test_a_seed_past_the_changelog_is_not_trusted() -> None:
         FakeConsumer(broker, None), [table], seeds={TopicPartition(TOPIC, 0): (rows, end + 5)}
     )
     assert (restored.records, restored.from_views) == (end, 0)
-    assert dict(table.rows) == _compacted(broker, 0)
+    assert dict(table.rows) == broker.compacted(TOPIC, 0)
