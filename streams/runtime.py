@@ -17,11 +17,14 @@ offsets are committed after delivery, for all tasks together in rounds as the on
 transactional producer's are; a crash may then decide an event again
 (docs/reliability.md).
 
-Around the loop: views (:mod:`streams.views`) every handler can read;
-housekeeping on the clock, off the handling path: the time-to-live sweep, a
-slice of rows at a time, and local snapshots of the tables
-(:mod:`streams.snapshot`). Nothing here knows rewards: the topology
-(:mod:`streams.topology`) declares the stages, tables and handlers.
+The runtime drives parts with one job each: the tasks (:mod:`streams.task`), the
+producers they write with and the fencing of earlier writers (:mod:`streams.writers`),
+the restore of their tables (:mod:`streams.state`), views every handler can read
+(:mod:`streams.views`), and on the clock, off the handling path, the time-to-live
+sweep, changelog rolls and local snapshots (:mod:`streams.housekeeping`) and the
+watch over its inputs' lag and pacing (:mod:`streams.inputs`). Nothing here knows
+rewards: the topology (:mod:`streams.topology`) declares the stages, tables and
+handlers.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,23 +46,20 @@ from app.kafkaio import seek_to_first
 from streams import snapshot
 from streams.clients import Clients
 from streams.fencing import group_member
+from streams.housekeeping import ChangelogRoller, Snapshots, Sweeper
+from streams.inputs import InputWatch
 from streams.state import PartitionTable, restore
 from streams.task import Committed, Task, TaskState
 from streams.topology import Batch, Stage, Topology
 from streams.views import Views
+from streams.writers import Writers
 
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
-# The sweep ticks once a second and looks at enough rows of each table partition per
-# tick to pass over all of them about once in RuntimeConfig.sweep_pass_s, and at least
-# SWEEP_MIN_SLICE. Each row it looks at is decoded, and a tick's rows are looked at in
-# one go: a larger slice than the pass needs is a stall of the loop every second.
+# Housekeeping (the sweep, changelog rolls, the input watch) ticks this often.
 SWEEP_EVERY_S = 1.0
-SWEEP_MIN_SLICE = 8
-# Deletions by the sweep are committed within this long.
-SWEEP_COMMIT_WITHIN_S = 1.0
 # How long the loop waits for records when no task has anything to commit soon.
 IDLE_FETCH_MS = 100
 # The loop hands at most about this much work to the stages between two turns of the
@@ -75,14 +74,6 @@ FAILURES_NOT_READY = 3
 # one fences the other (/ready says so).
 FENCED_NOT_READY = 3
 FENCED_WINDOW_S = 60.0
-# The key of the tombstones that keep quiet changelog partitions rolling: longer than any
-# key a stage can write (ids are at most 128 characters), so restoring its tombstone
-# removes nothing.
-ROLL_KEY = b"\x00rewardstream:roll:" + b"\x00" * 1024
-# With one producer per worker: how long a new owner waits for a transaction's pending
-# offsets to end before it fences their committer (a transaction ends within tens of
-# milliseconds; one open this long most likely belongs to a worker that died).
-FENCE_AFTER_S = 2.0
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -167,20 +158,38 @@ class Runtime:
         self.batches_committed = 0
         # Seconds of handling per record, smoothed: how many records fit a slice.
         self.seconds_per_record = 0.0
-        self.changelog_ends: dict[TopicPartition, int] = {}
-        self.snapshotted: dict[TopicPartition, int] = {}
-        self.last_snapshot_s = time.monotonic()
-        self.last_sweep_s = time.monotonic()
-        self.last_roll_s = time.monotonic()
-        self.sweeps: dict[tuple[str, int], list[bytes]] = {}
-        self.paused = False
-        self.paced_inputs: set[TopicPartition] = set()
-        self.lag_shown: set[tuple[str, str]] = set()
-        # Since when each input partition has waited behind an open transaction, and how
-        # many transactions in a row each task has failed.
-        self.blocked_since: dict[TopicPartition, float] = {}
-        # Where the consumer stands on each owned input (see _refresh_positions).
-        self.read_positions: dict[TopicPartition, int] = {}
+        now_s = time.monotonic()
+        self.last_tick_s = now_s
+        self.sweeper = Sweeper(
+            self.hooks.stale,
+            metrics,
+            tick_s=SWEEP_EVERY_S,
+            pass_s=config.sweep_pass_s,
+            wall_ms=wall_ms,
+        )
+        self.roller = ChangelogRoller(config.changelog_roll_s, now_s=now_s)
+        self.snapshots = Snapshots(
+            config.snapshot_dir,
+            interval_s=config.snapshot_interval_s,
+            max_age_s=config.snapshot_max_age_s,
+            now_s=now_s,
+        )
+        self.writers = Writers(
+            clients,
+            config.group_id,
+            partitions=config.partitions,
+            outputs=[config.topic_of_role[role] for role in sorted(config.output_roles)],
+            changelogs=[topology.changelog_of(table) for table in topology.tables()],
+        )
+        self.inputs = InputWatch(
+            {topic: stage.name for topic, (stage, _) in self.stage_of_topic.items()},
+            metrics,
+            paced=config.paced,
+            pacing=config.pacing,
+            pause_behind=config.pause_behind,
+            resume_behind=config.resume_behind,
+        )
+        # How many transactions in a row each task has failed.
         self.failures_in_a_row: dict[int, int] = {}
         # What the worker keeps trying and cannot do yet (a producer to renew, tasks to
         # take while the broker is away): since when, and the last error (for /ready).
@@ -248,7 +257,7 @@ class Runtime:
         async with self._lock:
             await self._commit_all()
             with contextlib.suppress(Exception):  # a restart then reads more, nothing else
-                await self._snapshot()
+                await self.snapshots.write(self.tasks)
             if self._consumer is not None:
                 await self._consumer.stop()
             for task in self.tasks.values():
@@ -273,12 +282,7 @@ class Runtime:
         """Why the worker is not doing its job right now (empty: it is)."""
         found = [] if self.ready else ["not assigned, restoring or rebalancing"]
         now = time.monotonic()
-        for tp, since in sorted(self.blocked_since.items()):
-            if now - since >= self.config.blocked_not_ready_s:
-                found.append(
-                    f"{tp.topic}[{tp.partition}] has waited {now - since:.0f} s behind an open "
-                    "transaction (its last stable offset does not move)"
-                )
+        found += self.inputs.blocked_for(now, self.config.blocked_not_ready_s)
         for what, (since, error) in sorted(self.retrying.items()):
             found.append(f"{what} has failed for {now - since:.0f} s (last: {error})")
         if len(self.fenced_at) == FENCED_NOT_READY and now - self.fenced_at[0] < FENCED_WINDOW_S:
@@ -325,7 +329,7 @@ class Runtime:
         """Fetch, handle and commit until ``stopping`` is set."""
         consumer = self._require(self._consumer)
         while not stopping.is_set():
-            self._pace(consumer)
+            self.inputs.pace(consumer, self.tasks)
             assignments = self.assignments
             batches = await consumer.getmany(
                 timeout_ms=self._fetch_wait_ms(), max_records=self._slice_records()
@@ -569,7 +573,7 @@ class Runtime:
                 log.exception("effect.failed tasks=%s", ",".join(map(str, partitions)))
                 self.metrics.effect_failures.inc()
         self.batches_committed += 1
-        self.changelog_ends.update(committed.changelog_ends)
+        self.snapshots.committed(committed.changelog_ends)
         self.metrics.commit_seconds.observe(committed.seconds)
         # Tasks of one round share the commit; the hook learns it once (-1: several).
         self.hooks.committed(partitions[0] if len(partitions) == 1 else -1, committed)
@@ -650,7 +654,7 @@ class Runtime:
     async def _rewind(self, task: Task) -> None:
         """Read every input of ``task`` on from its committed offset."""
         consumer = self._require(self._consumer)
-        self.paced_inputs = set()  # pause anew what the pacing holds back
+        self.inputs.pace_anew()
         for tp in task.inputs:
             committed = await consumer.committed(tp)
             self._note_reverted(task, tp, committed)
@@ -668,7 +672,7 @@ class Runtime:
         shuts down while it writes a commit's markers finds its partitions without a
         leader, takes them for deleted and skips their markers (KAFKA-5202); the records
         stay open until the next marker of the same transactional id on each partition,
-        and the abort that fences a recovered task's old producer (_fencing_producer)
+        and the abort that fences a recovered task's old producer (Writers.producer)
         aborts them. The records are read again from the older committed offset: their
         outputs and table changes are made again, but the models learned their answers
         when the commit was acknowledged, and must not learn them twice.
@@ -739,15 +743,12 @@ class Runtime:
         self, wanted: Mapping[int, set[TopicPartition]], fresh: dict[int, Task]
     ) -> dict[int, Task]:
         for partition, inputs in sorted(wanted.items()):
-            transactional_id = (
-                f"{self.config.group_id}-task-{partition}" if self.config.transactional else None
-            )
-            if transactional_id is None:
+            if not self.config.transactional:
                 producer = self.side_producer
             elif self.rounds:
                 producer = (await self._shared_unit()).producer
             else:
-                producer = await self._fencing_producer(transactional_id, partition)
+                producer = await self.writers.producer(self.writers.task_id(partition), partition)
             tables = {
                 name: PartitionTable(self.topology.changelog_of(name), partition)
                 for name in self.topology.tables()
@@ -763,8 +764,12 @@ class Runtime:
         if self.fenced_rounds and fresh:
             # Before the changelogs are read: a zombie's last transaction over these
             # partitions has ended (committed or aborted) once their offsets are stable.
-            stable = await self._stable_offsets(
-                [tp for task in fresh.values() for tp in task.inputs]
+            stable = dict(
+                await self.writers.stable_offsets(
+                    self._require(self._consumer),
+                    [tp for task in fresh.values() for tp in task.inputs],
+                    own_id=self._shared_id(),
+                )
             )
         views = [table for task in fresh.values() for table in task.tables.values()]
         started = time.monotonic()
@@ -777,7 +782,7 @@ class Runtime:
             # The first tasks' tables that a view read at start-up: not read twice.
             seeds=self.views.take_seeds() if self.views is not None else None,
         )
-        self.changelog_ends.update(restored.ends)
+        self.snapshots.committed(restored.ends)
         for task in fresh.values():
             task.state = TaskState.RUNNING
         self.tasks.update(fresh)
@@ -796,39 +801,8 @@ class Runtime:
             )
         return fresh
 
-    async def _stable_offsets(
-        self, inputs: list[TopicPartition]
-    ) -> dict[TopicPartition, int | None]:
-        """The committed offsets of ``inputs`` once no transaction's offsets for them are
-        pending. One still pending after :data:`FENCE_AFTER_S` most likely belongs to a
-        worker that died mid-round: its producer's id (written beside the offsets it last
-        committed) is taken, which aborts that transaction at once instead of at the
-        coordinator's timeout. A live worker fenced so only recovers its tasks."""
-        consumer = self._require(self._consumer)
-        group = self.config.group_id
-        waiting = asyncio.ensure_future(self.clients.stable_offsets(consumer, group, inputs))
-        done, _ = await asyncio.wait({waiting}, timeout=FENCE_AFTER_S)
-        if not done:
-            own = self._shared_id()
-            for committer in sorted(await self.clients.committers(consumer, group, inputs)):
-                if committer != own:
-                    await self._fence(committer)
-        return await waiting
-
-    async def _fence(self, transactional_id: str) -> None:
-        log.warning(
-            "producer.fenced id=%s: its open transaction held offsets this worker takes",
-            transactional_id,
-        )
-        producer = self.clients.producer(transactional_id)
-        try:
-            await producer.start()  # takes the id: the coordinator aborts its open transaction
-        finally:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-
     def _shared_id(self) -> str:
-        return f"{self.config.group_id}-worker-{self.config.worker_id}"
+        return self.writers.worker_id(self.config.worker_id)
 
     async def _seek_to(self, tasks: Any, offsets: Mapping[TopicPartition, int | None]) -> None:
         """Read each input of ``tasks`` on from its offset in ``offsets`` (absent or None:
@@ -846,11 +820,7 @@ class Runtime:
     async def _shared_unit(self) -> Task:
         """The worker's one producer (config.one_producer), started and fenced at first use."""
         if self._shared is None:
-            transactional_id = self._shared_id()
-            everything = self._writable(None)
-            producer = await self._fencing_producer(
-                transactional_id, everything, member=self._member
-            )
+            producer = await self.writers.producer(self._shared_id(), None, member=self._member)
             self._shared = Task(-1, inputs=(), tables={}, producer=producer, transactional=True)
             self._shared.state = TaskState.RUNNING
         return self._shared
@@ -872,60 +842,6 @@ class Runtime:
         for task in self.tasks.values():
             task.producer = unit.producer
 
-    async def _fencing_producer(
-        self,
-        transactional_id: str,
-        writable: list[tuple[str, int]] | int,
-        *,
-        member: Any = None,
-    ) -> Any:
-        """A started producer for ``transactional_id`` that has fenced every earlier one and
-        closed whatever an earlier one left open.
-
-        start() initialises the transactional id: the broker aborts the previous producer's
-        open transaction and fences it for good. If the transaction coordinator failed over
-        while that transaction was open, it may not know every partition the transaction
-        wrote, and records of it stay open there; the next commit of this id would then
-        commit them too (seen after a broker restart: a decision published twice). So the
-        new producer first runs one transaction over every partition a task may write and
-        aborts it: its abort markers close anything left open there.
-        """
-        if isinstance(writable, int):
-            writable = self._writable(writable)
-        producer = (
-            self.clients.producer(transactional_id)
-            if member is None
-            else self.clients.producer(transactional_id, member=member)
-        )
-        try:
-            await producer.start()
-            await producer.begin_transaction()
-            try:
-                for topic, target in writable:
-                    await producer.send(topic, b"", key=b"rewardstream.close", partition=target)
-            finally:
-                await producer.abort_transaction()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        return producer
-
-    def _writable(self, partition: int | None) -> list[tuple[str, int]]:
-        """Every (topic, partition) a task's transaction may write: each output topic's
-        partitions (outputs are placed by key) and its own partition of each changelog
-        (None: every partition of each, for the worker's one producer)."""
-        outputs = [
-            (self.config.topic_of_role[role], target)
-            for role in sorted(self.config.output_roles)
-            for target in range(self.config.partitions)
-        ]
-        partitions = range(self.config.partitions) if partition is None else (partition,)
-        changelogs = [
-            (self.topology.changelog_of(t), p) for t in self.topology.tables() for p in partitions
-        ]
-        return outputs + changelogs
-
     async def _drop(self, partitions: set[int]) -> None:
         for partition in partitions:
             task = self.tasks.pop(partition, None)
@@ -934,13 +850,10 @@ class Runtime:
             task.state = TaskState.REVOKED
             self.failures_in_a_row.pop(partition, None)
             for tp in task.inputs:
-                if self.blocked_since.pop(tp, None) is not None:
-                    self.metrics.input_blocked_seconds.labels(tp.topic, str(tp.partition)).set(0)
+                self.inputs.forget(tp)
             for table in task.tables.values():
-                changelog = TopicPartition(table.topic, partition)
-                self.changelog_ends.pop(changelog, None)
-                self.snapshotted.pop(changelog, None)
-                self.sweeps.pop((table.topic, partition), None)
+                self.snapshots.forget(TopicPartition(table.topic, partition))
+                self.sweeper.forget(table.topic, partition)
             if self.config.transactional and not self.rounds:
                 with contextlib.suppress(Exception):
                     await task.close_ahead()
@@ -950,7 +863,7 @@ class Runtime:
         async with self._lock:
             self.assignments += 1
             self.rebalancing = False
-            self.paced_inputs = set()  # a new assignment reads every partition: pause anew
+            self.inputs.pace_anew()  # a new assignment reads every partition
             wanted: dict[int, set[TopicPartition]] = {}
             for tp in assigned:
                 wanted.setdefault(tp.partition, set()).add(tp)
@@ -986,45 +899,20 @@ class Runtime:
 
     async def _housekeeping(self) -> None:
         now = time.monotonic()
-        if now - self.last_sweep_s >= SWEEP_EVERY_S:
-            self.last_sweep_s = now
-            self._sweep(now)
-            self._roll_changelogs(now)
+        if now - self.last_tick_s >= SWEEP_EVERY_S:
+            self.last_tick_s = now
+            self.sweeper.sweep(self.tasks, now)
+            self.roller.roll(self.tasks, now)
             self._end_idle_ahead(now)
             self._count_rows()
-            await self._refresh_positions()
-            self._export_lag()
-            self._watch_blocked(now)
+            consumer = self._require(self._consumer)
+            await self.inputs.refresh(consumer, self.tasks)
+            self.inputs.export_lag(consumer, self.tasks)
+            self.inputs.watch_blocked(consumer, self.tasks, now)
             self.hooks.housekeeping()
-        interval = self.config.snapshot_interval_s
-        if interval and now - self.last_snapshot_s >= interval:
+        if self.snapshots.due(now):
             await self._commit_all()
-            await self._snapshot()
-
-    def _sweep(self, now_s: float) -> None:
-        """Delete a slice of each table partition's rows that no event can read any more
-        (their time to live is over, by the worker's clock); the deletions commit with the
-        task's next transaction."""
-        now_ms = self.wall_ms()
-        share = SWEEP_EVERY_S / self.config.sweep_pass_s  # of the rows, per tick
-        for task in self.tasks.values():
-            if task.state is not TaskState.RUNNING:
-                continue
-            swept = 0
-            for name, table in task.tables.items():
-                key = (table.topic, task.partition)
-                keys = self.sweeps.get(key)
-                if not keys:
-                    keys = self.sweeps[key] = list(table.rows)
-                size = max(SWEEP_MIN_SLICE, math.ceil(len(table.rows) * share))
-                slice_, self.sweeps[key] = keys[:size], keys[size:]
-                for row in slice_:
-                    if self.hooks.stale(name, table.get(row), now_ms):
-                        del table[row]
-                        self.metrics.state_swept.labels(name).inc()
-                        swept += 1
-            if swept:
-                task.touched(now_s + SWEEP_COMMIT_WITHIN_S)
+            await self.snapshots.write(self.tasks)
 
     def _end_idle_ahead(self, now_s: float) -> None:
         """Commit the transactions opened ahead that waited too long with nothing in them
@@ -1041,196 +929,16 @@ class Runtime:
             else:
                 self._closing = asyncio.ensure_future(shared.close_ahead())
 
-    def _roll_changelogs(self, now_s: float) -> None:
-        """Append a tombstone of :data:`ROLL_KEY` to each owned changelog partition once per
-        ``changelog_roll_s``, with the task's next transaction (see RuntimeConfig)."""
-        every = self.config.changelog_roll_s
-        if not every or now_s - self.last_roll_s < every:
-            return
-        self.last_roll_s = now_s
-        for task in self.tasks.values():
-            if task.state is not TaskState.RUNNING:
-                continue
-            for table in task.tables.values():
-                table[ROLL_KEY] = None
-            task.touched(now_s + SWEEP_COMMIT_WITHIN_S)
-
     def _count_rows(self) -> None:
         for name in self.topology.tables():
             rows = sum(len(task.tables[name]) for task in self.tasks.values())
             self.metrics.table_rows.labels(name).set(rows)
-
-    async def _refresh_positions(self) -> None:
-        """Where the consumer stands on each owned input: past what the loop handled, and
-        past the commit markers and aborted records it never returns (a partition whose
-        last entry is a marker is then not counted one behind), and known from the
-        assignment on, before anything was fetched (an input held behind an open
-        transaction from the start must show)."""
-        consumer = self._require(self._consumer)
-        positions: dict[TopicPartition, int] = {}
-        for task in self.tasks.values():
-            for tp in task.inputs:
-                try:
-                    position = await asyncio.wait_for(consumer.position(tp), 0.1)
-                except Exception:  # not known yet (a reset in progress): next tick
-                    continue
-                handled = task.next_offsets.get(tp)
-                positions[tp] = position if handled is None else max(position, handled)
-        self.read_positions = positions
-
-    def _position_of(self, task: Task, tp: TopicPartition) -> int | None:
-        handled = task.next_offsets.get(tp)
-        known = self.read_positions.get(tp)
-        if handled is None or known is None:
-            return known if handled is None else handled
-        return max(handled, known)
-
-    def _still_assigned(self, consumer: Any) -> list[tuple[TopicPartition, Task]]:
-        """Each input of each task, with its task, that the consumer still holds: the group
-        can take a partition from the consumer (a lost generation, a fenced twin) before the
-        revocation reaches the tasks, and aiokafka refuses to say anything of a partition it
-        does not hold (an assertion, or an IllegalStateError from pause and resume, either of
-        which would end the worker)."""
-        held = consumer.assignment()
-        return [(tp, task) for task in self.tasks.values() for tp in task.inputs if tp in held]
-
-    def _behind(self) -> dict[TopicPartition, int]:
-        """Per input partition this worker owns: how many records lie between the next one
-        to handle and its end (last stable offset, or high watermark before the first
-        read_committed fetch says it)."""
-        consumer = self._require(self._consumer)
-        behind = {}
-        for tp, task in self._still_assigned(consumer):
-            end = consumer.last_stable_offset(tp)
-            if end is None or end < 0:
-                end = consumer.highwater(tp)
-            position = self._position_of(task, tp)
-            if end is not None and position is not None:
-                behind[tp] = max(end - position, 0)
-        return behind
-
-    def _export_lag(self) -> None:
-        """``consumer_lag_records`` per owned input partition; the series of a partition no
-        longer owned is removed, so only its owner reports it (an autoscaler sums these)."""
-        gauge = self.metrics.consumer_lag
-        shown = {(tp.topic, str(tp.partition)): n for tp, n in self._behind().items()}
-        for labels, lag in shown.items():
-            gauge.labels(*labels).set(lag)
-        for labels in self.lag_shown - shown.keys():
-            gauge.remove(*labels)
-        self.lag_shown = set(shown)
-
-    def _watch_blocked(self, now_s: float) -> None:
-        """Inputs held behind an open transaction: everything up to the last stable offset
-        is handled, and records lie beyond it (a producer opened a transaction and has not
-        ended it; the broker aborts it only after its timeout, up to 15 minutes)."""
-        consumer = self._require(self._consumer)
-        gauge = self.metrics.input_blocked_seconds
-        blocked: dict[TopicPartition, float] = {}
-        for tp, task in self._still_assigned(consumer):
-            stable, high = consumer.last_stable_offset(tp), consumer.highwater(tp)
-            position = self._position_of(task, tp)
-            if stable is None or high is None or position is None:
-                continue
-            if 0 <= stable < high and position >= stable:
-                blocked[tp] = self.blocked_since.get(tp, now_s)
-        for tp in self.blocked_since.keys() - blocked.keys():
-            gauge.labels(tp.topic, str(tp.partition)).set(0)
-        for tp, since in blocked.items():
-            gauge.labels(tp.topic, str(tp.partition)).set(now_s - since)
-        self.blocked_since = blocked
-
-    def _pace(self, consumer: Any) -> None:
-        """Pause the paced stages' inputs while a pacing stage on this worker is far behind
-        (the decide stage waits for the link stage, whose state its view shows)."""
-        if not self.config.paced or not self.tasks:
-            return
-        behind = self._behind()
-        pacing = [
-            n
-            for tp, n in behind.items()
-            if self.stage_of_topic[tp.topic][0].name in self.config.pacing
-        ]
-        limit = self.config.resume_behind if self.paused else self.config.pause_behind
-        paused = max(pacing, default=0) > limit
-        paced = {
-            tp
-            for tp, _ in self._still_assigned(consumer)
-            if self.stage_of_topic[tp.topic][0].name in self.config.paced
-        }
-        if paused == self.paused and paced == self.paced_inputs:
-            return  # nothing changed: no call into the client
-        self.paused = paused
-        self.paced_inputs = paced
-        self.metrics.intake_paused.set(int(paused))
-        if paused:
-            consumer.pause(*sorted(paced))
-        else:
-            consumer.resume(*sorted(paced))
-
-    async def _snapshot(self) -> None:
-        """Write every owned table partition to a local snapshot (every commit has ended
-        and nothing is pending: the rows are all committed)."""
-        self.last_snapshot_s = time.monotonic()
-        directory = self.config.snapshot_dir
-        if directory is None:
-            return
-        jobs = []
-        for task in self.tasks.values():
-            for table in task.tables.values():
-                changelog = TopicPartition(table.topic, table.partition)
-                end = self.changelog_ends.get(changelog)
-                if end is None or table.changed or task.pending.due_s is not None:
-                    continue  # not restored yet, or changes not committed: never a guess
-                if self.snapshotted.get(changelog) == end:
-                    continue  # nothing committed since its last snapshot
-                jobs.append((changelog, end, dict(table.rows)))
-        if not jobs:
-            await asyncio.to_thread(_prune_snapshots, directory, self.config.snapshot_max_age_s)
-            return
-        started = time.monotonic()
-        written = await asyncio.to_thread(
-            _write_snapshots, directory, jobs, time.time(), self.config.snapshot_max_age_s
-        )
-        self.snapshotted.update((tp, end) for tp, end, _ in jobs)
-        log.info(
-            "snapshot.written tables=%d bytes=%d seconds=%.2f",
-            len(jobs),
-            written,
-            time.monotonic() - started,
-        )
 
     @staticmethod
     def _require(client: Any) -> Any:
         if client is None:
             raise RuntimeError("the runtime is not started")
         return client
-
-
-def _prune_snapshots(directory: Any, max_age_s: float) -> int:
-    if not directory.is_dir():
-        return 0
-    return snapshot.prune(directory, max_age_s=max_age_s, now_s=time.time())
-
-
-def _write_snapshots(
-    directory: Any,
-    jobs: list[tuple[TopicPartition, int, dict[bytes, bytes]]],
-    now_s: float,
-    max_age_s: float,
-) -> int:
-    _prune_snapshots(directory, max_age_s)
-    return sum(
-        snapshot.write(
-            snapshot.path_for(directory, tp.topic, tp.partition),
-            tp.topic,
-            tp.partition,
-            end,
-            rows,
-            now_s,
-        )
-        for tp, end, rows in jobs
-    )
 
 
 def _fenced(error: BaseException | None) -> bool:

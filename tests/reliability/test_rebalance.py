@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.kafka]
 
 # One producer per task, or one per worker: then the killed worker's open transaction
 # is ended by the survivor fencing its producer's id, read beside the offsets it
-# committed (streams.runtime.Runtime._stable_offsets).
+# committed (streams.writers.Writers.stable_offsets).
 @pytest.mark.parametrize(
     "producers", [pytest.param("task", marks=pytest.mark.producers_per_task), "worker"]
 )

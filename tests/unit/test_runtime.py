@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from app.metrics import Metrics
 from app.settings import Settings, SettingsError
+from streams import housekeeping as housekeeping_module
 from streams import runtime as runtime_module
 from streams import task as task_module
 from streams.runtime import Hooks, Runtime, RuntimeConfig
@@ -979,7 +980,7 @@ async def test_the_sweep_deletes_stale_rows_and_the_deletions_reach_the_changelo
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(runtime_module, "SWEEP_EVERY_S", 0.0)
-    monkeypatch.setattr(runtime_module, "SWEEP_COMMIT_WITHIN_S", 0.0)
+    monkeypatch.setattr(housekeeping_module, "SWEEP_COMMIT_WITHIN_S", 0.0)
     async with world() as w:
         hooks = Sweeper()
         w.produce(0, 4)  # k0 counted twice, k1 and k2 once
@@ -1004,13 +1005,13 @@ async def test_every_owned_changelog_partition_gets_a_rolling_tombstone_that_del
     """Kafka compacts only closed segments and closes one only at an append: a quiet
     changelog partition would keep a deleted row forever (docs/privacy.md)."""
     monkeypatch.setattr(runtime_module, "SWEEP_EVERY_S", 0.0)
-    monkeypatch.setattr(runtime_module, "SWEEP_COMMIT_WITHIN_S", 0.0)
+    monkeypatch.setattr(housekeeping_module, "SWEEP_COMMIT_WITHIN_S", 0.0)
 
     def rolled(partition: int) -> list[bytes | None]:
         return [
             r.value
             for r in w.broker.records(CHANGELOG)
-            if r.partition == partition and r.key == runtime_module.ROLL_KEY
+            if r.partition == partition and r.key == housekeeping_module.ROLL_KEY
         ]
 
     async with world(partitions=2) as w:
@@ -1042,14 +1043,14 @@ async def test_the_lag_gauge_shows_records_behind_per_owned_partition() -> None:
         await outsider.begin_transaction()
         for _ in range(2):  # not readable yet: lag counts up to the last stable offset
             await outsider.send(IN, b"x", key=b"k0", partition=1)
-        a.runtime._export_lag()
+        a.runtime.inputs.export_lag(a.consumer, a.runtime.tasks)
 
         def lag(partition: int) -> float | None:
             return a.sample("consumer_lag_records", topic=IN, partition=str(partition))
 
         assert (lag(0), lag(1), lag(2)) == (4, 0, None)
         await a.assign(1)  # partition 0 goes to another worker: only it reports it now
-        a.runtime._export_lag()
+        a.runtime.inputs.export_lag(a.consumer, a.runtime.tasks)
         assert (lag(0), lag(1), lag(2)) == (None, 0, None)
 
 
@@ -1066,19 +1067,16 @@ async def test_a_partition_the_group_took_before_saying_so_is_not_asked_about() 
         await a.halt()
         w.produce(1, 2)
         a.consumer.lose(tp_in(0))
-        a.runtime._export_lag()
-        a.runtime._watch_blocked(0.0)
+        a.runtime.inputs.export_lag(a.consumer, a.runtime.tasks)
+        a.runtime.inputs.watch_blocked(a.consumer, a.runtime.tasks, 0.0)
         lag = [a.sample("consumer_lag_records", topic=IN, partition=str(p)) for p in range(2)]
         assert lag == [None, 2]
         # Pacing the stage on itself: 2 records behind is past a limit of 1, so it pauses
         # the input it still holds, and only that one.
-        a.runtime.config = dataclasses.replace(
-            a.runtime.config,
-            paced=frozenset({"count"}),
-            pacing=frozenset({"count"}),
-            pause_behind=1,
-        )
-        a.runtime._pace(a.consumer)
+        watch = a.runtime.inputs
+        watch.paced = watch.pacing = frozenset({"count"})
+        watch.pause_behind = 1
+        watch.pace(a.consumer, a.runtime.tasks)
         assert a.consumer.paused == {tp_in(1)}
 
 
