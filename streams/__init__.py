@@ -10,6 +10,7 @@
 - ``housekeeping``: the time-to-live sweep, changelog rolls and local snapshots,
   on the clock;
 - ``inputs``: lag, inputs held behind open transactions, and pacing;
+- ``health``: the failures that last, said for ``/ready``;
 - ``topology``: what a topology declares (stages, inputs, tables, views);
 - ``state``: changelog-backed tables kept in memory per partition, and restore;
 - ``views``: read-only copies of whole tables, followed from their changelogs;

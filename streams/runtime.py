@@ -34,7 +34,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,6 +45,7 @@ from app.kafkaio import seek_to_first
 from streams import snapshot
 from streams.clients import Clients
 from streams.fencing import group_member
+from streams.health import Health
 from streams.housekeeping import ChangelogRoller, Snapshots, Sweeper
 from streams.inputs import InputWatch
 from streams.state import PartitionTable, restore
@@ -66,14 +66,6 @@ IDLE_FETCH_MS = 100
 # event loop: a transaction in flight advances one step (a request sent, a response
 # read) per turn, so a turn spent on a thousand records would hold every commit back.
 HANDLE_SLICE_S = 0.02
-# /ready says 503 while a task's transactions keep failing this many times in a row (and
-# while an input is held behind an open transaction: RuntimeConfig.blocked_not_ready_s).
-FAILURES_NOT_READY = 3
-# The worker's one producer fenced this often within FENCED_WINDOW_S by a producer that
-# took the same transactional id: two live workers share a worker id, and each start of
-# one fences the other (/ready says so).
-FENCED_NOT_READY = 3
-FENCED_WINDOW_S = 60.0
 # Backoff while the broker cannot take a transaction (restarting, unreachable).
 RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0)
 
@@ -189,13 +181,7 @@ class Runtime:
             pause_behind=config.pause_behind,
             resume_behind=config.resume_behind,
         )
-        # How many transactions in a row each task has failed.
-        self.failures_in_a_row: dict[int, int] = {}
-        # What the worker keeps trying and cannot do yet (a producer to renew, tasks to
-        # take while the broker is away): since when, and the last error (for /ready).
-        self.retrying: dict[str, tuple[float, str]] = {}
-        # When the worker's one producer was fenced by another that took its id.
-        self.fenced_at: deque[float] = deque(maxlen=FENCED_NOT_READY)
+        self.health = Health(self.writers.worker_id(config.worker_id), config.worker_id)
         # The next offset of each input after the last commit Kafka acknowledged to this
         # worker. Committed offsets only move forward; one found lower means Kafka aborted
         # a transaction after acknowledging its commit (_note_reverted).
@@ -283,18 +269,7 @@ class Runtime:
         found = [] if self.ready else ["not assigned, restoring or rebalancing"]
         now = time.monotonic()
         found += self.inputs.blocked_for(now, self.config.blocked_not_ready_s)
-        for what, (since, error) in sorted(self.retrying.items()):
-            found.append(f"{what} has failed for {now - since:.0f} s (last: {error})")
-        if len(self.fenced_at) == FENCED_NOT_READY and now - self.fenced_at[0] < FENCED_WINDOW_S:
-            found.append(
-                f"the producer {self._shared_id()} was fenced {FENCED_NOT_READY} times in the "
-                f"last {now - self.fenced_at[0]:.0f} s by another producer of the same id: is this "
-                f"worker id ({self.config.worker_id}) given to another live worker too?"
-            )
-        for partition, failures in sorted(self.failures_in_a_row.items()):
-            if failures >= FAILURES_NOT_READY:
-                found.append(f"task {partition}: {failures} transactions in a row failed")
-        return found
+        return found + self.health.problems(now)
 
     @property
     def healthy(self) -> bool:
@@ -510,17 +485,15 @@ class Runtime:
             partitions = ",".join(str(t.partition) for t in tasks)
             log.warning("transaction.aborted tasks=%s error=%r", partitions, error, exc_info=error)
             if _fenced(error):
-                self.fenced_at.append(time.monotonic())
+                self.health.fenced(time.monotonic())
             self.metrics.commit_failures.inc()
             for task in tasks:
                 if task.state is TaskState.RUNNING:
                     task.state = TaskState.FAILED
-                self.failures_in_a_row[task.partition] = (
-                    self.failures_in_a_row.get(task.partition, 0) + 1
-                )
+                self.health.commit_failed(task.partition)
         else:
             for task in tasks:
-                self.failures_in_a_row.pop(task.partition, None)
+                self.health.committed(task.partition)
             self._took_effect(done.result(), [t.partition for t in tasks])
         self._round_over()
 
@@ -554,11 +527,9 @@ class Runtime:
             if task.state is TaskState.RUNNING:
                 task.state = TaskState.FAILED
             self.metrics.commit_failures.inc()
-            self.failures_in_a_row[task.partition] = (
-                self.failures_in_a_row.get(task.partition, 0) + 1
-            )
+            self.health.commit_failed(task.partition)
             return
-        self.failures_in_a_row.pop(task.partition, None)
+        self.health.committed(task.partition)
         self._took_effect(done.result(), [task.partition])
         self._handle_waiting(task)
         self._commit_next(task)
@@ -639,12 +610,11 @@ class Runtime:
             await self._drop({task.partition})
             return
         inputs = set(task.inputs)
-        failures = self.failures_in_a_row.get(task.partition, 0)
+        failures = self.health.failures(task.partition)
 
         async def take_again() -> None:
             await self._drop({task.partition})
-            if failures:  # the drop forgets them; a recovery counts on (for /ready)
-                self.failures_in_a_row[task.partition] = failures
+            self.health.carry_failures(task.partition, failures)  # the drop forgot them
             fresh = await self._take({task.partition: inputs})
             await self._rewind(fresh[task.partition])
 
@@ -716,12 +686,11 @@ class Runtime:
                 log.warning(
                     "retrying what=%r error=%r retry_in=%.1f", what, error, delay, exc_info=error
                 )
-                since = self.retrying.get(what, (time.monotonic(), ""))[0]
-                self.retrying[what] = (since, repr(error))
+                self.health.failed_trying(what, error, time.monotonic())
                 self.metrics.recovery_failures.inc()
                 await asyncio.sleep(delay)
             else:
-                self.retrying.pop(what, None)
+                self.health.done_trying(what)
                 return done
         raise RuntimeError(f"gave up {what}")
 
@@ -848,7 +817,7 @@ class Runtime:
             if task is None:
                 continue
             task.state = TaskState.REVOKED
-            self.failures_in_a_row.pop(partition, None)
+            self.health.forget(partition)
             for tp in task.inputs:
                 self.inputs.forget(tp)
             for table in task.tables.values():

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from app.metrics import Metrics
 from app.settings import Settings, SettingsError
+from streams import health as health_module
 from streams import housekeeping as housekeeping_module
 from streams import runtime as runtime_module
 from streams import task as task_module
@@ -524,7 +525,7 @@ async def test_two_live_workers_given_one_worker_id_are_unready_and_told_why(
     # Each start of one producer fences the other's: both keep failing their rounds. The
     # outputs stay exactly once (each failed round is aborted), and /ready names the cause
     # until a while without fencing has passed.
-    monkeypatch.setattr(runtime_module, "FENCED_WINDOW_S", 1.0)
+    monkeypatch.setattr(health_module, "FENCED_WINDOW_S", 1.0)
     async with world(2) as w:
         a = await w.worker().start(0)
         b = await w.worker().start(1)
