@@ -63,7 +63,7 @@ demo: install kafka-jars ## Start Kafka and a worker, stream simulated traffic, 
 	$(BIN)/rewardstream demo
 
 test: install kafka-jars prometheus-bin kcat-bin chromium-bin ## The whole suite: unit, integration and fault tests on a real broker
-	$(BIN)/pytest --ignore=tests/cluster --ignore=tests/privacy -m "not producers_per_task and not at_least_once"
+	$(BIN)/pytest --ignore=tests/cluster --ignore=tests/privacy -m "not producers_per_task and not at_least_once and not snapshot_restart"
 
 test-unit: install ## Unit tests only (no broker)
 	$(BIN)/pytest -m "not kafka"
@@ -79,6 +79,9 @@ test-producers-task: install kafka-jars ## The SIGKILL and rebalance fault tests
 
 test-at-least-once: install kafka-jars ## The SIGKILL fault test with REWARDSTREAM_PROCESSING_GUARANTEE=at_least_once, the guarantee that is not the default (1.5 min; CI runs it)
 	$(BIN)/pytest -m at_least_once tests/reliability
+
+test-snapshot-restart: install kafka-jars ## Restarts from local snapshots: SIGKILL between two snapshots, a clean stop, SIGKILL again, each restart exactly-once (1.5 min; CI runs it)
+	$(BIN)/pytest -m snapshot_restart tests/reliability
 
 test-privacy: install kafka-jars ## Erasure end to end: 50 users erased through a SIGKILL, then every owned topic's bytes scanned (3 min; CI runs it)
 	$(BIN)/pytest tests/privacy

@@ -1,6 +1,9 @@
 """Restarts from local snapshots under the whole traffic: a worker that keeps its data
 directory reads only the changelogs' tail, and what it decides is exactly what a full
-restore would have given, even when it is killed between two snapshots."""
+restore would have given, even when it is killed between two snapshots.
+
+Run by ``make test-snapshot-restart`` (CI runs it), apart from ``make test``: three
+restarts under the whole traffic take about a minute and a half."""
 
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from tests.reliability.helpers import (
     with_own_control_topics,
 )
 
-pytestmark = [pytest.mark.kafka]
+pytestmark = [pytest.mark.kafka, pytest.mark.snapshot_restart]
 
 EVENTS = 1_500
 
