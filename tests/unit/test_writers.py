@@ -94,8 +94,9 @@ async def test_a_new_owner_fences_the_committer_of_offsets_pending_too_long(
     clients = PendingOffsets(broker, {"app-worker-dead", "app-worker-me"})
     writers = writers_on(broker, clients)
     inputs = [TopicPartition("events", 0)]
-    offsets = await writers.stable_offsets(
-        FakeConsumer(broker, "app"), inputs, own_id="app-worker-me"
+    # Bounded: without the fencing the pending offsets would never come back.
+    offsets = await asyncio.wait_for(
+        writers.stable_offsets(FakeConsumer(broker, "app"), inputs, own_id="app-worker-me"), 5.0
     )
     assert offsets == {inputs[0]: 4}
     taken = [p.transactional_id for p in clients.producers]
