@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ from msgspec.structs import replace
 
 from app.features.state import UserState
 from app.fraud.links import LinkState
+from app.rows import expand
 
 # The header that marks an erase order on an internal topic (its value: the order's
 # version), so the stages tell it from a link record or a related-account note.
@@ -153,3 +155,60 @@ def notes_without(user: UserState, user_id: str) -> UserState:
     if len(kept) == len(related):
         return user
     return replace(user, risk=replace(user.risk, related=kept))
+
+
+# What a stored user row holding notes of other users' alerts contains (RiskState.related,
+# compact JSON of one or more RelatedNote): the start of a non-empty list.
+HOLDS_NOTES = b'"related":[{'
+# However few notes a table holds, its index may keep this many before it is made anew.
+NOTES_KEPT_AT_LEAST = 100_000
+
+
+class NotesBy:
+    """Which rows of a user table may hold a note that an alert of a given user left, by
+    that user's id: what an erase order looks up instead of inflating every row.
+
+    A superset: a note goes at its holder's next event, and its entry stays until the
+    user it names is erased (the row is then found without it) or the index is made
+    anew. Made from the table's rows (only those holding notes are decoded) and the rows
+    the batch in progress changed; the caller adds each note given after that
+    (:meth:`add`). Once it holds twice the entries it was made with (and at least
+    :data:`NOTES_KEPT_AT_LEAST`), :attr:`full` says to make it anew.
+    """
+
+    __slots__ = ("by", "entries", "limit")
+
+    def __init__(
+        self, stored: Mapping[bytes, bytes | None], opened: Mapping[bytes, UserState]
+    ) -> None:
+        """``stored``: the table; ``opened``: the rows the batch in progress changed,
+        decoded (their changes are not in the table yet)."""
+        self.by: dict[str, set[bytes]] = {}
+        self.entries = 0
+        for key, raw in list(stored.items()):
+            if raw and HOLDS_NOTES in expand(raw):
+                self.add_all(key, UserState.from_bytes(raw))
+        for key, user in opened.items():
+            self.add_all(key, user)
+        self.limit = max(2 * self.entries, NOTES_KEPT_AT_LEAST)
+
+    def add_all(self, key: bytes, user: UserState) -> None:
+        for note in user.risk.related:
+            self.add(note.by, key)
+
+    def add(self, by: str, key: bytes) -> None:
+        """The row at ``key`` holds a note of ``by``'s alert."""
+        keys = self.by.setdefault(by, set())
+        if key not in keys:
+            keys.add(key)
+            self.entries += 1
+
+    def take(self, by: str) -> set[bytes]:
+        """The rows that may hold a note of ``by``'s alert, forgotten here."""
+        keys = self.by.pop(by, set())
+        self.entries -= len(keys)
+        return keys
+
+    @property
+    def full(self) -> bool:
+        return self.entries > self.limit

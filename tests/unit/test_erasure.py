@@ -13,6 +13,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from app import erasure as erasure_module
 from app.assembly import build_engine
 from app.contract.records import SourcePosition
 from app.contract.validate import parse_event
@@ -21,7 +22,7 @@ from app.fraud.links import LinkState, Referral, Seen
 from app.fraud.signals import RelatedNote
 from app.fraud.view import DROP_STALE_EVERY_MS, LinkView, stored_states
 from app.metrics import Metrics
-from app.pipeline import Output, Pipeline, Tables, open_rows
+from app.pipeline import Output, Pipeline, Tables, note_given, notes_by, open_rows
 from app.rows import expand
 from app.settings import Settings
 from streams import snapshot
@@ -264,6 +265,63 @@ def test_notes_without_keeps_other_alerts_notes(world: tuple[Pipeline, Tables]) 
     assert [note.by for note in other.risk.related] == [ERASED]
     assert notes_without(other, ERASED).risk.related == ()
     assert notes_without(other, "someone-else") is other
+
+
+def _notes_of(tables: Tables, holder: str) -> list[str]:
+    """Whose alerts the notes ``holder``'s row holds name."""
+    return [note.by for note in open_rows(tables, "users").get(holder.encode()).risk.related]
+
+
+def test_a_note_given_after_the_first_erasure_looked_is_found_by_the_next(
+    world: tuple[Pipeline, Tables],
+) -> None:
+    """Erasures find notes through the keys of the rows that hold them, gathered when the
+    first erasure looks: a note given after that must join them."""
+    pipeline, tables = world
+    nobody = {"event_id": "req-0", "user_id": "u-nobody", "type": "erasure_requested"}
+    _handle(pipeline, tables, orjson.dumps({**nobody, "ts": NOW + 40_000}), 40)
+    assert _notes_of(tables, OTHER) == [ERASED]  # that erasure was of somebody else
+    third = "u-third"
+    _handle(pipeline, tables, _event(third, "signup", 41), 41)
+    note = RelatedNote("alert-2", ERASED, NOW + 42_000).to_json()
+    pipeline.related(tables, third.encode(), note, SourcePosition("rekeyed", 0, 100))
+    pipeline.flush(tables)
+    assert _notes_of(tables, third) == [ERASED]
+    _erase(pipeline, tables)
+    assert _notes_of(tables, third) == []
+    assert _notes_of(tables, OTHER) == []
+    assert _traces(tables, ERASED_TRACES) == set()
+
+
+def test_the_first_erasure_finds_a_note_its_batch_gave_and_did_not_write_yet() -> None:
+    pipeline, tables = _pipeline(), Tables(users={}, ledgers={})
+    _handle(pipeline, tables, _event(OTHER, "signup", 1), 1)
+    note = RelatedNote("alert-1", ERASED, NOW + 2_000).to_json()
+    pipeline.related(tables, OTHER.encode(), note, SourcePosition("rekeyed", 0, 2))
+    stored = tables.users[OTHER.encode()]
+    assert stored is not None
+    assert ERASED.encode() not in expand(stored)  # the note is in the batch's rows only
+    pipeline.handle(tables, SourcePosition("erasure-requests", 0, 3), _request(3))
+    assert _notes_of(tables, OTHER) == []
+
+
+def test_an_index_of_notes_grown_full_is_made_anew_from_the_rows(
+    world: tuple[Pipeline, Tables], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notes go at their holder's next event but stay in the index until their author is
+    erased: an index that grew to twice what it was made with is dropped, not kept
+    growing, and the next erasure makes it from the rows as they are."""
+    monkeypatch.setattr(erasure_module, "NOTES_KEPT_AT_LEAST", 2)
+    _, tables = world
+    index = notes_by(tables)
+    assert index.by == {ERASED: {OTHER.encode()}}
+    for n in range(2):  # two more notes: three entries, past twice the one it was made with
+        note_given(tables, f"u-alerting-{n}", OTHER.encode())
+    assert index.full
+    assert "notes-by" not in tables.memo  # dropped, not kept growing
+    again = notes_by(tables)
+    assert again is not index
+    assert again.by == {ERASED: {OTHER.encode()}}  # what the rows hold
 
 
 def test_a_deleted_row_reads_as_new_until_written_again() -> None:
