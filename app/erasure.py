@@ -130,13 +130,6 @@ def receipt_subject(user_id: str, key: str) -> str:
     return hmac.new(key.encode(), user_id.encode(), hashlib.sha256).hexdigest()
 
 
-def mentions(stored: bytes, user_id: str) -> bool:
-    """Whether a stored JSON row (already expanded) could name ``user_id``: the id as a
-    JSON string occurs in it. A cheap filter before a row is decoded; it never misses a
-    row that names the user, and a false match only costs the decode."""
-    return orjson.dumps(user_id) in stored
-
-
 def link_without(state: LinkState, user_id: str) -> LinkState:
     """``state`` with every trace of ``user_id`` gone: the account seen on this device or
     network, and each referral it sent or received here."""
@@ -172,17 +165,24 @@ class NotesBy:
     user it names is erased (the row is then found without it) or the index is made
     anew. Made from the table's rows (only those holding notes are decoded) and the rows
     the batch in progress changed; the caller adds each note given after that
-    (:meth:`add`). Once it holds twice the entries it was made with (and at least
-    :data:`NOTES_KEPT_AT_LEAST`), :attr:`full` says to make it anew.
+    (:meth:`add`). It is made anew once it holds twice the entries it was made with (and
+    at least :data:`NOTES_KEPT_AT_LEAST`), and once past ``until_s``: a holder erased
+    since stays named in it until then (:meth:`usable`).
     """
 
-    __slots__ = ("by", "entries", "limit")
+    __slots__ = ("by", "entries", "limit", "until_s")
 
     def __init__(
-        self, stored: Mapping[bytes, bytes | None], opened: Mapping[bytes, UserState]
+        self,
+        stored: Mapping[bytes, bytes | None],
+        opened: Mapping[bytes, UserState],
+        *,
+        until_s: float,
     ) -> None:
         """``stored``: the table; ``opened``: the rows the batch in progress changed,
-        decoded (their changes are not in the table yet)."""
+        decoded (their changes are not in the table yet); ``until_s``: when (on the
+        caller's monotonic clock) to make it anew, whatever it holds."""
+        self.until_s = until_s
         self.by: dict[str, set[bytes]] = {}
         self.entries = 0
         for key, raw in list(stored.items()):
@@ -209,6 +209,97 @@ class NotesBy:
         self.entries -= len(keys)
         return keys
 
-    @property
-    def full(self) -> bool:
-        return self.entries > self.limit
+    def usable(self, now_s: float) -> bool:
+        """Neither grown full nor past its time (see :class:`NotesBy`)."""
+        return self.entries <= self.limit and now_s < self.until_s
+
+
+# However few accounts a link table holds, its index may keep this many entries before it
+# is made anew; and it has at least this many buckets.
+LINKS_KEPT_AT_LEAST = 100_000
+LINK_BUCKETS_AT_LEAST = 1024
+# About how many rows a bucket of the link index lists (a table holds one or two link
+# rows a user): fewer buckets cost less memory, and more rows decoded per erasure.
+ROWS_PER_LINK_BUCKET = 32
+
+
+class LinksBy:
+    """Which device and network rows of a link table may name a given user (an account
+    seen there, or either side of a referral sent there): what an erase order looks up
+    instead of inflating every row.
+
+    Users are hashed into buckets, one per :data:`ROWS_PER_LINK_BUCKET` rows of the
+    table; a bucket lists the keys of the rows that name any of its users, so an order
+    decodes a bucket's rows (a few dozen) rather than the table, for a few tens of bytes
+    a user (docs/decisions.md §22). A superset: an account that
+    ages out of a row keeps its entry until the index is made anew, which happens once
+    it holds twice the entries it was made with (:attr:`full`). Made from the table's
+    rows and the rows the batch in progress changed; the caller adds each name a row
+    gains after that (:func:`newly_named`).
+    """
+
+    __slots__ = ("buckets", "entries", "limit", "mask", "until_s")
+
+    def __init__(
+        self,
+        stored: Mapping[bytes, bytes | None],
+        opened: Mapping[bytes, LinkState],
+        *,
+        until_s: float,
+    ) -> None:
+        """``stored``: the table; ``opened``: the rows the batch in progress changed,
+        decoded (their changes are not in the table yet); ``until_s``: when (on the
+        caller's monotonic clock) to make it anew, whatever it holds."""
+        self.until_s = until_s
+        size = LINK_BUCKETS_AT_LEAST
+        while size * ROWS_PER_LINK_BUCKET < len(stored):
+            size *= 2
+        self.mask = size - 1
+        self.buckets: dict[int, list[bytes]] = {}
+        self.entries = 0
+        for key, raw in list(stored.items()):
+            if raw:
+                self.add_all(key, LinkState.from_bytes(raw))
+        for key, state in opened.items():
+            self.add_all(key, state)
+        self.limit = max(2 * self.entries, LINKS_KEPT_AT_LEAST)
+
+    def add_all(self, key: bytes, state: LinkState) -> None:
+        for account in state.accounts:
+            self.add(account.user_id, key)
+        for referral in state.referrals:
+            self.add(referral.referred, key)
+            self.add(referral.referrer, key)
+
+    def add(self, user_id: str, key: bytes) -> None:
+        """The row at ``key`` names ``user_id``."""
+        bucket = self.buckets.setdefault(hash(user_id) & self.mask, [])
+        if key not in bucket[-4:]:  # a row names several users of a bucket in a row
+            bucket.append(key)
+            self.entries += 1
+
+    def rows_naming(self, user_id: str) -> list[bytes]:
+        """The keys of the rows that may name ``user_id`` (and other users of its bucket)."""
+        return list(dict.fromkeys(self.buckets.get(hash(user_id) & self.mask, ())))
+
+    def usable(self, now_s: float) -> bool:
+        """Neither grown full nor past its time (see :class:`LinksBy`)."""
+        return self.entries <= self.limit and now_s < self.until_s
+
+
+def newly_named(before: LinkState, after: LinkState, event_user: str, ts: int) -> list[str]:
+    """The users ``after`` (``before`` with an event of ``event_user`` at ``ts`` passed)
+    may name that ``before`` did not: the event's user when its account here starts at
+    ``ts`` (new here, or seen earlier than before), and both sides of a referral sent at
+    ``ts``. A superset of the new names, found without walking the row."""
+    named = []
+    for account in reversed(after.accounts):  # the event's account is usually the newest
+        if account.user_id == event_user:
+            if account.first_ts == ts:
+                named.append(event_user)
+            break
+    if after.referrals and after.referrals is not before.referrals:
+        last = after.referrals[-1]
+        if last.ts == ts and last.referrer == event_user:
+            named += (last.referred, last.referrer)
+    return named

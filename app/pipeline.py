@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -45,9 +45,10 @@ from app.erasure import (
     ErasedMark,
     EraseOrder,
     ErasureReceipt,
+    LinksBy,
     NotesBy,
     link_without,
-    mentions,
+    newly_named,
     notes_without,
     receipt_subject,
 )
@@ -252,36 +253,81 @@ def offer_timers(tables: Tables) -> Timers:
     return timers
 
 
-def notes_by(tables: Tables) -> NotesBy:
+def notes_by(tables: Tables, *, now_s: float, max_age_s: float) -> NotesBy:
     """Which rows of ``tables.users`` may hold a note of a given user's alert
     (:class:`app.erasure.NotesBy`), kept beside the table.
 
-    An erasure must take the erased user out of every note that names them. Looking for
-    notes in every row inflated cost about 3.7 µs a user (by hand): about a second per
-    erasure on a partition of 250,000 users, its decisions waiting. The index is made by
-    the first erasure that asks (one such pass, per table: a worker's tables are made anew
-    at each assignment and recovery), and again once it has grown full.
+    An erasure must take the erased user out of every note that names them, and out of
+    every device and network row (:func:`links_by`). Looking in every row inflated cost
+    about 3.7 µs a user row and 1.7 µs a link row (by hand): a second or more per erasure
+    on a partition of 250,000 users, its decisions waiting. Each index is made by the
+    first erasure that asks (one such pass, per table: a worker's tables are made anew at
+    each assignment and recovery), and again once it has grown full or is ``max_age_s``
+    old (``now_s`` on the pipeline's monotonic clock): what it keeps of rows erased
+    since it was made lasts no longer than that.
     """
-    memo = getattr(tables.users, "memo", tables.memo)
-    index = memo.get(_NOTES_BY)
-    if not isinstance(index, NotesBy) or index.full:
-        index = memo[_NOTES_BY] = NotesBy(tables.users, open_rows(tables, "users").rows)
+    index = _kept(tables.users, tables.memo, _NOTES_BY, NotesBy, now_s)
+    if index is None:
+        opened = open_rows(tables, "users").rows
+        index = NotesBy(tables.users, opened, until_s=now_s + max_age_s)
+        _memo(tables.users, tables.memo)[_NOTES_BY] = index
     return index
 
 
-def note_given(tables: Tables, by: str, key: bytes) -> None:
+def links_by(tables: Tables, *, now_s: float, max_age_s: float) -> LinksBy:
+    """Which rows of ``tables.links`` may name a given user (:class:`app.erasure.LinksBy`),
+    kept beside the table, made as :func:`notes_by` says."""
+    index = _kept(tables.links, tables.memo, _LINKS_BY, LinksBy, now_s)
+    if index is None:
+        opened = open_rows(tables, "links").rows
+        index = LinksBy(tables.links, opened, until_s=now_s + max_age_s)
+        _memo(tables.links, tables.memo)[_LINKS_BY] = index
+    return index
+
+
+def note_given(tables: Tables, by: str, key: bytes, *, now_s: float) -> None:
     """The row at ``key`` of ``tables.users`` was given a note of ``by``'s alert: into the
-    index, if an erasure made one (else the pass that makes it finds the note in its row).
-    An index grown full is dropped, and the next erasure makes it anew."""
-    memo = getattr(tables.users, "memo", tables.memo)
-    index = memo.get(_NOTES_BY)
-    if isinstance(index, NotesBy):
+    index, if an erasure made one (else the pass that makes it finds the note in its row)."""
+    index = _kept(tables.users, tables.memo, _NOTES_BY, NotesBy, now_s)
+    if index is not None:
         index.add(by, key)
-        if index.full:  # mostly notes gone since: the next erasure makes it anew
-            del memo[_NOTES_BY]
+
+
+def names_given(tables: Tables, key: bytes, names: Iterable[str], *, now_s: float) -> None:
+    """The row at ``key`` of ``tables.links`` may name ``names`` now: into the index, if
+    an erasure made one."""
+    index = _kept(tables.links, tables.memo, _LINKS_BY, LinksBy, now_s)
+    if index is not None:
+        for user_id in names:
+            index.add(user_id, key)
 
 
 _NOTES_BY = "notes-by"
+_LINKS_BY = "links-by"
+Index = TypeVar("Index", NotesBy, LinksBy)
+
+
+def _memo(table: Table, memo: dict[str, Any]) -> dict[str, Any]:
+    """Where what is derived from ``table`` is kept: its own memo (a worker's tables), or
+    the one of the tables it is in."""
+    kept = getattr(table, "memo", memo)
+    assert isinstance(kept, dict)
+    return kept
+
+
+def _kept(
+    table: Table, memo: dict[str, Any], name: str, kind: type[Index], now_s: float
+) -> Index | None:
+    """The index ``name`` kept beside ``table``, if still usable; one grown full or past
+    its time is dropped here (the next erasure makes it anew)."""
+    kept = _memo(table, memo)
+    index = kept.get(name)
+    if not isinstance(index, kind):
+        return None
+    if not index.usable(now_s):
+        del kept[name]
+        return None
+    return index
 
 
 def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
@@ -410,6 +456,9 @@ class Pipeline:
         self.shadow = None if shadow is None else self._shadow(shadow)
         self.receipt_key = receipt_key
         self.erasure_bound_ms = erasure_bound_ms
+        # How long an index of which rows name whom (app.erasure) is kept: a quarter of the
+        # bound, as for a snapshot, so what it keeps of an erased user goes within it.
+        self.index_max_age_s = erasure_bound_ms / 4_000
 
     def _shadow(self, engine: Engine) -> Shadow:
         counted = self.metrics.shadow_decisions
@@ -764,7 +813,8 @@ class Pipeline:
         try:
             order = EraseOrder.from_json(value)
             users = open_rows(tables, "users")
-            for key in notes_by(tables).take(order.user_id):
+            now_s, max_age_s = self.clock.monotonic_s(), self.index_max_age_s
+            for key in notes_by(tables, now_s=now_s, max_age_s=max_age_s).take(order.user_id):
                 user = users.get(key)
                 cleaned = notes_without(user, order.user_id)
                 if cleaned is not user:
@@ -782,7 +832,9 @@ class Pipeline:
         try:
             order = EraseOrder.from_json(value)
             links = open_rows(tables, "links")
-            for key in _mentioning(tables.links, links, order.user_id):
+            now_s, max_age_s = self.clock.monotonic_s(), self.index_max_age_s
+            index = links_by(tables, now_s=now_s, max_age_s=max_age_s)
+            for key in index.rows_naming(order.user_id):
                 state = links.get(key)
                 cleaned = link_without(state, order.user_id)
                 if cleaned is state:
@@ -851,7 +903,7 @@ class Pipeline:
             noted = self.engine.note_related(user, note)
             if noted is not user:
                 users.put(key, noted)
-                note_given(tables, note.by, key)
+                note_given(tables, note.by, key, now_s=self.clock.monotonic_s())
                 self.tally.inc(self.metrics.related_notes)
         except Exception:
             log.exception(
@@ -917,7 +969,11 @@ class Pipeline:
             if self._expired(state.last_ts, event.ts, "link-state"):
                 state = LinkState()
             passed = view.passed(key, state, document) if view is not None else None
-            links.put(key, passed if passed is not None else advance_link(state, event, kind))
+            after = passed if passed is not None else advance_link(state, event, kind)
+            links.put(key, after)
+            if _LINKS_BY in _memo(tables.links, tables.memo):  # only once an erasure asked
+                named = newly_named(state, after, event.user_id, event.ts)
+                names_given(tables, key, named, now_s=self.clock.monotonic_s())
         except Exception:
             log.exception(
                 "link.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset
@@ -1033,14 +1089,6 @@ class Pipeline:
             max_payload_bytes=MAX_DEAD_LETTER_PAYLOAD,
         )
         return Output("dead-letter", record.source.key, record.to_json())
-
-
-def _mentioning(table: Table, rows: OpenRows[Any], user_id: str) -> list[bytes]:
-    """The keys of ``table`` whose rows could name ``user_id``: stored rows that mention it
-    (app.erasure.mentions), and every row the batch in progress has decoded (their
-    changes are not in the table yet)."""
-    found = [key for key, raw in table.items() if raw and mentions(expand(raw), user_id)]
-    return list(dict.fromkeys([*found, *rows.rows]))
 
 
 def _unauthorized(event: Event, role: str | None) -> Rejection:

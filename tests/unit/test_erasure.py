@@ -22,7 +22,15 @@ from app.fraud.links import LinkState, Referral, Seen
 from app.fraud.signals import RelatedNote
 from app.fraud.view import DROP_STALE_EVERY_MS, LinkView, stored_states
 from app.metrics import Metrics
-from app.pipeline import Output, Pipeline, Tables, note_given, notes_by, open_rows
+from app.pipeline import (
+    Output,
+    Pipeline,
+    Tables,
+    links_by,
+    note_given,
+    notes_by,
+    open_rows,
+)
 from app.rows import expand
 from app.settings import Settings
 from streams import snapshot
@@ -38,6 +46,7 @@ def build_config(settings: Settings) -> Any:
 
 
 NOW = 1_769_860_800_000
+DAY_S = 86_400.0
 KEY = "a-deployment-secret"
 ERASED, OTHER = "u-erased", "u-other"
 # What must not survive the erasure: the user's id, a device and an address only they used.
@@ -313,15 +322,153 @@ def test_an_index_of_notes_grown_full_is_made_anew_from_the_rows(
     growing, and the next erasure makes it from the rows as they are."""
     monkeypatch.setattr(erasure_module, "NOTES_KEPT_AT_LEAST", 2)
     _, tables = world
-    index = notes_by(tables)
+    index = notes_by(tables, now_s=0.0, max_age_s=DAY_S)
     assert index.by == {ERASED: {OTHER.encode()}}
-    for n in range(2):  # two more notes: three entries, past twice the one it was made with
-        note_given(tables, f"u-alerting-{n}", OTHER.encode())
-    assert index.full
-    assert "notes-by" not in tables.memo  # dropped, not kept growing
-    again = notes_by(tables)
-    assert again is not index
+    for n in range(3):  # three entries are past twice the one it was made with
+        note_given(tables, f"u-alerting-{n}", OTHER.encode(), now_s=1.0)
+    assert index.entries == 3  # the third note found it full: dropped, not kept growing
+    assert "notes-by" not in tables.memo
+    again = notes_by(tables, now_s=2.0, max_age_s=DAY_S)
     assert again.by == {ERASED: {OTHER.encode()}}  # what the rows hold
+
+
+def test_an_index_is_made_anew_once_past_its_age(world: tuple[Pipeline, Tables]) -> None:
+    _, tables = world
+    notes = notes_by(tables, now_s=0.0, max_age_s=DAY_S)
+    links = links_by(tables, now_s=0.0, max_age_s=DAY_S)
+    assert notes_by(tables, now_s=DAY_S - 1, max_age_s=DAY_S) is notes
+    assert links_by(tables, now_s=DAY_S - 1, max_age_s=DAY_S) is links
+    assert notes_by(tables, now_s=DAY_S, max_age_s=DAY_S) is not notes
+    assert links_by(tables, now_s=DAY_S, max_age_s=DAY_S) is not links
+
+
+class SteppedClock:
+    """A clock the test moves."""
+
+    def __init__(self) -> None:
+        self.s = 1_000.0
+
+    def now_ms(self) -> int:
+        return NOW + int(self.s * 1000)
+
+    def monotonic_s(self) -> float:
+        return self.s
+
+
+def test_an_erased_users_device_leaves_the_link_index_within_a_quarter_of_the_bound() -> None:
+    """The link index lists row keys, a device's among them; the key of a row an erasure
+    deleted may stay listed in other users' buckets until the index is made anew, which
+    the first link record after a quarter of the erasure bound does."""
+    clock = SteppedClock()
+    pipeline = Pipeline(
+        build_engine(Settings()),
+        Metrics(CollectorRegistry(), clock=clock),
+        max_event_bytes=65_536,
+        receipt_key=KEY,
+        erasure_bound_ms=4 * 3_600_000,
+    )
+    tables = Tables(users={}, ledgers={})
+    lines = [
+        _event(ERASED, "signup", 1, device_id="dev-erased-only"),
+        _event(OTHER, "signup", 2, device_id="dev-other"),
+    ]
+    for n, line in enumerate(lines):
+        _handle(pipeline, tables, line, n)
+    _erase(pipeline, tables)
+    assert b"device:dev-erased-only" not in tables.links
+    index = tables.memo["links-by"]
+    clock.s += 3_600 - 1
+    _handle(pipeline, tables, _event(OTHER, "page_view", 3, device_id="dev-other"), 60)
+    assert tables.memo["links-by"] is index
+    clock.s += 1
+    _handle(pipeline, tables, _event(OTHER, "page_view", 4, device_id="dev-other"), 61)
+    assert "links-by" not in tables.memo
+
+
+def _erase_nobody(pipeline: Pipeline, tables: Tables, n: int = 40) -> None:
+    """An erasure of a user nobody knows: it makes the indexes the next one reads."""
+    nobody = {"event_id": f"req-{n}", "user_id": "u-nobody", "type": "erasure_requested"}
+    _handle(pipeline, tables, orjson.dumps({**nobody, "ts": NOW + n * 1_000}), n)
+
+
+def test_link_rows_that_name_the_user_after_the_first_erasure_looked_are_found_by_the_next(
+    world: tuple[Pipeline, Tables],
+) -> None:
+    """Erasures find link rows through an index made when the first erasure looks: a
+    device the user is first seen on later, and a referral of the user sent later from
+    another user's device, must join it."""
+    pipeline, tables = world
+    _erase_nobody(pipeline, tables)
+    assert _traces(tables, ERASED_TRACES) == set(ERASED_TRACES)
+    later = _event(ERASED, "page_view", 41, device_id="dev-erased-later", ip="203.0.113.7")
+    _handle(pipeline, tables, later, 41)
+    referral = _event(
+        "u-third", "referral", 42, device_id="dev-third", attributes={"referred_user_id": ERASED}
+    )
+    _handle(pipeline, tables, referral, 42)
+    third = LinkState.from_bytes(tables.links[b"device:dev-third"])
+    assert [r.referred for r in third.referrals] == [ERASED]
+    _erase(pipeline, tables)
+    assert _traces(tables, (*ERASED_TRACES, b"dev-erased-later")) == set()
+    third = LinkState.from_bytes(tables.links[b"device:dev-third"])
+    assert third.referrals == ()
+    assert [seen.user_id for seen in third.accounts] == ["u-third"]
+
+
+def test_the_first_erasure_finds_a_link_row_its_batch_changed_and_did_not_write_yet() -> None:
+    pipeline, tables = _pipeline(), Tables(users={}, ledgers={})
+    _handle(pipeline, tables, _event(OTHER, "signup", 1, device_id="dev-shared"), 1)
+    passed = orjson.dumps(
+        {
+            "event_id": "e-2",
+            "user_id": ERASED,
+            "type": "page_view",
+            "ts": NOW + 2_000,
+            "device_id": "dev-shared",
+        }
+    )
+    pipeline.link(tables, b"device:dev-shared", passed, SourcePosition("links", 0, 2))
+    stored = tables.links[b"device:dev-shared"]
+    assert stored is not None
+    assert ERASED.encode() not in expand(stored)  # passed in the batch's rows only
+    pipeline.handle(tables, SourcePosition("erasure-requests", 0, 3), _request(3))
+    shared = LinkState.from_bytes(tables.links[b"device:dev-shared"])
+    assert [seen.user_id for seen in shared.accounts] == [OTHER]
+
+
+def test_an_erasure_leaves_the_users_who_share_its_bucket_alone(
+    world: tuple[Pipeline, Tables], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link index hashes users into buckets; with one bucket for everybody, the rows
+    of every user are read and only the erased user's traces go."""
+    monkeypatch.setattr(erasure_module, "LINK_BUCKETS_AT_LEAST", 1)
+    pipeline, tables = world
+    assert links_by(tables, now_s=0.0, max_age_s=DAY_S).mask == 0
+    _erase(pipeline, tables)
+    assert _traces(tables, ERASED_TRACES) == set()
+    assert _traces(tables, (b"u-other", b"dev-shared", b"198.51.100.9")) == {
+        b"u-other",
+        b"dev-shared",
+        b"198.51.100.9",
+    }
+
+
+def test_a_link_index_grown_full_is_made_anew_from_the_rows(
+    world: tuple[Pipeline, Tables], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(erasure_module, "LINKS_KEPT_AT_LEAST", 1)
+    pipeline, tables = world
+    _erase_nobody(pipeline, tables)
+    index = tables.memo["links-by"]
+    made_with = index.entries
+    for n in range(made_with + 2):  # new accounts on a new device: past twice as many
+        seen = _event(f"u-new-{n}", "page_view", 60 + n, device_id="dev-busy")
+        _handle(pipeline, tables, seen, 60 + n)
+    assert index.entries == 2 * made_with + 1  # full at that: dropped, not kept growing
+    assert "links-by" not in tables.memo
+    again = links_by(tables, now_s=0.0, max_age_s=DAY_S)
+    assert again.rows_naming(ERASED)  # made from the rows as they are
+    assert b"device:dev-busy" in again.rows_naming("u-new-0")
 
 
 def test_a_deleted_row_reads_as_new_until_written_again() -> None:
