@@ -34,7 +34,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -757,6 +757,8 @@ class Runtime:
         self.tasks.update(fresh)
         if stable or (self.fenced_rounds and fresh):
             await self._seek_to(fresh.values(), stable)
+        else:
+            await self._expect_committed(fresh.values())
         if fresh:
             log.info(
                 "tasks.assigned count=%d tasks=%s restored_records=%d from_snapshots=%d "
@@ -772,6 +774,18 @@ class Runtime:
 
     def _shared_id(self) -> str:
         return self.writers.worker_id(self.config.worker_id)
+
+    async def _expect_committed(self, tasks: Iterable[Task]) -> None:
+        """Each input of ``tasks`` is read on from its committed offset, where a new
+        assignment resets the consumer: a batch fetched for an earlier assignment of the
+        partition, handed over only now, is cut to what comes after it (Task.fresh), even
+        when it lies wholly behind the position the reset gave."""
+        consumer = self._require(self._consumer)
+        for task in tasks:
+            for tp in task.inputs:
+                committed = await consumer.committed(tp)
+                if committed is not None:
+                    task.next_offsets[tp] = committed
 
     async def _seek_to(self, tasks: Any, offsets: Mapping[TopicPartition, int | None]) -> None:
         """Read each input of ``tasks`` on from its offset in ``offsets`` (absent or None:

@@ -924,21 +924,10 @@ async def test_a_batch_fetched_before_a_reassignment_is_not_handled() -> None:
         w.check_exactly_once()
 
 
-async def test_a_batch_fetched_before_the_partition_went_and_came_back_is_not_handled(
-    request: pytest.FixtureRequest,
-) -> None:
-    if not Mode.one_producer:
-        # With one producer, a new task is positioned at its stable offsets explicitly
-        # (Runtime._seek_to), and the task's next offsets cut the old batch.
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="Runtime._fetched_since keeps a batch lying wholly behind the new "
-                "position (it takes it for one fetched after the reset): only a client that "
-                "returns records across two reassignments reaches this, which aiokafka does "
-                "not (it drops records fetched for an older assignment)",
-                strict=True,
-            )
-        )
+async def test_a_batch_fetched_before_the_partition_went_and_came_back_is_not_handled() -> None:
+    """A client may hand over a batch fetched for an earlier assignment of a partition
+    after the partition went and came back: the batch lies wholly behind the new
+    position, and must not be handled again (each task expects its committed offsets)."""
     async with world() as w:
         w.produce(0, 5)
         a = await w.worker().start(0)
