@@ -150,6 +150,49 @@ def notes_without(user: UserState, user_id: str) -> UserState:
     return replace(user, risk=replace(user.risk, related=kept))
 
 
+class RowIndex:
+    """Which rows of one table partition may name a given user: what an erase order reads
+    instead of inflating every row (docs/decisions.md §22). Kept in memory beside the
+    table, made from its rows and the rows the batch in progress changed (decoded, their
+    changes not in the table yet); the caller adds what a row gains after that.
+
+    A superset, never a miss: what leaves a row keeps its entry, so an index is made
+    anew once it holds twice the entries it was made with (and at least
+    :meth:`kept_at_least`), and once past ``until_s`` on the caller's monotonic clock, so
+    what it keeps of a row an erasure deleted (a key, an id) goes by then
+    (:meth:`usable`).
+    """
+
+    __slots__ = ("entries", "limit", "until_s")
+
+    def __init__(
+        self, stored: Mapping[bytes, bytes | None], opened: Mapping[bytes, Any], *, until_s: float
+    ) -> None:
+        self.until_s = until_s
+        self.entries = 0
+        for key, raw in list(stored.items()):
+            if raw:
+                self.add_stored(key, raw)
+        for key, value in opened.items():
+            self.add_all(key, value)
+        self.limit = max(2 * self.entries, self.kept_at_least())
+
+    def add_stored(self, key: bytes, raw: bytes) -> None:
+        """What the stored row ``raw`` at ``key`` names."""
+        raise NotImplementedError
+
+    def add_all(self, key: bytes, value: Any) -> None:
+        """What the decoded row ``value`` at ``key`` names."""
+        raise NotImplementedError
+
+    def kept_at_least(self) -> int:
+        raise NotImplementedError
+
+    def usable(self, now_s: float) -> bool:
+        """Neither grown full nor past its time."""
+        return self.entries <= self.limit and now_s < self.until_s
+
+
 # What a stored user row holding notes of other users' alerts contains (RiskState.related,
 # compact JSON of one or more RelatedNote): the start of a non-empty list.
 HOLDS_NOTES = b'"related":[{'
@@ -157,20 +200,13 @@ HOLDS_NOTES = b'"related":[{'
 NOTES_KEPT_AT_LEAST = 100_000
 
 
-class NotesBy:
+class NotesBy(RowIndex):
     """Which rows of a user table may hold a note that an alert of a given user left, by
-    that user's id: what an erase order looks up instead of inflating every row.
-
-    A superset: a note goes at its holder's next event, and its entry stays until the
+    that user's id. A note goes at its holder's next event, and its entry stays until the
     user it names is erased (the row is then found without it) or the index is made
-    anew. Made from the table's rows (only those holding notes are decoded) and the rows
-    the batch in progress changed; the caller adds each note given after that
-    (:meth:`add`). It is made anew once it holds twice the entries it was made with (and
-    at least :data:`NOTES_KEPT_AT_LEAST`), and once past ``until_s``: a holder erased
-    since stays named in it until then (:meth:`usable`).
-    """
+    anew. Only the stored rows that hold notes are decoded to make it."""
 
-    __slots__ = ("by", "entries", "limit", "until_s")
+    __slots__ = ("by",)
 
     def __init__(
         self,
@@ -179,22 +215,19 @@ class NotesBy:
         *,
         until_s: float,
     ) -> None:
-        """``stored``: the table; ``opened``: the rows the batch in progress changed,
-        decoded (their changes are not in the table yet); ``until_s``: when (on the
-        caller's monotonic clock) to make it anew, whatever it holds."""
-        self.until_s = until_s
         self.by: dict[str, set[bytes]] = {}
-        self.entries = 0
-        for key, raw in list(stored.items()):
-            if raw and HOLDS_NOTES in expand(raw):
-                self.add_all(key, UserState.from_bytes(raw))
-        for key, user in opened.items():
-            self.add_all(key, user)
-        self.limit = max(2 * self.entries, NOTES_KEPT_AT_LEAST)
+        super().__init__(stored, opened, until_s=until_s)
 
-    def add_all(self, key: bytes, user: UserState) -> None:
-        for note in user.risk.related:
+    def add_stored(self, key: bytes, raw: bytes) -> None:
+        if HOLDS_NOTES in expand(raw):
+            self.add_all(key, UserState.from_bytes(raw))
+
+    def add_all(self, key: bytes, value: UserState) -> None:
+        for note in value.risk.related:
             self.add(note.by, key)
+
+    def kept_at_least(self) -> int:
+        return NOTES_KEPT_AT_LEAST
 
     def add(self, by: str, key: bytes) -> None:
         """The row at ``key`` holds a note of ``by``'s alert."""
@@ -209,10 +242,6 @@ class NotesBy:
         self.entries -= len(keys)
         return keys
 
-    def usable(self, now_s: float) -> bool:
-        """Neither grown full nor past its time (see :class:`NotesBy`)."""
-        return self.entries <= self.limit and now_s < self.until_s
-
 
 # However few accounts a link table holds, its index may keep this many entries before it
 # is made anew; and it has at least this many buckets.
@@ -223,22 +252,16 @@ LINK_BUCKETS_AT_LEAST = 1024
 ROWS_PER_LINK_BUCKET = 32
 
 
-class LinksBy:
+class LinksBy(RowIndex):
     """Which device and network rows of a link table may name a given user (an account
-    seen there, or either side of a referral sent there): what an erase order looks up
-    instead of inflating every row.
+    seen there, or either side of a referral sent there). Users are hashed into buckets,
+    one per :data:`ROWS_PER_LINK_BUCKET` rows of the table; a bucket lists the keys of the
+    rows that name any of its users, so an order decodes a bucket's rows (a few dozen)
+    rather than the table, for a few tens of bytes a user. An account that ages out of a
+    row keeps its entry until the index is made anew; the caller adds each name a row
+    gains (:func:`newly_named`)."""
 
-    Users are hashed into buckets, one per :data:`ROWS_PER_LINK_BUCKET` rows of the
-    table; a bucket lists the keys of the rows that name any of its users, so an order
-    decodes a bucket's rows (a few dozen) rather than the table, for a few tens of bytes
-    a user (docs/decisions.md §22). A superset: an account that
-    ages out of a row keeps its entry until the index is made anew, which happens once
-    it holds twice the entries it was made with (:attr:`full`). Made from the table's
-    rows and the rows the batch in progress changed; the caller adds each name a row
-    gains after that (:func:`newly_named`).
-    """
-
-    __slots__ = ("buckets", "entries", "limit", "mask", "until_s")
+    __slots__ = ("buckets", "mask")
 
     def __init__(
         self,
@@ -247,29 +270,25 @@ class LinksBy:
         *,
         until_s: float,
     ) -> None:
-        """``stored``: the table; ``opened``: the rows the batch in progress changed,
-        decoded (their changes are not in the table yet); ``until_s``: when (on the
-        caller's monotonic clock) to make it anew, whatever it holds."""
-        self.until_s = until_s
         size = LINK_BUCKETS_AT_LEAST
         while size * ROWS_PER_LINK_BUCKET < len(stored):
             size *= 2
         self.mask = size - 1
         self.buckets: dict[int, list[bytes]] = {}
-        self.entries = 0
-        for key, raw in list(stored.items()):
-            if raw:
-                self.add_all(key, LinkState.from_bytes(raw))
-        for key, state in opened.items():
-            self.add_all(key, state)
-        self.limit = max(2 * self.entries, LINKS_KEPT_AT_LEAST)
+        super().__init__(stored, opened, until_s=until_s)
 
-    def add_all(self, key: bytes, state: LinkState) -> None:
-        for account in state.accounts:
+    def add_stored(self, key: bytes, raw: bytes) -> None:
+        self.add_all(key, LinkState.from_bytes(raw))
+
+    def add_all(self, key: bytes, value: LinkState) -> None:
+        for account in value.accounts:
             self.add(account.user_id, key)
-        for referral in state.referrals:
+        for referral in value.referrals:
             self.add(referral.referred, key)
             self.add(referral.referrer, key)
+
+    def kept_at_least(self) -> int:
+        return LINKS_KEPT_AT_LEAST
 
     def add(self, user_id: str, key: bytes) -> None:
         """The row at ``key`` names ``user_id``."""
@@ -281,10 +300,6 @@ class LinksBy:
     def rows_naming(self, user_id: str) -> list[bytes]:
         """The keys of the rows that may name ``user_id`` (and other users of its bucket)."""
         return list(dict.fromkeys(self.buckets.get(hash(user_id) & self.mask, ())))
-
-    def usable(self, now_s: float) -> bool:
-        """Neither grown full nor past its time (see :class:`LinksBy`)."""
-        return self.entries <= self.limit and now_s < self.until_s
 
 
 def newly_named(before: LinkState, after: LinkState, event_user: str, ts: int) -> list[str]:

@@ -47,6 +47,7 @@ from app.erasure import (
     ErasureReceipt,
     LinksBy,
     NotesBy,
+    RowIndex,
     link_without,
     newly_named,
     notes_without,
@@ -266,23 +267,13 @@ def notes_by(tables: Tables, *, now_s: float, max_age_s: float) -> NotesBy:
     old (``now_s`` on the pipeline's monotonic clock): what it keeps of rows erased
     since it was made lasts no longer than that.
     """
-    index = _kept(tables.users, tables.memo, _NOTES_BY, NotesBy, now_s)
-    if index is None:
-        opened = open_rows(tables, "users").rows
-        index = NotesBy(tables.users, opened, until_s=now_s + max_age_s)
-        _memo(tables.users, tables.memo)[_NOTES_BY] = index
-    return index
+    return _index(tables, NotesBy, now_s=now_s, max_age_s=max_age_s)
 
 
 def links_by(tables: Tables, *, now_s: float, max_age_s: float) -> LinksBy:
     """Which rows of ``tables.links`` may name a given user (:class:`app.erasure.LinksBy`),
     kept beside the table, made as :func:`notes_by` says."""
-    index = _kept(tables.links, tables.memo, _LINKS_BY, LinksBy, now_s)
-    if index is None:
-        opened = open_rows(tables, "links").rows
-        index = LinksBy(tables.links, opened, until_s=now_s + max_age_s)
-        _memo(tables.links, tables.memo)[_LINKS_BY] = index
-    return index
+    return _index(tables, LinksBy, now_s=now_s, max_age_s=max_age_s)
 
 
 def note_given(tables: Tables, by: str, key: bytes, *, now_s: float) -> None:
@@ -305,6 +296,24 @@ def names_given(tables: Tables, key: bytes, names: Iterable[str], *, now_s: floa
 _NOTES_BY = "notes-by"
 _LINKS_BY = "links-by"
 Index = TypeVar("Index", NotesBy, LinksBy)
+# Which table each index is of, and its name in the table's memo.
+_INDEXED: dict[type[RowIndex], tuple[str, str]] = {
+    NotesBy: ("users", _NOTES_BY),
+    LinksBy: ("links", _LINKS_BY),
+}
+
+
+def _index(tables: Tables, kind: type[Index], *, now_s: float, max_age_s: float) -> Index:
+    """The index ``kind`` of its table in ``tables``: the one kept, while usable, else one
+    made now."""
+    field_name, name = _INDEXED[kind]
+    table = getattr(tables, field_name)
+    index = _kept(table, tables.memo, name, kind, now_s)
+    if index is None:
+        opened = open_rows(tables, field_name).rows
+        index = kind(table, opened, until_s=now_s + max_age_s)
+        _memo(table, tables.memo)[name] = index
+    return index
 
 
 def _memo(table: Table, memo: dict[str, Any]) -> dict[str, Any]:
