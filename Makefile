@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 .PHONY: help install kafka-jars prometheus-bin kcat-bin chromium-bin demo test test-unit test-integration test-reliability test-producers-task test-at-least-once test-privacy test-cluster fuzz soak lint format kafka-up kafka-down bench bench-quick bench-learning bench-fraud bench-ope bench-experiment bench-erasure bench-console clean
 
 help: ## List the targets
-	@grep -hE '^[a-z][a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	@grep -hE '^[a-z][a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## Create the virtualenv and install the project with pinned dependencies
@@ -146,6 +146,9 @@ bench-experiment: install ## An experiment with a 10% holdout on the closed loop
 
 bench-console: install ## The console's user lookup with a million users in its index: p95 and memory per user; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-console --docs docs/benchmarks.md
+
+k8s-rules: install ## Write k8s/monitoring/prometheusrule.yaml (the Prometheus Operator's copy) from deploy/prometheus/alerts.yml
+	$(BIN)/python -m harness.k8s_rules
 
 kafka-up: install ## Start the local broker on 127.0.0.1:9092 for manual use
 	$(BIN)/rewardstream kafka up

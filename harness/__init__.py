@@ -13,6 +13,8 @@ it runs from a checkout of the repository, where ``rewardstream`` finds it (``ma
 - ``demo`` and ``soak``: ``rewardstream demo`` and ``rewardstream soak``.
 - ``workerproc``: a ``rewardstream worker`` as a child process, and a broker of its own.
 - ``progress``: a one-line progress bar for the simulator.
+- ``k8s_rules``: writes the Prometheus Operator's copy of the alert rules
+  (k8s/monitoring/prometheusrule.yaml) from deploy/prometheus/alerts.yml.
 - ``group_fencing``: a check by hand that the broker fences a zombie's transaction
   through the consumer group's generation when aiokafka is made to ask (KIP-447).
 """

@@ -2,8 +2,10 @@
 
 Every manifest under k8s/ is validated against the Kubernetes API schemas that
 the kubernetes-validate package ships (strict: an unknown field is an error).
-The ServiceMonitor, a Prometheus Operator custom resource that no built-in
-schema covers, is checked against the part of its CRD it uses, written here.
+The ServiceMonitor and the PrometheusRule, Prometheus Operator custom resources
+that no built-in schema covers, are checked against the part of their CRDs they
+use, written here; the PrometheusRule holds exactly the rules of
+deploy/prometheus/alerts.yml (``make k8s-rules`` writes it).
 Then the manifests are compared with the code: every ``REWARDSTREAM_*`` name is
 a setting, the web port, probe and scrape paths are the worker's, the program
 file is where its ConfigMap is mounted, the autoscaler's metric is one the
@@ -32,6 +34,7 @@ from app.assembly import load_program_setting
 from app.metrics import Metrics, metric_names
 from app.programs.loader import BUILTIN_DIR
 from app.settings import ENV_PREFIX, Settings
+from harness import k8s_rules
 from tests.unit.test_deployment_files import (
     Dockerfile,
     _known_variables,
@@ -43,7 +46,7 @@ K8S = ROOT / "k8s"
 # The newest Kubernetes whose schemas kubernetes-validate (constraints.txt) ships.
 K8S_SCHEMA_VERSION = "1.37"
 # Kinds that no built-in schema covers; each is checked by hand below.
-CUSTOM_KINDS = {"ServiceMonitor"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 # The metric the autoscaler scales on (app/metrics.py, Metrics.consumer_lag).
 LAG_METRIC = "rewardstream_consumer_lag_records"
 # What a stop may take beyond a commit waiting for the broker: the snapshot of a
@@ -102,6 +105,59 @@ SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
             },
         },
     },
+}
+
+
+# The part of the PrometheusRule CRD (monitoring.coreos.com/v1) the manifest uses.
+_RULE = {
+    "type": "object",
+    "required": ["expr"],
+    "additionalProperties": False,
+    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+    "properties": {
+        "alert": {"type": "string"},
+        "record": {"type": "string"},
+        "expr": {"type": ["string", "integer"]},
+        "for": {"type": "string", "pattern": _DURATION},
+        "keep_firing_for": {"type": "string", "pattern": _DURATION},
+        "labels": _LABELS,
+        "annotations": _LABELS,
+    },
+}
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": SERVICE_MONITOR_SCHEMA["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "rules": {"type": "array", "items": _RULE},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+CUSTOM_SCHEMAS = {
+    "ServiceMonitor": SERVICE_MONITOR_SCHEMA,
+    "PrometheusRule": PROMETHEUS_RULE_SCHEMA,
 }
 
 
@@ -220,7 +276,7 @@ def _quantity(value: str | int) -> float:
 def test_manifests_were_found() -> None:
     kinds = {manifest.kind for manifest in MANIFESTS}
     expected = {"Namespace", "ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget"}
-    expected |= {"HorizontalPodAutoscaler", "ServiceMonitor"}
+    expected |= {"HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule"}
     assert kinds == expected
 
 
@@ -256,12 +312,32 @@ def test_the_schemas_reject_what_kubernetes_would(k8s: Resources) -> None:
 
 
 @pytest.mark.parametrize("manifest", CUSTOM, ids=str)
-def test_servicemonitor_has_the_crd_structure(manifest: Manifest) -> None:
-    jsonschema.validate(manifest.resource, SERVICE_MONITOR_SCHEMA)
-    broken = copy.deepcopy(manifest.resource)
-    broken["spec"]["endpoints"][0]["interval"] = "15 seconds"
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(broken, SERVICE_MONITOR_SCHEMA)
+def test_custom_resources_have_their_crds_structure(manifest: Manifest) -> None:
+    jsonschema.validate(manifest.resource, CUSTOM_SCHEMAS[manifest.kind])
+
+
+def test_the_crd_checks_reject_what_the_operator_would(k8s: Resources) -> None:
+    monitor = copy.deepcopy(k8s.one("ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    rule = copy.deepcopy(k8s.one("PrometheusRule"))
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "5 minutes"
+    nameless = copy.deepcopy(k8s.one("PrometheusRule"))
+    del nameless["spec"]["groups"][0]["rules"][0]["alert"]
+    for broken in (monitor, rule, nameless):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, CUSTOM_SCHEMAS[broken["kind"]])
+
+
+def test_the_prometheus_rule_holds_the_rules_of_the_rule_file(k8s: Resources) -> None:
+    """A cluster with the Prometheus Operator gets every alert and recording rule that
+    promtool tests in deploy/prometheus/alerts.yml, unchanged: run `make k8s-rules`
+    after editing that file."""
+    rule_file = ROOT / "deploy" / "prometheus" / "alerts.yml"
+    groups = yaml.safe_load(rule_file.read_text(encoding="utf-8"))["groups"]
+    assert k8s.one("PrometheusRule")["spec"]["groups"] == groups, "run `make k8s-rules`"
+    assert k8s_rules.render(rule_file.read_text(encoding="utf-8")) == (
+        K8S / "monitoring" / "prometheusrule.yaml"
+    ).read_text(encoding="utf-8"), "run `make k8s-rules`"
 
 
 def test_kustomization_applies_every_builtin_manifest_and_no_custom_one(k8s: Resources) -> None:
@@ -487,6 +563,7 @@ def test_api_versions(k8s: Resources) -> None:
         "PodDisruptionBudget": "policy/v1",
         "HorizontalPodAutoscaler": "autoscaling/v2",
         "ServiceMonitor": "monitoring.coreos.com/v1",
+        "PrometheusRule": "monitoring.coreos.com/v1",
     }
     found = {kind: resource["apiVersion"] for (kind, _), resource in k8s.by_key.items()}
     assert found == expected
