@@ -810,6 +810,12 @@ def _add_bench_erasure(commands: Any) -> None:
     bench.add_argument("--events", type=int, default=6_000)
     bench.add_argument("--every", type=int, default=40, help="one erasure per this many events")
     bench.add_argument("--runs", type=int, default=3)
+    bench.add_argument(
+        "--state-users",
+        type=int,
+        default=0,
+        help="users signed up and decided first, so erasures meet a state of this size",
+    )
     _report_options(bench, "var/bench/erasure.json")
     bench.set_defaults(run=_bench_erasure)
 
@@ -820,7 +826,15 @@ def _bench_erasure(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.rate <= 0 or args.events < args.every or args.every < 1 or args.runs < 1:
         raise SettingsError("bench-erasure needs --rate > 0, --runs >= 1, 1 <= --every <= --events")
-    plan = ErasurePlan(rate=args.rate, events=args.events, every=args.every, runs=args.runs)
+    if args.state_users < 0:
+        raise SettingsError("--state-users must be 0 or more")
+    plan = ErasurePlan(
+        rate=args.rate,
+        events=args.events,
+        every=args.every,
+        runs=args.runs,
+        state_users=args.state_users,
+    )
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a new broker's first requests
     report = run_erasure_benchmark(
         settings, plan, say=lambda text: print(text, file=sys.stderr, flush=True)

@@ -1,8 +1,10 @@
 """How long an erasure request waits for its receipt, under the demo's load.
 
-A broker of its own and one worker; the demo's traffic (simulated users with the
-attack scenarios, in event-time order) at ``rate`` events/s, and every ``every``
-events an erasure request for a user seen so far. The wait of a decision (its
+A broker of its own and one worker; optionally ``state_users`` users signed up first
+(each decided before the traffic starts), so that erasures meet a state of that size;
+then the demo's traffic (simulated users with the attack scenarios, in event-time
+order) at ``rate`` events/s, and every ``every`` events an erasure request for a user
+seen so far. The wait of a decision (its
 event sent → the decision readable, read_committed) and of a receipt (its request
 sent → the receipt readable) are both taken on this process's clock, so they
 compare directly.
@@ -26,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from app.kafkaio import event_routes
 from app.settings import Settings
 from harness import localkafka
+from harness.bench.throughput import signups
 from harness.simulation.attacks import AttackConfig, generate
 from harness.simulation.events import START_MS
 from harness.workerproc import WorkerProcess
@@ -40,6 +43,7 @@ class ErasurePlan:
     every: int = 40  # one erasure request per this many events
     runs: int = 3
     seed: int = 7
+    state_users: int = 0  # users signed up and decided before the traffic
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -87,6 +91,7 @@ async def _one_run(settings: Settings, plan: ErasurePlan, seed: int) -> dict[str
     routes = event_routes(settings)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=0)
     await producer.start()
+    filled_s = await _fill_state(settings, producer, plan.state_users, seed, arrived)
     rng = random.Random(seed)
     seen_users: list[str] = []
     started = time.monotonic()
@@ -129,6 +134,7 @@ async def _one_run(settings: Settings, plan: ErasurePlan, seed: int) -> dict[str
         (arrived[e] - sent[e]) * 1000 for e in sent if e in arrived and e not in set(requests)
     ]
     return {
+        "state_fill_s": round(filled_s, 1),
         "requests": len(requests),
         "receipts": len(receipts),
         "receipt_p50_ms": _quantile(receipts, 0.5),
@@ -137,6 +143,35 @@ async def _one_run(settings: Settings, plan: ErasurePlan, seed: int) -> dict[str
         "decision_p50_ms": _quantile(decisions, 0.5),
         "decision_p99_ms": _quantile(decisions, 0.99),
     }
+
+
+async def _fill_state(
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    users: int,
+    seed: int,
+    arrived: dict[str, float],
+) -> float:
+    """Sign up ``users`` users (as the throughput bench builds its state) and wait until
+    the worker has decided every one (their decisions land in ``arrived``); seconds."""
+    started = time.monotonic()
+    if not users:
+        return 0.0
+    ids = []
+    for line in signups(users, seed):
+        document = orjson.loads(line)
+        ids.append(str(document["event_id"]))
+        await producer.send(settings.topic_events, line, key=document["user_id"].encode())
+    await producer.flush()
+    deadline = started + 120 + users / 500
+    while any(event_id not in arrived for event_id in ids[-100:]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker did not decide {users:,} sign-ups in time")
+        await asyncio.sleep(0.5)
+    missing = sum(event_id not in arrived for event_id in ids)
+    if missing:
+        raise RuntimeError(f"{missing} of {users:,} sign-ups were not decided")
+    return time.monotonic() - started
 
 
 def run_erasure_benchmark(
@@ -180,9 +215,15 @@ def run_erasure_benchmark(
 
 def erasure_markdown(report: dict[str, Any]) -> str:
     plan, median = report["plan"], report["median"]
+    state = (
+        f" after {plan['state_users']:,} users signed up and were decided"
+        if plan.get("state_users")
+        else ""
+    )
     lines = [
-        f"{plan['runs']} runs, each a fresh broker and worker; {plan['events']:,} demo events "
-        f"at {plan['rate']:g} events/s with an erasure request every {plan['every']} events. "
+        f"{plan['runs']} runs, each a fresh broker and worker; "
+        f"{plan['events']:,} demo events{state} at {plan['rate']:g} events/s "
+        f"with an erasure request every {plan['every']} events. "
         "Waits on the sending process's clock, to the record readable with read_committed; "
         "medians over the runs.",
         "",
