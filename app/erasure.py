@@ -153,29 +153,47 @@ def notes_without(user: UserState, user_id: str) -> UserState:
 class RowIndex:
     """Which rows of one table partition may name a given user: what an erase order reads
     instead of inflating every row (docs/decisions.md §22). Kept in memory beside the
-    table, made from its rows and the rows the batch in progress changed (decoded, their
-    changes not in the table yet); the caller adds what a row gains after that.
+    table and read from its rows a slice at a time (:meth:`read`), so that making it
+    stalls nothing; meanwhile, and after, the caller adds what a row gains (and, when it
+    is made, what the batch in progress changed and did not write yet).
 
     A superset, never a miss: what leaves a row keeps its entry, so an index is made
-    anew once it holds twice the entries it was made with (and at least
+    anew once it holds twice the entries it was read with (and at least
     :meth:`kept_at_least`), and once past ``until_s`` on the caller's monotonic clock, so
     what it keeps of a row an erasure deleted (a key, an id) goes by then
     (:meth:`usable`).
     """
 
-    __slots__ = ("entries", "limit", "until_s")
+    __slots__ = ("entries", "limit", "unread", "until_s")
 
     def __init__(
         self, stored: Mapping[bytes, bytes | None], opened: Mapping[bytes, Any], *, until_s: float
     ) -> None:
         self.until_s = until_s
         self.entries = 0
-        for key, raw in list(stored.items()):
-            if raw:
-                self.add_stored(key, raw)
+        self.limit = 0  # set once every row is read
+        # The keys of the rows still to read (a row changed meanwhile is read as it is
+        # then; what it gained before is in already, through the caller's adds).
+        self.unread: list[bytes] | None = list(stored)
         for key, value in opened.items():
             self.add_all(key, value)
-        self.limit = max(2 * self.entries, self.kept_at_least())
+
+    def read(self, stored: Mapping[bytes, bytes | None], most: int | None = None) -> bool:
+        """Read up to ``most`` more rows of ``stored`` (None: all that are left); whether
+        every row has been read."""
+        unread = self.unread
+        if unread is None:
+            return True
+        start = 0 if most is None else max(0, len(unread) - most)
+        for key in unread[start:]:
+            raw = stored.get(key)
+            if raw:
+                self.add_stored(key, raw)
+        del unread[start:]
+        if not unread:
+            self.unread = None
+            self.limit = max(2 * self.entries, self.kept_at_least())
+        return self.unread is None
 
     def add_stored(self, key: bytes, raw: bytes) -> None:
         """What the stored row ``raw`` at ``key`` names."""
@@ -189,8 +207,9 @@ class RowIndex:
         raise NotImplementedError
 
     def usable(self, now_s: float) -> bool:
-        """Neither grown full nor past its time."""
-        return self.entries <= self.limit and now_s < self.until_s
+        """Neither grown full (once read) nor past its time."""
+        full = self.unread is None and self.entries > self.limit
+        return not full and now_s < self.until_s
 
 
 # What a stored user row holding notes of other users' alerts contains (RiskState.related,

@@ -303,9 +303,17 @@ _INDEXED: dict[type[RowIndex], tuple[str, str]] = {
 }
 
 
-def _index(tables: Tables, kind: type[Index], *, now_s: float, max_age_s: float) -> Index:
-    """The index ``kind`` of its table in ``tables``: the one kept, while usable, else one
-    made now."""
+def _index(
+    tables: Tables,
+    kind: type[Index],
+    *,
+    now_s: float,
+    max_age_s: float,
+    read_most: int | None = None,
+) -> Index:
+    """The index ``kind`` of its table in ``tables`` (the one kept while usable, else one
+    begun now), with up to ``read_most`` more of the table's rows read into it (None:
+    every row left, for an erase order to read it)."""
     field_name, name = _INDEXED[kind]
     table = getattr(tables, field_name)
     index = _kept(table, tables.memo, name, kind, now_s)
@@ -313,7 +321,25 @@ def _index(tables: Tables, kind: type[Index], *, now_s: float, max_age_s: float)
         opened = open_rows(tables, field_name).rows
         index = kind(table, opened, until_s=now_s + max_age_s)
         _memo(table, tables.memo)[name] = index
+    index.read(table, read_most)
     return index
+
+
+# How many rows an index reads at each flush while it is being made: a few milliseconds a
+# batch (4-6 µs a row, docs/decisions.md §22).
+INDEX_ROWS_PER_FLUSH = 500
+
+
+def read_indexes(tables: Tables, *, now_s: float, max_age_s: float) -> None:
+    """Read a slice of each table's row index (making it anew when due), so that it is
+    whole before an erasure needs it: an erase order that finds one half read reads the
+    rest at once, which on a large partition stalls its decisions."""
+    most = INDEX_ROWS_PER_FLUSH
+    # A stage's tables hold only its own rows: the other table is empty here.
+    if len(tables.users):
+        _index(tables, NotesBy, now_s=now_s, max_age_s=max_age_s, read_most=most)
+    if len(tables.links):
+        _index(tables, LinksBy, now_s=now_s, max_age_s=max_age_s, read_most=most)
 
 
 def _memo(table: Table, memo: dict[str, Any]) -> dict[str, Any]:
@@ -550,6 +576,7 @@ class Pipeline:
         the budgets the batch's decisions left."""
         for rows in tables.open.values():
             rows.flush()
+        read_indexes(tables, now_s=self.clock.monotonic_s(), max_age_s=self.index_max_age_s)
         if self.held is None and self.tally:
             self.tally.apply()
         if self.ledgers_read:

@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from app import erasure as erasure_module
+from app import pipeline as pipeline_module
 from app.assembly import build_engine
 from app.contract.records import SourcePosition
 from app.contract.validate import parse_event
@@ -305,6 +306,7 @@ def test_a_note_given_after_the_first_erasure_looked_is_found_by_the_next(
 def test_the_first_erasure_finds_a_note_its_batch_gave_and_did_not_write_yet() -> None:
     pipeline, tables = _pipeline(), Tables(users={}, ledgers={})
     _handle(pipeline, tables, _event(OTHER, "signup", 1), 1)
+    del tables.memo["notes-by"]  # no index yet, as after an assignment
     note = RelatedNote("alert-1", ERASED, NOW + 2_000).to_json()
     pipeline.related(tables, OTHER.encode(), note, SourcePosition("rekeyed", 0, 2))
     stored = tables.users[OTHER.encode()]
@@ -322,6 +324,7 @@ def test_an_index_of_notes_grown_full_is_made_anew_from_the_rows(
     growing, and the next erasure makes it from the rows as they are."""
     monkeypatch.setattr(erasure_module, "NOTES_KEPT_AT_LEAST", 2)
     _, tables = world
+    del tables.memo["notes-by"]  # made by the world's flushes, under the default bound
     index = notes_by(tables, now_s=0.0, max_age_s=DAY_S)
     assert index.by == {ERASED: {OTHER.encode()}}
     for n in range(3):  # three entries are past twice the one it was made with
@@ -334,6 +337,7 @@ def test_an_index_of_notes_grown_full_is_made_anew_from_the_rows(
 
 def test_an_index_is_made_anew_once_past_its_age(world: tuple[Pipeline, Tables]) -> None:
     _, tables = world
+    del tables.memo["notes-by"], tables.memo["links-by"]  # made by the world's flushes
     notes = notes_by(tables, now_s=0.0, max_age_s=DAY_S)
     links = links_by(tables, now_s=0.0, max_age_s=DAY_S)
     assert notes_by(tables, now_s=DAY_S - 1, max_age_s=DAY_S) is notes
@@ -377,12 +381,48 @@ def test_an_erased_users_device_leaves_the_link_index_within_a_quarter_of_the_bo
     _erase(pipeline, tables)
     assert b"device:dev-erased-only" not in tables.links
     index = tables.memo["links-by"]
+    assert b"device:dev-erased-only" in _listed(index)  # the deleted row's key, still listed
     clock.s += 3_600 - 1
     _handle(pipeline, tables, _event(OTHER, "page_view", 3, device_id="dev-other"), 60)
     assert tables.memo["links-by"] is index
     clock.s += 1
     _handle(pipeline, tables, _event(OTHER, "page_view", 4, device_id="dev-other"), 61)
-    assert "links-by" not in tables.memo
+    anew = tables.memo["links-by"]
+    assert anew is not index
+    assert b"device:dev-erased-only" not in _listed(anew)
+    assert b"device:dev-other" in _listed(anew)
+
+
+def _listed(index: Any) -> set[bytes]:
+    """Every row key a link index lists."""
+    return {key for bucket in index.buckets.values() for key in bucket}
+
+
+def test_indexes_are_read_a_slice_at_each_flush_and_an_erasure_reads_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Made in the background, an index stalls no batch; an erase order that finds one
+    half read reads the rest before it looks, so it misses nothing."""
+    monkeypatch.setattr(pipeline_module, "INDEX_ROWS_PER_FLUSH", 2)
+    pipeline, tables = _pipeline(), Tables(users={}, ledgers={})
+    for n in range(6):
+        line = _event(f"u-{n}", "signup", n, device_id=f"dev-{n}")
+        pipeline.handle(tables, SourcePosition("events", 0, n), line, flush=False)
+    pipeline.flush(tables)  # six user rows and six device rows, two of each read
+    links = tables.memo["links-by"]
+    assert links.unread is not None
+    assert len(links.unread) == 4
+    pipeline.flush(tables)
+    assert len(links.unread) == 2
+    pipeline.handle(
+        tables,
+        SourcePosition("erasure-requests", 0, 9),
+        orjson.dumps(
+            {"event_id": "req-9", "user_id": "u-0", "type": "erasure_requested", "ts": NOW + 9_000}
+        ),
+    )
+    assert b"device:dev-0" not in tables.links
+    assert links.unread is None  # the erase order read the rest
 
 
 def _erase_nobody(pipeline: Pipeline, tables: Tables, n: int = 40) -> None:
@@ -418,6 +458,7 @@ def test_link_rows_that_name_the_user_after_the_first_erasure_looked_are_found_b
 def test_the_first_erasure_finds_a_link_row_its_batch_changed_and_did_not_write_yet() -> None:
     pipeline, tables = _pipeline(), Tables(users={}, ledgers={})
     _handle(pipeline, tables, _event(OTHER, "signup", 1, device_id="dev-shared"), 1)
+    del tables.memo["links-by"]  # no index yet, as after an assignment
     passed = orjson.dumps(
         {
             "event_id": "e-2",
@@ -443,6 +484,7 @@ def test_an_erasure_leaves_the_users_who_share_its_bucket_alone(
     of every user are read and only the erased user's traces go."""
     monkeypatch.setattr(erasure_module, "LINK_BUCKETS_AT_LEAST", 1)
     pipeline, tables = world
+    del tables.memo["links-by"]  # made by the world's flushes, with more buckets
     assert links_by(tables, now_s=0.0, max_age_s=DAY_S).mask == 0
     _erase(pipeline, tables)
     assert _traces(tables, ERASED_TRACES) == set()
@@ -458,6 +500,7 @@ def test_a_link_index_grown_full_is_made_anew_from_the_rows(
 ) -> None:
     monkeypatch.setattr(erasure_module, "LINKS_KEPT_AT_LEAST", 1)
     pipeline, tables = world
+    del tables.memo["links-by"]  # made by the world's flushes, under the default bound
     _erase_nobody(pipeline, tables)
     index = tables.memo["links-by"]
     made_with = index.entries
@@ -465,9 +508,10 @@ def test_a_link_index_grown_full_is_made_anew_from_the_rows(
         seen = _event(f"u-new-{n}", "page_view", 60 + n, device_id="dev-busy")
         _handle(pipeline, tables, seen, 60 + n)
     assert index.entries == 2 * made_with + 1  # full at that: dropped, not kept growing
-    assert "links-by" not in tables.memo
-    again = links_by(tables, now_s=0.0, max_age_s=DAY_S)
-    assert again.rows_naming(ERASED)  # made from the rows as they are
+    again = tables.memo["links-by"]  # begun anew by the next flush, read from the rows
+    assert again is not index
+    again.read(tables.links)
+    assert again.rows_naming(ERASED)
     assert b"device:dev-busy" in again.rows_naming("u-new-0")
 
 
