@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from msgspec.structs import replace
@@ -195,6 +195,10 @@ class RowIndex:
             self.limit = max(2 * self.entries, self.kept_at_least())
         return self.unread is None
 
+    def add(self, name: str, key: bytes) -> None:
+        """The row at ``key`` names the user ``name``."""
+        raise NotImplementedError
+
     def add_stored(self, key: bytes, raw: bytes) -> None:
         """What the stored row ``raw`` at ``key`` names."""
         raise NotImplementedError
@@ -248,9 +252,9 @@ class NotesBy(RowIndex):
     def kept_at_least(self) -> int:
         return NOTES_KEPT_AT_LEAST
 
-    def add(self, by: str, key: bytes) -> None:
-        """The row at ``key`` holds a note of ``by``'s alert."""
-        keys = self.by.setdefault(by, set())
+    def add(self, name: str, key: bytes) -> None:
+        """The row at ``key`` holds a note of ``name``'s alert."""
+        keys = self.by.setdefault(name, set())
         if key not in keys:
             keys.add(key)
             self.entries += 1
@@ -309,9 +313,9 @@ class LinksBy(RowIndex):
     def kept_at_least(self) -> int:
         return LINKS_KEPT_AT_LEAST
 
-    def add(self, user_id: str, key: bytes) -> None:
-        """The row at ``key`` names ``user_id``."""
-        bucket = self.buckets.setdefault(hash(user_id) & self.mask, [])
+    def add(self, name: str, key: bytes) -> None:
+        """The row at ``key`` names the user ``name``."""
+        bucket = self.buckets.setdefault(hash(name) & self.mask, [])
         if key not in bucket[-4:]:  # a row names several users of a bucket in a row
             bucket.append(key)
             self.entries += 1
@@ -319,6 +323,56 @@ class LinksBy(RowIndex):
     def rows_naming(self, user_id: str) -> list[bytes]:
         """The keys of the rows that may name ``user_id`` (and other users of its bucket)."""
         return list(dict.fromkeys(self.buckets.get(hash(user_id) & self.mask, ())))
+
+
+R = TypeVar("R", bound=RowIndex)
+
+
+class KeptIndex(Generic[R]):
+    """The index of one table partition in use, and the one being read to replace it:
+    an index grown full or past its time keeps serving erase orders until its
+    replacement has read every row, so that no order waits for a whole pass but the
+    first after an assignment, when there is nothing to serve yet."""
+
+    __slots__ = ("current", "replacing")
+
+    def __init__(self) -> None:
+        self.current: R | None = None  # every row read into it
+        self.replacing: R | None = None
+
+    def add(self, name: str, key: bytes) -> None:
+        """The row at ``key`` names the user ``name`` (both indexes learn it)."""
+        for index in (self.current, self.replacing):
+            if index is not None:
+                index.add(name, key)
+
+    def read(
+        self,
+        stored: Mapping[bytes, bytes | None],
+        most: int | None,
+        now_s: float,
+        begin: Callable[[], R],
+    ) -> R | None:
+        """Read up to ``most`` rows of ``stored`` into the replacement (``begin`` makes
+        it, when the current index is missing, grown full or past its time; None: every
+        row left); a replacement read whole takes over. The index then in use, if any."""
+        current = self.current
+        if self.replacing is None and (current is None or not current.usable(now_s)):
+            self.replacing = begin()
+        if self.replacing is not None and self.replacing.read(stored, most):
+            self.current, self.replacing = self.replacing, None
+        return self.current
+
+    def whole(
+        self, stored: Mapping[bytes, bytes | None], now_s: float, begin: Callable[[], R]
+    ) -> R:
+        """An index every row has been read into: the one in use (even one due to be
+        replaced, until its replacement is whole), else one read to the end now."""
+        if self.current is not None:
+            return self.current
+        current = self.read(stored, None, now_s, begin)
+        assert current is not None
+        return current
 
 
 def newly_named(before: LinkState, after: LinkState, event_user: str, ts: int) -> list[str]:

@@ -45,6 +45,7 @@ from app.erasure import (
     ErasedMark,
     EraseOrder,
     ErasureReceipt,
+    KeptIndex,
     LinksBy,
     NotesBy,
     RowIndex,
@@ -256,73 +257,39 @@ def offer_timers(tables: Tables) -> Timers:
 
 def notes_by(tables: Tables, *, now_s: float, max_age_s: float) -> NotesBy:
     """Which rows of ``tables.users`` may hold a note of a given user's alert
-    (:class:`app.erasure.NotesBy`), kept beside the table.
+    (:class:`app.erasure.NotesBy`), every row read into it: what an erase order reads.
 
     An erasure must take the erased user out of every note that names them, and out of
     every device and network row (:func:`links_by`). Looking in every row inflated cost
     about 3.7 µs a user row and 1.7 µs a link row (by hand): a second or more per erasure
-    on a partition of 250,000 users, its decisions waiting. Each index is made by the
-    first erasure that asks (one such pass, per table: a worker's tables are made anew at
-    each assignment and recovery), and again once it has grown full or is ``max_age_s``
-    old (``now_s`` on the pipeline's monotonic clock): what it keeps of rows erased
-    since it was made lasts no longer than that.
+    on a partition of 250,000 users, its decisions waiting. Each table's index is read a
+    slice at each flush (:func:`read_indexes`), kept beside the table (a worker's tables
+    are made anew at each assignment and recovery), and read anew once it has grown full
+    or is ``max_age_s`` old (``now_s`` on the pipeline's monotonic clock), so what it
+    keeps of rows erased since it was made lasts about that long. Only an order that
+    comes before an index was ever read whole reads the rest at once.
     """
-    return _index(tables, NotesBy, now_s=now_s, max_age_s=max_age_s)
+    kept: KeptIndex[NotesBy] = _kept(tables.users, tables.memo, _NOTES_BY)
+    return kept.whole(tables.users, now_s, _begin(tables, NotesBy, now_s + max_age_s))
 
 
 def links_by(tables: Tables, *, now_s: float, max_age_s: float) -> LinksBy:
     """Which rows of ``tables.links`` may name a given user (:class:`app.erasure.LinksBy`),
-    kept beside the table, made as :func:`notes_by` says."""
-    return _index(tables, LinksBy, now_s=now_s, max_age_s=max_age_s)
+    every row read into it, as :func:`notes_by` says."""
+    kept: KeptIndex[LinksBy] = _kept(tables.links, tables.memo, _LINKS_BY)
+    return kept.whole(tables.links, now_s, _begin(tables, LinksBy, now_s + max_age_s))
 
 
-def note_given(tables: Tables, by: str, key: bytes, *, now_s: float) -> None:
-    """The row at ``key`` of ``tables.users`` was given a note of ``by``'s alert: into the
-    index, if an erasure made one (else the pass that makes it finds the note in its row)."""
-    index = _kept(tables.users, tables.memo, _NOTES_BY, NotesBy, now_s)
-    if index is not None:
-        index.add(by, key)
+def note_given(tables: Tables, by: str, key: bytes) -> None:
+    """The row at ``key`` of ``tables.users`` was given a note of ``by``'s alert."""
+    _kept(tables.users, tables.memo, _NOTES_BY).add(by, key)
 
 
-def names_given(tables: Tables, key: bytes, names: Iterable[str], *, now_s: float) -> None:
-    """The row at ``key`` of ``tables.links`` may name ``names`` now: into the index, if
-    an erasure made one."""
-    index = _kept(tables.links, tables.memo, _LINKS_BY, LinksBy, now_s)
-    if index is not None:
-        for user_id in names:
-            index.add(user_id, key)
-
-
-_NOTES_BY = "notes-by"
-_LINKS_BY = "links-by"
-Index = TypeVar("Index", NotesBy, LinksBy)
-# Which table each index is of, and its name in the table's memo.
-_INDEXED: dict[type[RowIndex], tuple[str, str]] = {
-    NotesBy: ("users", _NOTES_BY),
-    LinksBy: ("links", _LINKS_BY),
-}
-
-
-def _index(
-    tables: Tables,
-    kind: type[Index],
-    *,
-    now_s: float,
-    max_age_s: float,
-    read_most: int | None = None,
-) -> Index:
-    """The index ``kind`` of its table in ``tables`` (the one kept while usable, else one
-    begun now), with up to ``read_most`` more of the table's rows read into it (None:
-    every row left, for an erase order to read it)."""
-    field_name, name = _INDEXED[kind]
-    table = getattr(tables, field_name)
-    index = _kept(table, tables.memo, name, kind, now_s)
-    if index is None:
-        opened = open_rows(tables, field_name).rows
-        index = kind(table, opened, until_s=now_s + max_age_s)
-        _memo(table, tables.memo)[name] = index
-    index.read(table, read_most)
-    return index
+def names_given(tables: Tables, key: bytes, names: Iterable[str]) -> None:
+    """The row at ``key`` of ``tables.links`` may name ``names`` now."""
+    kept = _kept(tables.links, tables.memo, _LINKS_BY)
+    for name in names:
+        kept.add(name, key)
 
 
 # How many rows an index reads at each flush while it is being made: a few milliseconds a
@@ -331,38 +298,45 @@ INDEX_ROWS_PER_FLUSH = 500
 
 
 def read_indexes(tables: Tables, *, now_s: float, max_age_s: float) -> None:
-    """Read a slice of each table's row index (making it anew when due), so that it is
-    whole before an erasure needs it: an erase order that finds one half read reads the
-    rest at once, which on a large partition stalls its decisions."""
-    most = INDEX_ROWS_PER_FLUSH
+    """Read a slice of each table's row index (begun anew when due), so that an erase
+    order finds one read whole."""
+    most, until_s = INDEX_ROWS_PER_FLUSH, now_s + max_age_s
     # A stage's tables hold only its own rows: the other table is empty here.
     if len(tables.users):
-        _index(tables, NotesBy, now_s=now_s, max_age_s=max_age_s, read_most=most)
+        notes: KeptIndex[NotesBy] = _kept(tables.users, tables.memo, _NOTES_BY)
+        notes.read(tables.users, most, now_s, _begin(tables, NotesBy, until_s))
     if len(tables.links):
-        _index(tables, LinksBy, now_s=now_s, max_age_s=max_age_s, read_most=most)
+        links: KeptIndex[LinksBy] = _kept(tables.links, tables.memo, _LINKS_BY)
+        links.read(tables.links, most, now_s, _begin(tables, LinksBy, until_s))
 
 
-def _memo(table: Table, memo: dict[str, Any]) -> dict[str, Any]:
-    """Where what is derived from ``table`` is kept: its own memo (a worker's tables), or
-    the one of the tables it is in."""
-    kept = getattr(table, "memo", memo)
-    assert isinstance(kept, dict)
+_NOTES_BY = "notes-by"
+_LINKS_BY = "links-by"
+Index = TypeVar("Index", NotesBy, LinksBy)
+_FIELDS: dict[type[RowIndex], str] = {NotesBy: "users", LinksBy: "links"}
+
+
+def _begin(tables: Tables, kind: type[Index], until_s: float) -> Callable[[], Index]:
+    """How to begin an index ``kind`` of its table in ``tables``: from the table and the
+    rows the batch in progress changed and did not write yet."""
+    field_name = _FIELDS[kind]
+
+    def begin() -> Index:
+        table = getattr(tables, field_name)
+        return kind(table, open_rows(tables, field_name).rows, until_s=until_s)
+
+    return begin
+
+
+def _kept(table: Table, memo: dict[str, Any], name: str) -> KeptIndex[Any]:
+    """The index ``name`` kept beside ``table`` (in its own memo, a worker's tables; else
+    in ``memo``, the one of the tables it is in)."""
+    kept_in = getattr(table, "memo", memo)
+    kept = kept_in.get(name)
+    if kept is None:
+        kept = kept_in[name] = KeptIndex()
+    assert isinstance(kept, KeptIndex)
     return kept
-
-
-def _kept(
-    table: Table, memo: dict[str, Any], name: str, kind: type[Index], now_s: float
-) -> Index | None:
-    """The index ``name`` kept beside ``table``, if still usable; one grown full or past
-    its time is dropped here (the next erasure makes it anew)."""
-    kept = _memo(table, memo)
-    index = kept.get(name)
-    if not isinstance(index, kind):
-        return None
-    if not index.usable(now_s):
-        del kept[name]
-        return None
-    return index
 
 
 def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
@@ -939,7 +913,7 @@ class Pipeline:
             noted = self.engine.note_related(user, note)
             if noted is not user:
                 users.put(key, noted)
-                note_given(tables, note.by, key, now_s=self.clock.monotonic_s())
+                note_given(tables, note.by, key)
                 self.tally.inc(self.metrics.related_notes)
         except Exception:
             log.exception(
@@ -1007,9 +981,7 @@ class Pipeline:
             passed = view.passed(key, state, document) if view is not None else None
             after = passed if passed is not None else advance_link(state, event, kind)
             links.put(key, after)
-            if _LINKS_BY in _memo(tables.links, tables.memo):  # only once an erasure asked
-                named = newly_named(state, after, event.user_id, event.ts)
-                names_given(tables, key, named, now_s=self.clock.monotonic_s())
+            names_given(tables, key, newly_named(state, after, event.user_id, event.ts))
         except Exception:
             log.exception(
                 "link.failed topic=%s partition=%d offset=%d", at.topic, at.partition, at.offset

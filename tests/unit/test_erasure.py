@@ -31,6 +31,7 @@ from app.pipeline import (
     note_given,
     notes_by,
     open_rows,
+    read_indexes,
 )
 from app.rows import expand
 from app.settings import Settings
@@ -316,32 +317,36 @@ def test_the_first_erasure_finds_a_note_its_batch_gave_and_did_not_write_yet() -
     assert _notes_of(tables, OTHER) == []
 
 
-def test_an_index_of_notes_grown_full_is_made_anew_from_the_rows(
+def test_an_index_of_notes_grown_full_is_read_anew_from_the_rows(
     world: tuple[Pipeline, Tables], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Notes go at their holder's next event but stay in the index until their author is
-    erased: an index that grew to twice what it was made with is dropped, not kept
-    growing, and the next erasure makes it from the rows as they are."""
+    erased: an index that grew to twice what it was read with is read anew from the rows
+    as they are, and serves erase orders until its replacement is whole."""
     monkeypatch.setattr(erasure_module, "NOTES_KEPT_AT_LEAST", 2)
     _, tables = world
-    del tables.memo["notes-by"]  # made by the world's flushes, under the default bound
+    del tables.memo["notes-by"]  # read by the world's flushes, under the default bound
     index = notes_by(tables, now_s=0.0, max_age_s=DAY_S)
     assert index.by == {ERASED: {OTHER.encode()}}
-    for n in range(3):  # three entries are past twice the one it was made with
-        note_given(tables, f"u-alerting-{n}", OTHER.encode(), now_s=1.0)
-    assert index.entries == 3  # the third note found it full: dropped, not kept growing
-    assert "notes-by" not in tables.memo
-    again = notes_by(tables, now_s=2.0, max_age_s=DAY_S)
+    for n in range(2):  # three entries are past twice the one it was read with
+        note_given(tables, f"u-alerting-{n}", OTHER.encode())
+    assert not index.usable(1.0)
+    assert notes_by(tables, now_s=1.0, max_age_s=DAY_S) is index  # still the one in use
+    read_indexes(tables, now_s=1.0, max_age_s=DAY_S)
+    again = notes_by(tables, now_s=1.0, max_age_s=DAY_S)
+    assert again is not index
     assert again.by == {ERASED: {OTHER.encode()}}  # what the rows hold
 
 
-def test_an_index_is_made_anew_once_past_its_age(world: tuple[Pipeline, Tables]) -> None:
+def test_an_index_is_read_anew_once_past_its_age(world: tuple[Pipeline, Tables]) -> None:
     _, tables = world
-    del tables.memo["notes-by"], tables.memo["links-by"]  # made by the world's flushes
+    del tables.memo["notes-by"], tables.memo["links-by"]  # read by the world's flushes
     notes = notes_by(tables, now_s=0.0, max_age_s=DAY_S)
     links = links_by(tables, now_s=0.0, max_age_s=DAY_S)
+    read_indexes(tables, now_s=DAY_S - 1, max_age_s=DAY_S)
     assert notes_by(tables, now_s=DAY_S - 1, max_age_s=DAY_S) is notes
     assert links_by(tables, now_s=DAY_S - 1, max_age_s=DAY_S) is links
+    read_indexes(tables, now_s=DAY_S, max_age_s=DAY_S)
     assert notes_by(tables, now_s=DAY_S, max_age_s=DAY_S) is not notes
     assert links_by(tables, now_s=DAY_S, max_age_s=DAY_S) is not links
 
@@ -361,8 +366,8 @@ class SteppedClock:
 
 def test_an_erased_users_device_leaves_the_link_index_within_a_quarter_of_the_bound() -> None:
     """The link index lists row keys, a device's among them; the key of a row an erasure
-    deleted may stay listed in other users' buckets until the index is made anew, which
-    the first link record after a quarter of the erasure bound does."""
+    deleted may stay listed in other users' buckets until the index is read anew, which
+    the first flush after a quarter of the erasure bound begins."""
     clock = SteppedClock()
     pipeline = Pipeline(
         build_engine(Settings()),
@@ -380,14 +385,14 @@ def test_an_erased_users_device_leaves_the_link_index_within_a_quarter_of_the_bo
         _handle(pipeline, tables, line, n)
     _erase(pipeline, tables)
     assert b"device:dev-erased-only" not in tables.links
-    index = tables.memo["links-by"]
+    index = tables.memo["links-by"].current
     assert b"device:dev-erased-only" in _listed(index)  # the deleted row's key, still listed
     clock.s += 3_600 - 1
     _handle(pipeline, tables, _event(OTHER, "page_view", 3, device_id="dev-other"), 60)
-    assert tables.memo["links-by"] is index
+    assert tables.memo["links-by"].current is index
     clock.s += 1
     _handle(pipeline, tables, _event(OTHER, "page_view", 4, device_id="dev-other"), 61)
-    anew = tables.memo["links-by"]
+    anew = tables.memo["links-by"].current
     assert anew is not index
     assert b"device:dev-erased-only" not in _listed(anew)
     assert b"device:dev-other" in _listed(anew)
@@ -409,8 +414,9 @@ def test_indexes_are_read_a_slice_at_each_flush_and_an_erasure_reads_the_rest(
         line = _event(f"u-{n}", "signup", n, device_id=f"dev-{n}")
         pipeline.handle(tables, SourcePosition("events", 0, n), line, flush=False)
     pipeline.flush(tables)  # six user rows and six device rows, two of each read
-    links = tables.memo["links-by"]
-    assert links.unread is not None
+    kept = tables.memo["links-by"]
+    assert kept.current is None  # nothing to serve yet
+    links = kept.replacing
     assert len(links.unread) == 4
     pipeline.flush(tables)
     assert len(links.unread) == 2
@@ -422,7 +428,8 @@ def test_indexes_are_read_a_slice_at_each_flush_and_an_erasure_reads_the_rest(
         ),
     )
     assert b"device:dev-0" not in tables.links
-    assert links.unread is None  # the erase order read the rest
+    assert kept.current is links  # the erase order read the rest
+    assert links.unread is None
 
 
 def _erase_nobody(pipeline: Pipeline, tables: Tables, n: int = 40) -> None:
@@ -495,22 +502,42 @@ def test_an_erasure_leaves_the_users_who_share_its_bucket_alone(
     }
 
 
-def test_a_link_index_grown_full_is_made_anew_from_the_rows(
+def test_a_name_given_while_an_index_is_read_anew_is_in_the_new_one(
+    world: tuple[Pipeline, Tables], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row that gains a name while the replacement of an index is being read (a row it
+    has read already, or one it never will: a new device) is in the replacement when it
+    takes over."""
+    monkeypatch.setattr(pipeline_module, "INDEX_ROWS_PER_FLUSH", 1)
+    pipeline, tables = world
+    kept = tables.memo["links-by"]
+    due_s = kept.current.until_s  # past its age from then on: read anew, a row a flush
+    read_indexes(tables, now_s=due_s, max_age_s=DAY_S)
+    assert kept.replacing is not None
+    later = _event(ERASED, "page_view", 41, device_id="dev-erased-later")
+    pipeline.handle(tables, SourcePosition("events", 0, 41), later, flush=False)
+    while kept.replacing is not None:
+        read_indexes(tables, now_s=due_s, max_age_s=DAY_S)
+    pipeline.flush(tables)
+    _erase(pipeline, tables)
+    assert _traces(tables, (*ERASED_TRACES, b"dev-erased-later")) == set()
+
+
+def test_a_link_index_grown_full_is_read_anew_from_the_rows(
     world: tuple[Pipeline, Tables], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(erasure_module, "LINKS_KEPT_AT_LEAST", 1)
     pipeline, tables = world
-    del tables.memo["links-by"]  # made by the world's flushes, under the default bound
+    del tables.memo["links-by"]  # read by the world's flushes, under the default bound
     _erase_nobody(pipeline, tables)
-    index = tables.memo["links-by"]
+    kept = tables.memo["links-by"]
+    index = kept.current
     made_with = index.entries
     for n in range(made_with + 2):  # new accounts on a new device: past twice as many
         seen = _event(f"u-new-{n}", "page_view", 60 + n, device_id="dev-busy")
         _handle(pipeline, tables, seen, 60 + n)
-    assert index.entries == 2 * made_with + 1  # full at that: dropped, not kept growing
-    again = tables.memo["links-by"]  # begun anew by the next flush, read from the rows
+    again = kept.current  # read anew, from the rows, at the flush that found it full
     assert again is not index
-    again.read(tables.links)
     assert again.rows_naming(ERASED)
     assert b"device:dev-busy" in again.rows_naming("u-new-0")
 
