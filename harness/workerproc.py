@@ -18,6 +18,9 @@ from pathlib import Path
 from app.settings import Settings
 from harness import localkafka
 
+# The gauge of records not handled yet, per input partition (app.metrics).
+LAG_GAUGE = "rewardstream_consumer_lag_records"
+
 
 class WorkerError(RuntimeError):
     """The worker exited or did not become ready."""
@@ -69,6 +72,34 @@ class WorkerProcess:
                 return int(error.code), bytes(error.read())
         except (urllib.error.URLError, OSError):
             return 0, b""
+
+    def lag(self) -> int | None:
+        """Records of its inputs the worker has not handled yet, summed from its
+        ``consumer_lag_records`` gauges (refreshed about once a second); None if it does
+        not answer."""
+        status, body = self.get("/metrics")
+        if status != 200:
+            return None
+        return sum(
+            int(float(line.rsplit(" ", 1)[1]))
+            for line in body.decode().splitlines()
+            if line.startswith(LAG_GAUGE + "{")
+        )
+
+    def wait_caught_up(self, timeout_s: float = 120.0) -> None:
+        """Block until the worker has handled everything on its inputs, in two readings a
+        gauge refresh apart: the last decision of a backlog readable does not mean the
+        worker is idle (another stage may still be working through it)."""
+        deadline = time.monotonic() + timeout_s
+        idle_readings = 0
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise WorkerError(f"the worker exited:\n{self.log_tail()}")
+            idle_readings = idle_readings + 1 if self.lag() == 0 else 0
+            if idle_readings >= 2:
+                return
+            time.sleep(1.1)
+        raise WorkerError(f"the worker did not catch up within {timeout_s:.0f} s")
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """Stop gracefully (SIGTERM), forcefully after ``timeout_s``; return the exit code."""

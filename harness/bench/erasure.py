@@ -51,7 +51,9 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _one_run(settings: Settings, plan: ErasurePlan, seed: int) -> dict[str, Any]:
+async def _one_run(
+    settings: Settings, plan: ErasurePlan, seed: int, worker: WorkerProcess
+) -> dict[str, Any]:
     config = AttackConfig(
         seed=seed,
         start_ms=START_MS,
@@ -92,6 +94,12 @@ async def _one_run(settings: Settings, plan: ErasurePlan, seed: int) -> dict[str
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=0)
     await producer.start()
     filled_s = await _fill_state(settings, producer, plan.state_users, seed, arrived)
+    settled = time.monotonic()
+    if plan.state_users:
+        # The sign-ups' decisions are readable before the worker is done with them (its
+        # other stages work through them after): traffic sent then would measure that.
+        await asyncio.to_thread(worker.wait_caught_up, 120 + plan.state_users / 1_000)
+    settled_s = time.monotonic() - settled
     rng = random.Random(seed)
     seen_users: list[str] = []
     started = time.monotonic()
@@ -135,6 +143,7 @@ async def _one_run(settings: Settings, plan: ErasurePlan, seed: int) -> dict[str
     ]
     return {
         "state_fill_s": round(filled_s, 1),
+        "caught_up_s": round(settled_s, 1),
         "requests": len(requests),
         "receipts": len(receipts),
         "receipt_p50_ms": _quantile(receipts, 0.5),
@@ -196,7 +205,7 @@ def run_erasure_benchmark(
             worker = WorkerProcess(settings, home / "worker.log").start()
             try:
                 worker.wait_ready(120)
-                found = asyncio.run(_one_run(settings, plan, plan.seed + run))
+                found = asyncio.run(_one_run(settings, plan, plan.seed + run, worker))
             finally:
                 worker.stop()
         finally:
