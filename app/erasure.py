@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -216,6 +217,70 @@ class RowIndex:
         return not full and now_s < self.until_s
 
 
+# How an entry of a bucket ends: its key's length, after the key, so a bucket is read
+# from its end and its last entry found without reading the rest. (Keys are ids of at
+# most 128 characters with a short prefix.)
+_KEY_LENGTH = struct.Struct(">H")
+# About how many rows of its table a bucket lists (a user row holds a few notes, a link
+# table holds one or two rows a user): fewer buckets cost less memory, and more rows
+# decoded per erasure. Never fewer buckets than this.
+ROWS_PER_BUCKET = 32
+BUCKETS_AT_LEAST = 1024
+
+
+class KeyBuckets:
+    """Row keys listed by the hash of the id of a user they name, one bucket per
+    :data:`ROWS_PER_BUCKET` rows of the table (and at least :data:`BUCKETS_AT_LEAST`),
+    each a ``bytearray`` of its keys' bytes. An entry costs its key's bytes and two more;
+    a list or set of ``bytes`` would keep a key object alive per entry, and a row that
+    gains a name later names it with a new one: measured over 400,000 sign-ups, that was
+    about 520 bytes of resident memory a user for the two indexes, where the rows take
+    about 970 (docs/decisions.md §22)."""
+
+    __slots__ = ("buckets", "mask")
+
+    def __init__(self, rows: int) -> None:
+        size = BUCKETS_AT_LEAST
+        while size * ROWS_PER_BUCKET < rows:
+            size *= 2
+        self.mask = size - 1
+        self.buckets: dict[int, bytearray] = {}
+
+    def add(self, name: str, key: bytes) -> bool:
+        """List ``key`` for ``name``; False if it was its bucket's last entry already (a
+        row naming several users of one bucket, or one user again)."""
+        bucket = self.buckets.get(hash(name) & self.mask)
+        if bucket is None:
+            bucket = self.buckets[hash(name) & self.mask] = bytearray()
+        elif _last_key(bucket) == key:
+            return False
+        bucket += key
+        bucket += _KEY_LENGTH.pack(len(key))
+        return True
+
+    def keys(self, name: str) -> list[bytes]:
+        """The keys listed in ``name``'s bucket (those of other users hashed there too),
+        each once, newest first."""
+        return bucket_keys(self.buckets.get(hash(name) & self.mask, bytearray()))
+
+
+def bucket_keys(bucket: bytearray) -> list[bytes]:
+    """The keys a bucket of :class:`KeyBuckets` lists, each once, newest first."""
+    found: dict[bytes, None] = {}
+    end = len(bucket)
+    while end:
+        (length,) = _KEY_LENGTH.unpack_from(bucket, end - 2)
+        start = end - 2 - length
+        found.setdefault(bytes(bucket[start : end - 2]))
+        end = start
+    return list(found)
+
+
+def _last_key(bucket: bytearray) -> bytes:
+    (length,) = _KEY_LENGTH.unpack_from(bucket, len(bucket) - 2)
+    return bytes(bucket[len(bucket) - 2 - length : len(bucket) - 2])
+
+
 # What a stored user row holding notes of other users' alerts contains (RiskState.related,
 # compact JSON of one or more RelatedNote): the start of a non-empty list.
 HOLDS_NOTES = b'"related":[{'
@@ -225,11 +290,11 @@ NOTES_KEPT_AT_LEAST = 100_000
 
 class NotesBy(RowIndex):
     """Which rows of a user table may hold a note that an alert of a given user left, by
-    that user's id. A note goes at its holder's next event, and its entry stays until the
-    user it names is erased (the row is then found without it) or the index is made
-    anew. Only the stored rows that hold notes are decoded to make it."""
+    the hash of that user's id (:class:`KeyBuckets`). A note goes at its holder's next
+    event; its entry stays until the index is made anew. Only the stored rows that hold
+    notes are decoded to make it."""
 
-    __slots__ = ("by",)
+    __slots__ = ("listed",)
 
     def __init__(
         self,
@@ -238,7 +303,7 @@ class NotesBy(RowIndex):
         *,
         until_s: float,
     ) -> None:
-        self.by: dict[str, set[bytes]] = {}
+        self.listed = KeyBuckets(len(stored))
         super().__init__(stored, opened, until_s=until_s)
 
     def add_stored(self, key: bytes, raw: bytes) -> None:
@@ -254,37 +319,28 @@ class NotesBy(RowIndex):
 
     def add(self, name: str, key: bytes) -> None:
         """The row at ``key`` holds a note of ``name``'s alert."""
-        keys = self.by.setdefault(name, set())
-        if key not in keys:
-            keys.add(key)
+        if self.listed.add(name, key):
             self.entries += 1
 
-    def take(self, by: str) -> set[bytes]:
-        """The rows that may hold a note of ``by``'s alert, forgotten here."""
-        keys = self.by.pop(by, set())
-        self.entries -= len(keys)
-        return keys
+    def rows_naming(self, by: str) -> list[bytes]:
+        """The keys of the rows that may hold a note of ``by``'s alert (and of other
+        users hashed into its bucket)."""
+        return self.listed.keys(by)
 
 
 # However few accounts a link table holds, its index may keep this many entries before it
-# is made anew; and it has at least this many buckets.
+# is made anew.
 LINKS_KEPT_AT_LEAST = 100_000
-LINK_BUCKETS_AT_LEAST = 1024
-# About how many rows a bucket of the link index lists (a table holds one or two link
-# rows a user): fewer buckets cost less memory, and more rows decoded per erasure.
-ROWS_PER_LINK_BUCKET = 32
 
 
 class LinksBy(RowIndex):
     """Which device and network rows of a link table may name a given user (an account
-    seen there, or either side of a referral sent there). Users are hashed into buckets,
-    one per :data:`ROWS_PER_LINK_BUCKET` rows of the table; a bucket lists the keys of the
-    rows that name any of its users, so an order decodes a bucket's rows (a few dozen)
-    rather than the table, for a few tens of bytes a user. An account that ages out of a
-    row keeps its entry until the index is made anew; the caller adds each name a row
-    gains (:func:`newly_named`)."""
+    seen there, or either side of a referral sent there), by the hash of the user's id
+    (:class:`KeyBuckets`): an order decodes a bucket's rows (a few dozen) rather than the
+    table. An account that ages out of a row keeps its entry until the index is made
+    anew; the caller adds each name a row gains (:func:`newly_named`)."""
 
-    __slots__ = ("buckets", "mask")
+    __slots__ = ("listed",)
 
     def __init__(
         self,
@@ -293,11 +349,7 @@ class LinksBy(RowIndex):
         *,
         until_s: float,
     ) -> None:
-        size = LINK_BUCKETS_AT_LEAST
-        while size * ROWS_PER_LINK_BUCKET < len(stored):
-            size *= 2
-        self.mask = size - 1
-        self.buckets: dict[int, list[bytes]] = {}
+        self.listed = KeyBuckets(len(stored))
         super().__init__(stored, opened, until_s=until_s)
 
     def add_stored(self, key: bytes, raw: bytes) -> None:
@@ -315,14 +367,12 @@ class LinksBy(RowIndex):
 
     def add(self, name: str, key: bytes) -> None:
         """The row at ``key`` names the user ``name``."""
-        bucket = self.buckets.setdefault(hash(name) & self.mask, [])
-        if key not in bucket[-4:]:  # a row names several users of a bucket in a row
-            bucket.append(key)
+        if self.listed.add(name, key):
             self.entries += 1
 
     def rows_naming(self, user_id: str) -> list[bytes]:
         """The keys of the rows that may name ``user_id`` (and other users of its bucket)."""
-        return list(dict.fromkeys(self.buckets.get(hash(user_id) & self.mask, ())))
+        return self.listed.keys(user_id)
 
 
 R = TypeVar("R", bound=RowIndex)

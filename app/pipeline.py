@@ -824,7 +824,8 @@ class Pipeline:
             order = EraseOrder.from_json(value)
             users = open_rows(tables, "users")
             now_s, max_age_s = self.clock.monotonic_s(), self.index_max_age_s
-            for key in notes_by(tables, now_s=now_s, max_age_s=max_age_s).take(order.user_id):
+            index = notes_by(tables, now_s=now_s, max_age_s=max_age_s)
+            for key in index.rows_naming(order.user_id):
                 user = users.get(key)
                 cleaned = notes_without(user, order.user_id)
                 if cleaned is not user:

@@ -18,7 +18,14 @@ from app import pipeline as pipeline_module
 from app.assembly import build_engine
 from app.contract.records import SourcePosition
 from app.contract.validate import parse_event
-from app.erasure import RECEIPT_KIND, link_without, notes_without, receipt_subject
+from app.erasure import (
+    RECEIPT_KIND,
+    KeyBuckets,
+    bucket_keys,
+    link_without,
+    notes_without,
+    receipt_subject,
+)
 from app.fraud.links import LinkState, Referral, Seen
 from app.fraud.signals import RelatedNote
 from app.fraud.view import DROP_STALE_EVERY_MS, LinkView, stored_states
@@ -327,15 +334,16 @@ def test_an_index_of_notes_grown_full_is_read_anew_from_the_rows(
     _, tables = world
     del tables.memo["notes-by"]  # read by the world's flushes, under the default bound
     index = notes_by(tables, now_s=0.0, max_age_s=DAY_S)
-    assert index.by == {ERASED: {OTHER.encode()}}
+    assert index.rows_naming(ERASED) == [OTHER.encode()]
     for n in range(2):  # three entries are past twice the one it was read with
-        note_given(tables, f"u-alerting-{n}", OTHER.encode())
+        note_given(tables, f"u-alerting-{n}", f"u-holder-{n}".encode())
     assert not index.usable(1.0)
     assert notes_by(tables, now_s=1.0, max_age_s=DAY_S) is index  # still the one in use
     read_indexes(tables, now_s=1.0, max_age_s=DAY_S)
     again = notes_by(tables, now_s=1.0, max_age_s=DAY_S)
     assert again is not index
-    assert again.by == {ERASED: {OTHER.encode()}}  # what the rows hold
+    assert again.rows_naming(ERASED) == [OTHER.encode()]  # what the rows hold
+    assert again.entries == 1
 
 
 def test_an_index_is_read_anew_once_past_its_age(world: tuple[Pipeline, Tables]) -> None:
@@ -400,7 +408,7 @@ def test_an_erased_users_device_leaves_the_link_index_within_a_quarter_of_the_bo
 
 def _listed(index: Any) -> set[bytes]:
     """Every row key a link index lists."""
-    return {key for bucket in index.buckets.values() for key in bucket}
+    return {key for bucket in index.listed.buckets.values() for key in bucket_keys(bucket)}
 
 
 def test_indexes_are_read_a_slice_at_each_flush_and_an_erasure_reads_the_rest(
@@ -489,10 +497,10 @@ def test_an_erasure_leaves_the_users_who_share_its_bucket_alone(
 ) -> None:
     """The link index hashes users into buckets; with one bucket for everybody, the rows
     of every user are read and only the erased user's traces go."""
-    monkeypatch.setattr(erasure_module, "LINK_BUCKETS_AT_LEAST", 1)
+    monkeypatch.setattr(erasure_module, "BUCKETS_AT_LEAST", 1)
     pipeline, tables = world
     del tables.memo["links-by"]  # made by the world's flushes, with more buckets
-    assert links_by(tables, now_s=0.0, max_age_s=DAY_S).mask == 0
+    assert links_by(tables, now_s=0.0, max_age_s=DAY_S).listed.mask == 0
     _erase(pipeline, tables)
     assert _traces(tables, ERASED_TRACES) == set()
     assert _traces(tables, (b"u-other", b"dev-shared", b"198.51.100.9")) == {
@@ -633,3 +641,30 @@ def test_snapshots_past_their_age_are_deleted(tmp_path: Path) -> None:
     os.utime(old, (now - 100, now - 100))
     assert snapshot.prune(tmp_path, max_age_s=60, now_s=now) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t-1.snapshot"]
+
+
+def test_key_buckets_list_each_key_once_however_keys_end() -> None:
+    """Entries are read back from a bucket's end by their lengths: a key that ends
+    another key, or ends in what reads as a length, is still its own entry, and only the
+    bucket's last entry is not listed twice in a row."""
+    listed = KeyBuckets(rows=0)
+    listed.mask = 0  # one bucket: every name lands in it
+    tricky = [b"device:abc", b"abc", b"x\x00\x03abc", b"", b"abc", b"device:abc"]
+    added = [listed.add(f"user-{n}", key) for n, key in enumerate(tricky)]
+    assert added == [True] * 6
+    assert listed.add("user-9", b"device:abc") is False  # its bucket's last entry already
+    assert listed.keys("anyone") == [b"device:abc", b"abc", b"", b"x\x00\x03abc"]
+    assert bucket_keys(bytearray()) == []
+
+
+def test_key_buckets_keep_users_apart_and_size_by_rows() -> None:
+    listed = KeyBuckets(rows=1_000_000)
+    assert listed.mask + 1 >= 1_000_000 // erasure_module.ROWS_PER_BUCKET
+    listed.add("u-1", b"device:d1")
+    listed.add("u-1", b"net:n1")
+    assert set(listed.keys("u-1")) == {b"device:d1", b"net:n1"}
+    others = [
+        f"u-{n}" for n in range(2, 200) if hash(f"u-{n}") & listed.mask != hash("u-1") & listed.mask
+    ]
+    assert others
+    assert all(listed.keys(name) == [] for name in others)
