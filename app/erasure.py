@@ -249,9 +249,10 @@ class KeyBuckets:
     def add(self, name: str, key: bytes) -> bool:
         """List ``key`` for ``name``; False if it was its bucket's last entry already (a
         row naming several users of one bucket, or one user again)."""
-        bucket = self.buckets.get(hash(name) & self.mask)
+        at = hash(name) & self.mask
+        bucket = self.buckets.get(at)
         if bucket is None:
-            bucket = self.buckets[hash(name) & self.mask] = bytearray()
+            bucket = self.buckets[at] = bytearray()
         elif _last_key(bucket) == key:
             return False
         bucket += key

@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from app.settings import Settings
 from harness import localkafka
 
@@ -81,9 +83,10 @@ class WorkerProcess:
         if status != 200:
             return None
         return sum(
-            int(float(line.rsplit(" ", 1)[1]))
-            for line in body.decode().splitlines()
-            if line.startswith(LAG_GAUGE + "{")
+            int(sample.value)
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name == LAG_GAUGE
         )
 
     def wait_caught_up(self, timeout_s: float = 120.0) -> None:
