@@ -151,8 +151,9 @@ def _parse_with_schema(raw: bytes) -> Event | Rejection:
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        reason = "bad_encoding" if "UTF-8" in str(exc) else "bad_json"
-        return Rejection(reason, f"not valid JSON: {exc}")
+        if "UTF-8" in str(exc):
+            return Rejection("bad_encoding", _describe_bad_utf8(raw) or f"not valid JSON: {exc}")
+        return Rejection("bad_json", f"not valid JSON: {exc}")
     if not isinstance(document, dict):
         return Rejection("not_an_object", f"an event is a JSON object, got {_json_kind(document)}")
     return validate_event(document)
@@ -350,7 +351,31 @@ def _is_ip_address(text: str) -> bool:
 
 def _describe_schema_error(exc: fastjsonschema.JsonSchemaValueException) -> str:
     # fastjsonschema names the root "data"; users know their fields by name.
-    field = ".".join(str(part) for part in (exc.path or [])[1:]) or "event"
+    path = [str(part) for part in (exc.path or [])[1:]]
+    field = ".".join(path) or "event"
+    # Where the schema offers alternatives (oneOf, anyOf) fastjsonschema says only that
+    # none matched; these say what was sent and what would have been valid.
+    if path == ["ts"] or path == ["attributes", "member_since"]:
+        if exc.rule in ("oneOf", "minimum", "exclusiveMaximum"):
+            return _describe_bad_epoch_ms(field, exc.value)
+    elif len(path) == 2 and path[0] == "attributes" and exc.rule == "oneOf":
+        return (
+            f"{field} must be a string of at most 1024 characters, a number, a boolean, "
+            f"null, or an array of at most 64 of these; got {_attribute_kind(exc.value)}"
+        )
+    elif path == ["attributes"] and exc.rule == "anyOf":
+        return (
+            "attributes of a consent_updated event must hold personalization or marketing "
+            "(true or false), or both"
+        )
+    elif exc.rule == "minLength" and isinstance(exc.value, str):
+        if not exc.value:
+            return f"{field} must not be empty"
+        return f"{field} is {_characters(len(exc.value))} long; at least {exc.rule_definition}"
+    elif exc.rule == "maxLength" and isinstance(exc.value, str):
+        return f"{field} is {_characters(len(exc.value))} long; at most {exc.rule_definition}"
+    elif exc.rule == "maxProperties" and isinstance(exc.value, dict):
+        return f"{field} has {len(exc.value)} fields; at most {exc.rule_definition}"
     message = str(exc.message)
     if message.startswith(str(exc.name)):
         message = message[len(str(exc.name)) :].strip()
@@ -363,6 +388,67 @@ def _describe_schema_error(exc: fastjsonschema.JsonSchemaValueException) -> str:
     return f"{field} {message}"
 
 
+def _describe_bad_utf8(raw: bytes) -> str | None:
+    """Where ``raw`` stops being UTF-8 (orjson names the start of the document), or None
+    where it decodes (a lone surrogate escaped in a string, which orjson refuses too)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte 0x{raw[exc.start]:02x} at offset {exc.start}"
+        if exc.start:
+            before = raw[max(0, exc.start - 24) : exc.start].decode("utf-8", "replace")
+            where += f" (after {before!r})"
+        return f"not valid UTF-8: {where}; an event is UTF-8 JSON"
+    return None
+
+
+def _describe_bad_epoch_ms(field: str, value: Any) -> str:
+    """Why ``value`` is not a usable time for ``field``: its JSON type, a fraction, or a
+    count out of range, with the instant it would be in seconds or microseconds, the
+    usual mistakes."""
+    expected = (
+        "an RFC 3339 string (for example 2026-01-31T12:00:00Z) or integer epoch milliseconds"
+        if field == "ts"
+        else "integer epoch milliseconds"
+    )
+    if isinstance(value, str):
+        return f"{field} is {_characters(len(value))} long; {expected} is expected"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{field} must be {expected}, got {_json_kind(value)}"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{field} {value!r} must be a whole number of epoch milliseconds"
+    message = (
+        f"{field} {value!r} is not epoch milliseconds from 2000-01-01 to 2100-01-01 "
+        f"({MIN_TS_MS} up to {MAX_TS_MS})"
+    )
+    for unit, to_ms in (("seconds", 1000), ("microseconds", 0.001), ("nanoseconds", 1e-6)):
+        as_ms = value * to_ms
+        if MIN_TS_MS <= as_ms < MAX_TS_MS:
+            return f"{message}; as epoch {unit} it would be {_iso(int(as_ms))}: send milliseconds"
+    return message
+
+
+def _characters(count: int) -> str:
+    return f"{count} character" if count == 1 else f"{count} characters"
+
+
+def _attribute_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return f"a string of {_characters(len(value))}"
+    if isinstance(value, list):
+        nested = next((item for item in value if isinstance(item, dict | list)), None)
+        if nested is not None:
+            return f"an array holding {_json_kind(nested)}"
+        return f"an array of {len(value)} items"
+    return _json_kind(value)
+
+
 def _json_kind(document: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    kinds = {
+        list: "an array",
+        dict: "an object",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }
     return kinds.get(type(document), "a number")

@@ -178,6 +178,113 @@ def test_bad_timestamps_are_rejected(ts: Any) -> None:
     assert "ts" in result.error
 
 
+@pytest.mark.parametrize(
+    ("ts", "error"),
+    [
+        (
+            1_772_366_400,
+            "ts 1772366400 is not epoch milliseconds from 2000-01-01 to 2100-01-01 "
+            "(946684800000 up to 4102444800000); as epoch seconds it would be "
+            "2026-03-01T12:00:00.000Z: send milliseconds",
+        ),
+        (
+            1_772_366_400_000_000,
+            "ts 1772366400000000 is not epoch milliseconds from 2000-01-01 to 2100-01-01 "
+            "(946684800000 up to 4102444800000); as epoch microseconds it would be "
+            "2026-03-01T12:00:00.000Z: send milliseconds",
+        ),
+        (
+            0,
+            "ts 0 is not epoch milliseconds from 2000-01-01 to 2100-01-01 "
+            "(946684800000 up to 4102444800000)",
+        ),
+        (1_772_366_400_000.5, "ts 1772366400000.5 must be a whole number of epoch milliseconds"),
+        (
+            True,
+            "ts must be an RFC 3339 string (for example 2026-01-31T12:00:00Z) or integer "
+            "epoch milliseconds, got a boolean",
+        ),
+        (
+            None,
+            "ts must be an RFC 3339 string (for example 2026-01-31T12:00:00Z) or integer "
+            "epoch milliseconds, got null",
+        ),
+        (
+            "2026-03-01T12:00:00.0000000000000000000000000Z",
+            "ts is 46 characters long; an RFC 3339 string (for example 2026-01-31T12:00:00Z) "
+            "or integer epoch milliseconds is expected",
+        ),
+    ],
+)
+def test_a_ts_of_the_wrong_type_or_range_says_what_was_sent_and_what_is_expected(
+    ts: Any, error: str
+) -> None:
+    # The schema offers a string or an integer; its own message says only that neither
+    # matched. A count in seconds, the commonest mistake, is named as such.
+    result = rejected(event(ts=ts))
+    assert (result.reason, result.error) == ("schema", error)
+
+
+def test_a_member_since_in_seconds_is_named_as_such() -> None:
+    result = rejected(event(type="member_imported", attributes={"member_since": 1_577_836_800}))
+    assert result.error == (
+        "attributes.member_since 1577836800 is not epoch milliseconds from 2000-01-01 to "
+        "2100-01-01 (946684800000 up to 4102444800000); as epoch seconds it would be "
+        "2020-01-01T00:00:00.000Z: send milliseconds"
+    )
+
+
+@pytest.mark.parametrize(
+    ("attributes", "got"),
+    [
+        ({"x": {"deep": 1}}, "got an object"),
+        ({"x": "y" * 1025}, "got a string of 1025 characters"),
+        ({"x": list(range(65))}, "got an array of 65 items"),
+        ({"x": [1, [2]]}, "got an array holding an array"),
+    ],
+)
+def test_an_attribute_of_the_wrong_shape_says_what_an_attribute_may_be(
+    attributes: dict[str, Any], got: str
+) -> None:
+    result = rejected(event(attributes=attributes))
+    assert result.error == (
+        "attributes.x must be a string of at most 1024 characters, a number, a boolean, "
+        f"null, or an array of at most 64 of these; {got}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "error"),
+    [
+        (
+            event(type="consent_updated", attributes={}),
+            "attributes of a consent_updated event must hold personalization or marketing "
+            "(true or false), or both",
+        ),
+        (event(event_id=""), "event_id must not be empty"),
+        (event(user_id="u" * 129), "user_id is 129 characters long; at most 128"),
+        (event(ip="1"), "ip is 1 character long; at least 2"),
+        (event(attributes={f"k{i}": i for i in range(65)}), "attributes has 65 fields; at most 64"),
+    ],
+)
+def test_alternatives_lengths_and_counts_are_said_in_words(
+    document: dict[str, Any], error: str
+) -> None:
+    assert rejected(document).error == error
+
+
+def test_text_that_is_not_utf8_is_rejected_naming_the_byte_and_where() -> None:
+    # "café" in Latin-1, as a producer on a legacy code page sends it.
+    raw = '{"event_id":"e-1","user_id":"café","type":"page_view"}'.encode("latin-1")
+    result = parse_event(raw, max_bytes=MAX)
+    assert isinstance(result, Rejection)
+    assert (result.reason, result.error) == (
+        "bad_encoding",
+        'not valid UTF-8: byte 0xe9 at offset 32 (after \'id":"e-1","user_id":"caf\'); '
+        "an event is UTF-8 JSON",
+    )
+
+
 def test_ip_must_be_an_address() -> None:
     result = rejected(event(ip="999.1.1.1"))
     assert result.reason == "schema"
