@@ -12,14 +12,21 @@ the engine only ever sees a valid :class:`Program`.
 - :mod:`app.programs.model`: ``Program``, ``Reward`` and the rest, plus
   ``resolve_amount`` for a value or cost.
 - :mod:`app.programs.expressions`: ``compile_expression``, ``Expression``,
-  ``evaluate_rule`` and ``Undetermined`` (a value the rule needs is missing).
+  ``evaluate_rule``, ``Undetermined`` (a value the rule needs is missing) and
+  ``ValueKind`` (what a name holds, so a comparison it never satisfies is refused).
 - :mod:`app.programs.names`: the names rules may use, and the protected
   attributes they may not.
 - :mod:`app.programs.errors`: ``ProgramError``.
 """
 
 from app.programs.errors import ProgramError
-from app.programs.expressions import Expression, Undetermined, compile_expression, evaluate_rule
+from app.programs.expressions import (
+    Expression,
+    Undetermined,
+    ValueKind,
+    compile_expression,
+    evaluate_rule,
+)
 from app.programs.loader import list_builtin, load_builtin, load_program
 from app.programs.model import (
     CHANNELS,
@@ -72,6 +79,7 @@ __all__ = [
     "Rule",
     "Suppression",
     "Undetermined",
+    "ValueKind",
     "Window",
     "compile_expression",
     "evaluate_rule",

@@ -83,6 +83,19 @@ _CONSTRUCTS: dict[type[ast.AST], str] = {
 _YAML_CONSTANTS = {"true": "True", "false": "False", "null": "None", "none": "None"}
 
 
+@dataclass(frozen=True, slots=True)
+class ValueKind:
+    """What a name's value is whenever it is present: a number, or a string (one of
+    ``values``, or matching ``pattern``, when those are known). Given for the engine's
+    names, so that a rule comparing one with a value it can never have (``amount >=
+    '20'``, ``channel == 'fax'``, ``currency == 'eur'``) is refused when the program
+    loads, rather than found out when its reward is never granted."""
+
+    number: bool
+    values: tuple[str, ...] = ()
+    pattern: tuple[re.Pattern[str], str] | None = None  # and how it reads
+
+
 class Undetermined(Exception):  # noqa: N818 -- an expected outcome, not a fault
     """The expression needs a value the engine does not have, or cannot use.
 
@@ -144,11 +157,18 @@ def evaluate_rule(expression: Expression, env: Mapping[str, object]) -> bool | N
         return None
 
 
-def compile_expression(source: str, *, known_names: frozenset[str], where: str) -> Expression:
+def compile_expression(
+    source: str,
+    *,
+    known_names: frozenset[str],
+    where: str,
+    kinds: Mapping[str, ValueKind] | None = None,
+) -> Expression:
     """Check ``source`` and compile it once; a :class:`ProgramError` says what is wrong.
 
     ``known_names`` are the names it may read; ``where`` says where the
-    expression comes from and starts every error message.
+    expression comes from and starts every error message; ``kinds`` what some
+    names' values are, to refuse comparisons with values they never have.
     """
     # YAML block scalars may carry line breaks; a rule is one line to Python, and
     # replacing each break by one space keeps every column where it was.
@@ -161,7 +181,7 @@ def compile_expression(source: str, *, known_names: frozenset[str], where: str) 
             where=where,
         )
     tree = _parse(text, where)
-    checker = _Checker(text, known_names, where)
+    checker = _Checker(text, known_names, where, kinds or {})
     checker.check(tree.body, depth=1)
     return Expression(text, frozenset(checker.names), _compile(tree, text, where))
 
@@ -193,10 +213,17 @@ def _compile(tree: ast.Expression, text: str, where: str) -> CodeType:
 class _Checker:
     """Walks the tree and refuses anything outside the language; collects the names read."""
 
-    def __init__(self, text: str, known_names: frozenset[str], where: str) -> None:
+    def __init__(
+        self,
+        text: str,
+        known_names: frozenset[str],
+        where: str,
+        kinds: Mapping[str, ValueKind],
+    ) -> None:
         self.text = text
         self.known_names = known_names
         self.where = where
+        self.kinds = kinds
         self.names: set[str] = set()
 
     def check(self, node: ast.AST, *, depth: int) -> None:
@@ -214,10 +241,12 @@ class _Checker:
             return [node.operand]
         if isinstance(node, ast.BinOp):
             self.check_operator(node.op, node, _BIN_OPS)
+            self.check_arithmetic(node)
             return [node.left, node.right]
         if isinstance(node, ast.Compare):
             for operator in node.ops:
                 self.check_operator(operator, node, _COMPARE_OPS)
+            self.check_comparison(node)
             return [node.left, *node.comparators]
         if isinstance(node, ast.IfExp):
             return [node.test, node.body, node.orelse]
@@ -232,6 +261,53 @@ class _Checker:
         else:
             self.fail(node, f"{_construct(node)} is not allowed")
         return []
+
+    def check_comparison(self, node: ast.Compare) -> None:
+        """Refuse comparing a name of known kind with a constant it can never equal or be
+        ordered against (each member of a list, for ``in``)."""
+        left = node.left
+        for operator, right in zip(node.ops, node.comparators, strict=True):
+            if isinstance(operator, ast.In | ast.NotIn):
+                if isinstance(right, ast.List | ast.Tuple | ast.Set):
+                    for element in right.elts:
+                        self.check_value(left, element)
+            else:
+                self.check_value(left, right)
+                self.check_value(right, left)
+            left = right
+
+    def check_arithmetic(self, node: ast.BinOp) -> None:
+        """Refuse arithmetic on a name that holds a string, or on a number name and a
+        string constant: it is undetermined for every user."""
+        for operand, other in ((node.left, node.right), (node.right, node.left)):
+            if not isinstance(operand, ast.Name) or operand.id not in self.kinds:
+                continue
+            if not self.kinds[operand.id].number:
+                self.fail(operand, f"{operand.id!r} is a string; arithmetic takes numbers")
+            if isinstance(_literal(other), str):
+                self.fail(other, f"{operand.id!r} is a number; arithmetic takes no strings")
+
+    def check_value(self, name_node: ast.AST, constant: ast.AST) -> None:
+        if not isinstance(name_node, ast.Name) or name_node.id not in self.kinds:
+            return
+        name, kind, value = name_node.id, self.kinds[name_node.id], _literal(constant)
+        if value is _NOT_A_LITERAL or value is None or isinstance(value, bool):
+            return
+        if kind.number:
+            if isinstance(value, str):
+                hint = f"; write {value} without quotes" if _is_number(value) else ""
+                self.fail(constant, f"{name!r} is a number, never the string {value!r}{hint}")
+            return
+        if not isinstance(value, str):
+            self.fail(constant, f"{name!r} is a string, never the number {value!r}")
+        if kind.values and value not in kind.values:
+            self.fail(
+                constant,
+                f"{name!r} is one of {one_of(kind.values)}, never {value!r}"
+                f"{did_you_mean(value, kind.values)}",
+            )
+        if kind.pattern is not None and not kind.pattern[0].fullmatch(value):
+            self.fail(constant, f"{name!r} is {kind.pattern[1]}, never {value!r}")
 
     def check_operator(
         self, operator: ast.AST, node: ast.AST, allowed: tuple[type[ast.AST], ...]
@@ -325,6 +401,13 @@ def _literal(node: ast.AST) -> object:
         value = node.operand.value
         return -value if isinstance(node.op, ast.USub) else value
     return _NOT_A_LITERAL
+
+
+def _is_number(text: str) -> bool:
+    return _DECIMAL.fullmatch(text.strip()) is not None
+
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)")
 
 
 def _arity_text(low: int, high: int | None) -> str:

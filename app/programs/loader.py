@@ -22,7 +22,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from app.programs.errors import ProgramError, did_you_mean, one_of
-from app.programs.expressions import Expression, Undetermined, compile_expression
+from app.programs.expressions import Expression, Undetermined, ValueKind, compile_expression
 from app.programs.model import (
     AUDIT_OTHER,
     AUDIT_UNKNOWN,
@@ -86,6 +86,16 @@ AUDIT_GROUP = (
     "letters, digits, ' ', '.', '-' and '_', starting with a letter or digit",
 )
 MAX_AUDIT_GROUPS = 20
+# What the engine's names hold when present (app.programs.names): a rule comparing one
+# with a value it never has is refused at load. Profile fields may hold anything.
+ENGINE_KINDS: dict[str, ValueKind] = {
+    **{name: ValueKind(number=True) for name in ENGINE_NAMES},
+    "preferred_channel": ValueKind(number=False, values=CHANNELS),
+    "channel": ValueKind(number=False, values=CHANNELS),
+    # A rule is read for the event being decided, always one of its reward's triggers.
+    "event_type": ValueKind(number=False, values=TRIGGER_TYPES),
+    "currency": ValueKind(number=False, pattern=CURRENCY),
+}
 DEFAULT_MARKETING_CHANNELS = ("email", "sms")
 
 T = TypeVar("T")
@@ -669,7 +679,7 @@ def _constant_amount(where: _Where, expression: Expression) -> float:
 
 def _expression(where: _Where, source: str, names: frozenset[str]) -> Expression:
     try:
-        return compile_expression(source, known_names=names, where="")
+        return compile_expression(source, known_names=names, where="", kinds=ENGINE_KINDS)
     except ProgramError as error:
         where.fail(error.problem)
 

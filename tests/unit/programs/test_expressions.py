@@ -14,6 +14,7 @@ from app.programs import (
     Expression,
     ProgramError,
     Undetermined,
+    ValueKind,
     compile_expression,
     evaluate_rule,
 )
@@ -305,3 +306,41 @@ def test_token_soup_never_escapes_and_evaluation_never_crashes(
     except Undetermined:
         return
     assert value is not None
+
+
+KINDS = {
+    "purchases": ValueKind(number=True),
+    "channel": ValueKind(number=False, values=("web", "mobile")),
+}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "purchases >= 2 and channel == 'web'",
+        "channel in ('web', 'mobile') or purchases != 0",
+        "country == 'DE' and age >= '18'",  # profile fields may hold anything
+        "purchases == None or channel != None",  # missing, not a kind
+        "min(purchases, 3) == '3'",  # only a name itself is checked
+    ],
+)
+def test_comparisons_a_name_can_satisfy_compile(source: str) -> None:
+    compile_expression(source, known_names=KNOWN, where="rule", kinds=KINDS)
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("purchases > '2'", "column 13: 'purchases' is a number, never the string '2'; write 2"),
+        ("'x' < purchases", "column 1: 'purchases' is a number, never the string 'x'"),
+        ("channel == 2", "'channel' is a string, never the number 2"),
+        ("channel not in ['web', 'sms']", "column 24: 'channel' is one of 'mobile', 'web', never"),
+        ("1 < purchases < 'many'", "never the string 'many'"),
+        ("0.05 * channel", "column 8: 'channel' is a string; arithmetic takes numbers"),
+        ("purchases + '1' > 2", "column 13: 'purchases' is a number; arithmetic takes no strings"),
+    ],
+)
+def test_comparisons_a_name_can_never_satisfy_are_refused(source: str, problem: str) -> None:
+    with pytest.raises(ProgramError) as caught:
+        compile_expression(source, known_names=KNOWN, where="rule", kinds=KINDS)
+    assert problem in str(caught.value)

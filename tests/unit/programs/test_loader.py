@@ -193,6 +193,33 @@ ERROR_CASES: dict[str, tuple[Mutation, str, str]] = {
         CARD_RULE_AT,
         "unknown name 'agee' (did you mean 'age'?)",
     ),
+    # A comparison an engine name can never satisfy would leave its reward never granted.
+    "a number compared with a string": (
+        _set(*CARD_RULE, to="purchases >= '2'"),
+        CARD_RULE_AT,
+        "column 14: 'purchases' is a number, never the string '2'; write 2 without quotes",
+    ),
+    "a string compared with a number": (
+        _set(*CARD_RULE, to="channel != 1"),
+        CARD_RULE_AT,
+        "'channel' is a string, never the number 1",
+    ),
+    "a channel that does not exist": (
+        _set(*CARD_RULE, to="channel in ['web', 'mobil']"),
+        CARD_RULE_AT,
+        "column 20: 'channel' is one of 'email', 'mobile', 'sms', 'store', 'web', never "
+        "'mobil' (did you mean 'mobile'?)",
+    ),
+    "an event type that is not a trigger": (
+        _set(*CARD_RULE, to="event_type == 'purchased'"),
+        CARD_RULE_AT,
+        "never 'purchased' (did you mean 'purchase'?)",
+    ),
+    "a currency in lower case": (
+        _set(*CARD_RULE, to="'eur' == currency"),
+        CARD_RULE_AT,
+        "'currency' is a three-letter currency code such as 'EUR', never 'eur'",
+    ),
     "syntax error with column": (
         _set(*CARD_RULE, to="age >= >= 18"),
         CARD_RULE_AT,
