@@ -21,7 +21,7 @@ from app.settings import Settings, SettingsError
 # bench-fraud, demo, soak) belong to the test harness, ``harness/`` beside this package in
 # a checkout, which the wheel does not ship: each imports it through _harness(), inside
 # the command; these never import it.
-PRODUCT_COMMANDS = ("topics", "worker", "produce", "tail", "erase", "replay", "console")
+PRODUCT_COMMANDS = ("topics", "worker", "produce", "tail", "erase", "replay", "program", "console")
 
 TAIL_ROLES = {
     "decisions": "topic_decisions",
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tail(commands)
     _add_erase(commands)
     _add_replay(commands)
+    _add_program(commands)
     _add_console(commands)
     _add_evaluate(commands)
     _add_whatif(commands)
@@ -594,6 +595,43 @@ def _experiment_report(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     print(render(found))
     return 1 if found.sample_ratio.mismatch else 0
+
+
+# ---------------------------------------------------------------- program
+
+
+def _add_program(commands: Any) -> None:
+    program = commands.add_parser("program", help="check reward program files")
+    actions = program.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="load programs as a worker would and print what each means; exit 1 if one fails",
+    )
+    check.add_argument(
+        "programs",
+        nargs="*",
+        metavar="PROGRAM",
+        help="shipped program ids or YAML files (default: REWARDSTREAM_PROGRAM, and "
+        "REWARDSTREAM_SHADOW_PROGRAM if set)",
+    )
+    check.set_defaults(run=_program_check)
+
+
+def _program_check(settings: Settings, args: argparse.Namespace) -> int:
+    from app.assembly import load_program_setting
+    from app.programs.summary import summarize
+
+    names = args.programs or [settings.program, *filter(None, [settings.shadow_program])]
+    failed = 0
+    for name in names:
+        try:
+            program = load_program_setting(name)
+        except (ProgramError, OSError) as error:
+            print(f"rewardstream: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        print(summarize(program))
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------- replay

@@ -17,6 +17,8 @@ the engine only ever sees a valid :class:`Program`.
 - :mod:`app.programs.names`: the names rules may use, and the protected
   attributes they may not.
 - :mod:`app.programs.errors`: ``ProgramError``.
+- :mod:`app.programs.summary`: ``summarize``, a loaded program in plain lines
+  (``rewardstream program check``).
 """
 
 from app.programs.errors import ProgramError

@@ -75,5 +75,6 @@ def test_a_harness_command_without_a_checkout_says_where_it_runs(
     assert error == (
         "rewardstream: `rewardstream bench-fraud` is part of the project's test harness and "
         "runs from a checkout of the repository (make demo, make bench); the installed "
-        "package has the topics, worker, produce, tail, erase, replay and console commands\n"
+        "package has the topics, worker, produce, tail, erase, replay, program and console "
+        "commands\n"
     )
