@@ -43,6 +43,7 @@ from app.decisioning.explain import explain, fraud_codes, fraud_words, risk_word
 from app.decisioning.ledger import Ledger, Share
 from app.decisioning.policy import Candidate, Policy, Situation, policy_for
 from app.features.derive import (
+    BANDED_FEATURES,
     as_vector,
     from_vector,
     model_features,
@@ -167,7 +168,9 @@ class Engine:
         }
         self.partitions = partitions
         learning = program.learning
-        self.models = PropensityModels(prior=learning.prior, learning_rate=learning.learning_rate)
+        self.models = PropensityModels(
+            prior=learning.prior, learning_rate=learning.learning_rate, banded=BANDED_FEATURES
+        )
         self.risk_models = RiskModels(seed=seed)
         self.bucket_ms = _bucket_ms(program)
         self.keep_ledger_ms = max(

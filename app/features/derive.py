@@ -47,6 +47,13 @@ MODEL_FEATURES: tuple[str, ...] = (
     "amount_log",
 )
 
+# The continuous ones among them: the models see each also as the band its standardised
+# value falls in (app.models.propensity.StandardBands). Not the indicators (channel,
+# event type) nor the user's answers per kind (taste_*), which are 0 until they answer.
+BANDED_FEATURES: tuple[str, ...] = tuple(
+    name for name in MODEL_FEATURES if not name.startswith(("taste_", "channel_", "event_"))
+)
+
 
 def _days_since(ts: int, then: int | None) -> float | None:
     return None if then is None else max(0.0, (ts - then) / DAY_MS)

@@ -6,6 +6,15 @@ scaler matters: the behavioural features live on very different scales (a
 values spends its first hundreds of answers fighting that, which is exactly
 the warm-up a new program cannot afford (docs/benchmarks.md has the figures).
 
+Bands: a regression on standardised values can only say "the more, the likelier" or
+"the less"; the users who answer a reward best often sit in the middle of a feature's
+range (baskets neither small nor large, a few visits a week). So between the scaler and
+the regression, :class:`StandardBands` adds for each continuous feature an indicator of
+the band its standardised value falls in (edges at :data:`BAND_EDGES` standard
+deviations): each feature gets a learned step curve on top of its line, on the scale
+the scaler learns from the data, so no world's units are assumed
+(docs/decisions.md §42).
+
 Cold start: each model's intercept starts at the program's ``prior`` (logit),
 so from the very first event every reward has a propensity, the prior, and
 exploration sorts out the rest. Models see only behavioural features
@@ -17,9 +26,10 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter, defaultdict
+from collections.abc import Hashable
 from typing import Any
 
-from river import compose, linear_model, optim, preprocessing
+from river import base, compose, linear_model, optim, preprocessing
 
 from app.models.deferral import Deferral
 
@@ -39,12 +49,48 @@ def log_loss(predicted: float, redeemed: bool) -> float:
     return -math.log(p if redeemed else 1.0 - p)
 
 
-class PropensityModels:
-    """One River pipeline (scaler, then logistic regression) per key, created on first use."""
+# Where the bands of a standardised value end, in standard deviations: eight bands, the
+# middle six half a deviation wide.
+BAND_EDGES = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 
-    def __init__(self, *, prior: float, learning_rate: float) -> None:
+
+def band_of(value: float) -> int:
+    """The band (0 to len(BAND_EDGES)) a standardised value falls in."""
+    return sum(value > edge for edge in BAND_EDGES)
+
+
+# The band of the average user (a standardised value of 0): explanations weigh a
+# user's band against it.
+AVERAGE_BAND = band_of(0.0)
+
+
+class StandardBands(base.Transformer):
+    """The standardised features as they are, and for each of ``features`` the indicator
+    ``<name>#<band>`` of the band it falls in. Only the one indicator that is 1 is sent:
+    a feature left out weighs nothing in the regression's score and gets no step, as a
+    0 would. Holds no state: what it depends on is the scaler's."""
+
+    def __init__(self, features: tuple[str, ...] = ()) -> None:
+        self.features = features
+
+    def transform_one(self, x: dict[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(x)
+        for name in self.features:
+            value = x.get(name)
+            if value is not None:
+                out[f"{name}#{band_of(value)}"] = 1.0
+        return out
+
+
+class PropensityModels:
+    """One River pipeline (scaler, bands, then logistic regression) per key, created on
+    first use."""
+
+    def __init__(self, *, prior: float, learning_rate: float, banded: tuple[str, ...] = ()) -> None:
         self.prior = prior
         self.learning_rate = learning_rate
+        # The continuous features that get band indicators (StandardBands).
+        self.banded = banded
         self.models: dict[str, compose.Pipeline] = {}
         self.updates = 0
         # The worker holds learning steps until their batch commits (app.models.deferral).
@@ -53,11 +99,15 @@ class PropensityModels:
     def _model(self, key: str) -> compose.Pipeline:
         model = self.models.get(key)
         if model is None:
-            model = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-                optimizer=optim.SGD(self.learning_rate),
-                intercept_init=_logit(self.prior),
-                intercept_lr=self.learning_rate,
-                l2=1e-4,
+            model = (
+                preprocessing.StandardScaler()
+                | StandardBands(self.banded)
+                | linear_model.LogisticRegression(
+                    optimizer=optim.SGD(self.learning_rate),
+                    intercept_init=_logit(self.prior),
+                    intercept_lr=self.learning_rate,
+                    l2=1e-4,
+                )
             )
             self.models[key] = model
         return model
@@ -80,14 +130,22 @@ class PropensityModels:
     def contributions(
         self, key: str, features: dict[str, float], *, top: int = 2
     ) -> list[tuple[str, float]]:
-        """The features that moved this score most, as (name, weight x scaled value) in
-        logit units: how far this user's value, against the average user's, moved the score."""
+        """The features that moved this score most, as (name, weight x scaled value, and
+        for a banded feature its band's weight against the average user's band) in logit
+        units: how far this user's value, against the average user's, moved the score."""
         model = self.models.get(key)
         if model is None:
             return []
         scaled = _scaler(model).transform_one(features)
         weights = _classifier(model).weights
-        terms = [(name, weights.get(name, 0.0) * value) for name, value in scaled.items()]
+        banded = set(self.banded)
+        terms = []
+        for name, value in scaled.items():
+            term = weights.get(name, 0.0) * value
+            if name in banded:
+                term += weights.get(f"{name}#{band_of(value)}", 0.0)
+                term -= weights.get(f"{name}#{AVERAGE_BAND}", 0.0)
+            terms.append((name, term))
         terms = [t for t in terms if abs(t[1]) >= 0.01]
         terms.sort(key=lambda t: (-abs(t[1]), t[0]))
         return terms[:top]

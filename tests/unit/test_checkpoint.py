@@ -9,9 +9,12 @@ from app.fraud import RiskModels
 from app.models.checkpoint import FORMAT, encode, learned_through, restore_into
 from app.models.propensity import PropensityModels
 
+# "a" is banded: a checkpoint must bring back the weights of its bands too.
+BANDED = ("a",)
+
 
 def trained() -> PropensityModels:
-    models = PropensityModels(prior=0.2, learning_rate=0.1)
+    models = PropensityModels(prior=0.2, learning_rate=0.1, banded=BANDED)
     for n in range(50):
         models.learn_one("points", {"a": n % 3, "b": 1.0}, n % 2 == 0)
     return models
@@ -19,7 +22,7 @@ def trained() -> PropensityModels:
 
 def test_round_trip_gives_the_same_predictions() -> None:
     source = trained()
-    target = PropensityModels(prior=0.2, learning_rate=0.1)
+    target = PropensityModels(prior=0.2, learning_rate=0.1, banded=BANDED)
     assert restore_into(target, encode("p", "sha", source), program_id="p")
     assert target.updates == source.updates == 50
     for x in ({"a": 0.0, "b": 1.0}, {"a": 2.0, "b": 1.0}):
@@ -30,7 +33,7 @@ def test_round_trip_gives_the_same_predictions() -> None:
 def test_a_restored_model_goes_on_learning_exactly_as_the_original() -> None:
     """The scaler's running statistics come back too, not only the weights."""
     source = trained()
-    target = PropensityModels(prior=0.2, learning_rate=0.1)
+    target = PropensityModels(prior=0.2, learning_rate=0.1, banded=BANDED)
     restore_into(target, encode("p", "sha", source), program_id="p")
     for models in (source, target):
         for n in range(20):
@@ -61,7 +64,7 @@ def test_a_restored_model_goes_on_learning_exactly_as_the_original() -> None:
     ],
 )
 def test_unusable_checkpoints_are_refused_and_leave_the_prior(raw: bytes | None) -> None:
-    models = PropensityModels(prior=0.2, learning_rate=0.1)
+    models = PropensityModels(prior=0.2, learning_rate=0.1, banded=BANDED)
     assert not restore_into(models, raw, program_id="p")
     assert models.updates == 0
     assert models.predict_one("points", {"a": 1.0}) == 0.2
@@ -74,7 +77,10 @@ def test_the_fraud_model_trained_by_labels_comes_back_too() -> None:
     target = RiskModels(seed=1)
     raw = encode("p", "sha", trained(), source)
     assert restore_into(
-        PropensityModels(prior=0.2, learning_rate=0.1), raw, program_id="p", risk=target
+        PropensityModels(prior=0.2, learning_rate=0.1, banded=BANDED),
+        raw,
+        program_id="p",
+        risk=target,
     )
     vector = {"device.signups": 0.9}
     assert target.label_counts == source.label_counts

@@ -245,15 +245,48 @@ def test_a_shadow_spends_nothing_of_the_live_budgets(
     assert beside.shadow_users
 
 
+@pytest.fixture(scope="module")
+def ungated_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    shipped = Path(cli.__file__).parent / "programs" / "shipped" / "retail-loyalty.yaml"
+    text = shipped.read_text(encoding="utf-8")
+    assert text.count("min_priority: 0.5") == 1
+    path = tmp_path_factory.mktemp("programs") / "ungated.yaml"
+    path.write_text(text.replace("min_priority: 0.5", "min_priority: 0"), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ungated(ungated_file: Path) -> Program:
+    """The live program granting whenever a reward is eligible (no minimum priority).
+    With one, a copy of the program learning apart grants where the live one granted
+    nothing, or the reverse, once their estimates near the minimum differ: choices the
+    live log gives no probability to, which evaluate rightly refuses to value. Without
+    one, every choice the copy makes is one the live program's exploration makes too."""
+    program = load_program_setting(str(ungated_file))
+    assert program.learning.min_priority == 0
+    return program
+
+
 def test_evaluate_values_a_shadow_log_on_the_live_answers(
     settings: Settings,
-    live: Program,
-    run: LoggedRun,
+    ungated: Program,
+    ungated_file: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A shadow of the same program (its own draws) is worth what the live program
     observed: the interval of its doubly robust estimate covers that."""
+    run = logged_closed_loop(
+        ungated,
+        events=3_000,
+        users=300,
+        seed=SEED,
+        days=3,
+        partitions=settings.partitions,
+        max_event_bytes=settings.max_event_bytes,
+        state_ttl_ms=settings.state_ttl_ms,
+    )
+    live = ungated
     _, shadow = _split(
         _replay(settings, run.lines, _engine(live, settings), _engine(_same_id(live), settings))
     )
@@ -276,7 +309,8 @@ def test_evaluate_values_a_shadow_log_on_the_live_answers(
     events, log = tmp_path / "events.jsonl", tmp_path / "shadow.jsonl"
     events.write_bytes(b"\n".join(run.lines) + b"\n")
     log.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in shadow))
-    assert cli.main(["evaluate", "--in", str(events), "--shadow", str(log)]) == 0
+    command = ["evaluate", "--in", str(events), "--shadow", str(log)]
+    assert cli.main([*command, "--program", str(ungated_file)]) == 0
     printed = capsys.readouterr().out
     assert "shadow retail-loyalty-again" in printed
     assert "live choices without a shadow decision" in printed
