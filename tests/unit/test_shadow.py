@@ -45,12 +45,11 @@ def live(settings: Settings) -> Program:
     return load_program_setting(settings.program)
 
 
-@pytest.fixture(scope="module")
-def run(settings: Settings, live: Program) -> LoggedRun:
+def _logged(settings: Settings, program: Program) -> LoggedRun:
     """A closed loop's log: 3,000 events of 300 simulated users over 3 days, with the
-    answers the simulated users gave to what the live program granted."""
+    answers the simulated users gave to what ``program`` granted."""
     return logged_closed_loop(
-        live,
+        program,
         events=3_000,
         users=300,
         seed=SEED,
@@ -59,6 +58,12 @@ def run(settings: Settings, live: Program) -> LoggedRun:
         max_event_bytes=settings.max_event_bytes,
         state_ttl_ms=settings.state_ttl_ms,
     )
+
+
+@pytest.fixture(scope="module")
+def run(settings: Settings, live: Program) -> LoggedRun:
+    """The live program's log (:func:`_logged`)."""
+    return _logged(settings, live)
 
 
 @pytest.fixture(scope="module")
@@ -276,16 +281,7 @@ def test_evaluate_values_a_shadow_log_on_the_live_answers(
 ) -> None:
     """A shadow of the same program (its own draws) is worth what the live program
     observed: the interval of its doubly robust estimate covers that."""
-    run = logged_closed_loop(
-        ungated,
-        events=3_000,
-        users=300,
-        seed=SEED,
-        days=3,
-        partitions=settings.partitions,
-        max_event_bytes=settings.max_event_bytes,
-        state_ttl_ms=settings.state_ttl_ms,
-    )
+    run = _logged(settings, ungated)
     live = ungated
     _, shadow = _split(
         _replay(settings, run.lines, _engine(live, settings), _engine(_same_id(live), settings))
