@@ -17,6 +17,14 @@ the candidate's.
   when the log cannot say (the candidate takes actions the logging policy never took
   there, or too few rounds carry the weight: :class:`Overlap`).
 
+Intervals treat the *unit* of each round as independent, not the round: where the
+rounds say whose decision each was (``LoggedRounds.unit``, the user in a decision
+log), a unit's terms are summed before their variance is taken (the cluster-robust
+variance). One user's decisions share that user's tastes and history, so a user who
+redeems everything moves many rounds at once; an interval that counted each round as
+independent would be too narrow for the policy's value on users like the logged ones
+(the experiment report takes users as its unit for the same reason).
+
 What every estimate assumes: the logged propensity is the true probability the logging
 policy had of its action (the engine logs it exactly); every action the candidate may
 take in a situation, the logging policy could take there too (support); and a
@@ -70,6 +78,8 @@ class LoggedRounds:
     needs it, and it makes the support exact where ``logging`` is known.
     ``logging``: (n, K) the logging policy's whole distribution, when known (a replay of
     the logging policy's ``distribution``); a row of NaN where it is not.
+    ``unit``: (n,) the independent unit each round belongs to (a number per user), when
+    known: every interval then takes units, not rounds, as independent.
     """
 
     actions: tuple[Action, ...]
@@ -79,6 +89,7 @@ class LoggedRounds:
     target_probability: FloatArray
     target: FloatArray | None = None
     logging: FloatArray | None = None
+    unit: IntArray | None = None
 
     def __post_init__(self) -> None:
         n, k = len(self.action), len(self.actions)
@@ -100,6 +111,8 @@ class LoggedRounds:
                 raise ValueError("the candidate's distribution (target) must be known everywhere")
         if self.logging is not None:
             _check_table("logging", self.logging, k, self.action, self.propensity)
+        if self.unit is not None and self.unit.shape != (n,):
+            raise ValueError(f"unit has shape {self.unit.shape}, not ({n},)")
 
     @property
     def rounds(self) -> int:
@@ -132,24 +145,31 @@ class LoggedChoice:
     """One logged decision as a reader of the decision log builds it: the logged
     ``action`` and ``propensity``, the ``reward`` observed, the candidate's
     :func:`~app.decisioning.policy.choice_probabilities` in that situation, and the
-    logging policy's, when a replay can tell."""
+    logging policy's, when a replay can tell; ``unit`` names the independent unit it
+    belongs to (the user), when known."""
 
     action: Action
     propensity: float
     reward: float
     target: Mapping[Action, float]
     logging: Mapping[Action, float] | None = None
+    unit: str | None = None
 
 
 def tabulate(choices: Sequence[LoggedChoice], actions: Sequence[Action]) -> LoggedRounds:
     """The rounds as arrays, with a column for each of ``actions`` (an action a mapping
-    leaves out has probability 0; one outside ``actions`` is an error)."""
+    leaves out has probability 0; one outside ``actions`` is an error). Units are kept
+    when every choice names one, and dropped (rounds independent) when any does not."""
     column = {action: k for k, action in enumerate(actions)}
     if unknown := {c.action for c in choices} - set(column):
         raise ValueError(f"logged actions {sorted(map(str, unknown))} are not among the actions")
     target = _table([c.target for c in choices], actions)
     logging = _table([c.logging for c in choices], actions)
     logged = np.array([column[c.action] for c in choices], np.intp)
+    unit = None
+    if choices and all(c.unit is not None for c in choices):
+        numbers: dict[str | None, int] = {}
+        unit = np.array([numbers.setdefault(c.unit, len(numbers)) for c in choices], np.intp)
     return LoggedRounds(
         actions=tuple(actions),
         action=logged,
@@ -158,6 +178,7 @@ def tabulate(choices: Sequence[LoggedChoice], actions: Sequence[Action]) -> Logg
         target_probability=target[np.arange(len(choices)), logged],
         target=target,
         logging=logging,
+        unit=unit,
     )
 
 
@@ -268,12 +289,30 @@ def _interval(estimator: str, value: float, std_error: float, level: float) -> E
     return Estimate(estimator, value, value - z * std_error, value + z * std_error, std_error)
 
 
-def _mean_estimate(estimator: str, terms: FloatArray, level: float) -> Estimate:
-    """An estimator that is the mean of independent per-round terms."""
+def _sum_standard_error(deviations: FloatArray, unit: IntArray | None) -> float:
+    """The standard error of ``sum(deviations)``, each a round's term less the estimate:
+    rounds independent (``unit`` None), or units independent, a unit's deviations summed
+    first (the cluster-robust variance, with the small-sample factor G / (G - 1))."""
+    if unit is None:
+        n = len(deviations)
+        return float(np.sqrt(np.sum(deviations**2) * n / (n - 1)))
+    per_unit = np.bincount(unit, weights=deviations)
+    units = int(np.count_nonzero(np.bincount(unit)))
+    if units < 2:
+        raise ValueError("an interval needs rounds from at least 2 units (users)")
+    return float(np.sqrt(np.sum(per_unit**2) * units / (units - 1)))
+
+
+def _mean_estimate(
+    estimator: str, terms: FloatArray, level: float, unit: IntArray | None = None
+) -> Estimate:
+    """An estimator that is the mean of per-round terms, independent across units (or
+    across rounds when ``unit`` is None)."""
     if len(terms) < 2:
         raise ValueError("estimating needs at least 2 rounds")
-    std_error = float(np.std(terms, ddof=1) / np.sqrt(len(terms)))
-    return _interval(estimator, float(np.mean(terms)), std_error, level)
+    value = float(np.mean(terms))
+    std_error = _sum_standard_error(terms - value, unit) / len(terms)
+    return _interval(estimator, value, std_error, level)
 
 
 def ips(rounds: LoggedRounds, *, level: float = 0.95) -> Estimate:
@@ -284,7 +323,7 @@ def ips(rounds: LoggedRounds, *, level: float = 0.95) -> Estimate:
     grows with the weights, so a candidate far from the logging policy gets a wide
     interval. The interval is the normal approximation on the per-round terms.
     """
-    return _mean_estimate("ips", importance_weights(rounds) * rounds.reward, level)
+    return _mean_estimate("ips", importance_weights(rounds) * rounds.reward, level, rounds.unit)
 
 
 def snips(rounds: LoggedRounds, *, level: float = 0.95) -> Estimate:
@@ -295,14 +334,15 @@ def snips(rounds: LoggedRounds, *, level: float = 0.95) -> Estimate:
     estimate within the range of the rewards. Consistent under the same assumptions as
     IPS; it also silently rescales away mass the candidate puts outside the support, so
     read it with :class:`Overlap`. The interval is the delta method's:
-    ``se^2 = sum(w^2 (reward - value)^2) / (sum w)^2``.
+    ``se^2 = sum(w^2 (reward - value)^2) / (sum w)^2``, the terms summed per unit first
+    when the rounds name their units.
     """
     weights = importance_weights(rounds)
     total = float(np.sum(weights))
     if len(weights) < 2 or total <= 0.0:
         raise ValueError("SNIPS needs at least 2 rounds, some of them the candidate's actions")
     value = float(np.sum(weights * rounds.reward)) / total
-    std_error = float(np.sqrt(np.sum((weights * (rounds.reward - value)) ** 2))) / total
+    std_error = _sum_standard_error(weights * (rounds.reward - value), rounds.unit) / total
     return _interval("snips", value, std_error, level)
 
 
@@ -325,7 +365,7 @@ def doubly_robust(rounds: LoggedRounds, predicted: FloatArray, *, level: float =
     modelled = np.sum(rounds.target * predicted, axis=1)
     at_logged = predicted[np.arange(rounds.rounds), rounds.action]
     correction = importance_weights(rounds) * (rounds.reward - at_logged)
-    return _mean_estimate("dr", modelled + correction, level)
+    return _mean_estimate("dr", modelled + correction, level, rounds.unit)
 
 
 # ---------------------------------------------------------------- evaluation

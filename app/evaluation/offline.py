@@ -216,7 +216,9 @@ def value_candidates(
         found: dict[str, Valued | Insufficient] = {}
         for outcome, rewards in outcomes.items():
             choices = [
-                LoggedChoice(r.action, r.propensity, reward, r.targets[k], r.logging)
+                LoggedChoice(
+                    r.action, r.propensity, reward, r.targets[k], r.logging, unit=r.user_id
+                )
                 for r, reward in zip(rounds, rewards, strict=True)
             ]
             table = tabulate(choices, actions)
