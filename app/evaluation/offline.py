@@ -441,7 +441,8 @@ def render(evaluation: Evaluation) -> str:
         "",
         "Each estimate is per choice, with its 95% interval, for the immediate answer only: "
         "the logged situations, budgets, contact limits and holds are taken as they were "
-        "(see app/evaluation/estimators.py).",
+        "(see app/evaluation/estimators.py). Intervals take users, not choices, as "
+        "independent.",
         *evaluation.notes,
     ]
     return "\n".join(lines)
