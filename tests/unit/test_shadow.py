@@ -254,9 +254,9 @@ def test_a_shadow_spends_nothing_of_the_live_budgets(
 def ungated_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shipped = Path(cli.__file__).parent / "programs" / "shipped" / "retail-loyalty.yaml"
     text = shipped.read_text(encoding="utf-8")
-    assert text.count("min_priority: 0.5") == 1
+    assert text.count("min_priority: 0.25") == 1
     path = tmp_path_factory.mktemp("programs") / "ungated.yaml"
-    path.write_text(text.replace("min_priority: 0.5", "min_priority: 0"), encoding="utf-8")
+    path.write_text(text.replace("min_priority: 0.25", "min_priority: 0"), encoding="utf-8")
     return path
 
 

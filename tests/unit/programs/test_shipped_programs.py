@@ -93,7 +93,7 @@ def test_retail_loyalty() -> None:
     assert program.non_personalized_default == "bonus-points"
     learning = program.learning
     assert (learning.epsilon, learning.prior, learning.response_window.text) == (0.05, 0.15, "3d")
-    assert (learning.learning_rate, learning.min_priority) == (0.2, 0.5)
+    assert (learning.learning_rate, learning.min_priority) == (0.2, 0.25)
     assert (learning.epsilon_half_after, learning.min_epsilon) == (3, 0.01)
 
 
