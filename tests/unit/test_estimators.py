@@ -77,7 +77,21 @@ def logged(
     drawn = rng.random(rounds)[:, None]
     action = (drawn > np.cumsum(logging[situation], axis=1)).sum(axis=1).astype(np.intp)
     reward = (rng.random(rounds) < TRUE_MEAN[situation, action]).astype(np.float64)
-    table = LoggedRounds(
+    return Log(situation, as_rounds(situation, action, reward, logging, target, known=known))
+
+
+def as_rounds(
+    situation: IntArray,
+    action: IntArray,
+    reward: FloatArray,
+    logging: FloatArray,
+    target: FloatArray,
+    *,
+    known: bool = True,
+    unit: IntArray | None = None,
+) -> LoggedRounds:
+    """The logged rounds of these draws, the policies' tables read at each situation."""
+    return LoggedRounds(
         actions=ACTIONS,
         action=action,
         propensity=logging[situation, action],
@@ -85,8 +99,8 @@ def logged(
         target_probability=target[situation, action],
         target=target[situation],
         logging=logging[situation] if known else None,
+        unit=unit,
     )
-    return Log(situation, table)
 
 
 LOGGING = epsilon_greedy(GUESSED_BEST, 0.3)
@@ -244,16 +258,7 @@ def users_log(seed: int, *, users: int = 400, each: int = 30) -> tuple[LoggedRou
     odds = np.log(TRUE_MEAN / (1.0 - TRUE_MEAN))
     mean = 1.0 / (1.0 + np.exp(-(odds[situation, action] + taste)))
     reward = (rng.random(rounds) < mean).astype(np.float64)
-    log = LoggedRounds(
-        actions=ACTIONS,
-        action=action,
-        propensity=LOGGING[situation, action],
-        reward=reward,
-        target_probability=NEAR[situation, action],
-        target=NEAR[situation],
-        logging=LOGGING[situation],
-        unit=unit,
-    )
+    log = as_rounds(situation, action, reward, LOGGING, NEAR, unit=unit)
     # The population's value, by a large sample of fresh users' tastes.
     tastes = np.random.default_rng(10_000 + seed).normal(scale=TASTE, size=(4_000, 1, 1))
     population = 1.0 / (1.0 + np.exp(-(odds[None] + tastes)))  # (users, situations, actions)
