@@ -50,6 +50,7 @@ from app.evaluation.estimators import (
     Estimate,
     Insufficient,
     LoggedChoice,
+    LoggedRounds,
     Thresholds,
     Valued,
     cross_fitted_rewards,
@@ -80,6 +81,11 @@ class Round:
     values: Mapping[Action, float]
     # The channel each reward would go out on (what a simulator's answer depends on).
     channels: Mapping[Action, str | None] = field(default_factory=dict)
+    # The logging program's modelled chance that each reward is redeemed here (its
+    # candidates' propensity, before any policy chose): what doubly robust's reward
+    # model reads, so that it knows a reward's chance where it was the model's pick
+    # from its chance where exploration drew it.
+    scores: Mapping[Action, float] = field(default_factory=dict)
 
 
 class RecordingPolicy:
@@ -108,6 +114,7 @@ class RecordingPolicy:
                 ),
                 values={c.reward.id: c.value for c in candidates},
                 channels={c.reward.id: c.channel for c in candidates},
+                scores={c.reward.id: c.propensity for c in candidates},
             )
         )
         return pick
@@ -211,20 +218,33 @@ def value_candidates(
             r.values.get(r.action, 0.0) if t else 0.0 for r, t in zip(rounds, took, strict=True)
         ],
     }
-    valued = []
-    for k, name in enumerate(names):
-        found: dict[str, Valued | Insufficient] = {}
-        for outcome, rewards in outcomes.items():
-            choices = [
+    # The reward model: per action, a logistic regression of redemption on the logging
+    # program's scores of every reward in the situation (0 where one was not a
+    # candidate); a value is the reward's value times its chance of redemption.
+    scores = np.array([[r.scores.get(a, 0.0) if a else 0.0 for a in actions] for r in rounds])
+    values = np.array([[r.values.get(a, 0.0) if a else 0.0 for a in actions] for r in rounds])
+
+    def table(k: int, rewards: list[float]) -> LoggedRounds:
+        return tabulate(
+            [
                 LoggedChoice(
                     r.action, r.propensity, reward, r.targets[k], r.logging, unit=r.user_id
                 )
                 for r, reward in zip(rounds, rewards, strict=True)
-            ]
-            table = tabulate(choices, actions)
-            found[outcome] = evaluate(
-                table, cross_fitted_rewards(table, seed=seed), thresholds=thresholds
-            )
+            ],
+            actions,
+        )
+
+    if not names:
+        raise ValueError("no candidate to value")
+    # Fitted on the actions and answers alone: the same for every candidate.
+    redemption = cross_fitted_rewards(table(0, outcomes["redemption"]), scores, seed=seed)
+    predicted = {"redemption": redemption, "value": values * redemption}
+    valued = []
+    for k, name in enumerate(names):
+        found: dict[str, Valued | Insufficient] = {}
+        for outcome, rewards in outcomes.items():
+            found[outcome] = evaluate(table(k, rewards), predicted[outcome], thresholds=thresholds)
         valued.append(CandidateValue(name, found["redemption"], found["value"]))
     return Evaluation(
         rounds=len(rounds),

@@ -255,7 +255,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"exploring {plan['epsilon']:.0%} without its pending period or fraud layer, "
         "then `evaluate`'s own path over that log. The truth: each candidate's expected "
         "redemptions per logged choice from the simulator's true probabilities. DR is "
-        "doubly robust with a cross-fitted per-reward mean.",
+        "doubly robust with a cross-fitted reward model (per reward, a logistic regression on "
+        "the logging program's scores of the situation's rewards); intervals take users as "
+        "independent.",
         "",
         "| candidate | seeds refused | truth | DR (mean) | IPS (mean) | SNIPS (mean) | ESS (mean) "
         "| DR within ±10% | interval covers truth | target |",

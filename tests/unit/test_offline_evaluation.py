@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -18,6 +19,7 @@ from app.evaluation.offline import (
     check_against_log,
     evaluate_events,
     redeemed_decisions,
+    value_candidates,
 )
 from app.settings import Settings
 from harness.simulation.logged import LoggedRun, logged_closed_loop
@@ -162,3 +164,55 @@ def test_a_program_file_is_taken_for_its_policy(settings: Settings, tmp_path: Pa
     policy = candidate_policy(str(candidate), load_program_setting(settings.program), seed=SEED)
     assert getattr(policy, "learning", None) is not None
     assert policy.learning.epsilon == 0.3  # type: ignore[attr-defined]
+
+
+def _scored_rounds(seed: int, *, scored: bool, count: int = 6_000) -> tuple[list[Round], set[str]]:
+    """A log of two rewards whose chance of redemption is what the logging program's model
+    scored them (``scores``), chosen greedily on the score with 10% exploration, and the
+    decisions redeemed; ``scored=False`` leaves the scores out of the rounds."""
+    rng = np.random.default_rng(seed)
+    rounds, redeemed = [], set()
+    for i in range(count):
+        chance = {"a": rng.uniform(0.02, 0.9), "b": rng.uniform(0.02, 0.9)}
+        best = max(chance, key=lambda reward: chance[reward])
+        logging: dict[str | None, float] = {best: 0.9, ("b" if best == "a" else "a"): 0.1}
+        logging[None] = 0.0
+        action = best if rng.random() < 0.9 else ("b" if best == "a" else "a")
+        if rng.random() < chance[action]:
+            redeemed.add(f"d-{i}")
+        rounds.append(
+            Round(
+                decision_id=f"d-{i}",
+                user_id=f"u-{i % 600}",
+                action=action,
+                propensity=logging[action],
+                logging=logging,
+                targets=({"a": 0.5, "b": 0.5, None: 0.0},),
+                values={"a": 1.0, "b": 1.0},
+                scores=chance if scored else {},
+            )
+        )
+    return rounds, redeemed
+
+
+def test_doubly_robust_reads_the_logging_programs_scores() -> None:
+    # A uniform candidate leans on the explored choices, whose chance the logging
+    # program's own scores tell apart from the exploited ones'. With them the reward
+    # model narrows doubly robust's interval well below IPS's; a per-reward mean, blind
+    # to them, leaves it as wide as IPS's.
+    ratio = {}
+    for scored in (True, False):
+        ratios = []
+        for seed in range(5):
+            rounds, redeemed = _scored_rounds(seed, scored=scored)
+            value = value_candidates(rounds, ["uniform"], redeemed, seed=seed).candidates[0]
+            assert isinstance(value.redemption, Valued)
+            dr = value.redemption.dr
+            assert dr is not None
+            ratios.append(dr.std_error / value.redemption.ips.std_error)
+            if scored:  # the candidate's true value on these rounds: the scores' mean
+                truth = float(np.mean([(r.scores["a"] + r.scores["b"]) / 2 for r in rounds]))
+                assert dr.low <= truth <= dr.high
+        ratio[scored] = float(np.mean(ratios))
+    assert ratio[True] < 0.9, ratio
+    assert ratio[False] > 0.95, ratio
