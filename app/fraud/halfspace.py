@@ -64,8 +64,11 @@ class WindowedHalfSpaceTrees(AnomalyDetector):
         self._split_lists: list[list[int]] = splits.tolist()
         self._threshold_lists: list[list[float]] = thresholds.tolist()
         nodes = 2 ** (height + 1) - 1
-        # The last full window's mass per node; None until a window has closed.
-        self._reference: list[list[int]] | None = None
+        # Per tree, from the last full window (None until one has closed): whether a walk
+        # goes on below each node, and the sum of mass x 2**depth along the path down to
+        # it (a score's share of that tree when the walk ends there). A walk then reads
+        # one flag per level, as River's reads a mass, a weight and two bounds.
+        self._reference: list[tuple[list[bool], list[int]]] | None = None
         self._window: list[tuple[float, ...]] = []
         self._nodes = nodes
 
@@ -82,30 +85,51 @@ class WindowedHalfSpaceTrees(AnomalyDetector):
     def learn_one(self, x: Mapping[Any, float]) -> None:
         self._window.append(tuple(x[name] for name in self.features))
         if len(self._window) == self.window_size:
-            self._reference = self._count(np.array(self._window, dtype=np.float64)).tolist()
+            self._reference = self._walks(self._count(np.array(self._window, dtype=np.float64)))
             self._window.clear()
 
     def score_one(self, x: Mapping[Any, float]) -> float:
+        score = self._score(x, floor=None)
+        assert score is not None  # without a floor every walk is finished
+        return score
+
+    def score_at_least(self, x: Mapping[Any, float], floor: float) -> float | None:
+        """``score_one(x)`` if it is at least ``floor``, else None, usually without walking
+        every tree: each tree only adds to the mass a score subtracts, so once the trees
+        walked so far put the score below ``floor`` the rest cannot lift it back."""
+        return self._score(x, floor=floor)
+
+    def _score(self, x: Mapping[Any, float], *, floor: float | None) -> float | None:
         reference = self._reference
         if reference is None:
-            return 0.0
+            return 0.0 if floor is None or floor <= 0.0 else None
         point = [x[name] for name in self.features]
-        size_limit = SIZE_LIMIT_SHARE * self.window_size
-        internal = 2**self.height - 1
-        score = 0.0
-        for masses, splits, thresholds in zip(
+        max_score = self.max_score
+        total = 0
+        for (goes_on, path_mass), splits, thresholds in zip(
             reference, self._split_lists, self._threshold_lists, strict=True
         ):
-            node, weight, total = 0, 1, 0
-            while True:
-                mass = masses[node]
-                total += mass * weight
-                if node >= internal or mass < size_limit:
-                    break
+            node = 0
+            while goes_on[node]:
+                # River goes left when ``value < threshold`` and right otherwise (NaN too).
                 node = 2 * node + (1 if point[splits[node]] < thresholds[node] else 2)
-                weight <<= 1
-            score += total
-        return 1.0 - score / self.max_score
+            total += path_mass[node]
+            # The same expression as the result: it only falls as ``total`` grows.
+            if floor is not None and 1.0 - total / max_score < floor:
+                return None
+        return 1.0 - total / max_score
+
+    def _walks(self, masses: np.ndarray[Any, Any]) -> list[tuple[list[bool], list[int]]]:
+        """Per tree, the flags and path sums ``_score`` reads, from each node's mass."""
+        internal = 2**self.height - 1
+        path_mass = masses.copy()
+        for depth in range(1, self.height + 1):
+            first, last = 2**depth - 1, 2 ** (depth + 1) - 1
+            parents = (np.arange(first, last) - 1) // 2
+            path_mass[:, first:last] = path_mass[:, parents] + masses[:, first:last] * 2**depth
+        goes_on = masses >= SIZE_LIMIT_SHARE * self.window_size
+        goes_on[:, internal:] = False  # leaves
+        return list(zip(goes_on.tolist(), path_mass.tolist(), strict=True))
 
     def _count(self, points: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """Each node's mass over ``points`` (one row each), per tree."""

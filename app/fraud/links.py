@@ -57,15 +57,20 @@ class Referral(msgspec.Struct, frozen=True, gc=False):
 
 
 class LinkState(msgspec.Struct, frozen=True, gc=False):
-    """What one device or network has seen."""
+    """What one device or network has seen.
+
+    ``accounts`` are kept oldest first (by ``last_ts``, then user id): :func:`advance_link`
+    sorts them so, and removing accounts keeps the order.
+    """
 
     accounts: tuple[Seen, ...] = ()
     referrals: tuple[Referral, ...] = ()
 
     @property
     def last_ts(self) -> int | None:
-        """When anything was last seen here."""
-        last = max(map(_LAST_TS, self.accounts), default=None)
+        """When anything was last seen here (read for every event and hop: the newest
+        account is the last, so this does not walk up to MAX_ACCOUNTS of them)."""
+        last = self.accounts[-1].last_ts if self.accounts else None
         if self.referrals:
             referred = max(map(_REFERRAL_TS, self.referrals))
             return referred if last is None or referred > last else last

@@ -99,10 +99,10 @@ class RiskModels:
         Scoring changes nothing in the detector, so an event whose score could not
         matter (:func:`anomaly_can_alert`) skips it; every event is learned from, so the
         detector's window is the same either way."""
-        score = float(self.detector.score_one(features)) if wanted else 0.0
+        score = self.detector.score_at_least(features, ANOMALY_QUANTILE_SCORE) if wanted else None
         # ``features`` is built for this event alone and never changed after.
         self.deferral.run(functools.partial(self.detector.learn_one, features))
-        if score < ANOMALY_QUANTILE_SCORE:
+        if score is None:
             return None
         return Signal("anomaly.isolated", ANOMALY_WEIGHT, f"anomaly score {score:.2f}")
 

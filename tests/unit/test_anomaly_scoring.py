@@ -40,13 +40,13 @@ def _replayed(lines: list[bytes]) -> list[bytes]:
 def test_alerts_are_what_scoring_every_event_gives(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = _attack_lines()
     scored: list[int] = []
-    real_score = WindowedHalfSpaceTrees.score_one
+    real_score = WindowedHalfSpaceTrees.score_at_least
 
-    def counted(self: WindowedHalfSpaceTrees, x: dict[str, float]) -> float:
+    def counted(self: WindowedHalfSpaceTrees, x: dict[str, float], floor: float) -> float | None:
         scored.append(1)
-        return float(real_score(self, x))
+        return real_score(self, x, floor)
 
-    monkeypatch.setattr(WindowedHalfSpaceTrees, "score_one", counted)
+    monkeypatch.setattr(WindowedHalfSpaceTrees, "score_at_least", counted)
     skipping = _replayed(lines)
     scored_when_skipping = len(scored)
     monkeypatch.setattr(assess_module, "anomaly_can_alert", lambda score, at: True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 from typing import Any
 
 import fastjsonschema
@@ -17,6 +18,7 @@ from app.contract import Decision, Event, FraudAlert
 from app.contract.schemas import load_schema
 from app.decisioning import Engine
 from app.decisioning.ledger import Ledger
+from app.erasure import link_without
 from app.features import UserState
 from app.fraud import Linker, LinkState, observe_link
 from app.fraud.links import network_of
@@ -195,6 +197,33 @@ def test_an_event_older_than_every_account_a_full_network_keeps_still_has_its_fa
     # The 64 kept (a day ahead of it, so within its 24 h); none on its address.
     assert (facts.accounts_24h, facts.same_ip_24h) == (64, 0)
     assert len(facts.related) == 10
+
+
+def test_a_link_state_says_when_it_last_saw_anything_whatever_order_events_come_in() -> None:
+    """Its time to live is read from ``last_ts`` for every event: events out of order,
+    accounts coming back, a full network, a referral, and an account erased."""
+    rng = random.Random(3)
+    state = LinkState()
+    newest = None
+    for n in range(300):
+        ts = T0 + rng.randrange(0, 48 * HOUR)
+        kind = "referral" if n % 50 == 0 else "page_view"
+        fields: dict[str, Any] = {"ip": f"198.51.100.{n % 7}"}
+        if kind == "referral":
+            fields["attributes"] = {"referred_user_id": f"friend-{n}"}
+        state, _ = observe_link(state, event(kind, ts, f"u-{rng.randrange(90)}", **fields), "net")
+        newest = ts if newest is None else max(newest, ts)
+        seen = [*(a.last_ts for a in state.accounts), *(r.ts for r in state.referrals)]
+        assert state.last_ts == max(seen)
+        keys = [(a.last_ts, a.user_id) for a in state.accounts]
+        assert keys == sorted(keys)
+    assert state.last_ts == newest
+    assert len(state.accounts) == 64  # full: the oldest fell off
+    for account in state.accounts[::-1][:5]:  # the newest first
+        state = link_without(state, account.user_id)
+        seen = [*(a.last_ts for a in state.accounts), *(r.ts for r in state.referrals)]
+        assert state.last_ts == max(seen)
+    assert LinkState().last_ts is None
 
 
 def test_a_friend_who_joins_on_the_referrers_device_is_linked_and_a_ring_closing_too() -> None:

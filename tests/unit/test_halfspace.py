@@ -53,6 +53,31 @@ def test_scores_match_rivers_at_every_step(seed: int) -> None:
     assert windowed.windows_closed
 
 
+@pytest.mark.parametrize("seed", [0, 7])
+def test_a_score_with_a_floor_is_the_score_or_none_below_it(seed: int) -> None:
+    windowed = WindowedHalfSpaceTrees(limits=ANOMALY_LIMITS, seed=seed)
+    points = _points(seed, 1_000)
+    for point in points[:750]:
+        windowed.learn_one(point)
+    scores = [windowed.score_one(point) for point in points[750:]]
+    # Floors at round values and at scores the points reach exactly (the edge case).
+    floors = [0.0, 0.5, 0.9, 0.95, 0.99, 1.0, *sorted(scores)[::25]]
+    for point, score in zip(points[750:], scores, strict=True):
+        for floor in floors:
+            expected = score if score >= floor else None
+            assert windowed.score_at_least(point, floor) == expected
+    # Both sides of the floor the detector uses are reached.
+    assert min(scores) < 0.95 <= max(scores)
+
+
+def test_before_a_window_closes_a_floor_above_zero_gives_none() -> None:
+    windowed = WindowedHalfSpaceTrees(limits=ANOMALY_LIMITS, seed=1)
+    point = _points(1, 1)[0]
+    assert windowed.score_one(point) == 0.0
+    assert windowed.score_at_least(point, 0.0) == 0.0
+    assert windowed.score_at_least(point, 0.95) is None
+
+
 def test_smaller_trees_and_windows_match_too() -> None:
     limits = {"a": (0.0, 1.0), "b": (-5.0, 5.0)}
     river_trees = anomaly.HalfSpaceTrees(n_trees=3, height=3, window_size=7, limits=limits, seed=1)
