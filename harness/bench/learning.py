@@ -53,6 +53,14 @@ from harness.simulation.closed_loop import ClosedLoopSimulator, LoopStats
 from harness.simulation.logged import START_MS
 
 POLICIES = ("engine", "random", "oracle", "undefended")
+# The minimum priority the learning targets were set against. An oracle with the
+# program's own minimum grants more low-value rewards as that minimum falls, and its rate
+# per grant falls with it (docs/decisions.md §44): a weaker yardstick would read as
+# better learning. With a program below this minimum the oracle also runs at it (row
+# ``oracle_at_reference``), and the targets are judged against whichever of the two
+# oracles redeems the larger share of its grants.
+REFERENCE_MIN_PRIORITY = 0.5
+REFERENCE_ORACLE = "oracle_at_reference"
 # Changed rows are written back once per this many events, as replay does (app.replay).
 FLUSH_EVERY = 1000
 DECISION = msgspec.json.Decoder(Decision)
@@ -232,11 +240,17 @@ def run_benchmark(
         **dataclasses.asdict(loop),
         "policies": {},
     }
-    runs = [(policy, policy, 0) for policy in POLICIES]
-    runs += [(f"oracle_blind_{k}", "oracle", k) for k in blind_oracles]
-    for name, policy, blind_events in runs:
+    runs = [(policy, policy, 0, program) for policy in POLICIES]
+    if program.learning.min_priority < REFERENCE_MIN_PRIORITY:
+        at_reference = dataclasses.replace(
+            program,
+            learning=dataclasses.replace(program.learning, min_priority=REFERENCE_MIN_PRIORITY),
+        )
+        runs.append((REFERENCE_ORACLE, "oracle", 0, at_reference))
+    runs += [(f"oracle_blind_{k}", "oracle", k, program) for k in blind_oracles]
+    for name, policy, blind_events, run_program in runs:
         started = time.perf_counter()
-        stats, problems = run_policy(policy, program, loop, blind_events=blind_events)
+        stats, problems = run_policy(policy, run_program, loop, blind_events=blind_events)
         report["policies"][name] = {
             "granted": stats.granted,
             "redeemed": stats.redeemed,
@@ -250,21 +264,27 @@ def run_benchmark(
         }
     policies = report["policies"]
     engine_rate = policies["engine"]["redemption_rate"]
+    # The stricter yardstick: the oracle whose grants redeem best (see REFERENCE_ORACLE).
+    yardstick = max(
+        [name for name in ("oracle", REFERENCE_ORACLE) if name in policies],
+        key=lambda name: policies[name]["redemption_rate"],
+    )
+    report["yardstick"] = yardstick
     report["engine_vs_random"] = round(
         engine_rate / max(policies["random"]["redemption_rate"], 1e-9), 3
     )
     report["engine_vs_oracle"] = round(
-        engine_rate / max(policies["oracle"]["redemption_rate"], 1e-9), 3
+        engine_rate / max(policies[yardstick]["redemption_rate"], 1e-9), 3
     )
     report["lift_share"] = lift_share(
-        engine_rate, policies["random"]["redemption_rate"], policies["oracle"]["redemption_rate"]
+        engine_rate, policies["random"]["redemption_rate"], policies[yardstick]["redemption_rate"]
     )
     report["lift_share_by_fifth"] = [
         lift_share(e, r, o)
         for e, r, o in zip(
             policies["engine"]["redemption_rate_by_fifth"],
             policies["random"]["redemption_rate_by_fifth"],
-            policies["oracle"]["redemption_rate_by_fifth"],
+            policies[yardstick]["redemption_rate_by_fifth"],
             strict=True,
         )
     ]
@@ -350,6 +370,7 @@ def targets_markdown(report: dict[str, Any]) -> str:
             "",
             *rows,
             "",
+            *_yardstick_line(report),
             "Share of the oracle's lift over random (redemption rate) that the engine "
             f"captures, by fifth of the run: {by_fifth}.",
             "",
@@ -360,6 +381,20 @@ def targets_markdown(report: dict[str, Any]) -> str:
             *(f"| {label} | {figure} | {_met(met)} |" for label, figure, met in targets(report)),
         ]
     )
+
+
+def _yardstick_line(report: dict[str, Any]) -> list[str]:
+    """Which oracle the targets are judged against, where the program's minimum priority
+    is below the reference one (see :data:`REFERENCE_ORACLE`)."""
+    if REFERENCE_ORACLE not in report["policies"]:
+        return []
+    return [
+        f"Row `{REFERENCE_ORACLE}` is the oracle with the program's minimum priority raised "
+        f"to {REFERENCE_MIN_PRIORITY:g}, the one the targets were set against; the ratios "
+        f"and shares below, and the targets, are against `{report['yardstick']}`, the "
+        "oracle whose grants redeem the larger share.",
+        "",
+    ]
 
 
 def _first_fifth_rows(policies: dict[str, Any]) -> list[str]:

@@ -8,8 +8,16 @@ import re
 
 import pytest
 
-from app.programs import load_builtin
-from harness.bench.learning import Loop, audit, lift_share, run_benchmark, targets_markdown
+from app.programs import Program, load_builtin
+from harness.bench.learning import (
+    REFERENCE_MIN_PRIORITY,
+    REFERENCE_ORACLE,
+    Loop,
+    audit,
+    lift_share,
+    run_benchmark,
+    targets_markdown,
+)
 from harness.simulation.closed_loop import (
     CHANNEL_PENALTY,
     PERSONAS,
@@ -20,11 +28,43 @@ from harness.simulation.closed_loop import (
 
 PROGRAM = load_builtin("retail-loyalty")
 DAY = 86_400_000
+# The extra oracle row a program below the reference minimum priority gets.
+REFERENCE = {REFERENCE_ORACLE} if PROGRAM.learning.min_priority < REFERENCE_MIN_PRIORITY else set()
+
+
+def _at_min_priority(program: Program, minimum: float) -> Program:
+    learning = dataclasses.replace(program.learning, min_priority=minimum)
+    return dataclasses.replace(program, learning=learning)
+
+
+def test_targets_are_judged_against_the_stricter_of_the_two_oracles() -> None:
+    """A program whose minimum priority is below the reference also gets the oracle at the
+    reference minimum, and the ratios use whichever oracle's grants redeem better; at or
+    above the reference there is one oracle."""
+    loop = Loop(3_000, 200, seed=3, days=5)
+    report = run_benchmark(_at_min_priority(PROGRAM, 0.1), loop)
+    policies = report["policies"]
+    assert REFERENCE_ORACLE in policies
+    rates = {name: policies[name]["redemption_rate"] for name in ("oracle", REFERENCE_ORACLE)}
+    # With a minimum this low the program's own oracle grants more and redeems a smaller
+    # share: the reference oracle is the yardstick, and the ratio reads against it.
+    assert rates[REFERENCE_ORACLE] > rates["oracle"]
+    assert report["yardstick"] == REFERENCE_ORACLE
+    engine = policies["engine"]["redemption_rate"]
+    assert report["engine_vs_oracle"] == pytest.approx(engine / rates[REFERENCE_ORACLE], abs=1e-3)
+    assert report["lift_share"] == pytest.approx(
+        lift_share(engine, policies["random"]["redemption_rate"], rates[REFERENCE_ORACLE])
+    )
+    assert f"against `{REFERENCE_ORACLE}`" in targets_markdown(report)
+    at_reference = run_benchmark(_at_min_priority(PROGRAM, REFERENCE_MIN_PRIORITY), loop)
+    assert REFERENCE_ORACLE not in at_reference["policies"]
+    assert at_reference["yardstick"] == "oracle"
+    assert REFERENCE_ORACLE not in targets_markdown(at_reference)
 
 
 def test_small_run_reports_all_policies_and_keeps_every_limit() -> None:
     report = run_benchmark(PROGRAM, Loop(3_000, 200, seed=3, days=5))
-    assert set(report["policies"]) == {"engine", "random", "oracle", "undefended"}
+    assert set(report["policies"]) == {"engine", "random", "oracle", "undefended", *REFERENCE}
     for policy in report["policies"].values():
         assert policy["granted"] > 0
         assert policy["limit_violations"] == []
@@ -38,7 +78,7 @@ def test_small_run_reports_all_policies_and_keeps_every_limit() -> None:
     assert "| engine / random redemption rate >= 2.0 |" in table
     assert "| share of the oracle's lift over random captured >= 0.80 |" in table
     engine, random_, oracle = (
-        report["policies"][p]["redemption_rate"] for p in ("engine", "random", "oracle")
+        report["policies"][p]["redemption_rate"] for p in ("engine", "random", report["yardstick"])
     )
     assert report["lift_share"] == pytest.approx((engine - random_) / (oracle - random_), abs=1e-3)
     assert len(report["lift_share_by_fifth"]) == 5
