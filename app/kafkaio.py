@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,7 +311,7 @@ async def read(
     idle_timeout_s: float | None = 5.0,
     max_records: int | None = None,
     client: ClientOptions | None = None,
-) -> AsyncIterator[Received]:
+) -> AsyncGenerator[Received, None]:
     """Read ``topics`` without a consumer group until idle for ``idle_timeout_s``.
 
     ``idle_timeout_s=None`` reads forever (``tail --follow``).

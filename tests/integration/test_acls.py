@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
 from aiokafka.errors import TopicAuthorizationFailedError
 
-from app.kafkaio import Received, client_options, event_routes, produce, read
+from app.kafkaio import client_options, event_routes, produce, read
 from app.settings import Settings
 from harness import localkafka
 from harness.workerproc import WorkerProcess
@@ -83,14 +83,11 @@ async def read_until(
     """Records of ``topic`` until ``enough`` of them arrived (or none for 60 s)."""
     found: list[Document] = []
     # read() is an async generator: closed here, its consumer stops when we have enough.
-    records = cast(
-        "AsyncGenerator[Received, None]",
-        read(
-            settings.bootstrap_servers,
-            [topic],
-            idle_timeout_s=60.0,
-            client=client_options(settings),
-        ),
+    records = read(
+        settings.bootstrap_servers,
+        [topic],
+        idle_timeout_s=60.0,
+        client=client_options(settings),
     )
     async with aclosing(records):
         async for record in records:

@@ -101,6 +101,7 @@ async def outputs(
     decided: Counter[str] = Counter()
     dead: list[dict[str, object]] = []
     topics = [settings.topic_decisions, settings.topic_dead_letter]
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, topics, idle_timeout_s=idle_timeout_s)
     async with aclosing(records):
         async for record in records:

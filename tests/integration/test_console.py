@@ -34,8 +34,10 @@ from topologies import TABLE_LEDGER, changelog_topic
 
 try:
     from playwright.async_api import async_playwright, expect
+
+    HAVE_PLAYWRIGHT = True
 except ImportError:  # the browser fixture fails the tests under CI=true, else skips them
-    async_playwright = expect = None
+    HAVE_PLAYWRIGHT = False
 
 # One event loop for the module: the browser and the stack are opened once and used by
 # every test.
@@ -87,7 +89,7 @@ async def browser() -> AsyncIterator[Any]:
     """Debian's chromium under Playwright; missing, the tests fail under CI=true."""
     if not CHROMIUM.exists():
         fail_or_skip("chromium is missing: `make chromium-bin` installs it")
-    if async_playwright is None:
+    if not HAVE_PLAYWRIGHT:
         fail_or_skip("the playwright package is missing: `make install` installs it")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=str(CHROMIUM))
@@ -179,7 +181,7 @@ async def test_the_program_views_budget_is_the_ledgers(page: Any, stack: Stack) 
 
 def _own_settings(broker: localkafka.BrokerInfo, home: Path) -> Settings:
     suffix = uuid.uuid4().hex[:8]
-    topics = {
+    topics: dict[str, Any] = {
         field.name: f"{getattr(Settings(), field.name)}-{suffix}"
         for field in dataclasses.fields(Settings)
         if field.name.startswith("topic_")
@@ -237,6 +239,7 @@ async def _outputs(
     """Every decision and alert, by id, once ``expected`` decisions arrived."""
     found: dict[str, dict[str, Any]] = {}
     topics = [settings.topic_decisions, settings.topic_fraud_alerts]
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, topics, idle_timeout_s=120.0)
     async with aclosing(records):
         async for record in records:
@@ -255,6 +258,7 @@ async def _outputs(
 async def _decision_ending(settings: Settings, held: str) -> dict[str, Any]:
     """The decision that ends the hold ``held``, read from the decisions topic."""
     wanted = re.compile(rf"^hold\.(released|cancelled|expired|not_released):{held}$")
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, [settings.topic_decisions], idle_timeout_s=60.0)
     async with aclosing(records):
         async for record in records:

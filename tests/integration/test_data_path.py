@@ -11,6 +11,7 @@ import base64
 import time
 from collections import Counter
 from contextlib import aclosing
+from typing import Any
 
 import fastjsonschema
 import orjson
@@ -56,6 +57,7 @@ async def outputs(settings: Settings, *, expected: int) -> list[Received]:
     """Everything on the output topics: read until ``expected`` arrived and then quiet for 5 s."""
     topics = [settings.topic_decisions, settings.topic_fraud_alerts, settings.topic_dead_letter]
     got: list[Received] = []
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, topics, idle_timeout_s=30.0)
     async with aclosing(records):
         async for record in records:
@@ -123,7 +125,9 @@ async def test_each_dead_letter_points_at_its_original_message(
         routes=event_routes(kafka_settings),
     )
     received = await outputs(kafka_settings, expected=len(MALFORMED))
-    dead = [r.document() for r in received if r.topic == kafka_settings.topic_dead_letter]
+    dead: list[dict[str, Any]] = [
+        r.document() for r in received if r.topic == kafka_settings.topic_dead_letter
+    ]
     assert len(dead) == len(received) == len(MALFORMED)
 
     originals = {
@@ -228,7 +232,9 @@ async def test_a_user_sending_many_large_valid_events_is_decided_and_its_row_sta
         routes=event_routes(kafka_settings),
     )
     received = await outputs(kafka_settings, expected=count)
-    decided = [r.document() for r in received if r.topic == kafka_settings.topic_decisions]
+    decided: list[dict[str, Any]] = [
+        r.document() for r in received if r.topic == kafka_settings.topic_decisions
+    ]
     assert sorted(d["event_id"] for d in decided) == sorted(
         f"big-{count}-{n}" for n in range(count)
     )

@@ -115,6 +115,7 @@ async def _outputs(
     def decided() -> int:
         return sum(1 for key in found if key.startswith("d-"))
 
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, topics, idle_timeout_s=120.0)
     async with aclosing(records):
         async for record in records:

@@ -394,6 +394,7 @@ async def eventually(
 
 async def read_all(settings: Settings, topics: list[str]) -> list[Received]:
     """Every committed record of ``topics``, from the start, until quiet for 3 s."""
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, topics, idle_timeout_s=3.0)
     async with aclosing(records):
         return [record async for record in records]

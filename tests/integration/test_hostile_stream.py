@@ -72,6 +72,7 @@ async def test_hostile_stream_reconciles_and_the_worker_survives(
     kinds: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     dead_offsets: set[tuple[int, int]] = set()
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(kafka_settings.bootstrap_servers, topics, idle_timeout_s=20.0)
     async with aclosing(records):
         async for record in records:

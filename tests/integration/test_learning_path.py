@@ -61,8 +61,11 @@ class Client:
             [orjson.dumps(e) for e in events],
         )
         wanted = {e["event_id"] for e in events}
+        # read() is an async generator, closed here (so its consumer stops).
         records = read(
-            self.settings.bootstrap_servers, [self.settings.topic_decisions], idle_timeout_s=60.0
+            self.settings.bootstrap_servers,
+            [self.settings.topic_decisions],
+            idle_timeout_s=60.0,
         )
         async with aclosing(records):
             async for record in records:

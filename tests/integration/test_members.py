@@ -14,15 +14,15 @@ import dataclasses
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
 
-from app.kafkaio import Received, event_routes, produce, read
+from app.kafkaio import event_routes, produce, read
 from app.programs.loader import BUILTIN_DIR
 from app.settings import Settings
 from harness.workerproc import WorkerProcess
@@ -54,10 +54,7 @@ async def decisions_until(
     (or none arrived for 60 s)."""
     found: dict[str, dict[str, Any]] = {}
     # read() is an async generator: closed here, its consumer stops when we have enough.
-    records = cast(
-        "AsyncGenerator[Received, None]",
-        read(settings.bootstrap_servers, [settings.topic_decisions], idle_timeout_s=60.0),
-    )
+    records = read(settings.bootstrap_servers, [settings.topic_decisions], idle_timeout_s=60.0)
     async with aclosing(records):
         async for record in records:
             decision = record.document()

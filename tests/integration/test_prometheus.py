@@ -144,6 +144,7 @@ def prometheus(prometheus_binary: str, settings: Settings, tmp_path: Path) -> It
 
 async def decisions_on_kafka(settings: Settings, expected: int) -> list[dict[str, Any]]:
     decisions: list[dict[str, Any]] = []
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, [settings.topic_decisions], idle_timeout_s=60.0)
     async with aclosing(records):
         async for record in records:

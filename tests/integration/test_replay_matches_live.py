@@ -56,6 +56,7 @@ def shared_device(start_ms: int) -> list[bytes]:
 
 
 async def read_all(settings: Settings, topic: str, idle_timeout_s: float = 3.0) -> list[Received]:
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, [topic], idle_timeout_s=idle_timeout_s)
     async with aclosing(records):
         return [record async for record in records]
@@ -84,6 +85,7 @@ async def test_replay_reproduces_the_live_decisions(
         routes=event_routes(kafka_settings),
     )
     live: dict[str, bytes] = {}
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(
         kafka_settings.bootstrap_servers, [kafka_settings.topic_decisions], idle_timeout_s=20.0
     )
@@ -164,6 +166,6 @@ async def test_replay_reproduces_the_live_decisions(
     }
 
 
-def link_keys_of(line: bytes) -> list[tuple[str, bytes]]:
+def link_keys_of(line: bytes) -> tuple[tuple[str, bytes], ...]:
     document = orjson.loads(line)
     return link_keys(Event.from_document(document, 0))

@@ -40,6 +40,7 @@ pytestmark = pytest.mark.kafka
 async def read_until(settings: Settings, topic: str, count: int) -> dict[str, bytes]:
     """``count`` records of ``topic`` by decision id (read committed)."""
     found: dict[str, bytes] = {}
+    # read() is an async generator, closed here (so its consumer stops).
     records = read(settings.bootstrap_servers, [topic], idle_timeout_s=20.0)
     async with aclosing(records):
         async for record in records:

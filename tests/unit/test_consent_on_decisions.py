@@ -3,6 +3,8 @@ without personalization carries no model score."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -68,7 +70,7 @@ def test_every_decision_records_its_consent_and_none_without_it_carries_a_score(
         if (document := orjson.loads(record))["kind"] == "decision"
     ]
     assert all(d["consent"] is not None for d in decisions)
-    after: list[dict[str, object]] = []
+    after: list[dict[str, Any]] = []
     for decision in decisions:
         if decision["event_id"] == f"withdraw-{decision['user_id']}":
             assert decision["consent"] == {"personalization": False, "marketing": True}

@@ -17,7 +17,7 @@ import pytest
 
 from app.contract import Decision, Event, decision_id_for
 from app.contract.schemas import load_schema
-from app.decisioning import Answer, Engine
+from app.decisioning import Answer, Engine, Outcome
 from app.decisioning.engine import REPEAT_WEIGHT
 from app.decisioning.ledger import Ledger
 from app.features import UserState
@@ -33,6 +33,13 @@ PROGRAM = load_program(Path(__file__).parents[1] / "fixtures" / "test-program.ya
 
 def tuned(program: Program = PROGRAM, **learning: Any) -> Program:
     return dataclasses.replace(program, learning=dataclasses.replace(program.learning, **learning))
+
+
+def decided(outcome: Outcome) -> Decision:
+    """The decision of ``outcome``: its first record (any fraud alerts follow it)."""
+    decision = outcome.records[0]
+    assert isinstance(decision, Decision)
+    return decision
 
 
 class Run:
@@ -139,7 +146,7 @@ def test_total_and_daily_budgets_hold_across_users() -> None:
         )
         outcome = engine.process(UserState(), ledger, event)
         ledger = outcome.ledger
-        decision = outcome.records[0]
+        decision = decided(outcome)
         spent_by_day[0] = spent_by_day.get(0, 0) + decision.cost
     assert ledger.spent_total <= 12  # the 1-day limit binds before the total of 20
     assert spent_by_day[0] == ledger.spent_total
@@ -173,7 +180,7 @@ def test_stock_runs_out() -> None:
             )
             outcome = engine.process(state, ledger, event)
             state, ledger = outcome.user, outcome.ledger
-            cards += outcome.records[0].action == "card"
+            cards += decided(outcome).action == "card"
     assert cards == 2
     assert ledger.stock_taken("card") == 2
 
@@ -235,7 +242,7 @@ def test_logged_propensities_are_the_true_choice_probabilities() -> None:
     engine = Engine(tuned(epsilon=epsilon), seed=11)
     picks: dict[str | None, list[float]] = {}
     for n in range(3000):
-        decision = engine.process(UserState(), Ledger(), new_buyer(n)).records[0]
+        decision = decided(engine.process(UserState(), Ledger(), new_buyer(n)))
         picks.setdefault(decision.action, []).append(decision.propensity)
     # Two candidates: the best with 1 - eps + eps/2, the other with eps/2.
     assert all(p == pytest.approx(1 - epsilon + epsilon / 2) for p in picks["cashback"])
@@ -247,7 +254,7 @@ def test_exploration_is_reproducible_from_the_seed() -> None:
     def run(seed: int) -> list[str | None]:
         engine = Engine(tuned(epsilon=0.5), seed=seed)
         events = [new_buyer(n) for n in range(200)]
-        return [engine.process(UserState(), Ledger(), e).records[0].action for e in events]
+        return [decided(engine.process(UserState(), Ledger(), e)).action for e in events]
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -521,7 +528,7 @@ def test_every_event_gets_one_decision_and_repeats_none() -> None:
     # No second decision; the repeat is reported.
     assert [r.kind for r in again.records] == ["fraud_alert"]
     assert again.records[0].reasons == ("event.replayed",)
-    assert first.records[0].decision_id == decision_id_for("test-program", "u", "same")
+    assert decided(first).decision_id == decision_id_for("test-program", "u", "same")
 
 
 def test_same_stream_same_decisions() -> None:
@@ -552,11 +559,15 @@ def test_a_lone_reward_below_the_minimum_is_still_explored_sometimes() -> None:
     epsilon = 0.2
     engine = Engine(tuned(epsilon=epsilon, min_priority=5.0), seed=5)
     decisions = [
-        engine.process(
-            UserState(),
-            Ledger(),
-            Event(event_id=f"e{n}", user_id=f"u{n}", type="session_start", ts=T0, channel="web"),
-        ).records[0]
+        decided(
+            engine.process(
+                UserState(),
+                Ledger(),
+                Event(
+                    event_id=f"e{n}", user_id=f"u{n}", type="session_start", ts=T0, channel="web"
+                ),
+            )
+        )
         for n in range(2000)
     ]
     explored = [d for d in decisions if d.status == "granted"]

@@ -178,7 +178,8 @@ def _log(
     redeemed with the arm's rate; ``drop``: share of an arm's users whose decisions are
     lost."""
     rng = random.Random(seed)
-    decisions, events = [], []
+    decisions: list[dict[str, object]] = []
+    events: list[dict[str, object]] = []
     for n in range(users):
         user = f"s{seed}-u{n}"
         arm = TWO_ARMS.arm_for(user).name

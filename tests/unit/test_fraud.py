@@ -21,7 +21,7 @@ from app.decisioning.ledger import Ledger
 from app.erasure import link_without
 from app.features import UserState
 from app.fraud import Linker, LinkState, observe_link
-from app.fraud.links import network_of
+from app.fraud.links import LinkFacts, network_of
 from app.fraud.scoring import noisy_or
 from app.fraud.signals import (
     Activity,
@@ -153,7 +153,7 @@ def test_networks_group_addresses_by_slash_24_and_slash_64() -> None:
 
 def test_sign_ups_on_one_device_are_counted_and_name_the_other_accounts() -> None:
     linker = Linker()
-    facts = ()
+    facts: tuple[LinkFacts, ...] = ()
     for n in range(4):
         facts = linker.link(event("signup", T0 + n * MINUTE, user=f"f{n}", device_id="dev-1"))
     [device] = facts

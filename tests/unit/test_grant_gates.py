@@ -199,9 +199,9 @@ def violations(world: World, program: Program) -> list[str]:
                 within = suppression.within.seconds * 1000
                 dismissals = sorted(world.dismissed.get(user, []))
                 for k in range(suppression.dismissals - 1, len(dismissals)):
-                    window = dismissals[k - suppression.dismissals + 1 : k + 1]
+                    streak = dismissals[k - suppression.dismissals + 1 : k + 1]
                     start = dismissals[k]
-                    if window[-1] - window[0] < within and (
+                    if streak[-1] - streak[0] < within and (
                         start < ts < start + suppression.lasts.seconds * 1000
                     ):
                         found.append(f"{user}: granted at {ts} while suppressed since {start}")

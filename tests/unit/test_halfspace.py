@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Hashable, Mapping
 
 import pytest
 from river import anomaly
 
 from app.fraud.halfspace import WindowedHalfSpaceTrees
 from app.fraud.scoring import ANOMALY_LIMITS
+
+
+def _for_river(limits: Mapping[str, tuple[float, float]]) -> dict[Hashable, tuple[float, float]]:
+    """``limits`` as River's HalfSpaceTrees types them (a feature name is any hashable)."""
+    return dict(limits.items())
 
 
 def _points(seed: int, count: int) -> list[dict[str, float]]:
@@ -37,9 +43,9 @@ def _points(seed: int, count: int) -> list[dict[str, float]]:
 
 @pytest.mark.parametrize("seed", [0, 7, 42])
 def test_scores_match_rivers_at_every_step(seed: int) -> None:
-    kwargs = {"n_trees": 10, "height": 8, "window_size": 250, "limits": ANOMALY_LIMITS}
-    river_trees = anomaly.HalfSpaceTrees(**kwargs, seed=seed)
-    windowed = WindowedHalfSpaceTrees(**kwargs, seed=seed)
+    sizes = {"n_trees": 10, "height": 8, "window_size": 250}
+    river_trees = anomaly.HalfSpaceTrees(**sizes, limits=_for_river(ANOMALY_LIMITS), seed=seed)
+    windowed = WindowedHalfSpaceTrees(**sizes, limits=ANOMALY_LIMITS, seed=seed)
     scores = []
     for point in _points(seed, 1_300):  # five windows and part of a sixth
         expected = float(river_trees.score_one(point))
@@ -80,7 +86,9 @@ def test_before_a_window_closes_a_floor_above_zero_gives_none() -> None:
 
 def test_smaller_trees_and_windows_match_too() -> None:
     limits = {"a": (0.0, 1.0), "b": (-5.0, 5.0)}
-    river_trees = anomaly.HalfSpaceTrees(n_trees=3, height=3, window_size=7, limits=limits, seed=1)
+    river_trees = anomaly.HalfSpaceTrees(
+        n_trees=3, height=3, window_size=7, limits=_for_river(limits), seed=1
+    )
     windowed = WindowedHalfSpaceTrees(n_trees=3, height=3, window_size=7, limits=limits, seed=1)
     rng = random.Random(5)
     for _ in range(100):

@@ -30,11 +30,11 @@ class SlowMetadataAdmin:
 
 async def test_a_topic_still_being_created_is_waited_for() -> None:
     admin = SlowMetadataAdmin(partitions=4, empty_answers=3)
-    await _check_partitions(admin, [TopicRequest("events", 4, 1)], timeout_s=5)  # type: ignore[arg-type]
+    await _check_partitions(admin, [TopicRequest("events", 4, 1)], timeout_s=5)
     assert admin.calls == 4
 
 
 async def test_a_real_mismatch_is_still_an_error_naming_the_setting() -> None:
     admin = SlowMetadataAdmin(partitions=1, empty_answers=0)
     with pytest.raises(TopicError, match="REWARDSTREAM_PARTITIONS"):
-        await _check_partitions(admin, [TopicRequest("events", 4, 1)], timeout_s=5)  # type: ignore[arg-type]
+        await _check_partitions(admin, [TopicRequest("events", 4, 1)], timeout_s=5)

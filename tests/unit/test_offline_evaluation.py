@@ -173,7 +173,7 @@ def _scored_rounds(seed: int, *, scored: bool, count: int = 6_000) -> tuple[list
     rng = np.random.default_rng(seed)
     rounds, redeemed = [], set()
     for i in range(count):
-        chance = {"a": rng.uniform(0.02, 0.9), "b": rng.uniform(0.02, 0.9)}
+        chance: dict[str | None, float] = {"a": rng.uniform(0.02, 0.9), "b": rng.uniform(0.02, 0.9)}
         best = max(chance, key=lambda reward: chance[reward])
         logging: dict[str | None, float] = {best: 0.9, ("b" if best == "a" else "a"): 0.1}
         logging[None] = 0.0

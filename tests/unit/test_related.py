@@ -131,7 +131,9 @@ def test_the_pipeline_sends_each_related_account_its_note_and_applies_it() -> No
     assert alerts, "the farm raised no alert"
     named = {str(u) for a in alerts for u in a["related_users"]}  # type: ignore[attr-defined]
     assert "u-0" in named
-    assert registry.get_sample_value("rewardstream_related_notes_total") >= 1
+    notes = registry.get_sample_value("rewardstream_related_notes_total")
+    assert notes is not None
+    assert notes >= 1
     # u-0's next event, from another device, carries the note as evidence.
     later = orjson.dumps(
         {"event_id": "p-0", "user_id": "u-0", "type": "page_view", "ts": T0 + HOUR}

@@ -8,6 +8,7 @@ import dataclasses
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fastjsonschema
 import orjson
@@ -91,7 +92,7 @@ def _replay(
     )
 
 
-def _split(records: list[bytes]) -> tuple[list[bytes], list[dict[str, object]]]:
+def _split(records: list[bytes]) -> tuple[list[bytes], list[dict[str, Any]]]:
     live, shadow = [], []
     for record in records:
         document = orjson.loads(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -49,9 +50,9 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _compare(current: Path | Program, candidate: Path | Program, **options: object) -> WhatIf:
-    programs = [p if isinstance(p, Program) else load_program(p) for p in (current, candidate)]
-    return compare(*programs, traffic(), dataclasses.replace(OPTIONS, **options))  # type: ignore[arg-type]
+def _compare(current: Path | Program, candidate: Path | Program, **options: Any) -> WhatIf:
+    old, new = (p if isinstance(p, Program) else load_program(p) for p in (current, candidate))
+    return compare(old, new, traffic(), dataclasses.replace(OPTIONS, **options))
 
 
 # ---------------------------------------------------------------- the verdict
