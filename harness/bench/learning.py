@@ -326,16 +326,16 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool]]:
     share = report.get("lift_share")
     first = report["policies"]["engine"]["redemption_rate_by_fifth"][0]
     return [
-        ("engine / random redemption rate >= 2.0", f"{vs_random:.2f}", vs_random >= 2.0),
-        ("engine / oracle redemption rate >= 0.80", f"{vs_oracle:.2f}", vs_oracle >= 0.8),
+        ("engine / random redemption rate >= 2.0", f"{vs_random:.3f}", vs_random >= 2.0),
+        ("engine / oracle redemption rate >= 0.80", f"{vs_oracle:.3f}", vs_oracle >= 0.8),
         (
             "share of the oracle's lift over random captured >= 0.80",
-            "-" if share is None else f"{share:.2f}",
+            "-" if share is None else f"{share:.3f}",
             share is not None and share >= 0.8,
         ),
-        ("engine redemption rate in the first fifth >= 0.40", f"{first:.2f}", first >= 0.40),
-        ("engine / oracle redemption rate >= 0.85", f"{vs_oracle:.2f}", vs_oracle >= 0.85),
-        ("engine / random redemption rate >= 2.1", f"{vs_random:.2f}", vs_random >= 2.1),
+        ("engine redemption rate in the first fifth >= 0.40", f"{first:.3f}", first >= 0.40),
+        ("engine / oracle redemption rate >= 0.85", f"{vs_oracle:.3f}", vs_oracle >= 0.85),
+        ("engine / random redemption rate >= 2.1", f"{vs_random:.3f}", vs_random >= 2.1),
     ]
 
 
@@ -357,7 +357,7 @@ def targets_markdown(report: dict[str, Any]) -> str:
             f"| {p['explored']} | {limits} |"
         )
     by_fifth = " ".join(
-        "-" if share is None else f"{share:.2f}" for share in report.get("lift_share_by_fifth", [])
+        "-" if share is None else f"{share:.3f}" for share in report.get("lift_share_by_fifth", [])
     )
     first = _first_fifth_rows(report["policies"])
     blind = _blind_oracles_line(report)
