@@ -167,12 +167,14 @@ class LoopStats:
     def redemption_rate(self) -> float:
         return self.redeemed / self.granted if self.granted else 0.0
 
-    def rate_by_fifth(self) -> list[float]:
-        """Redemption rate over each fifth of the grants: the learning curve."""
+    def rate_by_fifth(self, digits: int | None = 3) -> list[float]:
+        """Redemption rate over each fifth of the grants: the learning curve (rounded to
+        ``digits``; None: exact, for comparing with a target)."""
         size = len(self.answers) // 5
         if size == 0:
             return []
-        return [round(sum(self.answers[i * size : (i + 1) * size]) / size, 3) for i in range(5)]
+        rates = [sum(self.answers[i * size : (i + 1) * size]) / size for i in range(5)]
+        return rates if digits is None else [round(rate, digits) for rate in rates]
 
 
 class ClosedLoopSimulator:

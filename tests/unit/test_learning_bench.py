@@ -16,6 +16,7 @@ from harness.bench.learning import (
     audit,
     lift_share,
     run_benchmark,
+    targets,
     targets_markdown,
 )
 from harness.simulation.closed_loop import (
@@ -53,9 +54,17 @@ def test_targets_are_judged_against_the_stricter_of_the_two_oracles() -> None:
     engine = policies["engine"]["redemption_rate"]
     assert report["engine_vs_oracle"] == pytest.approx(engine / rates[REFERENCE_ORACLE], abs=1e-3)
     assert report["lift_share"] == pytest.approx(
-        lift_share(engine, policies["random"]["redemption_rate"], rates[REFERENCE_ORACLE])
+        lift_share(engine, policies["random"]["redemption_rate"], rates[REFERENCE_ORACLE]),
+        abs=1e-3,
     )
     assert f"against `{REFERENCE_ORACLE}`" in targets_markdown(report)
+
+    # The ratios the targets read are exact, from the counts (not from rounded rates).
+    def rate(name: str) -> float:
+        return float(policies[name]["redeemed"] / policies[name]["granted"])
+
+    assert report["engine_vs_oracle"] == rate("engine") / rate(REFERENCE_ORACLE)
+    assert report["engine_vs_random"] == rate("engine") / rate("random")
     at_reference = run_benchmark(_at_min_priority(PROGRAM, REFERENCE_MIN_PRIORITY), loop)
     assert REFERENCE_ORACLE not in at_reference["policies"]
     assert at_reference["yardstick"] == "oracle"
@@ -91,9 +100,30 @@ def test_small_run_reports_all_policies_and_keeps_every_limit() -> None:
 
 
 def test_the_lift_share_is_none_where_the_oracle_does_not_beat_random() -> None:
-    assert lift_share(0.3, 0.2, 0.4) == 0.5
-    assert lift_share(0.1, 0.2, 0.4) == -0.5  # worse than random
+    assert lift_share(0.3, 0.2, 0.4) == pytest.approx(0.5)
+    assert lift_share(0.1, 0.2, 0.4) == pytest.approx(-0.5)  # worse than random
     assert lift_share(0.3, 0.2, 0.2) is None
+
+
+def test_a_figure_just_under_its_target_is_not_met_however_it_rounds() -> None:
+    """The targets read the exact figures: 0.84996 of the oracle is under 0.85 although
+    it rounds to 0.85 (a seed-9 run once rounded 0.8495 into a "met")."""
+    report = {
+        "engine_vs_random": 2.09996,
+        "engine_vs_oracle": 0.84996,
+        "lift_share": 0.79996,
+        "engine_first_fifth": 0.39996,
+        "policies": {},
+    }
+    verdicts = {label: met for label, _, met in targets(report)}
+    assert verdicts == {
+        "engine / random redemption rate >= 2.0": True,
+        "engine / oracle redemption rate >= 0.80": True,
+        "share of the oracle's lift over random captured >= 0.80": False,
+        "engine redemption rate in the first fifth >= 0.40": False,
+        "engine / oracle redemption rate >= 0.85": False,
+        "engine / random redemption rate >= 2.1": False,
+    }
 
 
 def test_audit_finds_each_kind_of_broken_limit() -> None:
@@ -296,13 +326,12 @@ def test_the_report_adds_blind_oracles_and_the_share_each_captures() -> None:
     policies = report["policies"]
     assert {"oracle_blind_1", "oracle_blind_1000000"} <= set(policies)
     for k in ("1", "1000000"):
-        assert report["blind_oracles_lift_share"][k] == pytest.approx(
-            lift_share(
-                policies[f"oracle_blind_{k}"]["redemption_rate"],
-                policies["random"]["redemption_rate"],
-                policies["oracle"]["redemption_rate"],
-            )
+        expected = lift_share(
+            policies[f"oracle_blind_{k}"]["redemption_rate"],
+            policies["random"]["redemption_rate"],
+            policies["oracle"]["redemption_rate"],
         )
+        assert report["blind_oracles_lift_share"][k] == pytest.approx(expected, abs=1e-3)
         assert policies[f"oracle_blind_{k}"]["limit_violations"] == []
     # Never told a user's tastes, the oracle captures less of its own lift.
     assert (
