@@ -9,6 +9,9 @@ Every policy below faces the same simulated population (same seed, same events):
 - ``oracle``: the same gates and priority formula, with the users' true
   redemption probabilities instead of learned ones (a custom policy through
   ``Engine(policy=...)``);
+- ``oracle_at_reference``: the oracle with the program's minimum priority raised to
+  :data:`REFERENCE_MIN_PRIORITY` (only for a program below it); the targets are judged
+  against whichever of the two oracles' grants redeem better;
 - ``oracle_blind_<k>``: the oracle blind to each user's tastes for the user's first
   ``k`` events: until then it knows only the population's average for the reward's
   kind and channel. How many events a learner may take to know a user decides how
