@@ -157,6 +157,10 @@ class LoopStats:
     redeemed: int = 0
     dismissed: int = 0
     cost: float = 0.0
+    # The value x lever of the rewards redeemed: what the program's priority (propensity x
+    # value x lever) maximises with the probabilities it has. A rate per grant can rise by
+    # granting fewer rewards of high value and low odds; this falls when it does.
+    worth: float = 0.0
     explored: int = 0
     grants: list[tuple[int, str, str, float]] = field(
         default_factory=list

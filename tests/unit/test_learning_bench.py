@@ -16,6 +16,7 @@ from harness.bench.learning import (
     audit,
     lift_share,
     run_benchmark,
+    run_policy,
     targets,
     targets_markdown,
 )
@@ -97,6 +98,36 @@ def test_small_run_reports_all_policies_and_keeps_every_limit() -> None:
         rate = sum(r for _, r in counts) / sum(g for g, _ in counts)
         assert rate == pytest.approx(policy["redemption_rate_by_fifth"][0], abs=1e-3)
     assert "| reward | engine | oracle |" in table
+
+
+def test_worth_is_the_value_times_lever_of_the_rewards_redeemed() -> None:
+    """Worth, the quantity the program's priority maximises, counts each redeemed grant's
+    value times its lever and nothing for a grant not redeemed; the report compares the
+    engine's with the yardstick's."""
+    stats, _ = run_policy("engine", PROGRAM, Loop(3_000, 200, seed=3, days=5))
+    rewards = {r.id: r for r in PROGRAM.rewards}
+
+    def worth_of(reward_id: str, cost: float) -> float:
+        reward = rewards[reward_id]
+        # Cashback's value is an expression equal to its cost (5% of the basket, at most
+        # 20); every other reward's value is a number.
+        value = reward.value if isinstance(reward.value, int | float) else cost
+        return float(value) * PROGRAM.lever_for(reward)
+
+    grants = list(zip(stats.grants, stats.answers, strict=True))
+    assert stats.redeemed > 0
+    assert stats.worth == pytest.approx(
+        sum(worth_of(r, cost) for (_, _, r, cost), redeemed in grants if redeemed), rel=1e-6
+    )
+    # Grants not redeemed are worth nothing.
+    assert stats.worth < sum(worth_of(r, cost) for (_, _, r, cost), _ in grants)
+
+    report = run_benchmark(PROGRAM, Loop(3_000, 200, seed=3, days=5))
+    engine, yardstick = report["policies"]["engine"], report["policies"][report["yardstick"]]
+    assert report["engine_vs_oracle_worth"] == pytest.approx(engine["worth"] / yardstick["worth"])
+    table = targets_markdown(report)
+    assert "| worth per 1,000 events |" in table
+    assert f"{report['engine_vs_oracle_worth']:.4f} of `{report['yardstick']}`'s worth" in table
 
 
 def test_the_lift_share_is_none_where_the_oracle_does_not_beat_random() -> None:
