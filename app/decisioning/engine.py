@@ -169,7 +169,10 @@ class Engine:
         self.partitions = partitions
         learning = program.learning
         self.models = PropensityModels(
-            prior=learning.prior, learning_rate=learning.learning_rate, banded=BANDED_FEATURES
+            prior=learning.prior,
+            learning_rate=learning.learning_rate,
+            banded=BANDED_FEATURES,
+            weight_step=learning.weight_step(),
         )
         self.risk_models = RiskModels(seed=seed)
         self.bucket_ms = _bucket_ms(program)

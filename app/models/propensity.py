@@ -82,13 +82,35 @@ class StandardBands(base.Transformer):
         return out
 
 
+class DecayingStep(optim.base.Scheduler):
+    """A step of ``max(floor, start / sqrt(t + 1))`` at a model's t-th update: bold while it
+    has seen little, settled once it has seen much (docs/decisions.md §47)."""
+
+    def __init__(self, start: float, floor: float) -> None:
+        self.start = start
+        self.floor = floor
+
+    def get(self, t: int) -> float:
+        return max(self.floor, self.start / math.sqrt(t + 1))
+
+
 class PropensityModels:
     """One River pipeline (scaler, bands, then logistic regression) per key, created on
-    first use."""
+    first use. ``weight_step``: (start, floor) of the weights' :class:`DecayingStep`, or
+    None for ``learning_rate`` throughout; the intercept always steps by
+    ``learning_rate``."""
 
-    def __init__(self, *, prior: float, learning_rate: float, banded: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        prior: float,
+        learning_rate: float,
+        banded: tuple[str, ...] = (),
+        weight_step: tuple[float, float] | None = None,
+    ) -> None:
         self.prior = prior
         self.learning_rate = learning_rate
+        self.weight_step = weight_step
         # The continuous features that get band indicators (StandardBands).
         self.banded = banded
         self.models: dict[str, compose.Pipeline] = {}
@@ -103,7 +125,11 @@ class PropensityModels:
                 preprocessing.StandardScaler()
                 | StandardBands(self.banded)
                 | linear_model.LogisticRegression(
-                    optimizer=optim.SGD(self.learning_rate),
+                    optimizer=optim.SGD(
+                        self.learning_rate
+                        if self.weight_step is None
+                        else DecayingStep(*self.weight_step)
+                    ),
                     intercept_init=_logit(self.prior),
                     intercept_lr=self.learning_rate,
                     l2=1e-4,

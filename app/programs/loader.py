@@ -826,6 +826,8 @@ _LEARNING_KEYS = (
     "response_window",
     "opened",
     "learning_rate",
+    "weight_step_start",
+    "weight_step_floor",
     "min_priority",
     "exploration",
     "temperature",
@@ -858,6 +860,16 @@ def _learning(where: _Where, value: object) -> Learning:
             fields.get("learning_rate", defaults.learning_rate),
             above=0.0,
         ),
+        weight_step_start=(
+            None
+            if fields.get("weight_step_start") is None
+            else _number(where.key("weight_step_start"), fields["weight_step_start"], above=0.0)
+        ),
+        weight_step_floor=(
+            None
+            if fields.get("weight_step_floor") is None
+            else _number(where.key("weight_step_floor"), fields["weight_step_floor"], above=0.0)
+        ),
         min_priority=_number(
             where.key("min_priority"), fields.get("min_priority", defaults.min_priority)
         ),
@@ -868,6 +880,17 @@ def _learning(where: _Where, value: object) -> Learning:
             where.key("temperature"), fields.get("temperature", defaults.temperature), above=0.0
         ),
     )
+    if learning.weight_step_floor is not None and learning.weight_step_start is None:
+        where.key("weight_step_floor").fail(
+            "is the floor of a decaying step: set weight_step_start too"
+        )
+    step = learning.weight_step()
+    if step is not None and step[1] > step[0]:
+        key = "weight_step_floor" if learning.weight_step_floor is not None else "learning_rate"
+        where.key(key).fail(
+            f"must not exceed weight_step_start ({step[0]:g}), got {step[1]:g}: the step "
+            "falls from its start to its floor"
+        )
     if learning.min_epsilon > learning.epsilon:
         where.key("min_epsilon").fail(
             f"must not exceed epsilon ({learning.epsilon:g}), got {learning.min_epsilon:g}"

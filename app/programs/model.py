@@ -225,6 +225,10 @@ class Learning:
     ``response_window``: how long to wait for an answer before counting none.
     ``opened``: whether an opened (not yet redeemed) reward counts as positive.
     ``learning_rate``: step size of the online models.
+    ``weight_step_start``: when set, the step of a model's weights (not its intercept's)
+    after its n-th answer is ``max(weight_step_floor, weight_step_start / sqrt(n + 1))``:
+    bold while a reward kind has few answers, settled once it has many (None: every
+    step is ``learning_rate``). ``weight_step_floor``: the smallest it falls to.
     ``min_priority``: grant nothing when the best reward scores below this.
     ``exploration``: the policy (:mod:`app.decisioning.policy`): ``epsilon_greedy``
     (the best reward, or with probability epsilon a random eligible one) or
@@ -242,9 +246,18 @@ class Learning:
     response_window: Window = Window(3 * 86_400, "3d")
     opened: Opened = "ignore"
     learning_rate: float = 0.05
+    weight_step_start: float | None = None
+    weight_step_floor: float | None = None  # None: learning_rate
     min_priority: float = 0.0
     exploration: Exploration = "epsilon_greedy"
     temperature: float = 0.1
+
+    def weight_step(self) -> tuple[float, float] | None:
+        """(start, floor) of the weights' decaying step, or None for a constant step."""
+        if self.weight_step_start is None:
+            return None
+        floor = self.learning_rate if self.weight_step_floor is None else self.weight_step_floor
+        return self.weight_step_start, floor
 
     def epsilon_for(self, answers: int) -> float:
         """Exploration rate for a user who has answered ``answers`` offers."""

@@ -101,7 +101,11 @@ def _learning(learning: Learning) -> str:
         policy += ")"
     elif policy == "softmax":
         policy += f" (temperature {learning.temperature:g})"
+    step = learning.weight_step()
+    rate = f"learning rate {learning.learning_rate:g}"
+    if step is not None:
+        rate += f" (weights {step[0]:g} / sqrt(answers + 1), at least {step[1]:g})"
     return (
-        f"{policy}, learning rate {learning.learning_rate:g}, prior {learning.prior:g}, "
+        f"{policy}, {rate}, prior {learning.prior:g}, "
         f"min priority {learning.min_priority:g}, answers within {learning.response_window.text}"
     )

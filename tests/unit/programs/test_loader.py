@@ -100,6 +100,22 @@ def test_an_audit_groups_users_by_a_profile_field(tmp_path: Path) -> None:
     assert load_program(write(tmp_path, minimal(), "plain.yaml")).audit is None
 
 
+def test_a_program_sets_a_decaying_step_for_its_models_weights(tmp_path: Path) -> None:
+    """``weight_step_start`` and ``weight_step_floor`` give the weights' step; without a
+    floor it falls to ``learning_rate``; without either every step is ``learning_rate``."""
+    document = minimal()
+    document["learning"] = {"learning_rate": 0.2, "weight_step_start": 2, "weight_step_floor": 0.05}
+    learning = load_program(write(tmp_path, document, "step.yaml")).learning
+    assert learning.weight_step() == (2.0, 0.05)
+    assert learning.learning_rate == 0.2  # the intercept's step
+    del document["learning"]["weight_step_floor"]
+    assert load_program(write(tmp_path, document, "floor.yaml")).learning.weight_step() == (
+        2.0,
+        0.2,
+    )
+    assert load_program(write(tmp_path, minimal(), "plain.yaml")).learning.weight_step() is None
+
+
 def test_a_program_names_the_profile_fields_its_models_learn_from(tmp_path: Path) -> None:
     document = minimal()
     document["profile_fields"].append("tenure")
@@ -414,6 +430,21 @@ ERROR_CASES: dict[str, tuple[Mutation, str, str]] = {
     "exploration half-life of zero": (
         _set("learning", "epsilon_half_after", to=0),
         "learning → epsilon_half_after",
+        "must be greater than 0, got 0",
+    ),
+    "weights' step floor without its start": (
+        _set("learning", "weight_step_floor", to=0.05),
+        "learning → weight_step_floor",
+        "set weight_step_start too",
+    ),
+    "weights' step that starts below its floor": (
+        _set("learning", "weight_step_start", to=0.01),
+        "learning → learning_rate",
+        "must not exceed weight_step_start (0.01), got 0.05",
+    ),
+    "weights' step of zero": (
+        _set("learning", "weight_step_start", to=0),
+        "learning → weight_step_start",
         "must be greater than 0, got 0",
     ),
     "opened policy": (
