@@ -12,6 +12,7 @@ from app.decisioning import Engine
 from app.models.checkpoint import encode, restore_into
 from app.models.propensity import DecayingStep, PropensityModels
 from app.programs import load_builtin
+from app.programs.summary import summarize
 
 
 def _answers(models: PropensityModels, n: int) -> None:
@@ -70,3 +71,12 @@ def test_the_engine_takes_the_programs_step() -> None:
     learning = dataclasses.replace(program.learning, weight_step_start=2.0, weight_step_floor=0.05)
     engine = Engine(dataclasses.replace(program, learning=learning))
     assert engine.models.weight_step == (2.0, 0.05)
+
+
+def test_the_program_summary_says_how_the_weights_step() -> None:
+    """`rewardstream check` prints the step a program's models take."""
+    program = load_builtin("retail-loyalty")
+    assert "learning rate 0.2, prior" in summarize(program)
+    learning = dataclasses.replace(program.learning, weight_step_start=2.0, weight_step_floor=0.05)
+    stepped = summarize(dataclasses.replace(program, learning=learning))
+    assert "learning rate 0.2 (weights 2 / sqrt(answers + 1), at least 0.05), prior" in stepped
