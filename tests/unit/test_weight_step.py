@@ -74,7 +74,7 @@ def test_the_engine_takes_the_programs_step() -> None:
 
 
 def test_the_program_summary_says_how_the_weights_step() -> None:
-    """`rewardstream check` prints the step a program's models take."""
+    """`rewardstream program check` prints the step a program's models take."""
     program = load_builtin("retail-loyalty")
     assert "learning rate 0.2, prior" in summarize(program)
     learning = dataclasses.replace(program.learning, weight_step_start=2.0, weight_step_floor=0.05)
