@@ -67,16 +67,16 @@ def test_a_restored_model_steps_where_the_checkpoint_left_it() -> None:
 
 def test_the_engine_takes_the_programs_step() -> None:
     program = load_builtin("retail-loyalty")
-    assert Engine(program).models.weight_step is None  # the shipped program: 0.2 throughout
-    learning = dataclasses.replace(program.learning, weight_step_start=2.0, weight_step_floor=0.05)
+    assert Engine(program).models.weight_step == (2.0, 0.05)  # the shipped program's
+    learning = dataclasses.replace(program.learning, weight_step_start=None, weight_step_floor=None)
     engine = Engine(dataclasses.replace(program, learning=learning))
-    assert engine.models.weight_step == (2.0, 0.05)
+    assert engine.models.weight_step is None  # learning_rate throughout
 
 
 def test_the_program_summary_says_how_the_weights_step() -> None:
     """`rewardstream program check` prints the step a program's models take."""
     program = load_builtin("retail-loyalty")
-    assert "learning rate 0.2, prior" in summarize(program)
-    learning = dataclasses.replace(program.learning, weight_step_start=2.0, weight_step_floor=0.05)
-    stepped = summarize(dataclasses.replace(program, learning=learning))
-    assert "learning rate 0.2 (weights 2 / sqrt(answers + 1), at least 0.05), prior" in stepped
+    shipped = summarize(program)
+    assert "learning rate 0.2 (weights 2 / sqrt(answers + 1), at least 0.05), prior" in shipped
+    learning = dataclasses.replace(program.learning, weight_step_start=None, weight_step_floor=None)
+    assert "learning rate 0.2, prior" in summarize(dataclasses.replace(program, learning=learning))
