@@ -31,6 +31,10 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}){memory}, Python {platform.python_version()}"
 
 
+# A pathspec: the whole tree but its docs/, from the top whatever the working directory.
+EXCEPT_DOCS = ":(top,exclude)docs"
+
+
 def commit() -> str:
     try:
         out = subprocess.run(
@@ -40,8 +44,10 @@ def commit() -> str:
             check=True,
             timeout=10,
         )
+        # The figures a run writes (docs/) are not a change to what it measured: a
+        # second bench in the same tree would otherwise label its commit "+changes".
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", EXCEPT_DOCS],
             capture_output=True,
             text=True,
             check=True,
