@@ -81,8 +81,8 @@ def chi2_critical(p: float, df: int) -> float:
 
 @dataclass(frozen=True, slots=True)
 class SampleRatio:
-    """The SRM test: the chi-square statistic, its p-value, and the arm furthest out of
-    line (the largest standardised residual), named when p is under the alarm."""
+    """The SRM test: the chi-square statistic, its p-value, and the arm out of line (the
+    one furthest short of its share), named when p is under the alarm."""
 
     statistic: float
     p_value: float
@@ -100,11 +100,13 @@ def sample_ratio(users: Mapping[str, int], experiment: Experiment) -> SampleRati
         expected = total * arm.share
         observed = users.get(arm.name, 0)
         statistic += (observed - expected) ** 2 / expected
-        residual = (observed - expected) / math.sqrt(expected)
-        # The largest standardised residual; between equals (two arms: always), the arm
-        # short of users: losing an arm's events is the usual cause, gaining them is not.
-        ranked.append((-round(abs(residual), 9), residual > 0, arm.name))
-    worst = min(ranked)[2]
+        # Losing an arm's users is the usual cause (its events dropped on the way), gaining
+        # them is not, so the arm named is the one furthest short of its share, relative to
+        # it. Not the largest standardised residual: with a 10% holdout, 3% of the other
+        # arm's users lost leaves the holdout's residual three times the other's (the same
+        # surplus over a smaller expected count), and it would be named for the loss.
+        ranked.append((round((observed - expected) / expected, 12), arm.name))
+    worst = min(ranked)[1]
     p = chi2_sf(statistic, len(experiment.arms) - 1)
     return SampleRatio(statistic, p, worst, p < SRM_ALARM_P)
 
