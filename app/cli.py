@@ -801,8 +801,9 @@ def _add_bench_learning(commands: Any) -> None:
         "--world",
         default="default",
         help="how users' hidden tastes follow from what they do: default (the world the "
-        "engine was developed on), or mild, rotated, individual (worlds to check a change "
-        "on that it was not tuned on; harness/simulation/closed_loop.py)",
+        "engine was developed on), or mild, rotated, individual, shift (worlds to check a "
+        "change on that it was not tuned on; shift turns every persona's tastes to the "
+        "next one's halfway through the run; harness/simulation/closed_loop.py)",
     )
     bench.add_argument(
         "--blind-oracles",

@@ -89,9 +89,10 @@ def expected_per_user(
         user = str(decision["user_id"])
         users.add(user)
         if decision["status"] == "granted" and decision["action"] is not None:
-            channel = decision["channel"]
+            channel, ts = decision["channel"], decision["ts"]
+            assert isinstance(ts, int)  # the contract's decision time, in ms
             expected += simulator.true_probability(
-                user, kinds[str(decision["action"])], None if channel is None else str(channel)
+                user, kinds[str(decision["action"])], None if channel is None else str(channel), ts
             )
     return expected / max(1, len(users))
 

@@ -13,12 +13,14 @@ one the engine's learning was developed against; the others keep every user and 
 event the same (same seed, same behaviour) and change only the hidden tastes, so that
 a change to the engine can be checked on worlds it was not tuned on: tastes that
 differ less between personas, tastes that behaviour points to wrongly (each persona
-has another persona's tastes), and tastes that vary from user to user within a
-persona.
+has another persona's tastes), tastes that vary from user to user within a
+persona, and tastes that change halfway through the run (what an online learner must
+follow: a season, a competitor's offer).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
@@ -98,13 +100,16 @@ class World:
     less). ``rotate``: persona ``i`` has the tastes of persona ``i + rotate`` (behaviour
     then points to other tastes than in the default world). ``spread``: each user's
     taste for each kind is moved by a normal draw with this standard deviation in
-    logits (0: every user of a persona alike).
+    logits (0: every user of a persona alike). ``shift_at``: the share of the run's time
+    after which every persona's tastes turn to those of the next persona again (0: never):
+    what a model learned before it is then wrong.
     """
 
     name: str
     contrast: float = 1.0
     rotate: int = 0
     spread: float = 0.0
+    shift_at: float = 0.0
 
 
 WORLDS: dict[str, World] = {
@@ -114,6 +119,7 @@ WORLDS: dict[str, World] = {
         World("mild", contrast=0.35),
         World("rotated", rotate=1),
         World("individual", spread=1.2),
+        World("shift", shift_at=0.5),
     )
 }
 
@@ -201,10 +207,15 @@ class ClosedLoopSimulator:
             raise ValueError(f"no world {world!r}; worlds: {', '.join(WORLDS)}")
         self.world = WORLDS[world]
         self.tastes = world_tastes(self.world)
+        # After the shift (if any), each persona has the next persona's tastes.
+        shifted = dataclasses.replace(self.world, rotate=self.world.rotate + 1)
+        self.tastes_after = world_tastes(shifted) if self.world.shift_at else self.tastes
         self.random = random.Random(seed)
         self.seed = seed
         self.start_ms = start_ms
         self.span_ms = int(days * 24 * HOUR_MS)
+        self.shift_ms = start_ms + int(self.world.shift_at * self.span_ms)
+        self.now_ms = start_ms  # the time of the newest event given out
         self.users = [self._user(i) for i in range(users)]
         for user in self.users:
             # Drawn only when asked for, so a launch (members=0) keeps its exact stream.
@@ -213,7 +224,7 @@ class ClosedLoopSimulator:
         self.answers: list[tuple[int, int, dict[str, Any]]] = []  # heap of (ts, seq, event)
         self.sequence = 0
         self.by_id = {u.user_id: u for u in self.users}
-        self._means: dict[tuple[str, str | None], float] = {}
+        self._means: dict[tuple[str, str | None, bool], float] = {}
         # Each user's own taste, in logits from the persona's: drawn from a generator of
         # its own, so every world has the very users and events of the default one.
         self.shifts: dict[str, dict[str, float]] = {}
@@ -235,10 +246,19 @@ class ClosedLoopSimulator:
             age=self.random.randint(18, 75),
         )
 
-    def true_probability(self, user_id: str, kind: str, channel: str | None) -> float:
-        """The hidden chance that this user redeems a reward of ``kind`` on ``channel``."""
+    def shifted(self, at_ms: int | None = None) -> bool:
+        """Whether the tastes have shifted by ``at_ms`` (None: the newest event's time)."""
+        at = self.now_ms if at_ms is None else at_ms
+        return bool(self.world.shift_at) and at >= self.shift_ms
+
+    def true_probability(
+        self, user_id: str, kind: str, channel: str | None, at_ms: int | None = None
+    ) -> float:
+        """The hidden chance that this user redeems a reward of ``kind`` on ``channel``, at
+        ``at_ms`` (None: the newest event's time; tastes differ only in a world that shifts)."""
         persona = self.by_id[user_id].persona
-        p = self.tastes[persona.name].get(kind, UNKNOWN_KIND_TASTE)
+        tastes = self.tastes_after if self.shifted(at_ms) else self.tastes
+        p = tastes[persona.name].get(kind, UNKNOWN_KIND_TASTE)
         shift = self.shifts.get(user_id, {}).get(kind)
         if shift is not None:
             p = 1.0 / (1.0 + math.exp(-(math.log(p / (1.0 - p)) + shift)))
@@ -247,7 +267,7 @@ class ClosedLoopSimulator:
     def mean_probability(self, kind: str, channel: str | None) -> float:
         """The average of :meth:`true_probability` over every simulated user: what is
         known of a reward's appeal before anything is known of the user."""
-        key = (kind, channel)
+        key = (kind, channel, self.shifted())
         if key not in self._means:
             self._means[key] = statistics.fmean(
                 self.true_probability(user.user_id, kind, channel) for user in self.users
@@ -261,6 +281,7 @@ class ClosedLoopSimulator:
             ts = self.start_ms + int(n * step)
             while self.answers and self.answers[0][0] <= ts:
                 yield _event(heapq.heappop(self.answers)[2])
+            self.now_ms = ts
             yield _event(self._user_event(ts))
 
     def next_answer(self) -> Event:
@@ -293,7 +314,7 @@ class ClosedLoopSimulator:
 
     def answer(self, decision: Decision, kind: str) -> bool:
         """Schedule the user's answer to a granted reward; True if they will redeem it."""
-        p = self.true_probability(decision.user_id, kind, decision.channel)
+        p = self.true_probability(decision.user_id, kind, decision.channel, decision.ts)
         roll = self.random.random()
         persona = self.by_id[decision.user_id].persona
         delay = int(self.random.expovariate(1 / persona.answer_delay_h) * HOUR_MS) + 60_000

@@ -22,6 +22,7 @@ from harness.bench.learning import (
 )
 from harness.simulation.closed_loop import (
     CHANNEL_PENALTY,
+    HOUR_MS,
     PERSONAS,
     WORLDS,
     ClosedLoopSimulator,
@@ -293,6 +294,34 @@ def test_each_other_world_moves_the_tastes_as_it_says() -> None:
     assert individual.true_probability(user.user_id, "cashback", "store") == pytest.approx(
         individual.true_probability(user.user_id, "cashback", None) * CHANNEL_PENALTY
     )
+
+
+def test_the_shifting_world_turns_to_the_next_personas_tastes_halfway() -> None:
+    """Until half the run's time the shifting world is the default one; from then on each
+    persona has the next persona's tastes, for the answers drawn and for the oracle."""
+    simulator = _world("shift")
+    names = [p.name for p in PERSONAS]
+    halfway = simulator.shift_ms
+    assert halfway == 3 * 24 * HOUR_MS // 2  # a 3-day run from 0
+    for user in simulator.users[:50]:
+        following = PERSONAS[(names.index(user.persona.name) + 1) % len(PERSONAS)]
+        for kind in ("points", "cashback"):
+            assert (
+                simulator.true_probability(user.user_id, kind, None, halfway - 1)
+                == (user.persona.taste[kind])
+            )
+            assert (
+                simulator.true_probability(user.user_id, kind, None, halfway)
+                == (following.taste[kind])
+            )
+    # Without a time, the newest event's: the population's means follow the events.
+    before = simulator.mean_probability("points", None)
+    assert not simulator.shifted()
+    for event in simulator.events(1_500):
+        if event.ts >= halfway:
+            break
+    assert simulator.shifted()
+    assert simulator.mean_probability("points", None) != pytest.approx(before)
 
 
 def test_an_unknown_world_is_refused_with_the_known_ones() -> None:
