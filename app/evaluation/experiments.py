@@ -8,7 +8,10 @@ Welch's interval on the difference of two means (users are independent; a user's
 decisions are not). The SRM test is Pearson's chi-square of the users each arm got
 against the program's split: a split that drifts from the one intended (a producer
 that loses one arm's events, a bug in assignment) biases every comparison, and
-experiment platforms stop reading results at p < 0.001.
+experiment platforms stop reading results at p < 0.001. A passing test says little
+about a small experiment, so the report also states the loss of each arm's users the
+test would flag in half of such experiments at the users counted (its power: a 3% loss
+of a 90% arm needs about 130,000 users, docs/decisions.md §48).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from app.programs import Experiment
 
 # Experiment platforms alarm at this p-value of the sample-ratio test.
 SRM_ALARM_P = 0.001
+# The report states the loss of an arm's users the test flags with this probability.
+DETECTION_POWER = 0.5
 REDEEMED = "reward_redeemed"
 
 
@@ -79,15 +84,82 @@ def chi2_critical(p: float, df: int) -> float:
     return high
 
 
+def noncentral_chi2_sf(statistic: float, df: int, noncentrality: float) -> float:
+    """P(X >= statistic) for X noncentral chi-square with ``df`` degrees of freedom: a
+    Poisson(noncentrality / 2) mixture of central chi-squares with df + 2k degrees."""
+    half = noncentrality / 2.0
+    if half <= 0.0:
+        return chi2_sf(statistic, df)
+    # The Poisson weights from the start to well past their mode (10 deviations).
+    last = int(half + 10.0 * math.sqrt(half) + 20.0)
+    total = 0.0
+    for k in range(last + 1):
+        weight = math.exp(-half + k * math.log(half) - math.lgamma(k + 1.0))
+        total += weight * chi2_sf(statistic, df + 2 * k)
+    return min(1.0, total)
+
+
+def _noncentrality_for_power(df: int, power: float) -> float:
+    """The noncentrality at which the test at :data:`SRM_ALARM_P` alarms with ``power``."""
+    critical = chi2_critical(SRM_ALARM_P, df)
+    low, high = 0.0, 1.0
+    while noncentral_chi2_sf(critical, df, high) < power:
+        high *= 2.0
+    for _ in range(60):
+        middle = (low + high) / 2.0
+        if noncentral_chi2_sf(critical, df, middle) < power:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+def detectable_losses(
+    users: int, shares: Mapping[str, float], power: float = DETECTION_POWER
+) -> dict[str, float | None]:
+    """Per arm, the share of its users whose loss (the other arms' kept) the SRM test
+    flags with probability ``power`` among ``users`` users; None when not even losing
+    the whole arm would be flagged that often."""
+    if not shares:
+        return {}
+    needed = _noncentrality_for_power(max(1, len(shares) - 1), power)
+
+    def noncentrality(arm: str, lost: float) -> float:
+        left = 1.0 - shares[arm] * lost  # of the users, what the loss leaves
+        total = 0.0
+        for name, share in shares.items():
+            kept = share * (1.0 - lost) if name == arm else share
+            total += (kept / left - share) ** 2 / share
+        return users * total
+
+    found: dict[str, float | None] = {}
+    for arm in shares:
+        if noncentrality(arm, 1.0) < needed:
+            found[arm] = None
+            continue
+        low, high = 0.0, 1.0
+        for _ in range(60):
+            middle = (low + high) / 2.0
+            if noncentrality(arm, middle) < needed:
+                low = middle
+            else:
+                high = middle
+        found[arm] = high
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class SampleRatio:
     """The SRM test: the chi-square statistic, its p-value, and the arm out of line (the
-    one furthest short of its share), named when p is under the alarm."""
+    one furthest short of its share), named when p is under the alarm; and per arm, the
+    loss of its users the test flags in half of such experiments at these users (None:
+    not even the whole arm)."""
 
     statistic: float
     p_value: float
     worst_arm: str
     mismatch: bool
+    detectable_loss: dict[str, float | None]
 
 
 def sample_ratio(users: Mapping[str, int], experiment: Experiment) -> SampleRatio:
@@ -108,7 +180,8 @@ def sample_ratio(users: Mapping[str, int], experiment: Experiment) -> SampleRati
         ranked.append((round((observed - expected) / expected, 12), arm.name))
     worst = min(ranked)[1]
     p = chi2_sf(statistic, len(experiment.arms) - 1)
-    return SampleRatio(statistic, p, worst, p < SRM_ALARM_P)
+    shares = {arm.name: arm.share for arm in experiment.arms}
+    return SampleRatio(statistic, p, worst, p < SRM_ALARM_P, detectable_losses(total, shares))
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +325,16 @@ def render(found: ExperimentReport) -> str:
         if ratio.mismatch
         else "the split matches the program's shares"
     )
+    losses = ", ".join(
+        f"arm {arm}: {'not even all of it' if lost is None else f'{lost:.1%}'}"
+        for arm, lost in ratio.detectable_loss.items()
+    )
+    users = sum(arm.users for arm in found.arms)
     lines += [
         "",
         f"Sample ratio: chi-square {ratio.statistic:.2f}, p = {ratio.p_value:.3g} "
         f"(alarm under {SRM_ALARM_P}): {verdict}.",
+        f"At {users:,} users the test flags, in half of such experiments, the loss of this "
+        f"share of one arm's users ({losses}); a smaller loss passes unseen.",
     ]
     return "\n".join(lines)

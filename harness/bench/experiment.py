@@ -72,6 +72,8 @@ def one_seed(
         "users": {a.arm: a.users for a in found.arms},
         "srm_p": found.sample_ratio.p_value,
         "srm_mismatch": found.sample_ratio.mismatch,
+        # The loss of the program arm's users the test would flag half the time here.
+        "srm_detectable_loss": found.sample_ratio.detectable_loss.get(TREATED),
     }
 
 
@@ -145,16 +147,19 @@ def render_markdown(found: dict[str, Any]) -> str:
         "arm's grants (its true probabilities, not the drawn answers), the program's arm "
         "less the holdout's.",
         "",
-        "| seed | users (holdout / program) | lift | 95% interval | true lift | covered | SRM p |",
-        "|---:|---|---:|---|---:|---|---:|",
+        "| seed | users (holdout / program) | lift | 95% interval | true lift | covered | SRM p "
+        "| loss of the program arm's users the SRM test flags half the time |",
+        "|---:|---|---:|---|---:|---|---:|---:|",
     ]
     for r in rows:
         users = r["users"]
         covers = "yes" if r["low"] <= r["expected_lift"] <= r["high"] else "no"
+        loss = r.get("srm_detectable_loss")
         lines.append(
             f"| {r['seed']} | {users.get('holdout', 0):,} / {users.get(TREATED, 0):,} "
             f"| {r['lift']:+.4f} | [{r['low']:+.4f}, {r['high']:+.4f}] "
-            f"| {r['expected_lift']:+.4f} | {covers} | {r['srm_p']:.3f} |"
+            f"| {r['expected_lift']:+.4f} | {covers} | {r['srm_p']:.3f} "
+            f"| {'-' if loss is None else f'{loss:.1%}'} |"
         )
     lines += [
         "",

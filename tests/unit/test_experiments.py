@@ -4,9 +4,12 @@ what each arm gets and may spend, and the report's lift and sample-ratio test.""
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
+from statistics import NormalDist
 
+import numpy as np
 import orjson
 import pytest
 
@@ -15,7 +18,16 @@ from app.contract import Event
 from app.contract.records import Decision
 from app.decisioning.engine import Engine
 from app.decisioning.ledger import Ledger
-from app.evaluation.experiments import chi2_critical, chi2_sf, report, sample_ratio
+from app.evaluation.experiments import (
+    SRM_ALARM_P,
+    chi2_critical,
+    chi2_sf,
+    detectable_losses,
+    noncentral_chi2_sf,
+    render,
+    report,
+    sample_ratio,
+)
 from app.features.state import UserState
 from app.programs import Experiment, ProgramError, load_program
 from app.programs.model import Arm
@@ -244,6 +256,64 @@ def test_of_three_arms_the_one_short_of_its_share_is_named() -> None:
     ratio = sample_ratio({"a": 10_000, "b": 30_000, "c": 58_200}, three)  # c lost 3%
     assert ratio.mismatch
     assert ratio.worst_arm == "c"
+
+
+@pytest.mark.parametrize("noncentrality", [0.5, 4.0, 10.83, 25.0, 80.0])
+def test_the_noncentral_chi_square_tail_is_exact_for_one_degree_of_freedom(
+    noncentrality: float,
+) -> None:
+    """With one degree of freedom X is (Z + sqrt(noncentrality))^2, whose tail is two
+    normal tails: the Poisson mixture must give it."""
+    normal = NormalDist()
+    for statistic in (1.0, 3.84, 10.83, 30.0):
+        root, shift = math.sqrt(statistic), math.sqrt(noncentrality)
+        exact = normal.cdf(shift - root) + normal.cdf(-shift - root)
+        assert noncentral_chi2_sf(statistic, 1, noncentrality) == pytest.approx(exact, abs=1e-9)
+    assert noncentral_chi2_sf(7.8, 3, 0.0) == chi2_sf(7.8, 3)
+
+
+def test_a_ten_percent_holdout_sees_a_three_percent_loss_only_from_about_130000_users() -> None:
+    """The figure docs/decisions.md §48 states: the test's power grows with the users."""
+    shares = {"holdout": 0.1, "program": 0.9}
+    assert 0.028 < detectable_losses(130_000, shares)["program"] < 0.031  # type: ignore[operator]
+    assert 0.19 < detectable_losses(2_000, shares)["program"] < 0.21  # type: ignore[operator]
+    # A 1% arm of 50 users: losing all of it is not flagged half the time.
+    assert detectable_losses(50, {"a": 0.01, "b": 0.99})["a"] is None
+
+
+@pytest.mark.parametrize(("users", "arm"), [(20_000, "program"), (20_000, "holdout")])
+def test_the_stated_loss_is_flagged_in_about_half_of_simulated_experiments(
+    users: int, arm: str
+) -> None:
+    """Split ``users`` 10 / 90 a thousand times, lose the stated share of one arm's users,
+    and count the splits the test (Pearson's chi-square at the alarm) flags."""
+    shares = {"holdout": 0.1, "program": 0.9}
+    lost = detectable_losses(users, shares)[arm]
+    assert lost is not None
+    draw = np.random.default_rng(7)
+    critical = chi2_critical(SRM_ALARM_P, 1)
+    # Each user to the holdout with probability 0.1, then the arm's users each lost with
+    # probability ``lost``: binomial draws of the same counts.
+    holdout = draw.binomial(users, 0.1, size=1_000)
+    counts = {"holdout": holdout, "program": users - holdout}
+    counts[arm] = draw.binomial(counts[arm], 1.0 - lost)
+    total = counts["holdout"] + counts["program"]
+    statistic = sum((counts[n] - total * s) ** 2 / (total * s) for n, s in shares.items())
+    flagged = int(np.count_nonzero(statistic >= critical))
+    assert 430 <= flagged <= 570  # half, within about four standard deviations of 1,000 draws
+
+
+def test_the_report_states_the_loss_its_test_can_see() -> None:
+    decisions, events = _log(3, 2_000, {"control": 0.1, "live": 0.1})
+    found = report(TWO_ARMS, decisions, events)
+    assert set(found.sample_ratio.detectable_loss) == {"control", "live"}
+    text = render(found)
+    losses = found.sample_ratio.detectable_loss
+    assert f"At {sum(a.users for a in found.arms):,} users the test flags" in text
+    for arm, lost in losses.items():
+        assert lost is not None
+        assert f"arm {arm}: {lost:.1%}" in text
+    assert "a smaller loss passes unseen" in text
 
 
 def test_the_lift_interval_covers_the_true_lift() -> None:
