@@ -980,6 +980,16 @@ def _add_bench_experiment(commands: Any) -> None:
     bench.add_argument("--users", type=int, default=2_000)
     bench.add_argument("--days", type=float, default=10.0)
     bench.add_argument("--holdout", type=float, default=0.1, help="the holdout's share")
+    bench.add_argument(
+        "--loss-users",
+        type=int,
+        default=0,
+        help="also run the sample-ratio test on closed loops of this many users, with a "
+        "share of the program arm's users lost (0: not run; a 3%% loss at a 10%% holdout "
+        "is flagged half the time from about 130,000 users)",
+    )
+    bench.add_argument("--loss-seeds", type=int, nargs="+", default=[1, 2, 3])
+    bench.add_argument("--loss", type=float, default=0.03, help="the share of users lost")
     bench.add_argument("--program", help="shipped program id or YAML file (default: setting)")
     _report_options(bench, "var/bench/experiment.json")
     bench.set_defaults(run=_bench_experiment)
@@ -990,6 +1000,8 @@ def _bench_experiment(settings: Settings, args: argparse.Namespace) -> int:
     from app.assembly import load_program_setting
     from harness.bench.experiment import render_markdown, run_experiment_benchmark, targets_met
 
+    if not 0.0 < args.loss < 1.0:
+        raise SettingsError(f"--loss must be within 0..1 (a share of users), not {args.loss}")
     found = run_experiment_benchmark(
         settings,
         load_program_setting(args.program or settings.program),
@@ -999,6 +1011,9 @@ def _bench_experiment(settings: Settings, args: argparse.Namespace) -> int:
         days=args.days,
         holdout=args.holdout,
         say=print,
+        loss_users=args.loss_users,
+        loss_seeds=tuple(args.loss_seeds),
+        loss=args.loss,
     )
     title = "An experiment on the closed loop (`rewardstream bench-experiment`)"
     _publish_report(args, found, render_markdown(found), title)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
+import itertools
 import math
 import random
 import statistics
@@ -220,7 +221,9 @@ class ClosedLoopSimulator:
         for user in self.users:
             # Drawn only when asked for, so a launch (members=0) keeps its exact stream.
             user.signed_up = members > 0 and self.random.random() < members
-        self.weights = [u.persona.visits_weight for u in self.users]
+        # Summed once: random.choices would sum the weights at every draw (the same
+        # draws, in time that grew with the users).
+        self.cum_weights = list(itertools.accumulate(u.persona.visits_weight for u in self.users))
         self.answers: list[tuple[int, int, dict[str, Any]]] = []  # heap of (ts, seq, event)
         self.sequence = 0
         self.by_id = {u.user_id: u for u in self.users}
@@ -290,7 +293,7 @@ class ClosedLoopSimulator:
         return _event(heapq.heappop(self.answers)[2])
 
     def _user_event(self, ts: int) -> dict[str, Any]:
-        user = self.random.choices(self.users, self.weights)[0]
+        user = self.random.choices(self.users, cum_weights=self.cum_weights)[0]
         self.sequence += 1
         persona = user.persona
         base: dict[str, Any] = {

@@ -10,6 +10,7 @@ dead-letter path.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,8 +84,11 @@ class EventSimulator:
         self.random = random.Random(config.seed)
         self.users = [self._new_user(i) for i in range(config.users)]
         # Activity follows a heavy tail: weight 1/rank^0.8 over a shuffled order.
-        self.weights = [1.0 / (rank + 1) ** config.skew for rank in range(config.users)]
-        self.random.shuffle(self.weights)
+        weights = [1.0 / (rank + 1) ** config.skew for rank in range(config.users)]
+        self.random.shuffle(weights)
+        # Summed once: random.choices would sum the weights at every draw (the same
+        # draws, in time that grew with the users).
+        self.cum_weights = list(itertools.accumulate(weights))
         self.types, self.type_weights = zip(*EVENT_MIX, strict=True)
         self.sequence = 0
 
@@ -100,7 +104,7 @@ class EventSimulator:
         return orjson.dumps(self.next_event())
 
     def next_event(self) -> dict[str, Any]:
-        user = self.random.choices(self.users, self.weights)[0]
+        user = self.random.choices(self.users, cum_weights=self.cum_weights)[0]
         ts = self.config.start_ms + int(self.sequence * 1000 / self.config.events_per_second)
         event_type = "signup" if not user.signed_up else self._event_type(user)
         user.signed_up = True

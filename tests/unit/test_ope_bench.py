@@ -82,3 +82,35 @@ def test_the_experiment_bench_finds_a_lift_its_interval_covers() -> None:
     assert row["low"] <= found["true_lift"] <= row["high"]
     assert bench_experiment.targets_met(found)
     assert not bench_experiment.targets_met({**found, "srm_passed": 0})
+
+
+def test_the_experiment_bench_sees_a_loss_of_the_program_arm_where_it_has_the_power() -> None:
+    """The loss run drops a share of the program arm's users from the decisions; the
+    sample-ratio test must flag it and name that arm, and the split before the loss must
+    pass. (Half the arm lost among 2,000 users: far past what the test needs.)"""
+    settings = Settings()
+    found = bench_experiment.run_experiment_benchmark(
+        settings,
+        load_program_setting(settings.program),
+        seeds=(3,),
+        events=3_000,
+        users=400,
+        days=5,
+        holdout=0.2,
+        say=lambda _: None,
+        loss_users=2_000,
+        loss_seeds=(1,),
+        loss=0.5,
+    )
+    (row,) = found["losses"]
+    assert row["users_lost"] > 500
+    assert row["loss_flagged"]
+    assert row["arm_named"] == bench_experiment.TREATED
+    assert not row["correct_mismatch"]
+    assert row["detectable_loss"] is not None
+    assert bench_experiment.targets_met(found)
+    assert "naming the program's arm, in 1 of 1 loss seeds" in bench_experiment.render_markdown(
+        found
+    )
+    unflagged = {**row, "loss_flagged": False}
+    assert not bench_experiment.targets_met({**found, "losses": [unflagged]})
