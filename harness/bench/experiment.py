@@ -36,8 +36,8 @@ import orjson
 from app.evaluation.experiments import report
 from app.programs import Arm, Experiment, Program
 from app.settings import Settings
-from harness.simulation.closed_loop import ClosedLoopSimulator
-from harness.simulation.logged import START_MS, logged_closed_loop
+from harness.simulation.closed_loop import HOUR_MS, ClosedLoopSimulator
+from harness.simulation.logged import START_MS, LoggedRun, logged_closed_loop
 
 TREATED = "program"
 
@@ -48,6 +48,29 @@ def with_experiment(program: Program, holdout: float) -> Program:
     return dataclasses.replace(program, experiment=Experiment("bench", arms))
 
 
+def _logged(
+    settings: Settings,
+    program: Program,
+    simulator: ClosedLoopSimulator,
+    *,
+    events: int,
+    every_answer: bool,
+) -> LoggedRun:
+    """``program`` over ``events`` of ``simulator``'s closed loop, its seed the engine's."""
+    return logged_closed_loop(
+        program,
+        events=events,
+        users=len(simulator.users),
+        seed=simulator.seed,
+        days=simulator.span_ms / (24 * HOUR_MS),
+        partitions=settings.partitions,
+        max_event_bytes=settings.max_event_bytes,
+        state_ttl_ms=settings.state_ttl_ms,
+        simulator=simulator,
+        every_answer=every_answer,
+    )
+
+
 def one_seed(
     settings: Settings, program: Program, *, seed: int, events: int, users: int, days: float
 ) -> dict[str, Any]:
@@ -55,18 +78,7 @@ def one_seed(
     assert experiment is not None
     simulator = ClosedLoopSimulator(users=users, seed=seed, start_ms=START_MS, days=days)
     kinds = {r.id: r.kind for r in program.rewards}
-    run = logged_closed_loop(
-        program,
-        events=events,
-        users=users,
-        seed=seed,
-        days=days,
-        partitions=settings.partitions,
-        max_event_bytes=settings.max_event_bytes,
-        state_ttl_ms=settings.state_ttl_ms,
-        simulator=simulator,
-        every_answer=True,
-    )
+    run = _logged(settings, program, simulator, events=events, every_answer=True)
     found = report(experiment, run.decisions, [orjson.loads(line) for line in run.lines])
     treated = next(a for a in found.arms if a.arm == TREATED)
     assert treated.lift is not None
@@ -92,16 +104,8 @@ def loss_seed(
     decisions with each user of the program's arm lost with probability ``loss``."""
     experiment = program.experiment
     assert experiment is not None
-    run = logged_closed_loop(
-        program,
-        events=users * 3 // 2,
-        users=users,
-        seed=seed,
-        days=days,
-        partitions=settings.partitions,
-        max_event_bytes=settings.max_event_bytes,
-        state_ttl_ms=settings.state_ttl_ms,
-    )
+    simulator = ClosedLoopSimulator(users=users, seed=seed, start_ms=START_MS, days=days)
+    run = _logged(settings, program, simulator, events=users * 3 // 2, every_answer=False)
     draw = random.Random(f"loss-{seed}")
     lost: dict[object, bool] = {}
 

@@ -5,6 +5,7 @@ is missed."""
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
@@ -64,9 +65,10 @@ def test_a_missed_target_is_reported_as_missed(ope_report: dict[str, object]) ->
     assert "Targets missed" in render_markdown(broken)
 
 
-def test_the_experiment_bench_finds_a_lift_its_interval_covers() -> None:
+def _experiment_bench(**loss: Any) -> dict[str, Any]:
+    """The experiment bench on one small seed (and the loss runs ``loss`` asks for)."""
     settings = Settings()
-    found = bench_experiment.run_experiment_benchmark(
+    return bench_experiment.run_experiment_benchmark(
         settings,
         load_program_setting(settings.program),
         seeds=(3,),
@@ -75,7 +77,12 @@ def test_the_experiment_bench_finds_a_lift_its_interval_covers() -> None:
         days=5,
         holdout=0.2,
         say=lambda _: None,
+        **loss,
     )
+
+
+def test_the_experiment_bench_finds_a_lift_its_interval_covers() -> None:
+    found = _experiment_bench()
     (row,) = found["rows"]
     assert row["users"]["holdout"] > 40
     assert found["true_lift"] > 0.0  # the holdout gets nothing, the program something
@@ -88,20 +95,7 @@ def test_the_experiment_bench_sees_a_loss_of_the_program_arm_where_it_has_the_po
     """The loss run drops a share of the program arm's users from the decisions; the
     sample-ratio test must flag it and name that arm, and the split before the loss must
     pass. (Half the arm lost among 2,000 users: far past what the test needs.)"""
-    settings = Settings()
-    found = bench_experiment.run_experiment_benchmark(
-        settings,
-        load_program_setting(settings.program),
-        seeds=(3,),
-        events=3_000,
-        users=400,
-        days=5,
-        holdout=0.2,
-        say=lambda _: None,
-        loss_users=2_000,
-        loss_seeds=(1,),
-        loss=0.5,
-    )
+    found = _experiment_bench(loss_users=2_000, loss_seeds=(1,), loss=0.5)
     (row,) = found["losses"]
     assert row["users_lost"] > 500
     assert row["loss_flagged"]
