@@ -114,6 +114,25 @@ def _noncentrality_for_power(df: int, power: float) -> float:
     return high
 
 
+def _loss_noncentrality(users: int, shares: Mapping[str, float], arm: str, lost: float) -> float:
+    """The chi-square's noncentrality among ``users`` users when ``arm`` has lost the
+    share ``lost`` of its users and the other arms none."""
+    left = 1.0 - shares[arm] * lost  # of the users, what the loss leaves
+    total = 0.0
+    for name, share in shares.items():
+        kept = share * (1.0 - lost) if name == arm else share
+        total += (kept / left - share) ** 2 / share
+    return users * total
+
+
+def loss_flag_probability(users: int, shares: Mapping[str, float], arm: str, lost: float) -> float:
+    """The probability that the SRM test flags the loss of the share ``lost`` of
+    ``arm``'s users among ``users`` users (its power against that loss)."""
+    df = max(1, len(shares) - 1)
+    noncentrality = _loss_noncentrality(users, shares, arm, lost)
+    return noncentral_chi2_sf(chi2_critical(SRM_ALARM_P, df), df, noncentrality)
+
+
 def detectable_losses(
     users: int, shares: Mapping[str, float], power: float = DETECTION_POWER
 ) -> dict[str, float | None]:
@@ -123,24 +142,15 @@ def detectable_losses(
     if not shares:
         return {}
     needed = _noncentrality_for_power(max(1, len(shares) - 1), power)
-
-    def noncentrality(arm: str, lost: float) -> float:
-        left = 1.0 - shares[arm] * lost  # of the users, what the loss leaves
-        total = 0.0
-        for name, share in shares.items():
-            kept = share * (1.0 - lost) if name == arm else share
-            total += (kept / left - share) ** 2 / share
-        return users * total
-
     found: dict[str, float | None] = {}
     for arm in shares:
-        if noncentrality(arm, 1.0) < needed:
+        if _loss_noncentrality(users, shares, arm, 1.0) < needed:
             found[arm] = None
             continue
         low, high = 0.0, 1.0
         for _ in range(60):
             middle = (low + high) / 2.0
-            if noncentrality(arm, middle) < needed:
+            if _loss_noncentrality(users, shares, arm, middle) < needed:
                 low = middle
             else:
                 high = middle

@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from app.evaluation.experiments import report
+from app.evaluation.experiments import loss_flag_probability, report
 from app.programs import Arm, Experiment, Program
 from app.settings import Settings
 from harness.simulation.closed_loop import HOUR_MS, ClosedLoopSimulator
@@ -130,6 +130,14 @@ def loss_seed(
         "loss_flagged": ratio.mismatch,
         "arm_named": ratio.worst_arm,
         "detectable_loss": ratio.detectable_loss.get(TREATED),
+        # How likely the test was to flag this loss at these users: a seed that misses
+        # is read against it.
+        "flag_probability": loss_flag_probability(
+            sum(a.users for a in found.arms),
+            {arm.name: arm.share for arm in experiment.arms},
+            TREATED,
+            loss,
+        ),
     }
 
 
@@ -250,9 +258,9 @@ def render_markdown(found: dict[str, Any]) -> str:
             f"lost with probability {plan['loss']:.0%} (a seeded draw).",
             "",
             "| loss seed | users (holdout / program, after the loss) | users lost | correct "
-            "split: p | with the loss: p | flagged | arm named | loss the test flags half "
-            "the time |",
-            "|---:|---|---:|---:|---:|---|---|---:|",
+            "split: p | with the loss: p | flagged | arm named | chance the test flags this "
+            "loss here | loss it flags half the time |",
+            "|---:|---|---:|---:|---:|---|---|---:|---:|",
         ]
         for r in losses:
             users = r["users"]
@@ -261,6 +269,7 @@ def render_markdown(found: dict[str, Any]) -> str:
                 f"| {r['seed']} | {users.get('holdout', 0):,} / {users.get(TREATED, 0):,} "
                 f"| {r['users_lost']:,} | {r['correct_p']:.3g} | {r['loss_p']:.3g} "
                 f"| {'yes' if r['loss_flagged'] else 'no'} | {r['arm_named']} "
+                f"| {r['flag_probability']:.2f} "
                 f"| {'-' if detectable is None else f'{detectable:.1%}'} |"
             )
         named = sum(r["loss_flagged"] and r["arm_named"] == TREATED for r in losses)

@@ -23,6 +23,7 @@ from app.evaluation.experiments import (
     chi2_critical,
     chi2_sf,
     detectable_losses,
+    loss_flag_probability,
     noncentral_chi2_sf,
     render,
     report,
@@ -277,6 +278,12 @@ def test_a_ten_percent_holdout_sees_a_three_percent_loss_only_from_about_130000_
     shares = {"holdout": 0.1, "program": 0.9}
     assert 0.028 < detectable_losses(130_000, shares)["program"] < 0.031  # type: ignore[operator]
     assert 0.19 < detectable_losses(2_000, shares)["program"] < 0.21  # type: ignore[operator]
+    # The chance of flagging a 3% loss: one in ten at the 47,639 users §48 measured, and
+    # one half exactly at the loss stated as flagged half the time.
+    assert 0.09 < loss_flag_probability(47_639, shares, "program", 0.03) < 0.11
+    half = detectable_losses(20_000, shares)["program"]
+    assert half is not None
+    assert loss_flag_probability(20_000, shares, "program", half) == pytest.approx(0.5, abs=1e-6)
     # A 1% arm of 50 users: losing all of it is not flagged half the time.
     assert detectable_losses(50, {"a": 0.01, "b": 0.99})["a"] is None
 

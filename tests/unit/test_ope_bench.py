@@ -102,6 +102,7 @@ def test_the_experiment_bench_sees_a_loss_of_the_program_arm_where_it_has_the_po
     assert row["arm_named"] == bench_experiment.TREATED
     assert not row["correct_mismatch"]
     assert row["detectable_loss"] is not None
+    assert row["flag_probability"] > 0.99
     assert bench_experiment.targets_met(found)
     assert "naming the program's arm, in 1 of 1 loss seeds" in bench_experiment.render_markdown(
         found
