@@ -141,7 +141,7 @@ bench-erasure: install kafka-jars ## Erasure receipts under the demo's load (3 r
 bench-ope: install ## Offline evaluation against the truth: DR bias and coverage, 5 candidates, 20 seeds; appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-ope --docs docs/benchmarks.md
 
-bench-experiment: install ## An experiment with a 10% holdout on the closed loop: lift interval vs the truth, SRM on 20 seeds, then a 3% loss among 600,000 users on 3 (about 30 min); appends to docs/benchmarks.md
+bench-experiment: install ## An experiment with a 10% holdout on the closed loop: lift interval vs the truth, SRM on 20 seeds, then a 3% loss among 600,000 users on 3 (about 20 min); appends to docs/benchmarks.md
 	$(BIN)/rewardstream bench-experiment --loss-users 600000 --docs docs/benchmarks.md
 
 bench-console: install ## The console's user lookup with a million users in its index: p95 and memory per user; appends to docs/benchmarks.md
