@@ -36,7 +36,7 @@ import orjson
 from app.evaluation.experiments import loss_flag_probability, report
 from app.programs import Arm, Experiment, Program
 from app.settings import Settings
-from harness.simulation.closed_loop import HOUR_MS, ClosedLoopSimulator
+from harness.simulation.closed_loop import ClosedLoopSimulator
 from harness.simulation.logged import START_MS, LoggedRun, logged_closed_loop
 
 TREATED = "program"
@@ -53,16 +53,18 @@ def _logged(
     program: Program,
     simulator: ClosedLoopSimulator,
     *,
+    days: float,
     events: int,
     every_answer: bool,
 ) -> LoggedRun:
-    """``program`` over ``events`` of ``simulator``'s closed loop, its seed the engine's."""
+    """``program`` over ``events`` of ``simulator``'s closed loop (of ``days``), its seed
+    the engine's."""
     return logged_closed_loop(
         program,
         events=events,
         users=len(simulator.users),
         seed=simulator.seed,
-        days=simulator.span_ms / (24 * HOUR_MS),
+        days=days,
         partitions=settings.partitions,
         max_event_bytes=settings.max_event_bytes,
         state_ttl_ms=settings.state_ttl_ms,
@@ -78,7 +80,7 @@ def one_seed(
     assert experiment is not None
     simulator = ClosedLoopSimulator(users=users, seed=seed, start_ms=START_MS, days=days)
     kinds = {r.id: r.kind for r in program.rewards}
-    run = _logged(settings, program, simulator, events=events, every_answer=True)
+    run = _logged(settings, program, simulator, days=days, events=events, every_answer=True)
     found = report(experiment, run.decisions, [orjson.loads(line) for line in run.lines])
     treated = next(a for a in found.arms if a.arm == TREATED)
     assert treated.lift is not None
@@ -105,7 +107,8 @@ def loss_seed(
     experiment = program.experiment
     assert experiment is not None
     simulator = ClosedLoopSimulator(users=users, seed=seed, start_ms=START_MS, days=days)
-    run = _logged(settings, program, simulator, events=users * 3 // 2, every_answer=False)
+    events = users * 3 // 2  # about 70% of the users reach the decisions
+    run = _logged(settings, program, simulator, days=days, events=events, every_answer=False)
     draw = random.Random(f"loss-{seed}")
     lost: dict[object, bool] = {}
 
