@@ -518,7 +518,7 @@ class Pipeline:
             open_rows(tables, "links").get, expired=self._link_expired, keep_passes=True
         )
         published: list[Output] = []
-        pending = self.decide(tables, source.partition, source, value, view)
+        pending = self.decide(tables, source.partition, source, value, view, local=True)
         erased: set[tuple[str, bytes]] = set()  # one table holds every partition here
         while pending:
             output = pending.pop(0)
@@ -531,14 +531,8 @@ class Pipeline:
                         self.erase_notes(tables, output.value, source)
             elif output.role == "links":
                 self.link(tables, output.key or b"", output.value, source, view=view)
-            elif output.role == "rekeyed" and is_related_note(output.headers):
+            elif output.role == "rekeyed":  # a related-account note (events are local)
                 self.related(tables, output.key or b"", output.value, source)
-            elif output.role == "rekeyed":
-                user_key = output.key or b""
-                partition = self.partitioner(user_key) if self.partitioner else source.partition
-                # Named where it was first read, as the worker names it (first_read_at).
-                moved = replace(source, key=user_key)
-                pending += self.decide(tables, partition, moved, output.value, view)
             else:
                 published.append(output)
         if flush:
@@ -593,10 +587,15 @@ class Pipeline:
         view: LinkView,
         *,
         role: str | None = None,
+        local: bool = False,
     ) -> list[Output]:
         """Validate one event read at ``source`` on ``partition`` from the input ``role``
         (None: a trusted file, any type); dead-letter it, send it to its user's partition,
-        or decide it and send it on to its links."""
+        or decide it and send it on to its links.
+
+        ``local``: every partition's state is in this process (:meth:`handle`), so an
+        event read away from its user's partition is decided there at once, as the worker
+        decides it after the rekeyed hop, without being sent on and parsed again."""
         try:
             event = parse_event(
                 value,
@@ -613,7 +612,10 @@ class Pipeline:
             if source.key != user_key:
                 self.tally.inc(self.metrics.rekeyed)
             home = self.partitioner(user_key) if self.partitioner else partition
-            if home != partition:
+            if home != partition and local:
+                # Named where it was first read, as the worker names it (first_read_at).
+                partition, source = home, replace(source, key=user_key)
+            elif home != partition:
                 return [
                     Output(
                         "rekeyed",
@@ -634,8 +636,8 @@ class Pipeline:
         # Only a decided event goes on to its links (a repeat's alert is not a decision).
         keys = link_keys(event) if outputs and outputs[0].role == "decisions" else ()
         if keys:
-            view.decided(event)
             document = orjson.dumps(link_document(event))
+            view.decided(event, document)
             outputs += [Output("links", key, document) for _, key in keys]
             self.tally.inc(self._links_sent, len(keys))
         return outputs
@@ -972,14 +974,16 @@ class Pipeline:
         ``view``: the view the event's facts were just read from over this same table
         (in-process, see :meth:`handle`), whose work this hop can reuse."""
         try:
-            document = orjson.loads(value)
-            event = Event.from_document(document, int(document["ts"]))
+            event = view.sent(value) if view is not None else None
+            if event is None:
+                document = orjson.loads(value)
+                event = Event.from_document(document, int(document["ts"]))
             kind = next(kind for kind, expected in link_keys(event) if expected == key)
             links = open_rows(tables, "links")
             state = links.get(key)
             if self._expired(state.last_ts, event.ts, "link-state"):
                 state = LinkState()
-            passed = view.passed(key, state, document) if view is not None else None
+            passed = view.passed(key, state, event) if view is not None else None
             after = passed if passed is not None else advance_link(state, event, kind)
             links.put(key, after)
             names_given(tables, key, newly_named(state, after, event.user_id, event.ts))

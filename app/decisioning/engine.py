@@ -45,10 +45,11 @@ from app.decisioning.policy import Candidate, Policy, Situation, policy_for
 from app.features.derive import (
     BANDED_FEATURES,
     as_vector,
+    event_features,
     from_vector,
-    model_features,
     profile_codes,
     profile_inputs,
+    reward_features,
     rule_env,
 )
 from app.features.state import (
@@ -653,6 +654,7 @@ class Engine:
             rewards = tuple(r for r in rewards if r.id == default)
         env = rule_env(user, event)
         profile = self._profile_inputs(user)
+        base = event_features(user, event)
         survivors: list[Candidate] = []
         skipped: list[Skipped] = []
         counts = checks.contact_counts(user, event.ts)
@@ -668,6 +670,7 @@ class Engine:
                 scored=personalized and not control,
                 counts=counts,
                 profile=profile,
+                base=base,
             )
             (survivors if isinstance(result, Candidate) else skipped).append(result)  # type: ignore[arg-type]
         if not personalized or control:
@@ -692,6 +695,7 @@ class Engine:
         scored: bool = True,
         counts: checks.ContactCounts | None = None,
         profile: tuple[tuple[float, ...], dict[str, float]] = ((), {}),
+        base: dict[str, float],
     ) -> Candidate | Skipped:
         """``reward`` through every gate, then scored by the model, or (``scored`` False:
         the standard reward of a user without personalization, or of a control arm) given
@@ -714,7 +718,7 @@ class Engine:
             return Skipped(reward, admission.verdict)
         channel, value, cost = admission.channel, admission.value, admission.cost
         rule_codes = admission.rule_codes
-        features = model_features(user, event, kind=reward.kind, channel=channel)
+        features = reward_features(base, user, kind=reward.kind, channel=channel)
         codes, inputs = profile
         features.update(inputs)
         if scored:

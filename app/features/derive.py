@@ -91,7 +91,12 @@ def model_features(
     state: UserState, event: Event, *, kind: str, channel: str | None
 ) -> dict[str, float]:
     """The propensity model's view of offering a reward of ``kind`` on ``channel`` now."""
-    response = state.response(kind)
+    return reward_features(event_features(state, event), state, kind=kind, channel=channel)
+
+
+def event_features(state: UserState, event: Event) -> dict[str, float]:
+    """What :func:`model_features` is for every reward of one event: worked out once per
+    event, and completed per reward by :func:`reward_features` (a copy each)."""
     answered_all = state.rewards_redeemed + state.rewards_dismissed
     features = {
         "events_log": math.log1p(state.events),
@@ -104,18 +109,35 @@ def model_features(
         "days_since_purchase": _capped_days(_days_since(event.ts, state.last_purchase_ts), 90.0),
         "engagement_log": math.log1p(state.engagement_at(event.ts)),
         "days_since_reward": _capped_days(_days_since(event.ts, state.last_reward_ts), 30.0),
-        # Smoothed towards "unknown" (0.5 share) with one pseudo-answer on each side.
-        "kind_redeem_rate": (response.redeemed + 0.5) / (response.offered + 1.0),
-        "kind_dismiss_rate": (response.dismissed + 0.5) / (response.offered + 1.0),
-        "kind_offers_log": math.log1p(response.offered),
+        # The reward's kind's own: set by reward_features (here for their place in order).
+        "kind_redeem_rate": 0.0,
+        "kind_dismiss_rate": 0.0,
+        "kind_offers_log": 0.0,
         "redeem_rate": (state.rewards_redeemed + 0.5) / (answered_all + 1.0),
         "amount_log": math.log1p(event.amount or 0.0),
     }
     features.update(_tastes(state))
-    for name, feature in _CHANNEL_FEATURES:
-        features[feature] = 1.0 if channel == name else 0.0
+    for _, feature in _CHANNEL_FEATURES:
+        features[feature] = 0.0  # the reward's channel's: set by reward_features
     for name, feature in _EVENT_FEATURES:
         features[feature] = 1.0 if event.type == name else 0.0
+    return features
+
+
+def reward_features(
+    base: dict[str, float], state: UserState, *, kind: str, channel: str | None
+) -> dict[str, float]:
+    """:func:`event_features` ``base`` completed for a reward of ``kind`` on ``channel``
+    (a new dict, in the same order of names)."""
+    response = state.response(kind)
+    features = base.copy()
+    # Smoothed towards "unknown" (0.5 share) with one pseudo-answer on each side.
+    features["kind_redeem_rate"] = (response.redeemed + 0.5) / (response.offered + 1.0)
+    features["kind_dismiss_rate"] = (response.dismissed + 0.5) / (response.offered + 1.0)
+    features["kind_offers_log"] = math.log1p(response.offered)
+    feature = _CHANNEL_FEATURE.get(channel) if channel is not None else None
+    if feature is not None:
+        features[feature] = 1.0
     return features
 
 
@@ -139,6 +161,7 @@ def _tastes(state: UserState) -> dict[str, float]:
 
 # Feature names built once (in the order the features are listed), not per event.
 _CHANNEL_FEATURES = tuple((name, f"channel_{name}") for name in CHANNELS)
+_CHANNEL_FEATURE = dict(_CHANNEL_FEATURES)
 _EVENT_FEATURES = tuple((name, f"event_{name}") for name in TRIGGER_TYPES)
 _TASTE_FEATURES = {kind: f"taste_{kind}" for kind in REWARD_KINDS}
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any
 
 from app.contract.records import Event
 from app.fraud.links import (
@@ -32,7 +31,6 @@ from app.fraud.links import (
     LinkState,
     advance_link,
     holds,
-    link_document,
     link_keys,
     observe_link,
     referred_user,
@@ -99,6 +97,8 @@ class LinkView:
         # event's facts were read over, that event and the state it left (see passed).
         self.keep_passes = keep_passes
         self.last_pass: dict[bytes, tuple[LinkState, Event, LinkState]] = {}
+        # With keep_passes: the link copy of the event last decided, and that event.
+        self.last_sent: tuple[bytes, Event | None] = (b"", None)
         self.stale_dropped_ms = 0
 
     def facts(self, event: Event) -> tuple[LinkFacts, ...]:
@@ -120,18 +120,24 @@ class LinkView:
         self.last_read = (event, read)
         return tuple(found)
 
-    def passed(self, key: bytes, state: LinkState, document: dict[str, Any]) -> LinkState | None:
-        """What the event of link ``document`` left of ``state`` at ``key``, if reading its
-        facts over that very state worked it out already (else None).
+    def sent(self, value: bytes) -> Event | None:
+        """The event whose link copy ``value`` is, if it is the copy of the event last
+        decided over this view (see :meth:`decided`): the in-process link hop then need
+        not parse it back. Compared byte for byte with what the decide stage sent."""
+        document, event = self.last_sent
+        return event if event is not None and document == value else None
+
+    def passed(self, key: bytes, state: LinkState, event: Event) -> LinkState | None:
+        """What ``event`` left of ``state`` at ``key``, if reading its facts over that very
+        state worked it out already (else None).
 
         The in-process link hop (:meth:`app.pipeline.Pipeline.handle`) passes each
         decided event through the same state right after its facts were read: this
-        spares it doing the same again. ``document`` must say all the link stage sees
-        (:func:`app.fraud.links.link_document` of the same event), and ``state`` must be
-        the very object the facts were read over, else the answer could differ.
+        spares it doing the same again. ``event`` and ``state`` must be the very objects
+        the facts were read with, else the answer could differ.
         """
         known = self.last_pass.get(key)
-        if known is None or known[0] is not state or link_document(known[1]) != document:
+        if known is None or known[0] is not state or known[1] is not event:
             return None
         return known[2]
 
@@ -176,9 +182,11 @@ class LinkView:
         self.folded[key] = (base, steps)
         return state
 
-    def decided(self, event: Event) -> None:
-        """``event`` was decided and goes on to its links: lay it over the view until the
-        view holds it (when the view has an overlay)."""
+    def decided(self, event: Event, sent: bytes = b"") -> None:
+        """``event`` was decided and goes on to its links (``sent``: its link copy): lay it
+        over the view until the view holds it (when the view has an overlay)."""
+        if self.keep_passes:
+            self.last_sent = (sent, event)
         if self.now_ms is None:
             return
         now = self.now_ms()

@@ -23,6 +23,7 @@ exploration sorts out the rest. Models see only behavioural features
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from collections import Counter, defaultdict
@@ -55,8 +56,9 @@ BAND_EDGES = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
 
 
 def band_of(value: float) -> int:
-    """The band (0 to len(BAND_EDGES)) a standardised value falls in."""
-    return sum(value > edge for edge in BAND_EDGES)
+    """The band (0 to len(BAND_EDGES)) a standardised value falls in: how many edges it
+    is above (a NaN is above none)."""
+    return bisect.bisect_left(BAND_EDGES, value)
 
 
 # The band of the average user (a standardised value of 0): explanations weigh a
@@ -75,11 +77,18 @@ class StandardBands(base.Transformer):
 
     def transform_one(self, x: dict[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(x)
-        for name in self.features:
+        for name, names in _band_names(self.features):
             value = x.get(name)
             if value is not None:
-                out[f"{name}#{band_of(value)}"] = 1.0
+                out[names[bisect.bisect_left(BAND_EDGES, value)]] = 1.0
         return out
+
+
+@functools.lru_cache(maxsize=16)  # a model's features: looked up at every score
+def _band_names(features: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Each feature with the names of its band indicators, by band."""
+    bands = range(len(BAND_EDGES) + 1)
+    return tuple((name, tuple(f"{name}#{band}" for band in bands)) for name in features)
 
 
 class DecayingStep(optim.base.Scheduler):

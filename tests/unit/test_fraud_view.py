@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -335,17 +336,29 @@ def test_a_pass_is_reused_only_for_the_same_state_and_the_same_event() -> None:
     view = LinkView(lambda key: before, keep_passes=True)
     event = signup("b", START + 1000)
     view.facts(event)
-    reused = view.passed(DEVICE, before, link_document(event))
+    reused = view.passed(DEVICE, before, event)
     assert reused == advance_link(before, event, "device")
-    assert (
-        view.passed(DEVICE, LinkState.from_bytes(before.to_bytes()), link_document(event)) is None
-    )
-    other = signup("c", START + 1000)
-    assert view.passed(DEVICE, before, link_document(other)) is None
-    assert view.passed(NET, before, link_document(event)) is None
+    assert view.passed(DEVICE, LinkState.from_bytes(before.to_bytes()), event) is None
+    assert view.passed(DEVICE, before, signup("b", START + 1000)) is None  # an equal copy
+    assert view.passed(DEVICE, before, signup("c", START + 1000)) is None
+    assert view.passed(NET, before, event) is None
     unkept = LinkView(lambda key: before)
     unkept.facts(event)
-    assert unkept.passed(DEVICE, before, link_document(event)) is None
+    assert unkept.passed(DEVICE, before, event) is None
+
+
+def test_the_link_copy_of_the_event_just_decided_is_known_without_parsing() -> None:
+    view = LinkView(lambda key: LinkState(), keep_passes=True)
+    event = signup("b", START + 1000)
+    copy = orjson.dumps(link_document(event))
+    assert view.sent(copy) is None  # nothing decided yet
+    view.facts(event)
+    view.decided(event, copy)
+    assert view.sent(copy) is event
+    assert view.sent(orjson.dumps(link_document(signup("c", START + 1000)))) is None
+    unkept = LinkView(lambda key: LinkState())
+    unkept.decided(event, copy)
+    assert unkept.sent(copy) is None
 
 
 def test_the_overlay_is_folded_one_step_an_event_while_the_link_stage_catches_up(
