@@ -57,7 +57,7 @@ from app.erasure import (
 from app.evaluation.experiments import SRM_ALARM_P, chi2_critical
 from app.features.state import UserState
 from app.fraud import LinkFacts, LinkState, link_keys
-from app.fraud.links import advance_link, link_document
+from app.fraud.links import advance_link, link_document, link_kind
 from app.fraud.signals import RelatedNote
 from app.fraud.view import LinkView, stored_states
 from app.metrics import NO_REWARD, Metrics, Tally
@@ -381,12 +381,13 @@ def related_note(alert: FraudAlert, user_id: str) -> Output:
 
 def is_related_note(headers: Any) -> bool:
     """Whether a record of the rekeyed topic is a related-account note (not an event)."""
-    return any(name == RELATED_HEADER for name, _ in headers or ())
+    return bool(headers) and any(name == RELATED_HEADER for name, _ in headers)
 
 
 def is_erase_order(headers: Any) -> bool:
     """Whether a record of an internal topic is an erase order (app.erasure)."""
-    return any(name == ERASE_HEADER for name, _ in headers or ())
+    # Asked of every record the link stage reads: most carry no headers at all.
+    return bool(headers) and any(name == ERASE_HEADER for name, _ in headers)
 
 
 def source_header(source: SourcePosition) -> tuple[str, bytes]:
@@ -978,7 +979,7 @@ class Pipeline:
             if event is None:
                 document = orjson.loads(value)
                 event = Event.from_document(document, int(document["ts"]))
-            kind = next(kind for kind, expected in link_keys(event) if expected == key)
+            kind = link_kind(event, key)
             links = open_rows(tables, "links")
             state = links.get(key)
             if self._expired(state.last_ts, event.ts, "link-state"):

@@ -133,6 +133,14 @@ def link_keys(event: Event) -> tuple[tuple[str, bytes], ...]:
     return _link_keys(event.device_id, event.ip)
 
 
+def link_kind(event: Event, key: bytes) -> str:
+    """The kind of link ``key`` is for ``event`` (one of its :func:`link_keys`)."""
+    for kind, expected in link_keys(event):
+        if expected == key:
+            return kind
+    raise ValueError(f"{key!r} is not a link of event {event.event_id}")
+
+
 # Cached: each event asks four times (the view, the overlay, the link copies, the link
 # stage), and users keep their devices and addresses.
 @functools.lru_cache(maxsize=65_536)

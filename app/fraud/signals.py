@@ -109,8 +109,10 @@ def observe_activity(activity: Activity, event: Event) -> Activity:
     )
     if late == 0:  # the usual case: the bump weighs exp(0) = 1
         rates = tuple(
-            value * math.exp(-elapsed / scale) + bump
-            for value, scale, bump in zip(activity.rates, _SCALES, bumps, strict=True)
+            [
+                value * math.exp(-elapsed / scale) + bump
+                for value, scale, bump in zip(activity.rates, _SCALES, bumps, strict=True)
+            ]
         )
     else:
         rates = tuple(
