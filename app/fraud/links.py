@@ -105,27 +105,25 @@ class LinkFacts(msgspec.Struct, frozen=True, gc=False):
     related: tuple[str, ...] = ()  # other accounts here, most recent first
 
     def to_document(self) -> dict[str, Any]:
-        """The JSON form, fields at their default left out (as the decision record has it)."""
-        document: dict[str, Any] = {"kind": self.kind}
-        for name in _FACT_FIELDS:
-            value = getattr(self, name)
-            if value is not None and value != ():
-                document[name] = list(value) if isinstance(value, tuple) else value
+        """The JSON form, the fields that are None or empty left out (as the decision
+        record has it); the counts always there."""
+        document: dict[str, Any] = {
+            "kind": self.kind,
+            "accounts_24h": self.accounts_24h,
+            "signups_24h": self.signups_24h,
+            "same_ip_24h": self.same_ip_24h,
+        }
+        if self.referred_by is not None:
+            document["referred_by"] = self.referred_by
+        if self.refers_linked is not None:
+            document["refers_linked"] = self.refers_linked
+        if self.related:
+            document["related"] = list(self.related)
         return document
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> LinkFacts:
         return cls(**{**document, "related": tuple(document.get("related", ()))})
-
-
-_FACT_FIELDS = (
-    "accounts_24h",
-    "signups_24h",
-    "same_ip_24h",
-    "referred_by",
-    "refers_linked",
-    "related",
-)
 
 
 def link_keys(event: Event) -> tuple[tuple[str, bytes], ...]:

@@ -36,6 +36,7 @@ RATES: dict[str, int] = {
     "foreign_1d": 24 * HOUR_MS,  # answers to decisions that are not this user's
 }
 RATE_NAMES = tuple(RATES)
+_RATE_INDEX = {name: index for index, name in enumerate(RATE_NAMES)}
 _SCALES = tuple(RATES.values())
 EARNING_TYPES = frozenset({"signup", "purchase", "session_start", "survey", "referral"})
 
@@ -80,7 +81,7 @@ class Activity(msgspec.Struct, frozen=True, gc=False):
     amount_m2: float = 0.0
 
     def rate(self, name: str) -> float:
-        return self.rates[RATE_NAMES.index(name)]
+        return self.rates[_RATE_INDEX[name]]
 
     def amount_z(self, amount: float) -> float | None:
         """How unusual ``amount`` is for this user, before it is counted."""

@@ -489,3 +489,26 @@ def test_an_account_that_turns_risky_in_its_pending_period_is_not_released() -> 
     assert later is not None
     assert later.status == "none"
     assert stream.users["bot"].risk.hold is not None  # waits for an analyst, or expires
+
+
+def test_link_facts_are_recorded_with_their_counts_and_without_empty_fields() -> None:
+    """The form the decision record's ``links`` holds, and replay reads back."""
+    bare = LinkFacts("device", accounts_24h=1, signups_24h=0)
+    assert bare.to_document() == {
+        "kind": "device",
+        "accounts_24h": 1,
+        "signups_24h": 0,
+        "same_ip_24h": 0,
+    }
+    full = LinkFacts("net", 5, 3, 2, referred_by="u-1", refers_linked="u-2", related=("u-3",))
+    assert list(full.to_document().items()) == [
+        ("kind", "net"),
+        ("accounts_24h", 5),
+        ("signups_24h", 3),
+        ("same_ip_24h", 2),
+        ("referred_by", "u-1"),
+        ("refers_linked", "u-2"),
+        ("related", ["u-3"]),
+    ]
+    for facts in (bare, full):
+        assert LinkFacts.from_document(facts.to_document()) == facts
