@@ -53,7 +53,10 @@ def noisy_or(weights: Iterable[float]) -> float:
     """The chance that at least one of independent causes with these weights holds."""
     clear = 1.0
     for weight in weights:
-        clear *= 1.0 - min(1.0, max(0.0, weight))
+        # Clipped to [0, 1], a NaN to 0 (as min(1, max(0, w)) would), without two calls.
+        if not weight >= 0.0:
+            continue
+        clear *= 0.0 if weight >= 1.0 else 1.0 - weight
     return 1.0 - clear
 
 

@@ -142,6 +142,16 @@ def test_noisy_or_adds_up_but_never_reaches_certainty() -> None:
     assert noisy_or([0.3] * 20) < 1.0
 
 
+def test_noisy_or_reads_weights_outside_zero_to_one_as_their_nearest_end() -> None:
+    """A weight comes from a model or a program's file: out of range it must not turn
+    a score negative, above one, or into NaN."""
+    assert noisy_or([-0.4, 0.5]) == 0.5
+    assert noisy_or([1.7, 0.2]) == 1.0
+    assert noisy_or([float("nan"), 0.5]) == 0.5
+    assert noisy_or([float("inf")]) == 1.0
+    assert noisy_or([float("-inf"), 0.0]) == 0.0
+
+
 # ------------------------------------------------------------------ link signals
 
 
