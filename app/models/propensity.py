@@ -80,7 +80,7 @@ class StandardBands(base.Transformer):
         for name, names in _band_names(self.features):
             value = x.get(name)
             if value is not None:
-                out[names[bisect.bisect_left(BAND_EDGES, value)]] = 1.0
+                out[names[band_of(value)]] = 1.0
         return out
 
 
