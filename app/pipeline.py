@@ -212,6 +212,10 @@ class Tables:
     # Rows decoded in earlier batches, by table field, for tables that keep none of their
     # own (a worker's tables keep theirs in their ``memo``; replay's are plain dicts).
     decoded: dict[str, DecodedRows[Any]] = field(default_factory=dict)
+    # How many partitions each table holds: a worker's hold one; replay's hold every
+    # partition, and keep as many decoded rows as a worker's tables of them all would
+    # (DECODED_KEPT is per partition).
+    partitions: int = 1
 
 
 # How each table's rows are read and written, by Tables field.
@@ -348,7 +352,8 @@ def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
         memo = getattr(table, "memo", tables.decoded)
         decoded = memo.get(name)
         if decoded is None or decoded.rows is not table:
-            decoded = memo[name] = DecodedRows(table, decode, DECODED_KEPT[name])
+            kept = DECODED_KEPT[name] * tables.partitions
+            decoded = memo[name] = DecodedRows(table, decode, kept)
         rows = tables.open[name] = OpenRows(table, decode, encode, decoded)
     return rows
 

@@ -85,7 +85,7 @@ def replay(
         state_ttl_ms=state_ttl_ms,
         shadow=shadow,
     )
-    tables = Tables(users={}, ledgers={})
+    tables = Tables(users={}, ledgers={}, partitions=engine.partitions)
     for number, line in enumerate(lines):
         counts.lines += 1
         position = SourcePosition(source_name, 0, number)
@@ -126,7 +126,7 @@ def replay_decide_log(
         state_ttl_ms=state_ttl_ms,
         shadow=shadow,
     )
-    tables = Tables(users={}, ledgers={})
+    tables = Tables(users={}, ledgers={}, partitions=engine.partitions)
     for number, (partition, value, links, *rest) in enumerate(records):
         position = SourcePosition("events", partition, -1)
         notes: tuple[RelatedNote, ...] = rest[0] if rest else ()

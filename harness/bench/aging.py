@@ -50,7 +50,7 @@ class Chunk:
 def chunks(settings: Settings, lines: Sequence[bytes], size: int) -> Iterator[Chunk]:
     """Replay ``lines`` in chunks of ``size``, one :class:`Chunk` each."""
     pipeline = in_process_pipeline(settings)
-    tables = Tables(users={}, ledgers={})
+    tables = Tables(users={}, ledgers={}, partitions=pipeline.engine.partitions)
     for first in range(0, len(lines), size):
         decisions = granted = 0
         started = time.process_time()

@@ -299,3 +299,20 @@ SIGNUPS = [
     )
     for user in ("u-1", "u-2")
 ]
+
+
+def test_replay_keeps_as_many_decoded_rows_as_workers_of_every_partition_would() -> None:
+    """A worker keeps DECODED_KEPT rows decoded per table and partition; replay's tables
+    hold every partition, so they keep that many times the partitions: with a worker's
+    share only, the bench's links (more keys than one share) were decoded at nearly
+    every read."""
+    engine = build_engine(Settings.from_env({}), program="retail-loyalty")
+    tables = app.pipeline.Tables(users={}, ledgers={}, partitions=engine.partitions)
+    for name in ("users", "links"):
+        kept = app.pipeline.open_rows(tables, name).decoded.kept
+        assert kept == app.pipeline.DECODED_KEPT[name] * engine.partitions
+    worker_tables = app.pipeline.Tables(users={}, ledgers={})
+    assert (
+        app.pipeline.open_rows(worker_tables, "users").decoded.kept
+        == (app.pipeline.DECODED_KEPT["users"])
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -194,7 +195,8 @@ def test_a_restart_anywhere_times_out_the_same_offers_at_the_same_events() -> No
         outputs = [_handle(pipeline, first, n, line) for n, line in enumerate(lines[:cut])]
         # A new worker: the same models (learning is not what is tested here), fresh
         # tables holding the committed rows, nothing decoded, no index.
-        resumed = Tables(**{name: dict(getattr(first, name)) for name in TABLE_FIELDS})
+        copies: dict[str, Any] = {name: dict(getattr(first, name)) for name in TABLE_FIELDS}
+        resumed = Tables(**copies)
         outputs += [
             _handle(pipeline, resumed, n, line) for n, line in enumerate(lines[cut:], start=cut)
         ]
