@@ -57,7 +57,7 @@ def admit(
     """Every gate, in order: eligibility rules, the user's contact policy, consent and
     the channel's own limits, the amounts, the budgets, the stock.
 
-    ``env`` is what the rules see (:func:`app.features.derive.rule_env`); ``channel``
+    ``env`` is what the rules see (:func:`app.features.derive.rule_env` of ``state``); ``channel``
     the one to prefer. ``amounts`` (value, cost) fixes the amounts of a reward decided
     earlier (a held reward keeps the amounts it was held at); else they are resolved
     from ``env``. ``counts`` are the user's grants counted at ``ts``
@@ -72,7 +72,15 @@ def admit(
     if not verdict.passed:
         return Admission(verdict, rule_codes=rule_codes)
     picked, verdict = pick_channel(
-        program, reward, state, channel, marketing=marketing, ts=ts, counts=counts
+        program,
+        reward,
+        state,
+        channel,
+        marketing=marketing,
+        ts=ts,
+        counts=counts,
+        # rule_env worked it out: one pass over the user's channels fewer per reward.
+        preferred=env["preferred_channel"],
     )
     if not verdict.passed:
         return Admission(verdict, rule_codes=rule_codes)
@@ -116,11 +124,12 @@ def pick_channel(
     marketing: bool,
     ts: int,
     counts: ContactCounts | None = None,
+    preferred: str | None,
 ) -> tuple[str | None, Verdict]:
     """The channel to deliver on: the event's, else the user's preferred, else the reward's first.
 
     Channels the user may not be contacted on (marketing opt-out) or whose own
-    contact limit is reached are skipped.
+    contact limit is reached are skipped. ``preferred`` is ``state.preferred_channel``.
     """
     allowed = [c for c in reward.channels if marketing or c not in program.marketing_channels]
     if not allowed:
@@ -132,9 +141,9 @@ def pick_channel(
         return None, Verdict(
             False, "contact.channel_limit", "every channel is at its contact limit"
         )
-    for preferred in (event_channel, state.preferred_channel):
-        if preferred in open_channels:
-            return preferred, PASS
+    for choice in (event_channel, preferred):
+        if choice in open_channels:
+            return choice, PASS
     return open_channels[0], PASS
 
 
