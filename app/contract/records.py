@@ -9,6 +9,7 @@ Schemas next to this module are its machine-readable form.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from typing import Any, Literal
 
@@ -26,6 +27,9 @@ def _stable_id(prefix: str, *parts: str) -> str:
     return f"{prefix}-{digest}"
 
 
+# The engine asks for an event's decision id more than once (to pick, to record, to
+# find a grant): kept for the last few events, it is hashed once.
+@functools.lru_cache(maxsize=64)
 def decision_id_for(program: str, user_id: str, event_id: str) -> str:
     """The same event under the same program always yields the same decision id."""
     return _stable_id("d", program, user_id, event_id)
