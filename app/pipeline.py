@@ -125,11 +125,15 @@ class OpenRows(Generic[T]):
     ends (:meth:`Pipeline.flush`), however many of the batch's events touch it: a busy
     user's state, a partition's ledger and a queue of waiting events are each parsed
     and written once per batch, not once per event. ``encode`` returning None deletes
-    the row. Rows are immutable values (or, for waiting queues, owned by this cache),
-    so what a flush writes is exactly what the events of the batch left.
+    the row. Rows are immutable values, so what a flush writes is exactly what the
+    events of the batch left.
+
+    A worker's tables (``at_drain``) are written when they are drained for a commit
+    instead: the rows changed stay decoded from batch to batch until then, and a row
+    changed by every batch of a commit is encoded once (see :func:`open_rows`).
     """
 
-    __slots__ = ("decode", "decoded", "deleted", "dirty", "encode", "rows", "table")
+    __slots__ = ("at_drain", "decode", "decoded", "deleted", "dirty", "encode", "rows", "table")
 
     def __init__(
         self,
@@ -137,10 +141,15 @@ class OpenRows(Generic[T]):
         decode: Callable[[bytes | None], T],
         encode: Callable[[T], bytes | None],
         decoded: DecodedRows[T] | None = None,
+        *,
+        at_drain: bool = False,
     ) -> None:
         self.table = table
         self.decode = decode
         self.encode = encode
+        # Written when the table is drained for a commit (a worker's), not at the end of
+        # each batch (see open_rows).
+        self.at_drain = at_drain
         # Rows decoded in earlier batches, reused while unchanged (app.rows.DecodedRows).
         self.decoded = DecodedRows(table, decode, 0) if decoded is None else decoded
         self.rows: dict[bytes, T] = {}
@@ -169,6 +178,14 @@ class OpenRows(Generic[T]):
         self.dirty.add(key)
         self.deleted.add(key)
         return existed
+
+    def release(self) -> None:
+        """The batch ended, and the rows it changed wait for the drain: forget those it only
+        read. Until the next batch the table may change them (the TTL sweep); read again,
+        they come from the table, checked against the decoded copy it keeps."""
+        rows = self.rows
+        if len(rows) != len(self.dirty):
+            self.rows = {key: rows[key] for key in self.dirty}
 
     def flush(self) -> None:
         decoded = self.decoded
@@ -354,8 +371,23 @@ def open_rows(tables: Tables, name: str) -> OpenRows[Any]:
         if decoded is None or decoded.rows is not table:
             kept = DECODED_KEPT[name] * tables.partitions
             decoded = memo[name] = DecodedRows(table, decode, kept)
-        rows = tables.open[name] = OpenRows(table, decode, encode, decoded)
+        writers = getattr(table, "before_drain", None)
+        if writers is None:
+            rows = OpenRows(table, decode, encode, decoded)
+        else:
+            # A worker's table: the rows the batches change stay decoded until the table
+            # is drained for a commit, and each is encoded once then, however many
+            # batches of the commit changed it (a drain's commit spans thousands of
+            # events). Kept beside the table, so they go with it if the task is dropped.
+            rows = memo.get(_OPEN_ROWS)
+            if rows is None:
+                rows = memo[_OPEN_ROWS] = OpenRows(table, decode, encode, decoded, at_drain=True)
+                writers.append(rows.flush)
+        tables.open[name] = rows
     return rows
+
+
+_OPEN_ROWS = "open-rows"
 
 
 class Output(msgspec.Struct, frozen=True, gc=False):
@@ -549,7 +581,10 @@ class Pipeline:
         """Write every row the batch changed back to its table, encoded once; then observe
         the budgets the batch's decisions left."""
         for rows in tables.open.values():
-            rows.flush()
+            if rows.at_drain:
+                rows.release()
+            else:
+                rows.flush()
         read_indexes(tables, now_s=self.clock.monotonic_s(), max_age_s=self.index_max_age_s)
         if self.held is None and self.tally:
             self.tally.apply()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,11 @@ class PartitionTable(MutableMapping[bytes, bytes | None]):
         # What a handler derives from these rows and keeps beside them between batches
         # (decoded rows, say): it lives and goes with this partition's table.
         self.memo: dict[str, Any] = {}
+        # Called at each drain, before the changes are taken: a handler that keeps rows
+        # it changed decoded until the commit (a record cache, as Kafka Streams keeps)
+        # writes them here, so a row changed by many batches of one commit is encoded
+        # once. What was handled after a drain is written at the next one.
+        self.before_drain: list[Callable[[], None]] = []
 
     def __getitem__(self, key: bytes) -> bytes | None:
         return self.rows[key]
@@ -72,7 +77,10 @@ class PartitionTable(MutableMapping[bytes, bytes | None]):
         return len(self.rows)
 
     def drain(self) -> list[ChangelogRecord]:
-        """The changes since the last drain, one record per key (the latest value wins)."""
+        """The changes since the last drain, one record per key (the latest value wins),
+        once every :attr:`before_drain` writer has written what it kept."""
+        for write in self.before_drain:
+            write()
         records = [
             ChangelogRecord(self.topic, self.partition, key, value)
             for key, value in self.changed.items()
