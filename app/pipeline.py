@@ -578,8 +578,9 @@ class Pipeline:
         return published
 
     def flush(self, tables: Tables) -> None:
-        """Write every row the batch changed back to its table, encoded once; then observe
-        the budgets the batch's decisions left."""
+        """Write every row the batch changed back to its table, encoded once (a worker's
+        tables: keep the changed rows until the table is drained for the commit, see
+        :func:`open_rows`); then observe the budgets the batch's decisions left."""
         for rows in tables.open.values():
             if rows.at_drain:
                 rows.release()
