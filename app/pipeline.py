@@ -34,7 +34,14 @@ import msgspec
 import orjson
 from msgspec.structs import replace
 
-from app.contract.records import DeadLetter, Decision, Event, FraudAlert, SourcePosition
+from app.contract.records import (
+    DeadLetter,
+    Decision,
+    Event,
+    FraudAlert,
+    SourcePosition,
+    decision_id_for,
+)
 from app.contract.validate import Rejection, parse_event
 from app.decisioning.checks import program_budgets_left
 from app.decisioning.engine import Answer, Engine
@@ -841,6 +848,8 @@ class Pipeline:
             )
             > 0,
         }
+        # The ids kept for the last events name their users: none may outlive an erasure.
+        decision_id_for.cache_clear()
         order = EraseOrder(event.user_id, event.event_id, event.ts).to_json()
         marked = ((ERASE_HEADER, b"1"),)
         partitions = range(self.engine.partitions)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from app import erasure as erasure_module
 from app import pipeline as pipeline_module
 from app.assembly import build_engine
-from app.contract.records import SourcePosition
+from app.contract.records import SourcePosition, decision_id_for
 from app.contract.validate import parse_event
 from app.erasure import (
     RECEIPT_KIND,
@@ -138,6 +138,17 @@ def test_an_erased_user_leaves_no_trace_in_any_table(world: tuple[Pipeline, Tabl
     assert _traces(tables, ERASED_TRACES) == set()
     assert ERASED.encode() not in tables.users
     assert ERASED.encode() not in tables.decoded["users"].values  # nor in memory
+
+
+def test_no_decision_id_kept_in_memory_names_an_erased_user(
+    world: tuple[Pipeline, Tables],
+) -> None:
+    """The engine keeps the ids of the last events' decisions (decision_id_for), each
+    worked out from a user id: an erasure clears them."""
+    pipeline, tables = world
+    assert decision_id_for.cache_info().currsize > 0  # the world's events left some
+    _erase(pipeline, tables)
+    assert decision_id_for.cache_info().currsize == 0
 
 
 def test_the_other_users_keep_their_own_data(world: tuple[Pipeline, Tables]) -> None:

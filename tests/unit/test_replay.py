@@ -301,16 +301,31 @@ SIGNUPS = [
 ]
 
 
-def test_replay_keeps_as_many_decoded_rows_as_workers_of_every_partition_would() -> None:
+def test_replay_keeps_as_many_decoded_rows_as_workers_of_every_partition_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A worker keeps DECODED_KEPT rows decoded per table and partition; replay's tables
     hold every partition, so they keep that many times the partitions: with a worker's
     share only, the bench's links (more keys than one share) were decoded at nearly
     every read."""
+    made: list[app.pipeline.Tables] = []
+    real = app.replay.Tables
+
+    def recording(*args: Any, **kwargs: Any) -> app.pipeline.Tables:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(app.replay, "Tables", recording)
     engine = build_engine(Settings.from_env({}), program="retail-loyalty")
-    tables = app.pipeline.Tables(users={}, ledgers={}, partitions=engine.partitions)
+    simulator = EventSimulator(SimulatorConfig(users=5, seed=3))
+    lines = [simulator.next_message() for _ in range(20)]
+    assert list(app.replay.replay(engine, lines, source_name="t", max_event_bytes=65536))
+    [tables] = made
+    assert engine.partitions > 1
     for name in ("users", "links"):
-        kept = app.pipeline.open_rows(tables, name).decoded.kept
+        kept = tables.decoded[name].kept
         assert kept == app.pipeline.DECODED_KEPT[name] * engine.partitions
+    # A worker's tables hold one partition each.
     worker_tables = app.pipeline.Tables(users={}, ledgers={})
     assert (
         app.pipeline.open_rows(worker_tables, "users").decoded.kept
