@@ -438,7 +438,12 @@ def newly_named(before: LinkState, after: LinkState, event_user: str, ts: int) -
                 named.append(event_user)
             break
     if after.referrals and after.referrals is not before.referrals:
-        last = after.referrals[-1]
-        if last.ts == ts and last.referrer == event_user:
-            named += (last.referred, last.referrer)
+        # Kept in time order: a referral sent at ``ts`` is among the last ones at ``ts``
+        # (the last of all but for an event older than the newest referral).
+        for referral in reversed(after.referrals):
+            if referral.ts < ts:
+                break
+            if referral.ts == ts and referral.referrer == event_user:
+                named += (referral.referred, referral.referrer)
+                break
     return named

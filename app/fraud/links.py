@@ -15,6 +15,7 @@ the second time, so at-least-once delivery cannot inflate a count.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import operator
@@ -60,7 +61,9 @@ class LinkState(msgspec.Struct, frozen=True, gc=False):
     """What one device or network has seen.
 
     ``accounts`` are kept oldest first (by ``last_ts``, then user id): :func:`advance_link`
-    sorts them so, and removing accounts keeps the order.
+    sorts them so, and removing accounts keeps the order. ``referrals`` are kept oldest
+    first too (by ``ts``, then as they came): the newest and the first to expire are at
+    the ends, so no event walks them for either.
     """
 
     accounts: tuple[Seen, ...] = ()
@@ -69,10 +72,10 @@ class LinkState(msgspec.Struct, frozen=True, gc=False):
     @property
     def last_ts(self) -> int | None:
         """When anything was last seen here (read for every event and hop: the newest
-        account is the last, so this does not walk up to MAX_ACCOUNTS of them)."""
+        account and the newest referral are the last, so this walks neither)."""
         last = self.accounts[-1].last_ts if self.accounts else None
         if self.referrals:
-            referred = max(map(_REFERRAL_TS, self.referrals))
+            referred = self.referrals[-1].ts
             return referred if last is None or referred > last else last
         return last
 
@@ -84,7 +87,15 @@ class LinkState(msgspec.Struct, frozen=True, gc=False):
     def from_bytes(cls, raw: bytes | None) -> LinkState:
         if not raw:
             return cls()
-        return _decode_link_state(expand(raw))
+        state = _decode_link_state(expand(raw))
+        referrals = state.referrals
+        if len(referrals) > 1:
+            # Rows written before referrals were kept in time order (a stable sort: a row
+            # already in order is the same tuple of the same objects).
+            ordered = tuple(sorted(referrals, key=_REFERRAL_TS))
+            if ordered != referrals:
+                return replace(state, referrals=ordered)
+        return state
 
 
 # Decoding straight into the records: 2.4 us for a network's row of eight accounts,
@@ -261,14 +272,19 @@ _REFERRAL_TS = operator.attrgetter("ts")
 def _referrals(referrals: tuple[Referral, ...], event: Event, ts: int) -> tuple[Referral, ...]:
     kept_after = ts - KEEP_REFERRALS_MS
     kept = referrals
-    # Most events expire none (a C-level check): only then is the list walked in Python.
-    if referrals and min(map(_REFERRAL_TS, referrals)) <= kept_after:
-        kept = tuple(r for r in referrals if r.ts > kept_after)
+    # Oldest first: the expired ones are a prefix, and most events expire none.
+    if referrals and referrals[0].ts <= kept_after:
+        kept = referrals[bisect.bisect_right(referrals, kept_after, key=_REFERRAL_TS) :]
     referred = referred_user(event)
     if referred is not None and not any(
         r.referred == referred and r.referrer == event.user_id for r in kept
     ):
-        kept = (*kept, Referral(referred, event.user_id, ts))
+        new = Referral(referred, event.user_id, ts)
+        if not kept or kept[-1].ts <= ts:
+            kept = (*kept, new)
+        else:  # an event older than the newest referral kept: its place in time order
+            at = bisect.bisect_right(kept, ts, key=_REFERRAL_TS)
+            kept = (*kept[:at], new, *kept[at:])
     return kept[-MAX_REFERRALS:]
 
 

@@ -18,10 +18,10 @@ from app.contract import Decision, Event, FraudAlert
 from app.contract.schemas import load_schema
 from app.decisioning import Engine
 from app.decisioning.ledger import Ledger
-from app.erasure import link_without
+from app.erasure import link_without, newly_named
 from app.features import UserState
 from app.fraud import Linker, LinkState, observe_link
-from app.fraud.links import LinkFacts, network_of
+from app.fraud.links import LinkFacts, Referral, network_of
 from app.fraud.scoring import noisy_or
 from app.fraud.signals import (
     Activity,
@@ -234,6 +234,45 @@ def test_a_link_state_says_when_it_last_saw_anything_whatever_order_events_come_
         seen = [*(a.last_ts for a in state.accounts), *(r.ts for r in state.referrals)]
         assert state.last_ts == max(seen)
     assert LinkState().last_ts is None
+
+
+def test_referrals_out_of_order_are_kept_in_time_order_and_the_newest_64_stay() -> None:
+    """A device's referrals stay oldest first whatever order their events come in: the
+    newest is read without a walk, the expired ones leave as a prefix, a full device keeps
+    the 64 newest in time, and the erasure index learns the names of a late referral."""
+    rng = random.Random(5)
+    state = LinkState()
+    sent: dict[str, int] = {}
+    for n in range(150):
+        ts = T0 + rng.randrange(0, 6 * 24 * HOUR)  # within the 7 days a referral is kept
+        friend = f"friend-{n}"
+        late = event("referral", ts, f"u-{n % 9}", attributes={"referred_user_id": friend})
+        before = state
+        state, _ = observe_link(state, late, "device")
+        sent[friend] = ts
+        times = [r.ts for r in state.referrals]
+        assert times == sorted(times)
+        assert state.last_ts == max(times)
+        if friend in {r.referred for r in state.referrals}:  # not older than the 64 kept
+            assert {friend, late.user_id} <= set(newly_named(before, state, late.user_id, ts))
+    assert len(state.referrals) == 64
+    newest = sorted(sent.values())[-64:]
+    assert [r.ts for r in state.referrals] == newest
+    # A week after the first kept one: the ones older than seven days are gone.
+    cut = state.referrals[10].ts
+    after, _ = observe_link(state, event("page_view", cut + 7 * 24 * HOUR, "u-x"), "device")
+    assert [r.ts for r in after.referrals] == [t for t in newest if t > cut]
+
+
+def test_a_stored_link_row_with_referrals_out_of_time_order_is_read_in_order() -> None:
+    """Rows written before referrals were kept in time order read back in that order."""
+    referrals = tuple(Referral(f"f-{ts}", "u-1", T0 + ts) for ts in (5, 1, 3))
+    raw = LinkState(referrals=referrals).to_bytes()
+    read = LinkState.from_bytes(raw)
+    assert [r.ts - T0 for r in read.referrals] == [1, 3, 5]
+    assert read.last_ts == T0 + 5
+    in_order = LinkState(referrals=read.referrals)
+    assert LinkState.from_bytes(in_order.to_bytes()) == in_order
 
 
 def test_a_friend_who_joins_on_the_referrers_device_is_linked_and_a_ring_closing_too() -> None:
