@@ -34,7 +34,10 @@ from typing import Any, Generic, TypeVar
 import orjson
 from msgspec.structs import replace
 
+from app.contract import validate
+from app.contract.records import decision_id_for
 from app.features.state import UserState
+from app.fraud import links
 from app.fraud.links import LinkState
 from app.rows import expand
 
@@ -45,6 +48,19 @@ ERASE_HEADER = "rewardstream-erase"
 # must not name the user (it is kept in the topic until the erasure bound).
 ERASE_ORDER_KEY = b"erase"
 RECEIPT_KIND = "erasure_receipt"
+
+
+# The small caches of the hot path that keep identifiers seen lately: the ids of the last
+# events' decisions (made of user ids), devices' and networks' keys, addresses.
+IDENTIFIER_CACHES = (decision_id_for, *links.IDENTIFIER_CACHES, *validate.IDENTIFIER_CACHES)
+
+
+def forget_cached_identifiers() -> None:
+    """Empty :data:`IDENTIFIER_CACHES`. Called by every stage that reads an erasure
+    request or an erase order, so none of the user's identifiers outlives it in the
+    memory of a worker that met them; the caches refill within the next events."""
+    for cache in IDENTIFIER_CACHES:
+        cache.cache_clear()
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,6 @@ from app.contract.records import (
     Event,
     FraudAlert,
     SourcePosition,
-    decision_id_for,
 )
 from app.contract.validate import Rejection, parse_event
 from app.decisioning.checks import program_budgets_left
@@ -56,6 +55,7 @@ from app.erasure import (
     LinksBy,
     NotesBy,
     RowIndex,
+    forget_cached_identifiers,
     link_without,
     newly_named,
     notes_without,
@@ -848,8 +848,7 @@ class Pipeline:
             )
             > 0,
         }
-        # The ids kept for the last events name their users: none may outlive an erasure.
-        decision_id_for.cache_clear()
+        forget_cached_identifiers()
         order = EraseOrder(event.user_id, event.event_id, event.ts).to_json()
         marked = ((ERASE_HEADER, b"1"),)
         partitions = range(self.engine.partitions)
@@ -873,6 +872,7 @@ class Pipeline:
     def erase_notes(self, tables: Tables, value: bytes, at: SourcePosition) -> None:
         """An erase order on the rekeyed topic: take the erased user out of the notes other
         users of this partition hold (an alert of the erased user named them)."""
+        forget_cached_identifiers()
         try:
             order = EraseOrder.from_json(value)
             users = open_rows(tables, "users")
@@ -893,6 +893,7 @@ class Pipeline:
     def erase_links(self, tables: Tables, value: bytes, at: SourcePosition) -> None:
         """An erase order on the links topic: take the erased user out of every device and
         network row of this partition (a row left with nothing is deleted)."""
+        forget_cached_identifiers()
         try:
             order = EraseOrder.from_json(value)
             links = open_rows(tables, "links")

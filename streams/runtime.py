@@ -49,7 +49,7 @@ from streams.health import Health
 from streams.housekeeping import ChangelogRoller, Snapshots, Sweeper
 from streams.inputs import InputWatch
 from streams.state import PartitionTable, restore
-from streams.task import Committed, Task, TaskState
+from streams.task import Committed, Task, TaskState, forget_placements
 from streams.topology import Batch, Stage, Topology
 from streams.views import Views
 from streams.writers import Writers
@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 
 # Housekeeping (the sweep, changelog rolls, the input watch) ticks this often.
 SWEEP_EVERY_S = 1.0
+# The keys of records sent lately are kept for their partition (murmur2 is pure Python)
+# no longer than this: they name users, devices and networks, and an erased user's must
+# leave memory (docs/privacy.md). Placing them again costs a few µs a key.
+PLACEMENTS_KEPT_S = 10.0
 # How long the loop waits for records when no task has anything to commit soon.
 IDLE_FETCH_MS = 100
 # The loop hands at most about this much work to the stages between two turns of the
@@ -152,6 +156,7 @@ class Runtime:
         self.seconds_per_record = 0.0
         now_s = time.monotonic()
         self.last_tick_s = now_s
+        self.placements_forgotten_s = now_s
         self.sweeper = Sweeper(
             self.hooks.stale,
             metrics,
@@ -893,6 +898,9 @@ class Runtime:
             self.inputs.export_lag(consumer, self.tasks)
             self.inputs.watch_blocked(consumer, self.tasks, now)
             self.hooks.housekeeping()
+            if now - self.placements_forgotten_s >= PLACEMENTS_KEPT_S:
+                self.placements_forgotten_s = now
+                forget_placements()
         if self.snapshots.due(now):
             await self._commit_all()
             await self.snapshots.write(self.tasks)

@@ -453,6 +453,18 @@ def _key_slot(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def forget_placements() -> None:
+    """Empty the cache of keys placed lately: the keys of outputs name users, devices
+    and networks, and the runtime keeps none of them longer than it needs (it knows
+    nothing of erasure; its housekeeping calls this every ``PLACEMENTS_KEPT_S``)."""
+    _key_slot.cache_clear()
+
+
+def placements_kept() -> int:
+    """How many keys the placement cache holds now."""
+    return _key_slot.cache_info().currsize
+
+
 async def _send(
     producer: Any, outputs: Sequence[Output], changes: list[ChangelogRecord], resolve: Resolve
 ) -> Deliveries:

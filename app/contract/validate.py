@@ -452,3 +452,8 @@ def _json_kind(document: Any) -> str:
         type(None): "null",
     }
     return kinds.get(type(document), "a number")
+
+
+# The cache of addresses checked lately (an erasure empties it,
+# app.erasure.forget_cached_identifiers).
+IDENTIFIER_CACHES = (_is_ip_address,)

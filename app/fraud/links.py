@@ -355,3 +355,8 @@ class Linker:
             self.states[key] = state.to_bytes()
             facts.append(found)
         return tuple(facts)
+
+
+# The caches above hold devices and addresses seen lately (an erasure empties them,
+# app.erasure.forget_cached_identifiers).
+IDENTIFIER_CACHES = (_link_keys, network_of)

@@ -16,10 +16,12 @@ from prometheus_client import CollectorRegistry
 from app import erasure as erasure_module
 from app import pipeline as pipeline_module
 from app.assembly import build_engine
-from app.contract.records import SourcePosition, decision_id_for
+from app.contract.records import SourcePosition
 from app.contract.validate import parse_event
 from app.erasure import (
+    IDENTIFIER_CACHES,
     RECEIPT_KIND,
+    EraseOrder,
     KeptIndex,
     KeyBuckets,
     RowIndex,
@@ -140,15 +142,31 @@ def test_an_erased_user_leaves_no_trace_in_any_table(world: tuple[Pipeline, Tabl
     assert ERASED.encode() not in tables.decoded["users"].values  # nor in memory
 
 
-def test_no_decision_id_kept_in_memory_names_an_erased_user(
+def test_no_identifier_kept_in_memory_names_an_erased_user(
     world: tuple[Pipeline, Tables],
 ) -> None:
-    """The engine keeps the ids of the last events' decisions (decision_id_for), each
-    worked out from a user id: an erasure clears them."""
+    """The decide stage keeps the ids of the last events' decisions, each worked out from
+    a user id, and the keys of devices and networks and the addresses it met lately: the
+    request empties them all."""
     pipeline, tables = world
-    assert decision_id_for.cache_info().currsize > 0  # the world's events left some
+    assert all(cache.cache_info().currsize > 0 for cache in IDENTIFIER_CACHES)  # the world's
     _erase(pipeline, tables)
-    assert decision_id_for.cache_info().currsize == 0
+    assert [cache.cache_info().currsize for cache in IDENTIFIER_CACHES] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("stage", ["links", "rekeyed"])
+def test_an_erase_order_empties_the_caches_of_the_worker_that_reads_it(
+    world: tuple[Pipeline, Tables], stage: str
+) -> None:
+    """Another worker met the user's device and address through the link copies (the
+    link stage) or named the user in a note: the erase order it reads empties its
+    caches too."""
+    pipeline, tables = world
+    assert all(cache.cache_info().currsize > 0 for cache in IDENTIFIER_CACHES)
+    order = EraseOrder(ERASED, "req-1", NOW).to_json()
+    read = pipeline.erase_links if stage == "links" else pipeline.erase_notes
+    read(tables, order, SourcePosition(stage, 0, 7))
+    assert [cache.cache_info().currsize for cache in IDENTIFIER_CACHES] == [0, 0, 0, 0]
 
 
 def test_the_other_users_keep_their_own_data(world: tuple[Pipeline, Tables]) -> None:

@@ -989,6 +989,26 @@ async def test_the_sweep_deletes_stale_rows_and_the_deletions_reach_the_changelo
         assert b.runtime.tasks[0].tables["counts"].rows == {b"k0": b"2"}
 
 
+async def test_the_keys_of_outputs_placed_lately_leave_memory_on_the_housekeeping_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Output keys name users, devices and networks: the cache that places them on their
+    partitions keeps none past ``PLACEMENTS_KEPT_S`` (an erased user's id must go)."""
+    monkeypatch.setattr(runtime_module, "SWEEP_EVERY_S", 0.0)
+    task_module.forget_placements()
+    async with world() as w:
+        w.produce(0, 3)
+        a = await w.worker().start(0)
+        await w.until(lambda: w.committed(0) == 3)
+        assert task_module.placements_kept() > 0  # within the interval: kept
+        monkeypatch.setattr(runtime_module, "PLACEMENTS_KEPT_S", 0.0)
+        await w.until(lambda: task_module.placements_kept() == 0)
+        w.produce(0, 2)  # placed again as they come
+        await w.until(lambda: w.committed(0) == 5)
+        assert len(w.outputs()) == 5
+        await a.stop()
+
+
 async def test_every_owned_changelog_partition_gets_a_rolling_tombstone_that_deletes_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
