@@ -419,6 +419,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_seconds_if_alive(pid: int) -> float | None:
+    """:func:`cpu_seconds`, or None once the process is gone (a run then fails on its own
+    terms, not on reading its CPU)."""
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return None
+
+
 def second_drain(
     settings: Settings, worker: WorkerProcess, backlog: list[bytes]
 ) -> tuple[float, float]:
@@ -752,6 +761,9 @@ async def latency_at_rate(
     log, histogram = SendLog(), LatencyHistogram()
     consumer = await _outputs_from_now(settings, hop.output_topic)
     reading = asyncio.create_task(_time_answers(consumer, hop, log, histogram))
+    assert worker.process is not None
+    pid = worker.process.pid
+    cpu = _cpu_seconds_if_alive(pid)
     try:
         await produce_at_rate(
             settings.bootstrap_servers,
@@ -762,13 +774,15 @@ async def latency_at_rate(
             show_progress=False,
         )
         await _until_decided(log, worker, grace_s=max(10.0, len(messages) / rate))
+        now_cpu = _cpu_seconds_if_alive(pid)
+        used_s = None if cpu is None or now_cpu is None else now_cpu - cpu
     finally:
         reading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reading
         await consumer.stop()
     undecided = _count_undecided(log, histogram)
-    return latency_entry(rate, log, histogram, undecided)
+    return latency_entry(rate, log, histogram, undecided, cpu_s=used_s)
 
 
 async def _outputs_from_now(settings: Settings, topic: str) -> AIOKafkaConsumer:
@@ -826,15 +840,24 @@ def _count_undecided(log: SendLog, histogram: LatencyHistogram) -> int:
 
 
 def latency_entry(
-    rate: float, log: SendLog, histogram: LatencyHistogram, undecided: int
+    rate: float,
+    log: SendLog,
+    histogram: LatencyHistogram,
+    undecided: int,
+    *,
+    cpu_s: float | None = None,
 ) -> dict[str, Any]:
-    """One latency run as a report entry (times in milliseconds)."""
+    """One latency run as a report entry (times in milliseconds). ``cpu_s``: the CPU
+    the process under load used from the first send to the last answer (or the end of
+    the grace), reported per event sent: a steady run's cost an event, beside a
+    drain's."""
     span_s = (log.last_ns - log.first_ns) / 1e9
     entry: dict[str, Any] = {
         "offered_rate": round(rate, 1),
         "achieved_rate": round((log.sent - 1) / span_s, 1) if span_s > 0 else None,
         "events": log.sent,
         "undecided": undecided,
+        "cpu_ms": round(1000 * cpu_s / log.sent, 3) if cpu_s is not None and log.sent else None,
     }
     for name, q in (("p50_ms", 50), ("p99_ms", 99), ("p999_ms", 99.9), ("max_ms", 100)):
         entry[name] = round(histogram.percentile(q), 2) if histogram.count else None
@@ -1236,8 +1259,8 @@ def _latency_rows(report: dict[str, Any]) -> list[str]:
         "Latency, event sent to its decision read back (read_committed), by offered load:",
         "",
         "| guarantee | share of max | offered events/s | achieved | events | undecided "
-        "| p50 ms | p99 ms | p99.9 ms | max ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p50 ms | p99 ms | p99.9 ms | max ms | worker CPU ms an event |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     runs = [(report["processing_guarantee"], e) for e in report["latency"]]
     if report.get("latency_fixed_rate"):
@@ -1250,6 +1273,17 @@ def _latency_rows(report: dict[str, Any]) -> list[str]:
         rows.append(
             f"| {guarantee} | {share} | {e['offered_rate']:,.0f} | {achieved} "
             f"| {e['events']:,} | {e['undecided']:,} | {_ms(e['p50_ms'])} "
-            f"| {_ms(e['p99_ms'])} | {_ms(e['p999_ms'])} | {_ms(e['max_ms'])} |"
+            f"| {_ms(e['p99_ms'])} | {_ms(e['p999_ms'])} | {_ms(e['max_ms'])} "
+            f"| {_cpu_ms(e.get('cpu_ms'))} |"
         )
+    rows += [
+        "",
+        "A latency run's CPU an event is the worker's over the run, beside a drain's in the "
+        "table above: a steady worker's commits hold tens of events where a drain's hold "
+        "thousands (docs/decisions.md §52).",
+    ]
     return rows
+
+
+def _cpu_ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

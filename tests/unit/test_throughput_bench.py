@@ -284,6 +284,21 @@ def test_a_latency_entry_in_milliseconds() -> None:
     nothing = latency_entry(5.0, SendLog(), LatencyHistogram(), undecided=0)
     assert nothing["p99_ms"] is None
     assert nothing["achieved_rate"] is None
+    assert entry["cpu_ms"] is None  # not measured
+    # The CPU the process under load used over the run, per event sent.
+    measured = latency_entry(5.0, log, histogram, undecided=2, cpu_s=0.0033)
+    assert measured["cpu_ms"] == pytest.approx(0.3)  # 3.3 ms over 11 events
+
+
+def test_the_latency_table_gives_each_runs_worker_cpu_an_event() -> None:
+    """A steady run's CPU an event sits beside the drain's: the cost a steady worker
+    pays per commit shows (docs/decisions.md §52); a report from before it says n/a."""
+    report = report_of(figures(p99=20.0, state_bytes=400))
+    report["latency"][0]["cpu_ms"] = 0.3125
+    rows = [line for line in throughput_markdown(report).splitlines() if line.startswith("| ")]
+    runs = [line for line in rows if line.startswith(("| exactly_once |", "| at_least_once |"))]
+    assert runs[0].endswith("| 0.312 |")  # the 50% run
+    assert runs[1].endswith("| n/a |")
 
 
 def test_state_figures_count_user_and_link_rows() -> None:
