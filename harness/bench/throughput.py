@@ -1279,8 +1279,8 @@ def _latency_rows(report: dict[str, Any]) -> list[str]:
     rows += [
         "",
         "A latency run's CPU an event is the worker's over the run, beside a drain's in the "
-        "table above: a steady worker's commits hold tens of events where a drain's hold "
-        "thousands (docs/decisions.md §52).",
+        "table above: a steady worker's commits hold far fewer events than a drain's, so "
+        "each row and request serves fewer of them (docs/decisions.md §52).",
     ]
     return rows
 
